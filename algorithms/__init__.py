@@ -1,0 +1,1 @@
+"""Named presets: one short file per published method."""

@@ -1,0 +1,1 @@
+"""The unified policy-gradient estimator (UPGE)."""

@@ -1,0 +1,1 @@
+"""Math benchmark evaluation: generation through alignlib.rollout, grading through alignlib.rewards."""

@@ -1,0 +1,1 @@
+"""Verifiable rewards: plain callables that import nothing of training or rollout."""

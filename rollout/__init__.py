@@ -1,0 +1,1 @@
+"""Rollout engines (transformers, vLLM) behind one interface, and Ray workers."""
