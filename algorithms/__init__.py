@@ -1,1 +1,28 @@
-"""Named presets: one short file per published method."""
+"""Named presets: one short file per published method, each a composition of UPGE components.
+
+>>> from alignlib import algorithms
+>>> algorithms.available()
+>>> estimator = algorithms.get("dpo", beta=0.05)
+"""
+
+from alignlib.algorithms import (  # noqa: F401  (importing registers each preset)
+    bvpo,
+    clip_cov,
+    dpo,
+    dr_grpo,
+    grpo,
+    hinge,
+    hpt,
+    inpo,
+    ipo,
+    kl_cov,
+    luffy,
+    ppo,
+    rpo,
+    sft,
+    tpo,
+    tpo_l,
+)
+from alignlib.algorithms.registry import PRESETS, available, describe, get, parameters, preset
+
+__all__ = ["PRESETS", "available", "describe", "get", "parameters", "preset"]

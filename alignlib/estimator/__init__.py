@@ -1,1 +1,133 @@
-"""The unified policy-gradient estimator (UPGE)."""
+"""The unified policy-gradient estimator (UPGE): gradient = mask · (1/π_ref) · Â · ∇π.
+
+Pure tensor math: this package imports torch only. One registry per component kind:
+``MASKS``, ``REFERENCES``, ``ADVANTAGES``, ``LIKELIHOODS``, ``AGGREGATIONS``, ``REGULARIZERS``.
+"""
+
+from alignlib.estimator.advantages import (
+    ADVANTAGES,
+    Advantage,
+    AdvantageResult,
+    BatchNormalized,
+    ConstantAdvantage,
+    GivenAdvantage,
+    GroupNormalized,
+    LeaveOneOut,
+)
+from alignlib.estimator.aggregation import (
+    AGGREGATIONS,
+    Aggregation,
+    PairMean,
+    SeqMeanTokenMean,
+    SeqMeanTokenSum,
+    SeqMeanTokenSumNorm,
+    TokenMean,
+)
+from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
+from alignlib.estimator.core import EstimatorInputError, EstimatorOutput, UnifiedEstimator
+from alignlib.estimator.cov_masks import ClipCov, KLCov, token_covariance
+from alignlib.estimator.masks import (
+    MASKS,
+    CompletionMask,
+    DifficultyBand,
+    GroupFilter,
+    Mask,
+    PerRoleMask,
+    PPOClip,
+    RowFilter,
+)
+from alignlib.estimator.preferences import (
+    DPOWeights,
+    HingeWeights,
+    INPOWeights,
+    IPOWeights,
+    PairwiseAdvantage,
+    RPOWeights,
+    TPOLWeights,
+    TPOWeights,
+)
+from alignlib.estimator.references import (
+    REFERENCES,
+    ConstantReference,
+    CurrentPolicy,
+    OldPolicy,
+    PerRole,
+    Reference,
+    ShapedReference,
+)
+from alignlib.estimator.registry import Registry, RegistryError
+from alignlib.estimator.regularizers import NLL, REGULARIZERS, EntropyBonus, KLPenalty
+from alignlib.estimator.term import PolicyGradientTerm, Term, TermOutput
+from alignlib.estimator.units import (
+    LIKELIHOODS,
+    Likelihood,
+    SequenceMean,
+    SequenceSum,
+    TokenLikelihood,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "ALL_ROWS",
+    "LIKELIHOODS",
+    "MASKS",
+    "NLL",
+    "REFERENCES",
+    "REGULARIZERS",
+    "Advantage",
+    "AdvantageResult",
+    "Aggregation",
+    "Batch",
+    "BatchError",
+    "BatchNormalized",
+    "ClipCov",
+    "CompletionMask",
+    "ConstantAdvantage",
+    "ConstantReference",
+    "CurrentPolicy",
+    "DPOWeights",
+    "DifficultyBand",
+    "EntropyBonus",
+    "EstimatorInputError",
+    "EstimatorOutput",
+    "GivenAdvantage",
+    "GroupFilter",
+    "GroupNormalized",
+    "HingeWeights",
+    "INPOWeights",
+    "IPOWeights",
+    "KLCov",
+    "KLPenalty",
+    "LeaveOneOut",
+    "Likelihood",
+    "Mask",
+    "OldPolicy",
+    "PPOClip",
+    "PairMean",
+    "PairwiseAdvantage",
+    "PerRole",
+    "PerRoleMask",
+    "PolicyGradientTerm",
+    "RPOWeights",
+    "Reference",
+    "Registry",
+    "RegistryError",
+    "Role",
+    "RowFilter",
+    "Rows",
+    "SeqMeanTokenMean",
+    "SeqMeanTokenSum",
+    "SeqMeanTokenSumNorm",
+    "SequenceMean",
+    "SequenceSum",
+    "ShapedReference",
+    "TPOLWeights",
+    "TPOWeights",
+    "Term",
+    "TermOutput",
+    "TokenLikelihood",
+    "TokenMean",
+    "UnifiedEstimator",
+    "token_covariance",
+]

@@ -1,0 +1,52 @@
+"""The preset registry: an algorithm is a named function returning a ready UnifiedEstimator."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from alignlib.estimator import Registry, RegistryError, Role, Rows, UnifiedEstimator
+from alignlib.estimator.registry import closest
+
+Preset = Callable[..., UnifiedEstimator]
+
+PRESETS: Registry[Any] = Registry("algorithm")
+
+PAIR_ROWS = Rows.of(Role.CHOSEN, Role.REJECTED)
+"""The rows a pairwise preference term trains on (gold/demonstration rows excluded)."""
+
+
+def preset(name: str) -> Callable[[Preset], Preset]:
+    """Register a preset function under ``name`` (its keyword defaults are the paper's)."""
+    return PRESETS.register(name)
+
+
+def available() -> list[str]:
+    """Names of every registered algorithm."""
+    return PRESETS.names()
+
+
+def parameters(name: str) -> dict[str, Any]:
+    """The preset's hyperparameters and their defaults."""
+    signature = inspect.signature(PRESETS.get(name))
+    return {key: p.default for key, p in signature.parameters.items()}
+
+
+def get(name: str, **overrides: Any) -> UnifiedEstimator:
+    """A ready estimator for ``name`` with the paper's defaults, updated by ``overrides``."""
+    valid = parameters(name)
+    for key in overrides:
+        if key not in valid:
+            raise RegistryError(
+                f"algorithm {name!r} has no parameter {key!r}{closest(key, list(valid))}; "
+                f"valid: {', '.join(valid) or '(none)'}"
+            )
+    return PRESETS.get(name)(**overrides)
+
+
+def describe(name: str) -> str:
+    """The preset's docstring followed by its defaults."""
+    doc = inspect.getdoc(PRESETS.get(name)) or ""
+    defaults = ", ".join(f"{k}={v!r}" for k, v in parameters(name).items())
+    return f"{name}({defaults})\n\n{doc}"

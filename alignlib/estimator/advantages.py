@@ -1,0 +1,163 @@
+"""Advantage components computed from rewards (online RL) and the common advantage interface.
+
+Reward-based advantages are computed once per mini-batch in ``prepare`` (they need whole groups);
+the preference weights in :mod:`alignlib.estimator.preferences` are computed per call from the
+live log-probs (they need whole pairs).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator.batch import Batch
+from alignlib.estimator.registry import Registry
+from alignlib.estimator.units import Likelihood
+
+
+@dataclass
+class AdvantageResult:
+    values: Tensor
+    """[R] or [R, T] detached advantages; zero outside the term's rows."""
+    row_loss: Tensor | None = None
+    """[R] the method's own loss per row (preference pairs put it on the chosen row)."""
+    row_metrics: dict[str, Tensor] = field(default_factory=dict)
+    """[R] per-pair statistics on chosen rows (averaged over pairs by the term)."""
+
+
+class Advantage(ABC):
+    """Â: the stop-gradient weight of each unit's score."""
+
+    needs: ClassVar[dict[str, str]] = {}
+    per_call: ClassVar[bool] = False
+    """True when Â depends on the live log-probs (preference weights): computed in every call,
+    so all rows of a pair must be in the same micro-batch. False: computed once per mini-batch."""
+
+    @abstractmethod
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        """Advantages for the rows selected by ``rows`` ([R] bool)."""
+
+    def requirements(self) -> dict[str, str]:
+        return dict(self.needs)
+
+
+ADVANTAGES: Registry[Advantage] = Registry("advantage")
+
+_REWARD_NEEDS = {
+    "rewards": "reward-based advantages need one reward per row",
+    "group_ids": "group baselines need the prompt id of each row",
+}
+
+
+def group_statistics(values: Tensor, group_ids: Tensor, rows: Tensor) -> tuple[Tensor, ...]:
+    """Per-row (group sum, group count, group mean, unbiased group std) over the selected rows."""
+    dtype = values.dtype
+    selected = rows.to(dtype)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    zeros = values.new_zeros(num_groups)
+    total = zeros.index_add(0, inverse, values * selected)
+    count = zeros.index_add(0, inverse, selected)
+    mean = total / count.clamp(min=1)
+    squares = zeros.index_add(0, inverse, (values - mean[inverse]) ** 2 * selected)
+    std = (squares / (count - 1).clamp(min=1)).sqrt()
+    return total[inverse], count[inverse], mean[inverse], std[inverse]
+
+
+@ADVANTAGES.register("constant")
+@dataclass(frozen=True)
+class ConstantAdvantage(Advantage):
+    """Â = value on every selected unit (SFT: 1)."""
+
+    value: float = 1.0
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        return AdvantageResult(rows.to(batch.logprobs.dtype) * self.value)
+
+
+@ADVANTAGES.register("given")
+@dataclass(frozen=True)
+class GivenAdvantage(Advantage):
+    """Â = ``batch.advantages`` as computed elsewhere (e.g. GAE from your own critic)."""
+
+    needs: ClassVar[dict[str, str]] = {"advantages": "the 'given' advantage reads them as is"}
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.advantages is not None
+        values = batch.advantages.detach()
+        keep = rows.to(values.dtype)
+        return AdvantageResult(values * (keep if values.dim() == 1 else keep.unsqueeze(-1)))
+
+
+@ADVANTAGES.register("grpo")
+@dataclass(frozen=True)
+class GroupNormalized(Advantage):
+    """GRPO: (R − mean_group) / (std_group + ε); with ``std=False`` it is Dr. GRPO's R − mean."""
+
+    needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
+    std: bool = True
+    """Divide by the group's unbiased standard deviation (False: Dr. GRPO / HPT code)."""
+    eps: float = 1e-6
+    singleton: Literal["zero", "raw"] = "zero"
+    """A group of one row: 'zero' advantage, or 'raw' = verl's mean 0 / std 1 (Â ≈ R)."""
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        _, count, mean, std = group_statistics(rewards, batch.group_ids, rows)
+        alone = count <= 1
+        mean = mean.where(~alone, mean.new_zeros(()))
+        std = std.where(~alone, std.new_ones(()))
+        adv = rewards - mean
+        if self.std:
+            adv = adv / (std + self.eps)
+        if self.singleton == "zero":
+            adv = adv.where(~alone, adv.new_zeros(()))
+        return AdvantageResult(adv * rows.to(adv.dtype))
+
+
+@ADVANTAGES.register("rloo")
+@dataclass(frozen=True)
+class LeaveOneOut(Advantage):
+    """RLOO: R_i − mean of the other rows' rewards in its group (a group of one gets 0)."""
+
+    needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        total, count, _, _ = group_statistics(rewards, batch.group_ids, rows)
+        others = (total - rewards) / (count - 1).clamp(min=1)
+        adv = (rewards - others).where(count > 1, rewards.new_zeros(()))
+        return AdvantageResult(adv * rows.to(adv.dtype))
+
+
+@ADVANTAGES.register("reinforce_pp")
+@dataclass(frozen=True)
+class BatchNormalized(Advantage):
+    """REINFORCE++: the reward broadcast to tokens, whitened over all valid tokens of the batch."""
+
+    needs: ClassVar[dict[str, str]] = {"rewards": "REINFORCE++ whitens the rows' rewards"}
+    group_baseline: bool = False
+    """Subtract the group mean first (REINFORCE++-baseline); needs ``group_ids``."""
+    eps: float = 1e-8
+
+    def requirements(self) -> dict[str, str]:
+        return _REWARD_NEEDS if self.group_baseline else dict(self.needs)
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        if self.group_baseline:
+            assert batch.group_ids is not None
+            rewards = rewards - group_statistics(rewards, batch.group_ids, rows)[2]
+        valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
+        tokens = rewards.unsqueeze(-1) * valid
+        count = valid.sum().clamp(min=1)
+        mean = tokens.sum() / count
+        var = ((tokens - mean) ** 2 * valid).sum() / count
+        return AdvantageResult((tokens - mean) * torch.rsqrt(var + self.eps) * valid)

@@ -1,0 +1,191 @@
+"""UnifiedEstimator: a sum of UPGE terms and regularizers, each normalized over the mini-batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from alignlib.estimator.advantages import ADVANTAGES, Advantage
+from alignlib.estimator.aggregation import AGGREGATIONS, Aggregation
+from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
+from alignlib.estimator.masks import MASKS, Mask
+from alignlib.estimator.references import REFERENCES, Reference
+from alignlib.estimator.regularizers import REGULARIZERS
+from alignlib.estimator.term import PolicyGradientTerm, Term
+from alignlib.estimator.units import LIKELIHOODS, Likelihood
+
+
+class EstimatorInputError(ValueError):
+    """The batch lacks a field some component needs (the message names both)."""
+
+
+@dataclass
+class EstimatorOutput:
+    loss: Tensor
+    """Scalar: its value is the method's own loss, its gradient the UPGE gradient."""
+    metrics: dict[str, Tensor]
+    """Detached scalars. Per-call metrics are normalized over the mini-batch, so summing them
+    over micro-batches gives the mini-batch value; ``prepare`` metrics are reported once."""
+
+
+MaskSpec = Mask | str | Sequence[Mask | str] | None
+
+
+def _masks(spec: MaskSpec) -> tuple[Mask, ...]:
+    if spec is None:
+        return ()
+    if isinstance(spec, (str, Mask)):
+        spec = [spec]
+    return tuple(MASKS.resolve(m) for m in spec)
+
+
+class UnifiedEstimator:
+    """gradient = mask · (1/π_ref) · Â · ∇π, aggregated, plus regularizers.
+
+    Components are instances or registered names (built with their defaults)::
+
+        UnifiedEstimator(mask="ppo_clip", reference="old", advantage="grpo",
+                         likelihood="token", aggregation="token-mean")
+
+    Estimators add and scale: ``0.5 * a + b`` sums their terms, which is how mixtures
+    (BVPO, HPT) are written. ``estimator(batch)`` returns an :class:`EstimatorOutput`.
+    """
+
+    def __init__(
+        self,
+        mask: MaskSpec = None,
+        reference: Reference | str = "current",
+        advantage: Advantage | str = "constant",
+        likelihood: Likelihood | str = "token",
+        aggregation: Aggregation | str = "token-mean",
+        regularizers: Iterable[Term | str] = (),
+        rows: Rows = ALL_ROWS,
+        coef: float = 1.0,
+        name: str = "pg",
+        *,
+        terms: Sequence[Term] | None = None,
+    ) -> None:
+        if terms is None:
+            terms = [
+                PolicyGradientTerm(
+                    masks=_masks(mask),
+                    reference=REFERENCES.resolve(reference),
+                    advantage=ADVANTAGES.resolve(advantage),
+                    likelihood=LIKELIHOODS.resolve(likelihood),
+                    aggregation=AGGREGATIONS.resolve(aggregation),
+                    rows=rows,
+                    coef=coef,
+                    name=name,
+                )
+            ]
+        all_terms = [*terms, *(REGULARIZERS.resolve(r) for r in regularizers)]
+        self.terms: list[Term] = _unique_names(all_terms)
+
+    @classmethod
+    def from_terms(cls, *terms: Term) -> UnifiedEstimator:
+        return cls(terms=terms)
+
+    def __add__(self, other: UnifiedEstimator) -> UnifiedEstimator:
+        return UnifiedEstimator(terms=[*self.terms, *other.terms])
+
+    def __mul__(self, factor: float) -> UnifiedEstimator:
+        return UnifiedEstimator(terms=[t.scaled(factor) for t in self.terms])
+
+    __rmul__ = __mul__
+
+    def renamed(self, name: str) -> UnifiedEstimator:
+        """The same estimator with its terms' metrics under ``name`` (for mixtures)."""
+        return UnifiedEstimator(terms=[t.renamed(name) for t in self.terms])
+
+    def __repr__(self) -> str:
+        return "UnifiedEstimator(\n" + "".join(f"  {t!r},\n" for t in self.terms) + ")"
+
+    def requirements(self) -> dict[str, str]:
+        """Every batch field some term reads, each with the reason."""
+        needs: dict[str, str] = {}
+        for term in self.terms:
+            for key, why in term.requirements().items():
+                needs.setdefault(key, why)
+        return needs
+
+    def check(self, batch: Batch) -> None:
+        """Raise one clear error per missing batch field."""
+        for key, why in self.requirements().items():
+            if getattr(batch, key) is None:
+                raise EstimatorInputError(f"batch.{key} is missing: {why}")
+
+    def prepare(self, batch: Batch) -> Batch:
+        """Compute everything that must see the whole optimizer mini-batch (row filters,
+        reward advantages, normalizers, Clip-Cov/KL-Cov selections) before micro-batching.
+
+        The returned batch can be ``split`` and each micro-batch passed to the estimator,
+        with its live log-probs, to get exactly the mini-batch's gradient.
+        """
+        self.check(batch)
+        mask = batch.mask
+        metrics: dict[str, Tensor] = {}
+        for term in self.terms:
+            for row_filter, rows in term.row_filters():
+                selected = rows.select(batch)
+                kept = row_filter.keep(batch, selected)
+                dropped = (selected & ~kept).to(mask.dtype)
+                metrics[f"{term.name}/filtered_frac"] = dropped.sum() / selected.sum().clamp(min=1)
+                mask = mask * (1 - dropped).unsqueeze(-1)
+        batch = batch.replace(mask=mask, prepared={}, prepared_metrics={})
+        prepared: dict[str, Tensor] = {}
+        for index, term in enumerate(self.terms):
+            tensors, term_metrics = term.prepare(batch)
+            prepared |= {f"{index}.{key}": value for key, value in tensors.items()}
+            metrics |= {f"{term.name}/{key}": value.detach() for key, value in term_metrics.items()}
+        return batch.replace(prepared=prepared, prepared_metrics=metrics)
+
+    def __call__(self, batch: Batch) -> EstimatorOutput:
+        """The loss of one mini-batch, or of one micro-batch of a prepared mini-batch."""
+        first_call = not batch.is_prepared
+        if first_call:
+            batch = self.prepare(batch)
+        surrogate: Tensor | float = 0.0
+        value: Tensor | float = 0.0
+        metrics: dict[str, Tensor] = dict(batch.prepared_metrics) if first_call else {}
+        for index, term in enumerate(self.terms):
+            prefix = f"{index}."
+            own = {k[len(prefix) :]: v for k, v in batch.prepared.items() if k.startswith(prefix)}
+            out = term.forward(batch, own)
+            surrogate = surrogate + out.surrogate
+            value = value + out.value
+            metrics |= {f"{term.name}/{key}": v for key, v in out.metrics.items()}
+        assert isinstance(surrogate, Tensor) and isinstance(value, Tensor)
+        # The value is the method's loss; the gradient is the surrogate's (UPGE).
+        loss = value.detach() + (surrogate - surrogate.detach())
+        metrics["loss"] = value.detach()
+        return EstimatorOutput(loss, metrics)
+
+    def state_dict(self) -> dict[str, object]:
+        """Random-generator states of stochastic masks (Clip-Cov), for exact resume."""
+        state: dict[str, object] = {}
+        for index, term in enumerate(self.terms):
+            for m_index, mask in enumerate(getattr(term, "masks", ())):
+                if hasattr(mask, "state_dict"):
+                    state[f"{index}.mask{m_index}"] = mask.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for index, term in enumerate(self.terms):
+            for m_index, mask in enumerate(getattr(term, "masks", ())):
+                key = f"{index}.mask{m_index}"
+                if key in state and hasattr(mask, "load_state_dict"):
+                    mask.load_state_dict(state[key])
+
+
+def _unique_names(terms: list[Term]) -> list[Term]:
+    """Give every term a distinct metric prefix (pg, pg_2, ...)."""
+    seen: dict[str, int] = {}
+    result = []
+    for term in terms:
+        seen[term.name] = seen.get(term.name, 0) + 1
+        result.append(
+            term if seen[term.name] == 1 else term.renamed(f"{term.name}_{seen[term.name]}")
+        )
+    return result

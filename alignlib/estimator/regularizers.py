@@ -1,0 +1,148 @@
+"""Regularizers: KL to the reference (k1/k2/k3), entropy bonus, and the NLL/SFT term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor
+
+from alignlib.estimator.advantages import ConstantAdvantage
+from alignlib.estimator.aggregation import (
+    Aggregation,
+    SeqMeanTokenMean,
+    SeqMeanTokenSum,
+    TokenMean,
+)
+from alignlib.estimator.batch import ALL_ROWS, Batch, Role, Rows
+from alignlib.estimator.references import CurrentPolicy
+from alignlib.estimator.registry import Registry
+from alignlib.estimator.term import (
+    PolicyGradientTerm,
+    Term,
+    TermOutput,
+    masked_weights,
+    zero_where_masked,
+)
+from alignlib.estimator.units import TokenLikelihood
+
+REGULARIZERS: Registry[Term] = Registry("regularizer")
+
+
+def _kl_estimate(logp: Tensor, ref: Tensor, estimator: str) -> Tensor:
+    """Per-token estimate of KL(π‖π_ref) from a sample of π (Schulman's k1, k2, k3)."""
+    log_ratio = ref - logp
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    return log_ratio.exp() - log_ratio - 1
+
+
+@REGULARIZERS.register("kl")
+@dataclass(frozen=True)
+class KLPenalty(Term):
+    """coef · KL(π_θ ‖ π_ref) estimated per token and aggregated like a loss."""
+
+    coef: float = 0.001
+    estimator: Literal["k1", "k2", "k3"] = "k3"
+    """k1 = log π/π_ref; k2 = ½(log π/π_ref)²; k3 = π_ref/π − log(π_ref/π) − 1 (GRPO)."""
+    rows: Rows = ALL_ROWS
+    aggregation: Aggregation = field(default_factory=TokenMean)
+    name: str = "kl"
+
+    def requirements(self) -> dict[str, str]:
+        return {"ref_logprobs": f"the KL penalty compares with the reference policy ({self.name})"}
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {"w": masked_weights(batch, self.rows, self.aggregation)[0]}, {}
+
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        assert batch.ref_logprobs is not None
+        _, mask = masked_weights(batch, self.rows, self.aggregation)
+        logp = zero_where_masked(batch.logprobs, mask)
+        ref = zero_where_masked(batch.ref_logprobs.detach(), mask)
+        kl = (prepared["w"].unsqueeze(-1) * _kl_estimate(logp, ref, self.estimator) * mask).sum()
+        loss = self.coef * kl
+        return TermOutput(loss, loss.detach(), {"loss": loss.detach(), "kl": kl.detach()})
+
+
+@REGULARIZERS.register("entropy")
+@dataclass(frozen=True)
+class EntropyBonus(Term):
+    """−coef · H: rewards a higher policy entropy (HPT and LUFFY use coef 0.001)."""
+
+    coef: float = 0.001
+    rows: Rows = ALL_ROWS
+    aggregation: Aggregation = field(default_factory=TokenMean)
+    name: str = "entropy"
+
+    def requirements(self) -> dict[str, str]:
+        return {"entropy": f"the entropy bonus needs per-token entropy with gradient ({self.name})"}
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {"w": masked_weights(batch, self.rows, self.aggregation)[0]}, {}
+
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        assert batch.entropy is not None
+        _, mask = masked_weights(batch, self.rows, self.aggregation)
+        entropy = zero_where_masked(batch.entropy, mask)
+        mean = (prepared["w"].unsqueeze(-1) * entropy * mask).sum()
+        loss = -self.coef * mean
+        return TermOutput(loss, loss.detach(), {"loss": loss.detach(), "mean": mean.detach()})
+
+
+NLL_NORMALIZATIONS: dict[str, Aggregation] = {
+    "sum": SeqMeanTokenSum(),
+    "seq_mean": SeqMeanTokenMean(),
+    "token_mean_batch": TokenMean(),
+}
+
+
+@REGULARIZERS.register("nll")
+@dataclass(frozen=True)
+class NLL(Term):
+    """coef · NLL of the selected rows: the SFT term of RPO, TPO and HPT, as a UPGE term with
+    Â = 1 and π_ref = π_θ. The normalization must be explicit because the methods differ:
+
+    - ``sum``: mean over rows of the summed token NLL (official cumulative RPO);
+    - ``seq_mean``: mean over rows of the per-row token-mean NLL (RPO average variant);
+    - ``token_mean_batch``: Σ NLL / tokens of the selected rows in the mini-batch (TRL's
+      ``sft`` loss, TPO's gold term, HPT's SFT rows).
+    """
+
+    coef: float = 1.0
+    rows: Rows = field(default_factory=lambda: Rows.of(Role.CHOSEN))
+    normalization: Literal["sum", "seq_mean", "token_mean_batch"] = "token_mean_batch"
+    beta: float | None = None
+    """Multiply coef by β as official RPO does (ηβ); None: no scaling."""
+    name: str = "nll"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NLL_NORMALIZATIONS:
+            raise ValueError(
+                f"nll normalization {self.normalization!r} is not one of "
+                f"{', '.join(NLL_NORMALIZATIONS)}"
+            )
+
+    def as_policy_gradient(self) -> PolicyGradientTerm:
+        scale = 1.0 if self.beta is None else self.beta
+        return PolicyGradientTerm(
+            masks=(),
+            reference=CurrentPolicy(),
+            advantage=ConstantAdvantage(1.0),
+            likelihood=TokenLikelihood(),
+            aggregation=NLL_NORMALIZATIONS[self.normalization],
+            rows=self.rows,
+            coef=self.coef * scale,
+            name=self.name,
+        )
+
+    def requirements(self) -> dict[str, str]:
+        return {}
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return self.as_policy_gradient().prepare(batch)
+
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        return self.as_policy_gradient().forward(batch, prepared)

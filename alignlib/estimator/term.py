@@ -1,0 +1,184 @@
+"""One UPGE term: gradient = mask · (1/π_ref) · Â · ∇π over a selection of rows, aggregated.
+
+Per unit u of row i the surrogate loss is  w_i · (−M_u · Â_u · s(u))  with M (masks) and Â
+detached and s the reference's score, so its gradient is −w_i · M · Â · (1/π_ref) · ∇π.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator.advantages import Advantage, AdvantageResult
+from alignlib.estimator.aggregation import Aggregation, PairMean
+from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
+from alignlib.estimator.cov_masks import token_covariance
+from alignlib.estimator.masks import Mask, RowFilter, UnitTerms
+from alignlib.estimator.references import Reference
+from alignlib.estimator.units import Likelihood, Units
+
+
+@dataclass
+class TermOutput:
+    surrogate: Tensor
+    """Scalar whose gradient is the term's gradient."""
+    value: Tensor
+    """Scalar, detached: the term's loss as the method defines it."""
+    metrics: dict[str, Tensor]
+    """Detached scalars, normalized over the mini-batch, so they add up over micro-batches."""
+
+
+class Term(ABC):
+    """A summand of the estimator's loss: a UPGE term or a regularizer."""
+
+    name: str
+    coef: float
+
+    @abstractmethod
+    def requirements(self) -> dict[str, str]:
+        """Batch fields this term reads, each with the reason."""
+
+    @abstractmethod
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(per-row tensors, mini-batch metrics) computed once over the whole mini-batch."""
+
+    @abstractmethod
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        """The term on one (micro-)batch, using the tensors ``prepare`` computed."""
+
+    def row_filters(self) -> list[tuple[RowFilter, Rows]]:
+        return []
+
+    def scaled(self, factor: float) -> Term:
+        return dataclasses.replace(self, coef=self.coef * factor)  # type: ignore[type-var]
+
+    def renamed(self, name: str) -> Term:
+        return dataclasses.replace(self, name=name)  # type: ignore[type-var]
+
+
+def _sub(prepared: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in prepared.items() if k.startswith(prefix)}
+
+
+def unit_mean_weights(unit_mask: Tensor) -> Tensor:
+    """[R] weights averaging a per-unit statistic over every valid unit of the mini-batch."""
+    return (unit_mask.sum(-1) > 0).to(unit_mask.dtype) / unit_mask.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class PolicyGradientTerm(Term):
+    """The unified policy-gradient estimator on the rows ``rows`` selects."""
+
+    masks: tuple[Mask, ...]
+    reference: Reference
+    advantage: Advantage
+    likelihood: Likelihood
+    aggregation: Aggregation
+    rows: Rows = ALL_ROWS
+    coef: float = 1.0
+    name: str = "pg"
+
+    def requirements(self) -> dict[str, str]:
+        needs: dict[str, str] = {}
+        for part in (self.reference, self.advantage, *self.masks):
+            label = getattr(part, "registered_name", type(part).__name__)
+            for key, why in part.requirements().items():
+                needs.setdefault(key, f"{why} ({self.name}: {label})")
+        return needs
+
+    def row_filters(self) -> list[tuple[RowFilter, Rows]]:
+        return [(m, self.rows) for m in self.masks if isinstance(m, RowFilter)]
+
+    def units(self, batch: Batch, rows: Tensor, detach: bool = False) -> Units:
+        logprobs = batch.logprobs.detach() if detach else batch.logprobs
+        old = batch.old_logprobs
+        return Units(
+            logp=self.likelihood.units(logprobs, batch.mask),
+            old=None if old is None else self.likelihood.units(old.detach(), batch.mask),
+            mask=self.likelihood.unit_mask(batch.mask) * rows.to(batch.mask.dtype).unsqueeze(-1),
+            roles=batch.role_codes(),
+        )
+
+    def advantages(self, batch: Batch, rows: Tensor) -> AdvantageResult:
+        return self.advantage.compute(batch, rows, self.likelihood)
+
+    def per_unit(self, values: Tensor) -> Tensor:
+        if values.dim() == 1:
+            return values.unsqueeze(-1)
+        if self.likelihood.per_sequence:
+            raise ValueError(
+                f"{self.name}: per-token advantages need the 'token' likelihood, not "
+                f"{getattr(self.likelihood, 'registered_name', self.likelihood)!r}"
+            )
+        return values
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        rows = self.rows.select(batch)
+        roles = batch.role_codes()
+        units = self.units(batch, rows, detach=True)
+        prepared = {
+            "w": self.aggregation.row_weights(batch.mask, rows, roles),
+            "w_unit": unit_mean_weights(units.mask),
+            "w_pair": PairMean().row_weights(batch.mask, rows, roles),
+        }
+        metrics: dict[str, Tensor] = {}
+        needs_adv = not self.advantage.per_call or any(
+            type(m).prepare is not Mask.prepare for m in self.masks
+        )
+        if needs_adv:
+            adv = self.advantages(batch, rows).values.detach()
+            if not self.advantage.per_call:
+                prepared["adv"] = adv
+            unit_adv = self.per_unit(adv)
+            for i, mask in enumerate(self.masks):
+                for key, value in mask.prepare(batch, units, unit_adv).items():
+                    prepared[f"mask{i}.{key}"] = value
+            if not self.likelihood.per_sequence and bool(units.mask.any()):
+                # Cov(log π, Â) drives entropy change (Entropy Mechanism paper): log it always.
+                cov = token_covariance(units.logp, unit_adv, units.mask)[units.mask > 0]
+                metrics |= {"cov_mean": cov.mean(), "cov_max": cov.max(), "cov_min": cov.min()}
+        return prepared, metrics
+
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        rows = self.rows.select(batch)
+        units = self.units(batch, rows)
+        if self.advantage.per_call:
+            result = self.advantages(batch, rows)
+        else:
+            result = AdvantageResult(prepared["adv"])
+        adv = self.per_unit(result.values.to(units.logp.dtype))
+        score = self.reference.score(units)
+        terms = UnitTerms(weight=units.mask, value=(-adv * score).detach() * units.mask)
+        for i, mask in enumerate(self.masks):
+            terms = mask.apply(units, adv, terms, _sub(prepared, f"mask{i}."))
+        weights = prepared["w"].unsqueeze(-1)
+        per_unit = -terms.weight * adv * score
+        if terms.penalty is not None:
+            per_unit = per_unit + terms.penalty * units.mask
+        surrogate = self.coef * (weights * per_unit).sum()
+        if result.row_loss is not None:
+            value = self.coef * (prepared["w"] * result.row_loss).sum()
+        else:
+            value = self.coef * (weights * terms.value).sum()
+        metrics = {"loss": value.detach()}
+        w_unit = prepared["w_unit"].unsqueeze(-1)
+        for key, indicator in terms.indicators.items():
+            metrics[key] = (w_unit * indicator * units.mask).sum().detach()
+        for key, stat in result.row_metrics.items():
+            metrics[key] = (prepared["w_pair"] * stat).sum().detach()
+        return TermOutput(surrogate, value.detach(), metrics)
+
+
+def masked_weights(batch: Batch, rows: Rows, aggregation: Aggregation) -> tuple[Tensor, Tensor]:
+    """(per-row aggregation weights, [R, T] mask of the selected rows) for token regularizers."""
+    selected = rows.select(batch)
+    weights = aggregation.row_weights(batch.mask, selected, batch.role_codes())
+    return weights, batch.mask * selected.to(batch.mask.dtype).unsqueeze(-1)
+
+
+def zero_where_masked(values: Tensor, mask: Tensor) -> Tensor:
+    return values.where(mask > 0, torch.zeros((), dtype=values.dtype, device=values.device))

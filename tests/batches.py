@@ -1,0 +1,106 @@
+"""Random float64 batches for estimator tests: leaf log-probs, ragged masks, groups, pairs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator import Batch, Role
+
+DTYPE = torch.float64
+
+
+def ragged_mask(rows: int, width: int, gen: torch.Generator, prompt: int = 2) -> Tensor:
+    """Completion mask: ``prompt`` leading zeros, then a random length ≥ 1, then padding."""
+    mask = torch.zeros(rows, width, dtype=DTYPE)
+    for i in range(rows):
+        length = int(torch.randint(1, width - prompt + 1, (1,), generator=gen))
+        mask[i, prompt : prompt + length] = 1
+    return mask
+
+
+def logprob_like(rows: int, width: int, gen: torch.Generator) -> Tensor:
+    return -torch.nn.functional.softplus(torch.randn(rows, width, generator=gen, dtype=DTYPE))
+
+
+def leaf(values: Tensor) -> Tensor:
+    return values.clone().requires_grad_(True)
+
+
+def rl_batch(
+    num_groups: int = 4, group_size: int = 4, width: int = 9, seed: int = 0, spread: float = 0.3
+) -> Batch:
+    """SAMPLE rows in groups with binary rewards; old log-probs differ enough to trigger clipping."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = num_groups * group_size
+    logprobs = logprob_like(rows, width, gen)
+    old = logprobs + spread * torch.randn(rows, width, generator=gen, dtype=DTYPE)
+    rewards = torch.randint(0, 2, (rows,), generator=gen).to(DTYPE)
+    rewards[:group_size] = 1.0  # one fully solved group: zero GRPO advantage
+    return Batch(
+        logprobs=leaf(logprobs),
+        mask=ragged_mask(rows, width, gen),
+        old_logprobs=old,
+        ref_logprobs=logprob_like(rows, width, gen),
+        entropy=leaf(torch.rand(rows, width, generator=gen, dtype=DTYPE) * 3),
+        rewards=rewards,
+        group_ids=torch.arange(rows) // group_size,
+    )
+
+
+def pair_batch(num_pairs: int = 6, width: int = 9, seed: int = 0, gold: bool = False) -> Batch:
+    """[chosen; rejected (; gold)] rows sharing pair ids, with ref and previous-iterate log-probs."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = 3 if gold else 2
+    rows = parts * num_pairs
+    roles = [Role.CHOSEN, Role.REJECTED, Role.DEMO][:parts]
+    return Batch(
+        logprobs=leaf(logprob_like(rows, width, gen) * 3),
+        mask=ragged_mask(rows, width, gen),
+        ref_logprobs=logprob_like(rows, width, gen) * 3,
+        prev_logprobs=logprob_like(rows, width, gen) * 3,
+        roles=torch.cat([torch.full((num_pairs,), int(r)) for r in roles]),
+        pair_ids=torch.arange(num_pairs).repeat(parts),
+        trace=torch.arange(num_pairs).repeat(parts) % 3 != 0,
+    )
+
+
+def hybrid_batch(seed: int = 0, width: int = 9) -> Batch:
+    """HPT rows: 3 RL groups of 4 SAMPLE rows, then 2 DEMO (SFT) rows in their own groups."""
+    batch = rl_batch(num_groups=3, group_size=4, width=width, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    demo = rl_batch(num_groups=2, group_size=1, width=width, seed=seed + 7)
+    cat = torch.cat
+    return Batch(
+        logprobs=leaf(cat([batch.logprobs.detach(), demo.logprobs.detach()])),
+        mask=cat([batch.mask, demo.mask]),
+        old_logprobs=cat([batch.old_logprobs, demo.old_logprobs]),
+        entropy=leaf(cat([batch.entropy.detach(), demo.entropy.detach()])),
+        rewards=cat([batch.rewards, torch.zeros(2, dtype=DTYPE)]),
+        group_ids=cat([batch.group_ids, torch.tensor([10, 11])]),
+        roles=cat([torch.full((12,), int(Role.SAMPLE)), torch.full((2,), int(Role.DEMO))]),
+        ref_logprobs=logprob_like(14, width, gen),
+    )
+
+
+def luffy_batch(seed: int = 0, width: int = 9) -> Batch:
+    """Groups of 3 on-policy SAMPLE rows + 1 off-policy DEMO row each."""
+    batch = rl_batch(num_groups=4, group_size=4, width=width, seed=seed)
+    roles = torch.full((16,), int(Role.SAMPLE))
+    roles[3::4] = int(Role.DEMO)
+    return batch.replace(roles=roles)
+
+
+def grads(batch: Batch, loss: Tensor) -> tuple[Tensor, Tensor | None]:
+    """d loss / d (logprobs, entropy), leaving the leaves' .grad untouched."""
+    inputs = [batch.logprobs] + ([batch.entropy] if batch.entropy is not None else [])
+    out = torch.autograd.grad(loss, inputs, allow_unused=True)
+    g_entropy = out[1] if len(out) > 1 else None
+    if g_entropy is None and batch.entropy is not None:
+        g_entropy = torch.zeros_like(batch.entropy)
+    return out[0], g_entropy
+
+
+def rel_error(a: Tensor, b: Tensor) -> float:
+    scale = b.abs().max().clamp(min=1e-300)
+    return float((a - b).abs().max() / scale)
