@@ -30,7 +30,7 @@ def leaf(values: Tensor) -> Tensor:
 def rl_batch(
     num_groups: int = 4, group_size: int = 4, width: int = 9, seed: int = 0, spread: float = 0.3
 ) -> Batch:
-    """SAMPLE rows in groups with binary rewards; old log-probs differ enough to trigger clipping."""
+    """SAMPLE rows in groups with binary rewards; old log-probs differ enough to clip."""
     gen = torch.Generator().manual_seed(seed)
     rows = num_groups * group_size
     logprobs = logprob_like(rows, width, gen)
@@ -49,7 +49,7 @@ def rl_batch(
 
 
 def pair_batch(num_pairs: int = 6, width: int = 9, seed: int = 0, gold: bool = False) -> Batch:
-    """[chosen; rejected (; gold)] rows sharing pair ids, with ref and previous-iterate log-probs."""
+    """[chosen; rejected (; gold)] rows sharing pair ids, with ref and previous log-probs."""
     gen = torch.Generator().manual_seed(seed)
     parts = 3 if gold else 2
     rows = parts * num_pairs
