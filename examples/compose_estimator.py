@@ -9,26 +9,23 @@ from components, and the implicit-reward accuracy on held-out pairs should rise.
 
 from __future__ import annotations
 
-import json
 import random
-from importlib.resources import files
 
 import torch
 
 from alignlib import algorithms
+from alignlib.data.builtin import clean_solution, gsm8k_train, wrong_answer
 from alignlib.estimator import Batch, DPOWeights, UnifiedEstimator
 from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.logprobs import token_logprobs
 
 
 def gsm8k_pairs(count: int, seed: int = 0) -> list[tuple[str, str, str]]:
-    lines = files("alignlib.data").joinpath("gsm8k_train.jsonl").read_text().splitlines()
     rng = random.Random(seed)
     pairs = []
-    for line in rng.sample(lines, count):
-        row = json.loads(line)
-        wrong = str(int(row["answer"].replace(",", "")) + rng.randint(1, 9))
-        solution = row["solution"].split("####")[0].strip()[-160:]
+    for row in rng.sample(gsm8k_train(), count):
+        wrong = wrong_answer(row["answer"], rng)
+        solution = clean_solution(row["solution"])[-160:]
         pairs.append(
             (
                 f"Q: {row['problem'][:160]}\nA:",
@@ -45,7 +42,7 @@ def encode(tokenizer, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ids, completion = [], []
     for prompt, answer in rows:
         p_ids = tokenizer.encode(prompt)
-        a_ids = tokenizer.encode(answer) + [tokenizer.eos_token_id]
+        a_ids = [*tokenizer.encode(answer), tokenizer.eos_token_id]
         ids.append(p_ids + a_ids)
         completion.append([0] * len(p_ids) + [1] * len(a_ids))
     width = max(map(len, ids))

@@ -1,1 +1,44 @@
-"""Verifiable rewards: plain callables that import nothing of training or rollout."""
+"""Verifiable rewards: plain callables that import nothing of training or rollout.
+
+A reward is ``fn(completion: str, **columns) -> float``; ``columns`` are the dataset row's other
+fields (``answer`` for math). Registered names: ``math``, ``format``, ``length_penalty``.
+"""
+
+from __future__ import annotations
+
+from alignlib.rewards.basic import format_reward, length_penalty
+from alignlib.rewards.math_grader import (
+    configure_pool,
+    extract_boxed,
+    grade,
+    grade_many,
+    math_reward,
+    normalize_answer,
+    shutdown_pool,
+)
+from alignlib.rewards.registry import (
+    RewardFn,
+    get_reward,
+    list_rewards,
+    register_reward,
+    resolve_reward,
+)
+from alignlib.rewards.reward_model import RewardModelScorer
+
+__all__ = [
+    "RewardFn",
+    "RewardModelScorer",
+    "configure_pool",
+    "extract_boxed",
+    "format_reward",
+    "get_reward",
+    "grade",
+    "grade_many",
+    "length_penalty",
+    "list_rewards",
+    "math_reward",
+    "normalize_answer",
+    "register_reward",
+    "resolve_reward",
+    "shutdown_pool",
+]

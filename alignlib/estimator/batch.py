@@ -128,6 +128,23 @@ class Batch:
         changes["prepared"] = {key: value[rows] for key, value in self.prepared.items()}
         return self.replace(**changes)
 
+    def narrow(self, width: int) -> Batch:
+        """Keep the first ``width`` positions (right-padded rows whose tokens all fit)."""
+        if width == self.width:
+            return self
+        changes: dict[str, object] = {}
+        for name in TOKEN_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value[:, :width]
+        if self.advantages is not None and self.advantages.dim() == 2:
+            changes["advantages"] = self.advantages[:, :width]
+        changes["prepared"] = {
+            key: value[:, :width] if value.dim() == 2 and value.shape[1] == self.width else value
+            for key, value in self.prepared.items()
+        }
+        return self.replace(**changes)
+
     def split(self, num_micro_batches: int) -> list[Batch]:
         """Split into micro-batches of whole pairs (rows sharing a pair id stay together)."""
         if num_micro_batches < 1:

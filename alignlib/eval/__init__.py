@@ -1,1 +1,2 @@
-"""Math benchmark evaluation: generation through alignlib.rollout, grading through alignlib.rewards."""
+"""Math benchmark evaluation: generation through alignlib.rollout, grading through
+alignlib.rewards."""

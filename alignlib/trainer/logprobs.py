@@ -43,9 +43,7 @@ def token_logprobs(
     logps, entropies = [], []
     for start in range(0, hidden.shape[1], chunk_size):
         stop = start + chunk_size
-        lp, ent = _chunk_logprobs(
-            hidden[:, start:stop], head, targets[:, start:stop], temperature
-        )
+        lp, ent = _chunk_logprobs(hidden[:, start:stop], head, targets[:, start:stop], temperature)
         logps.append(lp)
         entropies.append(ent if with_entropy else ent.detach())
     pad = hidden.new_zeros(input_ids.shape[0], 1, dtype=torch.float32)

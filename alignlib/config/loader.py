@@ -1,0 +1,161 @@
+"""YAML → RunConfig with dotted CLI overrides, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from alignlib.config.schema import ComponentSpec, RunConfig
+
+
+class ConfigError(ValueError):
+    """A config the user must fix; the message is one line naming the file and key."""
+
+
+def _section_fields(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """Field names valid at ``path`` inside ``model`` (for did-you-mean suggestions)."""
+    current: Any = model
+    for part in path:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return []
+    return list(current.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        valid = _section_fields(RunConfig, loc[:-1])
+        match = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean '{match[0]}'?)" if match else ""
+        return f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    shown = error.get("input")
+    got = f" (got {shown!r})" if not isinstance(shown, dict) and "input" in error else ""
+    return f"{key}: {message}{got}"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-6", "lora.enabled=true"]`` → nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-6")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        target = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        target[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """Read, merge overrides, validate; relative data paths resolve against the file's folder."""
+    raw: dict[str, Any] = {}
+    where = "overrides"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(
+                f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _merge(raw, parse_overrides(list(overrides)))
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{where}: {_describe(errors[0])}{more}") from None
+    if path is not None:
+        config = _resolve_paths(config, Path(path).parent)
+    check_names(config, where)
+    return config
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    data_path = config.data.path
+    looks_local = Path(data_path).suffix in {".jsonl", ".json", ".parquet"}
+    if looks_local and not Path(data_path).is_absolute():
+        candidate = base / data_path
+        if candidate.exists() or not Path(data_path).exists():
+            data_path = str(candidate)
+    if looks_local and not Path(data_path).exists():
+        raise ConfigError(f"data.path: file {data_path} does not exist")
+    return config.model_copy(update={"data": config.data.model_copy(update={"path": data_path})})
+
+
+def check_names(config: RunConfig, where: str) -> None:
+    """Preset and component names (and preset parameters) must exist: say which key is wrong."""
+    from alignlib import algorithms
+    from alignlib.estimator import registry as component_registry
+
+    def fail(key: str, exc: Exception) -> None:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+
+    algo = config.algorithm
+    if algo.name is not None:
+        try:
+            valid = algorithms.parameters(algo.name)
+        except component_registry.RegistryError as exc:
+            fail("algorithm.name", exc)
+        for key in algo.params:
+            if key not in valid:
+                match = difflib.get_close_matches(key, list(valid), n=1)
+                hint = f" (did you mean '{match[0]}'?)" if match else ""
+                raise ConfigError(
+                    f"{where}: algorithm.params.{key}: not a parameter of {algo.name}{hint}; "
+                    f"valid: {', '.join(valid)}"
+                )
+    if algo.components is not None:
+        from alignlib.trainer.build import build_estimator
+
+        try:
+            build_estimator(config.algorithm)
+        except (component_registry.RegistryError, TypeError, ValueError) as exc:
+            fail("algorithm.components", exc)
+
+
+def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
+    return (spec, {}) if isinstance(spec, str) else (spec.name, dict(spec.params))

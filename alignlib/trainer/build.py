@@ -1,0 +1,64 @@
+"""Config → estimator, optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from alignlib import algorithms
+from alignlib.config.loader import component_spec
+from alignlib.config.schema import AlgorithmConfig, OptimConfig
+from alignlib.estimator import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    LIKELIHOODS,
+    MASKS,
+    REFERENCES,
+    REGULARIZERS,
+    UnifiedEstimator,
+)
+
+
+def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
+    """A preset with overrides, or an estimator assembled from named components."""
+    if config.name is not None:
+        return algorithms.get(config.name, **config.params)
+    parts = config.components
+    assert parts is not None
+
+    def make(registry, spec):  # type: ignore[no-untyped-def]
+        name, params = component_spec(spec)
+        return registry.build(name, **params)
+
+    return UnifiedEstimator(
+        mask=[make(MASKS, m) for m in parts.mask],
+        reference=make(REFERENCES, parts.reference),
+        advantage=make(ADVANTAGES, parts.advantage),
+        likelihood=make(LIKELIHOODS, parts.likelihood),
+        aggregation=make(AGGREGATIONS, parts.aggregation),
+        regularizers=[make(REGULARIZERS, r) for r in parts.regularizers],
+    )
+
+
+def build_optimizer(
+    params: list[torch.nn.Parameter], config: OptimConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """AdamW with linear warm-up then a cosine, linear or constant schedule."""
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return optimizer, LambdaLR(optimizer, factor)

@@ -1,0 +1,151 @@
+"""Logs people use: a rich progress bar, metrics.jsonl always, TensorBoard and wandb when
+available, and a PNG of the training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from alignlib.config.schema import LoggingConfig
+
+METRICS_FILE = "metrics.jsonl"
+PROGRESS_KEYS = (
+    ("loss", "loss"),
+    ("margin", "margin"),
+    ("accuracy", "acc"),
+    ("reward_mean", "reward"),
+    ("tokens_per_s", "tok/s"),
+)
+
+
+def _short(metrics: dict[str, float]) -> str:
+    parts = []
+    for key, label in PROGRESS_KEYS:
+        value = metrics.get(key)
+        if value is None:
+            value = next((v for k, v in metrics.items() if k.endswith("/" + key)), None)
+        if value is not None:
+            parts.append(
+                f"{label} {value:.4g}" if key != "tokens_per_s" else f"{label} {value:.0f}"
+            )
+    return "  ".join(parts)
+
+
+class RunLogger:
+    """Writes one JSON line per step; mirrors it to TensorBoard / wandb and the progress bar."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        config: LoggingConfig,
+        total_steps: int,
+        start_step: int = 0,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.path = output_dir / METRICS_FILE
+        self._truncate_after(start_step)
+        self.file = self.path.open("a", encoding="utf-8")
+        self.tensorboard = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
+            except ImportError:
+                self.tensorboard = None
+        self.wandb = None
+        if config.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=config.wandb_project, config=run_config, dir=str(output_dir), resume="allow"
+            )
+        self.progress: Progress | None = None
+        if config.progress:
+            self.progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),
+                console=Console(stderr=True),
+            )
+            self.task = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, stats=""
+            )
+            self.progress.start()
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines past the checkpoint so the file equals an uninterrupted run's."""
+        if not self.path.exists():
+            return
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **metrics}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, stats=_short(metrics))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Plot every logged scalar against the step into one PNG (default: RUN/training_curves.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(Path(run_dir))
+    keys = sorted(
+        {k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float))}
+    )
+    keys = [k for k in keys if not k.startswith(("time/",))] or keys
+    columns = 3
+    rows = max(1, -(-len(keys) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(
+            [p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None
+        )
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    target = Path(output) if output else Path(run_dir) / "training_curves.png"
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
+    return target

@@ -1,0 +1,61 @@
+"""Policy and reference models: transformers models, optional LoRA through peft."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignlib.config.schema import LoRAConfig, ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_policy(config: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model named by ``config.name_or_path`` (``tiny:llama`` is a random tiny model)."""
+    dtype = DTYPES[config.dtype]
+    if config.name_or_path == "tiny:llama":
+        from alignlib.testing import build_tiny_model, build_tokenizer
+
+        tokenizer = build_tokenizer()
+        model = build_tiny_model(tokenizer, hidden=64, layers=2, dtype=dtype)
+    else:
+        from alignlib.models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(config.name_or_path, dtype=dtype)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
+    """Wrap ``model`` with a trainable LoRA adapter (the base weights stay frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    target = config.target_modules
+    lora = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=target if isinstance(target, list) else "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen, eval-mode copy used as the reference (or previous-iterate) policy."""
+    ref = copy.deepcopy(model).eval()
+    for param in ref.parameters():
+        param.requires_grad_(False)
+    return ref
+
+
+def adapter_disabled(model: nn.Module) -> AbstractContextManager:
+    """Context in which a peft model runs as its base model (the LoRA reference)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else nullcontext()

@@ -1,0 +1,57 @@
+"""Simple shaping rewards: answer format and length."""
+
+from __future__ import annotations
+
+import re
+
+from alignlib.rewards.math_normalize import last_boxed_span
+from alignlib.rewards.registry import register_reward
+
+__all__ = ["format_reward", "length_penalty"]
+
+# What may follow the final box when it must end the completion: closing math delimiters,
+# punctuation, and an end-of-sequence marker some chat templates leave in the text.
+_TRAILER = re.compile(r"^(?:\s|\$|\\\]|\\\)|[.!]|</s>|<\|im_end\|>|<\|eot_id\|>)*$")
+
+
+@register_reward("format")
+def format_reward(completion: str, *, require_end: bool = False, **_: object) -> float:
+    """1.0 if ``completion`` has a non-empty, closed ``\\boxed{...}`` answer, else 0.0.
+
+    With ``require_end=True`` the last box must also end the completion: only whitespace,
+    ``$``, ``\\]``, ``\\)``, ``.``, ``!`` or an end-of-turn token may follow it.
+    """
+    span = last_boxed_span(completion)
+    if span is None or not completion[span[0] : span[1]].strip():
+        return 0.0
+    if require_end and not _TRAILER.match(completion[span[2] :]):
+        return 0.0
+    return 1.0
+
+
+@register_reward("length_penalty")
+def length_penalty(
+    completion: str,
+    *,
+    target_length: int = 4096,
+    slope: float | None = None,
+    max_penalty: float = 1.0,
+    num_tokens: int | None = None,
+    **_: object,
+) -> float:
+    """Non-positive penalty that grows linearly once the completion exceeds ``target_length``.
+
+    ``length`` is ``num_tokens`` when the caller passes it (a rollout knows the token count),
+    otherwise ``len(completion)`` in characters. The result is
+    ``-min(max_penalty, slope * max(0, length - target_length))``; the default ``slope`` is
+    ``1 / target_length``, so a completion twice the target costs 1.0, as much as a correct
+    math answer earns.
+    """
+    if target_length <= 0:
+        raise ValueError(f"length_penalty: target_length must be > 0, got {target_length}")
+    if max_penalty < 0:
+        raise ValueError(f"length_penalty: max_penalty must be >= 0, got {max_penalty}")
+    length = num_tokens if num_tokens is not None else len(completion)
+    rate = 1.0 / target_length if slope is None else slope
+    penalty = min(max_penalty, rate * max(0, length - target_length))
+    return -penalty if penalty > 0 else 0.0  # never -0.0

@@ -1,0 +1,236 @@
+"""A pool of Ray actors, each holding one rollout engine; prompts are sharded across them.
+
+Weights go through the object store once per update (`ray.put`), and every worker reads the
+same object. A worker that dies is replaced (the new one replays the weight updates) and its
+shard re-runs, so one crash costs time, not results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ray
+import torch
+from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
+from ray.exceptions import RayActorError
+
+
+class _RolloutWorker:
+    """Ray actor body: builds the engine inside the worker process and serves calls to it."""
+
+    def __init__(self, engine_factory: Callable[[], RolloutEngine]) -> None:
+        self.engine = engine_factory()
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def generate(self, prompts: Prompts, sampling: SamplingParams) -> list[list[Generation]]:
+        return self.engine.generate(prompts, sampling)
+
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.engine.update_weights(weights)
+
+
+class RayRolloutPool:
+    """Run `num_workers` rollout engines as Ray actors behind one `generate` call.
+
+    Args:
+        engine_factory: Zero-argument callable returning a `RolloutEngine`; called inside each
+            actor. It is pickled by reference, so define it in an importable module (a
+            `functools.partial` of a module-level function works), not in a test or `__main__`.
+        num_workers: Number of actors.
+        ray_address: Existing cluster to join (e.g. "auto"). None: reuse the current Ray session
+            or start a local one sized to this machine.
+        timeout_s: Upper bound on any single wait for workers (start-up, generate, weights).
+        num_cpus_per_worker: Ray CPU reservation per actor. Fractional on purpose: actors that
+            hold whole CPUs can starve later tasks on small machines and hang them.
+        num_gpus_per_worker: Ray GPU reservation per actor.
+        max_retries: How often one shard may be re-run after its worker died.
+    """
+
+    def __init__(
+        self,
+        engine_factory: Callable[[], RolloutEngine],
+        num_workers: int = 2,
+        ray_address: str | None = None,
+        timeout_s: float = 600.0,
+        num_cpus_per_worker: float = 0.5,
+        num_gpus_per_worker: float = 0.0,
+        max_retries: int = 2,
+    ) -> None:
+        if num_workers < 1:
+            raise ValueError(f"RayRolloutPool: num_workers={num_workers} must be >= 1.")
+        self._owns_ray = _ensure_ray(ray_address)
+        self._factory = engine_factory
+        self._actor_cls = ray.remote(_RolloutWorker).options(
+            num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker
+        )
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.restarts = 0
+        """How many workers have been replaced so far (observability, tests)."""
+        # Every weight update still needed to rebuild a worker's state, oldest first.
+        self._weight_log: list[tuple[frozenset[str], ray.ObjectRef]] = []
+        self._workers = [self._actor_cls.remote(self._factory) for _ in range(num_workers)]
+        try:
+            self._get([w.ready.remote() for w in self._workers], "start the workers")
+        except (RayActorError, TimeoutError) as err:
+            self.shutdown()
+            cause = str(err).strip().splitlines()[-1]  # the root exception; traceback in __cause__
+            raise RuntimeError(
+                f"RayRolloutPool: a worker failed to start ({cause}); engine_factory must build "
+                "an engine inside a fresh process (importable, no unpicklable state)."
+            ) from err
+
+    @property
+    def num_workers(self) -> int:
+        """Number of actors in the pool."""
+        return len(self._workers)
+
+    def worker_pids(self) -> list[int]:
+        """Process id of every worker, in slot order."""
+        return self._get([w.ready.remote() for w in self._workers], "query the workers")
+
+    def kill_worker(self, slot: int) -> None:
+        """Kill one worker (fault-injection for tests); the next call replaces it."""
+        ray.kill(self._workers[slot], no_restart=True)
+
+    # -------------------------------------------------------------------------------- generation
+    def generate(self, prompts: Prompts, sampling: SamplingParams) -> list[list[Generation]]:
+        """Shard `prompts` contiguously across workers; return results in prompt order.
+
+        Sampled results are reproducible for a fixed seed and worker count: each shard gets a
+        seed derived from `sampling.seed` and its first prompt index.
+        """
+        prompts = list(prompts)
+        bounds = _shard_bounds(len(prompts), self.num_workers)
+        shards = {slot: (lo, hi) for slot, (lo, hi) in enumerate(bounds) if hi > lo}
+        pending = {
+            self._submit(slot, prompts[lo:hi], sampling, lo): slot
+            for slot, (lo, hi) in shards.items()
+        }
+        attempts = dict.fromkeys(shards, 0)
+        results: list[list[Generation]] = []
+        by_slot: dict[int, list[list[Generation]]] = {}
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            left = max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not ready:
+                stuck = sorted(pending.values())
+                for slot in stuck:  # leave the pool usable: replace the hung workers
+                    self._restart(slot)
+                raise TimeoutError(
+                    f"RayRolloutPool.generate: workers {stuck} gave no result within "
+                    f"{self.timeout_s:.0f} s; they were restarted. Raise timeout_s for long "
+                    "generations or check the worker logs."
+                )
+            ref = ready[0]
+            slot = pending.pop(ref)
+            try:
+                by_slot[slot] = ray.get(ref, timeout=self.timeout_s)
+            except RayActorError as err:
+                attempts[slot] += 1
+                if attempts[slot] > self.max_retries:
+                    raise RuntimeError(
+                        f"RayRolloutPool.generate: worker {slot} died {attempts[slot]} times on "
+                        f"prompts {shards[slot]}; last error: {err}"
+                    ) from err
+                self._restart(slot)
+                lo, hi = shards[slot]
+                pending[self._submit(slot, prompts[lo:hi], sampling, lo)] = slot
+        for slot in sorted(by_slot):
+            lo, _ = shards[slot]
+            for gens in by_slot[slot]:
+                for g in gens:
+                    g.prompt_index += lo  # workers number prompts within their shard
+                results.append(gens)
+        return results
+
+    def _submit(
+        self, slot: int, prompts: Prompts, sampling: SamplingParams, start: int
+    ) -> ray.ObjectRef:
+        if sampling.seed is not None:
+            sampling = dataclasses.replace(
+                sampling, seed=hash((sampling.seed, start)) & 0x7FFF_FFFF_FFFF_FFFF
+            )
+        return self._workers[slot].generate.remote(prompts, sampling)
+
+    # ----------------------------------------------------------------------------------- weights
+    def update_weights(self, weights: NamedTensors) -> None:
+        """Send weights to every worker: one `ray.put`, read by all (CPU copies, by name)."""
+        named = {
+            name: t.detach().to("cpu", copy=True)
+            for name, t in (weights.items() if isinstance(weights, Mapping) else weights)
+        }
+        ref = ray.put(named)
+        names = frozenset(named)
+        # An update that covers an older one makes it unnecessary for rebuilding workers.
+        self._weight_log = [(n, r) for n, r in self._weight_log if not n <= names]
+        self._weight_log.append((names, ref))
+        refs = {slot: w.update_weights.remote(ref) for slot, w in enumerate(self._workers)}
+        for slot, r in refs.items():
+            try:
+                self._get([r], f"update weights on worker {slot}")
+            except RayActorError:
+                self._restart(slot)  # the replacement replays the log, this update included
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def _restart(self, slot: int) -> None:
+        ray.kill(self._workers[slot], no_restart=True)
+        worker = self._actor_cls.remote(self._factory)
+        for _, ref in self._weight_log:
+            worker.update_weights.remote(ref)  # actor calls run in order: before any generate
+        self._workers[slot] = worker
+        self.restarts += 1
+
+    def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError as err:
+            raise TimeoutError(
+                f"RayRolloutPool: could not {what} within {self.timeout_s:.0f} s; raise timeout_s "
+                "or check that the cluster has free CPUs for the actors (ray status)."
+            ) from err
+
+    def shutdown(self) -> None:
+        """Kill the workers; stop Ray too if this pool started it."""
+        for w in self._workers:
+            ray.kill(w, no_restart=True)
+        self._workers = []
+        self._weight_log = []
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayRolloutPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Connect to / start Ray; True when this call started a local session."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is not None:
+        ray.init(address=address)
+        return False
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    return True
+
+
+def _shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """Split range(n) into `parts` contiguous, near-equal pieces (earlier pieces one larger)."""
+    size, extra = divmod(n, parts)
+    bounds, lo = [], 0
+    for p in range(parts):
+        hi = lo + size + (p < extra)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
