@@ -10,14 +10,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
+
 from alignlib.rollout.base import SamplingParams, create_engine
 from alignlib.rollout.hf_engine import HFEngine
 from alignlib.rollout.vllm_engine import _MISSING
-
 from alignlib.testing import build_tiny_model, build_tokenizer
 
 PROMPTS = ["What is 2 + 3?", "Solve for x: 3x + 5 = 20.", "Hello!", "Compute 1+2", "The area is"]
-GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
+GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
 # head_dim 64: a size every vLLM attention backend supports.
 MODEL = dict(hidden=256, layers=2, init_std=0.2)
 
@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny")
     tok = build_tokenizer()
-    model = tiny(tok, seed=0)
+    model = tiny(tok, seed=3)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     # On CPU vLLM otherwise reserves 90% of RAM for the KV cache; the tiny model needs little.
@@ -90,6 +90,8 @@ def test_vllm_update_weights(setup):
     vllm_engine, hf_engine, tok = setup
     new = tiny(tok, seed=1)
     want = HFEngine(new, tok).generate(PROMPTS, GREEDY)
+    before = vllm_engine.generate(PROMPTS, GREEDY)
+    assert [g[0].token_ids for g in before] != [w[0].token_ids for w in want]
     vllm_engine.update_weights(new.state_dict())
     got = vllm_engine.generate(PROMPTS, GREEDY)
     assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]

@@ -109,12 +109,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"{where}: {_describe(errors[0])}{more}") from None
     if path is not None:
-        config = _resolve_paths(config, Path(path).parent)
+        config = _resolve_paths(config, Path(path).parent, where)
     check_names(config, where)
     return config
 
 
-def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+def _resolve_paths(config: RunConfig, base: Path, where: str) -> RunConfig:
     data_path = config.data.path
     looks_local = Path(data_path).suffix in {".jsonl", ".json", ".parquet"}
     if looks_local and not Path(data_path).is_absolute():
@@ -122,7 +122,7 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         if candidate.exists() or not Path(data_path).exists():
             data_path = str(candidate)
     if looks_local and not Path(data_path).exists():
-        raise ConfigError(f"data.path: file {data_path} does not exist")
+        raise ConfigError(f"{where}: data.path: file {data_path} does not exist")
     return config.model_copy(update={"data": config.data.model_copy(update={"path": data_path})})
 
 

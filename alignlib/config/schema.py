@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+from alignlib.config.section import Section
+from alignlib.eval.config import EvalConfig
 
 
 class ModelConfig(Section):
@@ -204,3 +203,5 @@ class RunConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     inpo: INPOConfig | None = None
     """Set to run INPO's online iterations (the algorithm should be `inpo`)."""
+    eval: EvalConfig | None = None
+    """Benchmark evaluation; with `eval.every` set it also runs during training."""

@@ -37,7 +37,9 @@ def token_logprobs(
     [B, chunk, V] block of logits instead of [B, T, V].
     """
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = base(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
     head = model.get_output_embeddings()
     hidden, targets = hidden[:, :-1], input_ids[:, 1:]
     logps, entropies = [], []

@@ -137,6 +137,10 @@ class Trainer:
                     "epoch": sampler.epoch,
                     "tokens_per_s": metrics["tokens"] / elapsed,
                 }
+                if cfg.eval is not None and cfg.eval.every and step % cfg.eval.every == 0:
+                    from alignlib.eval.runner import evaluate_in_loop
+
+                    metrics |= evaluate_in_loop(self.model, self.tokenizer, cfg.eval, step)
                 logger.log(step, metrics)
                 history.append({"step": step, **metrics})
                 every = cfg.checkpoint.every

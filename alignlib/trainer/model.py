@@ -28,7 +28,6 @@ def load_policy(config: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
         model, tokenizer = load_model_and_tokenizer(config.name_or_path, dtype=dtype)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model.config.use_cache = False
     return model, tokenizer
 
 

@@ -1,0 +1,95 @@
+"""`alignlib train | eval | config | plot`: user errors print one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import yaml
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OSError, KeyError)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from alignlib.config import load_config
+    from alignlib.trainer.loop import Trainer
+
+    config = load_config(args.config, args.overrides)
+    result = Trainer(config).train()
+    shown = {k: round(v, 4) for k, v in result.final_metrics.items() if isinstance(v, float)}
+    print(f"done: {result.steps} steps, outputs in {result.output_dir}")
+    print("final metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from alignlib.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    from alignlib.config.docs import render_markdown
+
+    print(render_markdown(), end="")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from alignlib.trainer.logs import plot_run
+
+    print(plot_run(args.run_dir, args.output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignlib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train from a YAML config")
+    train.add_argument("config", help="the run's YAML file")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-6")
+    train.set_defaults(run=_train)
+
+    config = commands.add_parser("config", help="inspect configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the resolved config")
+    show.add_argument("config")
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(run=_config_show)
+    docs = config_commands.add_parser("docs", help="print the reference of every config key")
+    docs.set_defaults(run=_config_docs)
+
+    plot = commands.add_parser("plot", help="PNG of a run's training curves")
+    plot.add_argument("run_dir")
+    plot.add_argument("--output", default=None, help="PNG (default RUN_DIR/training_curves.png)")
+    plot.set_defaults(run=_plot)
+
+    try:
+        from alignlib.eval.cli import add_eval_parser
+    except ImportError:
+        pass
+    else:
+        add_eval_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except USER_ERRORS as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"alignlib: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alignlib: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Sample K responses per prompt from the current policy, rank them with a preference oracle,
+and keep (best, worst) as a preference pair. INPO's iterations and BVPO's pair building share it.
+
+With a scalar oracle (a verifiable reward or a reward model), the best and worst of K are
+exactly what INPO's knockout tournament returns under a Bradley–Terry preference model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alignlib.data import Example
+from alignlib.estimator import Role
+from alignlib.rollout.base import RolloutEngine, SamplingParams
+
+Oracle = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[float]]
+"""(prompts, completions, rows) → one score per completion; higher is preferred."""
+
+
+def resolve_oracle(spec: str) -> Oracle:
+    """A reward name / ``module:function`` (per completion), or ``reward_model:PATH``."""
+    if spec.startswith("reward_model:"):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from alignlib.rewards import RewardModelScorer
+
+        path = spec.removeprefix("reward_model:")
+        scorer = RewardModelScorer(
+            AutoModelForSequenceClassification.from_pretrained(path, num_labels=1),
+            AutoTokenizer.from_pretrained(path),
+        )
+        return lambda prompts, completions, rows: scorer(list(prompts), list(completions))
+    from alignlib.rewards import resolve_reward
+
+    reward = resolve_reward(spec)
+
+    def score(
+        prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]
+    ) -> list[float]:
+        columns = [
+            {k: v for k, v in row.items() if k not in ("prompt", "completion")} for row in rows
+        ]
+        return [float(reward(c, **cols)) for c, cols in zip(completions, columns, strict=True)]
+
+    return score
+
+
+@dataclass
+class RankedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_score: float
+    rejected_score: float
+    row: dict[str, Any]
+
+
+def sample_and_rank(
+    engine: RolloutEngine,
+    rows: Sequence[dict[str, Any]],
+    oracle: Oracle,
+    sampling: SamplingParams,
+    response_prefix: list[int] | None = None,
+) -> tuple[list[RankedPair], dict[str, float]]:
+    """Best and worst of ``sampling.n`` responses per prompt; prompts whose best does not beat
+    their worst give no pair. ``response_prefix`` forces the start of every response (BVPO's
+    empty think block) and is kept in the pair's completions."""
+    prefix = response_prefix or []
+    prompt_ids = engine.encode_prompts([row["prompt"] for row in rows])  # type: ignore[attr-defined]
+    generations = engine.generate([ids + prefix for ids in prompt_ids], sampling)
+    pairs: list[RankedPair] = []
+    scores_all: list[float] = []
+    for row, ids, gens in zip(rows, prompt_ids, generations, strict=True):
+        texts = [g.text for g in gens]
+        scores = oracle([str(row["prompt"])] * len(gens), texts, [row] * len(gens))
+        scores_all.extend(scores)
+        best = max(range(len(gens)), key=lambda i: scores[i])
+        worst = min(range(len(gens)), key=lambda i: scores[i])
+        if scores[best] > scores[worst]:
+            pairs.append(
+                RankedPair(
+                    ids,
+                    prefix + list(gens[best].token_ids),
+                    prefix + list(gens[worst].token_ids),
+                    scores[best],
+                    scores[worst],
+                    dict(row),
+                )
+            )
+    stats = {
+        "pairs": float(len(pairs)),
+        "pair_rate": len(pairs) / max(1, len(rows)),
+        "score_mean": sum(scores_all) / max(1, len(scores_all)),
+    }
+    return pairs, stats
+
+
+def pairs_to_examples(pairs: list[RankedPair], trace: bool | None = None) -> list[Example]:
+    """Preference examples built from token ids (no re-tokenization of sampled text)."""
+    return [
+        Example(
+            index=i,
+            sequences=[p.prompt_ids + p.chosen_ids, p.prompt_ids + p.rejected_ids],
+            completion_starts=[len(p.prompt_ids), len(p.prompt_ids)],
+            roles=[Role.CHOSEN, Role.REJECTED],
+            trace=trace,
+        )
+        for i, p in enumerate(pairs)
+    ]

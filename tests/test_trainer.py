@@ -1,0 +1,257 @@
+"""The offline trainer end to end on a tiny model: every method learns on a fixed batch, resume
+is exact, LoRA adapters reload, INPO iterates, and bad configs / data give one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from alignlib.cli import main
+from alignlib.config import ConfigError, load_config
+from alignlib.data import DataError
+from alignlib.trainer.loop import Trainer
+
+PAIRS = [
+    {
+        "prompt": f"What is {a} + {b}?",
+        "chosen": f"\\boxed{{{a + b}}}",
+        "rejected": f"\\boxed{{{a + b + 1}}}",
+    }
+    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def datasets(tmp: Path) -> dict[str, Path]:
+    sft = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
+    tpo = [{**p, "reference": f"Adding gives {p['chosen']}"} for p in PAIRS]
+    bvpo = [{**p, "trace": i % 2 == 0} for i, p in enumerate(PAIRS)]
+    return {
+        "sft": write_jsonl(tmp / "sft.jsonl", sft),
+        "preference": write_jsonl(tmp / "pairs.jsonl", PAIRS),
+        "tpo": write_jsonl(tmp / "tpo.jsonl", tpo),
+        "bvpo": write_jsonl(tmp / "bvpo.jsonl", bvpo),
+    }
+
+
+def config_file(tmp: Path, data_path: Path, algorithm: str, **sections) -> Path:
+    cfg = {
+        "output_dir": str(tmp / f"run-{algorithm}"),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data_path), "shuffle": False},
+        "algorithm": {"name": algorithm},
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant"},
+        "train": {"batch_size": 4, "micro_batch_size": 2, "max_steps": 5},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = tmp / f"{algorithm}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+METHODS = {
+    "sft": "sft",
+    "dpo": "preference",
+    "ipo": "preference",
+    "hinge": "preference",
+    "rpo": "preference",
+    "rpo_avg": "preference",
+    "tpo": "tpo",
+    "tpo_l": "tpo",
+    "bvpo": "bvpo",
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(METHODS))
+def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path, algorithm: str) -> None:
+    data = datasets(tmp_path)[METHODS[algorithm]]
+    result = Trainer(load_config(config_file(tmp_path, data, algorithm))).train()
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 5
+    assert losses[-1] < losses[0] - 1e-3, losses
+    assert (result.output_dir / "final" / "config.json").is_file()
+    assert len((result.output_dir / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = datasets(tmp_path)["preference"]
+    extra = {
+        "train": {"max_steps": 6, "batch_size": 2, "micro_batch_size": 1},
+        "data": {"shuffle": True},
+        "checkpoint": {"every": 3},
+    }
+    (tmp_path / "a").mkdir()
+    straight = Trainer(load_config(config_file(tmp_path / "a", data, "dpo", **extra))).train()
+    (tmp_path / "b").mkdir()
+    cfg_b = config_file(tmp_path / "b", data, "dpo", **extra)
+    import alignlib.trainer.loop as loop
+
+    calls = {"n": 0}
+    original = loop.accumulate_gradients
+
+    def crash_on_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "accumulate_gradients", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(load_config(cfg_b)).train()
+    monkeypatch.setattr(loop, "accumulate_gradients", original)
+    assert not (tmp_path / "b" / "run-dpo" / "final").exists()
+    resumed = Trainer(load_config(cfg_b, ["checkpoint.resume=true"])).train()
+    lines = (tmp_path / "b" / "run-dpo" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    for want, got in zip(straight.history, records, strict=True):
+        for key in ("loss", "grad_norm", "lr", "dpo/margin", "dpo/accuracy"):
+            assert got[key] == want[key], (key, got["step"])
+    assert resumed.steps == 6
+
+
+def test_lora_adapter_reloads_to_same_outputs(tmp_path: Path) -> None:
+    data = datasets(tmp_path)["preference"]
+    cfg = load_config(
+        config_file(
+            tmp_path, data, "dpo", lora={"enabled": True, "r": 4, "alpha": 8, "save_merged": True}
+        )
+    )
+    trainer = Trainer(cfg)
+    trainer.train()
+    final = Path(cfg.output_dir) / "final"
+    assert (final / "adapter_config.json").is_file()
+    from peft import PeftModel
+
+    from alignlib.testing import build_tiny_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    base = build_tiny_model(tokenizer, hidden=64, layers=2)
+    reloaded = PeftModel.from_pretrained(base, str(final)).eval()
+    ids = torch.tensor([tokenizer.encode("What is 2 + 3?")])
+    trainer.model.eval()
+    with torch.no_grad():
+        want = trainer.model(input_ids=ids).logits
+        got = reloaded(input_ids=ids).logits
+        from transformers import AutoModelForCausalLM
+
+        merged = AutoModelForCausalLM.from_pretrained(Path(cfg.output_dir) / "merged")(
+            input_ids=ids
+        )
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(merged.logits, want, atol=1e-4)
+
+
+def test_inpo_runs_two_iterations(tmp_path: Path) -> None:
+    cfg = load_config(
+        config_file(
+            tmp_path,
+            tmp_path / "unused.jsonl",
+            "inpo",
+            data={"path": "builtin:gsm8k_prompts", "limit": 4},
+            train={"max_steps": None, "epochs": 1, "batch_size": 2, "micro_batch_size": 1},
+            inpo={
+                "iterations": 2,
+                "samples_per_prompt": 3,
+                "max_new_tokens": 8,
+                "oracle": "oracles_for_tests:shortest",
+            },
+        )
+    )
+    result = Trainer(cfg).train()
+    lines = (Path(cfg.output_dir) / "iterations.jsonl").read_text().splitlines()
+    iterations = [json.loads(line) for line in lines]
+    assert [it["iteration"] for it in iterations] == [1, 2]
+    assert all(it["pairs"] >= 1 for it in iterations)
+    assert (result.output_dir / "final" / "config.json").is_file()
+    for t in (1, 2):
+        assert (Path(cfg.output_dir) / f"iteration-{t}" / "metrics.jsonl").is_file()
+
+
+BAD_CONFIGS = [
+    ({"optim": {"lrr": 1}}, "optim.lrr: unknown key (did you mean 'lr'?)"),
+    ({"optim": {"lr": "fast"}}, "optim.lr: Input should be a valid number"),
+    ({"optim": {"lr": -1}}, "optim.lr: Input should be greater than 0"),
+    ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
+    (
+        {"algorithm": {"name": "dpoo"}},
+        "algorithm.name: unknown algorithm 'dpoo' (did you mean 'dpo'?)",
+    ),
+    (
+        {"algorithm": {"name": "dpo", "params": {"bta": 1}}},
+        "algorithm.params.bta: not a parameter of dpo (did you mean 'beta'?)",
+    ),
+    (
+        {"train": {"batch_size": 3, "micro_batch_size": 2}},
+        "must be a multiple of train.micro_batch_size",
+    ),
+    ({"data": {"path": "missing.jsonl"}}, "data.path: file"),
+    ({"data": {"format": "pairs"}}, "data.format: Input should be 'auto', 'sft', 'preference'"),
+    ({"algorithm": {"name": None}}, "set exactly one of algorithm.name and algorithm.components"),
+    (
+        {"algorithm": {"name": None, "components": {"advantage": "grop"}}},
+        "unknown advantage 'grop' (did you mean 'grpo'?)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_CONFIGS)
+def test_bad_config_is_one_clear_line(tmp_path: Path, changes: dict, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(changes))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert message in text, text
+    assert "\n" not in text and text.startswith(str(path))
+
+
+def test_cli_prints_one_line_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: [1, 2\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alignlib: error:") and "line" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert main(["config", "show", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_overrides_apply_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = config_file(tmp_path, datasets(tmp_path)["preference"], "dpo")
+    assert main(["config", "show", str(path), "optim.lr=1e-6", "algorithm.params.beta=0.3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["optim"]["lr"] == 1e-6 and shown["algorithm"]["params"]["beta"] == 0.3
+
+
+def test_data_errors_name_file_and_row(tmp_path: Path) -> None:
+    bad = write_jsonl(tmp_path / "bad.jsonl", [PAIRS[0], {"prompt": "x", "chosen": "y"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl row 2: field 'rejected' is missing"):
+        Trainer(load_config(config_file(tmp_path, bad, "dpo"))).train()
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"question": "x", "response": "y"}])
+    with pytest.raises(DataError, match="cannot infer the data format"):
+        Trainer(load_config(config_file(tmp_path, odd, "sft"))).train()
+    cfg = config_file(tmp_path, bad, "dpo", data={"path": "builtin:nope"})
+    with pytest.raises(DataError, match="unknown builtin data set 'nope'"):
+        Trainer(load_config(cfg)).train()
+
+
+def test_plot_command_writes_png(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path, datasets(tmp_path)["sft"], "sft", train={"max_steps": 2})
+    Trainer(load_config(cfg)).train()
+    assert main(["plot", str(tmp_path / "run-sft")]) == 0
+    png = tmp_path / "run-sft" / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
