@@ -5,7 +5,6 @@ mean over its own pairs: the gradient is α·g_t + (1 − α)·g_e exactly.
 """
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import DPOWeights, Role, Rows, UnifiedEstimator
 
 

@@ -3,7 +3,6 @@
 from typing import Literal
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import ClipCov, GroupNormalized, OldPolicy, PPOClip, UnifiedEstimator
 
 

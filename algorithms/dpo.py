@@ -1,7 +1,6 @@
 """DPO (Rafailov et al. 2023): −log σ(βΔ), Δ = r(y_w) − r(y_l), r = log π/π_ref summed."""
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import DPOWeights, UnifiedEstimator
 
 

@@ -1,7 +1,6 @@
 """Dr. GRPO (Liu et al. 2025): no std normalization, no per-sequence length normalization."""
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import GroupNormalized, PPOClip, SeqMeanTokenSumNorm, UnifiedEstimator
 
 

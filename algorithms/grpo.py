@@ -1,7 +1,6 @@
 """GRPO (Shao et al. 2024): PPO clip with group-normalized advantages (R − mean)/(std + ε)."""
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import GroupNormalized, KLPenalty, PPOClip, UnifiedEstimator
 
 

@@ -1,7 +1,6 @@
 """SLiC-style hinge preference loss: relu(1 − βΔ)."""
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import HingeWeights, UnifiedEstimator
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from alignlib.algorithms.registry import preset
 from torch import Tensor
 
+from alignlib.algorithms.registry import preset
 from alignlib.estimator import (
     NLL,
     EntropyBonus,

@@ -3,7 +3,6 @@ h = Δ_θ − ratio·Δ_ref − (1 − ratio)·Δ_{π_t}. The iterative sample-a
 trainer; each iteration trains π_{t+1} from π_t with this estimator."""
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import INPOWeights, UnifiedEstimator
 
 

@@ -1,7 +1,6 @@
 """IPO (Azar et al. 2023): (Δ' − 1/(2β))² on length-averaged log-ratios (as TRL ≥ 1.x)."""
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import IPOWeights, UnifiedEstimator
 
 

@@ -4,7 +4,6 @@ on-policy tokens use the clipped ratio, demonstration tokens the shaping f(p) = 
 with no clip."""
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import (
     EntropyBonus,
     GroupNormalized,

@@ -1,7 +1,6 @@
 """PPO-clip without a critic: −min(ρÂ, clip(ρ, 1−ε, 1+ε)Â), dual-clipped for Â < 0."""
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import Advantage, KLPenalty, PPOClip, UnifiedEstimator
 
 

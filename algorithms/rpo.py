@@ -7,7 +7,6 @@ equal to the official cumulative RPO only when w = η·β·(mean chosen length).
 from typing import Literal
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import RPOWeights, UnifiedEstimator
 
 

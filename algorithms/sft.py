@@ -1,7 +1,6 @@
 """SFT: the UPGE with Â = 1 and π_ref = π_θ, i.e. token-mean negative log-likelihood."""
 
 from alignlib.algorithms.registry import preset
-
 from alignlib.estimator import ALL_ROWS, UnifiedEstimator
 
 

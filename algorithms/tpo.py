@@ -1,7 +1,6 @@
 """TPO (Saeidi et al. 2024): reference-free −log σ(β(l(y_w) − l(y_l))) + α·NLL(gold)."""
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import NLL, Role, Rows, TPOWeights, UnifiedEstimator
 
 

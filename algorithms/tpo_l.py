@@ -1,7 +1,6 @@
 """TPO-L (Saeidi et al., v2): −log σ(β(l̄(y_w) − l̄(y_l)) − γ) + α·NLL(gold), length-averaged."""
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
-
 from alignlib.estimator import NLL, Role, Rows, TPOLWeights, UnifiedEstimator
 
 

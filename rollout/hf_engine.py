@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from alignlib.rollout.base import (
     FinishReason,
     Generation,
@@ -21,7 +23,6 @@ from alignlib.rollout.base import (
     encode_prompts,
     register_engine,
 )
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Generation-config fields that would silently reshape the sampling distribution if a checkpoint's
 # generation_config.json set them; pinned to neutral values so logprobs match the documented

@@ -15,8 +15,9 @@ from typing import Any
 
 import ray
 import torch
-from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
 from ray.exceptions import RayActorError
+
+from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
 
 
 class _RolloutWorker:

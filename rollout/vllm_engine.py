@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+
 from alignlib.rollout.base import (
     Generation,
     NamedTensors,

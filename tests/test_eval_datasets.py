@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from alignlib.rewards import grade_many
 
 from alignlib.eval.datasets import BENCHMARKS, load_benchmark
+from alignlib.rewards import grade_many
 
 EXPECTED_LINES = {
     "math500": 500,

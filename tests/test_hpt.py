@@ -4,10 +4,10 @@ gradient −Σ Â·∇log p / L_max when ρ ≡ 1."""
 from __future__ import annotations
 
 import torch
-from alignlib.algorithms.hpt import gate, route
 from batches import hybrid_batch, rel_error
 
 from alignlib import algorithms
+from alignlib.algorithms.hpt import gate, route
 from alignlib.estimator import Batch, Role
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from alignlib.rewards import grade, grade_many, math_reward
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from alignlib.rewards import extract_boxed, normalize_answer
 
 

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import torch
-from alignlib.rollout.base import SamplingParams
-from alignlib.rollout.hf_engine import HFEngine
 from transformers import AutoTokenizer
 
 import alignlib.models as models
 from alignlib.models import load_bundled_smollm2, load_model_and_tokenizer
+from alignlib.rollout.base import SamplingParams
+from alignlib.rollout.hf_engine import HFEngine
 from alignlib.testing import build_tiny_model, build_tokenizer
 
 TEXTS = [

@@ -11,9 +11,9 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 import pytest
 import ray
 import torch
+
 from alignlib.rollout.base import SamplingParams
 from alignlib.rollout.ray_workers import RayRolloutPool, _shard_bounds
-
 from alignlib.testing import build_tiny_model, build_tokenizer, tiny_engine
 
 # Five prompts over two workers: uneven shards (3 + 2) exercise the reassembly.

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from alignlib.rewards import RewardModelScorer
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from alignlib.rewards import RewardModelScorer
 from alignlib.testing import build_tokenizer
 
 PROMPTS = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from alignlib.rewards import format_reward, length_penalty, math_reward, registry
 from alignlib.rewards.registry import get_reward, list_rewards, register_reward, resolve_reward
 

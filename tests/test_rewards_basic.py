@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from alignlib.rewards import format_reward, length_penalty
 
 

@@ -8,9 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
+
 from alignlib.rollout.base import SamplingParams, create_engine
 from alignlib.rollout.hf_engine import HFEngine
-
 from alignlib.testing import build_tiny_model, build_tokenizer
 
 PROMPTS = [

@@ -1,0 +1,122 @@
+"""The `eval:` section: what to evaluate, how to sample, which metrics to report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from alignlib.config.section import Section
+from alignlib.eval.datasets import BENCHMARKS, benchmark_file
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
+)
+
+
+class EvalConfig(Section):
+    model: str | None = None
+    """Model to evaluate: a Hugging Face folder, a training run folder (its `merged/` if present,
+    else `final/`; a LoRA adapter is merged into its base model), `bundled:smollm2-135m-instruct`,
+    or a hub name. null during training: the policy being trained."""
+    benchmarks: list[str] = ["math500"]
+    """Benchmarks: packaged names (`math500`, `gsm8k`, `aime24`, `aime25`, `amc23`,
+    `minerva_math`, `olympiadbench`) or paths of .jsonl files."""
+    n: int = Field(1, ge=1)
+    """Sampled completions per problem (for avg@n, pass@k, maj@k). With n=1 and greedy_pass1 only
+    the greedy completion is generated."""
+    temperature: float = Field(0.6, gt=0)
+    """Sampling temperature of the n samples (the greedy pass ignores it)."""
+    top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling mass of the n samples."""
+    max_new_tokens: int = Field(512, gt=0)
+    """Completion length cap; a completion cut here usually has no boxed answer and counts as
+    wrong."""
+    limit: int | None = Field(None, gt=0)
+    """Evaluate only the first N problems of each benchmark."""
+    seed: int = 0
+    """Sampling seed. A fixed seed, engine, batch_size and num_workers give identical samples."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Generation engine: `transformers` (anywhere, CPU included) or `vllm` (needs vLLM)."""
+    num_workers: int = Field(0, ge=0)
+    """Ray rollout workers, each holding its own copy of the model; 0 generates in-process."""
+    batch_size: int = Field(16, gt=0)
+    """Sequences per generation batch (bounds memory; the samples depend on it)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Model dtype when eval loads the model itself: float32 on CPU, bfloat16 on GPU."""
+    problem_field: str = "problem"
+    """Question field of .jsonl benchmark files (packaged benchmarks always have `problem`)."""
+    answer_field: str = "answer"
+    """Reference-answer field of .jsonl benchmark files."""
+    every: int | None = Field(None, gt=0)
+    """During training: evaluate every N optimizer steps (null: no in-training evaluation)."""
+    ks: list[int] | None = None
+    """k values of pass@k and maj@k, each in [2, n]; null: 2, 4, 8, ... up to n, and n."""
+    output_dir: str | None = None
+    """Folder for results.json. null: `RUN/eval` for a run folder, else
+    `eval_results/<model name>`; during training, null writes nothing (set it to keep
+    `DIR/step-N/results.json`)."""
+    chat_template: bool = True
+    """Wrap each prompt as a user turn in the tokenizer's chat template (when it has one)."""
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    """Prompt text; `{problem}` is replaced by the question (other braces are kept as they
+    are)."""
+    greedy_pass1: bool = True
+    """Also decode greedily and report that as pass@1. false: pass@1 is the mean over the n
+    samples (the unbiased estimate)."""
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"give at least one benchmark; valid names: {', '.join(BENCHMARKS)}")
+        for name in value:
+            # Paths are checked when loaded (they may be relative to a config file); a bare
+            # word that is no packaged name is a typo, and benchmark_file says which names exist.
+            if not _looks_like_path(name):
+                benchmark_file(name)
+        if len(set(value)) != len(value):
+            raise ValueError(f"benchmarks are listed twice: {value}")
+        return value
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_problem(cls, value: str) -> str:
+        if "{problem}" not in value:
+            raise ValueError("prompt_template must contain {problem}, where the question goes")
+        return value
+
+    @model_validator(mode="after")
+    def _ks_fit_n(self) -> EvalConfig:
+        bad = [k for k in self.ks or [] if not 2 <= k <= self.n]
+        if bad:
+            raise ValueError(
+                f"ks {bad} out of range: each k must be in [2, n={self.n}] (raise n to draw "
+                "at least k samples; pass@1 is always reported)"
+            )
+        return self
+
+    def resolved_ks(self) -> list[int]:
+        """The k values actually reported (empty when n == 1)."""
+        if self.ks is not None:
+            return sorted(set(self.ks))
+        ks = {self.n} if self.n > 1 else set()
+        k = 2
+        while k < self.n:
+            ks.add(k)
+            k *= 2
+        return sorted(ks)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether a sampled pass (n completions at `temperature`) runs."""
+        return self.n > 1 or not self.greedy_pass1
+
+    def benchmark_label(self, name: str) -> str:
+        """Short name used in tables and metric keys (file stem for .jsonl paths)."""
+        return Path(name).stem if _looks_like_path(name) else name
+
+
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or "\\" in name or Path(name).suffix != ""
