@@ -7,7 +7,7 @@ import re
 from alignlib.rewards.math_normalize import last_boxed_span
 from alignlib.rewards.registry import register_reward
 
-__all__ = ["format_reward", "length_penalty"]
+__all__ = ["format_reward", "length_penalty", "math_format_reward"]
 
 # What may follow the final box when it must end the completion: closing math delimiters,
 # punctuation, and an end-of-sequence marker some chat templates leave in the text.
@@ -55,3 +55,18 @@ def length_penalty(
     rate = 1.0 / target_length if slope is None else slope
     penalty = min(max_penalty, rate * max(0, length - target_length))
     return -penalty if penalty > 0 else 0.0  # never -0.0
+
+
+@register_reward("math_format")
+def math_format_reward(completion: str, answer: str, **_: object) -> float:
+    """A graded preference for sample-and-rank oracles (INPO, BVPO pair building).
+
+    1.0 for a right boxed answer, 0.2 for a wrong but boxed one, 0 otherwise, minus a tie-break
+    of 1e-4 per 100 characters so that among equal verdicts the shorter response wins (a weak
+    model that gets every sample wrong still yields informative pairs).
+    """
+    from alignlib.rewards.math_grader import math_reward
+
+    verdict = math_reward(completion, answer)
+    boxed = format_reward(completion)
+    return verdict + 0.2 * boxed * (1.0 - verdict) - 1e-4 * len(completion) / 100

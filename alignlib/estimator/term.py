@@ -137,7 +137,8 @@ class PolicyGradientTerm(Term):
             for i, mask in enumerate(self.masks):
                 for key, value in mask.prepare(batch, units, unit_adv).items():
                     prepared[f"mask{i}.{key}"] = value
-            if not self.likelihood.per_sequence and bool(units.mask.any()):
+            reward_based = bool(self.advantage.requirements().keys() & {"rewards", "advantages"})
+            if reward_based and not self.likelihood.per_sequence and bool(units.mask.any()):
                 # Cov(log π, Â) drives entropy change (Entropy Mechanism paper): log it always.
                 cov = token_covariance(units.logp, unit_adv, units.mask)[units.mask > 0]
                 metrics |= {"cov_mean": cov.mean(), "cov_max": cov.max(), "cov_min": cov.min()}

@@ -109,3 +109,26 @@ def pairs_to_examples(pairs: list[RankedPair], trace: bool | None = None) -> lis
         )
         for i, p in enumerate(pairs)
     ]
+
+
+def build_bvpo_examples(
+    engine: RolloutEngine,
+    rows: Sequence[dict[str, Any]],
+    oracle: Oracle,
+    sampling: SamplingParams,
+    empty_trace: str = "<think>\n\n</think>\n\n",
+) -> tuple[list[Example], dict[str, float]]:
+    """BVPO's two pair sets from prompts: responses sampled with reasoning (trace pairs) and
+    with the empty think block forced at the start of the response (empty-trace pairs)."""
+    tokenizer = engine.tokenizer  # type: ignore[attr-defined]
+    prefix = tokenizer.encode(empty_trace, add_special_tokens=False)
+    trace_pairs, trace_stats = sample_and_rank(engine, rows, oracle, sampling)
+    empty_pairs, empty_stats = sample_and_rank(engine, rows, oracle, sampling, prefix)
+    examples = pairs_to_examples(trace_pairs, trace=True) + pairs_to_examples(
+        empty_pairs, trace=False
+    )
+    for index, example in enumerate(examples):
+        example.index = index
+    stats = {f"trace/{k}": v for k, v in trace_stats.items()}
+    stats |= {f"empty/{k}": v for k, v in empty_stats.items()}
+    return examples, stats

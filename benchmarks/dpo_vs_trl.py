@@ -1,0 +1,118 @@
+"""DPO training throughput, alignlib vs TRL 1.16, on the same model, data and batch shape.
+
+Both trainers run full fine-tuning with AdamW, fp32, on CPU, with reference log-probs
+precomputed once, for the same number of optimizer steps over the same GSM8K-derived pairs.
+Reported: seconds per optimizer step (median of the timed steps after warm-up) and the ratio.
+
+    python benchmarks/dpo_vs_trl.py --model tiny:llama --steps 12
+    python benchmarks/dpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
+
+Run it on an otherwise idle machine: both trainers share the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+BATCH, MICRO, LIMIT, BETA, LR = 8, 4, 64, 0.1, 1e-5
+
+
+def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
+    from alignlib.config import load_config
+    from alignlib.trainer.loop import Trainer
+
+    config = {
+        "output_dir": str(workdir / "alignlib"),
+        "model": {"name_or_path": model_name, "chat_template": False},
+        "data": {"path": "builtin:gsm8k_short_pairs", "limit": LIMIT, "shuffle": False,
+                 "max_prompt_length": 128, "max_completion_length": 32},
+        "algorithm": {"name": "dpo", "params": {"beta": BETA}},
+        "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": None},
+        "train": {"batch_size": BATCH, "micro_batch_size": MICRO, "max_steps": steps},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+    }
+    path = workdir / "alignlib.yaml"
+    path.write_text(yaml.safe_dump(config))
+    trainer = Trainer(load_config(path))
+    result = trainer.train()
+    # tokens / tokens_per_s is each step's measured wall time (forward, backward, step).
+    return [h["tokens"] / h["tokens_per_s"] for h in result.history]
+
+
+def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from alignlib.data import load_rows
+    from alignlib.trainer.model import load_policy
+    from alignlib.config.schema import ModelConfig
+
+    model, tokenizer = load_policy(ModelConfig(name_or_path=model_name, chat_template=False))
+    rows = load_rows("builtin:gsm8k_short_pairs", limit=LIMIT)
+    data = Dataset.from_list(
+        [{"prompt": r["prompt"] + "\n", "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
+    )
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            times.append(time.perf_counter() - self.start)
+
+    args = DPOConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=MICRO,
+        gradient_accumulation_steps=BATCH // MICRO,
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        beta=BETA,
+        max_length=160,
+        precompute_ref_log_probs=True,
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1000,
+        max_grad_norm=0.0,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()]
+    )
+    trainer.train()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="tiny:llama")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = alignlib_step_times(args.model, args.steps, Path(tmp))
+        theirs = trl_step_times(args.model, args.steps, Path(tmp))
+    a = statistics.median(ours[args.warmup :])
+    t = statistics.median(theirs[args.warmup :])
+    print(f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps")
+    print(f"alignlib  {a:.3f} s/step")
+    print(f"TRL 1.16  {t:.3f} s/step")
+    print(f"speed ratio (TRL time / alignlib time): {t / a:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
