@@ -55,7 +55,7 @@ class EvalConfig(Section):
     """k values of pass@k and maj@k, each in [2, n]; null: 2, 4, 8, ... up to n, and n."""
     output_dir: str | None = None
     """Folder for results.json. null: `RUN/eval` for a run folder, else
-    `eval_results/<model name>`; during training, null writes nothing (set it to keep
+    `runs/eval/<model name>`; during training, null writes nothing (set it to keep
     `DIR/step-N/results.json`)."""
     chat_template: bool = True
     """Wrap each prompt as a user turn in the tokenizer's chat template (when it has one)."""

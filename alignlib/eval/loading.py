@@ -1,0 +1,109 @@
+"""Find and load the model to evaluate: HF folders, training run folders, adapters, bundled."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from alignlib.models import (
+    BUNDLED_PREFIX,
+    SMOLLM2_NAME,
+    default_cache_dir,
+    load_model_and_tokenizer,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_model_dir(spec: str) -> str:
+    """The folder (or bundled / hub name) that actually holds the weights of `spec`.
+
+    A training run folder resolves to `RUN/merged` when present (the adapter already merged),
+    else `RUN/final`. Anything that looks like a path but does not exist is an error here, so a
+    typo never falls through to a hub download attempt.
+    """
+    if spec.startswith(BUNDLED_PREFIX):
+        return spec
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for sub in ("merged", "final"):
+            if (path / sub / "config.json").is_file() or (path / sub / ADAPTER_CONFIG).is_file():
+                return str(path / sub)
+        if (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file():
+            return str(path)
+        raise FileNotFoundError(
+            f"model {spec!r} is a folder but holds no model: expected config.json (a Hugging "
+            "Face model), adapter_config.json (a LoRA adapter) or a run's final/ or merged/"
+        )
+    if path.exists():
+        raise ValueError(f"model {spec!r} is a file; pass the model's folder")
+    if spec.startswith((".", "~", "/")) or spec.count("/") > 1 or "\\" in spec:
+        raise FileNotFoundError(f"model path {spec!r} does not exist")
+    # "org/name" or "name": a hub model (needs network; load_model_and_tokenizer says so).
+    return spec
+
+
+def load_eval_model(
+    spec: str, dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model named by `spec` (see `resolve_model_dir`), in eval mode.
+
+    A LoRA adapter folder is loaded onto its base model (`base_model_name_or_path` in
+    adapter_config.json) and merged, so generation runs at full speed without peft hooks.
+    """
+    source = resolve_model_dir(spec)
+    adapter = Path(source) / ADAPTER_CONFIG
+    if not adapter.is_file():
+        return load_model_and_tokenizer(source, dtype=DTYPES[dtype])
+    from peft import PeftModel
+
+    base_name = json.loads(adapter.read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"{adapter}: no base_model_name_or_path; cannot find the base model")
+    base, tokenizer = load_model_and_tokenizer(_base_source(base_name), dtype=DTYPES[dtype])
+    if (Path(source) / "tokenizer_config.json").is_file():
+        # The run saved its tokenizer next to the adapter: that is the one it trained with.
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    merged = PeftModel.from_pretrained(base, source).merge_and_unload()
+    return merged.eval(), tokenizer
+
+
+def _base_source(base_name: str) -> str:
+    # The bundled model is loaded from its converted cache folder, which is what peft records;
+    # map it back so a run trained on another machine (other cache path) still finds its base.
+    if Path(base_name).name == SMOLLM2_NAME and not Path(base_name).is_dir():
+        return BUNDLED_PREFIX + SMOLLM2_NAME
+    return base_name
+
+
+def hf_folder_for(
+    spec: str, dtype: str = "float32"
+) -> tuple[str, tempfile.TemporaryDirectory[str] | None]:
+    """A plain HF folder for engines that load from disk (vLLM): adapters are merged into a temp
+    folder (returned so the caller can clean it up), bundled models use their converted cache."""
+    source = resolve_model_dir(spec)
+    if source == BUNDLED_PREFIX + SMOLLM2_NAME:
+        load_model_and_tokenizer(source)  # converts the GGUF into the cache on first use
+        return str(default_cache_dir() / SMOLLM2_NAME), None
+    if not (Path(source) / ADAPTER_CONFIG).is_file():
+        return source, None
+    model, tokenizer = load_eval_model(spec, dtype)
+    tmp = tempfile.TemporaryDirectory(prefix="alignlib-eval-merged-")
+    model.save_pretrained(tmp.name)
+    tokenizer.save_pretrained(tmp.name)
+    return tmp.name, tmp
+
+
+def model_label(spec: str) -> str:
+    """A short, file-name-safe name for a model spec (default output folder, chart labels)."""
+    path = Path(spec.removeprefix(BUNDLED_PREFIX).rstrip("/"))
+    name = path.name
+    if name in ("final", "merged") and path.parent.name:
+        name = path.parent.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "model"
