@@ -31,8 +31,13 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[floa
     config = {
         "output_dir": str(workdir / "alignlib"),
         "model": {"name_or_path": model_name, "chat_template": False},
-        "data": {"path": "builtin:gsm8k_short_pairs", "limit": LIMIT, "shuffle": False,
-                 "max_prompt_length": 128, "max_completion_length": 32},
+        "data": {
+            "path": "builtin:gsm8k_short_pairs",
+            "limit": LIMIT,
+            "shuffle": False,
+            "max_prompt_length": 128,
+            "max_completion_length": 32,
+        },
         "algorithm": {"name": "dpo", "params": {"beta": BETA}},
         "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": None},
         "train": {"batch_size": BATCH, "micro_batch_size": MICRO, "max_steps": steps},
@@ -51,22 +56,25 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    from alignlib.config.schema import ModelConfig
     from alignlib.data import load_rows
     from alignlib.trainer.model import load_policy
-    from alignlib.config.schema import ModelConfig
 
     model, tokenizer = load_policy(ModelConfig(name_or_path=model_name, chat_template=False))
     rows = load_rows("builtin:gsm8k_short_pairs", limit=LIMIT)
     data = Dataset.from_list(
-        [{"prompt": r["prompt"] + "\n", "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
+        [
+            {"prompt": r["prompt"] + "\n", "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in rows
+        ]
     )
     times: list[float] = []
 
     class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
 
     args = DPOConfig(

@@ -255,3 +255,21 @@ def test_plot_command_writes_png(tmp_path: Path) -> None:
     assert main(["plot", str(tmp_path / "run-sft")]) == 0
     png = tmp_path / "run-sft" / "training_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_in_loop_eval_is_logged_with_training_metrics(tmp_path: Path) -> None:
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"problem": "1+1?", "answer": "2"}] * 2)
+    cfg = config_file(
+        tmp_path,
+        datasets(tmp_path)["sft"],
+        "sft",
+        train={"max_steps": 4},
+        eval={"benchmarks": [str(bench)], "every": 2, "max_new_tokens": 4},
+    )
+    Trainer(load_config(cfg)).train()
+    records = [
+        json.loads(x) for x in (tmp_path / "run-sft" / "metrics.jsonl").read_text().splitlines()
+    ]
+    with_eval = [r["step"] for r in records if any(k.startswith("eval/") for k in r)]
+    assert with_eval == [2, 4]
+    assert (tmp_path / "run-sft" / "eval" / "step-2" / "results.json").is_file()

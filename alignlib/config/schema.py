@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from alignlib.config.online import OnlineConfig, RolloutConfig
 from alignlib.config.section import Section
 from alignlib.eval.config import EvalConfig
 
@@ -50,10 +51,10 @@ DataFormat = Literal["auto", "sft", "preference", "tpo", "bvpo", "prompts"]
 
 class DataConfig(Section):
     path: str = "builtin:gsm8k_pairs"
-    """Training data: a .jsonl/.json/.parquet file (relative to the config file), `builtin:NAME` for
-    a
-    data set alignlib builds offline (`builtin:gsm8k_pairs`, `builtin:gsm8k_sft`,
-    `builtin:gsm8k_tpo`, `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`), or a hub data set name."""
+    """Training data: a .jsonl/.json/.parquet file (relative to the config file), `builtin:NAME`
+    for a data set alignlib builds offline (`builtin:gsm8k_pairs`, `builtin:gsm8k_short_pairs`,
+    `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`, `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`,
+    `builtin:arithmetic_prompts`), or a hub data set name."""
     format: DataFormat = "auto"
     """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected};
     tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;
@@ -205,3 +206,13 @@ class RunConfig(Section):
     """Set to run INPO's online iterations (the algorithm should be `inpo`)."""
     eval: EvalConfig | None = None
     """Benchmark evaluation; with `eval.every` set it also runs during training."""
+    rollout: RolloutConfig | None = None
+    """Set to train online (GRPO, Clip-Cov, KL-Cov, HPT, LUFFY): how completions are sampled."""
+    online: OnlineConfig = OnlineConfig()
+    """Online RL steps: prompts per step, rewards, HPT/LUFFY routing (used with `rollout`)."""
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> RunConfig:
+        if self.rollout is not None and self.inpo is not None:
+            raise ValueError("set either rollout (online RL) or inpo (INPO iterations), not both")
+        return self

@@ -68,6 +68,17 @@ def _pairs(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
     ]
 
 
+def _short_pairs(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+    """Final answers only: a pair differs in a few tokens, so CPU runs stay short."""
+    return [
+        {
+            "prompt": prompt_of(row["problem"]),
+            "chosen": f"The answer is \\boxed{{{row['answer']}}}.",
+            "rejected": f"The answer is \\boxed{{{wrong_answer(row['answer'], rng)}}}.",
+        }
+    ]
+
+
 def _tpo(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
     steps = clean_solution(row["solution"])
     return [
@@ -81,7 +92,9 @@ def _tpo(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
 
 
 def _bvpo(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
-    steps = clean_solution(row["solution"])
+    # The last ~240 characters of the reasoning: the trace stays short enough for CPU runs
+    # and keeps the final computation next to the answer.
+    steps = clean_solution(row["solution"])[-240:]
     wrong = wrong_answer(row["answer"], rng)
     prompt = prompt_of(row["problem"])
     return [
@@ -113,6 +126,7 @@ def _prompts(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
 BUILDERS = {
     "gsm8k_sft": _sft,
     "gsm8k_pairs": _pairs,
+    "gsm8k_short_pairs": _short_pairs,
     "gsm8k_tpo": _tpo,
     "gsm8k_bvpo": _bvpo,
     "gsm8k_prompts": _prompts,
@@ -121,6 +135,12 @@ BUILDERS = {
 
 def build(name: str) -> list[dict[str, Any]]:
     """Rows of the builtin data set ``name``."""
+    from alignlib.data.tasks import TASKS  # generated sets, not built row by row from GSM8K
+
+    if name in TASKS:
+        return TASKS[name]()
     if name not in BUILDERS:
-        raise DataError(f"unknown builtin data set {name!r}; valid: {', '.join(BUILDERS)}")
+        raise DataError(
+            f"unknown builtin data set {name!r}; valid: {', '.join([*BUILDERS, *TASKS])}"
+        )
     return _rows(BUILDERS[name])

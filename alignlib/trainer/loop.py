@@ -59,6 +59,10 @@ class Trainer:
         self.format = ""
 
     def train(self) -> TrainResult:
+        if self.config.rollout is not None:
+            from alignlib.trainer.online import run_online
+
+            return run_online(self)
         if self.config.inpo is not None:
             from alignlib.trainer.inpo import run_inpo
 
@@ -140,7 +144,10 @@ class Trainer:
                 if cfg.eval is not None and cfg.eval.every and step % cfg.eval.every == 0:
                     from alignlib.eval.runner import evaluate_in_loop
 
-                    metrics |= evaluate_in_loop(self.model, self.tokenizer, cfg.eval, step)
+                    eval_cfg = cfg.eval
+                    if eval_cfg.output_dir is None:  # keep RUN/eval/step-N/results.json
+                        eval_cfg = eval_cfg.model_copy(update={"output_dir": str(out_dir / "eval")})
+                    metrics |= evaluate_in_loop(self.model, self.tokenizer, eval_cfg, step)
                 logger.log(step, metrics)
                 history.append({"step": step, **metrics})
                 every = cfg.checkpoint.every

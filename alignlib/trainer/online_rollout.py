@@ -1,0 +1,271 @@
+"""Online RL stages before the update: prompts → rollouts → rewards → routing → filtering.
+
+Each stage is a plain function; ``run_online`` calls them top to bottom. Rows are built from
+token ids (never re-tokenized text), so the trained tokens are exactly the sampled ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from alignlib.algorithms.hpt import route
+from alignlib.config.online import OnlineConfig, RewardSpec, RolloutConfig
+from alignlib.estimator import Role
+from alignlib.rewards import grade_many, resolve_reward
+from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
+
+
+@dataclass
+class Rollouts:
+    """P prompts × n completions, scored."""
+
+    rows: list[dict[str, Any]]
+    """The data rows of the P prompts."""
+    prompt_ids: list[list[int]]
+    generations: list[list[Generation]]
+    rewards: Tensor
+    """[P, n] total reward of each completion."""
+    correct: Tensor
+    """[P, n] bool: correct per the math grader (rows with `answer`), else reward > threshold."""
+    seconds: float = 0.0
+    """Wall time of generation alone."""
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(g.token_ids) for gens in self.generations for g in gens)
+
+
+@dataclass
+class TrainRows:
+    """The rows one step trains on: prompt + completion token ids, with roles and groups."""
+
+    sequences: list[list[int]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    """Position of each row's first completion token."""
+    roles: list[int] = field(default_factory=list)
+    group_ids: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+    def add(self, prompt: list[int], completion: list[int], role: Role, group: int, reward: float):
+        self.sequences.append(list(prompt) + list(completion))
+        self.starts.append(len(prompt))
+        self.roles.append(int(role))
+        self.group_ids.append(group)
+        self.rewards.append(float(reward))
+
+    def extend(self, other: TrainRows, group_offset: int) -> None:
+        self.sequences += other.sequences
+        self.starts += other.starts
+        self.roles += other.roles
+        self.group_ids += [g + group_offset for g in other.group_ids]
+        self.rewards += other.rewards
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+
+# ------------------------------------------------------------------------------------- rollout
+def sampling_params(config: RolloutConfig, seed: int) -> SamplingParams:
+    return SamplingParams(
+        n=config.n,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=seed,
+    )
+
+
+def generate(
+    engine: RolloutEngine, prompt_ids: list[list[int]], sampling: SamplingParams
+) -> tuple[list[list[Generation]], float]:
+    """n completions per prompt and the wall time they took."""
+    began = time.perf_counter()
+    generations = engine.generate(prompt_ids, sampling)
+    return generations, time.perf_counter() - began
+
+
+# ------------------------------------------------------------------------------------- rewards
+class RewardModel:
+    """The weighted sum of the configured reward functions; `math` is graded in one batch."""
+
+    def __init__(self, specs: Sequence[RewardSpec], threshold: float) -> None:
+        self.specs = list(specs)
+        self.threshold = threshold
+        self.functions: list[Callable[..., float] | None] = [
+            None if s.name == "math" else resolve_reward(s.name) for s in self.specs
+        ]
+        self.takes_num_tokens = [
+            f is not None and _accepts(f, "num_tokens") for f in self.functions
+        ]
+
+    def check(self, row: dict[str, Any], where: str) -> None:
+        if "math" in [s.name for s in self.specs] and "answer" not in row:
+            raise ValueError(
+                f"{where}: reward 'math' needs an 'answer' field in every data row; "
+                f"the rows have {sorted(row)}"
+            )
+
+    def score(
+        self, texts: list[str], num_tokens: list[int], rows: list[dict[str, Any]]
+    ) -> tuple[Tensor, Tensor]:
+        """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i."""
+        has_answer = all("answer" in row for row in rows)
+        verdicts = None
+        if has_answer:
+            # One call: normalization in-process, math-verify spread over the time-limited pool.
+            verdicts = torch.tensor(grade_many(texts, [str(r["answer"]) for r in rows]))
+        total = torch.zeros(len(texts), dtype=torch.float64)
+        for spec, fn, with_tokens in zip(
+            self.specs, self.functions, self.takes_num_tokens, strict=True
+        ):
+            if fn is None:
+                if verdicts is None:
+                    raise ValueError("reward 'math' needs an 'answer' field in every data row")
+                values = verdicts.to(torch.float64)
+            else:
+                values = torch.tensor(
+                    [
+                        float(fn(text, **(_columns(row) | spec.params | _tokens(n, with_tokens))))
+                        for text, row, n in zip(texts, rows, num_tokens, strict=True)
+                    ],
+                    dtype=torch.float64,
+                )
+            total += spec.weight * values
+        correct = verdicts if verdicts is not None else total > self.threshold
+        return total, correct
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("prompt", "completion")}
+
+
+def _tokens(count: int, wanted: bool) -> dict[str, int]:
+    return {"num_tokens": count} if wanted else {}
+
+
+def score_rollouts(
+    rewards: RewardModel,
+    rows: list[dict[str, Any]],
+    prompt_ids: list[list[int]],
+    generations: list[list[Generation]],
+    seconds: float,
+) -> Rollouts:
+    flat = [(p, g) for p, gens in enumerate(generations) for g in gens]
+    total, correct = rewards.score(
+        [g.text for _, g in flat], [len(g.token_ids) for _, g in flat], [rows[p] for p, _ in flat]
+    )
+    shape = (len(generations), len(generations[0]) if generations else 0)
+    return Rollouts(rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds)
+
+
+# ------------------------------------------------------------------------------------- routing
+def resolve_routing(config: OnlineConfig, algorithm: str | None) -> str:
+    if config.routing != "auto":
+        return config.routing
+    if algorithm in ("hpt", "hpt_paper"):
+        return "hpt"
+    return "luffy" if algorithm == "luffy" else "none"
+
+
+def demonstration_ids(
+    tokenizer: Any, row: dict[str, Any], config: OnlineConfig, where: str
+) -> list[int]:
+    """The row's demonstration as completion tokens, EOS appended (the policy learns to stop)."""
+    text = row.get(config.demonstration_field)
+    if not isinstance(text, str) or not text:
+        raise ValueError(
+            f"{where}: online.routing needs a demonstration in field "
+            f"'{config.demonstration_field}' of every row (set online.demonstration_field); "
+            f"this row has {sorted(row)}"
+        )
+    ids = tokenizer.encode(text, add_special_tokens=False)[: config.max_demonstration_length - 1]
+    return [*ids, tokenizer.eos_token_id]
+
+
+def build_rows(
+    rollouts: Rollouts,
+    routing: str,
+    gamma: int,
+    demos: Callable[[dict[str, Any]], list[int]],
+    demo_rewards: Tensor | None = None,
+) -> tuple[TrainRows, Tensor]:
+    """Training rows per routing, and [P] bool: prompts that became HPT SFT rows.
+
+    - none: the n rollouts of every prompt (role SAMPLE, group = prompt).
+    - hpt: `algorithms.hpt.route` on the correctness table: a prompt with ≤ γ correct becomes
+      ONE demonstration row (role DEMO), its rollouts dropped; the others keep their rollouts.
+    - luffy: the last rollout of every group is replaced by the demonstration (role DEMO, same
+      group, its own reward), so the group's baseline mixes on- and off-policy rows.
+    """
+    out = TrainRows()
+    num_prompts = len(rollouts.rows)
+    sft = torch.zeros(num_prompts, dtype=torch.bool)
+    if routing == "hpt":
+        plan = route(rollouts.correct.to(torch.float64), gamma=gamma)
+        sft = plan.sft_prompts
+        for p, s in zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True):
+            prompt = rollouts.prompt_ids[p]
+            if s < 0:
+                out.add(prompt, demos(rollouts.rows[p]), Role.DEMO, p, 0.0)
+            else:
+                gen = rollouts.generations[p][s]
+                out.add(prompt, gen.token_ids, Role.SAMPLE, p, float(rollouts.rewards[p, s]))
+        return out, sft
+    for p, gens in enumerate(rollouts.generations):
+        prompt = rollouts.prompt_ids[p]
+        for s, gen in enumerate(gens):
+            if routing == "luffy" and s == len(gens) - 1:
+                assert demo_rewards is not None
+                out.add(prompt, demos(rollouts.rows[p]), Role.DEMO, p, float(demo_rewards[p]))
+            else:
+                out.add(prompt, gen.token_ids, Role.SAMPLE, p, float(rollouts.rewards[p, s]))
+    return out, sft
+
+
+# ---------------------------------------------------------------------------- dynamic sampling
+def informative_groups(rows: TrainRows, routing: str) -> list[int]:
+    """Group ids that can carry gradient: an HPT SFT row, or rewards that are not all equal.
+
+    A group whose policy-gradient rows all share one reward has zero advantage under every
+    group baseline, so DAPO's dynamic sampling drops it and samples more prompts instead.
+    """
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(rows.group_ids):
+        by_group.setdefault(g, []).append(i)
+    keep = []
+    for g, members in by_group.items():
+        sft = routing == "hpt" and any(rows.roles[i] == int(Role.DEMO) for i in members)
+        if sft or len({rows.rewards[i] for i in members}) > 1:
+            keep.append(g)
+    return keep
+
+
+def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
+    """The rows of ``groups``, renumbered 0..len(groups)−1 in that order."""
+    out = TrainRows()
+    for new, g in enumerate(groups):
+        for i, gid in enumerate(rows.group_ids):
+            if gid == g:
+                out.add(
+                    rows.sequences[i][: rows.starts[i]],
+                    rows.sequences[i][rows.starts[i] :],
+                    Role(rows.roles[i]),
+                    new,
+                    rows.rewards[i],
+                )
+    return out
