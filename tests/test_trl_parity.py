@@ -80,12 +80,8 @@ def make_inputs(seed: int):
     return completion_mask, token_mask, values * token_mask, ref
 
 
-def ours(values, token_mask, ref_sums, estimator: UnifiedEstimator):
+def ours(values, token_mask, ref_tokens, estimator: UnifiedEstimator):
     logprobs = values.clone().requires_grad_(True)
-    # Put each row's reference sum on its first completion token, so sequence sums match.
-    first = token_mask.argmax(-1)
-    ref_tokens = torch.zeros_like(values)
-    ref_tokens[torch.arange(values.shape[0]), first] = ref_sums
     batch = Batch(
         logprobs=logprobs,
         mask=token_mask,
@@ -95,6 +91,16 @@ def ours(values, token_mask, ref_sums, estimator: UnifiedEstimator):
     )
     loss = estimator(batch).loss
     return loss.detach(), torch.autograd.grad(loss, logprobs)[0]
+
+
+def reference_tokens(token_mask, ref_sums, spread: bool):
+    """Per-token reference log-probs whose row sums are ``ref_sums``: all on the first
+    completion token, or spread evenly (so that length-averaged sums match TRL's IPO)."""
+    if spread:
+        return token_mask * (ref_sums.unsqueeze(-1) / token_mask.sum(-1, keepdim=True))
+    tokens = torch.zeros_like(token_mask)
+    tokens[torch.arange(token_mask.shape[0]), token_mask.argmax(-1)] = ref_sums
+    return tokens
 
 
 def theirs(values, completion_mask, ref_sums, **cfg):
@@ -124,24 +130,11 @@ def test_matches_trl(case: str, beta: float) -> None:
     build, loss_types, loss_weights = CASES[case]
     for seed in range(3):
         completion_mask, token_mask, values, ref_sums = make_inputs(seed)
-        if case == "ipo":
-            # TRL's IPO divides the summed log-ratio by the completion length; our ipo preset
-            # averages policy and reference log-probs per token, which is the same thing when
-            # the reference sum is spread evenly over the completion.
-            lengths = token_mask.sum(-1, keepdim=True)
-            ref_tokens = token_mask * (ref_sums.unsqueeze(-1) / lengths)
-            logprobs = values.clone().requires_grad_(True)
-            batch = Batch(
-                logprobs=logprobs,
-                mask=token_mask,
-                ref_logprobs=ref_tokens,
-                roles=torch.tensor([int(Role.CHOSEN)] * PAIRS + [int(Role.REJECTED)] * PAIRS),
-                pair_ids=torch.arange(PAIRS).repeat(2),
-            )
-            loss = algorithms.get("ipo", beta=beta)(batch).loss
-            got = (loss.detach(), torch.autograd.grad(loss, logprobs)[0])
-        else:
-            got = ours(values, token_mask, ref_sums, build(beta))
+        # TRL's IPO divides the summed log-ratio by the completion length; our ipo preset
+        # averages policy and reference log-probs per token: equal with an evenly spread ref.
+        estimator = algorithms.get("ipo", beta=beta) if case == "ipo" else build(beta)
+        ref_tokens = reference_tokens(token_mask, ref_sums, spread=case == "ipo")
+        got = ours(values, token_mask, ref_tokens, estimator)
         want = theirs(
             values,
             completion_mask,

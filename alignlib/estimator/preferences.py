@@ -34,6 +34,11 @@ class Pairs:
     len_w: Tensor
     len_l: Tensor
 
+    def implicit_rewards(self, beta: float) -> tuple[Tensor, Tensor]:
+        """β·(log π − log π_ref) of the chosen and the rejected response."""
+        assert self.ref_w is not None and self.ref_l is not None
+        return beta * (self.policy_w - self.ref_w), beta * (self.policy_l - self.ref_l)
+
     @property
     def margin(self) -> Tensor:
         """Δ = r(y_w) − r(y_l) with r = log π − log π_ref."""
@@ -140,9 +145,7 @@ class DPOWeights(PairwiseAdvantage):
     beta: float = 0.1
 
     def weights(self, pairs: Pairs) -> PairWeights:
-        assert pairs.ref_w is not None and pairs.ref_l is not None
-        reward_w = self.beta * (pairs.policy_w - pairs.ref_w)
-        reward_l = self.beta * (pairs.policy_l - pairs.ref_l)
+        reward_w, reward_l = pairs.implicit_rewards(self.beta)
         return _sigmoid_pair(self.beta, self.beta * pairs.margin, reward_w, reward_l)
 
 
@@ -154,10 +157,8 @@ class IPOWeights(PairwiseAdvantage):
     beta: float = 0.1
 
     def weights(self, pairs: Pairs) -> PairWeights:
-        assert pairs.ref_w is not None and pairs.ref_l is not None
         gap = pairs.margin - 1.0 / (2.0 * self.beta)
-        reward_w = self.beta * (pairs.policy_w - pairs.ref_w)
-        reward_l = self.beta * (pairs.policy_l - pairs.ref_l)
+        reward_w, reward_l = pairs.implicit_rewards(self.beta)
         return PairWeights(-2.0 * gap, 2.0 * gap, gap**2, reward_w, reward_l)
 
 
@@ -169,11 +170,9 @@ class HingeWeights(PairwiseAdvantage):
     beta: float = 0.1
 
     def weights(self, pairs: Pairs) -> PairWeights:
-        assert pairs.ref_w is not None and pairs.ref_l is not None
         logits = self.beta * pairs.margin
         weight = self.beta * (logits < 1).to(logits.dtype)
-        reward_w = self.beta * (pairs.policy_w - pairs.ref_w)
-        reward_l = self.beta * (pairs.policy_l - pairs.ref_l)
+        reward_w, reward_l = pairs.implicit_rewards(self.beta)
         return PairWeights(weight, -weight, F.relu(1 - logits), reward_w, reward_l)
 
 
