@@ -84,6 +84,9 @@ class RunLogger:
         """On resume, drop lines past the checkpoint so the file equals an uninterrupted run's."""
         if not self.path.exists():
             return
+        if step == 0:  # a fresh run: nothing of an earlier run in this folder survives
+            self.path.unlink()
+            return
         kept = [
             line
             for line in self.path.read_text(encoding="utf-8").splitlines()
