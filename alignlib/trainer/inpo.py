@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from alignlib.data import load_rows
 from alignlib.rollout.base import SamplingParams
 from alignlib.rollout.hf_engine import HFEngine
-from alignlib.trainer.model import adapter_disabled, frozen_copy
 from alignlib.trainer.offline import cache_logprobs
 from alignlib.trainer.sample_rank import pairs_to_examples, resolve_oracle, sample_and_rank
 
@@ -30,10 +29,7 @@ def run_inpo(trainer: Trainer) -> TrainResult:
     chunk = cfg.train.logprob_chunk_size
     batch = cfg.train.micro_batch_size * 2
     # π_ref is the initial policy: the adapter-off model with LoRA, else a frozen copy.
-    if cfg.lora.enabled:
-        reference, ref_context = trainer.model, lambda: adapter_disabled(trainer.model)
-    else:
-        reference, ref_context = frozen_copy(trainer.model), None
+    reference, ref_context = trainer.initial_reference()
     engine = HFEngine(trainer.model, trainer.tokenizer, apply_chat_template=cfg.model.chat_template)
     per_iteration = inpo.prompts_per_iteration or len(rows)
     log_path = trainer.output_dir / "iterations.jsonl"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +79,7 @@ class Trainer:
         train = self.config.train
         if "ref_logprobs" not in self.estimator.requirements() or train.reference != "precompute":
             return None
-        if self.config.lora.enabled:
-            model, context = self.model, lambda: adapter_disabled(self.model)
-        else:
-            model, context = frozen_copy(self.model), None
+        model, context = self.initial_reference()
         return cache_logprobs(
             model,
             examples,
@@ -89,6 +88,13 @@ class Trainer:
             train.logprob_chunk_size,
             context,
         )
+
+    def initial_reference(self) -> tuple[nn.Module, Callable[[], AbstractContextManager] | None]:
+        """π_ref = the initial policy: the adapter-off model with LoRA (with the context that
+        disables the adapter), else a frozen copy taken now."""
+        if self.config.lora.enabled:
+            return self.model, lambda: adapter_disabled(self.model)
+        return frozen_copy(self.model), None
 
     @property
     def pad_id(self) -> int:

@@ -18,7 +18,6 @@ from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.estimator import Role
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.logs import METRICS_FILE, RunLogger, plot_run
-from alignlib.trainer.model import adapter_disabled, frozen_copy
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle, build_engine, heldout_accuracy
 from alignlib.trainer.online_rollout import (
@@ -87,9 +86,7 @@ class OnlineRun:
         """π_ref for a KL term: the adapter-off policy with LoRA, else a frozen initial copy."""
         if "ref_logprobs" not in self.trainer.estimator.requirements():
             return None
-        if self.cfg.lora.enabled:
-            return self.model, lambda: adapter_disabled(self.model)
-        return frozen_copy(self.model), None
+        return self.trainer.initial_reference()
 
     def _heldout_set(self) -> tuple[list[list[int]], list[str]] | None:
         spec = self.online.heldout
