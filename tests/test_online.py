@@ -335,8 +335,9 @@ def test_vllm_engine_without_vllm_is_one_clear_line(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
 def test_two_ray_workers_generate_with_the_trained_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
     from alignlib.rollout.base import SamplingParams
     from alignlib.testing import build_tiny_model
@@ -355,7 +356,7 @@ def test_two_ray_workers_generate_with_the_trained_weights(
     # LoRA: the workers hold plain models, so the adapter is merged and renamed for every sync.
     config = make_config(
         tmp_path,
-        rollout={"n": 4, "max_new_tokens": 6, "num_workers": 2},
+        rollout={"n": 4, "max_new_tokens": 6, "num_workers": 2, "weight_transport": transport},
         lora={"enabled": True, "dropout": 0.0},
     )
     trainer = Trainer(load_config(config))

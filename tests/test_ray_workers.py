@@ -1,4 +1,5 @@
-"""RayRolloutPool with two real local Ray workers holding tiny transformers engines."""
+"""RayRolloutPool with two real local Ray workers holding tiny transformers engines, once per
+weight transport (object store; gloo broadcast, the CPU twin of the NCCL path)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,10 @@ def marker(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def pool(ray_session, marker):
+@pytest.fixture(scope="module", params=["object_store", "broadcast"])
+def pool(request, ray_session, marker):
     factory = functools.partial(tiny_engine, seed=0, crash_marker=str(marker), **ENGINE)
-    pool = RayRolloutPool(factory, num_workers=2, timeout_s=180)
+    pool = RayRolloutPool(factory, num_workers=2, timeout_s=180, weight_transport=request.param)
     yield pool
     pool.shutdown()
 
@@ -111,6 +112,25 @@ def test_killed_worker_is_restarted_with_current_weights(pool, tokenizer):
     assert pool.restarts == restarts + 1
     new_pids = pool.worker_pids()
     assert new_pids[0] != pids[0] and new_pids[1] == pids[1]
+
+
+def test_worker_dead_before_an_update_is_replaced_with_that_update(pool, tokenizer):
+    pool.update_weights(state(tokenizer, 0))
+    restarts = pool.restarts
+    pool.kill_worker(1)
+    pool.update_weights(state(tokenizer, 1))
+    assert pool.restarts > restarts
+    assert_same(pool.generate(PROMPTS, GREEDY), local_reference(tokenizer, 1))
+
+
+def test_partial_update_changes_only_the_named_weights(pool, tokenizer):
+    pool.update_weights(state(tokenizer, 0))
+    new = state(tokenizer, 1)
+    mixed = state(tokenizer, 0) | {k: v for k, v in new.items() if "layers.0." in k}
+    pool.update_weights({k: v for k, v in new.items() if "layers.0." in k})
+    engine = tiny_engine(seed=0, **ENGINE)
+    engine.update_weights(mixed)
+    assert_same(pool.generate(PROMPTS, GREEDY), engine.generate(PROMPTS, GREEDY))
 
 
 def test_worker_crashing_mid_call_is_replaced_and_shard_rerun(pool, tokenizer, marker):

@@ -203,6 +203,10 @@ BAD_CONFIGS = [
         {"algorithm": {"name": None, "components": {"advantage": "grop"}}},
         "unknown advantage 'grop' (did you mean 'grpo'?)",
     ),
+    (
+        {"rollout": {"weight_transport": "broadcast"}},
+        "rollout.weight_transport: broadcast needs rollout.num_workers > 0",
+    ),
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignlib.config.section import Section
 
@@ -37,8 +37,12 @@ class RolloutConfig(Section):
     """Generation engine: `transformers` (anywhere, CPU included) or `vllm` (needs vLLM)."""
     num_workers: int = Field(0, ge=0)
     """Ray rollout workers, each holding its own copy of the policy that is refreshed after every
-    optimizer step through the object store; 0 generates in the training process (with
-    `transformers` the engine then shares the policy module itself: no weight copy at all)."""
+    optimizer step (see weight_transport); 0 generates in the training process (`transformers`
+    then shares the policy module itself, `vllm` gets the weights by reference in-process)."""
+    weight_transport: Literal["object_store", "broadcast"] = "object_store"
+    """How new weights reach Ray workers: `object_store` (one `ray.put` of CPU copies, works
+    everywhere) or `broadcast` (a private torch.distributed group, NCCL GPU-to-GPU when the
+    workers hold GPUs other than the trainer's, gloo on CPU). Needs num_workers > 0."""
     n: int = Field(8, ge=1)
     """Completions sampled per prompt (the GRPO group size)."""
     temperature: float = Field(1.0, gt=0)
@@ -70,6 +74,15 @@ class RolloutConfig(Section):
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(VLLM_MISSING)
         return value
+
+    @model_validator(mode="after")
+    def _transport_needs_workers(self) -> RolloutConfig:
+        if self.weight_transport == "broadcast" and self.num_workers == 0:
+            raise ValueError(
+                "rollout.weight_transport: broadcast needs rollout.num_workers > 0 (without "
+                "workers the engine lives in the training process and needs no transport)"
+            )
+        return self
 
 
 class RewardSpec(Section):

@@ -3,6 +3,11 @@
 Position t of the output scores token t+1 of the input (the usual shift); the returned tensors
 are right-aligned with ``input_ids[:, 1:]`` and padded with zeros at position 0 so that they
 have the same [B, T] shape as the inputs and the completion mask.
+
+The LM head (a [hidden, V] matmul plus a log-softmax over V per position) can be skipped on the
+positions nobody reads: ``first_scored_position`` leaves everything before it at 0. Callers pass
+``first_masked_position(mask)`` so prompt tokens, whose log-probs the loss masks out, cost only
+the decoder forward.
 """
 
 from __future__ import annotations
@@ -14,12 +19,25 @@ from torch import Tensor, nn
 def _chunk_logprobs(
     hidden: Tensor, head: nn.Module, targets: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
-    logits = head(hidden).float() / temperature  # [B, c, V] only for this chunk
+    logits = head(hidden)  # [B, c, V] only for this chunk
+    # At least fp32 (bf16 log-softmax is too coarse), but a float64 model keeps float64.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     logsumexp = torch.logsumexp(logits, dim=-1)
     chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     probs = torch.softmax(logits, dim=-1)
     entropy = logsumexp - (probs * logits).sum(-1)
     return chosen - logsumexp, entropy
+
+
+def first_masked_position(mask: Tensor) -> int:
+    """First column where any row of the [B, T] ``mask`` is nonzero: the largest
+    ``first_scored_position`` that still computes every position the mask selects.
+
+    An all-zero mask gives 0 (compute everything, as without skipping), so a loss built on it
+    still has an autograd graph to call ``backward`` on.
+    """
+    columns = mask.ne(0).any(dim=0).nonzero()
+    return int(columns[0]) if columns.numel() else 0
 
 
 def token_logprobs(
@@ -30,25 +48,39 @@ def token_logprobs(
     chunk_size: int = 256,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    first_scored_position: int = 0,
 ) -> tuple[Tensor, Tensor | None]:
     """(log π(x_t | x_<t), entropy) for every position t ≥ 1, shape [B, T] (column 0 is 0).
 
     The LM head runs on ``chunk_size`` positions at a time, so peak memory holds one
     [B, chunk, V] block of logits instead of [B, T, V].
+
+    Args:
+        first_scored_position: Output positions t < this are not computed and are returned
+            as 0 (log-probs and entropy): the LM head only runs from here on. Pass the first
+            column of the completion mask (``first_masked_position``) to skip the prompt.
+            0 or 1 computes every position; T or more computes none.
     """
+    if first_scored_position < 0:
+        raise ValueError(
+            f"token_logprobs: first_scored_position={first_scored_position} must be >= 0"
+        )
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     hidden = base(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state
     head = model.get_output_embeddings()
-    hidden, targets = hidden[:, :-1], input_ids[:, 1:]
+    # Output position t reads hidden[t - 1] and scores input_ids[t]; column 0 is never scored.
+    skipped = min(max(first_scored_position, 1), input_ids.shape[1])
+    hidden, targets = hidden[:, skipped - 1 : -1], input_ids[:, skipped:]
     logps, entropies = [], []
     for start in range(0, hidden.shape[1], chunk_size):
         stop = start + chunk_size
         lp, ent = _chunk_logprobs(hidden[:, start:stop], head, targets[:, start:stop], temperature)
         logps.append(lp)
         entropies.append(ent if with_entropy else ent.detach())
-    pad = hidden.new_zeros(input_ids.shape[0], 1, dtype=torch.float32)
+    dtype = torch.promote_types(hidden.dtype, torch.float32)  # that of the chunks' outputs
+    pad = hidden.new_zeros(input_ids.shape[0], skipped, dtype=dtype)
     logprobs = torch.cat([pad, *logps], dim=1)
     entropy = torch.cat([pad, *entropies], dim=1) if with_entropy else None
     return logprobs, entropy

@@ -16,10 +16,11 @@ from alignlib.config.schema import DataConfig
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
 from alignlib.data.formats import check_rows
 from alignlib.estimator import Batch, UnifiedEstimator
-from alignlib.trainer.logprobs import token_logprobs
+from alignlib.trainer.logprobs import first_masked_position, token_logprobs
 
 LogprobCache = dict[tuple[int, int], Tensor]
-"""(example index, sequence index) → per-position log-probs of that sequence (position 0 is 0)."""
+"""(example index, sequence index) → per-position log-probs of that sequence (position 0 is 0,
+and so may be prompt positions: only what a completion mask can select is computed)."""
 
 
 def load_examples(
@@ -107,7 +108,13 @@ def cache_logprobs(
         col = collate(group, pad_id)
         with context() if context is not None else torch.no_grad():
             logprobs, _ = token_logprobs(
-                model, col.input_ids, col.attention_mask, chunk_size=chunk_size
+                model,
+                col.input_ids,
+                col.attention_mask,
+                chunk_size=chunk_size,
+                # Only read under a completion mask later; rows are right-padded, so a sequence's
+                # completion sits at the same columns here as in any later collate.
+                first_scored_position=first_masked_position(col.completion_mask),
             )
         row = 0
         for example in group:
@@ -169,8 +176,16 @@ def accumulate_gradients(inputs: StepInputs, examples: list[Example]) -> dict[st
         micro_width = int(col.attention_mask[row_idx].sum(-1).max())
         ids = col.input_ids[row_idx, :micro_width].to(device)
         attention = col.attention_mask[row_idx, :micro_width].to(device)
+        # The estimator masks every token field with the completion mask, so the LM head can
+        # skip the prompt columns before the micro-batch's earliest completion token.
+        first = first_masked_position(col.completion_mask[row_idx, :micro_width])
         logprobs, entropy = token_logprobs(
-            model, ids, attention, chunk_size=inputs.chunk_size, with_entropy="entropy" in needs
+            model,
+            ids,
+            attention,
+            chunk_size=inputs.chunk_size,
+            with_entropy="entropy" in needs,
+            first_scored_position=first,
         )
         micro = prepared.select(row_idx).narrow(micro_width)
         micro = micro.replace(logprobs=logprobs.cpu() if device.type == "cpu" else logprobs)
@@ -178,7 +193,13 @@ def accumulate_gradients(inputs: StepInputs, examples: list[Example]) -> dict[st
             micro = micro.replace(entropy=entropy)
         if inputs.live_reference is not None and "ref_logprobs" in needs:
             with torch.no_grad(), inputs.live_reference():
-                ref, _ = token_logprobs(model, ids, attention, chunk_size=inputs.chunk_size)
+                ref, _ = token_logprobs(
+                    model,
+                    ids,
+                    attention,
+                    chunk_size=inputs.chunk_size,
+                    first_scored_position=first,
+                )
             micro = micro.replace(ref_logprobs=ref.detach())
         out = inputs.estimator(micro)
         out.loss.backward()

@@ -2,8 +2,8 @@
 
 - transformers, num_workers 0: the engine shares the policy module (no copy, no sync at all).
 - vLLM, or Ray workers: the engine holds its own copy, built from the policy saved once in
-  Hugging Face format; after every step the (LoRA-merged) weights go to it by name
-  (Ray: one object-store put, read by every worker).
+  Hugging Face format; after every step the (LoRA-merged) weights go to it by name (vLLM in this
+  process: by reference; Ray workers: through `rollout.weight_transport`).
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def build_engine(
         timeout_s=config.timeout_s,
         num_cpus_per_worker=config.worker_num_cpus,
         num_gpus_per_worker=config.worker_num_gpus,
+        weight_transport=config.weight_transport,
     )
     return EngineHandle(pool, shares_policy=False, adapted_only=adapted_only)  # type: ignore[arg-type]
 

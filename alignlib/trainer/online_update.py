@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlib.estimator import Batch, Mask, UnifiedEstimator
-from alignlib.trainer.logprobs import token_logprobs
+from alignlib.trainer.logprobs import first_masked_position, token_logprobs
 from alignlib.trainer.online_rollout import TrainRows
 
 Context = Callable[[], AbstractContextManager]
@@ -125,6 +125,8 @@ def policy_logprobs(
                     chunk_size=chunk_size,
                     with_entropy=True,
                     temperature=temperature,
+                    # Old/ref/current log-probs are only read under rows.mask: skip the prompt.
+                    first_scored_position=first_masked_position(rows.mask[chunk, :narrow]),
                 )
             assert ent is not None
             stop = position + chunk.numel()
@@ -174,7 +176,8 @@ class Updater:
         (verl does the same with one mini-batch), which saves a whole no-grad pass; the
         covariance statistics are then computed once the live log-probs are known.
 
-        Returns the metrics and the [len(indices), W] token entropy (detached).
+        Returns the metrics and the [len(indices), W] token entropy (detached; 0 on prompt
+        columns before the micro-batch's first completion token, which the LM head skips).
         """
         needs = self.estimator.requirements()
         placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1])
@@ -205,6 +208,9 @@ class Updater:
                 chunk_size=self.chunk_size,
                 with_entropy=True,
                 temperature=self.temperature,
+                # The loss and the entropy metric only read completion tokens (rows.mask), so
+                # the LM head skips the prompt columns before the earliest completion token.
+                first_scored_position=first_masked_position(rows.mask[indices[chunk], :narrow]),
             )
             assert entropy is not None
             if "entropy" not in needs:
