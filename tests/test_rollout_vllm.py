@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -39,19 +40,31 @@ def test_missing_vllm_raises_one_clear_error(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def model_dir(tmp_path_factory):
     pytest.importorskip("vllm")
-    from alignlib.rollout.vllm_engine import VLLMEngine
-
     path = tmp_path_factory.mktemp("tiny")
     tok = build_tokenizer()
-    model = tiny(tok, seed=3)
-    model.save_pretrained(path)
+    tiny(tok, seed=3).save_pretrained(path)
     tok.save_pretrained(path)
+    return path
+
+
+def engine_factory(path) -> functools.partial:
+    """A picklable VLLMEngine constructor (Ray workers call it in their own process)."""
+    from alignlib.rollout.vllm_engine import VLLMEngine
+
     # On CPU vLLM otherwise reserves 90% of RAM for the KV cache; the tiny model needs little.
     extra = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": 1 << 28}
-    engine = VLLMEngine(str(path), dtype="float32", enforce_eager=True, max_model_len=256, **extra)
-    yield engine, HFEngine(model, tok), tok
+    return functools.partial(
+        VLLMEngine, str(path), dtype="float32", enforce_eager=True, max_model_len=256, **extra
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir):
+    tok = build_tokenizer()
+    engine = engine_factory(model_dir)()
+    yield engine, HFEngine(tiny(tok, seed=3), tok), tok
     engine.shutdown()
 
 
@@ -96,3 +109,26 @@ def test_vllm_update_weights(setup):
     got = vllm_engine.generate(PROMPTS, GREEDY)
     assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]
     vllm_engine.update_weights(hf_engine.model.state_dict())  # restore for other tests
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+def test_vllm_engines_in_ray_workers_take_new_weights(model_dir, transport):
+    ray = pytest.importorskip("ray")
+    from alignlib.rollout.ray_workers import RayRolloutPool
+
+    tok = build_tokenizer()
+    want = HFEngine(tiny(tok, seed=1), tok).generate(PROMPTS, GREEDY)
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False)
+    try:
+        pool = RayRolloutPool(
+            engine_factory(model_dir), num_workers=2, timeout_s=300, weight_transport=transport
+        )
+        before = pool.generate(PROMPTS, GREEDY)
+        assert [g[0].token_ids for g in before] != [w[0].token_ids for w in want]
+        pool.update_weights(tiny(tok, seed=1).state_dict())
+        got = pool.generate(PROMPTS, GREEDY)  # prompts 0-2 on worker 0, 3-4 on worker 1
+        assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]
+        pool.shutdown()
+    finally:
+        ray.shutdown()
