@@ -114,6 +114,14 @@ class RolloutEngine(ABC):
     def update_weights(self, weights: NamedTensors) -> None:
         """Load new weights (a state dict or `(name, tensor)` pairs, possibly a subset)."""
 
+    def load_adapter(self, path: str) -> None:
+        """Generate with the PEFT LoRA adapter saved in folder `path` from now on (replacing any
+        earlier one). Engines that cannot apply adapters refuse; send merged weights instead."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not apply LoRA adapters; send the merged weights with "
+            "update_weights (rollout.vllm.lora_sync: merged)."
+        )
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook, most engines own nothing to free
         """Release resources (processes, GPU memory). Default: nothing to do."""
 

@@ -46,6 +46,9 @@ class _RolloutWorker:
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.engine.update_weights(weights)
 
+    def load_adapter(self, path: str) -> None:
+        self.engine.load_adapter(path)
+
     def join_weight_group(self, address: GroupAddress, rank: int) -> None:
         # Ray exposes this actor's GPUs as cuda:0.. through CUDA_VISIBLE_DEVICES.
         self._device = torch.device("cuda" if address.backend == "nccl" else "cpu")
@@ -108,6 +111,7 @@ class RayRolloutPool:
         self._transport: WeightTransport = make_transport(
             weight_transport, weight_backend, timeout_s
         )
+        self._adapter: str | None = None  # the LoRA adapter folder every worker applies
         self._workers = [self._actor_cls.remote(self._factory) for _ in range(num_workers)]
         try:
             self._get([w.ready.remote() for w in self._workers], "start the workers")
@@ -204,16 +208,27 @@ class RayRolloutPool:
             # it, so every worker is replaced and the group rebuilt around the new ones.
             self._replace(list(range(self.num_workers)))
             refs = self._transport.push(self._workers, named)
+        self._wait_or_replace(refs, "update weights")
+
+    def load_adapter(self, path: str) -> None:
+        """Make every worker apply the PEFT adapter in folder `path` (a path all workers can
+        read: the local disk on one machine, shared storage on a cluster)."""
+        self._adapter = path
+        self._wait_or_replace([w.load_adapter.remote(path) for w in self._workers], "load it")
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def _wait_or_replace(self, refs: list[ray.ObjectRef], what: str) -> None:
+        """Wait for one call per worker; workers that died meanwhile are replaced, and the
+        replacements are brought up to date (weights through the transport, the adapter)."""
         dead = []
         for slot, ref in enumerate(refs):
             try:
-                self._get([ref], f"update weights on worker {slot}")
+                self._get([ref], f"{what} on worker {slot}")
             except RayActorError:
                 dead.append(slot)
         if dead:
-            self._replace(dead)  # the transport brings the replacements up to date
+            self._replace(dead)
 
-    # --------------------------------------------------------------------------------- lifecycle
     def _replace(self, slots: list[int]) -> None:
         """Kill the workers in `slots`, start new ones and bring them up to date (all at once:
         a broadcast group is rebuilt only after every dead member is gone)."""
@@ -222,6 +237,8 @@ class RayRolloutPool:
             self._workers[slot] = self._actor_cls.remote(self._factory)
         self.restarts += len(slots)
         refs = self._transport.replace(self._workers, slots)
+        if self._adapter is not None:
+            refs += [self._workers[slot].load_adapter.remote(self._adapter) for slot in slots]
         self._get(refs, f"bring workers {slots} up to date")
 
     def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:

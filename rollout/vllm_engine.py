@@ -56,6 +56,7 @@ class VLLMEngine(RolloutEngine):
         apply_chat_template: Wrap string prompts as one user turn with the chat template.
         logprobs_mode: The one `SamplingParams.logprobs_mode` this engine serves ("processed"
             or "raw"); vLLM fixes it per engine, so a call asking for the other one is refused.
+        max_lora_rank: Enable LoRA adapters up to this rank (`load_adapter`); None: no LoRA.
         **llm_kwargs: Passed to `vllm.LLM` (e.g. `dtype`, `max_model_len`,
             `gpu_memory_utilization`, `enforce_eager`).
     """
@@ -65,6 +66,7 @@ class VLLMEngine(RolloutEngine):
         model: str,
         apply_chat_template: bool = True,
         logprobs_mode: str = "processed",
+        max_lora_rank: int | None = None,
         **llm_kwargs: Any,
     ) -> None:
         if logprobs_mode not in _VLLM_LOGPROBS_MODE:
@@ -72,6 +74,10 @@ class VLLMEngine(RolloutEngine):
         self._vllm = _import_vllm(int(llm_kwargs.get("tensor_parallel_size", 1)))
         self.logprobs_mode = logprobs_mode
         self.apply_chat_template = apply_chat_template
+        self._adapter: Any = None  # the LoRARequest every generate call applies
+        self.lora_enabled = max_lora_rank is not None
+        if max_lora_rank is not None:
+            llm_kwargs |= {"enable_lora": True, "max_lora_rank": _lora_rank_slot(max_lora_rank)}
         try:
             self.llm = self._vllm.LLM(
                 model=model, logprobs_mode=_VLLM_LOGPROBS_MODE[logprobs_mode], **llm_kwargs
@@ -102,7 +108,7 @@ class VLLMEngine(RolloutEngine):
         # depend on how vLLM batches requests.
         params = [self._vllm_params(sampling, i) for i in range(len(prompt_ids))]
         requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._adapter)
         results: list[list[Generation]] = []
         for i, (ids, out) in enumerate(zip(prompt_ids, outputs, strict=True)):
             gens = []
@@ -150,9 +156,33 @@ class VLLMEngine(RolloutEngine):
         # Cached KV blocks were computed with the old weights; prefix caching must not reuse them.
         self.llm.reset_prefix_cache()
 
+    def load_adapter(self, path: str) -> None:
+        """Apply the PEFT adapter in folder `path` to every later request.
+
+        Each call gets a fresh adapter id, so vLLM loads the new weights (it caches adapters by
+        id) and evicts the old ones least-recently-used; the folder must stay until the next
+        generate call has run."""
+        if not self.lora_enabled:
+            raise ValueError(
+                "VLLMEngine.load_adapter: the engine was built without LoRA; pass max_lora_rank."
+            )
+        from vllm.lora.request import LoRARequest
+
+        number = 1 if self._adapter is None else self._adapter.lora_int_id + 1
+        self._adapter = LoRARequest(f"policy-{number}", number, str(path))
+
     def shutdown(self) -> None:
         """Drop the vLLM engine (frees its memory once garbage-collected)."""
         self.llm = None  # type: ignore[assignment]
+
+
+def _lora_rank_slot(rank: int) -> int:
+    """vLLM accepts only some max_lora_rank values; the smallest one that holds `rank`."""
+    slots = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    for slot in slots:
+        if rank <= slot:
+            return slot
+    raise ValueError(f"VLLMEngine: LoRA rank {rank} is above vLLM's largest ({slots[-1]}).")
 
 
 def _load_into_worker(worker: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:

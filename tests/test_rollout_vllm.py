@@ -132,3 +132,89 @@ def test_vllm_engines_in_ray_workers_take_new_weights(model_dir, transport):
         pool.shutdown()
     finally:
         ray.shutdown()
+
+
+def peft_policy(tok, seed: int):
+    """The fixture's base model with a random (non-zero) LoRA adapter on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0)
+    model = get_peft_model(tiny(tok, seed=3), config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    return model
+
+
+@pytest.mark.slow
+def test_vllm_applies_each_new_lora_adapter(model_dir, tmp_path):
+    tok = build_tokenizer()
+    engine = engine_factory(model_dir)(max_lora_rank=8)
+    try:
+        for seed in (1, 2):  # the second adapter must replace the first, not be ignored
+            policy = peft_policy(tok, seed)
+            policy.save_pretrained(tmp_path / f"adapter-{seed}")
+            engine.load_adapter(str(tmp_path / f"adapter-{seed}"))
+            want = HFEngine(policy.merge_and_unload(), tok).generate(PROMPTS, GREEDY)
+            got = engine.generate(PROMPTS, GREEDY)
+            assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(
+                    torch.tensor(g[0].logprobs), torch.tensor(w[0].logprobs), atol=2e-3, rtol=0
+                )
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.slow
+def test_online_lora_run_syncs_adapters_to_vllm(model_dir, tmp_path, monkeypatch):
+    from test_online import make_config
+
+    import alignlib.trainer.online as online
+    from alignlib.config import load_config
+    from alignlib.trainer.logprobs import token_logprobs
+    from alignlib.trainer.loop import Trainer
+
+    kept = {}
+    build = online.build_engine
+
+    def keep_alive(*args, **kwargs):
+        handle = build(*args, **kwargs)
+        kept["handle"], kept["shutdown"] = handle, handle.shutdown
+        kept["merged"] = []  # whatever reaches update_weights: nothing, in adapter mode
+        handle.engine.update_weights = kept["merged"].append
+        handle.shutdown = lambda: None  # the test still needs the engine after training
+        return handle
+
+    monkeypatch.setattr(online, "build_engine", keep_alive)
+    vllm_options = {"enforce_eager": True, "max_model_len": 256}
+    if not torch.cuda.is_available():
+        vllm_options["extra"] = {"kv_cache_memory_bytes": 1 << 28}
+    config = make_config(
+        tmp_path,
+        model={"name_or_path": str(model_dir), "dtype": "float32", "chat_template": False},
+        rollout={"engine": "vllm", "n": 4, "max_new_tokens": 6, "vllm": vllm_options},
+        lora={"enabled": True, "r": 8, "dropout": 0.0},
+        optim={"lr": 5e-2},
+    )
+    trainer = Trainer(load_config(config))
+    try:
+        trainer.train()
+        handle = kept["handle"]
+        assert handle.syncs == 3 and not kept["merged"], "initial + one per step, adapters only"
+        prompt = trainer.tokenizer.encode("What is 2 + 3?")
+        greedy = SamplingParams(temperature=0, max_new_tokens=6)
+        ((gen,),) = handle.engine.generate([prompt], greedy)
+        ids = torch.tensor([prompt + gen.token_ids])
+        with torch.no_grad():
+            trained, _ = token_logprobs(trainer.model, ids, torch.ones_like(ids))
+            with trainer.model.disable_adapter():
+                base, _ = token_logprobs(trainer.model, ids, torch.ones_like(ids))
+        positions = slice(len(prompt), ids.shape[1])
+        sampled = torch.tensor(gen.logprobs)
+        torch.testing.assert_close(sampled, trained[0, positions], atol=2e-3, rtol=0)
+        assert (sampled - base[0, positions]).abs().max() > 1e-2, "training moved the adapter"
+    finally:
+        kept.get("shutdown", lambda: None)()

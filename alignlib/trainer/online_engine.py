@@ -4,11 +4,14 @@
 - vLLM, or Ray workers: the engine holds its own copy, built from the policy saved once in
   Hugging Face format; after every step the (LoRA-merged) weights go to it by name (vLLM in this
   process: by reference; Ray workers: through `rollout.weight_transport`).
+- vLLM with LoRA (`rollout.vllm.lora_sync: adapter`): the engine serves the frozen base model and
+  gets only the adapter folder after each step, never a merged copy of the weights.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +34,22 @@ class EngineHandle:
     adapted_only: bool = True
     """With LoRA, send only the adapted layers (vLLM gets everything: its in-place reload warns
     about every weight left out)."""
+    adapter_dir: Path | None = None
+    """Set: sync by saving the LoRA adapter under this folder and `engine.load_adapter`."""
+    syncs: int = 0
 
     def sync(self, model: nn.Module) -> None:
-        if not self.shares_policy:
+        if self.shares_policy:
+            return
+        if self.adapter_dir is None:
             self.engine.update_weights(policy_weights(model, self.adapted_only))
+            return
+        self.syncs += 1
+        folder = self.adapter_dir / f"v{self.syncs:06d}"
+        atomic_directory_write(folder, lambda tmp: model.save_pretrained(tmp))
+        self.engine.load_adapter(str(folder))
+        # The engine has read the version before this one (it generated with it); drop it.
+        shutil.rmtree(self.adapter_dir / f"v{self.syncs - 2:06d}", ignore_errors=True)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -63,9 +78,15 @@ def policy_weights(model: nn.Module, adapted_only: bool = True) -> dict[str, Ten
         model.unmerge_adapter()
 
 
-def save_rollout_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, target: Path) -> Path:
-    """The current policy (LoRA merged in) as a Hugging Face folder the engines load from."""
-    plain = frozen_copy(model).merge_and_unload() if is_peft(model) else model
+def save_rollout_model(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, target: Path, base_only: bool = False
+) -> Path:
+    """The current policy (LoRA merged in, or with `base_only` the frozen base model without the
+    adapter) as a Hugging Face folder the engines load from."""
+    plain = model
+    if is_peft(model):
+        copy = frozen_copy(model)
+        plain = copy.unload() if base_only else copy.merge_and_unload()
     return atomic_directory_write(target, lambda tmp: save_model(tmp, plain, tokenizer))
 
 
@@ -84,22 +105,30 @@ def build_engine(
     if config.engine == "transformers" and config.num_workers == 0:
         engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template)  # type: ignore[arg-type]
         return EngineHandle(engine, shares_policy=True)
-    folder = str(save_rollout_model(model, tokenizer, output_dir / "rollout_model"))
+    adapter = is_peft(model) and config.engine == "vllm" and config.vllm.lora_sync == "adapter"
+    folder = str(save_rollout_model(model, tokenizer, output_dir / "rollout_model", adapter))
+    options = vllm_kwargs(config)
+    if adapter:
+        options["max_lora_rank"] = model.peft_config["default"].r  # type: ignore[index]
     factory = functools.partial(
-        make_engine,
-        config.engine,
-        folder,
-        dtype,
-        config.max_batch_size,
-        chat_template,
-        vllm_kwargs(config),
+        make_engine, config.engine, folder, dtype, config.max_batch_size, chat_template, options
     )
     adapted_only = config.engine != "vllm"
+    adapter_dir = output_dir / "rollout_adapter" if adapter else None
     if config.num_workers == 0:
-        return EngineHandle(factory(), shares_policy=False, adapted_only=adapted_only)
+        handle = EngineHandle(factory(), False, adapted_only, adapter_dir)
+    else:
+        handle = EngineHandle(_pool(config, factory), False, adapted_only, adapter_dir)
+    if adapter_dir is not None:
+        shutil.rmtree(adapter_dir, ignore_errors=True)  # versions of an earlier run
+        handle.sync(model)  # the engine holds the bare base model until it gets the adapter
+    return handle
+
+
+def _pool(config: RolloutConfig, factory: functools.partial) -> RolloutEngine:
     from alignlib.rollout.ray_workers import RayRolloutPool
 
-    pool = RayRolloutPool(
+    return RayRolloutPool(  # type: ignore[return-value]
         factory,
         config.num_workers,
         ray_address=config.ray_address,
@@ -108,7 +137,6 @@ def build_engine(
         num_gpus_per_worker=config.worker_num_gpus,
         weight_transport=config.weight_transport,
     )
-    return EngineHandle(pool, shares_policy=False, adapted_only=adapted_only)  # type: ignore[arg-type]
 
 
 def vllm_kwargs(config: RolloutConfig) -> dict[str, Any]:

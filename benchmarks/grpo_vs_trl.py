@@ -1,0 +1,253 @@
+"""GRPO training throughput, alignlib vs TRL 1.16: same model, prompts, reward and batch shape.
+
+Both trainers run full fine-tuning in fp32 on CPU and generate with plain transformers
+`model.generate` (no vLLM), one generate call per rollout batch:
+
+    python benchmarks/grpo_vs_trl.py --model tiny:llama --steps 4
+    python benchmarks/grpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
+
+Matched: prompts (`builtin:arithmetic_prompts`, in order, through each tokenizer's chat
+template), 4 prompts x 8 samples per step, at most 48 new tokens, temperature 1, top-p 1,
+no top-k; reward = alignlib's math grader (`alignlib.rewards.grade_many`, boxed answer vs the
+`answer` column); Â = (R − group mean) / group std; PPO clip ε = 0.2; per-sequence token mean
+averaged over sequences (alignlib's `grpo` preset ↔ TRL `loss_type="grpo"`); no KL (β = 0, no
+reference model); one optimizer step per rollout batch (TRL: num_iterations=1,
+steps_per_generation = gradient_accumulation_steps = 4, so no old-log-prob pass in either);
+micro-batches of 8 rows; torch AdamW (TRL `optim="adamw_torch"`), constant lr 1e-5, no
+warm-up, grad clip 1.0; seed 0. Not matched: the group-std epsilon (alignlib 1e-6, TRL 1e-4),
+and the samples themselves (each trainer draws its own random stream), so completion lengths,
+rewards and hence the trained tokens differ from step to step: compare tokens/s, not only s/step.
+Also different by design: alignlib's engine keeps each step's scores to return sampling log-probs
+(TRL without vLLM does not), and trains each micro-batch at its own padded width (TRL pads to the
+whole rollout batch's). The SmolLM2 run takes about 13 minutes on 2 cores; tiny:llama 20 s.
+
+Reported per trainer, median over the steps after `--warmup`:
+  s/step       whole optimizer step: rollout, reward, training forward/backward, AdamW step
+  gen tok/s    generated tokens / time in `generate` (alignlib: `time/rollout_s`; TRL: a wrapper
+               around `GRPOTrainer._generate_single_turn`, i.e. `model.generate` + EOS masking)
+  train tok/s  non-pad prompt + completion tokens / training time (alignlib: `time/logprob_s +
+               time/update_s`; TRL: step time − `_generate_and_score_completions`, so TRL's
+               figure also carries the Trainer loop's own overhead between micro-batches)
+and the ratio alignlib / TRL of each (below 1 for s/step means alignlib is faster).
+Run it on an otherwise idle machine with OMP_NUM_THREADS set: both trainers share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+PROMPTS, N, MICRO, MAX_NEW, LR, CLIP, EPS, LIMIT = 4, 8, 8, 48, 1e-5, 1.0, 0.2, 64
+DATA = "builtin:arithmetic_prompts"
+
+
+@dataclass
+class Step:
+    seconds: float  # the whole optimizer step
+    gen_seconds: float  # inside generate
+    gen_tokens: float  # completion tokens generated
+    train_seconds: float  # training forward/backward and optimizer step
+    train_tokens: float  # non-pad prompt + completion tokens trained on
+
+
+def alignlib_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
+    from alignlib.config import load_config
+    from alignlib.trainer.loop import Trainer
+
+    config = {
+        "output_dir": str(workdir / "alignlib"),
+        "model": {"name_or_path": model_name, "chat_template": True},
+        "data": {"path": DATA, "limit": LIMIT, "shuffle": False},
+        "algorithm": {"name": "grpo", "params": {"eps_low": EPS, "eps_high": EPS}},
+        "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": CLIP},
+        "train": {"max_steps": steps, "seed": 0},
+        "rollout": {"engine": "transformers", "n": N, "temperature": 1.0, "top_p": 1.0}
+        | {"max_new_tokens": MAX_NEW, "max_batch_size": PROMPTS * N},
+        "online": {
+            "prompts_per_step": PROMPTS,
+            "mini_batches": 1,
+            "micro_batch_size": MICRO,
+            "rewards": [{"name": "math"}],
+        },
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+    }
+    path = workdir / "alignlib.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = Trainer(load_config(path)).train()
+    out = []
+    for h in result.history:
+        if "time/step_s" not in h:  # a held-out evaluation row (none here)
+            continue
+        train_s = h["time/logprob_s"] + h["time/update_s"]
+        out.append(
+            Step(
+                seconds=h["time/step_s"],
+                gen_seconds=h["time/rollout_s"],
+                gen_tokens=h["rollout/tokens_per_s"] * h["time/rollout_s"],
+                train_seconds=train_s,
+                train_tokens=h["train/tokens_per_s"] * train_s,
+            )
+        )
+    return out
+
+
+def math_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
+    """TRL reward function: alignlib's math grader on the completion text vs `answer`."""
+    from alignlib.rewards import grade_many
+
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [1.0 if ok else 0.0 for ok in grade_many(texts, [str(a) for a in answer])]
+
+
+def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from alignlib.config.schema import ModelConfig
+    from alignlib.data import load_rows
+    from alignlib.trainer.model import load_policy
+
+    model, tokenizer = load_policy(ModelConfig(name_or_path=model_name))
+    rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_rows(DATA, limit=LIMIT)]
+    data = Dataset.from_list(
+        [r | {"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows]
+    )
+    done: list[Step] = []
+    current: dict[str, float] = {}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            current.clear()
+            current["start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seconds = time.perf_counter() - current["start"]
+            done.append(
+                Step(
+                    seconds=seconds,
+                    gen_seconds=current.get("gen_s", 0.0),
+                    gen_tokens=current.get("gen_tokens", 0.0),
+                    train_seconds=seconds - current.get("rollout_s", 0.0),
+                    train_tokens=current.get("train_tokens", 0.0),
+                )
+            )
+
+    args = GRPOConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=MICRO,
+        gradient_accumulation_steps=PROMPTS * N // MICRO,
+        steps_per_generation=PROMPTS * N // MICRO,
+        num_iterations=1,
+        num_generations=N,
+        max_completion_length=MAX_NEW,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        epsilon=EPS,
+        loss_type="grpo",
+        scale_rewards="group",
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=CLIP,
+        shuffle_dataset=False,
+        use_vllm=False,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=math_reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[Timer()],
+    )
+    generate, generate_and_score = (
+        trainer._generate_single_turn,
+        trainer._generate_and_score_completions,
+    )
+
+    def timed_generate(*a: Any, **k: Any) -> Any:
+        began = time.perf_counter()
+        completion_ids, logprobs = generate(*a, **k)
+        current["gen_s"] = current.get("gen_s", 0.0) + time.perf_counter() - began
+        current["gen_tokens"] = current.get("gen_tokens", 0.0) + sum(map(len, completion_ids))
+        return completion_ids, logprobs
+
+    def timed_generate_and_score(*a: Any, **k: Any) -> Any:
+        began = time.perf_counter()
+        batch = generate_and_score(*a, **k)
+        current["rollout_s"] = current.get("rollout_s", 0.0) + time.perf_counter() - began
+        tokens = batch["prompt_mask"].sum() + batch["completion_mask"].sum()
+        current["train_tokens"] = current.get("train_tokens", 0.0) + float(tokens)
+        return batch
+
+    trainer._generate_single_turn = timed_generate  # type: ignore[method-assign]
+    trainer._generate_and_score_completions = timed_generate_and_score  # type: ignore[method-assign]
+    trainer.remove_callback(PrinterCallback)  # no end-of-run metrics dump
+    trainer.train()
+    return done
+
+
+def medians(steps: list[Step], warmup: int) -> Step:
+    timed = steps[warmup:] or steps
+    return Step(*(statistics.median(getattr(s, f.name) for s in timed) for f in fields(Step)))
+
+
+def rates(m: Step) -> tuple[float, float, float, float]:
+    """s/step, gen tok/s, train tok/s, completion tokens per step."""
+    return m.seconds, m.gen_tokens / m.gen_seconds, m.train_tokens / m.train_seconds, m.gen_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="tiny:llama")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    args = parser.parse_args()
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = alignlib_steps(args.model, args.steps, Path(tmp))
+        theirs = trl_steps(args.model, args.steps, Path(tmp))
+    a, t = rates(medians(ours, args.warmup)), rates(medians(theirs, args.warmup))
+    print(
+        f"model {args.model}, {PROMPTS} prompts x {N} samples/step in micro-batches of {MICRO}, "
+        f"<= {MAX_NEW} new tokens, {args.steps} steps, median of steps {args.warmup + 1}-"
+        f"{args.steps}"
+    )
+    print(f"{'':16}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'gen tok/step':>14}")
+    for name, row in (("alignlib", a), ("TRL 1.16", t)):
+        print(f"{name:16}{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}")
+    ratio = [x / y for x, y in zip(a, t, strict=True)]
+    print(f"{'alignlib / TRL':16}{ratio[0]:10.2f}{ratio[1]:12.2f}{ratio[2]:13.2f}{ratio[3]:14.2f}")
+    print(f"speed ratio (TRL s/step / alignlib s/step): {t[0] / a[0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
