@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.testing import build_tiny_model, build_tokenizer
-from alignlib.trainer.online_engine import EngineHandle, save_rollout_model
+from alignlib.trainer.online_engine import AdapterFolders, EngineHandle, save_rollout_model
 
 
 class RecordingEngine(RolloutEngine):
@@ -67,7 +67,7 @@ def test_base_folder_holds_the_model_without_its_adapter(policy, tmp_path: Path)
 def test_each_sync_writes_an_adapter_that_reproduces_the_policy(policy, tmp_path: Path) -> None:
     folder = save_rollout_model(policy, build_tokenizer(), tmp_path / "base", base_only=True)
     engine = RecordingEngine()
-    handle = EngineHandle(engine, False, adapted_only=False, adapter_dir=tmp_path / "adapter")
+    handle = EngineHandle(engine, AdapterFolders(tmp_path / "adapter"))
     for step in range(3):
         perturb_adapter(policy, seed=10 + step)  # an optimizer step
         handle.sync(policy)

@@ -21,6 +21,7 @@ from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.estimator import Role
 from alignlib.trainer.loop import Trainer
+from alignlib.trainer.online_engine import SharedModule
 from alignlib.trainer.online_rollout import Rollouts, TrainRows, informative_groups
 
 PROMPTS = [
@@ -363,7 +364,7 @@ def test_two_ray_workers_generate_with_the_trained_weights(
     try:
         result = trainer.train()
         ((handle, shutdown),) = handles
-        assert handle.engine.num_workers == 2 and not handle.shares_policy
+        assert handle.engine.num_workers == 2 and not isinstance(handle.weight_sync, SharedModule)
         assert all(h["rollout/response_length"] > 0 for h in result.history)
         prompt = trainer.tokenizer.encode("What is 2 + 3?")
         ((gen,),) = handle.engine.generate(

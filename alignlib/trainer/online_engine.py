@@ -26,30 +26,52 @@ from alignlib.trainer.checkpoint import atomic_directory_write, save_model
 from alignlib.trainer.model import frozen_copy
 
 
+class SharedModule:
+    """The engine generates with the training module itself: nothing to send."""
+
+    def __call__(self, engine: RolloutEngine, model: nn.Module) -> None:
+        """Nothing to do."""
+
+
+@dataclass
+class NamedWeights:
+    """Send the (LoRA-merged) weights by name through `engine.update_weights`."""
+
+    adapted_only: bool = True
+    """With LoRA, only the adapted layers (vLLM gets everything: its in-place reload warns about
+    every weight left out)."""
+
+    def __call__(self, engine: RolloutEngine, model: nn.Module) -> None:
+        engine.update_weights(policy_weights(model, self.adapted_only))
+
+
+@dataclass
+class AdapterFolders:
+    """Save the LoRA adapter as a new folder under `root`; `engine.load_adapter` it."""
+
+    root: Path
+    versions: int = 0
+
+    def __call__(self, engine: RolloutEngine, model: nn.Module) -> None:
+        self.versions += 1
+        folder = self.root / f"v{self.versions:06d}"
+        atomic_directory_write(folder, lambda tmp: model.save_pretrained(tmp))
+        engine.load_adapter(str(folder))
+        # The engine has read the version before this one (it generated with it); drop it.
+        shutil.rmtree(self.root / f"v{self.versions - 2:06d}", ignore_errors=True)
+
+
+WeightSync = SharedModule | NamedWeights | AdapterFolders
+
+
 @dataclass
 class EngineHandle:
     engine: RolloutEngine
-    shares_policy: bool
-    """True when the engine generates with the training module itself (nothing to sync)."""
-    adapted_only: bool = True
-    """With LoRA, send only the adapted layers (vLLM gets everything: its in-place reload warns
-    about every weight left out)."""
-    adapter_dir: Path | None = None
-    """Set: sync by saving the LoRA adapter under this folder and `engine.load_adapter`."""
-    syncs: int = 0
+    weight_sync: WeightSync
+    """How the trained weights reach the engine after every optimizer step (chosen once)."""
 
     def sync(self, model: nn.Module) -> None:
-        if self.shares_policy:
-            return
-        if self.adapter_dir is None:
-            self.engine.update_weights(policy_weights(model, self.adapted_only))
-            return
-        self.syncs += 1
-        folder = self.adapter_dir / f"v{self.syncs:06d}"
-        atomic_directory_write(folder, lambda tmp: model.save_pretrained(tmp))
-        self.engine.load_adapter(str(folder))
-        # The engine has read the version before this one (it generated with it); drop it.
-        shutil.rmtree(self.adapter_dir / f"v{self.syncs - 2:06d}", ignore_errors=True)
+        self.weight_sync(self.engine, model)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -104,7 +126,7 @@ def build_engine(
 
     if config.engine == "transformers" and config.num_workers == 0:
         engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template)  # type: ignore[arg-type]
-        return EngineHandle(engine, shares_policy=True)
+        return EngineHandle(engine, SharedModule())
     adapter = is_peft(model) and config.engine == "vllm" and config.vllm.lora_sync == "adapter"
     folder = str(save_rollout_model(model, tokenizer, output_dir / "rollout_model", adapter))
     options = vllm_kwargs(config)
@@ -113,15 +135,13 @@ def build_engine(
     factory = functools.partial(
         make_engine, config.engine, folder, dtype, config.max_batch_size, chat_template, options
     )
-    adapted_only = config.engine != "vllm"
-    adapter_dir = output_dir / "rollout_adapter" if adapter else None
-    if config.num_workers == 0:
-        handle = EngineHandle(factory(), False, adapted_only, adapter_dir)
-    else:
-        handle = EngineHandle(_pool(config, factory), False, adapted_only, adapter_dir)
-    if adapter_dir is not None:
-        shutil.rmtree(adapter_dir, ignore_errors=True)  # versions of an earlier run
-        handle.sync(model)  # the engine holds the bare base model until it gets the adapter
+    engine = factory() if config.num_workers == 0 else _pool(config, factory)
+    if not adapter:
+        return EngineHandle(engine, NamedWeights(adapted_only=config.engine != "vllm"))
+    root = output_dir / "rollout_adapter"
+    shutil.rmtree(root, ignore_errors=True)  # versions of an earlier run
+    handle = EngineHandle(engine, AdapterFolders(root))
+    handle.sync(model)  # the engine holds the bare base model until it gets the adapter
     return handle
 
 
