@@ -22,6 +22,9 @@ import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import alignlib
 
 __all__ = ["VerifyPool", "configure_pool", "get_pool", "shutdown_pool"]
 
@@ -29,6 +32,9 @@ __all__ = ["VerifyPool", "configure_pool", "get_pool", "shutdown_pool"]
 STARTUP_TIMEOUT_S = 120.0
 
 Pairs = list[tuple[str, str]]
+_PACKAGE_ROOT = Path(alignlib.__file__).resolve().parents[1]
+"""The folder holding the `alignlib` package this module was imported from (a normal install:
+site-packages; an editable one: the checkout, whose import hook maps `alignlib.rewards`)."""
 
 
 class _Worker:
@@ -40,6 +46,10 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            # `python -m` puts its working directory first on sys.path. Started from a checkout of
+            # alignlib (which has an `alignlib/` folder without `rewards/`), a normal install's
+            # child would import that folder and fail; the installed package's parent is safe.
+            cwd=_PACKAGE_ROOT,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.send_conn = Connection(os.dup(self.proc.stdin.fileno()), readable=False)

@@ -249,3 +249,21 @@ def test_orphaned_worker_ends_itself() -> None:
         assert worker.proc.returncode != 0
     finally:
         worker.kill()
+
+
+def test_worker_starts_from_a_checkout_folder(tmp_path, monkeypatch) -> None:
+    # `python -m` puts the working directory first on sys.path. Run from a source checkout, whose
+    # `alignlib/` folder lacks `rewards/`, the child imported that folder instead of the installed
+    # package and died. This folder shadows `alignlib.rewards` with one that cannot be imported.
+    from alignlib.rewards._verify_pool import _Worker
+
+    shadow = tmp_path / "alignlib" / "rewards"
+    shadow.mkdir(parents=True)
+    (tmp_path / "alignlib" / "__init__.py").write_text("")
+    (shadow / "__init__.py").write_text("raise ImportError('the shadow copy was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = _Worker()
+    try:
+        assert worker.conn.poll(60) and worker.conn.recv() == "ready"
+    finally:
+        worker.kill()
