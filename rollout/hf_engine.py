@@ -12,6 +12,13 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from alignlib.rollout.base import (
     FinishReason,
@@ -118,41 +125,32 @@ class HFEngine(RolloutEngine):
         attention_mask = torch.tensor(
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device
         )
-        raw = sampling.logprobs_mode == "raw"
+        # The warpers are passed as our own processor list, with transformers' own sampling
+        # warpers switched off (temperature 1, top_k 0, top_p 1): that is the only way to place
+        # the recorder after them (custom processors otherwise run before the warpers).
+        warpers = [] if sampling.greedy else _warpers(sampling)
+        recorder = _LogprobRecorder()
+        order = [recorder, *warpers] if sampling.logprobs_mode == "raw" else [*warpers, recorder]
         kwargs: dict[str, object] = {
             "max_new_tokens": sampling.max_new_tokens,
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_ids,
-            "return_dict_in_generate": True,
-            "output_scores": not raw,
-            "output_logits": raw,
+            "do_sample": not sampling.greedy,
+            "temperature": 1.0,
+            "top_k": 0,  # 0 disables; passing it overrides transformers' default 50
+            "top_p": 1.0,
+            "logits_processor": LogitsProcessorList(order),
             **_NEUTRAL_PROCESSING,
         }
-        if sampling.greedy:
-            kwargs["do_sample"] = False
-        else:
-            kwargs.update(
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,  # 0 disables; passing it overrides transformers' default 50
-                top_p=sampling.top_p,
-            )
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
 
         with torch.no_grad(), _seeded(sampling.seed, chunk_index, device):
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-
-        steps = out.logits if raw else out.scores
-        completions = out.sequences[:, width:]
-        # Gather per step so we never materialise a [batch, steps, vocab] log-softmax tensor.
-        logprobs = torch.stack(
-            [
-                torch.log_softmax(step.float(), dim=-1).gather(1, completions[:, t : t + 1])[:, 0]
-                for t, step in enumerate(steps)
-            ],
-            dim=1,
-        )
+            sequences = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **kwargs
+            )
+        completions = sequences[:, width:]
+        logprobs = recorder.finish(completions)
         return [
             self._finish(batch[r], completions[r].tolist(), logprobs[r].tolist(), sampling)
             for r in range(len(batch))
@@ -207,6 +205,46 @@ class HFEngine(RolloutEngine):
                 )
         # strict=False: partial updates (e.g. only trained parameters) are allowed.
         self.model.load_state_dict(named, strict=False)
+
+
+def _warpers(sampling: SamplingParams) -> list[LogitsProcessor]:
+    """Temperature, then top-k, then top-p: transformers' own warpers in its own order."""
+    warpers: list[LogitsProcessor] = []
+    if sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k=sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=sampling.top_p))
+    return warpers
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records log π(token) for each sampled token without keeping per-step [B, V] scores.
+
+    Called once per decoding step with the scores the next token is drawn from; that token is only
+    known at the next call (the last of `input_ids`), so one step's log-softmax is held until
+    then. (`output_scores` would instead keep every step's [B, V] scores: gigabytes for a long
+    batch of a 50k-vocabulary model.)
+    """
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.pending is not None:
+            self.logprobs.append(self.pending.gather(1, input_ids[:, -1:])[:, 0])
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, completions: torch.Tensor) -> torch.Tensor:
+        """[B, steps] log-probs of `completions` (the generated part of the sequences)."""
+        if self.pending is not None:
+            last = completions[:, len(self.logprobs) : len(self.logprobs) + 1]
+            self.logprobs.append(self.pending.gather(1, last)[:, 0])
+            self.pending = None
+        return torch.stack(self.logprobs, dim=1)
 
 
 @contextlib.contextmanager
