@@ -207,6 +207,10 @@ BAD_CONFIGS = [
         {"rollout": {"weight_transport": "broadcast"}},
         "rollout.weight_transport: broadcast needs rollout.num_workers > 0",
     ),
+    (
+        {"rollout": {"weight_transport": "broadcast", "num_workers": 2, "worker_num_gpus": 0.5}},
+        "broadcast needs whole GPUs per worker (worker_num_gpus is 0.5)",
+    ),
 ]
 
 

@@ -84,10 +84,18 @@ class RolloutConfig(Section):
 
     @model_validator(mode="after")
     def _transport_needs_workers(self) -> RolloutConfig:
-        if self.weight_transport == "broadcast" and self.num_workers == 0:
+        if self.weight_transport != "broadcast":
+            return self
+        if self.num_workers == 0:
             raise ValueError(
                 "rollout.weight_transport: broadcast needs rollout.num_workers > 0 (without "
                 "workers the engine lives in the training process and needs no transport)"
+            )
+        if 0 < self.worker_num_gpus < 1:
+            raise ValueError(
+                "rollout.weight_transport: broadcast needs whole GPUs per worker "
+                f"(worker_num_gpus is {self.worker_num_gpus}): NCCL cannot put two ranks on one "
+                "GPU; use weight_transport: object_store for workers that share GPUs"
             )
         return self
 
