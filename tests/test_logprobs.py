@@ -1,5 +1,6 @@
 """token_logprobs with ``first_scored_position``: skipping the LM head on prompt columns changes
-nothing that a completion mask reads, neither the values nor the parameter gradients."""
+nothing that a completion mask reads, neither the values nor the parameter gradients; and the
+hand-written backward of the log-prob/entropy kernel equals autograd through the plain formulas."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlib.testing import build_tiny_model, build_tokenizer
-from alignlib.trainer.logprobs import first_masked_position, token_logprobs
+from alignlib.trainer.logprobs import LogprobEntropy, first_masked_position, token_logprobs
 
 WIDTH = 13
 LENGTHS = [13, 10, 7]  # right-padded rows, as collate builds them
@@ -114,3 +115,35 @@ def test_gradients_are_unchanged_when_the_mask_is_zero_before_start(
     for name, grad in full.items():
         assert grad.abs().max() > 0, name
         assert (skipped[name] - grad).abs().max() < 1e-10, name
+
+
+def plain_logprob_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    logsumexp = torch.logsumexp(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logsumexp
+    return chosen, logsumexp - (probs * logits).sum(-1)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])  # flat, peaky, nearly one-hot
+@pytest.mark.parametrize("weights", ["both", "logprob_only", "entropy_only"])
+def test_kernel_values_and_gradients_equal_autograd(scale: float, weights: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 5, 41, generator=gen, dtype=torch.float64) * scale).requires_grad_()
+    targets = torch.randint(0, 41, (3, 5), generator=gen)
+    g_chosen = torch.randn(3, 5, generator=gen, dtype=torch.float64) * (weights != "entropy_only")
+    g_entropy = torch.randn(3, 5, generator=gen, dtype=torch.float64) * (weights != "logprob_only")
+    got = LogprobEntropy.apply(logits, targets)
+    want = plain_logprob_entropy(logits, targets)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    grad_got = torch.autograd.grad(got, logits, (g_chosen, g_entropy))[0]
+    grad_want = torch.autograd.grad(want, logits, (g_chosen, g_entropy))[0]
+    torch.testing.assert_close(grad_got, grad_want, atol=1e-12, rtol=0)
+    assert grad_want.abs().max() > 1e-3, "a gradient that is all zero would prove nothing"
+
+
+def test_kernel_passes_gradcheck() -> None:
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (2, 3), generator=gen)
+    assert torch.autograd.gradcheck(lambda z: LogprobEntropy.apply(z, targets), (logits,))

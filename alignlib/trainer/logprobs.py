@@ -12,6 +12,8 @@ the decoder forward.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -22,11 +24,38 @@ def _chunk_logprobs(
     logits = head(hidden)  # [B, c, V] only for this chunk
     # At least fp32 (bf16 log-softmax is too coarse), but a float64 model keeps float64.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
-    logsumexp = torch.logsumexp(logits, dim=-1)
-    chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    probs = torch.softmax(logits, dim=-1)
-    entropy = logsumexp - (probs * logits).sum(-1)
-    return chosen - logsumexp, entropy
+    return LogprobEntropy.apply(logits, targets)
+
+
+class LogprobEntropy(torch.autograd.Function):
+    """(log softmax(z)[y], entropy of softmax(z)) over the last axis, with a hand-written backward.
+
+    Autograd through the plain formulas keeps the probabilities and several [B, c, V]
+    intermediates alive until backward; this keeps only the logits and recomputes the rest:
+        ∂ log p_y / ∂z = onehot(y) − p,      ∂H / ∂z = −p ⊙ (log p + H).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor) -> Any:
+        logsumexp = torch.logsumexp(logits, dim=-1)
+        chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logsumexp
+        probs = torch.exp(logits - logsumexp.unsqueeze(-1))
+        # Σ p·z as a batched dot product: no [B, c, V] product tensor.
+        expected = (probs.unsqueeze(-2) @ logits.unsqueeze(-1)).reshape(logsumexp.shape)
+        entropy = logsumexp - expected
+        ctx.save_for_backward(logits, targets, logsumexp, entropy)
+        return chosen, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_chosen: Tensor, grad_entropy: Tensor) -> Any:
+        logits, targets, logsumexp, entropy = ctx.saved_tensors
+        logp = logits - logsumexp.unsqueeze(-1)
+        probs = logp.exp()
+        # −g_H (log p + H) − g_y, times p; then + g_y on the target: two [B, c, V] buffers in all.
+        coef = logp.add_(entropy.unsqueeze(-1)).mul_(-grad_entropy.unsqueeze(-1))
+        grad = probs.mul_(coef.sub_(grad_chosen.unsqueeze(-1)))
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_chosen.unsqueeze(-1))
+        return grad, None
 
 
 def first_masked_position(mask: Tensor) -> int:
