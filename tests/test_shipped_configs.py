@@ -52,3 +52,10 @@ def test_gpu_recipe_validates(path: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     config = load_config(copy)
     assert config.model.dtype == "bfloat16", "GPU recipes train in bf16"
+    if config.rollout is not None:  # the disaggregated layout the recipes' headers describe
+        overrides = [
+            "rollout.num_workers=3",
+            "rollout.worker_num_gpus=1",
+            "rollout.weight_transport=broadcast",
+        ]
+        assert load_config(copy, overrides).rollout.weight_transport == "broadcast"
