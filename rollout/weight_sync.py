@@ -17,6 +17,7 @@ of members, so replacing a dead worker rebuilds the whole group and re-sends the
 from __future__ import annotations
 
 import datetime
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def plan_buckets(specs: Sequence[TensorSpec], bucket_bytes: int) -> list[list[in
     current: list[int] = []
     size = 0
     for i, spec in enumerate(specs):
-        nbytes = _numel(spec.shape) * spec.dtype.itemsize
+        nbytes = math.prod(spec.shape) * spec.dtype.itemsize
         if current and (spec.dtype != specs[current[0]].dtype or size + nbytes > bucket_bytes):
             buckets.append(current)
             current, size = [], 0
@@ -104,22 +105,15 @@ def broadcast_weights(
         if tensors is not None:
             flat = torch.cat([tensors[i].detach().reshape(-1).to(device, dtype) for i in bucket])
         else:
-            count = sum(_numel(specs[i].shape) for i in bucket)
+            count = sum(math.prod(specs[i].shape) for i in bucket)
             flat = torch.empty(count, dtype=dtype, device=device)
         group.broadcast([flat], options).wait()
         offset = 0
         for i in bucket:
-            count = _numel(specs[i].shape)
+            count = math.prod(specs[i].shape)
             received.append((specs[i].name, flat[offset : offset + count].view(specs[i].shape)))
             offset += count
     return received
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 class WeightTransport(ABC):

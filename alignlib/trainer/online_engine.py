@@ -129,7 +129,8 @@ def build_engine(
         engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template)  # type: ignore[arg-type]
         return EngineHandle(engine, SharedModule())
     adapter = is_peft(model) and config.engine == "vllm" and _adapter_sync(config.vllm.lora_sync)
-    folder = str(save_rollout_model(model, tokenizer, output_dir / "rollout_model", adapter))
+    target = output_dir / "rollout_model"
+    folder = str(save_rollout_model(model, tokenizer, target, base_only=adapter))
     options = vllm_kwargs(config)
     if adapter:
         options["max_lora_rank"] = model.peft_config["default"].r  # type: ignore[index]
