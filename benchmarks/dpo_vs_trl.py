@@ -1,11 +1,16 @@
 """DPO training throughput, alignlib vs TRL 1.16, on the same model, data and batch shape.
 
-Both trainers run full fine-tuning with AdamW, fp32, on CPU, with reference log-probs
-precomputed once, for the same number of optimizer steps over the same GSM8K-derived pairs.
-Reported: seconds per optimizer step (median of the timed steps after warm-up) and the ratio.
+Both trainers run full fine-tuning with AdamW, with reference log-probs precomputed once, for
+the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
+(`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
+bf16 autocast: alignlib `model.precision: bf16-mixed`, TRL `bf16=True` on an fp32 model).
+Reported: seconds per optimizer step (median of the timed steps after warm-up), the ratio, and
+on a GPU the peak CUDA memory of each trainer.
 
     python benchmarks/dpo_vs_trl.py --model tiny:llama --steps 12
     python benchmarks/dpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
+    python benchmarks/dpo_vs_trl.py --model /tmp/qwen05b --device cuda --pairs 16 --micro 8 \
+        --max-length 384 --steps 20
 
 Run it on an otherwise idle machine: both trainers share the same cores.
 """
@@ -21,7 +26,8 @@ from pathlib import Path
 import torch
 import yaml
 
-BATCH, MICRO, LIMIT, BETA, LR = 8, 4, 64, 0.1, 1e-5
+BATCH, MICRO, LIMIT, BETA, LR, MAX_LENGTH = 8, 4, 64, 0.1, 1e-5, 160
+DEVICE, PRECISION = "cpu", "fp32"
 
 
 def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
@@ -30,12 +36,17 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[floa
 
     config = {
         "output_dir": str(workdir / "alignlib"),
-        "model": {"name_or_path": model_name, "chat_template": False},
+        "model": {
+            "name_or_path": model_name,
+            "chat_template": False,
+            "device": DEVICE,
+            "precision": PRECISION,
+        },
         "data": {
             "path": "builtin:gsm8k_short_pairs",
             "limit": LIMIT,
             "shuffle": False,
-            "max_prompt_length": 128,
+            "max_prompt_length": MAX_LENGTH - 32,
             "max_completion_length": 32,
         },
         "algorithm": {"name": "dpo", "params": {"beta": BETA}},
@@ -58,9 +69,13 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
 
     from alignlib.config.schema import ModelConfig
     from alignlib.data import load_rows
+    from alignlib.device import Placement
     from alignlib.trainer.model import load_policy
 
-    model, tokenizer = load_policy(ModelConfig(name_or_path=model_name, chat_template=False))
+    placement = Placement.resolve(DEVICE, PRECISION)
+    model, tokenizer = load_policy(
+        ModelConfig(name_or_path=model_name, chat_template=False), placement
+    )
     rows = load_rows("builtin:gsm8k_short_pairs", limit=LIMIT)
     data = Dataset.from_list(
         [
@@ -72,9 +87,11 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            synchronize()
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()  # TRL keeps the loss on the GPU: wait for the step's kernels
             times.append(time.perf_counter() - self.start)
 
     args = DPOConfig(
@@ -85,11 +102,11 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
         learning_rate=LR,
         lr_scheduler_type="constant",
         beta=BETA,
-        max_length=160,
+        max_length=MAX_LENGTH,
         precompute_ref_log_probs=True,
         gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
+        bf16=PRECISION != "fp32",
+        use_cpu=DEVICE == "cpu",
         report_to=[],
         save_strategy="no",
         logging_steps=1000,
@@ -105,21 +122,47 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
 
 
 def main() -> None:
+    global BATCH, MICRO, MAX_LENGTH, LIMIT, DEVICE, PRECISION  # the script's knobs
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--pairs", type=int, default=BATCH, help="preference pairs per step")
+    parser.add_argument("--micro", type=int, default=MICRO, help="pairs per forward/backward")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="prompt + completion")
     args = parser.parse_args()
+    BATCH, MICRO, MAX_LENGTH, DEVICE = args.pairs, args.micro, args.max_length, args.device
+    LIMIT = max(LIMIT, BATCH * 4)
+    PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = alignlib_step_times(args.model, args.steps, Path(tmp))
-        theirs = trl_step_times(args.model, args.steps, Path(tmp))
+        ours, our_peak = measured(alignlib_step_times, args.model, args.steps, Path(tmp))
+        theirs, their_peak = measured(trl_step_times, args.model, args.steps, Path(tmp))
     a = statistics.median(ours[args.warmup :])
     t = statistics.median(theirs[args.warmup :])
-    print(f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps")
-    print(f"alignlib  {a:.3f} s/step")
-    print(f"TRL 1.16  {t:.3f} s/step")
+    print(
+        f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps, "
+        f"{DEVICE} {PRECISION}"
+    )
+    print(f"alignlib  {a:.3f} s/step{our_peak}")
+    print(f"TRL 1.16  {t:.3f} s/step{their_peak}")
     print(f"speed ratio (TRL time / alignlib time): {t / a:.2f}x")
+
+
+def synchronize() -> None:
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
+
+
+def measured(run, *args):  # type: ignore[no-untyped-def]
+    """(step times, ', peak X GiB' on a GPU) of one trainer's run."""
+    if not torch.cuda.is_available() or DEVICE == "cpu":
+        return run(*args), ""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    times = run(*args)
+    return times, f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ Both trainers run full fine-tuning in fp32 on CPU and generate with plain transf
 
     python benchmarks/grpo_vs_trl.py --model tiny:llama --steps 4
     python benchmarks/grpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
+    python benchmarks/grpo_vs_trl.py --model /tmp/qwen05b --device cuda --prompts 8 --n 8 \
+        --max-new 128 --micro 16 --steps 8
+
+On a GPU both sides train in bf16 mixed precision (fp32 master weights, bf16 autocast:
+alignlib `model.precision: bf16-mixed`, TRL `bf16=True` on an fp32 model) and generate under the
+same autocast, and the peak CUDA memory of each trainer is reported too.
 
 Matched: prompts (`builtin:arithmetic_prompts`, in order, through each tokenizer's chat
 template), 4 prompts x 8 samples per step, at most 48 new tokens, temperature 1, top-p 1,
@@ -49,6 +55,7 @@ import yaml
 
 PROMPTS, N, MICRO, MAX_NEW, LR, CLIP, EPS, LIMIT = 4, 8, 8, 48, 1e-5, 1.0, 0.2, 64
 DATA = "builtin:arithmetic_prompts"
+DEVICE, PRECISION = "cpu", "fp32"
 
 
 @dataclass
@@ -66,7 +73,12 @@ def alignlib_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
 
     config = {
         "output_dir": str(workdir / "alignlib"),
-        "model": {"name_or_path": model_name, "chat_template": True},
+        "model": {
+            "name_or_path": model_name,
+            "chat_template": True,
+            "device": DEVICE,
+            "precision": PRECISION,
+        },
         "data": {"path": DATA, "limit": LIMIT, "shuffle": False},
         "algorithm": {"name": "grpo", "params": {"eps_low": EPS, "eps_high": EPS}},
         "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": CLIP},
@@ -117,9 +129,11 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
 
     from alignlib.config.schema import ModelConfig
     from alignlib.data import load_rows
+    from alignlib.device import Placement
     from alignlib.trainer.model import load_policy
 
-    model, tokenizer = load_policy(ModelConfig(name_or_path=model_name))
+    placement = Placement.resolve(DEVICE, PRECISION)
+    model, tokenizer = load_policy(ModelConfig(name_or_path=model_name), placement)
     rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_rows(DATA, limit=LIMIT)]
     data = Dataset.from_list(
         [r | {"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows]
@@ -129,10 +143,12 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            synchronize()
             current.clear()
             current["start"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()  # TRL keeps the loss on the GPU: wait for the step's kernels
             seconds = time.perf_counter() - current["start"]
             done.append(
                 Step(
@@ -168,8 +184,8 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
         max_grad_norm=CLIP,
         shuffle_dataset=False,
         use_vllm=False,
-        bf16=False,
-        use_cpu=True,
+        bf16=PRECISION != "fp32",
+        use_cpu=DEVICE == "cpu",
         report_to="none",
         save_strategy="no",
         logging_steps=1000,
@@ -222,19 +238,44 @@ def rates(m: Step) -> tuple[float, float, float, float]:
     return m.seconds, m.gen_tokens / m.gen_seconds, m.train_tokens / m.train_seconds, m.gen_tokens
 
 
+def synchronize() -> None:
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
+
+
+def measured(run, *args):  # type: ignore[no-untyped-def]
+    """(steps, ', peak X GiB' on a GPU) of one trainer's run."""
+    if DEVICE == "cpu":
+        return run(*args), ""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    steps = run(*args)
+    return steps, f"  peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+
+
 def main() -> None:
+    global PROMPTS, N, MICRO, MAX_NEW, LIMIT, DEVICE, PRECISION  # the script's knobs
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--prompts", type=int, default=PROMPTS, help="prompts per step")
+    parser.add_argument("--n", type=int, default=N, help="samples per prompt")
+    parser.add_argument("--max-new", type=int, default=MAX_NEW, help="new tokens per sample")
+    parser.add_argument("--micro", type=int, default=MICRO, help="rows per forward/backward")
     args = parser.parse_args()
+    PROMPTS, N, MAX_NEW, MICRO = args.prompts, args.n, args.max_new, args.micro
+    DEVICE = args.device
+    PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
+    LIMIT = max(LIMIT, PROMPTS * (args.steps + 1))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = alignlib_steps(args.model, args.steps, Path(tmp))
-        theirs = trl_steps(args.model, args.steps, Path(tmp))
+        ours, our_peak = measured(alignlib_steps, args.model, args.steps, Path(tmp))
+        theirs, their_peak = measured(trl_steps, args.model, args.steps, Path(tmp))
     a, t = rates(medians(ours, args.warmup)), rates(medians(theirs, args.warmup))
     print(
         f"model {args.model}, {PROMPTS} prompts x {N} samples/step in micro-batches of {MICRO}, "
@@ -242,8 +283,8 @@ def main() -> None:
         f"{args.steps}"
     )
     print(f"{'':16}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'gen tok/step':>14}")
-    for name, row in (("alignlib", a), ("TRL 1.16", t)):
-        print(f"{name:16}{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}")
+    for name, row, peak in (("alignlib", a, our_peak), ("TRL 1.16", t, their_peak)):
+        print(f"{name:16}{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}{peak}")
     ratio = [x / y for x, y in zip(a, t, strict=True)]
     print(f"{'alignlib / TRL':16}{ratio[0]:10.2f}{ratio[1]:12.2f}{ratio[2]:13.2f}{ratio[3]:14.2f}")
     print(f"speed ratio (TRL s/step / alignlib s/step): {t[0] / a[0]:.2f}x")

@@ -2,11 +2,13 @@
 
 A reward is ``fn(completion: str, **columns) -> float``; ``columns`` are the dataset row's other
 fields (``answer`` for math). Registered names: ``math``, ``format``, ``length_penalty``.
+``call_reward`` calls one with a row and configured parameters and checks its result.
 """
 
 from __future__ import annotations
 
 from alignlib.rewards.basic import format_reward, length_penalty
+from alignlib.rewards.calling import RewardError, call_reward, check_params, missing_columns
 from alignlib.rewards.math_grader import (
     configure_pool,
     extract_boxed,
@@ -26,8 +28,11 @@ from alignlib.rewards.registry import (
 from alignlib.rewards.reward_model import RewardModelScorer
 
 __all__ = [
+    "RewardError",
     "RewardFn",
     "RewardModelScorer",
+    "call_reward",
+    "check_params",
     "configure_pool",
     "extract_boxed",
     "format_reward",
@@ -37,6 +42,7 @@ __all__ = [
     "length_penalty",
     "list_rewards",
     "math_reward",
+    "missing_columns",
     "normalize_answer",
     "register_reward",
     "resolve_reward",

@@ -37,7 +37,6 @@ def length_penalty(
     slope: float | None = None,
     max_penalty: float = 1.0,
     num_tokens: int | None = None,
-    **_: object,
 ) -> float:
     """Non-positive penalty that grows linearly once the completion exceeds ``target_length``.
 
@@ -46,6 +45,9 @@ def length_penalty(
     ``-min(max_penalty, slope * max(0, length - target_length))``; the default ``slope`` is
     ``1 / target_length``, so a completion twice the target costs 1.0, as much as a correct
     math answer earns.
+
+    It has no ``**`` catch-all on purpose: a misspelled parameter is an error, not ignored
+    (the online trainer passes only the data columns a reward names).
     """
     if target_length <= 0:
         raise ValueError(f"length_penalty: target_length must be > 0, got {target_length}")

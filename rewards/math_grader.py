@@ -99,6 +99,9 @@ def grade(response: str, reference: str, *, timeout_s: float = 5.0) -> bool:
 
 
 @register_reward("math")
-def math_reward(completion: str, answer: str, **_: object) -> float:
-    """Training reward: 1.0 if the completion's boxed answer equals ``answer``, else 0.0."""
-    return 1.0 if grade(completion, answer) else 0.0
+def math_reward(completion: str, answer: str, *, timeout_s: float = 5.0, **_: object) -> float:
+    """Training reward: 1.0 if the completion's boxed answer equals ``answer``, else 0.0.
+
+    ``timeout_s`` is the hard limit per answer (set it with ``{name: math, params:
+    {timeout_s: 10}}``); other row columns are ignored."""
+    return 1.0 if grade(completion, answer, timeout_s=timeout_s) else 0.0

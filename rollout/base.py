@@ -122,6 +122,13 @@ class RolloutEngine(ABC):
             "update_weights (rollout.vllm.lora_sync: merged)."
         )
 
+    def sleep(self) -> None:  # noqa: B027 - optional hook
+        """Free generation memory (KV cache, and weights where the engine can reload them)
+        while the trainer uses the device; `wake_up` restores it. Default: nothing to free."""
+
+    def wake_up(self) -> None:  # noqa: B027 - optional hook
+        """Undo `sleep` before the next weight update or generation. Default: nothing."""
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook, most engines own nothing to free
         """Release resources (processes, GPU memory). Default: nothing to do."""
 

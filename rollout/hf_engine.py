@@ -57,6 +57,8 @@ class HFEngine(RolloutEngine):
             Sampled outputs depend on it (each micro-batch draws its own seeded stream).
         apply_chat_template: Wrap string prompts as one user turn with the tokenizer's chat
             template (when it has one). Token-id prompts are always used verbatim.
+        autocast_dtype: Generate under `torch.autocast` to this dtype (bf16 compute for a
+            model kept in fp32 master weights); None runs in the parameters' dtype.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class HFEngine(RolloutEngine):
         tokenizer: PreTrainedTokenizerBase,
         max_batch_size: int = 16,
         apply_chat_template: bool = True,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"HFEngine: max_batch_size={max_batch_size} must be >= 1.")
@@ -72,6 +75,7 @@ class HFEngine(RolloutEngine):
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.apply_chat_template = apply_chat_template
+        self.autocast_dtype = autocast_dtype
         eos = _as_list(model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id)
         if not eos:
             raise ValueError(
@@ -145,7 +149,10 @@ class HFEngine(RolloutEngine):
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
 
-        with torch.no_grad(), _seeded(sampling.seed, chunk_index, device):
+        autocast = torch.autocast(
+            device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
+        with torch.no_grad(), _seeded(sampling.seed, chunk_index, device), autocast:
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **kwargs
             )

@@ -171,6 +171,16 @@ class VLLMEngine(RolloutEngine):
         number = 1 if self._adapter is None else self._adapter.lora_int_id + 1
         self._adapter = LoRARequest(f"policy-{number}", number, str(path))
 
+    def sleep(self) -> None:
+        """vLLM sleep mode, level 1: the KV cache is freed and the weights go to host memory,
+        so a colocated trainer gets the GPU back. Needs `enable_sleep_mode=True` (set by
+        `rollout.vllm.sleep_during_update`) and a CUDA device."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Weights back on the GPU and a fresh KV cache, before the next weight sync."""
+        self.llm.wake_up()
+
     def shutdown(self) -> None:
         """Drop the vLLM engine (frees its memory once garbage-collected)."""
         self.llm = None  # type: ignore[assignment]

@@ -194,7 +194,7 @@ def test_online_lora_run_syncs_adapters_to_vllm(model_dir, tmp_path, monkeypatch
         vllm_options["extra"] = {"kv_cache_memory_bytes": 1 << 28}
     config = make_config(
         tmp_path,
-        model={"name_or_path": str(model_dir), "dtype": "float32", "chat_template": False},
+        model={"name_or_path": str(model_dir), "precision": "fp32", "chat_template": False},
         rollout={"engine": "vllm", "n": 4, "max_new_tokens": 6, "vllm": vllm_options},
         lora={"enabled": True, "r": 8, "dropout": 0.0},
         optim={"lr": 5e-2},

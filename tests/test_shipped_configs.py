@@ -51,7 +51,7 @@ def test_gpu_recipe_validates(path: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     config = load_config(copy)
-    assert config.model.dtype == "bfloat16", "GPU recipes train in bf16"
+    assert config.model.precision == "bf16-mixed", "GPU recipes: fp32 master weights, bf16 compute"
     if config.rollout is not None:  # the disaggregated layout the recipes' headers describe
         overrides = [
             "rollout.num_workers=3",

@@ -148,6 +148,7 @@ def check_names(config: RunConfig, where: str) -> None:
                     f"{where}: algorithm.params.{key}: not a parameter of {algo.name}{hint}; "
                     f"valid: {', '.join(valid)}"
                 )
+        check_preset_values(config, where)
     if algo.components is not None:
         from alignlib.trainer.build import build_estimator
 
@@ -155,6 +156,23 @@ def check_names(config: RunConfig, where: str) -> None:
             build_estimator(config.algorithm)
         except (component_registry.RegistryError, TypeError, ValueError) as exc:
             fail("algorithm.components", exc)
+
+
+def check_preset_values(config: RunConfig, where: str) -> None:
+    """Build the preset, so a value its components refuse (β ≤ 0, `beta: high`) is one line
+    naming algorithm.params.KEY before anything loads."""
+    from alignlib.estimator.registry import ParameterError, RegistryError
+    from alignlib.trainer.build import build_estimator
+
+    params = config.algorithm.params
+    try:
+        build_estimator(config.algorithm)
+    except ParameterError as exc:
+        if exc.param in params:
+            raise ConfigError(f"{where}: algorithm.params.{exc.param}: {exc.detail}") from None
+        raise ConfigError(f"{where}: algorithm.params: {exc}") from None
+    except (RegistryError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: algorithm.params: {exc}") from None
 
 
 def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:

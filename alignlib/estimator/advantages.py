@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from alignlib.estimator.batch import Batch
-from alignlib.estimator.registry import Registry
+from alignlib.estimator.registry import Registry, check_choice, check_number
 from alignlib.estimator.units import Likelihood
 
 
@@ -75,6 +75,9 @@ class ConstantAdvantage(Advantage):
 
     value: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_number("ConstantAdvantage", "value", self.value)
+
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         return AdvantageResult(rows.to(batch.logprobs.dtype) * self.value)
 
@@ -104,6 +107,10 @@ class GroupNormalized(Advantage):
     eps: float = 1e-6
     singleton: Literal["zero", "raw"] = "zero"
     """A group of one row: 'zero' advantage, or 'raw' = verl's mean 0 / std 1 (Â ≈ R)."""
+
+    def __post_init__(self) -> None:
+        check_number("GroupNormalized", "eps", self.eps, ge=0)
+        check_choice("GroupNormalized", "singleton", self.singleton, ("zero", "raw"))
 
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         assert batch.rewards is not None and batch.group_ids is not None

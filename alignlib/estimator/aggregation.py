@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from alignlib.estimator.batch import Role
-from alignlib.estimator.registry import Registry
+from alignlib.estimator.registry import Registry, check_number
 
 
 class Aggregation(ABC):
@@ -77,6 +77,9 @@ class SeqMeanTokenSumNorm(Aggregation):
 
     constant: float | None = None
     """The divisor L; None uses the padded response width of the mini-batch."""
+
+    def __post_init__(self) -> None:
+        check_number("SeqMeanTokenSumNorm", "constant", self.constant, gt=0, optional=True)
 
     def row_weights(self, mask: Tensor, rows: Tensor, roles: Tensor) -> Tensor:
         _, valid = _valid_rows(mask, rows)

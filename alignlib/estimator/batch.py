@@ -118,6 +118,17 @@ class Batch:
     def replace(self, **changes: object) -> Batch:
         return dataclasses.replace(self, **changes)
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor (prepared ones included) on ``device``."""
+        changes: dict[str, object] = {}
+        for name in (*TOKEN_FIELDS, *ROW_FIELDS, "advantages"):
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value.to(device, non_blocking=True)
+        changes["prepared"] = {k: v.to(device) for k, v in self.prepared.items()}
+        changes["prepared_metrics"] = {k: v.to(device) for k, v in self.prepared_metrics.items()}
+        return self.replace(**changes)
+
     def select(self, rows: Tensor) -> Batch:
         """The sub-batch of the given row indices; prepared per-row tensors are sliced with it."""
         changes: dict[str, object] = {}
@@ -160,7 +171,7 @@ class Batch:
             raise BatchError(
                 f"cannot split {len(units)} rows/pairs into {num_micro_batches} micro-batches"
             )
-        chunks = torch.arange(len(units)).tensor_split(num_micro_batches)
+        chunks = torch.arange(len(units), device="cpu").tensor_split(num_micro_batches)
         return [self.select(torch.cat([units[i] for i in chunk.tolist()])) for chunk in chunks]
 
     @classmethod

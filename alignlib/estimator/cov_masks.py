@@ -17,6 +17,7 @@ from torch import Tensor
 
 from alignlib.estimator.batch import Batch
 from alignlib.estimator.masks import MASKS, Mask, PPOClip, UnitTerms
+from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Units
 
 Scope = Literal["global", "per_microbatch"]
@@ -58,17 +59,25 @@ class ClipCov(Mask):
     scope: Scope = "global"
     _generator: torch.Generator | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        check_number("ClipCov", "ratio", self.ratio, gt=0, le=1, why="a fraction of tokens")
+        check_number("ClipCov", "cov_low", self.cov_low)
+        check_number("ClipCov", "cov_high", self.cov_high, gt=self.cov_low, why="above cov_low")
+        check_choice("ClipCov", "scope", self.scope, ("global", "per_microbatch"))
+
     def draw(self, units: Units, adv: Tensor) -> Tensor:
         """[R, U] bool: the tokens dropped for this batch."""
         if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed)
+            self._generator = torch.Generator(device="cpu").manual_seed(self.seed)
         cov = token_covariance(units.logp, adv, units.mask)
         _, strict, _ = self.clip.clip(units, adv)
         valid = units.mask > 0
         candidates = valid & (cov > self.cov_low) & (cov < self.cov_high) & ~strict
         flat = candidates.flatten().nonzero().flatten()
         k = min(selection_count(self.ratio, int(valid.sum())), flat.numel())
-        chosen = flat[torch.randperm(flat.numel(), generator=self._generator)[:k].to(flat.device)]
+        # Drawn on the CPU generator whatever the device: the same tokens on CPU and GPU.
+        draw = torch.randperm(flat.numel(), generator=self._generator, device="cpu")
+        chosen = flat[draw[:k].to(flat.device)]
         drop = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
         drop[chosen] = True
         return drop.view_as(candidates)
@@ -91,7 +100,7 @@ class ClipCov(Mask):
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if "generator" in state:
-            self._generator = torch.Generator()
+            self._generator = torch.Generator(device="cpu")
             self._generator.set_state(state["generator"])
 
 
@@ -110,6 +119,11 @@ class KLCov(Mask):
     coef: float = 1.0
     """β, the weight of the |log-ratio| penalty."""
     scope: Scope = "global"
+
+    def __post_init__(self) -> None:
+        check_number("KLCov", "ratio", self.ratio, gt=0, le=1, why="a fraction of tokens")
+        check_number("KLCov", "coef", self.coef, ge=0, why="a penalty weight")
+        check_choice("KLCov", "scope", self.scope, ("global", "per_microbatch"))
 
     def select(self, units: Units, adv: Tensor) -> Tensor:
         valid = units.mask > 0

@@ -19,7 +19,7 @@ from torch import Tensor
 from alignlib.estimator.advantages import group_statistics
 from alignlib.estimator.batch import Batch, Role
 from alignlib.estimator.references import log_ratio
-from alignlib.estimator.registry import Registry
+from alignlib.estimator.registry import Registry, check_number
 from alignlib.estimator.units import Units
 
 
@@ -91,6 +91,12 @@ class PPOClip(Mask):
     clamp: float | None = 20.0
     """Clamp on log ρ before exp, as verl does."""
 
+    def __post_init__(self) -> None:
+        check_number("PPOClip", "eps_low", self.eps_low, ge=0, le=1, why="the ratio floor is 1 − ε")
+        check_number("PPOClip", "eps_high", self.eps_high, ge=0, why="the ratio cap is 1 + ε")
+        check_number("PPOClip", "dual_clip", self.dual_clip, gt=1, optional=True)
+        check_number("PPOClip", "clamp", self.clamp, gt=0, optional=True)
+
     def clip(self, units: Units, adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(per-unit loss value, strictly clipped, dual-clipped), all detached."""
         ratio = log_ratio(units, self.clamp).detach().exp()
@@ -126,6 +132,9 @@ class GroupFilter(RowFilter):
     tolerance: float = 0.0
     """Rewards within this distance of each other count as equal."""
 
+    def __post_init__(self) -> None:
+        check_number("GroupFilter", "tolerance", self.tolerance, ge=0)
+
     def keep(self, batch: Batch, rows: Tensor) -> Tensor:
         assert batch.rewards is not None and batch.group_ids is not None
         rewards = batch.rewards.to(batch.logprobs.dtype)
@@ -150,6 +159,11 @@ class DifficultyBand(RowFilter):
     high: float = 1.0
     success_threshold: float = 0.5
     """A row counts as solved when its reward exceeds this."""
+
+    def __post_init__(self) -> None:
+        check_number("DifficultyBand", "low", self.low, ge=0, le=1, why="a pass rate")
+        check_number("DifficultyBand", "high", self.high, ge=self.low, le=1, why="low ≤ high ≤ 1")
+        check_number("DifficultyBand", "success_threshold", self.success_threshold)
 
     def keep(self, batch: Batch, rows: Tensor) -> Tensor:
         assert batch.rewards is not None and batch.group_ids is not None

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
 from alignlib.estimator.batch import Batch, BatchError, Role
+from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Likelihood
 
 
@@ -54,6 +55,14 @@ class PairWeights:
     reward_chosen: Tensor
     """Implicit reward of the chosen response (β·log-ratio, or β·l without a reference)."""
     reward_rejected: Tensor
+
+
+BETA_WHY = "β scales the margin: 0 trains nothing and a negative β learns the rejected answers"
+
+
+def check_beta(owner: object, beta: object) -> None:
+    """β > 0 for every pairwise loss (a wrong sign or zero trains the wrong objective, silently)."""
+    check_number(type(owner).__name__, "beta", beta, gt=0, why=BETA_WHY)
 
 
 def pair_rows(batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,6 +153,9 @@ class DPOWeights(PairwiseAdvantage):
 
     beta: float = 0.1
 
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+
     def weights(self, pairs: Pairs) -> PairWeights:
         reward_w, reward_l = pairs.implicit_rewards(self.beta)
         return _sigmoid_pair(self.beta, self.beta * pairs.margin, reward_w, reward_l)
@@ -155,6 +167,9 @@ class IPOWeights(PairwiseAdvantage):
     """IPO: (Δ' − 1/(2β))² on length-averaged log-probs; c_w = −2(Δ' − 1/(2β)) = −c_l."""
 
     beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
 
     def weights(self, pairs: Pairs) -> PairWeights:
         gap = pairs.margin - 1.0 / (2.0 * self.beta)
@@ -168,6 +183,9 @@ class HingeWeights(PairwiseAdvantage):
     """SLiC hinge: relu(1 − βΔ); c_w = β·1[βΔ < 1] = −c_l."""
 
     beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
 
     def weights(self, pairs: Pairs) -> PairWeights:
         logits = self.beta * pairs.margin
@@ -188,6 +206,11 @@ class RPOWeights(PairwiseAdvantage):
     beta: float = 0.01
     eta: float = 0.005
     sft_normalization: Literal["sum", "seq_mean"] = "sum"
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+        check_number("RPOWeights", "eta", self.eta, ge=0, why="η weighs the SFT term")
+        check_choice("RPOWeights", "sft_normalization", self.sft_normalization, ("sum", "seq_mean"))
 
     def weights(self, pairs: Pairs) -> PairWeights:
         dpo = DPOWeights(self.beta).weights(pairs)
@@ -212,6 +235,9 @@ class TPOWeights(PairwiseAdvantage):
     needs: ClassVar[dict[str, str]] = {}
     beta: float = 0.01
 
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+
     def weights(self, pairs: Pairs) -> PairWeights:
         logits = self.beta * (pairs.policy_w - pairs.policy_l)
         return _sigmoid_pair(
@@ -228,6 +254,10 @@ class TPOLWeights(PairwiseAdvantage):
     beta: float = 0.01
     gamma: float = 0.5
     """Target reward margin γ."""
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+        check_number("TPOLWeights", "gamma", self.gamma)
 
     def weights(self, pairs: Pairs) -> PairWeights:
         logits = self.beta * (pairs.policy_w - pairs.policy_l) - self.gamma
@@ -249,6 +279,10 @@ class INPOWeights(PairwiseAdvantage):
     """The paper's η·τ: weight of π_ref against π_t in the target."""
     eta: float = 0.005
     """Sets the target c = 1/(2·eta) (the reference code's IPO-style τ)."""
+
+    def __post_init__(self) -> None:
+        check_number("INPOWeights", "ratio", self.ratio, ge=0, le=1, why="a mixing weight")
+        check_number("INPOWeights", "eta", self.eta, gt=0, why="the target is 1/(2·eta)")
 
     def weights(self, pairs: Pairs) -> PairWeights:
         assert pairs.ref_w is not None and pairs.ref_l is not None

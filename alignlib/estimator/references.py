@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from alignlib.estimator.batch import Role
-from alignlib.estimator.registry import Registry
+from alignlib.estimator.registry import Registry, check_number
 from alignlib.estimator.units import Units
 
 
@@ -85,6 +85,9 @@ class ShapedReference(Reference):
 
     gamma: float = 0.1
     """Shaping constant γ (LUFFY: 0.1)."""
+
+    def __post_init__(self) -> None:
+        check_number("ShapedReference", "gamma", self.gamma, gt=0)
 
     def score(self, units: Units) -> Tensor:
         prob = units.logp.exp()

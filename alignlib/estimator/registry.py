@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Iterator
+import math
+import numbers
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -12,6 +14,68 @@ T = TypeVar("T")
 
 class RegistryError(ValueError):
     """A component name or parameter that does not exist (the message lists the valid ones)."""
+
+
+class ParameterError(ValueError):
+    """A component or preset parameter out of its range. ``param`` names the parameter and
+    ``detail`` says what is wrong without it, so a config error can put the key in front
+    (``algorithm.params.beta: must be > 0, got 0``)."""
+
+    def __init__(self, owner: str, param: str, detail: str) -> None:
+        super().__init__(f"{owner}: {param} {detail}")
+        self.owner, self.param, self.detail = owner, param, detail
+
+
+class ParameterTypeError(ParameterError, TypeError):
+    """A parameter of the wrong type (``beta: high``)."""
+
+
+_BOUNDS: tuple[tuple[str, Callable[[float, float], bool]], ...] = (
+    (">", lambda v, b: v > b),
+    (">=", lambda v, b: v >= b),
+    ("<", lambda v, b: v < b),
+    ("<=", lambda v, b: v <= b),
+)
+
+
+def check_number(
+    owner: str,
+    param: str,
+    value: object,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    optional: bool = False,
+    why: str = "",
+) -> None:
+    """Refuse a non-number, a non-finite number or one outside the bounds, naming ``param``.
+
+    Components call this in ``__post_init__`` so that the Python API refuses a bad value when
+    the object is built, long before a run trains the wrong objective with it (β = 0 trains
+    nothing, β < 0 learns the rejected answers). ``why`` is appended to a range error."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number or null" if optional else "a number"
+        got = f"{type(value).__name__} {value!r}"
+        raise ParameterTypeError(owner, param, f"must be {kind}, got {got}")
+    if not math.isfinite(value):
+        raise ParameterError(owner, param, f"must be finite, got {value!r}")
+    for (op, holds), bound in zip(_BOUNDS, (gt, ge, lt, le), strict=True):
+        if bound is not None and not holds(float(value), bound):
+            suffix = f" ({why})" if why else ""
+            raise ParameterError(owner, param, f"must be {op} {bound:g}, got {value!r}{suffix}")
+
+
+def check_choice(owner: str, param: str, value: object, choices: Collection[str]) -> None:
+    """Refuse a value that is not one of ``choices`` (with a did-you-mean)."""
+    if value not in choices:
+        hint = closest(str(value), list(choices)) if isinstance(value, str) else ""
+        raise ParameterError(
+            owner, param, f"must be one of {', '.join(choices)}, got {value!r}{hint}"
+        )
 
 
 def closest(name: str, valid: list[str]) -> str:

@@ -16,7 +16,7 @@ from alignlib.estimator.aggregation import (
 )
 from alignlib.estimator.batch import ALL_ROWS, Batch, Role, Rows
 from alignlib.estimator.references import CurrentPolicy
-from alignlib.estimator.registry import Registry
+from alignlib.estimator.registry import Registry, check_choice, check_number
 from alignlib.estimator.term import (
     PolicyGradientTerm,
     Term,
@@ -51,6 +51,10 @@ class KLPenalty(Term):
     aggregation: Aggregation = field(default_factory=TokenMean)
     name: str = "kl"
 
+    def __post_init__(self) -> None:
+        check_number("KLPenalty", "coef", self.coef, ge=0, why="a negative KL weight rewards drift")
+        check_choice("KLPenalty", "estimator", self.estimator, ("k1", "k2", "k3"))
+
     def requirements(self) -> dict[str, str]:
         return {"ref_logprobs": f"the KL penalty compares with the reference policy ({self.name})"}
 
@@ -76,6 +80,9 @@ class EntropyBonus(Term):
     rows: Rows = ALL_ROWS
     aggregation: Aggregation = field(default_factory=TokenMean)
     name: str = "entropy"
+
+    def __post_init__(self) -> None:
+        check_number("EntropyBonus", "coef", self.coef)
 
     def requirements(self) -> dict[str, str]:
         return {"entropy": f"the entropy bonus needs per-token entropy with gradient ({self.name})"}
@@ -119,6 +126,8 @@ class NLL(Term):
     name: str = "nll"
 
     def __post_init__(self) -> None:
+        check_number("NLL", "coef", self.coef, ge=0, why="a negative NLL weight unlearns the data")
+        check_number("NLL", "beta", self.beta, gt=0, optional=True)
         if self.normalization not in NLL_NORMALIZATIONS:
             raise ValueError(
                 f"nll normalization {self.normalization!r} is not one of "

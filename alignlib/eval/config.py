@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import Field, field_validator, model_validator
 
 from alignlib.config.section import Section
@@ -43,8 +44,12 @@ class EvalConfig(Section):
     """Ray rollout workers, each holding its own copy of the model; 0 generates in-process."""
     batch_size: int = Field(16, gt=0)
     """Sequences per generation batch (bounds memory; the samples depend on it)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Model dtype when eval loads the model itself: float32 on CPU, bfloat16 on GPU."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Model dtype when eval loads the model itself: `auto` is bfloat16 on a GPU, float32 on a
+    CPU."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where eval puts the model it loads itself: `auto` (CUDA when available), `cpu`, `cuda`,
+    `cuda:N`. Ray workers resolve `auto` in their own process (their GPU, if Ray gave one)."""
     problem_field: str = "problem"
     """Question field of .jsonl benchmark files (packaged benchmarks always have `problem`)."""
     answer_field: str = "answer"
@@ -120,3 +125,10 @@ class EvalConfig(Section):
 
 def _looks_like_path(name: str) -> bool:
     return "/" in name or "\\" in name or Path(name).suffix != ""
+
+
+def resolved_dtype(config: EvalConfig, device: torch.device) -> str:
+    """`dtype: auto` made concrete for the device the model goes to."""
+    if config.dtype != "auto":
+        return config.dtype
+    return "bfloat16" if device.type == "cuda" else "float32"

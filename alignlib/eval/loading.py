@@ -50,7 +50,7 @@ def resolve_model_dir(spec: str) -> str:
 
 
 def load_eval_model(
-    spec: str, dtype: str = "float32"
+    spec: str, dtype: str = "float32", device: torch.device | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model named by `spec` (see `resolve_model_dir`), in eval mode.
 
@@ -60,13 +60,15 @@ def load_eval_model(
     source = resolve_model_dir(spec)
     adapter = Path(source) / ADAPTER_CONFIG
     if not adapter.is_file():
-        return load_model_and_tokenizer(source, dtype=DTYPES[dtype])
+        return load_model_and_tokenizer(source, dtype=DTYPES[dtype], device=device)
     from peft import PeftModel
 
     base_name = json.loads(adapter.read_text()).get("base_model_name_or_path")
     if not base_name:
         raise ValueError(f"{adapter}: no base_model_name_or_path; cannot find the base model")
-    base, tokenizer = load_model_and_tokenizer(_base_source(base_name), dtype=DTYPES[dtype])
+    base, tokenizer = load_model_and_tokenizer(
+        _base_source(base_name), dtype=DTYPES[dtype], device=device
+    )
     if (Path(source) / "tokenizer_config.json").is_file():
         # The run saved its tokenizer next to the adapter: that is the one it trained with.
         tokenizer = AutoTokenizer.from_pretrained(source)

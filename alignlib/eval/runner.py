@@ -13,7 +13,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignlib.eval.config import EvalConfig
+from alignlib.device import resolve_device
+from alignlib.eval.config import EvalConfig, resolved_dtype
 from alignlib.eval.datasets import load_benchmark
 from alignlib.eval.loading import hf_folder_for, load_eval_model, model_label, resolve_model_dir
 from alignlib.eval.report import AVERAGE, EvalReport, average_metrics, benchmark_metrics
@@ -145,8 +146,9 @@ def _engine(
     assert config.model is not None
     temp = None
     if config.engine == "vllm":
-        folder, temp = hf_folder_for(config.model, config.dtype)
-        factory = functools.partial(_vllm_engine, folder, config.chat_template, config.dtype)
+        dtype = resolved_dtype(config, resolve_device("auto"))
+        folder, temp = hf_folder_for(config.model, dtype)
+        factory = functools.partial(_vllm_engine, folder, config.chat_template, dtype)
         chunk = 1 << 30  # vLLM schedules its own batches: hand it whole benchmarks
     else:
         factory = functools.partial(_load_hf_engine, config.model, config)
@@ -178,7 +180,8 @@ def _hf_engine(
 
 # Module-level factories: Ray pickles them by reference into each worker process.
 def _load_hf_engine(spec: str, config: EvalConfig) -> RolloutEngine:
-    model, tokenizer = load_eval_model(spec, config.dtype)
+    device = resolve_device(config.device)  # in a Ray worker: that worker's own device
+    model, tokenizer = load_eval_model(spec, resolved_dtype(config, device), device)
     return _hf_engine(model, tokenizer, config)
 
 

@@ -26,14 +26,21 @@ def run_inpo(trainer: Trainer) -> TrainResult:
     if not rows or "prompt" not in rows[0]:
         raise ValueError(f"inpo: data.path {cfg.data.path} must hold rows with a 'prompt' field")
     oracle = resolve_oracle(inpo.oracle)
-    chunk = cfg.train.logprob_chunk_size
     batch = cfg.train.micro_batch_size * 2
     # π_ref is the initial policy: the adapter-off model with LoRA, else a frozen copy.
     reference, ref_context = trainer.initial_reference()
-    engine = HFEngine(trainer.model, trainer.tokenizer, apply_chat_template=cfg.model.chat_template)
+    placement = trainer.placement
+    engine = HFEngine(
+        trainer.model,
+        trainer.tokenizer,
+        apply_chat_template=cfg.model.chat_template,
+        autocast_dtype=placement.compute_dtype if placement.precision == "bf16-mixed" else None,
+    )
     per_iteration = inpo.prompts_per_iteration or len(rows)
     log_path = trainer.output_dir / "iterations.jsonl"
-    trainer.output_dir.mkdir(parents=True, exist_ok=True)
+    from alignlib.trainer.run_dir import prepare_output_dir
+
+    prepare_output_dir(trainer.output_dir, cfg.checkpoint.resume)  # an earlier run moves aside
     result = None
     for t in range(1, inpo.iterations + 1):
         start = ((t - 1) * per_iteration) % len(rows)
@@ -52,8 +59,10 @@ def run_inpo(trainer: Trainer) -> TrainResult:
                 "inpo.samples_per_prompt or inpo.temperature, or use a finer oracle"
             )
         examples = pairs_to_examples(pairs)
-        ref_cache = cache_logprobs(reference, examples, trainer.pad_id, batch, chunk, ref_context)
-        prev_cache = cache_logprobs(trainer.model, examples, trainer.pad_id, batch, chunk)  # π_t
+        ref_cache = cache_logprobs(
+            trainer.kernel(reference), examples, trainer.pad_id, batch, ref_context
+        )
+        prev_cache = cache_logprobs(trainer.kernel(), examples, trainer.pad_id, batch)  # π_t
         result = trainer.fit(
             examples, ref_cache, prev_cache, output_dir=trainer.output_dir / f"iteration-{t}"
         )

@@ -21,10 +21,12 @@ from torch import Tensor, nn
 def _chunk_logprobs(
     hidden: Tensor, head: nn.Module, targets: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
-    logits = head(hidden)  # [B, c, V] only for this chunk
-    # At least fp32 (bf16 log-softmax is too coarse), but a float64 model keeps float64.
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
-    return LogprobEntropy.apply(logits, targets)
+    logits = head(hidden)  # [B, c, V] only for this chunk (bf16 under bf16 autocast)
+    # The softmax math in at least fp32 (bf16 log-softmax is too coarse; a float64 model keeps
+    # float64), with autocast off: it would run LogprobEntropy's matmul in bf16 again.
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        return LogprobEntropy.apply(logits, targets)
 
 
 class LogprobEntropy(torch.autograd.Function):

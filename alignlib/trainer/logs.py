@@ -4,6 +4,8 @@ available, and a PNG of the training curves."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +83,21 @@ class RunLogger:
             self.progress.start()
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines past the checkpoint so the file equals an uninterrupted run's."""
+        """On resume, drop lines past the checkpoint so the file equals an uninterrupted run's.
+        Rewritten atomically, and a line a kill cut short is dropped rather than fatal. A fresh
+        run never deletes an earlier run's file (prepare_output_dir moves whole runs aside;
+        this keeps the file even when RunLogger is used on its own)."""
         if not self.path.exists():
             return
-        if step == 0:  # a fresh run: nothing of an earlier run in this folder survives
-            self.path.unlink()
+        if step == 0:
+            if self.path.stat().st_size:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                self.path.replace(self.path.with_name(f"{METRICS_FILE}.old-{stamp}"))
             return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = [line for line, r in _parsed(self.path) if r.get("step", 0) <= step]
+        tmp = self.path.with_name(f".tmp-{METRICS_FILE}")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **metrics}
@@ -116,11 +121,25 @@ class RunLogger:
         self.file.close()
 
 
+def _parsed(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for the JSON lines of ``path``; a line cut short by a kill mid-write is
+    skipped instead of making the whole run unreadable."""
+    parsed = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            parsed.append((line, record))
+    return parsed
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [record for _, record in _parsed(path)]
 
 
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from alignlib.config.schema import RunConfig
 from alignlib.data import Example
+from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.build import build_estimator, build_optimizer
 from alignlib.trainer.checkpoint import (
     atomic_directory_write,
-    latest_checkpoint,
-    load_weights,
-    rng_state,
     save_checkpoint,
     save_model,
     seed_everything,
-    set_rng_state,
 )
 from alignlib.trainer.logs import RunLogger, plot_run
 from alignlib.trainer.model import adapter_disabled, apply_lora, frozen_copy, load_policy
@@ -37,6 +30,10 @@ from alignlib.trainer.offline import (
     cache_logprobs,
     load_examples,
 )
+from alignlib.trainer.preflight import check_run
+from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
+from alignlib.trainer.run_dir import prepare_output_dir
+from alignlib.trainer.step import Context, LogprobKernel, OptimizerStep
 
 
 @dataclass
@@ -54,9 +51,12 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         seed_everything(config.train.seed)
-        base, self.tokenizer = load_policy(config.model)
-        self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base
+        self.placement = Placement.resolve(config.model.device, config.model.precision)
         self.estimator: UnifiedEstimator = build_estimator(config.algorithm)
+        # Refuse a wrong objective, bad data or an unreachable cluster before the model loads.
+        self.data_metrics: dict[str, float] = check_run(config, self.estimator)
+        base, self.tokenizer = load_policy(config.model, self.placement)
+        self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base
         self.examples: list[Example] = []
         self.format = ""
 
@@ -81,20 +81,20 @@ class Trainer:
             return None
         model, context = self.initial_reference()
         return cache_logprobs(
-            model,
-            examples,
-            self.pad_id,
-            train.micro_batch_size * 2,
-            train.logprob_chunk_size,
-            context,
+            self.kernel(model), examples, self.pad_id, train.micro_batch_size * 2, context
         )
 
-    def initial_reference(self) -> tuple[nn.Module, Callable[[], AbstractContextManager] | None]:
+    def initial_reference(self) -> tuple[nn.Module, Context | None]:
         """π_ref = the initial policy: the adapter-off model with LoRA (with the context that
-        disables the adapter), else a frozen copy taken now."""
+        disables the adapter), else a frozen copy taken now (in bf16 under bf16-mixed)."""
         if self.config.lora.enabled:
             return self.model, lambda: adapter_disabled(self.model)
-        return frozen_copy(self.model), None
+        return frozen_copy(self.model, self.placement.frozen_dtype), None
+
+    def kernel(self, model: nn.Module | None = None, temperature: float = 1.0) -> LogprobKernel:
+        """The micro-batch kernel of ``model`` (default: the policy) on the run's device."""
+        chunk = self.config.train.logprob_chunk_size
+        return LogprobKernel(model or self.model, self.placement, chunk, temperature)
 
     @property
     def pad_id(self) -> int:
@@ -114,19 +114,22 @@ class Trainer:
         total = cfg.train.max_steps or cfg.train.epochs * sampler.steps_per_epoch()
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer, scheduler = build_optimizer(params, cfg.optim, total)
+        optimizer_step = OptimizerStep(
+            params, optimizer, scheduler, cfg.optim.grad_clip, nonfinite=cfg.train.nonfinite
+        )
         live_ref = None
         if cfg.train.reference == "adapter" and cfg.lora.enabled:
             live_ref = lambda: adapter_disabled(self.model)  # noqa: E731
         inputs = StepInputs(
-            self.model,
+            self.kernel(),
             self.estimator,
             self.pad_id,
             cfg.train.micro_batch_size,
-            cfg.train.logprob_chunk_size,
             ref_cache,
             prev_cache,
             live_ref,
         )
+        prepare_output_dir(out_dir, cfg.checkpoint.resume)  # an earlier run is moved aside
         start = self._resume(out_dir, optimizer, scheduler, sampler) if cfg.checkpoint.resume else 0
         logger = RunLogger(out_dir, cfg.logging, total, start, cfg.model_dump())
         history: list[dict[str, float]] = []
@@ -135,14 +138,10 @@ class Trainer:
             for step in range(start + 1, total + 1):
                 began = time.perf_counter()
                 batch = [examples[i] for i in sampler.next_batch()]
-                metrics = accumulate_gradients(inputs, batch)
-                grad_norm = self._clip(params)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                metrics = accumulate_gradients(inputs, batch) | self.data_metrics
+                metrics |= optimizer_step(step)
                 elapsed = time.perf_counter() - began
                 metrics |= {
-                    "grad_norm": grad_norm,
                     "lr": scheduler.get_last_lr()[0],
                     "epoch": sampler.epoch,
                     "tokens_per_s": metrics["tokens"] / elapsed,
@@ -161,41 +160,24 @@ class Trainer:
                     self._checkpoint(out_dir, step, optimizer, scheduler, sampler)
         finally:
             logger.close()
+        optimizer_step.check_trained(total - start)
         self.save_final(out_dir)
         if cfg.logging.plot:
             plot_run(out_dir)
         return TrainResult(total, history[-1] if history else {}, out_dir, history)
 
-    def _clip(self, params: list[nn.Parameter]) -> float:
-        limit = self.config.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(params, limit if limit is not None else float("inf"))
-        return float(norm)
-
     def _checkpoint(self, out_dir: Path, step: int, optimizer, scheduler, sampler: Sampler) -> None:
-        state: dict[str, Any] = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(),
-            "rng": rng_state(),
-            "estimator": self.estimator.state_dict(),
-        }
+        """checkpoints/step-N: weights plus a weights_only-safe state with the config."""
+        state = checkpoint_state(self.config, step, optimizer, scheduler, sampler, self.estimator)
         save_checkpoint(
             out_dir, step, self.model, self.tokenizer, state, self.config.checkpoint.keep_last
         )
 
     def _resume(self, out_dir: Path, optimizer, scheduler, sampler: Sampler) -> int:
-        path = latest_checkpoint(out_dir)
-        if path is None:
-            return 0
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
-        load_weights(self.model, path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        self.estimator.load_state_dict(state["estimator"])
-        return int(state["step"])
+        """The newest loadable checkpoint of this run (config checked, changes applied)."""
+        return resume_from_checkpoint(
+            out_dir, self.config, self.model, optimizer, scheduler, sampler, self.estimator
+        )
 
     def save_final(self, out_dir: Path) -> None:
         """final/: the model (or adapter) in Hugging Face format; merged/ when asked."""

@@ -10,24 +10,38 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignlib.config.schema import LoRAConfig, ModelConfig
+from alignlib.device import Placement
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_policy(config: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model named by ``config.name_or_path`` (``tiny:llama`` is a random tiny model)."""
-    dtype = DTYPES[config.dtype]
+def load_policy(
+    config: ModelConfig, placement: Placement
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model named by ``config.name_or_path`` (``tiny:llama`` is a random tiny model), on
+    ``placement.device`` with parameters in ``placement.param_dtype``."""
+    dtype = placement.param_dtype
     if config.name_or_path == "tiny:llama":
         from alignlib.testing import build_tiny_model, build_tokenizer
 
         tokenizer = build_tokenizer()
         model = build_tiny_model(tokenizer, hidden=64, layers=2, dtype=dtype)
+        model = model.to(placement.device)
     else:
         from alignlib.models import load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(config.name_or_path, dtype=dtype)
+        model, tokenizer = load_model_and_tokenizer(
+            config.name_or_path,
+            dtype=dtype,
+            device=placement.device,
+            attn_implementation=config.attn_implementation,
+        )
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if config.compile:
+        # The kernel calls the decoder directly (the LM head runs in chunks), so compile that.
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        decoder.compile(dynamic=True)
     return model, tokenizer
 
 
@@ -46,9 +60,12 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
     return get_peft_model(model, lora)
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A frozen, eval-mode copy used as the reference (or previous-iterate) policy."""
+def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A frozen, eval-mode copy used as the reference (or previous-iterate) policy, on the
+    policy's device; in ``dtype`` when given (bf16-mixed stores frozen copies in bf16)."""
     ref = copy.deepcopy(model).eval()
+    if dtype is not None:
+        ref = ref.to(dtype)
     for param in ref.parameters():
         param.requires_grad_(False)
     return ref

@@ -3,20 +3,21 @@ log-probs, and one optimizer step with exact gradient accumulation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from alignlib.config.schema import DataConfig
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
+from alignlib.data.collate import Collated
 from alignlib.data.formats import check_rows
+from alignlib.device import HOST
 from alignlib.estimator import Batch, UnifiedEstimator
-from alignlib.trainer.logprobs import first_masked_position, token_logprobs
+from alignlib.trainer.step import Context, HostRows, LogprobKernel
 
 LogprobCache = dict[tuple[int, int], Tensor]
 """(example index, sequence index) → per-position log-probs of that sequence (position 0 is 0,
@@ -91,44 +92,39 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
+def host_rows(col: Collated) -> HostRows:
+    return HostRows(col.input_ids, col.attention_mask, col.completion_mask)
+
+
 @torch.no_grad()
 def cache_logprobs(
-    model: nn.Module,
+    kernel: LogprobKernel,
     examples: list[Example],
     pad_id: int,
     batch_size: int,
-    chunk_size: int,
-    context: Callable[[], AbstractContextManager] | None = None,
+    context: Context | None = None,
 ) -> LogprobCache:
-    """Per-token log-probs of every sequence under a frozen model, computed once."""
+    """Per-token log-probs of every sequence under a frozen model, computed once, kept on the
+    host (a data set's worth of them need not occupy the device)."""
     cache: LogprobCache = {}
-    was_training = model.training
-    model.eval()
     for group in _chunks(examples, batch_size):
         col = collate(group, pad_id)
-        with context() if context is not None else torch.no_grad():
-            logprobs, _ = token_logprobs(
-                model,
-                col.input_ids,
-                col.attention_mask,
-                chunk_size=chunk_size,
-                # Only read under a completion mask later; rows are right-padded, so a sequence's
-                # completion sits at the same columns here as in any later collate.
-                first_scored_position=first_masked_position(col.completion_mask),
-            )
+        # Only read under a completion mask later; rows are right-padded, so a sequence's
+        # completion sits at the same columns here as in any later collate.
+        logprobs, _ = kernel.all_rows(host_rows(col), col.input_ids.shape[0], context=context)
+        logprobs = logprobs.to(HOST)
         row = 0
         for example in group:
             for j, seq in enumerate(example.sequences):
-                cache[(example.index, j)] = logprobs[row, : len(seq)].float().cpu()
+                cache[(example.index, j)] = logprobs[row, : len(seq)].float()
                 row += 1
-    model.train(was_training)
     return cache
 
 
 def cached_tensor(cache: LogprobCache, examples: list[Example], width: int) -> Tensor:
-    """[R, width] tensor of cached log-probs laid out like ``collate(examples)``."""
+    """[R, width] host tensor of cached log-probs laid out like ``collate(examples)``."""
     rows = [cache[(ex.index, j)] for ex in examples for j in range(len(ex.sequences))]
-    out = torch.zeros(len(rows), width)
+    out = torch.zeros(len(rows), width, device=HOST)
     for r, values in enumerate(rows):
         out[r, : values.numel()] = values
     return out
@@ -136,74 +132,53 @@ def cached_tensor(cache: LogprobCache, examples: list[Example], width: int) -> T
 
 @dataclass
 class StepInputs:
-    model: nn.Module
+    kernel: LogprobKernel
     estimator: UnifiedEstimator
     pad_id: int
     micro_batch_size: int
-    chunk_size: int
     ref_cache: LogprobCache | None = None
     prev_cache: LogprobCache | None = None
-    live_reference: Callable[[], AbstractContextManager] | None = None
+    live_reference: Context | None = None
     """Context that turns the policy into the reference (adapter off), for on-the-fly refs."""
 
 
 def accumulate_gradients(inputs: StepInputs, examples: list[Example]) -> dict[str, float]:
     """Forward/backward every micro-batch of one optimizer mini-batch; returns its metrics.
 
-    The estimator prepares the whole mini-batch first, so the accumulated gradient equals the
-    single-pass gradient exactly whatever the micro-batch size.
+    The estimator prepares the whole mini-batch first (on the device, moved there once), so the
+    accumulated gradient equals the single-pass gradient exactly whatever the micro-batch size.
     """
     col = collate(examples, inputs.pad_id)
     rows, width = col.input_ids.shape
-    dtype = torch.float32
-    model = inputs.model
-    device = next(model.parameters()).device
     needs = inputs.estimator.requirements()
+    kernel = inputs.kernel
     full = Batch(
-        logprobs=torch.zeros(rows, width, dtype=dtype),
+        logprobs=torch.zeros(rows, width, device=HOST),
         mask=col.completion_mask,
         ref_logprobs=_reference(inputs.ref_cache, examples, width, needs, "ref_logprobs"),
         prev_logprobs=_reference(inputs.prev_cache, examples, width, needs, "prev_logprobs"),
-        entropy=torch.zeros(rows, width) if "entropy" in needs else None,
+        entropy=torch.zeros(rows, width, device=HOST) if "entropy" in needs else None,
         roles=col.roles,
         pair_ids=col.pair_ids,
         trace=col.trace,
     )
-    prepared = inputs.estimator.prepare(full)
+    prepared = inputs.estimator.prepare(full.to(kernel.device))
     totals: dict[str, float] = {k: float(v) for k, v in prepared.prepared_metrics.items()}
+    host = host_rows(col)
     for group in _chunks(list(range(len(examples))), inputs.micro_batch_size):
-        row_idx = torch.isin(col.example_of_row, torch.tensor(group)).nonzero().flatten()
-        micro_width = int(col.attention_mask[row_idx].sum(-1).max())
-        ids = col.input_ids[row_idx, :micro_width].to(device)
-        attention = col.attention_mask[row_idx, :micro_width].to(device)
-        # The estimator masks every token field with the completion mask, so the LM head can
-        # skip the prompt columns before the micro-batch's earliest completion token.
-        first = first_masked_position(col.completion_mask[row_idx, :micro_width])
-        logprobs, entropy = token_logprobs(
-            model,
-            ids,
-            attention,
-            chunk_size=inputs.chunk_size,
-            with_entropy="entropy" in needs,
-            first_scored_position=first,
-        )
-        micro = prepared.select(row_idx).narrow(micro_width)
-        micro = micro.replace(logprobs=logprobs.cpu() if device.type == "cpu" else logprobs)
-        if entropy is not None:
-            micro = micro.replace(entropy=entropy)
+        row_idx = torch.isin(col.example_of_row, torch.tensor(group, device=HOST))
+        row_idx = row_idx.nonzero().flatten()
+        out = kernel(host, row_idx, with_entropy="entropy" in needs)
+        micro = prepared.select(row_idx.to(kernel.device)).narrow(out.width)
+        micro = micro.replace(logprobs=out.logprobs)
+        if out.entropy is not None:
+            micro = micro.replace(entropy=out.entropy)
         if inputs.live_reference is not None and "ref_logprobs" in needs:
-            with torch.no_grad(), inputs.live_reference():
-                ref, _ = token_logprobs(
-                    model,
-                    ids,
-                    attention,
-                    chunk_size=inputs.chunk_size,
-                    first_scored_position=first,
-                )
-            micro = micro.replace(ref_logprobs=ref.detach())
-        out = inputs.estimator(micro)
-        out.loss.backward()
-        for key, value in out.metrics.items():
+            ref = kernel(host, row_idx, grad=False, context=inputs.live_reference)
+            micro = micro.replace(ref_logprobs=ref.logprobs)
+        result = inputs.estimator(micro)
+        result.loss.backward()
+        for key, value in result.metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     totals["tokens"] = float(col.num_tokens)
     return totals
@@ -219,5 +194,5 @@ def _reference(
     if name not in needs:
         return None
     if cache is None:  # filled per micro-batch (adapter-off reference)
-        return torch.zeros(sum(len(e.sequences) for e in examples), width)
+        return torch.zeros(sum(len(e.sequences) for e in examples), width, device=HOST)
     return cached_tensor(cache, examples, width)

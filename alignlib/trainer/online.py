@@ -15,9 +15,10 @@ import torch
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
+from alignlib.device import HOST
 from alignlib.estimator import Role
 from alignlib.trainer.build import build_optimizer
-from alignlib.trainer.logs import METRICS_FILE, RunLogger, plot_run
+from alignlib.trainer.logs import RunLogger, plot_run
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle, build_engine, heldout_accuracy
 from alignlib.trainer.online_rollout import (
@@ -34,7 +35,6 @@ from alignlib.trainer.online_rollout import (
     select_groups,
 )
 from alignlib.trainer.online_update import (
-    Context,
     RowTensors,
     Updater,
     check_online_estimator,
@@ -43,6 +43,7 @@ from alignlib.trainer.online_update import (
     needs_live_logprobs,
     policy_logprobs,
 )
+from alignlib.trainer.step import Context, LogprobKernel, OptimizerStep
 
 if TYPE_CHECKING:
     from alignlib.trainer.loop import Trainer, TrainResult
@@ -77,16 +78,18 @@ class OnlineRun:
         self.optimizer, self.scheduler = build_optimizer(
             self.params, cfg.optim, self.total * self.online.mini_batches
         )
+        self.kernel = trainer.kernel(temperature=self.rollout.temperature)
         self.reference = self._reference()
         self.live = needs_live_logprobs(trainer.estimator)
         self.heldout = self._heldout_set()
 
     # ----------------------------------------------------------------------------- set-up
-    def _reference(self) -> tuple[torch.nn.Module, Context | None] | None:
+    def _reference(self) -> tuple[LogprobKernel, Context | None] | None:
         """π_ref for a KL term: the adapter-off policy with LoRA, else a frozen initial copy."""
         if "ref_logprobs" not in self.trainer.estimator.requirements():
             return None
-        return self.trainer.initial_reference()
+        model, context = self.trainer.initial_reference()
+        return self.trainer.kernel(model, self.rollout.temperature), context
 
     def _heldout_set(self) -> tuple[list[list[int]], list[str]] | None:
         spec = self.online.heldout
@@ -170,16 +173,15 @@ class OnlineRun:
         """old ← policy (no grad) over all rows, unless on-policy (one mini-batch, no token
         selection from live log-probs: the update's own forward gives them for free);
         ref ← π_ref when the estimator needs it."""
-        every = torch.arange(tensors.num_rows)
-        args = (self.online.micro_batch_size, self.cfg.train.logprob_chunk_size)
-        temperature = self.rollout.temperature
+        every = torch.arange(tensors.num_rows, device=HOST)
+        size = self.online.micro_batch_size
         old = None
         if self.online.mini_batches > 1 or self.live:
-            old, _ = policy_logprobs(self.model, tensors, every, *args, temperature)
+            old, _ = policy_logprobs(self.kernel, tensors, every, size)
         ref = None
         if self.reference is not None:
-            model, context = self.reference
-            ref, _ = policy_logprobs(model, tensors, every, *args, temperature, context)
+            kernel, context = self.reference
+            ref, _ = policy_logprobs(kernel, tensors, every, size, context)
         return old, ref
 
     def update(
@@ -188,27 +190,26 @@ class OnlineRun:
         tensors: RowTensors,
         old: torch.Tensor | None,
         ref: torch.Tensor | None,
+        step: int,
     ) -> tuple[dict[str, float], torch.Tensor]:
         """k optimizer steps on mini-batches of whole groups; metrics averaged over them.
-        Also returns the [R, W] token entropy the training forwards saw."""
+        Also returns the [R, W] token entropy the training forwards saw (on the device)."""
         parts = minibatch_rows(tensors.group_ids, self.online.mini_batches)
         totals: dict[str, float] = {}
-        entropy = torch.zeros(tensors.input_ids.shape)
+        entropy = torch.zeros(tensors.input_ids.shape, device=self.kernel.device)
         for j, indices in enumerate(parts):
-            current = None if old is None else old[indices]
+            on_device = indices.to(self.kernel.device)
+            current = None if old is None else old[on_device]
             if self.live and j > 0:
                 # Clip-Cov/KL-Cov select tokens from the present policy, which has moved.
                 current, _ = policy_logprobs(
-                    self.model,
-                    tensors,
-                    indices,
-                    self.online.micro_batch_size,
-                    self.cfg.train.logprob_chunk_size,
-                    self.rollout.temperature,
+                    self.kernel, tensors, indices, self.online.micro_batch_size
                 )
-            old_part = None if old is None else old[indices]
-            ref_part = None if ref is None else ref[indices]
-            metrics, entropy[indices] = updater.step(tensors, indices, old_part, ref_part, current)
+            old_part = None if old is None else old[on_device]
+            ref_part = None if ref is None else ref[on_device]
+            metrics, entropy[on_device] = updater.step(
+                tensors, indices, old_part, ref_part, current, step
+            )
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value / len(parts)
         totals["skipped_steps"] = totals.get("skipped_steps", 0.0) * len(parts)
@@ -264,30 +265,33 @@ def run_online(trainer: Trainer) -> TrainResult:
 
     run = OnlineRun(trainer)
     cfg, out_dir = run.cfg, trainer.output_dir
+    from alignlib.trainer.run_dir import prepare_output_dir
+
+    prepare_output_dir(out_dir, cfg.checkpoint.resume)  # an earlier run is moved aside
     start = 0
     if cfg.checkpoint.resume:
         start = trainer._resume(out_dir, run.optimizer, run.scheduler, run.sampler)
-    updater = Updater(
-        run.model,
-        trainer.estimator,
+    optimizer_step = OptimizerStep(
         run.params,
         run.optimizer,
         run.scheduler,
-        run.online.micro_batch_size,
-        cfg.train.logprob_chunk_size,
-        run.rollout.temperature,
         cfg.optim.grad_clip,
         run.online.skip_grad_norm,
+        cfg.train.nonfinite,
     )
+    updater = Updater(run.kernel, trainer.estimator, optimizer_step, run.online.micro_batch_size)
     history: list[dict[str, float]] = []
     with ExitStack() as stack:
         # Built after a resume has loaded the weights, so a separate engine starts in sync.
         engine = build_engine(
-            run.rollout, run.model, run.tokenizer, out_dir, cfg.model.dtype, cfg.model.chat_template
+            run.rollout,
+            run.model,
+            run.tokenizer,
+            out_dir,
+            trainer.placement,
+            cfg.model.chat_template,
         )
         stack.callback(engine.shutdown)
-        if start == 0:  # a fresh run replaces old metrics (a resume keeps them up to its step)
-            (out_dir / METRICS_FILE).unlink(missing_ok=True)
         logger = RunLogger(out_dir, cfg.logging, run.total, start, cfg.model_dump())
         stack.callback(logger.close)
         initial = run.evaluate(engine, 0) if start == 0 else {}
@@ -299,10 +303,11 @@ def run_online(trainer: Trainer) -> TrainResult:
             began = time.perf_counter()
             rows, metrics = run.collect(engine, step)
             tensors = collate_rows(rows, trainer.pad_id)
+            engine.release_memory(run.online.empty_cache)  # vLLM sleep mode, when configured
             logprob_began = time.perf_counter()
             old, ref = run.behaviour_logprobs(tensors)
             update_began = time.perf_counter()
-            update_metrics, entropy = run.update(updater, tensors, old, ref)
+            update_metrics, entropy = run.update(updater, tensors, old, ref, step)
             metrics |= update_metrics
             sync_began = time.perf_counter()
             engine.sync(run.model)
@@ -310,6 +315,7 @@ def run_online(trainer: Trainer) -> TrainResult:
             trained_tokens = float(tensors.attention.sum())
             samples = (tensors.roles == int(Role.SAMPLE)).unsqueeze(-1) * tensors.mask
             if samples.any():  # the policy's entropy on its own samples (entropy collapse)
+                samples = samples.to(entropy.device)
                 metrics["rollout/entropy"] = float((entropy * samples).sum() / samples.sum())
             metrics |= {
                 "train/rows": float(tensors.num_rows),
@@ -327,6 +333,7 @@ def run_online(trainer: Trainer) -> TrainResult:
             every = cfg.checkpoint.every
             if every and step % every == 0 and step < run.total:
                 trainer._checkpoint(out_dir, step, run.optimizer, run.scheduler, run.sampler)
+    optimizer_step.check_trained(run.total - start)
     trainer.save_final(out_dir)
     if cfg.logging.plot:
         plot_run(out_dir)

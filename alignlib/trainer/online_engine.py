@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from alignlib.config.online import RolloutConfig
+from alignlib.device import Placement
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import RolloutEngine, SamplingParams
 from alignlib.trainer.checkpoint import atomic_directory_write, save_model
@@ -70,8 +71,22 @@ class EngineHandle:
     engine: RolloutEngine
     weight_sync: WeightSync
     """How the trained weights reach the engine after every optimizer step (chosen once)."""
+    sleeps: bool = False
+    """Put the engine to sleep during the update (colocated vLLM with sleep mode)."""
+    asleep: bool = False
+
+    def release_memory(self, empty_cache: bool = False) -> None:
+        """After the rollout: let the update have the device's memory."""
+        if self.sleeps:
+            self.engine.sleep()
+            self.asleep = True
+        if empty_cache and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def sync(self, model: nn.Module) -> None:
+        if self.asleep:
+            self.engine.wake_up()
+            self.asleep = False
         self.weight_sync(self.engine, model)
 
     def shutdown(self) -> None:
@@ -118,7 +133,7 @@ def build_engine(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     output_dir: Path,
-    dtype: str,
+    placement: Placement,
     chat_template: bool,
 ) -> EngineHandle:
     """Training prompts reach the engine as templated token ids (used verbatim); the chat flag
@@ -126,8 +141,10 @@ def build_engine(
     from alignlib.rollout.hf_engine import HFEngine
 
     if config.engine == "transformers" and config.num_workers == 0:
-        engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template)  # type: ignore[arg-type]
+        autocast = placement.compute_dtype if placement.precision == "bf16-mixed" else None
+        engine = HFEngine(model, tokenizer, config.max_batch_size, chat_template, autocast)  # type: ignore[arg-type]
         return EngineHandle(engine, SharedModule())
+    dtype = placement.engine_dtype
     adapter = is_peft(model) and config.engine == "vllm" and _adapter_sync(config.vllm.lora_sync)
     target = output_dir / "rollout_model"
     folder = str(save_rollout_model(model, tokenizer, target, base_only=adapter))
@@ -138,11 +155,13 @@ def build_engine(
         make_engine, config.engine, folder, dtype, config.max_batch_size, chat_template, options
     )
     engine = factory() if config.num_workers == 0 else _pool(config, factory)
+    sleeps = "enable_sleep_mode" in options
     if not adapter:
-        return EngineHandle(engine, NamedWeights(adapted_only=config.engine != "vllm"))
+        named = NamedWeights(adapted_only=config.engine != "vllm")
+        return EngineHandle(engine, named, sleeps=sleeps)
     root = output_dir / "rollout_adapter"
     shutil.rmtree(root, ignore_errors=True)  # versions of an earlier run
-    handle = EngineHandle(engine, AdapterFolders(root))
+    handle = EngineHandle(engine, AdapterFolders(root), sleeps=sleeps)
     handle.sync(model)  # the engine holds the bare base model until it gets the adapter
     return handle
 
@@ -176,6 +195,8 @@ def vllm_kwargs(config: RolloutConfig) -> dict[str, Any]:
     }
     if options.max_model_len is not None:
         kwargs["max_model_len"] = options.max_model_len
+    if options.sleep_during_update and config.num_workers == 0:
+        kwargs["enable_sleep_mode"] = True
     return kwargs | options.extra
 
 
@@ -195,11 +216,14 @@ def make_engine(
         return VLLMEngine(
             folder, apply_chat_template=chat_template, dtype=dtype_name, **vllm_options
         )
+    from alignlib.device import resolve_device
     from alignlib.models import load_model_and_tokenizer
     from alignlib.rollout.hf_engine import HFEngine
     from alignlib.trainer.model import DTYPES
 
-    model, tokenizer = load_model_and_tokenizer(folder, dtype=DTYPES[dtype])
+    # In a Ray worker: its own GPU when Ray gave it one (worker_num_gpus), else the CPU.
+    device = resolve_device("auto")
+    model, tokenizer = load_model_and_tokenizer(folder, dtype=DTYPES[dtype], device=device)
     return HFEngine(model, tokenizer, max_batch_size, apply_chat_template=chat_template)
 
 

@@ -6,7 +6,6 @@ token ids (never re-tokenized text), so the trained tokens are exactly the sampl
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,15 @@ from torch import Tensor
 from alignlib.algorithms.hpt import route
 from alignlib.config.online import OnlineConfig, RewardSpec, RolloutConfig
 from alignlib.estimator import Role
-from alignlib.rewards import grade_many, resolve_reward
+from alignlib.rewards import (
+    RewardError,
+    call_reward,
+    check_params,
+    grade_many,
+    math_reward,
+    missing_columns,
+    resolve_reward,
+)
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 
 
@@ -92,47 +99,69 @@ def generate(
 
 
 # ------------------------------------------------------------------------------------- rewards
+MATH_PARAMS = ("timeout_s",)
+"""What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
+
+
 class RewardModel:
-    """The weighted sum of the configured reward functions; `math` is graded in one batch."""
+    """The weighted sum of the configured reward functions; `math` is graded in one batch.
+
+    Parameters are checked against each function's signature when this is built, so a
+    misspelled one is refused instead of swallowed; every value must be a finite number."""
 
     def __init__(self, specs: Sequence[RewardSpec], threshold: float) -> None:
         self.specs = list(specs)
         self.threshold = threshold
-        self.functions: list[Callable[..., float] | None] = [
-            None if s.name == "math" else resolve_reward(s.name) for s in self.specs
-        ]
-        self.takes_num_tokens = [
-            f is not None and _accepts(f, "num_tokens") for f in self.functions
-        ]
+        self.functions: list[Callable[..., float] | None] = []
+        for index, spec in enumerate(self.specs):
+            try:
+                fn = None if spec.name == "math" else resolve_reward(spec.name)
+            except (TypeError, ValueError) as exc:
+                raise RewardError(f"online.rewards[{index}].name: {exc}") from None
+            valid = MATH_PARAMS if fn is None else None
+            where = f"online.rewards[{index}].params"
+            check_params(spec.name, fn or math_reward, spec.params, where, valid)
+            self.functions.append(fn)
+        math_params = [s.params for s in self.specs if s.name == "math"]
+        self.math_timeout = float(math_params[0].get("timeout_s", 5.0)) if math_params else 5.0
 
     def check(self, row: dict[str, Any], where: str) -> None:
-        if "math" in [s.name for s in self.specs] and "answer" not in row:
-            raise ValueError(
-                f"{where}: reward 'math' needs an 'answer' field in every data row; "
-                f"the rows have {sorted(row)}"
-            )
+        """``row`` must hold every column a reward needs (math: a non-null `answer`)."""
+        for spec, fn in zip(self.specs, self.functions, strict=True):
+            missing = missing_columns(fn or math_reward, spec.params, row)
+            if missing:
+                raise RewardError(
+                    f"{where}: reward {spec.name!r} needs field {missing[0]!r}, which this row "
+                    f"lacks or leaves null (the row has {', '.join(sorted(row))}); fill it in, "
+                    "drop the row, or use rewards that do not need it"
+                )
+
+    def check_rows(self, rows: Sequence[dict[str, Any]], source: str) -> None:
+        """Every row, by number: a row without an answer must not be graded against 'None'."""
+        for index, row in enumerate(rows, start=1):
+            self.check(row, f"{source} row {index}")
 
     def score(
         self, texts: list[str], num_tokens: list[int], rows: list[dict[str, Any]]
     ) -> tuple[Tensor, Tensor]:
         """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i."""
-        has_answer = all("answer" in row for row in rows)
+        has_answer = all(row.get("answer") is not None for row in rows)
         verdicts = None
         if has_answer:
             # One call: normalization in-process, math-verify spread over the time-limited pool.
-            verdicts = torch.tensor(grade_many(texts, [str(r["answer"]) for r in rows]))
+            answers = [str(r["answer"]) for r in rows]
+            verdicts = torch.tensor(grade_many(texts, answers, timeout_s=self.math_timeout))
         total = torch.zeros(len(texts), dtype=torch.float64)
-        for spec, fn, with_tokens in zip(
-            self.specs, self.functions, self.takes_num_tokens, strict=True
-        ):
+        for spec, fn in zip(self.specs, self.functions, strict=True):
             if fn is None:
                 if verdicts is None:
-                    raise ValueError("reward 'math' needs an 'answer' field in every data row")
+                    self.check_rows(rows, "online data")  # raises, naming a row without answer
+                assert verdicts is not None
                 values = verdicts.to(torch.float64)
             else:
                 values = torch.tensor(
                     [
-                        float(fn(text, **(_columns(row) | spec.params | _tokens(n, with_tokens))))
+                        call_reward(fn, spec.name, text, row, spec.params, n)
                         for text, row, n in zip(texts, rows, num_tokens, strict=True)
                     ],
                     dtype=torch.float64,
@@ -140,22 +169,6 @@ class RewardModel:
             total += spec.weight * values
         correct = verdicts if verdicts is not None else total > self.threshold
         return total, correct
-
-
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def _columns(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in ("prompt", "completion")}
-
-
-def _tokens(count: int, wanted: bool) -> dict[str, int]:
-    return {"num_tokens": count} if wanted else {}
 
 
 def score_rollouts(

@@ -7,19 +7,15 @@ mini-batch gradient.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from alignlib.device import HOST
 from alignlib.estimator import Batch, Mask, UnifiedEstimator
-from alignlib.trainer.logprobs import first_masked_position, token_logprobs
 from alignlib.trainer.online_rollout import TrainRows
-
-Context = Callable[[], AbstractContextManager]
+from alignlib.trainer.step import Context, HostRows, LogprobKernel, OptimizerStep
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
 ONLINE_FIELDS = {"old_logprobs", "ref_logprobs", "entropy", "rewards", "group_ids", "roles"}
@@ -41,24 +37,29 @@ class RowTensors:
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def host(self) -> HostRows:
+        return HostRows(self.input_ids, self.attention, self.mask)
+
 
 def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
+    """Right-padded host tensors of the rows (the kernel moves each micro-batch once)."""
     width = max(len(s) for s in rows.sequences)
     count = len(rows)
-    input_ids = torch.full((count, width), pad_id, dtype=torch.long)
-    attention = torch.zeros(count, width, dtype=torch.long)
-    mask = torch.zeros(count, width)
+    input_ids = torch.full((count, width), pad_id, dtype=torch.long, device=HOST)
+    attention = torch.zeros(count, width, dtype=torch.long, device=HOST)
+    mask = torch.zeros(count, width, device=HOST)
     for r, (seq, start) in enumerate(zip(rows.sequences, rows.starts, strict=True)):
-        input_ids[r, : len(seq)] = torch.tensor(seq)
+        input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
         mask[r, start : len(seq)] = 1
     return RowTensors(
         input_ids,
         attention,
         mask,
-        torch.tensor(rows.roles),
-        torch.tensor(rows.group_ids),
-        torch.tensor(rows.rewards, dtype=torch.float32),
+        torch.tensor(rows.roles, device=HOST),
+        torch.tensor(rows.group_ids, device=HOST),
+        torch.tensor(rows.rewards, dtype=torch.float32, device=HOST),
     )
 
 
@@ -94,47 +95,20 @@ def _chunks(indices: Tensor, size: int) -> list[Tensor]:
     return [indices[i : i + size] for i in range(0, indices.numel(), size)]
 
 
-@torch.no_grad()
 def policy_logprobs(
-    model: nn.Module,
+    kernel: LogprobKernel,
     rows: RowTensors,
     indices: Tensor,
     micro_batch_size: int,
-    chunk_size: int,
-    temperature: float,
     context: Context | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """([len(indices), W] log-probs, entropy) of the given rows, no gradient, eval mode."""
-    width = rows.input_ids.shape[1]
-    logprobs = torch.zeros(indices.numel(), width)
-    entropy = torch.zeros(indices.numel(), width)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()  # no dropout: the behaviour policy is the deterministic one that sampled
-    try:
-        position = 0
-        for chunk in _chunks(indices, micro_batch_size):
-            narrow = int(rows.attention[chunk].sum(-1).max())
-            ids = rows.input_ids[chunk, :narrow].to(device)
-            attention = rows.attention[chunk, :narrow].to(device)
-            with context() if context is not None else nullcontext():
-                lp, ent = token_logprobs(
-                    model,
-                    ids,
-                    attention,
-                    chunk_size=chunk_size,
-                    with_entropy=True,
-                    temperature=temperature,
-                    # Old/ref/current log-probs are only read under rows.mask: skip the prompt.
-                    first_scored_position=first_masked_position(rows.mask[chunk, :narrow]),
-                )
-            assert ent is not None
-            stop = position + chunk.numel()
-            logprobs[position:stop, :narrow] = lp.float().cpu()
-            entropy[position:stop, :narrow] = ent.float().cpu()
-            position = stop
-    finally:
-        model.train(was_training)
+    """([len(indices), W] log-probs, entropy) of the given rows on the kernel's device, no
+    gradient, eval mode. Old/ref/current log-probs are only read under ``rows.mask``."""
+    subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
+    logprobs, entropy = kernel.all_rows(
+        subset, micro_batch_size, with_entropy=True, context=context
+    )
+    assert entropy is not None
     return logprobs, entropy
 
 
@@ -149,16 +123,10 @@ def minibatch_rows(group_ids: Tensor, count: int) -> list[Tensor]:
 class Updater:
     """Everything one optimizer mini-batch needs."""
 
-    model: nn.Module
+    kernel: LogprobKernel
     estimator: UnifiedEstimator
-    params: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer_step: OptimizerStep
     micro_batch_size: int
-    chunk_size: int
-    temperature: float
-    grad_clip: float | None
-    skip_grad_norm: float | None
 
     def step(
         self,
@@ -167,20 +135,36 @@ class Updater:
         old: Tensor | None,
         ref: Tensor | None,
         current: Tensor | None,
+        step: int = 0,
     ) -> tuple[dict[str, float], Tensor]:
-        """Prepare the mini-batch ``indices``, accumulate micro-batch gradients, clip, step.
+        """Accumulate the mini-batch ``indices``' gradients, then clip and step (see
+        :meth:`gradients`; ``step`` names the run step in a non-finite-gradient message)."""
+        metrics, entropy = self.gradients(rows, indices, old, ref, current)
+        return metrics | self.optimizer_step(step), entropy
 
-        ``current`` holds the rows' present log-probs (detached), which Clip-Cov/KL-Cov's token
+    def gradients(
+        self,
+        rows: RowTensors,
+        indices: Tensor,
+        old: Tensor | None,
+        ref: Tensor | None,
+        current: Tensor | None,
+    ) -> tuple[dict[str, float], Tensor]:
+        """Prepare the mini-batch ``indices`` and accumulate its micro-batch gradients.
+
+        ``old``, ``ref``, ``current`` ([len(indices), W], on the device) come from no-grad
+        passes. ``current`` holds the rows' present log-probs, which Clip-Cov/KL-Cov's token
         selection and the covariance statistics read in ``prepare``. ``old`` None means
         on-policy: the behaviour log-probs are the live ones, detached, from the same forward
         (verl does the same with one mini-batch), which saves a whole no-grad pass; the
         covariance statistics are then computed once the live log-probs are known.
 
-        Returns the metrics and the [len(indices), W] token entropy (detached; 0 on prompt
-        columns before the micro-batch's first completion token, which the LM head skips).
+        Returns the metrics and the [len(indices), W] token entropy on the device (detached;
+        0 on prompt columns before the micro-batch's first completion token).
         """
         needs = self.estimator.requirements()
-        placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1])
+        device = self.kernel.device
+        placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=device)
         full = Batch(
             logprobs=current if current is not None else placeholder,
             mask=rows.mask[indices],
@@ -190,55 +174,30 @@ class Updater:
             rewards=rows.rewards[indices],
             group_ids=rows.group_ids[indices],
             roles=rows.roles[indices],
-        )
+        ).to(device)
         prepared = self.estimator.prepare(full)
         totals: dict[str, float] = {}
-        live = placeholder.clone()
-        entropies = placeholder.clone()
-        device = next(self.model.parameters()).device
-        local = torch.arange(indices.numel())
-        for chunk in _chunks(local, self.micro_batch_size):
-            narrow = int(rows.attention[indices[chunk]].sum(-1).max())
-            ids = rows.input_ids[indices[chunk], :narrow].to(device)
-            attention = rows.attention[indices[chunk], :narrow].to(device)
-            logprobs, entropy = token_logprobs(
-                self.model,
-                ids,
-                attention,
-                chunk_size=self.chunk_size,
-                with_entropy=True,
-                temperature=self.temperature,
-                # The loss and the entropy metric only read completion tokens (rows.mask), so
-                # the LM head skips the prompt columns before the earliest completion token.
-                first_scored_position=first_masked_position(rows.mask[indices[chunk], :narrow]),
-            )
-            assert entropy is not None
+        live, entropies = placeholder.clone(), placeholder.clone()
+        host = rows.host
+        for chunk in _chunks(torch.arange(indices.numel(), device=HOST), self.micro_batch_size):
+            out = self.kernel(host, indices[chunk], with_entropy=True)
+            assert out.entropy is not None
+            logprobs, entropy = out.logprobs, out.entropy
             if "entropy" not in needs:
                 entropy = entropy.detach()  # frees its graph now: only a metric reads it
-            logprobs, entropy = logprobs.cpu(), entropy.cpu()
-            live[chunk, :narrow] = logprobs.detach()
-            entropies[chunk, :narrow] = entropy.detach()
-            micro = prepared.select(chunk).narrow(narrow).replace(logprobs=logprobs)
+            on_device = chunk.to(device)
+            live[on_device, : out.width] = logprobs.detach()
+            entropies[on_device, : out.width] = entropy.detach()
+            micro = prepared.select(on_device).narrow(out.width).replace(logprobs=logprobs)
             if old is None:
                 micro = micro.replace(old_logprobs=logprobs.detach())
             if "entropy" in needs:
                 micro = micro.replace(entropy=entropy)
-            out = self.estimator(micro)
-            out.loss.backward()
-            for key, value in out.metrics.items():
+            result = self.estimator(micro)
+            result.loss.backward()
+            for key, value in result.metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         if old is None:  # statistics of the live log-probs, now that they are known
             prepared = self.estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
         totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
-        limit = self.grad_clip if self.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
-        # HPT's rule, and always for a non-finite norm: one bad batch must not wreck the model.
-        skip = not math.isfinite(grad_norm) or (
-            self.skip_grad_norm is not None and grad_norm > self.skip_grad_norm
-        )
-        if not skip:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        totals |= {"grad_norm": grad_norm, "skipped_steps": float(skip)}
         return totals, entropies

@@ -32,17 +32,17 @@ def resolve_oracle(spec: str) -> Oracle:
             AutoTokenizer.from_pretrained(path),
         )
         return lambda prompts, completions, rows: scorer(list(prompts), list(completions))
-    from alignlib.rewards import resolve_reward
+    from alignlib.rewards import call_reward, resolve_reward
 
     reward = resolve_reward(spec)
 
     def score(
         prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]
     ) -> list[float]:
-        columns = [
-            {k: v for k, v in row.items() if k not in ("prompt", "completion")} for row in rows
+        # One line naming the oracle and the row when it raises or returns no finite number.
+        return [
+            call_reward(reward, spec, c, row, {}) for c, row in zip(completions, rows, strict=True)
         ]
-        return [float(reward(c, **cols)) for c, cols in zip(completions, columns, strict=True)]
 
     return score
 

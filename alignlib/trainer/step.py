@@ -1,0 +1,195 @@
+"""The micro-batch kernel — the one place a training row meets the device — and the optimizer
+step that follows a mini-batch's accumulated gradients.
+
+Every forward over training rows goes through :class:`LogprobKernel`: the offline reference
+cache, the offline update, the online old / reference log-probs and the online update. It
+slices the rows of one micro-batch out of the host-side padded tensors, narrows them to the
+micro-batch's longest row, moves them to the policy's device, and runs the policy under the
+run's precision (bf16 autocast for ``bf16-mixed``); log-softmax and everything after it stay
+in fp32. No call site moves a tensor itself, so none can forget to.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from alignlib.device import HOST, Placement
+from alignlib.trainer.logprobs import first_masked_position, token_logprobs
+
+Context = Callable[[], AbstractContextManager]
+"""A context that changes which policy the model computes (e.g. the LoRA adapter disabled)."""
+
+
+@dataclass(frozen=True)
+class HostRows:
+    """Right-padded rows on the host; the kernel moves the slices it needs."""
+
+    input_ids: Tensor
+    """[R, W] token ids (padding where ``attention`` is 0)."""
+    attention: Tensor
+    """[R, W] 1 on real tokens."""
+    scored: Tensor
+    """[R, W] 1 where a log-prob will be read (completion tokens): the LM head starts at the
+    first such column of each micro-batch."""
+
+    @property
+    def num_rows(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass(frozen=True)
+class MicroLogprobs:
+    logprobs: Tensor
+    """[r, w] log π of each token on the kernel's device (fp32, or fp64 for a fp64 model);
+    with gradient unless the kernel ran with ``grad=False``."""
+    entropy: Tensor | None
+    """[r, w] entropy per position, when asked for."""
+    width: int
+    """w: the longest row of the micro-batch (all its tokens fit)."""
+
+
+@dataclass(frozen=True)
+class LogprobKernel:
+    """Log-probs (and entropy) of a policy over micro-batches of host rows."""
+
+    model: nn.Module
+    placement: Placement
+    chunk_size: int = 256
+    """Positions per LM-head chunk (no full fp32 [T, V] tensor)."""
+    temperature: float = 1.0
+    """Logits are divided by it (online: the sampling temperature)."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    def __call__(
+        self,
+        rows: HostRows,
+        indices: Tensor,
+        *,
+        with_entropy: bool = False,
+        grad: bool = True,
+        context: Context | None = None,
+    ) -> MicroLogprobs:
+        """Forward the rows ``indices`` ([r] host long tensor) of ``rows`` as one micro-batch.
+
+        ``grad=False`` runs without autograd (old, reference and cached log-probs);
+        ``context`` runs the model as another policy (adapter off).
+        """
+        width = int(rows.attention[indices].sum(-1).max())
+        ids = rows.input_ids[indices, :width].to(self.device, non_blocking=True)
+        attention = rows.attention[indices, :width].to(self.device, non_blocking=True)
+        # Read on the host: no device sync, and the prompt columns skip the LM head.
+        first = first_masked_position(rows.scored[indices, :width])
+        with (
+            torch.set_grad_enabled(grad),
+            context() if context is not None else nullcontext(),
+            self.placement.autocast(),
+        ):
+            logprobs, entropy = token_logprobs(
+                self.model,
+                ids,
+                attention,
+                chunk_size=self.chunk_size,
+                with_entropy=with_entropy,
+                temperature=self.temperature,
+                first_scored_position=first,
+            )
+        return MicroLogprobs(logprobs, entropy, width)
+
+    @torch.no_grad()
+    def all_rows(
+        self,
+        rows: HostRows,
+        micro_batch_size: int,
+        *,
+        with_entropy: bool = False,
+        context: Context | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """[R, W] log-probs (and entropy) of every row, no gradient, in eval mode (no dropout:
+        the behaviour policy is the deterministic one that sampled), on the device."""
+        shape = rows.input_ids.shape
+        logprobs = torch.zeros(shape, device=self.device)
+        entropy = torch.zeros(shape, device=self.device) if with_entropy else None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for chunk in torch.arange(rows.num_rows, device=HOST).split(micro_batch_size):
+                out = self(rows, chunk, with_entropy=with_entropy, grad=False, context=context)
+                target = chunk.to(self.device)
+                logprobs[target, : out.width] = out.logprobs.float()
+                if entropy is not None and out.entropy is not None:
+                    entropy[target, : out.width] = out.entropy.float()
+        finally:
+            self.model.train(was_training)
+        return logprobs, entropy
+
+
+NonFinite = Literal["stop", "skip"]
+
+
+class NonFiniteError(ValueError):
+    """A loss or gradient became NaN/inf and the run's policy is to stop (a ValueError: the
+    CLI reports it as one line, like every error the user can fix)."""
+
+
+@dataclass
+class OptimizerStep:
+    """Clip, then step — or skip a step whose gradient is not finite (``train.nonfinite``)."""
+
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    grad_clip: float | None = None
+    skip_grad_norm: float | None = None
+    """Skip steps whose gradient norm exceeds this (HPT's rule); None never skips."""
+    nonfinite: NonFinite = "stop"
+    skipped: int = 0
+    """Steps skipped for a non-finite gradient so far."""
+    taken: int = 0
+    """Optimizer steps actually applied so far."""
+
+    def __call__(self, step: int) -> dict[str, float]:
+        limit = self.grad_clip if self.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        finite = math.isfinite(grad_norm)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.nonfinite == "stop":
+                raise NonFiniteError(
+                    f"step {step}: the gradient norm is {grad_norm} (a NaN/inf loss, reward or "
+                    "advantage); lower optim.lr, check the rewards, or set train.nonfinite=skip "
+                    "to skip such steps"
+                )
+            self.skipped += 1
+            warnings.warn(
+                f"step {step}: non-finite gradient norm ({grad_norm}); step skipped "
+                f"({self.skipped} so far)",
+                stacklevel=2,
+            )
+        too_large = self.skip_grad_norm is not None and grad_norm > self.skip_grad_norm
+        if finite and not too_large:
+            self.optimizer.step()
+            self.taken += 1
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        skip = not finite or too_large
+        return {"grad_norm": grad_norm, "skipped_steps": float(skip)}
+
+    def check_trained(self, attempted: int) -> None:
+        """A run whose every step was skipped trained nothing: fail rather than save it."""
+        if attempted > 0 and self.taken == 0:
+            raise NonFiniteError(
+                f"all {attempted} optimizer steps were skipped (non-finite or too-large "
+                "gradients), so the model is untrained and final/ was not written; check the "
+                "rewards and losses for NaN, lower optim.lr or raise online.skip_grad_norm"
+            )

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every GPU check of alignlib in one run, for a lent GPU machine with no package registry (see
+# ../shared/gpu/README.md). Prepare on the CPU machine with benchmarks/gpu/prepare.sh, then run
+# this from the repository root on the GPU machine (at most ~10 min, one device call). Each check has its own time limit and prints
+# one `RESULT <name>: ...` line; full logs go to $OUT (or /tmp/gpu-check) for the note.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+LOGS=${OUT:-/tmp/gpu-check}
+mkdir -p "$LOGS"
+export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+  PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+MODEL=/tmp/qwen05b
+RUNS=/tmp/gpu-runs
+
+check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one result line
+  local name=$1 limit=$2; shift 2
+  local began=$SECONDS
+  timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$?
+  local tail_line
+  tail_line=$(grep -v '^\s*$' "$LOGS/$name.log" | tail -n 1 | cut -c1-160)
+  echo "RESULT $name: rc=$rc in $((SECONDS - began)) s | $tail_line"
+}
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | sed 's/^/GPU: /'
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
+  --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps \
+  --no-build-isolation --no-compile --target /tmp/site . && echo installed"
+check stand_in 45 python3 benchmarks/gpu/make_stand_in.py --tokenizer .gpu_assets/tokenizer \
+  --out "$MODEL"
+
+# 1. The gpu tests: CPU/GPU parity for every step kind, bf16-mixed learning, resume, LoRA, eval.
+check pytest_gpu 120 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+
+# 2. The recipes the issue names, with the model and data stood in by local ones.
+check recipe_dpo 60 python3 -m alignlib.cli train configs/gpu/dpo_ultrafeedback.yaml \
+  model.name_or_path=$MODEL data.path=builtin:gsm8k_pairs data.max_prompt_length=256 \
+  data.max_completion_length=128 train.max_steps=6 checkpoint.every=3 output_dir=$RUNS/dpo \
+  logging.progress=false
+check recipe_hpt 90 python3 -m alignlib.cli train configs/gpu/hpt_qwen2.5_math_1.5b.yaml \
+  model.name_or_path=$MODEL data.path=builtin:arithmetic_prompts rollout.engine=transformers \
+  rollout.n=4 rollout.max_new_tokens=64 online.prompts_per_step=8 online.micro_batch_size=16 \
+  online.max_demonstration_length=128 algorithm.params.max_response_length=64 eval=null \
+  train.max_steps=3 checkpoint.every=null output_dir=$RUNS/hpt logging.progress=false
+
+# 3. alignlib vs TRL 1.16 on the same stand-in, bf16 mixed precision on both sides.
+check bench_dpo 90 python3 benchmarks/dpo_vs_trl.py --model $MODEL --device cuda --pairs 16 \
+  --micro 8 --max-length 384 --steps 12 --warmup 3
+check bench_grpo 120 python3 benchmarks/grpo_vs_trl.py --model $MODEL --device cuda \
+  --prompts 8 --n 8 --max-new 128 --micro 16 --steps 6 --warmup 2
+for name in pytest_gpu recipe_dpo recipe_hpt bench_dpo bench_grpo; do
+  echo "---- $name"; grep -E "passed|failed|error|on cuda|done:|s/step|ratio|alignlib|TRL" \
+    "$LOGS/$name.log" | tail -n 8
+done

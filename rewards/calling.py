@@ -1,0 +1,189 @@
+"""Calling a reward: a data row's columns and the user's parameters in, one finite number out.
+
+A reward is a plain function ``fn(completion, **columns)``. Two failures used to be silent and
+are refused here, each with one line naming the reward (and the data row):
+
+- a configured parameter the function never reads (``{name: length_penalty, params:
+  {target_lenght: 200}}`` swallowed by ``**_``) is refused before training, with did-you-mean;
+- a result that is not a finite number (None, NaN, a string) or an exception while scoring.
+
+Data columns reach a function only when it names them (or takes ``**kwargs``), so a reward
+without a catch-all can be written with exactly the parameters it reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "RewardError",
+    "RewardSignature",
+    "call_reward",
+    "check_params",
+    "describe_row",
+    "missing_columns",
+    "reward_kwargs",
+    "signature_of",
+]
+
+SUPPLIED = ("num_tokens",)
+"""Keywords the caller fills in itself (never a data column or a user parameter)."""
+NOT_COLUMNS = ("prompt", "completion")
+"""Row fields that are not passed as columns (the completion is the first argument)."""
+
+
+def closest(name: str, valid: list[str]) -> str:
+    """' (did you mean X?)' for the closest valid name, or ''."""
+    match = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class RewardError(ValueError):
+    """A reward that cannot be used as configured, or that returned no usable number."""
+
+
+@dataclass(frozen=True)
+class RewardSignature:
+    named: tuple[str, ...]
+    """Keyword-passable parameters after the completion."""
+    required: tuple[str, ...]
+    """Named parameters without a default: data columns every row must hold (math: answer)."""
+    settings: tuple[str, ...]
+    """Named parameters with a default: what ``params`` is for."""
+    extra: Literal["none", "ignored", "read"]
+    """Other keywords: refused (`none`), swallowed by ``**_`` (`ignored`), or read by a named
+    ``**kwargs`` (`read`: parameters cannot be checked)."""
+
+
+def signature_of(fn: Callable[..., Any]) -> RewardSignature:
+    """What ``fn`` accepts besides the completion (its first positional parameter)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # some builtins and C callables have no signature
+        return RewardSignature((), (), (), "read")
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if params and params[0].kind in positional:
+        params = params[1:]
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = [p for p in params if p.kind in keyword]
+    var = next((p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    extra: Literal["none", "ignored", "read"] = "none"
+    if var is not None:
+        extra = "ignored" if var.name.startswith("_") else "read"
+    empty = inspect.Parameter.empty
+    return RewardSignature(
+        named=tuple(p.name for p in named),
+        required=tuple(p.name for p in named if p.default is empty and p.name not in SUPPLIED),
+        settings=tuple(p.name for p in named if p.default is not empty and p.name not in SUPPLIED),
+        extra=extra,
+    )
+
+
+def check_params(
+    name: str,
+    fn: Callable[..., Any],
+    params: Mapping[str, Any],
+    key: str,
+    valid: Collection[str] | None = None,
+) -> None:
+    """Refuse a parameter ``fn`` would never see: ``key`` is where it was configured
+    (``online.rewards[0].params``); ``valid`` overrides the accepted names."""
+    sig = signature_of(fn)
+    if valid is None and sig.extra == "read":
+        return  # a named **kwargs may read anything
+    accepted = list(valid) if valid is not None else [*sig.named]
+    shown = list(valid) if valid is not None else list(sig.settings)
+    for param in params:
+        if param not in accepted:
+            raise RewardError(
+                f"{key}.{param}: not a parameter of reward {name!r}"
+                f"{closest(param, shown or accepted)}; valid: {', '.join(shown) or '(none)'}"
+            )
+
+
+def missing_columns(
+    fn: Callable[..., Any], params: Mapping[str, Any], row: Mapping[str, Any]
+) -> list[str]:
+    """Required parameters of ``fn`` that neither ``params`` nor the row provides (a null
+    value counts as missing: a jsonl loader fills absent fields with null)."""
+    return [
+        name for name in signature_of(fn).required if name not in params and row.get(name) is None
+    ]
+
+
+def reward_kwargs(
+    fn: Callable[..., Any],
+    row: Mapping[str, Any],
+    params: Mapping[str, Any],
+    num_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for one call: the row's columns ``fn`` takes, then ``params``, then
+    ``num_tokens`` when ``fn`` accepts it."""
+    sig = signature_of(fn)
+    columns = {k: v for k, v in row.items() if k not in NOT_COLUMNS}
+    if sig.extra == "none":
+        columns = {k: v for k, v in columns.items() if k in sig.named}
+    kwargs = columns | dict(params)
+    if num_tokens is not None and ("num_tokens" in sig.named or sig.extra != "none"):
+        kwargs["num_tokens"] = num_tokens
+    return kwargs
+
+
+def describe_row(row: Mapping[str, Any]) -> str:
+    """`the data row with prompt 'What is 2 + 3?…'` (rows are named by their prompt's start)."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], Mapping):
+        prompt = prompt[-1].get("content")
+    text = str(prompt)
+    shown = text if len(text) <= 60 else text[:60] + "…"
+    return f"the data row with prompt {shown!r}"
+
+
+def _as_number(value: object, name: str, row: Mapping[str, Any]) -> float:
+    where = f"for a completion of {describe_row(row)}"
+    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise RewardError(
+            f"reward {name!r} returned {type(value).__name__} {value!r:.40} {where}; a reward "
+            "must return a finite number"
+        )
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # a tensor of several
+        raise RewardError(
+            f"reward {name!r} returned {type(value).__name__}, not one number, {where} ({exc})"
+        ) from None
+    if not math.isfinite(number):
+        raise RewardError(
+            f"reward {name!r} returned {number} {where}; a reward must return a finite number "
+            "(a non-finite reward would poison every advantage of its group)"
+        )
+    return number
+
+
+def call_reward(
+    fn: Callable[..., Any],
+    name: str,
+    completion: str,
+    row: Mapping[str, Any],
+    params: Mapping[str, Any],
+    num_tokens: int | None = None,
+) -> float:
+    """``fn(completion, **columns, **params)`` as a finite float, or one line naming the reward
+    and the row (the original exception stays chained for debugging)."""
+    try:
+        value = fn(completion, **reward_kwargs(fn, row, params, num_tokens))
+    except RewardError:
+        raise
+    except Exception as exc:  # user code: any failure is reported with its reward and row
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RewardError(
+            f"reward {name!r} raised {type(exc).__name__}"
+            f"{': ' + detail if detail else ''} for a completion of {describe_row(row)}; "
+            "fix the reward function or the row"
+        ) from exc
+    return _as_number(value, name, row)

@@ -1,0 +1,127 @@
+"""One training step of each kind (offline DPO / SFT with their reference passes, online GRPO /
+HPT / Clip-Cov / GRPO+KL with their old-log-prob passes) on a chosen device, returning the loss
+metrics and the parameter gradients — shared by the CPU device-audit tests and the GPU parity
+tests, so the GPU tests run code the CPU suite already exercises."""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from alignlib.config import load_config
+from alignlib.estimator import Role
+from alignlib.trainer.loop import Trainer
+from alignlib.trainer.offline import StepInputs, accumulate_gradients, load_examples
+from alignlib.trainer.online_rollout import TrainRows
+from alignlib.trainer.online_update import Updater, collate_rows, policy_logprobs
+
+PAIRS = [
+    {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
+    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
+]
+OFFLINE = {"dpo": "preference", "sft": "sft", "tpo": "tpo"}
+ONLINE = {
+    "grpo": {},
+    "hpt": {},
+    "clip_cov": {"ratio": 0.2},  # high enough that the tiny batch drops some tokens
+    "grpo_kl": {"kl_coef": 0.1},
+}
+CASES = [*OFFLINE, *ONLINE]
+
+
+def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> Path:
+    offline = case in OFFLINE
+    rows: list[dict[str, Any]] = PAIRS
+    if case == "sft":
+        rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
+    elif case == "tpo":
+        rows = [{**p, "reference": f"It is {p['chosen']}"} for p in PAIRS]
+    elif not offline:
+        rows = [
+            {"prompt": p["prompt"], "answer": p["chosen"], "solution": f"It is {p['chosen']}"}
+            for p in PAIRS
+        ]
+    data = tmp / f"{case}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    name = "grpo" if case == "grpo_kl" else case
+    cfg: dict[str, Any] = {
+        "output_dir": str(tmp / f"run-{case}-{device}"),
+        "model": {"name_or_path": "tiny:llama", "device": device, "precision": precision},
+        "data": {"path": str(data), "shuffle": False},
+        "algorithm": {"name": name, "params": ONLINE.get(case, {})},
+        "train": {"batch_size": 4, "micro_batch_size": 2, "max_steps": 1},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+    }
+    if case == "tpo":
+        cfg["train"]["reference"] = "none"
+    if not offline:
+        cfg["rollout"] = {"n": 4, "max_new_tokens": 4}
+        cfg["online"] = {"prompts_per_step": 2, "micro_batch_size": 3}
+    path = tmp / f"{case}-{device}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def online_rows(vocab: int, with_demo: bool, seed: int = 0) -> TrainRows:
+    """Two groups of four rows of random tokens, unequal lengths, one group all-equal rewards;
+    with ``with_demo`` the first row of group 0 is an SFT (demonstration) row, as HPT routes."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = TrainRows()
+    for group in range(2):
+        prompt = torch.randint(3, vocab, (5 + group,), generator=gen).tolist()
+        for i in range(4):
+            completion = torch.randint(3, vocab, (3 + i,), generator=gen).tolist()
+            role = Role.DEMO if with_demo and group == 0 and i == 0 else Role.SAMPLE
+            reward = float(i % 2) if group == 0 else 1.0
+            rows.add(prompt, completion, role, group, reward)
+    return rows
+
+
+def run_case(
+    tmp: Path, case: str, device: str, precision: str = "fp32", audit: bool = False
+) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.device]:
+    """(metrics, {param name: grad on the CPU}, device the log-probs were on) of one step.
+
+    ``audit`` runs everything a step builds (collation, the kernel, the estimator, backward)
+    with ``torch.device("meta")`` as the default device: a tensor created without an explicit
+    device then lands on ``meta`` and the step fails, so only code that says where each tensor
+    goes (the policy's device, or the host for collation) passes.
+    """
+    trainer = Trainer(load_config(write_config(tmp, case, device, precision)))
+    guard: AbstractContextManager = torch.device("meta") if audit else nullcontext()
+    if case in OFFLINE:
+        examples, _ = load_examples(
+            trainer.config.data, trainer.tokenizer, trainer.config.model.chat_template
+        )
+        reference = trainer.initial_reference()[0] if case != "tpo" else None
+        with guard:
+            cache = trainer.reference_cache(examples) if reference is not None else None
+            inputs = StepInputs(trainer.kernel(), trainer.estimator, trainer.pad_id, 2, cache)
+            metrics = accumulate_gradients(inputs, examples)
+        where = trainer.kernel().device
+    else:
+        vocab = trainer.model.get_input_embeddings().num_embeddings
+        rows = online_rows(vocab, with_demo=case == "hpt")
+        kernel = trainer.kernel(temperature=0.9)
+        ref_kernel = None
+        if case == "grpo_kl":
+            ref_kernel = trainer.kernel(trainer.initial_reference()[0], 0.9)
+        updater = Updater(kernel, trainer.estimator, None, 3)  # type: ignore[arg-type]
+        with guard:
+            tensors = collate_rows(rows, trainer.pad_id)
+            every = torch.arange(tensors.num_rows, device="cpu")
+            old, _ = policy_logprobs(kernel, tensors, every, 3)
+            ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
+            metrics, entropy = updater.gradients(tensors, every, old, ref, old)
+        where = entropy.device
+    grads = {
+        name: param.grad.detach().float().cpu()
+        for name, param in trainer.model.named_parameters()
+        if param.grad is not None
+    }
+    return metrics, grads, where
