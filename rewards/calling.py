@@ -144,7 +144,9 @@ def describe_row(row: Mapping[str, Any]) -> str:
     return f"the data row with prompt {shown!r}"
 
 
-def _as_number(value: object, name: str, row: Mapping[str, Any]) -> float:
+def _as_number(
+    value: object, name: str, row: Mapping[str, Any], allow_nonfinite: bool = False
+) -> float:
     where = f"for a completion of {describe_row(row)}"
     if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
         raise RewardError(
@@ -157,7 +159,7 @@ def _as_number(value: object, name: str, row: Mapping[str, Any]) -> float:
         raise RewardError(
             f"reward {name!r} returned {type(value).__name__}, not one number, {where} ({exc})"
         ) from None
-    if not math.isfinite(number):
+    if not math.isfinite(number) and not allow_nonfinite:
         raise RewardError(
             f"reward {name!r} returned {number} {where}; a reward must return a finite number "
             "(a non-finite reward would poison every advantage of its group)"
@@ -172,9 +174,12 @@ def call_reward(
     row: Mapping[str, Any],
     params: Mapping[str, Any],
     num_tokens: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> float:
     """``fn(completion, **columns, **params)`` as a finite float, or one line naming the reward
-    and the row (the original exception stays chained for debugging)."""
+    and the row (the original exception stays chained for debugging). ``allow_nonfinite``
+    passes NaN/inf through (`train.nonfinite: skip`: the step's gradient is then non-finite and
+    the optimizer step is skipped with a warning and counted)."""
     try:
         value = fn(completion, **reward_kwargs(fn, row, params, num_tokens))
     except RewardError:
@@ -186,4 +191,4 @@ def call_reward(
             f"{': ' + detail if detail else ''} for a completion of {describe_row(row)}; "
             "fix the reward function or the row"
         ) from exc
-    return _as_number(value, name, row)
+    return _as_number(value, name, row, allow_nonfinite)

@@ -173,6 +173,7 @@ AFTER_MODEL = [
     pytest.param(on(**rewards({"name": NAN})), REWARD.format("nan_reward", "returned nan"), id="reward-nan"),  # noqa: E501
     pytest.param(on(**rewards({"name": "test_reliability_inputs:text_reward"})), REWARD.format("text_reward", "returned str '1.0'"), id="reward-text"),  # noqa: E501
     pytest.param(on(**rewards({"name": "test_reliability_inputs:raising_reward"})), REWARD.format("raising_reward", "raised ZeroDivisionError: division by zero"), id="reward-raises"),  # noqa: E501
+    pytest.param(on(**rewards({"name": NAN}), train={"nonfinite": "skip", "max_steps": 2}), "all 2 optimizer steps were skipped (non-finite or too-large gradients), so the model is untrained and final/ was not written", id="reward-nan-skip-every-step"),  # noqa: E501
 ]
 # fmt: on
 
@@ -251,6 +252,30 @@ def test_some_identical_pairs_warn_once_and_are_logged(
     assert len(warnings) == 1 and "1 of 4 pairs have chosen == rejected (rows 2)" in warnings[0]
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [m["data/identical_pairs"] for m in logged] == [1.0]
+
+
+FIRST_CALLS = {"count": 0}
+
+
+def nan_at_first(completion: str, **_: object) -> float:
+    """NaN for the first step's completions (2 prompts x 2), then a digit count."""
+    FIRST_CALLS["count"] += 1
+    return math.nan if FIRST_CALLS["count"] <= 4 else float(sum(c.isdigit() for c in completion))
+
+
+def test_nonfinite_skip_skips_the_poisoned_step_and_counts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    FIRST_CALLS["count"] = 0
+    name = "test_reliability_inputs:nan_at_first"
+    cfg = online(tmp_path, **rewards({"name": name}), train={"nonfinite": "skip", "max_steps": 3})
+    code, err = run_cli(tmp_path, cfg, capsys)
+    assert code == 0, err
+    assert "alignlib: warning: step 1: non-finite gradient norm (nan); step skipped" in err
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["skipped_steps"] for m in logged] == [1.0, 0.0, 0.0]
+    assert math.isnan(logged[0]["grad_norm"]) and math.isfinite(logged[1]["grad_norm"])
+    assert (tmp_path / "run" / "final").is_dir()
 
 
 def test_reward_parameters_reach_the_function() -> None:

@@ -11,13 +11,11 @@ checkpoint can be skipped in favour of the one before it.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pickle
 import random
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from alignlib.console import warn
+from alignlib.models import CorruptFileError, check_safetensors
+
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 2  # 2: weights_only-safe state with a config fingerprint
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -36,15 +37,6 @@ LOW_SPACE_BYTES = 16 * 2**20
 
 class CheckpointError(ValueError):
     """A checkpoint or run-folder problem the user fixes: the CLI prints it as one line."""
-
-
-class CorruptFileError(CheckpointError):
-    """A truncated or unreadable file; resume falls back to an older checkpoint."""
-
-
-def notice(message: str) -> None:
-    """One ``alignlib: ...`` line on stderr (where the CLI's error lines go too)."""
-    print(f"alignlib: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------- RNG state
@@ -180,34 +172,6 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
-def check_safetensors(file: Path) -> None:
-    """Fail with one line naming ``file`` when it is truncated or its header is unreadable
-    (safetensors itself says only `incomplete metadata`, without the file)."""
-    size = file.stat().st_size
-    with file.open("rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if length < 2 or 8 + length > size:
-            raise CorruptFileError(f"{file} is truncated or not a safetensors file ({size} bytes)")
-        try:
-            header = json.loads(handle.read(length))
-            end = max(
-                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                default=0,
-            )
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise CorruptFileError(f"{file} has a corrupt safetensors header") from None
-    if 8 + length + end > size:
-        raise CorruptFileError(
-            f"{file} is truncated ({size} of {8 + length + end} bytes): copy or save it again"
-        )
-
-
-def check_safetensors_folder(folder: Path) -> None:
-    for file in sorted(folder.glob("*.safetensors")):
-        check_safetensors(file)
-
-
 def _first_line(exc: BaseException) -> str:
     """The gist of a library's error: its first sentence, short."""
     text = str(exc).strip()
@@ -289,7 +253,7 @@ def load_newest(output_dir: Path) -> Loaded | None:
             weights, adapter = read_weights(path)
         except CorruptFileError as exc:
             problems.append(f"{path.name}: {str(exc).replace(f'{path}{os.sep}', '')}")
-            notice(f"warning: skipping checkpoint {path.name}, trying an older one: {exc}")
+            warn(f"skipping checkpoint {path.name}, trying an older one: {exc}")
             continue
         return Loaded(path, state, weights, adapter)
     if not found:

@@ -25,7 +25,7 @@ def run_inpo(trainer: Trainer) -> TrainResult:
     rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.limit)
     if not rows or "prompt" not in rows[0]:
         raise ValueError(f"inpo: data.path {cfg.data.path} must hold rows with a 'prompt' field")
-    oracle = resolve_oracle(inpo.oracle)
+    oracle = resolve_oracle(inpo.oracle, trainer.placement.device)
     batch = cfg.train.micro_batch_size * 2
     # π_ref is the initial policy: the adapter-off model with LoRA, else a frozen copy.
     reference, ref_context = trainer.initial_reference()

@@ -64,7 +64,11 @@ class OnlineRun:
         self.rows = load_rows(cfg.data.path, cfg.data.split, cfg.data.limit)
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"data.path {cfg.data.path}: online training needs rows with 'prompt'")
-        self.rewards = RewardModel(self.online.rewards, self.online.correct_threshold)
+        self.rewards = RewardModel(
+            self.online.rewards,
+            self.online.correct_threshold,
+            allow_nonfinite=cfg.train.nonfinite == "skip",
+        )
         self.rewards.check(self.rows[0], f"data.path {cfg.data.path}")
         if self.routing != "none":
             demonstration_ids(
@@ -156,7 +160,7 @@ class OnlineRun:
             if groups_kept >= wanted:
                 break
         if not len(kept):
-            raise RuntimeError(
+            raise ValueError(  # the reward or the sampling settings: a user fix
                 f"step {step}: every group had all-equal rewards in "
                 f"{dynamic.max_tries} rounds; raise online.dynamic_sampling.max_tries or "
                 "rollout.n, or check the reward"

@@ -107,11 +107,15 @@ class RewardModel:
     """The weighted sum of the configured reward functions; `math` is graded in one batch.
 
     Parameters are checked against each function's signature when this is built, so a
-    misspelled one is refused instead of swallowed; every value must be a finite number."""
+    misspelled one is refused instead of swallowed; every value must be a finite number unless
+    ``allow_nonfinite`` (`train.nonfinite: skip`)."""
 
-    def __init__(self, specs: Sequence[RewardSpec], threshold: float) -> None:
+    def __init__(
+        self, specs: Sequence[RewardSpec], threshold: float, allow_nonfinite: bool = False
+    ) -> None:
         self.specs = list(specs)
         self.threshold = threshold
+        self.allow_nonfinite = allow_nonfinite
         self.functions: list[Callable[..., float] | None] = []
         for index, spec in enumerate(self.specs):
             try:
@@ -161,7 +165,9 @@ class RewardModel:
             else:
                 values = torch.tensor(
                     [
-                        call_reward(fn, spec.name, text, row, spec.params, n)
+                        call_reward(
+                            fn, spec.name, text, row, spec.params, n, self.allow_nonfinite
+                        )
                         for text, row, n in zip(texts, rows, num_tokens, strict=True)
                     ],
                     dtype=torch.float64,

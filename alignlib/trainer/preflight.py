@@ -11,11 +11,11 @@ metric the loop logs.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from alignlib.config.loader import ConfigError
 from alignlib.config.schema import RunConfig
+from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
 from alignlib.data.formats import check_rows, check_value_types, identical_pairs
@@ -106,11 +106,6 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
         "they carry no preference signal (logged as data/identical_pairs)"
     )
     return {"data/identical_pairs": float(len(same))}
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr, in the CLI's `alignlib: error:` style."""
-    print(f"alignlib: warning: {message}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------- online

@@ -19,12 +19,12 @@ from pydantic_core import to_jsonable_python
 from torch import nn
 
 from alignlib.config.schema import OptimConfig, RunConfig
+from alignlib.console import notice
 from alignlib.trainer.checkpoint import (
     STATE_FORMAT,
     CheckpointError,
     apply_weights,
     load_newest,
-    notice,
     rng_state,
     set_rng_state,
 )

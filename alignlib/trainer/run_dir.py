@@ -22,7 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
-from alignlib.trainer.checkpoint import notice, step_dirs
+from alignlib.console import notice
+from alignlib.trainer.checkpoint import step_dirs
 
 # Everything a run writes into its folder (offline, online, INPO, in-loop eval, wandb).
 ARTIFACTS = frozenset(

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from alignlib.data import Example
 from alignlib.estimator import Role
 from alignlib.rollout.base import RolloutEngine, SamplingParams
@@ -19,8 +21,9 @@ Oracle = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list
 """(prompts, completions, rows) → one score per completion; higher is preferred."""
 
 
-def resolve_oracle(spec: str) -> Oracle:
-    """A reward name / ``module:function`` (per completion), or ``reward_model:PATH``."""
+def resolve_oracle(spec: str, device: torch.device | None = None) -> Oracle:
+    """A reward name / ``module:function`` (per completion), or ``reward_model:PATH`` (loaded
+    onto ``device``: the run's device)."""
     if spec.startswith("reward_model:"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -28,7 +31,7 @@ def resolve_oracle(spec: str) -> Oracle:
 
         path = spec.removeprefix("reward_model:")
         scorer = RewardModelScorer(
-            AutoModelForSequenceClassification.from_pretrained(path, num_labels=1),
+            AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(device),
             AutoTokenizer.from_pretrained(path),
         )
         return lambda prompts, completions, rows: scorer(list(prompts), list(completions))

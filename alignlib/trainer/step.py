@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from alignlib.console import warn
 from alignlib.device import HOST, Placement
 from alignlib.trainer.logprobs import first_masked_position, token_logprobs
 
@@ -171,16 +172,17 @@ class OptimizerStep:
                     "to skip such steps"
                 )
             self.skipped += 1
-            warnings.warn(
+            warn(
                 f"step {step}: non-finite gradient norm ({grad_norm}); step skipped "
-                f"({self.skipped} so far)",
-                stacklevel=2,
+                f"({self.skipped} so far, train.nonfinite: skip)"
             )
         too_large = self.skip_grad_norm is not None and grad_norm > self.skip_grad_norm
         if finite and not too_large:
             self.optimizer.step()
             self.taken += 1
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped step still advances the schedule
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         skip = not finite or too_large
         return {"grad_norm": grad_norm, "skipped_steps": float(skip)}
