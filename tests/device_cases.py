@@ -16,9 +16,11 @@ import yaml
 from alignlib.config import load_config
 from alignlib.estimator import Role
 from alignlib.trainer.loop import Trainer
-from alignlib.trainer.offline import StepInputs, accumulate_gradients, load_examples
+from alignlib.trainer.model import reference_policy
 from alignlib.trainer.online_rollout import TrainRows
-from alignlib.trainer.online_update import Updater, collate_rows, policy_logprobs
+from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
+from alignlib.trainer.state import TrainState
+from alignlib.trainer.update import accumulate
 
 PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
@@ -95,29 +97,33 @@ def run_case(
     trainer = Trainer(load_config(write_config(tmp, case, device, precision)))
     guard: AbstractContextManager = torch.device("meta") if audit else nullcontext()
     if case in OFFLINE:
-        examples, _ = load_examples(
-            trainer.config.data, trainer.tokenizer, trainer.config.model.chat_template
-        )
-        reference = trainer.initial_reference()[0] if case != "tpo" else None
-        with guard:
-            cache = trainer.reference_cache(examples) if reference is not None else None
-            inputs = StepInputs(trainer.kernel(), trainer.estimator, trainer.pad_id, 2, cache)
-            metrics = accumulate_gradients(inputs, examples)
-        where = trainer.kernel().device
+        source = trainer.source()
+        state = trainer.state(source)
+        with guard:  # the reference cache, collation, the kernel, the estimator, backward
+            source.prepare(state)
+            batch = next(iter(source.batches(1)))
+            metrics, _ = accumulate(source.kernel, state.estimator, batch)
+        where = source.kernel.device
     else:
         vocab = trainer.model.get_input_embeddings().num_embeddings
         rows = online_rows(vocab, with_demo=case == "hpt")
-        kernel = trainer.kernel(temperature=0.9)
+        state = TrainState.create(
+            trainer.config, trainer.model, trainer.tokenizer, trainer.estimator,
+            trainer.placement, 1,
+        )  # fmt: skip
+        kernel = state.kernel(temperature=0.9)
         ref_kernel = None
         if case == "grpo_kl":
-            ref_kernel = trainer.kernel(trainer.initial_reference()[0], 0.9)
-        updater = Updater(kernel, trainer.estimator, None, 3)  # type: ignore[arg-type]
+            reference, _ = reference_policy(trainer.model, False, trainer.placement)
+            ref_kernel = state.kernel(reference, 0.9)
         with guard:
-            tensors = collate_rows(rows, trainer.pad_id)
+            tensors = collate_rows(rows, state.pad_id)
             every = torch.arange(tensors.num_rows, device="cpu")
             old, _ = policy_logprobs(kernel, tensors, every, 3)
             ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
-            metrics, entropy = updater.gradients(tensors, every, old, ref, old)
+            batch = online_minibatch(tensors, every, old, ref, old, 3)
+            metrics, entropy = accumulate(kernel, state.estimator, batch)
+        assert entropy is not None
         where = entropy.device
     grads = {
         name: param.grad.detach().float().cpu()

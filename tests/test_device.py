@@ -18,6 +18,7 @@ import alignlib.trainer.step as step_module
 from alignlib.config import ConfigError, load_config
 from alignlib.device import Placement, resolve_device
 from alignlib.trainer.loop import Trainer
+from alignlib.trainer.model import reference_policy
 from alignlib.trainer.online_engine import EngineHandle
 from alignlib.trainer.step import NonFiniteError, OptimizerStep
 
@@ -72,9 +73,9 @@ def test_bf16_mixed_keeps_fp32_master_weights_and_learns(tmp_path: Path) -> None
     config = load_config(path, ["train.max_steps=6", "optim.lr=3e-3", "optim.warmup_ratio=0"])
     trainer = Trainer(config)
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
-    reference, _ = trainer.initial_reference()
+    reference, _ = reference_policy(trainer.model, False, trainer.placement)
     assert {p.dtype for p in reference.parameters()} == {torch.bfloat16}
-    kernel = trainer.kernel()
+    kernel = trainer.state(trainer.source()).kernel()
     rows = step_module.HostRows(
         torch.randint(3, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long), torch.ones(2, 6)
     )

@@ -227,18 +227,18 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
     straight = Trainer(load_config(make_config(tmp_path, "a", **extra))).train()
     config = make_config(tmp_path, "b", **extra)
     calls = {"n": 0}
-    collect = online.OnlineRun.collect
+    collect = online.OnlineSource.collect
 
-    def crash_on_third(self: online.OnlineRun, *args: Any) -> Any:
+    def crash_on_third(self: online.OnlineSource, *args: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated interruption")
         return collect(self, *args)
 
-    monkeypatch.setattr(online.OnlineRun, "collect", crash_on_third)
+    monkeypatch.setattr(online.OnlineSource, "collect", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         Trainer(load_config(config)).train()
-    monkeypatch.setattr(online.OnlineRun, "collect", collect)
+    monkeypatch.setattr(online.OnlineSource, "collect", collect)
     resumed = Trainer(load_config(config, ["checkpoint.resume=true"])).train()
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]

@@ -138,7 +138,7 @@ def test_crash_at_step_one_leaves_the_earlier_run_intact(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise ValueError("simulated failure at step 1")
 
-    monkeypatch.setattr(loop, "accumulate_gradients", crash)
+    monkeypatch.setattr(loop, "update", crash)
     assert train(base, run, resume=False) == 2
     assert "simulated failure" in one_line(capsys.readouterr().err)
     assert digest(moved(run)) == before
@@ -335,7 +335,7 @@ STEP6 = "checkpoints/step-0000006"
     [
         (f"{ckpt.__name__}.write_state", enospc, 8, STEP6),
         (f"{ckpt.__name__}.save_model", storage_full, 8, STEP6),
-        (f"{loop.__name__}.save_model", enospc, 6, "final"),
+        ("alignlib.trainer.state.save_model", enospc, 6, "final"),
     ],
 )
 def test_disk_full_is_one_line_and_keeps_the_checkpoints(

@@ -97,7 +97,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
     import alignlib.trainer.loop as loop
 
     calls = {"n": 0}
-    original = loop.accumulate_gradients
+    original = loop.update
 
     def crash_on_fourth(*args, **kwargs):
         calls["n"] += 1
@@ -105,10 +105,10 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
             raise KeyboardInterrupt("simulated interruption")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "accumulate_gradients", crash_on_fourth)
+    monkeypatch.setattr(loop, "update", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         Trainer(load_config(cfg_b)).train()
-    monkeypatch.setattr(loop, "accumulate_gradients", original)
+    monkeypatch.setattr(loop, "update", original)
     assert not (tmp_path / "b" / "run-dpo" / "final").exists()
     resumed = Trainer(load_config(cfg_b, ["checkpoint.resume=true"])).train()
     lines = (tmp_path / "b" / "run-dpo" / "metrics.jsonl").read_text().splitlines()
@@ -175,8 +175,11 @@ def test_inpo_runs_two_iterations(tmp_path: Path) -> None:
     assert [it["iteration"] for it in iterations] == [1, 2]
     assert all(it["pairs"] >= 1 for it in iterations)
     assert (result.output_dir / "final" / "config.json").is_file()
-    for t in (1, 2):
-        assert (Path(cfg.output_dir) / f"iteration-{t}" / "metrics.jsonl").is_file()
+    # One run, one metrics file: each step says which iteration it trained.
+    logged = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
+    per_step = [json.loads(line)["inpo/iteration"] for line in logged]
+    assert per_step == sorted(per_step) and set(per_step) == {1.0, 2.0}
+    assert len(per_step) == result.steps
 
 
 BAD_CONFIGS = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -75,3 +76,14 @@ def adapter_disabled(model: nn.Module) -> AbstractContextManager:
     """Context in which a peft model runs as its base model (the LoRA reference)."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if disable is not None else nullcontext()
+
+
+def reference_policy(
+    model: nn.Module, lora: bool, placement: Placement
+) -> tuple[nn.Module, Callable[[], AbstractContextManager] | None]:
+    """π_ref = the initial policy, taken before any update: with LoRA the policy itself under
+    the context that disables the adapter (no copy), else a frozen copy (in the compute dtype
+    under bf16-mixed: it takes no update)."""
+    if lora:
+        return model, lambda: adapter_disabled(model)
+    return frozen_copy(model, placement.frozen_dtype), None

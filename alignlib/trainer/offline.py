@@ -1,23 +1,28 @@
-"""Offline training pieces: the tokenized data set with a resumable sampler, cached reference
-log-probs, and one optimizer step with exact gradient accumulation."""
+"""The offline source: a tokenized data set with a resumable sampler, reference log-probs
+cached once, and its mini-batches for the loop (SFT, the DPO family, TPO, BVPO, INPO's pairs)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from alignlib.config.schema import DataConfig
+from alignlib.config.schema import DataConfig, RunConfig
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
 from alignlib.data.collate import Collated
 from alignlib.data.formats import check_rows
 from alignlib.device import HOST
-from alignlib.estimator import Batch, UnifiedEstimator
+from alignlib.estimator import Batch
+from alignlib.trainer.evaluation import in_loop_eval
+from alignlib.trainer.model import reference_policy
+from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
+from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
 
 LogprobCache = dict[tuple[int, int], Tensor]
 """(example index, sequence index) → per-position log-probs of that sequence (position 0 is 0,
@@ -130,58 +135,40 @@ def cached_tensor(cache: LogprobCache, examples: list[Example], width: int) -> T
     return out
 
 
-@dataclass
-class StepInputs:
-    kernel: LogprobKernel
-    estimator: UnifiedEstimator
-    pad_id: int
-    micro_batch_size: int
-    ref_cache: LogprobCache | None = None
-    prev_cache: LogprobCache | None = None
-    live_reference: Context | None = None
-    """Context that turns the policy into the reference (adapter off), for on-the-fly refs."""
-
-
-def accumulate_gradients(inputs: StepInputs, examples: list[Example]) -> dict[str, float]:
-    """Forward/backward every micro-batch of one optimizer mini-batch; returns its metrics.
-
-    The estimator prepares the whole mini-batch first (on the device, moved there once), so the
-    accumulated gradient equals the single-pass gradient exactly whatever the micro-batch size.
-    """
-    col = collate(examples, inputs.pad_id)
+def offline_minibatch(
+    examples: list[Example],
+    pad_id: int,
+    needs: dict[str, str],
+    micro_batch_size: int,
+    ref_cache: LogprobCache | None = None,
+    prev_cache: LogprobCache | None = None,
+    live_reference: Context | None = None,
+) -> MiniBatch:
+    """The rows of ``examples`` (every sequence of each) as one optimizer mini-batch; micro
+    batches hold whole examples, so a pair's chosen and rejected rows meet in one forward."""
+    col = collate(examples, pad_id)
     rows, width = col.input_ids.shape
-    needs = inputs.estimator.requirements()
-    kernel = inputs.kernel
-    full = Batch(
+    fields = Batch(
         logprobs=torch.zeros(rows, width, device=HOST),
         mask=col.completion_mask,
-        ref_logprobs=_reference(inputs.ref_cache, examples, width, needs, "ref_logprobs"),
-        prev_logprobs=_reference(inputs.prev_cache, examples, width, needs, "prev_logprobs"),
+        ref_logprobs=_reference(ref_cache, examples, width, needs, "ref_logprobs"),
+        prev_logprobs=_reference(prev_cache, examples, width, needs, "prev_logprobs"),
         entropy=torch.zeros(rows, width, device=HOST) if "entropy" in needs else None,
         roles=col.roles,
         pair_ids=col.pair_ids,
         trace=col.trace,
     )
-    prepared = inputs.estimator.prepare(full.to(kernel.device))
-    totals: dict[str, float] = {k: float(v) for k, v in prepared.prepared_metrics.items()}
-    host = host_rows(col)
-    for group in _chunks(list(range(len(examples))), inputs.micro_batch_size):
-        row_idx = torch.isin(col.example_of_row, torch.tensor(group, device=HOST))
-        row_idx = row_idx.nonzero().flatten()
-        out = kernel(host, row_idx, with_entropy="entropy" in needs)
-        micro = prepared.select(row_idx.to(kernel.device)).narrow(out.width)
-        micro = micro.replace(logprobs=out.logprobs)
-        if out.entropy is not None:
-            micro = micro.replace(entropy=out.entropy)
-        if inputs.live_reference is not None and "ref_logprobs" in needs:
-            ref = kernel(host, row_idx, grad=False, context=inputs.live_reference)
-            micro = micro.replace(ref_logprobs=ref.logprobs)
-        result = inputs.estimator(micro)
-        result.loss.backward()
-        for key, value in result.metrics.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    totals["tokens"] = float(col.num_tokens)
-    return totals
+    micro = [
+        torch.isin(col.example_of_row, torch.tensor(group, device=HOST)).nonzero().flatten()
+        for group in _chunks(list(range(len(examples))), micro_batch_size)
+    ]
+    return MiniBatch(
+        host_rows(col),
+        fields,
+        micro,
+        live_reference=live_reference,
+        metrics={"tokens": float(col.num_tokens)},
+    )
 
 
 def _reference(
@@ -196,3 +183,72 @@ def _reference(
     if cache is None:  # filled per micro-batch (adapter-off reference)
         return torch.zeros(sum(len(e.sequences) for e in examples), width, device=HOST)
     return cached_tensor(cache, examples, width)
+
+
+class OfflineSource:
+    """Mini-batches of a fixed, tokenized data set (SFT, the DPO family, TPO, BVPO; INPO's
+    pairs of one iteration), with reference / previous-iterate log-probs cached once."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        examples: list[Example],
+        prev_cache: LogprobCache | None = None,
+        ref_cache: LogprobCache | None = None,
+    ) -> None:
+        self.config, self.examples = config, examples
+        train = config.train
+        self.position = Sampler(len(examples), train.batch_size, train.seed, config.data.shuffle)
+        self.total_steps = train.max_steps or train.epochs * self.position.steps_per_epoch()
+        self.optimizer_steps = self.total_steps
+        self.prev_cache, self.ref_cache = prev_cache, ref_cache
+        self.live_reference: Context | None = None
+        self.extra_metrics: dict[str, float] = {}
+
+    def prepare(self, state: TrainState) -> None:
+        """Before a resume loads trained weights: the reference is the initial policy."""
+        self.state, self.kernel = state, state.kernel()
+        config = self.config
+        needs = state.estimator.requirements()
+        model, context = reference_policy(state.model, config.lora.enabled, state.placement)
+        if "ref_logprobs" in needs and self.ref_cache is None:
+            if config.train.reference == "precompute":
+                batch = config.train.micro_batch_size * 2
+                kernel = state.kernel(model)
+                self.ref_cache = cache_logprobs(kernel, self.examples, state.pad_id, batch, context)
+            elif config.train.reference == "adapter":
+                self.live_reference = context
+
+    def begin(self, out_dir: Path, start: int) -> dict[str, float]:
+        self.out_dir = out_dir
+        return {}
+
+    def batches(self, step: int) -> Iterator[MiniBatch]:
+        examples = [self.examples[i] for i in self.position.next_batch()]
+        state, train = self.state, self.config.train
+        needs = state.estimator.requirements()
+        yield offline_minibatch(
+            examples,
+            state.pad_id,
+            needs,
+            train.micro_batch_size,
+            self.ref_cache,
+            self.prev_cache,
+            self.live_reference,
+        )
+
+    def finish_step(
+        self, step: int, results: list[UpdateResult], seconds: float
+    ) -> dict[str, float]:
+        metrics = merge_results(results) | self.extra_metrics
+        return metrics | {"epoch": self.position.epoch, "tokens_per_s": metrics["tokens"] / seconds}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return in_loop_eval(self.state, self.config, self.out_dir, step)
+
+    def checkpoint_due(self, step: int) -> bool:
+        every = self.config.checkpoint.every
+        return bool(every) and step % every == 0 and step < self.total_steps
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -288,3 +288,24 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     rows.rewards[i],
                 )
     return out
+
+
+def rollout_metrics(rollouts: list[Rollouts], sft: torch.Tensor) -> dict[str, float]:
+    rewards = torch.cat([r.rewards.flatten() for r in rollouts])
+    correct = torch.cat([r.correct.flatten().float() for r in rollouts])
+    lengths = [len(g.token_ids) for r in rollouts for gens in r.generations for g in gens]
+    tokens = sum(r.num_tokens for r in rollouts)
+    seconds = sum(r.seconds for r in rollouts)
+    truncated = [
+        g.finish_reason == "length" for r in rollouts for gens in r.generations for g in gens
+    ]
+    return {
+        "rollout/reward_mean": float(rewards.mean()),
+        "rollout/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        "rollout/accuracy": float(correct.mean()),
+        "rollout/response_length": sum(lengths) / max(1, len(lengths)),
+        "rollout/truncated_frac": sum(truncated) / max(1, len(truncated)),
+        "rollout/tokens_per_s": tokens / max(seconds, 1e-9),
+        "time/rollout_s": seconds,
+        "hpt/sft_frac": float(sft.float().mean()) if sft.numel() else 0.0,
+    }

@@ -1,9 +1,5 @@
-"""Online RL stages after the rollout: old/ref log-probs, then k optimizer mini-batches.
-
-Each mini-batch is prepared once (group advantages, normalizers, Clip-Cov/KL-Cov selection over
-the whole mini-batch), then processed in micro-batches whose gradients add up to exactly the
-mini-batch gradient.
-"""
+"""Online RL stages after the rollout: the rows as host tensors, old/ref log-probs, and the
+k optimizer mini-batches of whole groups the loop's update takes."""
 
 from __future__ import annotations
 
@@ -15,7 +11,8 @@ from torch import Tensor
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Mask, UnifiedEstimator
 from alignlib.trainer.online_rollout import TrainRows
-from alignlib.trainer.step import Context, HostRows, LogprobKernel, OptimizerStep
+from alignlib.trainer.step import Context, HostRows, LogprobKernel
+from alignlib.trainer.update import MiniBatch
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
 ONLINE_FIELDS = {"old_logprobs", "ref_logprobs", "entropy", "rewards", "group_ids", "roles"}
@@ -119,85 +116,28 @@ def minibatch_rows(group_ids: Tensor, count: int) -> list[Tensor]:
     return [torch.isin(group_ids, part).nonzero().flatten() for part in parts if part.numel()]
 
 
-@dataclass
-class Updater:
-    """Everything one optimizer mini-batch needs."""
-
-    kernel: LogprobKernel
-    estimator: UnifiedEstimator
-    optimizer_step: OptimizerStep
-    micro_batch_size: int
-
-    def step(
-        self,
-        rows: RowTensors,
-        indices: Tensor,
-        old: Tensor | None,
-        ref: Tensor | None,
-        current: Tensor | None,
-        step: int = 0,
-    ) -> tuple[dict[str, float], Tensor]:
-        """Accumulate the mini-batch ``indices``' gradients, then clip and step (see
-        :meth:`gradients`; ``step`` names the run step in a non-finite-gradient message)."""
-        metrics, entropy = self.gradients(rows, indices, old, ref, current)
-        return metrics | self.optimizer_step(step), entropy
-
-    def gradients(
-        self,
-        rows: RowTensors,
-        indices: Tensor,
-        old: Tensor | None,
-        ref: Tensor | None,
-        current: Tensor | None,
-    ) -> tuple[dict[str, float], Tensor]:
-        """Prepare the mini-batch ``indices`` and accumulate its micro-batch gradients.
-
-        ``old``, ``ref``, ``current`` ([len(indices), W], on the device) come from no-grad
-        passes. ``current`` holds the rows' present log-probs, which Clip-Cov/KL-Cov's token
-        selection and the covariance statistics read in ``prepare``. ``old`` None means
-        on-policy: the behaviour log-probs are the live ones, detached, from the same forward
-        (verl does the same with one mini-batch), which saves a whole no-grad pass; the
-        covariance statistics are then computed once the live log-probs are known.
-
-        Returns the metrics and the [len(indices), W] token entropy on the device (detached;
-        0 on prompt columns before the micro-batch's first completion token).
-        """
-        needs = self.estimator.requirements()
-        device = self.kernel.device
-        placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=device)
-        full = Batch(
-            logprobs=current if current is not None else placeholder,
-            mask=rows.mask[indices],
-            old_logprobs=old if old is not None else placeholder,
-            ref_logprobs=ref,
-            entropy=placeholder if "entropy" in needs else None,
-            rewards=rows.rewards[indices],
-            group_ids=rows.group_ids[indices],
-            roles=rows.roles[indices],
-        ).to(device)
-        prepared = self.estimator.prepare(full)
-        totals: dict[str, float] = {}
-        live, entropies = placeholder.clone(), placeholder.clone()
-        host = rows.host
-        for chunk in _chunks(torch.arange(indices.numel(), device=HOST), self.micro_batch_size):
-            out = self.kernel(host, indices[chunk], with_entropy=True)
-            assert out.entropy is not None
-            logprobs, entropy = out.logprobs, out.entropy
-            if "entropy" not in needs:
-                entropy = entropy.detach()  # frees its graph now: only a metric reads it
-            on_device = chunk.to(device)
-            live[on_device, : out.width] = logprobs.detach()
-            entropies[on_device, : out.width] = entropy.detach()
-            micro = prepared.select(on_device).narrow(out.width).replace(logprobs=logprobs)
-            if old is None:
-                micro = micro.replace(old_logprobs=logprobs.detach())
-            if "entropy" in needs:
-                micro = micro.replace(entropy=entropy)
-            result = self.estimator(micro)
-            result.loss.backward()
-            for key, value in result.metrics.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
-        if old is None:  # statistics of the live log-probs, now that they are known
-            prepared = self.estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
-        totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
-        return totals, entropies
+def online_minibatch(
+    rows: RowTensors,
+    indices: Tensor,
+    old: Tensor | None,
+    ref: Tensor | None,
+    current: Tensor | None,
+    micro_batch_size: int,
+) -> MiniBatch:
+    """The rows ``indices`` as one optimizer mini-batch. ``old`` / ``ref`` / ``current``
+    ([len(indices), W], from no-grad passes) are the behaviour, reference and present
+    log-probs; ``old`` None means on-policy (the update's own forward gives them)."""
+    subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
+    placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=HOST)
+    fields = Batch(
+        logprobs=current if current is not None else placeholder,
+        mask=subset.scored,
+        old_logprobs=old if old is not None else placeholder,
+        ref_logprobs=ref,
+        entropy=placeholder,
+        rewards=rows.rewards[indices],
+        group_ids=rows.group_ids[indices],
+        roles=rows.roles[indices],
+    )
+    micro = _chunks(torch.arange(indices.numel(), device=HOST), micro_batch_size)
+    return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)

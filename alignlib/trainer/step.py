@@ -181,7 +181,7 @@ class OptimizerStep:
             self.optimizer.step()
             self.taken += 1
         with warnings.catch_warnings():  # a skipped step still advances the schedule
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         skip = not finite or too_large

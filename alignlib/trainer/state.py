@@ -1,0 +1,128 @@
+"""The checkpointable train state: model, optimizer, schedule, the source's position, the
+estimator's state and the RNGs — everything the loop advances and a resume restores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from alignlib.config.schema import RunConfig
+from alignlib.device import Placement
+from alignlib.estimator import UnifiedEstimator
+from alignlib.trainer.build import build_optimizer
+from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint, save_model
+from alignlib.trainer.model import frozen_copy
+from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
+from alignlib.trainer.step import LogprobKernel, OptimizerStep
+
+
+class Position(Protocol):
+    """Where a source is in its data (a sampler's epoch and cursor): saved with the state."""
+
+    def state_dict(self) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """The policy and its optimizer for ``total_optimizer_steps`` steps, with save / restore."""
+
+    config: RunConfig
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    estimator: UnifiedEstimator
+    placement: Placement
+    optimizer_step: OptimizerStep
+
+    @classmethod
+    def create(
+        cls,
+        config: RunConfig,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        estimator: UnifiedEstimator,
+        placement: Placement,
+        total_optimizer_steps: int,
+    ) -> TrainState:
+        params = [p for p in model.parameters() if p.requires_grad]
+        # HPT's rule: skip steps whose gradient norm exceeds online.skip_grad_norm.
+        skip_grad_norm = config.online.skip_grad_norm if config.rollout is not None else None
+        optimizer, scheduler = build_optimizer(params, config.optim, total_optimizer_steps)
+        step = OptimizerStep(
+            params,
+            optimizer,
+            scheduler,
+            config.optim.grad_clip,
+            skip_grad_norm,
+            config.train.nonfinite,
+        )
+        return cls(config, model, tokenizer, estimator, placement, step)
+
+    def reset_optimizer(self, total_optimizer_steps: int) -> None:
+        """A fresh optimizer and schedule over the same parameters (INPO's iterations)."""
+        fresh = TrainState.create(
+            self.config,
+            self.model,
+            self.tokenizer,
+            self.estimator,
+            self.placement,
+            total_optimizer_steps,
+        ).optimizer_step
+        fresh.skip_grad_norm = self.optimizer_step.skip_grad_norm
+        fresh.taken, fresh.skipped = self.optimizer_step.taken, self.optimizer_step.skipped
+        self.optimizer_step = fresh
+
+    @property
+    def optimizer(self) -> Any:
+        return self.optimizer_step.optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self.optimizer_step.scheduler
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    def kernel(self, model: nn.Module | None = None, temperature: float = 1.0) -> LogprobKernel:
+        """The micro-batch kernel of ``model`` (default: the policy) on the run's device."""
+        chunk = self.config.train.logprob_chunk_size
+        return LogprobKernel(model or self.model, self.placement, chunk, temperature)
+
+    def save(self, out_dir: Path, step: int, position: Position) -> None:
+        """checkpoints/step-N: weights plus a weights_only-safe state with the config."""
+        state = checkpoint_state(
+            self.config, step, self.optimizer, self.scheduler, position, self.estimator
+        )
+        keep = self.config.checkpoint.keep_last
+        save_checkpoint(out_dir, step, self.model, self.tokenizer, state, keep)
+
+    def restore(self, out_dir: Path, position: Position) -> int:
+        """The newest loadable checkpoint of this run (config checked, changes applied);
+        returns its step, 0 when there is none."""
+        return resume_from_checkpoint(
+            out_dir,
+            self.config,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            position,
+            self.estimator,
+        )
+
+    def save_final(self, out_dir: Path) -> None:
+        """final/: the model (or adapter) in Hugging Face format; merged/ when asked."""
+        atomic_directory_write(
+            out_dir / "final", lambda tmp: save_model(tmp, self.model, self.tokenizer)
+        )
+        if self.config.lora.enabled and self.config.lora.save_merged:
+            merged = frozen_copy(self.model).merge_and_unload()
+            atomic_directory_write(
+                out_dir / "merged", lambda tmp: save_model(tmp, merged, self.tokenizer)
+            )

@@ -1,0 +1,108 @@
+"""One optimizer step on one mini-batch, the same for every source (offline data, online
+rollouts, INPO pairs): prepare the whole mini-batch once, accumulate the micro-batch gradients
+(which add up to exactly the mini-batch gradient), then clip and step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator import Batch, UnifiedEstimator
+from alignlib.trainer.step import Context, HostRows, LogprobKernel, OptimizerStep
+
+
+@dataclass(frozen=True)
+class MiniBatch:
+    """The rows of one optimizer step, as a source hands them to :func:`update`."""
+
+    rows: HostRows
+    """[R, W] token ids, attention and scored (completion) mask, on the host."""
+    fields: Batch
+    """Everything the estimator reads except what the forward computes. ``fields.logprobs``
+    holds the rows' present log-probs when a mask selects tokens from them in ``prepare``
+    (Clip-Cov, KL-Cov), zeros otherwise."""
+    micro_batches: list[Tensor]
+    """Row indices (host, long) of each forward/backward pass; together every row once
+    (offline: whole pairs stay together)."""
+    on_policy: bool = False
+    """The behaviour log-probs are the update's own, detached: no separate no-grad pass was
+    made (one mini-batch, no token selection from live log-probs; verl does the same)."""
+    live_reference: Context | None = None
+    """The reference is the policy under this context (LoRA adapter off), computed per
+    micro-batch rather than cached."""
+    with_entropy: bool = False
+    """Compute the per-token entropy even when the estimator does not need it (a metric)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """What the source measured while building it (added to the step's metrics)."""
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    metrics: dict[str, float]
+    entropy: Tensor | None
+    """[R, W] detached per-token entropy on the device, when it was computed."""
+
+
+def update(
+    kernel: LogprobKernel,
+    estimator: UnifiedEstimator,
+    optimizer_step: OptimizerStep,
+    batch: MiniBatch,
+    step: int,
+) -> UpdateResult:
+    """Prepare, accumulate every micro-batch's gradient, clip and step; returns the metrics."""
+    metrics, entropy = accumulate(kernel, estimator, batch)
+    return UpdateResult(metrics | optimizer_step(step), entropy)
+
+
+def accumulate(
+    kernel: LogprobKernel, estimator: UnifiedEstimator, batch: MiniBatch
+) -> tuple[dict[str, float], Tensor | None]:
+    """The gradient half of :func:`update` (no optimizer step): the mini-batch is prepared on
+    the device — normalizers, group advantages and Clip-Cov/KL-Cov token selection see all of
+    it — then each micro-batch runs forward and backward."""
+    needs = estimator.requirements()
+    full = batch.fields.to(kernel.device)
+    prepared = estimator.prepare(full)
+    with_entropy = batch.with_entropy or "entropy" in needs
+    live = torch.zeros_like(full.mask)
+    entropies = torch.zeros_like(full.mask) if with_entropy else None
+    totals: dict[str, float] = {}
+    for rows in batch.micro_batches:
+        out = kernel(batch.rows, rows, with_entropy=with_entropy)
+        on_device = rows.to(kernel.device)
+        live[on_device, : out.width] = out.logprobs.detach()
+        micro = prepared.select(on_device).narrow(out.width).replace(logprobs=out.logprobs)
+        if batch.on_policy:
+            micro = micro.replace(old_logprobs=out.logprobs.detach())
+        if out.entropy is not None and entropies is not None:
+            entropies[on_device, : out.width] = out.entropy.detach()
+            if "entropy" in needs:
+                micro = micro.replace(entropy=out.entropy)
+        if batch.live_reference is not None and "ref_logprobs" in needs:
+            ref = kernel(batch.rows, rows, grad=False, context=batch.live_reference)
+            micro = micro.replace(ref_logprobs=ref.logprobs)
+        result = estimator(micro)
+        result.loss.backward()
+        for key, value in result.metrics.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    if batch.on_policy:  # statistics of the live log-probs, now that they are known
+        prepared = estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
+    totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
+    return totals | batch.metrics, entropies
+
+
+COUNTERS = ("skipped_steps",)
+"""Metrics summed over a step's mini-batches; every other one is averaged."""
+
+
+def merge_results(results: list[UpdateResult]) -> dict[str, float]:
+    """One step's metrics from its k mini-batch updates."""
+    totals: dict[str, float] = {}
+    for result in results:
+        for key, value in result.metrics.items():
+            totals[key] = totals.get(key, 0.0) + value
+    count = max(1, len(results))
+    return {k: v if k in COUNTERS else v / count for k, v in totals.items()}
