@@ -7,10 +7,13 @@
 
 from alignlib.algorithms import (  # noqa: F401  (importing registers each preset)
     bvpo,
+    cispo,
     clip_cov,
+    dapo,
     dpo,
     dr_grpo,
     grpo,
+    gspo,
     hinge,
     hpt,
     inpo,
@@ -19,6 +22,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     luffy,
     ppo,
     rpo,
+    sapo,
     sft,
     tpo,
     tpo_l,

@@ -1,7 +1,18 @@
-"""GRPO (Shao et al. 2024): PPO clip with group-normalized advantages (R − mean)/(std + ε)."""
+"""GRPO (Shao et al. 2024, DeepSeekMath eq. 3): per token −min(ρÂ, clip(ρ, 1−ε, 1+ε)Â) + β·k3,
+with Â = (R − mean_group)/(std_group + ε), both parts inside the same per-sequence token mean,
+then the mean over sequences. Checked against TRL's ``loss_type="grpo"`` (``GRPOTrainer
+._compute_loss``: the KL is added to the per-token loss before the per-sequence mean) and verl's
+``compute_policy_loss_vanilla`` + ``agg_loss``. TRL's mean counts every row; here a row with no
+valid token is not counted (rollouts always have at least one)."""
 
 from alignlib.algorithms.registry import preset
-from alignlib.estimator import GroupNormalized, KLPenalty, PPOClip, UnifiedEstimator
+from alignlib.estimator import (
+    AGGREGATIONS,
+    GroupNormalized,
+    KLPenalty,
+    PPOClip,
+    UnifiedEstimator,
+)
 
 
 @preset("grpo")
@@ -11,16 +22,25 @@ def grpo(
     aggregation: str = "seq-mean-token-mean",
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    clip_c: float | None = None,
 ) -> UnifiedEstimator:
     """The paper's per-sequence token mean; ε = 0.2 (DAPO's clip-higher: eps_high=0.28).
-    The paper's KL penalty (k3, β = 0.04) is off by default, as in current practice; it
-    needs ``ref_logprobs`` when on."""
-    regularizers = [KLPenalty(coef=kl_coef, estimator=kl_estimator)] if kl_coef else []  # type: ignore[arg-type]
+    The paper's KL penalty (k3, β = 0.04) is off by default, as in current practice; when on it
+    needs ``ref_logprobs`` and is aggregated exactly like the clipped term (same ``aggregation``,
+    so with the default it sits inside each sequence's token mean, as eq. 3). ``clip_c`` is
+    PPO's dual clip c (> 1: the loss of a token with Â < 0 is capped at −c·Â): verl applies it
+    to GRPO (c = 3; 10 in its DAPO recipe), the paper and TRL do not, so it is off (None)."""
+    agg = AGGREGATIONS.resolve(aggregation)
+    regularizers = (
+        [KLPenalty(coef=kl_coef, estimator=kl_estimator, aggregation=agg)]  # type: ignore[arg-type]
+        if kl_coef
+        else []
+    )
     return UnifiedEstimator(
-        mask=PPOClip(eps_low=eps_low, eps_high=eps_high),
+        mask=PPOClip(eps_low=eps_low, eps_high=eps_high, dual_clip=clip_c),
         reference="old",
         advantage=GroupNormalized(std=True),
-        aggregation=aggregation,
+        aggregation=agg,
         regularizers=regularizers,
         name="grpo",
     )

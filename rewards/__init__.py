@@ -1,13 +1,14 @@
 """Verifiable rewards: plain callables that import nothing of training or rollout.
 
 A reward is ``fn(completion: str, **columns) -> float``; ``columns`` are the dataset row's other
-fields (``answer`` for math). Registered names: ``math``, ``format``, ``length_penalty``.
+fields (``answer`` for math). Registered names: ``math``, ``format``, ``length_penalty``,
+``soft_overlong`` (DAPO's soft overlong punishment).
 ``call_reward`` calls one with a row and configured parameters and checks its result.
 """
 
 from __future__ import annotations
 
-from alignlib.rewards.basic import format_reward, length_penalty
+from alignlib.rewards.basic import format_reward, length_penalty, soft_overlong_penalty
 from alignlib.rewards.calling import RewardError, call_reward, check_params, missing_columns
 from alignlib.rewards.math_grader import (
     configure_pool,
@@ -47,4 +48,5 @@ __all__ = [
     "register_reward",
     "resolve_reward",
     "shutdown_pool",
+    "soft_overlong_penalty",
 ]

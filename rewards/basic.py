@@ -7,7 +7,7 @@ import re
 from alignlib.rewards.math_normalize import last_boxed_span
 from alignlib.rewards.registry import register_reward
 
-__all__ = ["format_reward", "length_penalty", "math_format_reward"]
+__all__ = ["format_reward", "length_penalty", "math_format_reward", "soft_overlong_penalty"]
 
 # What may follow the final box when it must end the completion: closing math delimiters,
 # punctuation, and an end-of-sequence marker some chat templates leave in the text.
@@ -57,6 +57,40 @@ def length_penalty(
     rate = 1.0 / target_length if slope is None else slope
     penalty = min(max_penalty, rate * max(0, length - target_length))
     return -penalty if penalty > 0 else 0.0  # never -0.0
+
+
+@register_reward("soft_overlong")
+def soft_overlong_penalty(
+    completion: str,
+    *,
+    max_length: int = 20480,
+    cache_length: int = 4096,
+    factor: float = 1.0,
+    floor: bool = True,
+    num_tokens: int | None = None,
+) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the task reward.
+
+    With L = ``num_tokens`` (characters when the caller has no token count), L_max =
+    ``max_length`` and L_cache = ``cache_length``: 0 while L ≤ L_max − L_cache, then
+    ``factor`` · (L_max − L_cache − L) / L_cache, falling linearly to −``factor`` at L_max, and
+    −``factor`` beyond L_max. ``floor=False`` drops that last case and keeps the linear ramp
+    (verl's ``overlong_buffer``, whose penalty factor is ``factor``). Set max_length to the
+    rollout's max_new_tokens. Defaults: the paper's 20480 / 4096.
+    """
+    if not 0 < cache_length <= max_length:
+        raise ValueError(
+            f"soft_overlong: need 0 < cache_length <= max_length, got {cache_length}, {max_length}"
+        )
+    if factor < 0:
+        raise ValueError(f"soft_overlong: factor must be >= 0, got {factor}")
+    length = num_tokens if num_tokens is not None else len(completion)
+    expected = max_length - cache_length
+    if length <= expected:
+        return 0.0
+    if length > max_length and floor:
+        return -factor
+    return factor * (expected - length) / cache_length
 
 
 @register_reward("math_format")

@@ -98,7 +98,7 @@ class RayRolloutPool:
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"RayRolloutPool: num_workers={num_workers} must be >= 1.")
-        self._owns_ray = _ensure_ray(ray_address, timeout_s)
+        self._owns_ray = ensure_ray(ray_address, timeout_s)
         self._factory = engine_factory
         self._actor_cls = ray.remote(_RolloutWorker).options(
             num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker
@@ -267,23 +267,25 @@ class RayRolloutPool:
         self.shutdown()
 
 
-def _ensure_ray(address: str | None, timeout_s: float = 600.0) -> bool:
+def ensure_ray(
+    address: str | None, timeout_s: float = 600.0, key: str = "rollout.ray_address"
+) -> bool:
     """Connect to / start Ray (True: this call started a local session). Joining is bounded
-    by ``timeout_s``: ``ray.init(address=...)`` alone retries a dead address for many minutes."""
+    by ``timeout_s``: ``ray.init(address=...)`` alone retries a dead address for many minutes.
+    ``key`` is the config key an error line names."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is not None:
-        probe_ray_address(address, timeout_s)
-        _bounded_init(address, timeout_s)
+        probe_ray_address(address, timeout_s, key)
+        _bounded_init(address, timeout_s, key)
         return False
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False)
     return True
 
 
 NO_ANSWER = (
-    "rollout.ray_address {}: no Ray cluster answered{}; start one with `ray start --head` or "
-    "remove the key"
+    "{} {}: no Ray cluster answered{}; start one with `ray start --head` or remove the key"
 )
 
 
@@ -298,7 +300,7 @@ def _gcs_endpoint(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def probe_ray_address(address: str, timeout_s: float) -> None:
+def probe_ray_address(address: str, timeout_s: float, key: str = "rollout.ray_address") -> None:
     """One line when nothing answers at ``address``: a TCP connect settles a refused port or
     an unknown host at once and bounds an unreachable one by ``timeout_s``, before any Ray."""
     endpoint = _gcs_endpoint(address)
@@ -307,15 +309,15 @@ def probe_ray_address(address: str, timeout_s: float) -> None:
     try:
         socket.create_connection(endpoint, timeout=timeout_s).close()
     except socket.gaierror:
-        raise ConnectionError(NO_ANSWER.format(address, " (unknown host)")) from None
+        raise ConnectionError(NO_ANSWER.format(key, address, " (unknown host)")) from None
     except TimeoutError:
-        raise TimeoutError(NO_ANSWER.format(address, f" within {timeout_s:g} s")) from None
+        raise TimeoutError(NO_ANSWER.format(key, address, f" within {timeout_s:g} s")) from None
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
-        raise ConnectionError(NO_ANSWER.format(address, f" ({reason})")) from None
+        raise ConnectionError(NO_ANSWER.format(key, address, f" ({reason})")) from None
 
 
-def _bounded_init(address: str, timeout_s: float) -> None:
+def _bounded_init(address: str, timeout_s: float, key: str) -> None:
     """``ray.init(address=...)`` in a daemon thread waited for ``timeout_s`` at most (a join
     that never returns is left behind: the caller exits with the error)."""
     outcome: dict[str, BaseException | None] = {}
@@ -331,11 +333,11 @@ def _bounded_init(address: str, timeout_s: float) -> None:
     thread.start()
     thread.join(timeout_s)
     if "error" not in outcome:
-        raise TimeoutError(NO_ANSWER.format(address, f" within {timeout_s:g} s"))
+        raise TimeoutError(NO_ANSWER.format(key, address, f" within {timeout_s:g} s"))
     error = outcome["error"]
     if error is not None:
         first = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise ConnectionError(NO_ANSWER.format(address, f" ({first})")) from error
+        raise ConnectionError(NO_ANSWER.format(key, address, f" ({first})")) from error
 
 
 def _shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:

@@ -104,3 +104,30 @@ def grads(batch: Batch, loss: Tensor) -> tuple[Tensor, Tensor | None]:
 def rel_error(a: Tensor, b: Tensor) -> float:
     scale = b.abs().max().clamp(min=1e-300)
     return float((a - b).abs().max() / scale)
+
+
+def gspo_batch(seed: int = 0, width: int = 9) -> Batch:
+    """rl_batch whose old log-probs give each row a chosen sequence log-ratio log s_i spread
+    over ±1e-3 (GSPO's ε is 3e-4/4e-4): some rows clip low, some high, some pass."""
+    batch = rl_batch(seed=seed, width=width)
+    gen = torch.Generator().manual_seed(seed + 100)
+    m, lp = batch.mask, batch.logprobs.detach()
+    noise = 0.3 * torch.randn(lp.shape, generator=gen, dtype=DTYPE)
+    centred = (noise - (noise * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True)) * m
+    target = torch.linspace(-1e-3, 1e-3, batch.num_rows, dtype=DTYPE)
+    target = target[torch.randperm(batch.num_rows, generator=gen)].unsqueeze(-1)
+    return batch.replace(old_logprobs=lp - centred - target)
+
+
+def mismatch_batch(seed: int = 0, width: int = 9, spread: float = 0.6) -> Batch:
+    """rl_batch plus engine log-probs: most rows far from π_old (ratios beyond [1/2, 2]), a few
+    rows nearly equal (sequence masks keep them); the last row of each group is a DEMO row,
+    which no rollout correction may touch."""
+    batch = rl_batch(seed=seed, width=width)
+    gen = torch.Generator().manual_seed(seed + 200)
+    scale = torch.full((batch.num_rows, 1), spread, dtype=DTYPE)
+    scale[::3] = 0.01
+    noise = scale * torch.randn(batch.logprobs.shape, generator=gen, dtype=DTYPE)
+    roles = torch.full((batch.num_rows,), int(Role.SAMPLE))
+    roles[3::4] = int(Role.DEMO)
+    return batch.replace(behaviour_logprobs=batch.old_logprobs + noise, roles=roles)

@@ -21,6 +21,7 @@ from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.update import accumulate
+from alignlib.trainer.world import SINGLE, World
 
 PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
@@ -85,7 +86,13 @@ def online_rows(vocab: int, with_demo: bool, seed: int = 0) -> TrainRows:
 
 
 def run_case(
-    tmp: Path, case: str, device: str, precision: str = "fp32", audit: bool = False
+    tmp: Path,
+    case: str,
+    device: str,
+    precision: str = "fp32",
+    audit: bool = False,
+    world: World = SINGLE,
+    float64: bool = False,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.device]:
     """(metrics, {param name: grad on the CPU}, device the log-probs were on) of one step.
 
@@ -94,7 +101,9 @@ def run_case(
     device then lands on ``meta`` and the step fails, so only code that says where each tensor
     goes (the policy's device, or the host for collation) passes.
     """
-    trainer = Trainer(load_config(write_config(tmp, case, device, precision)))
+    trainer = Trainer(load_config(write_config(tmp, case, device, precision)), world=world)
+    if float64:  # exactness tests: no fp32 rounding between the compared paths
+        trainer.model.double()
     guard: AbstractContextManager = torch.device("meta") if audit else nullcontext()
     if case in OFFLINE:
         source = trainer.source()
@@ -103,13 +112,14 @@ def run_case(
             source.prepare(state)
             batch = next(iter(source.batches(1)))
             metrics, _ = accumulate(source.kernel, state.estimator, batch)
+        world.sync_gradients(trainer.model)
         where = source.kernel.device
     else:
         vocab = trainer.model.get_input_embeddings().num_embeddings
         rows = online_rows(vocab, with_demo=case == "hpt")
         state = TrainState.create(
             trainer.config, trainer.model, trainer.tokenizer, trainer.estimator,
-            trainer.placement, 1,
+            trainer.placement, 1, world,
         )  # fmt: skip
         kernel = state.kernel(temperature=0.9)
         ref_kernel = None
@@ -123,10 +133,11 @@ def run_case(
             ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
             batch = online_minibatch(tensors, every, old, ref, old, 3)
             metrics, entropy = accumulate(kernel, state.estimator, batch)
+        world.sync_gradients(trainer.model)
         assert entropy is not None
         where = entropy.device
     grads = {
-        name: param.grad.detach().float().cpu()
+        name: param.grad.detach().cpu()
         for name, param in trainer.model.named_parameters()
         if param.grad is not None
     }

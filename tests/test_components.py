@@ -40,6 +40,8 @@ def test_every_kind_has_its_registry() -> None:
         "kl_cov",
         "group_filter",
         "difficulty_band",
+        "clipped_is",
+        "sapo_gate",
     }
     assert set(REFERENCES.names()) >= {"current", "old", "constant", "shaped"}
     assert set(ADVANTAGES.names()) >= {
@@ -55,7 +57,12 @@ def test_every_kind_has_its_registry() -> None:
         "tpo_l",
         "inpo",
     }
-    assert set(LIKELIHOODS.names()) == {"token", "sequence-sum", "sequence-mean"}
+    assert set(LIKELIHOODS.names()) == {
+        "token",
+        "sequence-sum",
+        "sequence-mean",
+        "sequence-mean-token",
+    }
     assert set(AGGREGATIONS.names()) >= {
         "token-mean",
         "seq-mean-token-sum",

@@ -11,7 +11,15 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from batches import hybrid_batch, luffy_batch, pair_batch, rel_error, rl_batch
+from batches import gspo_batch, hybrid_batch, luffy_batch, pair_batch, rel_error, rl_batch
+from closed_forms_frontier import (
+    closed_cispo,
+    closed_dapo,
+    closed_grpo_dual,
+    closed_grpo_kl,
+    closed_gspo,
+    closed_sapo,
+)
 from torch import Tensor
 
 from alignlib import algorithms
@@ -226,12 +234,26 @@ CASES: dict[str, tuple[Callable[[], Batch], Callable[[Batch], Tensor], dict]] = 
     "hpt": (hybrid_batch, closed_hpt, {}),
     "hpt_paper": (hybrid_batch, closed_hpt_paper, {}),
     "luffy": (luffy_batch, closed_luffy, {}),
+    "grpo_kl": (rl_batch, closed_grpo_kl, {"kl_coef": 0.04}),
+    "grpo_dual_clip": (lambda: rl_batch(spread=0.8), closed_grpo_dual, {"clip_c": 3.0}),
+    "gspo": (gspo_batch, closed_gspo, {}),
+    "gspo_sequence": (gspo_batch, closed_gspo, {"level": "sequence"}),
+    "cispo": (rl_batch, closed_cispo, {}),
+    "dapo": (rl_batch, closed_dapo, {}),
+    "sapo": (lambda: rl_batch(spread=0.8), closed_sapo, {}),
+}
+
+# Extra cases of one preset: case name -> preset name.
+VARIANTS = {
+    "hinge_both_regions": "hinge",
+    "grpo_kl": "grpo",
+    "grpo_dual_clip": "grpo",
+    "gspo_sequence": "gspo",
 }
 
 
 def estimator_for(case: str, overrides: dict):
-    name = "hinge" if case == "hinge_both_regions" else case
-    return algorithms.get(name, **overrides)
+    return algorithms.get(VARIANTS.get(case, case), **overrides)
 
 
 def measure(case: str, seed: int = 0) -> tuple[float, float]:
@@ -278,7 +300,7 @@ def test_clip_cov_gradient_equals_closed_form() -> None:
 
 
 def test_every_preset_is_covered() -> None:
-    covered = {("hinge" if c == "hinge_both_regions" else c) for c in CASES} | {"clip_cov"}
+    covered = {VARIANTS.get(c, c) for c in CASES} | {"clip_cov"}
     assert covered == set(algorithms.available())
 
 

@@ -327,13 +327,13 @@ def test_ray_join_that_never_answers_is_bounded(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import socket, sys, time
-        from alignlib.rollout.ray_workers import _ensure_ray
+        from alignlib.rollout.ray_workers import ensure_ray
         server = socket.socket()
         server.bind(("127.0.0.1", 0))
         server.listen()
         began = time.monotonic()
         try:
-            _ensure_ray(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=2)
+            ensure_ray(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=2)
         except TimeoutError as exc:
             print(f"{time.monotonic() - began:.1f} {exc}")
         """

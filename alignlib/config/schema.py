@@ -234,6 +234,29 @@ class INPOConfig(Section):
     """Fresh prompts per iteration (null: the whole prompt set every iteration)."""
 
 
+class DistributedConfig(Section):
+    num_workers: int = Field(0, ge=0)
+    """Data-parallel training processes, each a Ray actor holding one rank of a private
+    torch.distributed group (gloo on CPU, NCCL with `use_gpu`); 0 trains in this process. Every
+    rank prepares the whole mini-batch and trains its share of the micro-batches, so the
+    gradient equals one process's exactly; the checkpoint resumes on any number of workers."""
+    strategy: Literal["ddp"] = "ddp"
+    """`ddp`: every rank holds the whole model and gradients are all-reduced once per
+    optimizer step. (FSDP2 sharding for models that do not fit one device is not built yet.)"""
+    use_gpu: bool = False
+    """One GPU per worker (Ray `num_gpus=1`; the model goes on that worker's GPU)."""
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    """Ray CPU reservation of each worker (also its torch thread count, at least 1)."""
+    ray_address: str | None = None
+    """Ray cluster to join (`auto` for the one `ray start` made on this node); null starts a
+    local one. Multi-node: `ray start --head` on one node, `ray start --address HEAD:6379` on
+    the others, then `alignlib train cfg.yaml distributed.ray_address=auto`; output_dir must be
+    on storage every node sees."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Longest wait for a worker to start, and for any collective: a dead or stuck worker ends
+    the run with one line naming it instead of a hang."""
+
+
 class RunConfig(Section):
     output_dir: str = "runs/default"
     """Where checkpoints, metrics.jsonl, TensorBoard logs and plots go (relative to the cwd)."""
@@ -253,6 +276,8 @@ class RunConfig(Section):
     """Set to train online (GRPO, Clip-Cov, KL-Cov, HPT, LUFFY): how completions are sampled."""
     online: OnlineConfig = OnlineConfig()
     """Online RL steps: prompts per step, rewards, HPT/LUFFY routing (used with `rollout`)."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Data-parallel training on Ray workers (`num_workers` > 0)."""
 
     @model_validator(mode="after")
     def _one_mode(self) -> RunConfig:

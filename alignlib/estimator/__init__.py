@@ -2,6 +2,8 @@
 
 Pure tensor math: this package imports torch only. One registry per component kind:
 ``MASKS``, ``REFERENCES``, ``ADVANTAGES``, ``LIKELIHOODS``, ``AGGREGATIONS``, ``REGULARIZERS``.
+A :class:`RolloutCorrection` (trainer/engine mismatch) attaches to any estimator with
+``estimator.with_rollout_correction(...)``.
 """
 
 from alignlib.estimator.advantages import (
@@ -46,6 +48,7 @@ from alignlib.estimator.preferences import (
     TPOLWeights,
     TPOWeights,
 )
+from alignlib.estimator.ratio_weights import ClippedISWeight, SoftGate
 from alignlib.estimator.references import (
     REFERENCES,
     ConstantReference,
@@ -57,11 +60,17 @@ from alignlib.estimator.references import (
 )
 from alignlib.estimator.registry import Registry, RegistryError
 from alignlib.estimator.regularizers import NLL, REGULARIZERS, EntropyBonus, KLPenalty
+from alignlib.estimator.rollout_correction import (
+    RolloutCorrection,
+    kept_log_mass,
+    rollout_correction,
+)
 from alignlib.estimator.term import PolicyGradientTerm, Term, TermOutput
 from alignlib.estimator.units import (
     LIKELIHOODS,
     Likelihood,
     SequenceMean,
+    SequenceMeanPerToken,
     SequenceSum,
     TokenLikelihood,
 )
@@ -82,6 +91,7 @@ __all__ = [
     "BatchError",
     "BatchNormalized",
     "ClipCov",
+    "ClippedISWeight",
     "CompletionMask",
     "ConstantAdvantage",
     "ConstantReference",
@@ -114,14 +124,17 @@ __all__ = [
     "Registry",
     "RegistryError",
     "Role",
+    "RolloutCorrection",
     "RowFilter",
     "Rows",
     "SeqMeanTokenMean",
     "SeqMeanTokenSum",
     "SeqMeanTokenSumNorm",
     "SequenceMean",
+    "SequenceMeanPerToken",
     "SequenceSum",
     "ShapedReference",
+    "SoftGate",
     "TPOLWeights",
     "TPOWeights",
     "Term",
@@ -129,5 +142,7 @@ __all__ = [
     "TokenLikelihood",
     "TokenMean",
     "UnifiedEstimator",
+    "kept_log_mass",
+    "rollout_correction",
     "token_covariance",
 ]

@@ -28,7 +28,15 @@ class BatchError(ValueError):
 
 
 # Per-token fields share the shape of ``logprobs``; per-row fields have one entry per row.
-TOKEN_FIELDS = ("logprobs", "mask", "old_logprobs", "ref_logprobs", "prev_logprobs", "entropy")
+TOKEN_FIELDS = (
+    "logprobs",
+    "mask",
+    "old_logprobs",
+    "ref_logprobs",
+    "prev_logprobs",
+    "entropy",
+    "behaviour_logprobs",
+)
 ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace")
 
 
@@ -45,13 +53,22 @@ class Batch:
     mask: Tensor
     """[R, T] 1 on completion tokens, 0 on prompt and padding."""
     old_logprobs: Tensor | None = None
-    """[R, T] log-probs under the behaviour policy that sampled the rows (importance ratios)."""
+    """[R, T] log-probs under π_old, the policy that sampled the rows, as the trainer computes
+    them (the PPO/GRPO importance ratio π/π_old; the engine's own numbers are
+    ``behaviour_logprobs``)."""
     ref_logprobs: Tensor | None = None
     """[R, T] log-probs under the frozen reference policy (DPO family, KL penalty)."""
     prev_logprobs: Tensor | None = None
     """[R, T] log-probs under the previous iterate π_t (INPO)."""
     entropy: Tensor | None = None
     """[R, T] policy entropy per position, with gradient if an entropy bonus is used."""
+    behaviour_logprobs: Tensor | None = None
+    """[R, T] log-probs the rollout engine recorded while sampling SAMPLE rows (vLLM or the
+    transformers engine), read only by a rollout correction (π_old/π_behaviour per token). They
+    must describe the same distribution as ``old_logprobs`` (tempered, full vocabulary): an
+    engine's ``processed`` log-probs of a top-k/top-p truncated distribution are ℓ − log S_t and
+    need log S_t added first (:func:`~alignlib.estimator.rollout_correction.kept_log_mass`).
+    Values on padding and on non-SAMPLE rows are ignored."""
     rewards: Tensor | None = None
     """[R] scalar reward of each row (online RL)."""
     group_ids: Tensor | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -9,10 +10,11 @@ from torch import Tensor
 
 from alignlib.estimator.advantages import ADVANTAGES, Advantage
 from alignlib.estimator.aggregation import AGGREGATIONS, Aggregation
-from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
+from alignlib.estimator.batch import ALL_ROWS, Batch, Role, Rows
 from alignlib.estimator.masks import MASKS, Mask
 from alignlib.estimator.references import REFERENCES, Reference
 from alignlib.estimator.regularizers import REGULARIZERS
+from alignlib.estimator.rollout_correction import RolloutCorrection
 from alignlib.estimator.term import PolicyGradientTerm, Term
 from alignlib.estimator.units import LIKELIHOODS, Likelihood
 
@@ -134,12 +136,42 @@ class UnifiedEstimator:
                 metrics[f"{term.name}/filtered_frac"] = dropped.sum() / selected.sum().clamp(min=1)
                 mask = mask * (1 - dropped).unsqueeze(-1)
         batch = batch.replace(mask=mask, prepared={}, prepared_metrics={})
+        batch, rejected = self._reject_tokens(batch)
+        metrics |= rejected
         prepared: dict[str, Tensor] = {}
         for index, term in enumerate(self.terms):
             tensors, term_metrics = term.prepare(batch)
             prepared |= {f"{index}.{key}": value for key, value in tensors.items()}
             metrics |= {f"{term.name}/{key}": value.detach() for key, value in term_metrics.items()}
         return batch.replace(prepared=prepared, prepared_metrics=metrics)
+
+    def _reject_tokens(self, batch: Batch) -> tuple[Batch, dict[str, Tensor]]:
+        """Remove the tokens a rollout correction with ``rejection`` masks from the batch mask,
+        so they leave every loss and every normalizer."""
+        metrics: dict[str, Tensor] = {}
+        for term in self.terms:
+            for token_filter, rows in term.token_filters():
+                selected = rows.select(batch)
+                count = (batch.mask * selected.to(batch.mask.dtype).unsqueeze(-1)).sum()
+                dropped = token_filter.rejected(batch, selected).to(batch.mask.dtype)
+                metrics[f"{term.name}/rollout_rejected_frac"] = dropped.sum() / count.clamp(min=1)
+                batch = batch.replace(mask=batch.mask * (1 - dropped))
+        return batch, metrics
+
+    def with_rollout_correction(self, correction: RolloutCorrection | None) -> UnifiedEstimator:
+        """The same estimator with ``correction`` weighing the policy loss of every
+        policy-gradient term that can train on SAMPLE rows (None: unchanged). Regularizers
+        (KL, entropy, NLL) are not weighted."""
+        if correction is None:
+            return self
+        terms = [
+            dataclasses.replace(t, correction=correction)
+            if isinstance(t, PolicyGradientTerm)
+            and (t.rows.roles is None or Role.SAMPLE in t.rows.roles)
+            else t
+            for t in self.terms
+        ]
+        return UnifiedEstimator(terms=terms)
 
     def __call__(self, batch: Batch) -> EstimatorOutput:
         """The loss of one mini-batch, or of one micro-batch of a prepared mini-batch."""

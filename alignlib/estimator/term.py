@@ -19,6 +19,7 @@ from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
 from alignlib.estimator.cov_masks import token_covariance
 from alignlib.estimator.masks import Mask, RowFilter, UnitTerms
 from alignlib.estimator.references import Reference
+from alignlib.estimator.rollout_correction import RolloutCorrection
 from alignlib.estimator.units import Likelihood, Units
 
 
@@ -53,6 +54,10 @@ class Term(ABC):
     def row_filters(self) -> list[tuple[RowFilter, Rows]]:
         return []
 
+    def token_filters(self) -> list[tuple[RolloutCorrection, Rows]]:
+        """Components that remove single tokens from the batch in ``prepare`` (rejection)."""
+        return []
+
     def scaled(self, factor: float) -> Term:
         return dataclasses.replace(self, coef=self.coef * factor)  # type: ignore[type-var]
 
@@ -81,10 +86,13 @@ class PolicyGradientTerm(Term):
     rows: Rows = ALL_ROWS
     coef: float = 1.0
     name: str = "pg"
+    correction: RolloutCorrection | None = None
+    """Rollout correction weights on SAMPLE rows (``UnifiedEstimator.with_rollout_correction``)."""
 
     def requirements(self) -> dict[str, str]:
         needs: dict[str, str] = {}
-        for part in (self.reference, self.advantage, *self.masks):
+        parts = (self.reference, self.advantage, *self.masks)
+        for part in (*parts, self.correction) if self.correction else parts:
             label = getattr(part, "registered_name", type(part).__name__)
             for key, why in part.requirements().items():
                 needs.setdefault(key, f"{why} ({self.name}: {label})")
@@ -92,6 +100,11 @@ class PolicyGradientTerm(Term):
 
     def row_filters(self) -> list[tuple[RowFilter, Rows]]:
         return [(m, self.rows) for m in self.masks if isinstance(m, RowFilter)]
+
+    def token_filters(self) -> list[tuple[RolloutCorrection, Rows]]:
+        if self.correction is not None and self.correction.rejection:
+            return [(self.correction, self.rows)]
+        return []
 
     def units(self, batch: Batch, rows: Tensor, detach: bool = False) -> Units:
         logprobs = batch.logprobs.detach() if detach else batch.logprobs
@@ -126,6 +139,8 @@ class PolicyGradientTerm(Term):
             "w_pair": PairMean().row_weights(batch.mask, rows, roles),
         }
         metrics: dict[str, Tensor] = {}
+        if self.correction is not None:
+            metrics |= self.correction.statistics(batch, rows)
         needs_adv = not self.advantage.per_call or any(
             type(m).prepare is not Mask.prepare for m in self.masks
         )
@@ -156,6 +171,8 @@ class PolicyGradientTerm(Term):
         terms = UnitTerms(weight=units.mask, value=(-adv * score).detach() * units.mask)
         for i, mask in enumerate(self.masks):
             terms = mask.apply(units, adv, terms, _sub(prepared, f"mask{i}."))
+        if self.correction is not None:
+            self.correction.apply(batch, rows, self.likelihood.per_sequence, terms)
         weights = prepared["w"].unsqueeze(-1)
         per_unit = -terms.weight * adv * score
         if terms.penalty is not None:

@@ -98,3 +98,23 @@ class SequenceMean(Likelihood):
 
     def unit_mask(self, mask: Tensor) -> Tensor:
         return (mask.sum(-1, keepdim=True) > 0).to(mask.dtype)
+
+
+@LIKELIHOODS.register("sequence-mean-token")
+@dataclass(frozen=True)
+class SequenceMeanPerToken(Likelihood):
+    """Per-token units whose value is the sequence mean l̄(y) and whose gradient is ∇ℓ_t:
+    u_t = sg[l̄] + ℓ_t − sg[ℓ_t] (GSPO-token). With the ``old`` reference the score is
+    s_i,t = sg[s_i]·π_t/sg[π_t], s_i = exp(l̄ − l̄_old) the length-normalized sequence ratio;
+    under seq-mean-token-mean this is GSPO's gradient exactly when Â is per sequence, while
+    per-token weights (rollout correction, per-token Â) still apply token by token."""
+
+    per_sequence: ClassVar[bool] = False
+
+    def units(self, logprobs: Tensor, mask: Tensor) -> Tensor:
+        tokens = _masked(logprobs, mask)
+        mean = tokens.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        return _masked(mean.detach() + tokens - tokens.detach(), mask)
+
+    def unit_mask(self, mask: Tensor) -> Tensor:
+        return mask

@@ -33,6 +33,7 @@ from alignlib.trainer.run_dir import prepare_output_dir
 from alignlib.trainer.state import Position, TrainState
 from alignlib.trainer.step import LogprobKernel
 from alignlib.trainer.update import MiniBatch, UpdateResult, update
+from alignlib.trainer.world import SINGLE, World
 
 
 class Source(Protocol):
@@ -78,11 +79,13 @@ class TrainResult:
 
 def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
     """Train ``state`` on ``source`` into ``out_dir``: the one loop of every run."""
-    config = state.config
+    config, world = state.config, state.world
     source.prepare(state)
-    prepare_output_dir(out_dir, config.checkpoint.resume)  # an earlier run is moved aside
+    if world.is_main:
+        prepare_output_dir(out_dir, config.checkpoint.resume)  # an earlier run is moved aside
+    world.barrier()
     start = state.restore(out_dir, source.position) if config.checkpoint.resume else 0
-    logger = RunLogger(out_dir, config.logging, source.total_steps, start, config.model_dump())
+    logger = run_logger(state, out_dir, source.total_steps, start)
     history: list[dict[str, float]] = []
     try:
         initial = source.begin(out_dir, start)
@@ -111,23 +114,54 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
         logger.close()
     state.optimizer_step.check_trained(source.total_steps - start)
     state.save_final(out_dir)
-    if config.logging.plot:
+    if config.logging.plot and world.is_main:
         plot_run(out_dir)
     final = history[-1] if history else {}
     return TrainResult(source.total_steps, final, out_dir, history)
 
 
+class SilentLogger:
+    """What ranks other than 0 log into: nothing (rank 0 writes the run's files)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Nothing."""
+
+    def close(self) -> None:
+        """Nothing."""
+
+
+def run_logger(
+    state: TrainState, out_dir: Path, total: int, start: int
+) -> RunLogger | SilentLogger:
+    """metrics.jsonl, TensorBoard, wandb and the progress bar: rank 0 only."""
+    config = state.config
+    if state.world.is_main:
+        return RunLogger(out_dir, config.logging, total, start, config.model_dump())
+    return SilentLogger()
+
+
 class Trainer:
     """Loads the policy once and trains it with the source its config describes."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, world: World | None = None) -> None:
+        """``world``: set inside a data-parallel worker; without it a config with
+        `distributed.num_workers` makes this the driver, which loads no model itself."""
         self.config = config
         self.output_dir = Path(config.output_dir)
+        self.world = world or SINGLE
+        self.driver = world is None and config.distributed.num_workers > 0
         seed_everything(config.train.seed)
         self.placement = Placement.resolve(config.model.device, config.model.precision)
         self.estimator: UnifiedEstimator = build_estimator(config.algorithm)
         # Refuse a wrong objective, bad data or an unreachable cluster before the model loads.
         self.data_metrics: dict[str, float] = check_run(config, self.estimator)
+        if self.driver:
+            if config.inpo is not None:
+                raise ValueError(
+                    "distributed.num_workers: INPO's iterations train in one process for now; "
+                    "set distributed.num_workers: 0"
+                )
+            return
         base, self.tokenizer = load_policy(config.model, self.placement)
         self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base
 
@@ -158,8 +192,17 @@ class Trainer:
             self.estimator,
             self.placement,
             source.optimizer_steps,
+            self.world,
         )
 
     def train(self) -> TrainResult:
+        if self.driver:
+            from alignlib.trainer.distributed import run_distributed
+
+            done = run_distributed(self.config)
+            self.worker_nodes: list[str] = done["nodes"]  # the Ray node of each rank
+            return TrainResult(
+                done["steps"], done["final_metrics"], self.output_dir, done["history"]
+            )
         source = self.source()
         return run(self.state(source), source, self.output_dir)

@@ -100,6 +100,8 @@ class OnlineSource:
         engine, and the untrained policy's held-out accuracy for comparison."""
         self.out_dir = out_dir
         state = self.state
+        if not state.world.is_main:  # rank 0 generates; the others get its rows
+            return {}
         self.engine = build_engine(
             self.rollout,
             state.model,
@@ -113,11 +115,13 @@ class OnlineSource:
     def batches(self, step: int) -> Iterator[MiniBatch]:
         """Rollouts, rewards and routing; old/ref log-probs; then the k mini-batches, each
         built when the loop asks for it (after the previous one's update)."""
-        assert self.engine is not None
         began = time.perf_counter()
-        rows, self.step_metrics = self.collect(self.engine, step)
+        world = self.state.world
+        collected = self.collect(self.engine, step) if self.engine is not None else None
+        rows, self.step_metrics = world.broadcast(collected, self.kernel.device)
         self.tensors = tensors = collate_rows(rows, self.state.pad_id)
-        self.engine.release_memory(self.online.empty_cache)  # vLLM sleep mode, when configured
+        if self.engine is not None:
+            self.engine.release_memory(self.online.empty_cache)  # vLLM sleep mode, if set
         logprob_began = time.perf_counter()
         old, ref = self.behaviour_logprobs(tensors)
         self.timing = {"rollout": logprob_began - began, "logprob": 0.0}
@@ -140,10 +144,10 @@ class OnlineSource:
         self, step: int, results: list[UpdateResult], seconds: float
     ) -> dict[str, float]:
         """Weights → engine; the step's metrics (rollout, update, entropy on own samples)."""
-        assert self.engine is not None
         metrics = self.step_metrics | merge_results(results)
         sync_began = time.perf_counter()
-        self.engine.sync(self.state.model)
+        if self.engine is not None:
+            self.engine.sync(self.state.model)
         sync = time.perf_counter() - sync_began
         tensors = self.tensors
         samples = (tensors.roles == int(Role.SAMPLE)).unsqueeze(-1) * tensors.mask
@@ -165,8 +169,10 @@ class OnlineSource:
         }
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out accuracy and in-loop benchmarks, each when it is due at ``step``."""
-        assert self.engine is not None
+        """Held-out accuracy and in-loop benchmarks, each when it is due at ``step`` (rank 0:
+        its engine holds the current weights)."""
+        if self.engine is None:
+            return {}
         metrics: dict[str, float] = {}
         if self.heldout is not None and self.heldout_due(step):
             ids, answers = self.heldout

@@ -60,6 +60,7 @@ CHANGEABLE = (
     "online.skip_grad_norm",
     "online.empty_cache",
     "online.heldout",
+    "distributed",
 )
 SILENT = ("output_dir", "checkpoint.resume")  # expected to differ: not worth a line
 SCHEDULE = ("optim", "train.max_steps", "train.epochs")  # changes that move the learning rate

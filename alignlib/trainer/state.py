@@ -18,6 +18,7 @@ from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint,
 from alignlib.trainer.model import frozen_copy
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
 from alignlib.trainer.step import LogprobKernel, OptimizerStep
+from alignlib.trainer.world import SINGLE, World
 
 
 class Position(Protocol):
@@ -38,6 +39,8 @@ class TrainState:
     estimator: UnifiedEstimator
     placement: Placement
     optimizer_step: OptimizerStep
+    world: World = SINGLE
+    """The data-parallel workers this process trains with (one: itself)."""
 
     @classmethod
     def create(
@@ -48,6 +51,7 @@ class TrainState:
         estimator: UnifiedEstimator,
         placement: Placement,
         total_optimizer_steps: int,
+        world: World = SINGLE,
     ) -> TrainState:
         params = [p for p in model.parameters() if p.requires_grad]
         # HPT's rule: skip steps whose gradient norm exceeds online.skip_grad_norm.
@@ -61,7 +65,7 @@ class TrainState:
             skip_grad_norm,
             config.train.nonfinite,
         )
-        return cls(config, model, tokenizer, estimator, placement, step)
+        return cls(config, model, tokenizer, estimator, placement, step, world)
 
     def reset_optimizer(self, total_optimizer_steps: int) -> None:
         """A fresh optimizer and schedule over the same parameters (INPO's iterations)."""
@@ -72,6 +76,7 @@ class TrainState:
             self.estimator,
             self.placement,
             total_optimizer_steps,
+            self.world,
         ).optimizer_step
         fresh.skip_grad_norm = self.optimizer_step.skip_grad_norm
         fresh.taken, fresh.skipped = self.optimizer_step.taken, self.optimizer_step.skipped
@@ -93,10 +98,13 @@ class TrainState:
     def kernel(self, model: nn.Module | None = None, temperature: float = 1.0) -> LogprobKernel:
         """The micro-batch kernel of ``model`` (default: the policy) on the run's device."""
         chunk = self.config.train.logprob_chunk_size
-        return LogprobKernel(model or self.model, self.placement, chunk, temperature)
+        return LogprobKernel(model or self.model, self.placement, chunk, temperature, self.world)
 
     def save(self, out_dir: Path, step: int, position: Position) -> None:
-        """checkpoints/step-N: weights plus a weights_only-safe state with the config."""
+        """checkpoints/step-N: weights plus a weights_only-safe state with the config. Rank 0
+        writes it (every rank holds the same weights and state)."""
+        if not self.world.is_main:
+            return
         state = checkpoint_state(
             self.config, step, self.optimizer, self.scheduler, position, self.estimator
         )
@@ -118,6 +126,8 @@ class TrainState:
 
     def save_final(self, out_dir: Path) -> None:
         """final/: the model (or adapter) in Hugging Face format; merged/ when asked."""
+        if not self.world.is_main:
+            return
         atomic_directory_write(
             out_dir / "final", lambda tmp: save_model(tmp, self.model, self.tokenizer)
         )

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from alignlib.console import warn
 from alignlib.device import HOST, Placement
 from alignlib.trainer.logprobs import first_masked_position, token_logprobs
+from alignlib.trainer.world import SINGLE, World
 
 Context = Callable[[], AbstractContextManager]
 """A context that changes which policy the model computes (e.g. the LoRA adapter disabled)."""
@@ -67,6 +68,8 @@ class LogprobKernel:
     """Positions per LM-head chunk (no full fp32 [T, V] tensor)."""
     temperature: float = 1.0
     """Logits are divided by it (online: the sampling temperature)."""
+    world: World = SINGLE
+    """Data-parallel workers: no-grad passes over many rows are split among them."""
 
     @property
     def device(self) -> torch.device:
@@ -123,8 +126,9 @@ class LogprobKernel:
         entropy = torch.zeros(shape, device=self.device) if with_entropy else None
         was_training = self.model.training
         self.model.eval()
+        chunks = list(torch.arange(rows.num_rows, device=HOST).split(micro_batch_size))
         try:
-            for chunk in torch.arange(rows.num_rows, device=HOST).split(micro_batch_size):
+            for chunk in self.world.share(chunks):  # each rank its share, summed below
                 out = self(rows, chunk, with_entropy=with_entropy, grad=False, context=context)
                 target = chunk.to(self.device)
                 logprobs[target, : out.width] = out.logprobs.float()
@@ -132,6 +136,9 @@ class LogprobKernel:
                     entropy[target, : out.width] = out.entropy.float()
         finally:
             self.model.train(was_training)
+        self.world.sum_(logprobs)
+        if entropy is not None:
+            self.world.sum_(entropy)
         return logprobs, entropy
 
 

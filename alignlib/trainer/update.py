@@ -54,6 +54,7 @@ def update(
 ) -> UpdateResult:
     """Prepare, accumulate every micro-batch's gradient, clip and step; returns the metrics."""
     metrics, entropy = accumulate(kernel, estimator, batch)
+    kernel.world.sync_gradients(kernel.model)  # data-parallel workers: per-rank parts add up
     return UpdateResult(metrics | optimizer_step(step), entropy)
 
 
@@ -62,7 +63,9 @@ def accumulate(
 ) -> tuple[dict[str, float], Tensor | None]:
     """The gradient half of :func:`update` (no optimizer step): the mini-batch is prepared on
     the device — normalizers, group advantages and Clip-Cov/KL-Cov token selection see all of
-    it — then each micro-batch runs forward and backward."""
+    it — then each micro-batch runs forward and backward. With data-parallel workers every rank
+    prepares the whole mini-batch and runs its share of the micro-batches; the metrics, live
+    log-probs and entropies are summed over the ranks (gradients: in :func:`update`)."""
     needs = estimator.requirements()
     full = batch.fields.to(kernel.device)
     prepared = estimator.prepare(full)
@@ -70,15 +73,16 @@ def accumulate(
     live = torch.zeros_like(full.mask)
     entropies = torch.zeros_like(full.mask) if with_entropy else None
     totals: dict[str, float] = {}
-    for rows in batch.micro_batches:
+    world = kernel.world
+    for rows in world.share(batch.micro_batches):
         out = kernel(batch.rows, rows, with_entropy=with_entropy)
         on_device = rows.to(kernel.device)
-        live[on_device, : out.width] = out.logprobs.detach()
+        live[on_device, : out.width] = out.logprobs.detach().to(live.dtype)
         micro = prepared.select(on_device).narrow(out.width).replace(logprobs=out.logprobs)
         if batch.on_policy:
             micro = micro.replace(old_logprobs=out.logprobs.detach())
         if out.entropy is not None and entropies is not None:
-            entropies[on_device, : out.width] = out.entropy.detach()
+            entropies[on_device, : out.width] = out.entropy.detach().to(entropies.dtype)
             if "entropy" in needs:
                 micro = micro.replace(entropy=out.entropy)
         if batch.live_reference is not None and "ref_logprobs" in needs:
@@ -88,6 +92,10 @@ def accumulate(
         result.loss.backward()
         for key, value in result.metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value)
+    totals = world.sum_metrics(totals, kernel.device)
+    world.sum_(live)
+    if entropies is not None:
+        world.sum_(entropies)
     if batch.on_policy:  # statistics of the live log-probs, now that they are known
         prepared = estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
     totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}

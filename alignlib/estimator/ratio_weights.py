@@ -1,0 +1,87 @@
+"""Importance-ratio weights that replace PPO's hard clip: CISPO's clipped IS weight and SAPO's
+soft gate. Both are masks in the UPGE sense: a detached per-unit factor on Â·∇s.
+
+clipped_is  (CISPO, reference ``current``):  loss −sg[clip(ρ, 1−ε_low, 1+ε_high)]·Â·ℓ_t
+sapo_gate   (SAPO, reference ``old``):       loss −f(ρ)·Â,  f(x) = σ(τ(x − 1))·4/τ,
+            gradient −f'(ρ)·Â·∇ρ with f'(x) = 4σ(τ(x − 1))(1 − σ(τ(x − 1))), τ = τ_pos if Â > 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator.masks import MASKS, Mask, UnitTerms
+from alignlib.estimator.references import log_ratio
+from alignlib.estimator.registry import check_number
+from alignlib.estimator.units import Units
+
+
+def _ratio(units: Units, clamp: float | None) -> Tensor:
+    """[R, U] detached ρ = π/π_old per unit (log ρ clamped first, as verl does)."""
+    return log_ratio(units, clamp).detach().exp()
+
+
+@MASKS.register("clipped_is")
+@dataclass(frozen=True)
+class ClippedISWeight(Mask):
+    """CISPO (MiniMax-M1 §3.1): every unit keeps its gradient, weighted by the stop-gradient
+    clipped ratio sg[clip(ρ, 1 − ε_low, 1 + ε_high)]; use it with the ``current`` reference so
+    the score is ℓ and the loss value −clip(ρ)·Â·ℓ (as verl and TRL report it)."""
+
+    needs: ClassVar[dict[str, str]] = {"old_logprobs": "the IS weight π/π_old needs them"}
+    eps_low: float | None = None
+    """Floor 1 − ε_low; None: no floor (MiniMax sets ε_low large; verl's example uses 10)."""
+    eps_high: float = 0.2
+    """Cap 1 + ε_high (TRL's ``epsilon_high`` is the absolute cap, i.e. 1 + ε_high here)."""
+    clamp: float | None = 20.0
+
+    def __post_init__(self) -> None:
+        check_number("ClippedISWeight", "eps_low", self.eps_low, ge=0, optional=True)
+        check_number("ClippedISWeight", "eps_high", self.eps_high, ge=0)
+        check_number("ClippedISWeight", "clamp", self.clamp, gt=0, optional=True)
+
+    def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
+        ratio = _ratio(units, self.clamp)
+        low = None if self.eps_low is None else 1 - self.eps_low
+        weight = ratio.clamp(min=low, max=1 + self.eps_high)
+        terms.weight = terms.weight * weight
+        terms.value = terms.value * weight
+        terms.indicators["clipfrac"] = (weight != ratio).to(ratio.dtype)
+        assert units.old is not None
+        terms.indicators["ppo_kl"] = (units.old - units.logp).detach()
+        return terms
+
+
+@MASKS.register("sapo_gate")
+@dataclass(frozen=True)
+class SoftGate(Mask):
+    """SAPO (Gao et al. 2025): the soft sigmoid gate f(ρ) = σ(τ(ρ − 1))·4/τ in place of the
+    hard clip; use it with the ``old`` reference (score ρ). f(1) = 2/τ and f'(1) = 1, so at ρ = 1
+    the gradient is the plain policy gradient; it decays smoothly as ρ leaves 1."""
+
+    needs: ClassVar[dict[str, str]] = {"old_logprobs": "the SAPO gate reads π/π_old"}
+    tau_pos: float = 1.0
+    """Temperature τ for Â > 0."""
+    tau_neg: float = 1.05
+    """Temperature τ for Â ≤ 0 (faster decay of negative-advantage updates)."""
+    clamp: float | None = 20.0
+
+    def __post_init__(self) -> None:
+        check_number("SoftGate", "tau_pos", self.tau_pos, gt=0)
+        check_number("SoftGate", "tau_neg", self.tau_neg, gt=0)
+        check_number("SoftGate", "clamp", self.clamp, gt=0, optional=True)
+
+    def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
+        ratio = _ratio(units, self.clamp)
+        tau = torch.where(adv > 0, self.tau_pos, self.tau_neg).to(ratio.dtype)
+        gate = torch.sigmoid(tau * (ratio - 1))
+        terms.weight = terms.weight * 4 * gate * (1 - gate)
+        terms.value = -adv * gate * 4 / tau * units.mask
+        terms.indicators["gate_grad"] = 4 * gate * (1 - gate)
+        assert units.old is not None
+        terms.indicators["ppo_kl"] = (units.old - units.logp).detach()
+        return terms

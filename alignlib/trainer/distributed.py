@@ -1,0 +1,163 @@
+"""Data-parallel training on Ray: ``distributed.num_workers`` actors, each one rank of a private
+torch.distributed group (gloo on CPU, NCCL on GPU), each running the same loop (loop.run) on the
+same source. See alignlib/trainer/world.py for why the result equals one process's exactly.
+
+Why Ray actors holding a process group rather than Ray Train's TorchTrainer: the rollout pool
+(rollout/ray_workers.py) is already Ray actors with per-call timeouts and replacement, and the
+training ranks join the same cluster the same way; the loop, its checkpoints (one HF folder that
+resumes on any number of workers) and its one-line errors stay alignlib's own, where
+TorchTrainer would own the loop's entry, checkpoint storage and failure reporting.
+
+The driver process only validates the config, starts the actors and waits: a worker that dies
+ends the run with one line naming it; one stuck in a collective (because another died) is ended
+by the group's timeout (``distributed.timeout_s``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from alignlib.config.schema import RunConfig
+from alignlib.rollout.ray_workers import ensure_ray
+from alignlib.trainer.world import World
+
+
+class DistributedError(OSError):
+    """A training worker died or never started: an environment failure the user acts on, so
+    (like other OS errors) the CLI prints it as one line naming the worker."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+class TrainWorker:
+    """One rank: joins the group, builds the policy on its device, runs the loop."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def endpoint(self) -> tuple[str, int, int, str]:
+        """(host, free port, pid, Ray node id): rank 0's host and port are the group's
+        rendezvous."""
+        node = ray.get_runtime_context().get_node_id()
+        return ray.util.get_node_ip_address(), _free_port(), os.getpid(), node
+
+    def run(
+        self, config_json: str, master: tuple[str, int], threads: int, paths: list[str]
+    ) -> dict[str, Any]:
+        from alignlib.trainer.loop import Trainer
+
+        # The driver's import path: a `module:function` reward next to the user's config
+        # imports here too (on other nodes it must be installed there).
+        sys.path[:0] = [p for p in paths if p not in sys.path]
+        torch.set_num_threads(threads)
+        config = RunConfig.model_validate_json(config_json)
+        timeout = timedelta(seconds=config.distributed.timeout_s)
+        store = dist.TCPStore(
+            master[0], master[1], self.size, is_master=self.rank == 0, timeout=timeout
+        )
+        backend = "nccl" if config.distributed.use_gpu else "gloo"
+        dist.init_process_group(
+            backend, store=store, rank=self.rank, world_size=self.size, timeout=timeout
+        )
+        try:
+            result = Trainer(config, world=World(self.rank, self.size)).train()
+        finally:
+            dist.destroy_process_group()
+        return {
+            "steps": result.steps,
+            "final_metrics": result.final_metrics,
+            "history": result.history,
+        }
+
+
+def run_distributed(
+    config: RunConfig, on_started: Callable[[list[Any]], None] | None = None
+) -> dict[str, Any]:
+    """Start the workers, wait for them, return rank 0's result (steps, metrics, history).
+
+    ``on_started(workers)`` is called once every worker has started (tests inject faults)."""
+    spec = config.distributed
+    ensure_ray(spec.ray_address, spec.timeout_s, key="distributed.ray_address")
+    # Workers run in Ray's own working folder: give them the run folder as an absolute path.
+    config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
+    actor = ray.remote(TrainWorker).options(
+        num_cpus=spec.num_cpus_per_worker,
+        num_gpus=1 if spec.use_gpu else 0,
+        scheduling_strategy="SPREAD",  # one rank per node first, across a multi-node cluster
+        max_restarts=0,
+    )
+    workers = [actor.remote(rank, spec.num_workers) for rank in range(spec.num_workers)]
+    try:
+        endpoints = _wait(workers, [w.endpoint.remote() for w in workers], spec.timeout_s)
+        if on_started is not None:
+            on_started(workers)
+        master = endpoints[0][:2]
+        threads = max(1, int(spec.num_cpus_per_worker))
+        paths = [p for p in sys.path if p and Path(p).is_dir()]
+        runs = [w.run.remote(config.model_dump_json(), master, threads, paths) for w in workers]
+        results = _wait(workers, runs, None, [e[2] for e in endpoints])
+        return results[0] | {"nodes": [e[3] for e in endpoints]}
+    finally:
+        for worker in workers:
+            ray.kill(worker, no_restart=True)
+
+
+def _wait(
+    workers: list[Any],
+    refs: list[Any],
+    timeout_s: float | None,
+    pids: list[int] | None = None,
+) -> list[Any]:
+    """Every ref's value; a worker's death or error ends the wait at once, naming the worker."""
+    pending = list(refs)
+    began = time.monotonic()
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+        for ref in done:
+            _check(ref, refs.index(ref), pids)
+        if timeout_s is not None and time.monotonic() - began > timeout_s and pending:
+            rank = refs.index(pending[0])
+            raise DistributedError(
+                f"distributed: training worker {rank} did not start within {timeout_s:g} s "
+                "(distributed.timeout_s); check the cluster has "
+                f"{len(workers)} × the CPUs/GPUs asked for (distributed.num_cpus_per_worker, "
+                "use_gpu)"
+            )
+    return [ray.get(ref) for ref in refs]
+
+
+def _check(ref: Any, rank: int, pids: list[int] | None) -> None:
+    """Raise one line for a dead worker; a user error inside a worker is re-raised as is."""
+    try:
+        ray.get(ref, timeout=0)
+    except RayTaskError as err:
+        cause = err.as_instanceof_cause()
+        if isinstance(cause, (ValueError, OSError)):  # the user's line, from inside the worker
+            last = str(cause).strip().splitlines()[-1]
+            raise ValueError(re.sub(r"^[\w.]+(Error|Exception): ", "", last)) from None
+        first = str(err).strip().splitlines()[-1]
+        raise DistributedError(f"distributed: training worker {rank} failed: {first}") from None
+    except (RayActorError, GetTimeoutError) as err:
+        pid = f" (pid {pids[rank]})" if pids else ""
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise DistributedError(
+            f"distributed: training worker {rank}{pid} died ({reason}); the run stopped: "
+            "rerun with checkpoint.resume: true to continue from the last checkpoint"
+        ) from None

@@ -1,0 +1,90 @@
+"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO and GRPO + KL (METHODS.md §3b),
+written from the papers' formulas with plain autograd, for test_gradient_identity.py."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator import Batch
+
+
+def advantages(b: Batch, std: bool = True, keep: Tensor | None = None) -> Tensor:
+    """(R − mean)/(std + 1e-6) per group over the rows ``keep`` (default all), by explicit loop."""
+    keep = torch.ones(b.num_rows, dtype=torch.bool) if keep is None else keep
+    adv = torch.zeros_like(b.rewards)
+    for g in b.group_ids.unique():
+        members = ((b.group_ids == g) & keep).nonzero().flatten()
+        if members.numel() < 2:
+            continue
+        r = b.rewards[members]
+        adv[members] = (r - r.mean()) / (r.std() + 1e-6) if std else r - r.mean()
+    return adv
+
+
+def per_seq_token_mean(values: Tensor, m: Tensor) -> Tensor:
+    return ((values * m).sum(-1) / m.sum(-1)).mean()
+
+
+def clipped(ratio: Tensor, adv: Tensor, low: float, high: float) -> Tensor:
+    return torch.maximum(-ratio * adv, -ratio.clamp(low, high) * adv)
+
+
+def closed_gspo(b: Batch, eps_low: float = 3e-4, eps_high: float = 4e-4) -> Tensor:
+    """Eq. 5: mean over sequences of −min(s_i A_i, clip(s_i) A_i), s_i the geometric mean ratio."""
+    m = b.mask
+    s = torch.exp(((b.logprobs - b.old_logprobs) * m).sum(-1) / m.sum(-1))
+    return clipped(s, advantages(b), 1 - eps_low, 1 + eps_high).mean()
+
+
+def closed_cispo(b: Batch, eps_high: float = 0.2) -> Tensor:
+    """Token-mean of −sg[min(ρ, 1 + ε_high)]·A·log π (no floor)."""
+    weight = torch.exp(b.logprobs - b.old_logprobs).detach().clamp(max=1 + eps_high)
+    loss = -weight * advantages(b).unsqueeze(-1) * b.logprobs
+    return (loss * b.mask).sum() / b.mask.sum()
+
+
+def dapo_kept_rows(b: Batch) -> Tensor:
+    """Rows of groups whose rewards are not all equal (dynamic sampling's survivors)."""
+    keep = torch.zeros(b.num_rows, dtype=torch.bool)
+    for g in b.group_ids.unique():
+        members = b.group_ids == g
+        keep |= members & (b.rewards[members].max() > b.rewards[members].min())
+    return keep
+
+
+def closed_dapo(b: Batch, eps_low: float = 0.2, eps_high: float = 0.28) -> Tensor:
+    """Token-mean over the surviving groups' tokens of the clip-higher PPO loss."""
+    keep = dapo_kept_rows(b)
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    loss = clipped(ratio, advantages(b, keep=keep).unsqueeze(-1), 1 - eps_low, 1 + eps_high)
+    m = b.mask * keep.to(b.mask.dtype).unsqueeze(-1)
+    return (loss * m).sum() / m.sum()
+
+
+def closed_sapo(b: Batch, tau_pos: float = 1.0, tau_neg: float = 1.05) -> Tensor:
+    """Per-sequence token mean of −σ(τ(ρ − 1))·4/τ·A."""
+    adv = advantages(b).unsqueeze(-1)
+    tau = torch.where(adv > 0, tau_pos, tau_neg).to(b.logprobs.dtype)
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    return per_seq_token_mean(-torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv, b.mask)
+
+
+def k3(b: Batch) -> Tensor:
+    log_q = b.ref_logprobs - b.logprobs
+    return torch.exp(log_q) - log_q - 1
+
+
+def closed_grpo_kl(b: Batch, beta: float = 0.04, eps: float = 0.2) -> Tensor:
+    """DeepSeekMath eq. 3: the k3 KL inside the same per-sequence token mean as the clip."""
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    per_token = clipped(ratio, advantages(b).unsqueeze(-1), 1 - eps, 1 + eps) + beta * k3(b)
+    return per_seq_token_mean(per_token, b.mask)
+
+
+def closed_grpo_dual(b: Batch, c: float = 3.0, eps: float = 0.2) -> Tensor:
+    """GRPO with PPO's dual clip: for A < 0 the token loss is at most −c·A."""
+    adv = advantages(b).unsqueeze(-1)
+    loss = clipped(torch.exp(b.logprobs - b.old_logprobs), adv, 1 - eps, 1 + eps)
+    loss = torch.where(adv < 0, torch.minimum(loss, -c * adv), loss)
+    return per_seq_token_mean(loss, b.mask)

@@ -1,0 +1,146 @@
+"""Data-parallel training on 2 Ray workers (gloo, CPU) equals one process: DPO, GRPO, HPT and
+Clip-Cov leave the same parameters and log the same metrics; a 2-worker checkpoint resumes on 1
+and on 2 workers and continues exactly; a killed worker ends the run with one line naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from alignlib.config import load_config
+from alignlib.trainer import distributed
+from alignlib.trainer.loop import Trainer
+
+PAIRS = [
+    {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
+    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3), (5, 5), (1, 8), (3, 3), (9, 2)]
+]
+PROMPTS = [
+    {"prompt": f"What is {a} + {b}?", "answer": str(a + b), "solution": f"It is {a + b}"}
+    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)] * 2
+]
+ONLINE = {
+    "rollout": {"n": 4, "max_new_tokens": 5},
+    "online": {
+        "prompts_per_step": 2,
+        "micro_batch_size": 3,
+        "mini_batches": 2,
+        "rewards": [{"name": "online_rewards:digit_share"}],
+    },
+}
+# fp32 end to end, the issue's bound. The gradient's summation order differs (rank partial
+# sums, then the all-reduce) and AdamW magnifies that rounding on near-zero coordinates, so
+# this is a bound on rounding; exactness itself is proven in float64 (test_distributed_exact).
+EXACT = 1e-6
+
+
+def write(tmp: Path, name: str, workers: int, method: str, **sections: Any) -> Path:
+    online = method not in ("dpo", "sft")
+    data = tmp / f"{'prompts' if online else 'pairs'}.jsonl"  # shared: resume checks data.path
+    data.write_text("".join(json.dumps(r) + "\n" for r in (PROMPTS if online else PAIRS)))
+    cfg: dict[str, Any] = {
+        "output_dir": str(tmp / name),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data), "shuffle": True},
+        "algorithm": {"name": method},
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "schedule": "constant"},
+        "train": {"batch_size": 4, "micro_batch_size": 1, "max_steps": 2, "seed": 0},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+        "distributed": {"num_workers": workers, "num_cpus_per_worker": 0.5, "timeout_s": 120},
+        **(ONLINE if online else {}),
+    }
+    for key, values in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **values}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def assert_same_training(one: Any, two: Any) -> None:
+    a, b = weights(one.output_dir), weights(two.output_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
+        assert moved < EXACT, f"{key}: relative difference {moved:.2e}"
+    for want, got in zip(one.history, two.history, strict=True):
+        for key, value in want.items():
+            if key.startswith("time/") or "per_s" in key:
+                continue
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (key, got["step"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    # The workers run one thread each (num_cpus_per_worker 0.5): so does the one-process run,
+    # or its fp32 logits round differently and a near-tie can sample another token.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session() -> Any:
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "params"),
+    [("dpo", {}), ("grpo", {}), ("hpt", {"max_response_length": 5}), ("clip_cov", {"ratio": 0.2})],
+)
+def test_two_workers_train_exactly_like_one_process(
+    tmp_path: Path, algorithm: str, params: dict[str, Any]
+) -> None:
+    extra = {"algorithm": {"name": algorithm, "params": params}}
+    one = Trainer(load_config(write(tmp_path, "one", 0, algorithm, **extra))).train()
+    two = Trainer(load_config(write(tmp_path, "two", 2, algorithm, **extra))).train()
+    assert two.steps == one.steps == 2
+    assert_same_training(one, two)
+    if algorithm == "clip_cov":  # the same tokens were dropped, over the whole mini-batch
+        dropped = [k for k in one.history[-1] if "cov_dropped" in k]
+        assert dropped and all(two.history[-1][k] == one.history[-1][k] for k in dropped)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_two_worker_checkpoint_resumes_on_any_number_of_workers(
+    tmp_path: Path, workers: int
+) -> None:
+    extra = {"train": {"max_steps": 4}, "checkpoint": {"every": 2}}
+    full = Trainer(load_config(write(tmp_path, "full", 2, "dpo", **extra))).train()
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(full.output_dir / "checkpoints", resumed_dir / "checkpoints")
+    path = write(tmp_path, "resumed", workers if workers > 1 else 0, "dpo", **extra)
+    resumed = Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+    for want, got in zip(full.history[2:], resumed.history, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6), got["step"]
+    a, b = weights(full.output_dir), weights(resumed.output_dir)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_a_killed_worker_ends_the_run_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = distributed.run_distributed
+
+    def kill_rank_one_once_started(config: Any, on_started: Any = None) -> Any:
+        return real(config, on_started=lambda workers: ray.kill(workers[1], no_restart=True))
+
+    monkeypatch.setattr(distributed, "run_distributed", kill_rank_one_once_started)
+    path = write(tmp_path, "killed", 2, "dpo", train={"max_steps": 50})
+    with pytest.raises(distributed.DistributedError, match=r"training worker 1 \(pid \d+\) died"):
+        Trainer(load_config(path)).train()

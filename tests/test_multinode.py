@@ -1,0 +1,38 @@
+"""Multi-node data-parallel training as far as one machine allows (opt-in, `pytest -m slow`):
+a two-node Ray cluster (`ray.cluster_utils.Cluster`, each node its own raylet with one CPU),
+one training worker on each node, joined through `distributed.ray_address` like
+`alignlib train cfg.yaml distributed.ray_address=HEAD:6379` on a real cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from test_distributed import assert_same_training, one_thread, write  # noqa: F401
+
+from alignlib.config import load_config
+from alignlib.trainer.loop import Trainer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_nodes() -> Any:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_one_worker_per_node_trains_like_one_process(tmp_path: Path, two_nodes: Any) -> None:
+    one = Trainer(load_config(write(tmp_path, "one", 0, "dpo"))).train()
+    path = write(tmp_path, "two", 2, "dpo")
+    trainer = Trainer(load_config(path, [f"distributed.ray_address={two_nodes.address}"]))
+    two = trainer.train()
+    assert len(set(trainer.worker_nodes)) == 2, "one training worker on each node"
+    assert_same_training(one, two)
