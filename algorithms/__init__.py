@@ -28,5 +28,15 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     tpo_l,
 )
 from alignlib.algorithms.registry import PRESETS, available, describe, get, parameters, preset
+from alignlib.algorithms.routing import ROUTERS, router_for
 
-__all__ = ["PRESETS", "available", "describe", "get", "parameters", "preset"]
+__all__ = [
+    "PRESETS",
+    "ROUTERS",
+    "available",
+    "describe",
+    "get",
+    "parameters",
+    "preset",
+    "router_for",
+]

@@ -1,4 +1,5 @@
-"""`alignlib train | eval | config | plot`: user errors print one line, never a traceback."""
+"""`alignlib train | eval | config | plot | push`: user errors print one line, never a
+traceback."""
 
 from __future__ import annotations
 
@@ -51,6 +52,22 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alignlib.trainer.model_card import push
+
+    lines = push(
+        Path(args.run_dir),
+        args.repo_id,
+        folder=args.folder,
+        private=args.private,
+        dry_run=args.dry_run,
+    )
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("--output", default=None, help="PNG (default RUN_DIR/training_curves.png)")
     plot.set_defaults(run=_plot)
+
+    push = commands.add_parser("push", help="upload a run's model and model card to the Hub")
+    push.add_argument("run_dir", help="the run's output_dir")
+    push.add_argument("repo_id", help="Hub repository, e.g. me/smollm2-dpo (created if absent)")
+    push.add_argument("--folder", default="final", choices=["final", "merged"])
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--dry-run", action="store_true", help="list the files; upload nothing")
+    push.set_defaults(run=_push)
 
     try:
         from alignlib.eval.cli import add_eval_parser

@@ -1,7 +1,9 @@
 """Verifiable rewards: plain callables that import nothing of training or rollout.
 
 A reward is ``fn(completion: str, **columns) -> float``; ``columns`` are the dataset row's other
-fields (``answer`` for math). Registered names: ``math``, ``format``, ``length_penalty``,
+fields (``answer`` for math). TRL's batched ``fn(completions, **columns) -> list[float | None]``
+and verl's ``compute_score(data_source, solution_str, ground_truth, extra_info)`` work unchanged
+(``score_batch``; see ``forms``), and async rewards run concurrently. Registered names: ``math``, ``format``, ``length_penalty``,
 ``soft_overlong`` (DAPO's soft overlong punishment).
 ``call_reward`` calls one with a row and configured parameters and checks its result.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from alignlib.rewards.basic import format_reward, length_penalty, soft_overlong_penalty
 from alignlib.rewards.calling import RewardError, call_reward, check_params, missing_columns
+from alignlib.rewards.forms import detect_form, score_batch
 from alignlib.rewards.math_grader import (
     configure_pool,
     extract_boxed,
@@ -35,6 +38,7 @@ __all__ = [
     "call_reward",
     "check_params",
     "configure_pool",
+    "detect_form",
     "extract_boxed",
     "format_reward",
     "get_reward",
@@ -47,6 +51,7 @@ __all__ = [
     "normalize_answer",
     "register_reward",
     "resolve_reward",
+    "score_batch",
     "shutdown_pool",
     "soft_overlong_penalty",
 ]

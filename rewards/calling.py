@@ -26,6 +26,7 @@ __all__ = [
     "call_reward",
     "check_params",
     "describe_row",
+    "failure",
     "missing_columns",
     "reward_kwargs",
     "signature_of",
@@ -110,9 +111,15 @@ def missing_columns(
     fn: Callable[..., Any], params: Mapping[str, Any], row: Mapping[str, Any]
 ) -> list[str]:
     """Required parameters of ``fn`` that neither ``params`` nor the row provides (a null
-    value counts as missing: a jsonl loader fills absent fields with null)."""
+    value counts as missing: a jsonl loader fills absent fields with null). What a TRL or verl
+    reward is handed by the caller (``prompts``, ``ground_truth``, ...) is not a column."""
+    from alignlib.rewards.forms import supplied_names
+
+    supplied = supplied_names(fn)
     return [
-        name for name in signature_of(fn).required if name not in params and row.get(name) is None
+        name
+        for name in signature_of(fn).required
+        if name not in params and name not in supplied and row.get(name) is None
     ]
 
 
@@ -185,10 +192,17 @@ def call_reward(
     except RewardError:
         raise
     except Exception as exc:  # user code: any failure is reported with its reward and row
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise RewardError(
-            f"reward {name!r} raised {type(exc).__name__}"
-            f"{': ' + detail if detail else ''} for a completion of {describe_row(row)}; "
-            "fix the reward function or the row"
-        ) from exc
+        raise failure(exc, name, row) from exc
     return _as_number(value, name, row, allow_nonfinite)
+
+
+def failure(exc: BaseException, name: str, row: Mapping[str, Any]) -> RewardError:
+    """One line for an exception raised by user code while scoring a row (chain the original)."""
+    if isinstance(exc, RewardError):
+        return exc
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return RewardError(
+        f"reward {name!r} raised {type(exc).__name__}"
+        f"{': ' + detail if detail else ''} for a completion of {describe_row(row)}; "
+        "fix the reward function or the row"
+    )

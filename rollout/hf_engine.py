@@ -140,12 +140,14 @@ class HFEngine(RolloutEngine):
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_ids,
             "do_sample": not sampling.greedy,
-            "temperature": 1.0,
-            "top_k": 0,  # 0 disables; passing it overrides transformers' default 50
-            "top_p": 1.0,
             "logits_processor": LogitsProcessorList(order),
             **_NEUTRAL_PROCESSING,
         }
+        if not sampling.greedy:
+            # Only when sampling: greedy decoding uses no warper, and a sampling flag passed
+            # with do_sample=False makes transformers warn "generation flags are not valid".
+            # top_k 0 disables it (passing it overrides transformers' default 50).
+            kwargs.update(temperature=1.0, top_k=0, top_p=1.0)
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
 

@@ -136,9 +136,9 @@ def run_case(
         world.sync_gradients(trainer.model)
         assert entropy is not None
         where = entropy.device
-    grads = {
-        name: param.grad.detach().cpu()
-        for name, param in trainer.model.named_parameters()
-        if param.grad is not None
-    }
+    grads = {}
+    for name, param in trainer.model.named_parameters():
+        if param.grad is not None:
+            full = getattr(param.grad, "full_tensor", None)  # FSDP2: gather the shards
+            grads[name] = (full() if full is not None else param.grad).detach().cpu()
     return metrics, grads, where

@@ -144,3 +144,30 @@ def test_a_killed_worker_ends_the_run_with_one_line(
     path = write(tmp_path, "killed", 2, "dpo", train={"max_steps": 50})
     with pytest.raises(distributed.DistributedError, match=r"training worker 1 \(pid \d+\) died"):
         Trainer(load_config(path)).train()
+
+
+def test_fsdp2_shards_train_like_one_process_and_resume_on_fewer(tmp_path: Path) -> None:
+    extra = {"train": {"max_steps": 4}, "checkpoint": {"every": 2}}
+    fsdp2 = {"strategy": "fsdp2", "num_workers": 2}
+    one = Trainer(load_config(write(tmp_path, "one", 0, "dpo", **extra))).train()
+    path = write(tmp_path, "sharded", 2, "dpo", **extra, distributed=fsdp2)
+    sharded = Trainer(load_config(path)).train()
+    assert_same_training(one, sharded)
+    # Its checkpoint is one full Hugging Face folder: it resumes on one FSDP2 worker ...
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(sharded.output_dir / "checkpoints", resumed_dir / "checkpoints")
+    path = write(tmp_path, "resumed", 1, "dpo", **extra, distributed={"strategy": "fsdp2"})
+    resumed = Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+    for want, got in zip(one.history[2:], resumed.history, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), got["step"]
+    # ... but not under another strategy, whose optimizer state is keyed differently.
+    path = write(tmp_path, "resumed", 0, "dpo", **extra)
+    with pytest.raises(ValueError, match=r"distributed.strategy fsdp2 → ddp"):
+        Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+
+
+def test_fsdp2_refuses_what_it_cannot_shard_yet(tmp_path: Path) -> None:
+    path = write(tmp_path, "online", 2, "grpo", distributed={"strategy": "fsdp2"})
+    with pytest.raises(ValueError, match="fsdp2 does not support online rollouts yet"):
+        Trainer(load_config(path))

@@ -9,7 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from alignlib.testing import build_tiny_model, build_tokenizer
-from alignlib.trainer.logprobs import LogprobEntropy, first_masked_position, token_logprobs
+from alignlib.trainer.logprobs import (
+    LinearLogprobEntropy,
+    LogprobEntropy,
+    first_masked_position,
+    is_plain_linear,
+    token_logprobs,
+)
 
 WIDTH = 13
 LENGTHS = [13, 10, 7]  # right-padded rows, as collate builds them
@@ -147,3 +153,151 @@ def test_kernel_passes_gradcheck() -> None:
     logits = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 7, (2, 3), generator=gen)
     assert torch.autograd.gradcheck(lambda z: LogprobEntropy.apply(z, targets), (logits,))
+
+
+# --- the linear-head kernel: no logits kept for the backward, gradients as autograd's ---------
+
+
+def reference(model: nn.Module, temperature: float) -> tuple[Tensor, Tensor]:
+    """Plain autograd: full logits, log_softmax, gather; column 0 padded with 0 like the kernel."""
+    ids, attention, _ = inputs(model)
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1] / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    pad = chosen.new_zeros(len(LENGTHS), 1)
+    return torch.cat([pad, chosen], 1), torch.cat([pad, entropy], 1)
+
+
+def loss_grads(model: nn.Module, values: tuple[Tensor, Tensor], field: str) -> dict[str, Tensor]:
+    """Gradients of Σ g_y·logp + g_H·H with fixed random upstream grads g (per position)."""
+    gen = torch.Generator().manual_seed(3)
+    g_y, g_h = (torch.randn(values[0].shape, generator=gen, dtype=torch.float64) for _ in "yh")
+    g_y, g_h = g_y * (field != "entropy"), g_h * (field != "logprobs")
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((g_y * values[0] + g_h * values[1]).sum(), params)
+    return dict(
+        zip([n for n, p in model.named_parameters() if p.requires_grad], grads, strict=True)
+    )
+
+
+def assert_identity(model: nn.Module, field: str, temperature: float, chunk_size: int) -> None:
+    want = reference(model, temperature)
+    got = run(model, 0, chunk_size=chunk_size, temperature=temperature)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    grads, expected = loss_grads(model, got, field), loss_grads(model, want, field)
+    assert grads.keys() == expected.keys()
+    for name, grad in expected.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(grads[name], grad, atol=1e-10, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("field", ["both", "logprobs", "entropy"])
+@pytest.mark.parametrize(("temperature", "chunk_size"), [(1.0, 256), (0.7, 4), (1.3, 1)])
+def test_values_and_gradients_equal_autograd(
+    model: nn.Module, field: str, temperature: float, chunk_size: int
+) -> None:
+    assert_identity(model, field, temperature, chunk_size)
+
+
+@pytest.mark.parametrize("field", ["both", "logprobs", "entropy"])
+def test_frozen_head_fused_gradient_equals_autograd(field: str) -> None:
+    frozen = build_tiny_model(build_tokenizer(), dtype=torch.float64, init_std=0.5)
+    frozen.lm_head.weight.requires_grad_(False)  # as under LoRA: d/dhidden is fused forward
+    assert_identity(frozen, field, 0.7, 4)
+
+
+def test_tied_embedding_gradient_accumulates_both_uses() -> None:
+    tied = build_tiny_model(build_tokenizer(), dtype=torch.float64, init_std=0.5)
+    tied.lm_head.weight = tied.model.embed_tokens.weight
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    assert_identity(tied, "both", 0.7, 4)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "lm_head"]])
+def test_lora_model_equals_autograd(targets: str | list[str]) -> None:
+    from alignlib.config.schema import LoRAConfig
+    from alignlib.trainer.model import apply_lora
+
+    base = build_tiny_model(build_tokenizer(), dtype=torch.float64, init_std=0.5)
+    peft = apply_lora(base, LoRAConfig(dropout=0.0, target_modules=targets)).eval()
+    # all-linear leaves the head a frozen nn.Linear (fused d/dhidden); a LoRA head is a peft
+    # layer, which must take the module path.
+    assert is_plain_linear(peft.get_output_embeddings()) == (targets == "all-linear")
+    for p in peft.parameters():  # LoRA B starts at 0: make the adapter's gradient non-trivial
+        if p.requires_grad:
+            p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
+    assert_identity(peft, "both", 0.7, 4)
+
+
+def test_chunk_size_does_not_change_anything(model: nn.Module) -> None:
+    outs = [run(model, 0, chunk_size=c, temperature=0.7) for c in (1, 5, 256)]
+    grads = [loss_grads(model, out, "both") for out in outs]
+    for out, grad in zip(outs[1:], grads[1:], strict=True):
+        for a, b in zip(out, outs[0], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+        for name, g in grad.items():
+            torch.testing.assert_close(g, grads[0][name], atol=1e-12, rtol=1e-12)
+
+
+def saved_vocab_tensors(model: nn.Module, **kwargs) -> list[torch.Size]:
+    """Shapes of saved-for-backward tensors with a vocabulary axis, other than parameters."""
+    params = {p.data_ptr() for p in model.parameters()}
+    found: list[torch.Size] = []
+
+    def pack(t: Tensor) -> Tensor:
+        if model.config.vocab_size in t.shape and t.data_ptr() not in params:
+            found.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(model, 0, chunk_size=4, **kwargs)
+    return found
+
+
+def test_backward_keeps_no_logits(model: nn.Module) -> None:
+    assert saved_vocab_tensors(model) == []
+
+
+def test_the_hook_sees_logits_on_the_module_path(model: nn.Module) -> None:
+    handle = model.lm_head.register_forward_hook(lambda *_: None)  # not a plain Linear anymore
+    try:
+        assert saved_vocab_tensors(model), "the check must be able to fail"
+        assert_identity(model, "both", 0.7, 4)  # and the module path is still exact
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_linear_kernel_passes_gradcheck(fuse: bool) -> None:
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 4, generator=gen, dtype=torch.float64, requires_grad=not fuse)
+    bias = torch.randn(9, generator=gen, dtype=torch.float64, requires_grad=not fuse)
+    targets = torch.randint(0, 9, (7,), generator=gen)
+
+    def kernel(*tensors: Tensor) -> tuple[Tensor, Tensor]:
+        h, w, b = (*tensors, weight, bias)[:3] if fuse else tensors
+        return LinearLogprobEntropy.apply(h, w, b, targets, 0.7, 3, True, torch.float64, fuse)
+
+    args = (hidden,) if fuse else (hidden, weight, bias)
+    assert torch.autograd.gradcheck(kernel, args)
+
+
+def test_bf16_autocast_matches_the_module_path() -> None:
+    fp32 = build_tiny_model(build_tokenizer(), init_std=0.5).train()
+    results = []
+    for hooked in (False, True):
+        handle = fp32.lm_head.register_forward_hook(lambda *_: None) if hooked else None
+        fp32.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp, ent = run(fp32, 0, chunk_size=4, temperature=0.7)
+        (lp.sum() + ent.sum()).backward()
+        results.append((lp.detach(), fp32.lm_head.weight.grad, fp32.model.norm.weight.grad))
+        handle.remove() if handle else None
+    (lp, w, n), (lp_ref, w_ref, n_ref) = results
+    assert lp.dtype == torch.float32 and w.dtype == torch.float32
+    torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=0)  # the same bf16 logits
+    torch.testing.assert_close(w, w_ref, atol=2e-2 * w_ref.abs().max(), rtol=0)
+    torch.testing.assert_close(n, n_ref, atol=2e-2 * n_ref.abs().max(), rtol=0)

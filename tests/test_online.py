@@ -25,7 +25,7 @@ from alignlib.trainer.online_engine import SharedModule
 from alignlib.trainer.online_rollout import Rollouts, TrainRows, informative_groups
 
 PROMPTS = [
-    {"prompt": f"What is {a} + {b}?", "solution": f"\\boxed{{{a + b}}}", "mode": mode}
+    {"prompt": f"What is {a} + {b}?", "solution": f"{a} + {b} = \\boxed{{{a + b}}}", "mode": mode}
     for a, b, mode in [(2, 3, "vary"), (4, 4, "const"), (7, 1, "vary"), (6, 3, "const")] * 4
 ]
 
@@ -174,11 +174,12 @@ def test_informative_groups_keep_hpt_sft_rows() -> None:
     ):
         for reward in rewards:
             rows.add([1], [2], role, group, reward)
-    assert informative_groups(rows, "hpt") == [0, 2]
-    assert informative_groups(rows, "none") == [2]
+    assert informative_groups(rows, {0}) == [0, 2]  # HPT's plan keeps its SFT group 0
+    assert informative_groups(rows) == [2]
 
 
 def test_luffy_replaces_the_last_rollout_of_every_group_with_the_demonstration() -> None:
+    from alignlib.algorithms.luffy import LuffyDemonstrations
     from alignlib.rollout.base import Generation
     from alignlib.trainer.online_rollout import build_rows
 
@@ -193,10 +194,9 @@ def test_luffy_replaces_the_last_rollout_of_every_group_with_the_demonstration()
         correct=torch.tensor([[True, False, True], [False, False, False]]),
     )
     demo = {"a": [7, 2], "b": [8, 2]}
-    rows, sft = build_rows(
-        rollouts, "luffy", 0, lambda row: demo[row["solution"]], torch.tensor([1.0, 0.5])
-    )
-    assert not sft.any()
+    plan = LuffyDemonstrations().route(rollouts.rewards, rollouts.correct, torch.tensor([1.0, 0.5]))
+    rows = build_rows(rollouts, plan, lambda row: demo[row["solution"]])
+    assert not plan.keep.any()
     assert rows.group_ids == [0, 0, 0, 1, 1, 1]
     assert rows.roles == [int(Role.SAMPLE)] * 2 + [int(Role.DEMO)] + [int(Role.SAMPLE)] * 2 + [
         int(Role.DEMO)

@@ -106,15 +106,26 @@ class RolloutConfig(Section):
 
 class RewardSpec(Section):
     name: str
-    """A registered reward (`math`, `format`, `length_penalty`) or `package.module:function`;
-    it is called as fn(completion, **columns) with the row's columns it names (all of them when
-    it takes **kwargs), plus num_tokens when it accepts it, and must return a finite number
-    (None, NaN or an exception stops the run with one line naming the reward and the row)."""
+    """A registered reward (`math`, `format`, `length_penalty`) or `package.module:function`
+    (a TRL reward function or a verl compute_score file work unchanged: see `form`); an
+    alignlib-form reward is called as fn(completion, **columns) with the row's columns it names
+    (all of them when it takes **kwargs), plus num_tokens when it accepts it, and must return a
+    finite number (None, NaN or an exception stops the run with one line naming the reward and
+    the row)."""
     weight: float = Field(1.0, allow_inf_nan=False)
     """The row's reward is the weighted sum of all rewards."""
     params: dict[str, Any] = {}  # noqa: RUF012
     """Keyword arguments for the function (e.g. {target_length: 200}; `math` takes
     {timeout_s}); a name the function does not take is refused before the model loads."""
+    form: Literal["auto", "alignlib", "trl", "verl"] = "auto"
+    """How the function is called. `alignlib`: fn(completion, **columns) -> float, once per
+    completion. `trl`: TRL's fn(completions, **columns) -> list[float | None], once per batch,
+    columns as lists, completions as message lists when the prompts are; None is "no opinion"
+    (left out of the weighted sum, as TRL's nansum). `verl`: compute_score(data_source,
+    solution_str, ground_truth, extra_info) -> float | dict (its "score"), ground_truth from
+    the row's reward_model.ground_truth, ground_truth or answer. `auto` reads the signature:
+    first parameter `completions` → trl, `data_source` (or solution_str) → verl. An `async def`
+    reward of any form has a batch's calls awaited concurrently."""
 
 
 class DynamicSamplingConfig(Section):
@@ -138,6 +149,39 @@ class HeldoutConfig(Section):
     """Completion cap for held-out answers (null: rollout.max_new_tokens)."""
 
 
+class RolloutCorrectionConfig(Section):
+    """Correct the trainer/engine mismatch: reweight or mask the policy loss of sampled rows by
+    r_t = π_old(trainer) / π_behaviour(engine), per token, from the log-probs the engine
+    recorded while sampling (alignlib/estimator/rollout_correction.py has the formulas)."""
+
+    mode: Literal[
+        "token_truncate",
+        "token_mask",
+        "sequence_truncate",
+        "sequence_mask",
+        "geometric_mask",
+        "tis",
+        "mis_token",
+        "mis_sequence",
+        "mis_geometric",
+    ] = "token_truncate"
+    """`token_truncate` (TIS, alias `tis`): weight min(r_t, cap); `token_mask` (`mis_token`):
+    r_t inside [lower, upper], else 0; `sequence_truncate` / `sequence_mask` (`mis_sequence`):
+    the same with the row's product Π r_t; `geometric_mask` (`mis_geometric`): keep a row only
+    when the geometric mean of r_t is inside [lower, upper]."""
+    cap: float = Field(2.0, ge=1)
+    """C: the truncation cap, and the default mask bounds [1/C, C] (verl's token TIS uses 2)."""
+    lower: float | None = Field(None, ge=0)
+    """Lower bound (masks: default 1/cap; truncation: none)."""
+    upper: float | None = Field(None, gt=0)
+    """Upper bound (default cap)."""
+    rejection: bool = False
+    """Mask modes: masked tokens also leave the loss denominators (verl's rejection sampling).
+    Needs π_old before the update, so the trainer then always makes the no-grad old pass."""
+    required: bool = True
+    """Refuse a batch without engine log-probs (false: leave it uncorrected)."""
+
+
 class OnlineConfig(Section):
     prompts_per_step: int = Field(8, gt=0)
     """Prompts per rollout batch (each gets rollout.n completions). train.max_steps counts these
@@ -151,22 +195,33 @@ class OnlineConfig(Section):
     """Reward functions, summed with their weights. `math` grades the last \\boxed{} against the
     row's `answer` (time-limited math-verify, graded in one batch)."""
     routing: Literal["auto", "none", "hpt", "luffy"] = "auto"
-    """How rows are built from rollouts: `hpt` gates each prompt (≤ hpt_gamma correct → one SFT
-    row with its demonstration, else its n rollouts); `luffy` replaces one rollout per group with
-    the demonstration; `none` keeps all rollouts; `auto` picks from algorithm.name."""
-    hpt_gamma: int = Field(0, ge=0)
-    """HPT gate threshold, a count of correct rollouts (0 for Qwen, 2 for Llama-3.1-8B)."""
+    """How rows are built from rollouts. `auto` (the default): the preset decides (its router:
+    HPT's gate, LUFFY's demonstration replacement; every rollout for the others). The other
+    values override it: `hpt` gates each prompt (≤ γ correct → one SFT row with its
+    demonstration, else its n rollouts); `luffy` replaces one rollout per group with the
+    demonstration; `none` keeps all rollouts."""
+    hpt_gamma: int | None = Field(None, ge=0)
+    """Older spelling of the HPT gate's threshold γ (a count of correct rollouts; 0 for Qwen, 2
+    for Llama-3.1-8B); prefer `algorithm.params.gamma`. When set it overrides the preset's γ; a
+    run whose routing has no gate refuses it."""
     demonstration_field: str = "solution"
-    """Row field holding the demonstration (HPT's SFT target, LUFFY's off-policy trace); EOS is
-    appended."""
+    """Row field holding the demonstration (HPT's SFT target, LUFFY's off-policy trace): a full
+    worked solution, EOS appended. A column that holds only the final answers (every
+    demonstration a short string equal to the row's answer, or a bare number, e.g. TRL's
+    `solution` column) is refused: HPT's SFT rows would train on bare answers."""
     correct_threshold: float = 0.5
     """A rollout counts as correct (accuracy, HPT gate) when the `math` grader says so, or, with
     no `answer` column, when its reward exceeds this."""
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     """DAPO's dynamic sampling (off by default)."""
     skip_grad_norm: float | None = Field(None, gt=0)
-    """HPT: skip the optimizer step when the pre-clip gradient norm exceeds this (80 in the HPT
-    code). Steps with a non-finite norm follow `train.nonfinite`."""
+    """Skip the optimizer step when the pre-clip gradient norm exceeds this (any online method;
+    HPT's released code uses 80). Steps with a non-finite norm follow `train.nonfinite`."""
+    rollout_correction: RolloutCorrectionConfig | None = None
+    """Rollout correction (TIS / MIS) of the trainer/engine log-prob mismatch, e.g.
+    {mode: tis, cap: 2}; null: off. The engine's log-probs are put on the trainer's
+    full-vocabulary scale first (with rollout.top_p < 1 the kept mass log S_t is added, computed
+    in the no-grad old pass, which the run then always makes)."""
     empty_cache: bool = False
     """Call `torch.cuda.empty_cache()` between the rollout and the update (CUDA only): returns
     the generation's cached blocks to the driver, which helps only when another process (a

@@ -6,9 +6,10 @@ config.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignlib.config.online import OnlineConfig, RolloutConfig
 from alignlib.config.section import Section
@@ -98,6 +99,11 @@ class DataConfig(Section):
     """Completion tokens kept (the end of a longer completion is cut)."""
     shuffle: bool = True
     """Shuffle rows every epoch (seeded)."""
+    answer_field: str = "answer"
+    """Column holding the gold final answer of online rows and held-out rows (what the `math`
+    reward grades against and rewards receive as `answer`). TRL data sets call it `solution`:
+    set `answer_field: solution` there, and point `online.demonstration_field` at a column of
+    worked solutions (or use a method without demonstrations)."""
 
 
 class ComponentSpec(Section):
@@ -189,6 +195,10 @@ class TrainConfig(Section):
         return self
 
 
+CHECKPOINT_STATE = "trainer_state.pt"
+"""checkpoint.STATE_FILE (not imported: reading a config must not import torch)."""
+
+
 class CheckpointConfig(Section):
     every: int | None = Field(None, gt=0)
     """Save checkpoints/step-N every N optimizer steps (null: only final/ at the end). Each is
@@ -197,25 +207,72 @@ class CheckpointConfig(Section):
     keep_last: int = Field(2, gt=0)
     """Keep the newest N step checkpoints (older ones are deleted only after a new one is
     complete)."""
-    resume: bool = False
+    resume: bool | str = False
     """`true`: continue from the newest loadable checkpoint in output_dir (a truncated newer one
-    is skipped with a warning); the metrics continue exactly. The checkpoint must come from the
+    is skipped with a warning); a path (`runs/dpo/checkpoints/step-6`): continue from that
+    checkpoint folder; the metrics continue exactly. The checkpoint must come from the
     same config: a changed model, data, algorithm, LoRA, batch size or seed is refused; a changed
     learning rate or schedule, max_steps, micro-batch size, logging or checkpointing is applied
     and announced. `false`: a new run; an earlier run in output_dir is moved to
     `output_dir.old-<timestamp>` (printed), never overwritten. The trainer state is loaded with
     `torch.load(weights_only=True)`: a checkpoint holding pickled Python objects is refused."""
 
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume_path(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        folder = Path(value).expanduser()
+        if not (folder / CHECKPOINT_STATE).is_file():
+            raise ValueError(
+                f"{value} is not a checkpoint folder (no {CHECKPOINT_STATE} in it); give a "
+                "checkpoints/step-N folder of a run, or true for the newest one in output_dir"
+            )
+        return str(folder)
+
 
 class LoggingConfig(Section):
     progress: bool = True
     """Show a rich progress bar."""
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = ["tensorboard"]
+    """Trackers that mirror every step's metrics (metrics.jsonl is always written):
+    `tensorboard` (RUN/tensorboard), `wandb` (`WANDB_MODE=offline` logs locally), `trackio`
+    (local-first; `trackio show`), `mlflow` (where MLFLOW_TRACKING_URI points). A resumed run
+    continues the same tracker run (wandb and MLflow run ids are kept in RUN/trackers.json). A
+    listed tracker whose package is missing stops the run before the model loads with its
+    `pip install` line; the default [tensorboard] is skipped quietly without tensorboard.
+    [] for none."""
+    project: str | None = None
+    """Project (wandb, trackio) or experiment (MLflow) the run is logged under (null:
+    wandb_project, else `alignlib`)."""
+    run_name: str | None = None
+    """The run's name in the trackers (null: the output_dir folder's name)."""
     tensorboard: bool = True
-    """Write TensorBoard event files when tensorboard is installed."""
+    """Older configs: `false` drops tensorboard from report_to."""
     wandb_project: str | None = None
-    """Log to this Weights & Biases project (needs wandb and a login)."""
+    """Older configs: adds wandb to report_to, logging under this project."""
     plot: bool = True
     """Write training_curves.png at the end of the run."""
+
+    def trackers(self) -> list[str]:
+        """report_to with the older `tensorboard: false` / `wandb_project` applied."""
+        chosen = [t for t in self.report_to if self.tensorboard or t != "tensorboard"]
+        if self.wandb_project and "wandb" not in chosen:
+            chosen.append("wandb")
+        return list(dict.fromkeys(chosen))
+
+    @model_validator(mode="after")
+    def _trackers_installed(self) -> LoggingConfig:
+        # Checked when the config is read: a missing package is one line before any model loads.
+        from alignlib.trainer.trackers import PACKAGES, installed, missing_message
+
+        explicit = "report_to" in self.model_fields_set
+        for name in self.trackers():
+            if not installed(PACKAGES[name]) and (explicit or name != "tensorboard"):
+                raise ValueError(f"report_to: {missing_message(name)}")
+        return self
 
 
 class INPOConfig(Section):
@@ -240,9 +297,11 @@ class DistributedConfig(Section):
     torch.distributed group (gloo on CPU, NCCL with `use_gpu`); 0 trains in this process. Every
     rank prepares the whole mini-batch and trains its share of the micro-batches, so the
     gradient equals one process's exactly; the checkpoint resumes on any number of workers."""
-    strategy: Literal["ddp"] = "ddp"
-    """`ddp`: every rank holds the whole model and gradients are all-reduced once per
-    optimizer step. (FSDP2 sharding for models that do not fit one device is not built yet.)"""
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """`ddp`: every rank holds the whole model; gradients are all-reduced once per optimizer
+    step. `fsdp2`: parameters, gradients and optimizer state sharded over the ranks with
+    `torch.distributed.fsdp.fully_shard` (one unit per decoder layer), for models that do not
+    fit one device; offline methods, full fine-tuning (online rollouts and LoRA: use ddp)."""
     use_gpu: bool = False
     """One GPU per worker (Ray `num_gpus=1`; the model goes on that worker's GPU)."""
     num_cpus_per_worker: float = Field(1.0, gt=0)

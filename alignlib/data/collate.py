@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,94 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any, chat: bool) -> l
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+"""Marks the assistant's tokens in templates that support ``return_assistant_tokens_mask``."""
+
+
+def _messages(value: Any, role: str) -> list[dict[str, Any]]:
+    """A prompt or completion as chat messages (a bare string is one `role` message)."""
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every special token id: the named ones and added tokens marked special (``<|eot_id|>``,
+    ``<end_of_turn>``, ``<|im_end|>`` ...)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+
+
+def _end_turn(tokenizer: PreTrainedTokenizerBase, completion: list[int]) -> list[int]:
+    """The completion through its last special token (the end-of-turn: what generation stops
+    at); what a template writes after it (ChatML's newline) is never generated and, attention
+    being causal, changes no trained log-prob. A template that ends turns with no special token
+    gets EOS appended, as the model must learn to stop."""
+    special = _special_ids(tokenizer)
+    last = max((i for i, t in enumerate(completion) if t in special), default=None)
+    if last is None:
+        return [*completion, tokenizer.eos_token_id]
+    return completion[: last + 1]
+
+
+def _generation_masked(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, Any]], turn: list[dict[str, Any]]
+) -> tuple[list[int], int] | None:
+    """(the rendered ids, the turn's first token) from the template's own ``{% generation %}``
+    marks (``return_assistant_tokens_mask``); None without them."""
+    if not GENERATION_TAG.search(tokenizer.chat_template or ""):
+        return None
+    prompt_ids = tokenizer.apply_chat_template(
+        prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    out = tokenizer.apply_chat_template(
+        prompt + turn, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if list(prompt_ids) != ids[: len(prompt_ids)]:
+        return None  # not prefix-preserving: fall back to the rendered suffix
+    start = next((i for i in range(len(prompt_ids), len(ids)) if mask[i]), None)
+    return None if start is None else (ids, start)
+
+
+def _rendered(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, Any]], turns: list[list[dict]]
+) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and each turn's completion ids, rendered whole through the chat template:
+    trl's ``apply_chat_template`` renders prompt-with-generation-prompt and prompt + turn and
+    takes the suffix (the prompt is the common prefix, as trl does for DeepSeek-R1's template);
+    the prompt is tokenized alone, as at inference, and the turn ends at its end-of-turn."""
+    from trl.data_utils import apply_chat_template
+
+    texts = [apply_chat_template({"prompt": prompt, "completion": t}, tokenizer) for t in turns]
+    fulls = [r["prompt"] + r["completion"] for r in texts]
+    common = os.path.commonprefix([r["prompt"] for r in texts])  # noqa: RUF071 (by character)
+    prompt_ids = tokenizer.encode(common, add_special_tokens=False)
+    completions = [tokenizer.encode(f[len(common) :], add_special_tokens=False) for f in fulls]
+    return prompt_ids, [_end_turn(tokenizer, c) for c in completions]
+
+
+def _chat_sequences(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: list[Any]
+) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and completion ids (through the end-of-turn token) of each completion."""
+    messages = _messages(prompt, "user")
+    turns = [_messages(c, "assistant") for c in completions]
+    masked = [_generation_masked(tokenizer, messages, t) for t in turns]
+    found = [m for m in masked if m is not None]
+    if len(found) == len(turns) and len({start for _, start in found}) == 1:
+        start = found[0][1]
+        return found[0][0][:start], [_end_turn(tokenizer, ids[start:]) for ids, _ in found]
+    return _rendered(tokenizer, messages, turns)
+
+
+def _plain_sequences(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: list[Any]
+) -> tuple[list[int], list[list[int]]]:
+    """Without a chat template: the prompt's lines, then each completion's text + EOS."""
+    ids = prompt_ids(tokenizer, prompt, chat=False)
+    encoded = [tokenizer.encode(_text(c), add_special_tokens=False) for c in completions]
+    return ids, [[*c, tokenizer.eos_token_id] for c in encoded]
+
+
 def encode_example(
     tokenizer: PreTrainedTokenizerBase,
     row: dict[str, Any],
@@ -65,17 +155,27 @@ def encode_example(
     max_prompt_length: int = 256,
     max_completion_length: int = 256,
 ) -> Example:
-    """Tokenize one row; the prompt keeps its end, each completion its start (+ EOS)."""
+    """Tokenize one row. With a chat template, prompt + completion are rendered whole, so the
+    trained tokens are what the model sees at inference (the template's own end-of-turn token,
+    ``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, not necessarily EOS); without one, the
+    completion gets EOS. The prompt keeps its end; a long completion keeps its start and its
+    last (end-of-turn) token."""
     if fmt == "sft" and "messages" in row:
         messages = row["messages"]
-        row = {"prompt": messages[:-1], "completion": messages[-1]["content"]}
+        row = {"prompt": messages[:-1], "completion": [messages[-1]]}
     if fmt not in SEQUENCE_FIELDS:
         raise DataError(f"format {fmt!r} has no completions to train on offline")
-    prompt = prompt_ids(tokenizer, row["prompt"], chat)[-max_prompt_length:]
+    fields = SEQUENCE_FIELDS[fmt]
+    values = [row[field] for field, _ in fields]
+    if chat and getattr(tokenizer, "chat_template", None):
+        prompt, completions = _chat_sequences(tokenizer, row["prompt"], values)
+    else:
+        prompt, completions = _plain_sequences(tokenizer, row["prompt"], values)
+    prompt = prompt[-max_prompt_length:]
     sequences, starts, roles = [], [], []
-    for field, role in SEQUENCE_FIELDS[fmt]:
-        completion = tokenizer.encode(_text(row[field]), add_special_tokens=False)
-        completion = [*completion[: max_completion_length - 1], tokenizer.eos_token_id]
+    for completion, (_, role) in zip(completions, fields, strict=True):
+        if len(completion) > max_completion_length:
+            completion = [*completion[: max_completion_length - 1], completion[-1]]
         sequences.append(prompt + completion)
         starts.append(len(prompt))
         roles.append(role)

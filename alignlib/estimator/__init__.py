@@ -65,6 +65,7 @@ from alignlib.estimator.rollout_correction import (
     kept_log_mass,
     rollout_correction,
 )
+from alignlib.estimator.routing import AllRollouts, Router, RowPlan, plan_rows
 from alignlib.estimator.term import PolicyGradientTerm, Term, TermOutput
 from alignlib.estimator.units import (
     LIKELIHOODS,
@@ -87,6 +88,7 @@ __all__ = [
     "Advantage",
     "AdvantageResult",
     "Aggregation",
+    "AllRollouts",
     "Batch",
     "BatchError",
     "BatchNormalized",
@@ -125,7 +127,9 @@ __all__ = [
     "RegistryError",
     "Role",
     "RolloutCorrection",
+    "Router",
     "RowFilter",
+    "RowPlan",
     "Rows",
     "SeqMeanTokenMean",
     "SeqMeanTokenSum",
@@ -143,6 +147,7 @@ __all__ = [
     "TokenMean",
     "UnifiedEstimator",
     "kept_log_mass",
+    "plan_rows",
     "rollout_correction",
     "token_covariance",
 ]

@@ -15,6 +15,7 @@ from alignlib.estimator.masks import MASKS, Mask
 from alignlib.estimator.references import REFERENCES, Reference
 from alignlib.estimator.regularizers import REGULARIZERS
 from alignlib.estimator.rollout_correction import RolloutCorrection
+from alignlib.estimator.routing import Router
 from alignlib.estimator.term import PolicyGradientTerm, Term
 from alignlib.estimator.units import LIKELIHOODS, Likelihood
 
@@ -68,6 +69,7 @@ class UnifiedEstimator:
         name: str = "pg",
         *,
         terms: Sequence[Term] | None = None,
+        router: Router | None = None,
     ) -> None:
         if terms is None:
             terms = [
@@ -84,22 +86,35 @@ class UnifiedEstimator:
             ]
         all_terms = [*terms, *(REGULARIZERS.resolve(r) for r in regularizers)]
         self.terms: list[Term] = _unique_names(all_terms)
+        self.router = router
+        """The preset's data side online (HPT's gate, LUFFY's demonstrations): how rollouts
+        become training rows (``alignlib.estimator.routing``); None keeps every rollout."""
 
     @classmethod
     def from_terms(cls, *terms: Term) -> UnifiedEstimator:
         return cls(terms=terms)
 
+    def with_router(self, router: Router | None) -> UnifiedEstimator:
+        """The same terms, with ``router`` building the training rows online."""
+        return UnifiedEstimator(terms=self.terms, router=router)
+
     def __add__(self, other: UnifiedEstimator) -> UnifiedEstimator:
-        return UnifiedEstimator(terms=[*self.terms, *other.terms])
+        router = self.router if other.router is None else other.router
+        if self.router is not None and other.router is not None and self.router != other.router:
+            raise ValueError(
+                "both estimators of the sum route rows (router): a mixture has one data side; "
+                "keep one with .with_router(...)"
+            )
+        return UnifiedEstimator(terms=[*self.terms, *other.terms], router=router)
 
     def __mul__(self, factor: float) -> UnifiedEstimator:
-        return UnifiedEstimator(terms=[t.scaled(factor) for t in self.terms])
+        return UnifiedEstimator(terms=[t.scaled(factor) for t in self.terms], router=self.router)
 
     __rmul__ = __mul__
 
     def renamed(self, name: str) -> UnifiedEstimator:
         """The same estimator with its terms' metrics under ``name`` (for mixtures)."""
-        return UnifiedEstimator(terms=[t.renamed(name) for t in self.terms])
+        return UnifiedEstimator(terms=[t.renamed(name) for t in self.terms], router=self.router)
 
     def __repr__(self) -> str:
         return "UnifiedEstimator(\n" + "".join(f"  {t!r},\n" for t in self.terms) + ")"
@@ -171,7 +186,7 @@ class UnifiedEstimator:
             else t
             for t in self.terms
         ]
-        return UnifiedEstimator(terms=terms)
+        return UnifiedEstimator(terms=terms, router=self.router)
 
     def __call__(self, batch: Batch) -> EstimatorOutput:
         """The loss of one mini-batch, or of one micro-batch of a prepared mini-batch."""

@@ -79,9 +79,15 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ writing
-def save_model(directory: Path, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-    """save_pretrained for the model (the adapter alone for peft) and the tokenizer."""
-    model.save_pretrained(directory, safe_serialization=True)
+def save_model(
+    directory: Path,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """save_pretrained for the model (the adapter alone for peft) and the tokenizer;
+    ``weights``: the full state dict to write instead of the model's own (FSDP2 shards)."""
+    model.save_pretrained(directory, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(directory)
 
 
@@ -139,12 +145,13 @@ def save_checkpoint(
     tokenizer: PreTrainedTokenizerBase,
     state: dict[str, Any],
     keep_last: int,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """checkpoints/step-N with the model, tokenizer and trainer state; prunes old ones only
     after the new one is complete."""
 
     def write(tmp: Path) -> None:
-        save_model(tmp, model, tokenizer)
+        save_model(tmp, model, tokenizer, weights)
         write_state(tmp / STATE_FILE, state)
 
     path = atomic_directory_write(output_dir / "checkpoints" / f"step-{step:07d}", write)

@@ -77,7 +77,8 @@ class TrainWorker:
             backend, store=store, rank=self.rank, world_size=self.size, timeout=timeout
         )
         try:
-            result = Trainer(config, world=World(self.rank, self.size)).train()
+            sharded = config.distributed.strategy == "fsdp2"
+            result = Trainer(config, world=World(self.rank, self.size, sharded)).train()
         finally:
             dist.destroy_process_group()
         return {

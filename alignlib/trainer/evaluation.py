@@ -22,6 +22,8 @@ def in_loop_eval(
     eval_cfg = config.eval
     if eval_cfg is None or not eval_cfg.every or step <= 0 or step % eval_cfg.every:
         return {}
+    if not state.world.is_main:  # rank 0 evaluates (every rank holds the same weights)
+        return {}
     from alignlib.eval.runner import evaluate_in_loop
 
     if eval_cfg.output_dir is None:

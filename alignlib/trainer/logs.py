@@ -1,5 +1,5 @@
-"""Logs people use: a rich progress bar, metrics.jsonl always, TensorBoard and wandb when
-available, and a PNG of the training curves."""
+"""Logs people use: a rich progress bar, metrics.jsonl always, the trackers of
+`logging.report_to` (TensorBoard, wandb, trackio, MLflow), and a dashboard PNG."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from alignlib.config.schema import LoggingConfig
+from alignlib.trainer.trackers import Tracker, installed, open_trackers
 
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_KEYS = (
@@ -38,7 +39,8 @@ def _short(metrics: dict[str, float]) -> str:
 
 
 class RunLogger:
-    """Writes one JSON line per step; mirrors it to TensorBoard / wandb and the progress bar."""
+    """Writes one JSON line per step; mirrors it to the trackers of `logging.report_to` and
+    the progress bar."""
 
     def __init__(
         self,
@@ -52,21 +54,16 @@ class RunLogger:
         self.path = output_dir / METRICS_FILE
         self._truncate_after(start_step)
         self.file = self.path.open("a", encoding="utf-8")
-        self.tensorboard = None
-        if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
-            except ImportError:
-                self.tensorboard = None
-        self.wandb = None
-        if config.wandb_project:
-            import wandb
-
-            self.wandb = wandb.init(
-                project=config.wandb_project, config=run_config, dir=str(output_dir), resume="allow"
-            )
+        # The default [tensorboard] is skipped quietly when tensorboard is not installed.
+        names = [n for n in config.trackers() if n != "tensorboard" or installed("tensorboard")]
+        self.trackers: list[Tracker] = open_trackers(
+            names,
+            output_dir,
+            project=config.project or config.wandb_project or "alignlib",
+            run_name=config.run_name or output_dir.resolve().name,
+            run_config=run_config,
+            start_step=start_step,
+        )
         self.progress: Progress | None = None
         if config.progress:
             self.progress = Progress(
@@ -103,21 +100,16 @@ class RunLogger:
         record = {"step": step, **metrics}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in metrics.items():
-                self.tensorboard.add_scalar(key, value, step)
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, stats=_short(metrics))
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        for tracker in self.trackers:
+            tracker.close()
         self.file.close()
 
 
@@ -143,31 +135,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Plot every logged scalar against the step into one PNG (default: RUN/training_curves.png)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The run's dashboard PNG (default: RUN/training_curves.png): what a user of the method
+    watches first (reward / held-out accuracy, loss, the method's signal, entropy, response
+    length), constants listed instead of plotted (see alignlib.trainer.dashboard)."""
+    from alignlib.trainer.dashboard import draw
 
     records = read_metrics(Path(run_dir))
-    keys = sorted(
-        {k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float))}
-    )
-    keys = [k for k in keys if not k.startswith(("time/",))] or keys
-    columns = 3
-    rows = max(1, -(-len(keys) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys, strict=False):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(
-            [p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None
-        )
-        ax.set_title(key, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.axis("off")
-    fig.tight_layout()
     target = Path(output) if output else Path(run_dir) / "training_curves.png"
-    fig.savefig(target, dpi=90)
-    plt.close(fig)
-    return target
+    return draw(records, f"{Path(run_dir).resolve().name}: training curves", target)

@@ -140,6 +140,25 @@ def run_logger(
     return SilentLogger()
 
 
+def check_distributed(config: RunConfig) -> None:
+    """What data-parallel workers cannot run yet, refused before any worker starts."""
+    if config.inpo is not None:
+        raise ValueError(
+            "distributed.num_workers: INPO's iterations train in one process for now; set "
+            "distributed.num_workers: 0"
+        )
+    fsdp2 = config.distributed.strategy == "fsdp2"
+    in_loop_eval = config.eval is not None and bool(config.eval.every)
+    if fsdp2 and (config.rollout or config.lora.enabled or in_loop_eval):
+        what = (
+            "online rollouts" if config.rollout else "LoRA" if config.lora.enabled else "eval.every"
+        )
+        raise ValueError(
+            f"distributed.strategy fsdp2 does not support {what} yet (the rollout engine and "
+            "adapters need the whole model on one rank); use distributed.strategy: ddp"
+        )
+
+
 class Trainer:
     """Loads the policy once and trains it with the source its config describes."""
 
@@ -156,14 +175,15 @@ class Trainer:
         # Refuse a wrong objective, bad data or an unreachable cluster before the model loads.
         self.data_metrics: dict[str, float] = check_run(config, self.estimator)
         if self.driver:
-            if config.inpo is not None:
-                raise ValueError(
-                    "distributed.num_workers: INPO's iterations train in one process for now; "
-                    "set distributed.num_workers: 0"
-                )
+            check_distributed(config)
             return
         base, self.tokenizer = load_policy(config.model, self.placement)
         self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base
+        self.shards: nn.Module | None = None
+        if self.world.sharded:
+            from alignlib.trainer.fsdp import shard
+
+            self.shards = shard(self.model, self.world, self.placement)
 
     def source(self) -> Source:
         """Online rollouts with a `rollout:` section, INPO iterations with `inpo:`, else the
@@ -193,6 +213,7 @@ class Trainer:
             self.placement,
             source.optimizer_steps,
             self.world,
+            self.shards,
         )
 
     def train(self) -> TrainResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -38,7 +39,9 @@ def load_policy(
             attn_implementation=config.attn_implementation,
         )
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns); 4.x has only the old one.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     if config.compile:
         # The kernel calls the decoder directly (the LM head runs in chunks), so compile that.
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
@@ -58,7 +61,13 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
         target_modules=target if isinstance(target, list) else "all-linear",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: one
+        # FutureWarning per run that the user can do nothing about. Only that one is hidden.
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        return get_peft_model(model, lora)
 
 
 def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
@@ -87,3 +96,8 @@ def reference_policy(
     if lora:
         return model, lambda: adapter_disabled(model)
     return frozen_copy(model, placement.frozen_dtype), None
+
+
+def adapter_context(model: nn.Module) -> Callable[[], AbstractContextManager]:
+    """The context in which a peft ``model`` computes its base model (the LoRA reference)."""
+    return lambda: adapter_disabled(model)

@@ -19,7 +19,7 @@ from alignlib.data.formats import check_rows
 from alignlib.device import HOST
 from alignlib.estimator import Batch
 from alignlib.trainer.evaluation import in_loop_eval
-from alignlib.trainer.model import reference_policy
+from alignlib.trainer.model import adapter_context
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
 from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
@@ -210,11 +210,12 @@ class OfflineSource:
         self.state, self.kernel = state, state.kernel()
         config = self.config
         needs = state.estimator.requirements()
-        model, context = reference_policy(state.model, config.lora.enabled, state.placement)
         if "ref_logprobs" in needs and self.ref_cache is None:
+            context = adapter_context(state.model) if config.lora.enabled else None
             if config.train.reference == "precompute":
+                # The policy itself before any update (no copy): π_ref, also when sharded.
                 batch = config.train.micro_batch_size * 2
-                kernel = state.kernel(model)
+                kernel = state.kernel()
                 self.ref_cache = cache_logprobs(kernel, self.examples, state.pad_id, batch, context)
             elif config.train.reference == "adapter":
                 self.live_reference = context

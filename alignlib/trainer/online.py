@@ -1,8 +1,9 @@
-"""The online source (GRPO, Dr. GRPO, PPO, Clip-Cov, KL-Cov, HPT, LUFFY). One step, top to
-bottom: prompts ← data; samples ← rollout.generate(prompts, n); rewards ← reward functions;
-rows ← routing (HPT gate / LUFFY demonstration); optional dynamic sampling; old (and ref)
-log-probs; k mini-batches of whole groups for the loop's update; then weights → engine and
-held-out accuracy / benchmarks when due."""
+"""The online source (every preset that reads rewards). One step, top to bottom: prompts ←
+data; samples ← rollout.generate(prompts, n); rewards ← reward functions; rows ← the preset's
+router (``UnifiedEstimator.router``: which rollouts and demonstrations become rows); optional
+dynamic sampling; old (and ref) log-probs, and the engine's log-probs for a rollout correction;
+k mini-batches of whole groups for the loop's update; then weights → engine and held-out
+accuracy / benchmarks when due. Nothing here names a method."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any
 
 import torch
 
+from alignlib.algorithms import router_for
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import HOST
-from alignlib.estimator import Role
+from alignlib.estimator import Role, RowPlan, UnifiedEstimator, rollout_correction
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.model import reference_policy
 from alignlib.trainer.offline import Sampler
@@ -30,18 +32,20 @@ from alignlib.trainer.online_rollout import (
     demonstration_ids,
     generate,
     informative_groups,
-    resolve_routing,
     rollout_metrics,
     sampling_params,
     score_rollouts,
     select_groups,
+    with_answer_field,
 )
 from alignlib.trainer.online_update import (
     RowTensors,
     check_online_estimator,
     collate_rows,
+    engine_logprobs,
     minibatch_rows,
     needs_live_logprobs,
+    old_logprobs_and_kept_mass,
     online_minibatch,
     policy_logprobs,
 )
@@ -53,15 +57,26 @@ from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
 class OnlineSource:
     """Rollout batches: ``step`` is one batch of prompts × n samples and its k mini-batches."""
 
-    def __init__(self, config: RunConfig, tokenizer: Any, estimator: Any) -> None:
+    def __init__(self, config: RunConfig, tokenizer: Any, estimator: UnifiedEstimator) -> None:
         assert config.rollout is not None
         self.config, self.rollout, self.online = config, config.rollout, config.online
         self.tokenizer = tokenizer
-        check_online_estimator(estimator, config.algorithm.name)
-        self.routing = resolve_routing(self.online, config.algorithm.name)
-        if self.routing == "luffy" and self.rollout.n < 2:
-            raise ValueError("online.routing luffy replaces one of n rollouts: set rollout.n >= 2")
-        self.rows = load_rows(config.data.path, config.data.split, config.data.limit)
+        spec = self.online.rollout_correction
+        self.correction = rollout_correction(None if spec is None else spec.model_dump())
+        # The correction is a property of how rows were made, not of the preset: attached
+        # here, and handed to the loop's state in ``prepare``.
+        self.estimator = estimator.with_rollout_correction(self.correction)
+        check_online_estimator(self.estimator, config.algorithm.name)
+        self.router = router_for(estimator, self.online)
+        if self.rollout.n < self.router.min_samples:
+            raise ValueError(
+                f"{type(self.router).__name__} needs rollout.n >= {self.router.min_samples} "
+                f"(it has {self.rollout.n})"
+            )
+        data = config.data
+        self.rows = with_answer_field(
+            load_rows(data.path, data.split, data.limit), data.answer_field
+        )
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(
                 f"data.path {config.data.path}: online training needs rows with 'prompt'"
@@ -72,7 +87,7 @@ class OnlineSource:
             allow_nonfinite=config.train.nonfinite == "skip",
         )
         self.rewards.check(self.rows[0], f"data.path {config.data.path}")
-        if self.routing != "none":
+        if self.router.needs_demonstrations:
             demonstration_ids(tokenizer, self.rows[0], self.online, f"data.path {config.data.path}")
         train = config.train
         self.position = Sampler(
@@ -81,11 +96,20 @@ class OnlineSource:
         self.total_steps = train.max_steps or train.epochs * self.position.steps_per_epoch()
         self.optimizer_steps = self.total_steps * self.online.mini_batches
         self.live = needs_live_logprobs(estimator)
+        truncated = self.rollout.top_p < 1  # the engine's log-probs then need log S_t added
+        self.kept_mass = self.correction is not None and truncated
+        self.old_pass = (
+            self.online.mini_batches > 1
+            or self.live
+            or self.kept_mass
+            or (self.correction is not None and self.correction.needs_old_in_prepare)
+        )
         self.heldout = self._heldout_set()
         self.engine: EngineHandle | None = None
 
     def prepare(self, state: TrainState) -> None:
         """Before a resume loads trained weights: π_ref for a KL term is the initial policy."""
+        state.estimator = self.estimator  # with the rollout correction, if any
         self.state = state
         self.kernel = state.kernel(temperature=self.rollout.temperature)
         self.reference: tuple[LogprobKernel, Context | None] | None = None
@@ -123,7 +147,7 @@ class OnlineSource:
         if self.engine is not None:
             self.engine.release_memory(self.online.empty_cache)  # vLLM sleep mode, if set
         logprob_began = time.perf_counter()
-        old, ref = self.behaviour_logprobs(tensors)
+        old, ref, behaviour = self.behaviour_logprobs(tensors)
         self.timing = {"rollout": logprob_began - began, "logprob": 0.0}
         self.timing["logprob"] = time.perf_counter() - logprob_began
         size = self.online.micro_batch_size
@@ -137,8 +161,9 @@ class OnlineSource:
                 current, _ = policy_logprobs(self.kernel, tensors, indices, size)
             old_part = None if old is None else old[on_device]
             ref_part = None if ref is None else ref[on_device]
+            engine = None if behaviour is None else behaviour[on_device]
             self.parts.append(indices)
-            yield online_minibatch(tensors, indices, old_part, ref_part, current, size)
+            yield online_minibatch(tensors, indices, old_part, ref_part, current, size, engine)
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float
@@ -202,7 +227,9 @@ class OnlineSource:
         spec = self.online.heldout
         if spec.data is None:
             return None
-        rows = load_rows(spec.data, "train", spec.size)
+        rows = with_answer_field(
+            load_rows(spec.data, "train", spec.size), self.config.data.answer_field
+        )
         if not rows or not all("prompt" in r and "answer" in r for r in rows):
             raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
         return [self.prompt_tokens(r) for r in rows], [str(r["answer"]) for r in rows]
@@ -222,8 +249,8 @@ class OnlineSource:
 
     def rollout_and_score(
         self, engine: EngineHandle, step: int, attempt: int
-    ) -> tuple[Rollouts, TrainRows, torch.Tensor]:
-        """prompts ← data; samples ← generate; rewards ← reward functions; rows ← routing."""
+    ) -> tuple[Rollouts, TrainRows, RowPlan]:
+        """prompts ← data; samples ← generate; rewards ← reward functions; rows ← the router."""
         prompts = self.sample_prompts()
         prompt_ids = [self.prompt_tokens(r) for r in prompts]
         # Seeded per (run seed, step, attempt): a resumed run samples exactly what it would have.
@@ -233,28 +260,26 @@ class OnlineSource:
         )
         rollouts = score_rollouts(self.rewards, prompts, prompt_ids, generations, seconds)
         demo_rewards = None
-        if self.routing == "luffy":
+        if self.router.scores_demonstrations:
             demos = [self.demo_tokens(r) for r in prompts]
             texts = [self.tokenizer.decode(d, skip_special_tokens=True) for d in demos]
             demo_rewards, _ = self.rewards.score(texts, [len(d) for d in demos], prompts)
-        rows, sft = build_rows(
-            rollouts, self.routing, self.online.hpt_gamma, self.demo_tokens, demo_rewards
-        )
-        return rollouts, rows, sft
+        plan = self.router.route(rollouts.rewards, rollouts.correct, demo_rewards)
+        return rollouts, build_rows(rollouts, plan, self.demo_tokens), plan
 
     def collect(self, engine: EngineHandle, step: int) -> tuple[TrainRows, dict[str, float]]:
         """Rollouts for one step; with dynamic sampling, more rounds until enough groups."""
         wanted = self.online.prompts_per_step
         dynamic = self.online.dynamic_sampling
-        kept, all_rollouts, sft_flags = TrainRows(), [], []
+        kept, all_rollouts, plans = TrainRows(), [], []
         groups_seen = groups_kept = 0
         for attempt in range(dynamic.max_tries if dynamic.enabled else 1):
-            rollouts, rows, sft = self.rollout_and_score(engine, step, attempt)
+            rollouts, rows, plan = self.rollout_and_score(engine, step, attempt)
             all_rollouts.append(rollouts)
-            sft_flags.append(sft)
+            plans.append(plan)
             groups = sorted(set(rows.group_ids))
             if dynamic.enabled:
-                groups = informative_groups(rows, self.routing)
+                groups = informative_groups(rows, set(plan.keep.nonzero().flatten().tolist()))
             groups_seen += len(rollouts.rows)
             room = wanted - groups_kept
             take = groups[:room] if dynamic.enabled else groups
@@ -268,7 +293,7 @@ class OnlineSource:
                 f"{dynamic.max_tries} rounds; raise online.dynamic_sampling.max_tries or "
                 "rollout.n, or check the reward"
             )
-        metrics = rollout_metrics(all_rollouts, torch.cat(sft_flags))
+        metrics = rollout_metrics(all_rollouts, plans)
         if dynamic.enabled:
             metrics["rollout/filtered_frac"] = 1 - groups_kept / max(1, groups_seen)
             metrics["rollout/rounds"] = float(len(all_rollouts))
@@ -276,17 +301,25 @@ class OnlineSource:
 
     def behaviour_logprobs(
         self, tensors: RowTensors
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """old ← policy (no grad) over all rows, unless on-policy (one mini-batch, no token
-        selection from live log-probs: the update's own forward gives them for free);
-        ref ← π_ref when the estimator needs it."""
+        selection from live log-probs, no rollout correction that needs π_old early or log S_t:
+        the update's own forward gives them for free); ref ← π_ref when the estimator needs it;
+        the engine's log-probs on the trainer's scale when a rollout correction reads them."""
         every = torch.arange(tensors.num_rows, device=HOST)
         size = self.online.micro_batch_size
-        old = None
-        if self.online.mini_batches > 1 or self.live:
+        old = mass = None
+        if self.kept_mass:  # log S_t from the same logits as π_old
+            old, mass = old_logprobs_and_kept_mass(
+                self.kernel, tensors, size, 0, self.rollout.top_p
+            )
+        elif self.old_pass:
             old, _ = policy_logprobs(self.kernel, tensors, every, size)
         ref = None
         if self.reference is not None:
             kernel, context = self.reference
             ref, _ = policy_logprobs(kernel, tensors, every, size, context)
-        return old, ref
+        engine = None
+        if self.correction is not None:
+            engine = engine_logprobs(tensors, mass, self.kernel.device)
+        return old, ref, engine

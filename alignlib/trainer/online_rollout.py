@@ -7,24 +7,23 @@ token ids (never re-tokenized text), so the trained tokens are exactly the sampl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from alignlib.algorithms.hpt import route
 from alignlib.config.online import OnlineConfig, RewardSpec, RolloutConfig
-from alignlib.estimator import Role
+from alignlib.estimator import Role, RowPlan
 from alignlib.rewards import (
     RewardError,
-    call_reward,
     check_params,
     grade_many,
     math_reward,
     missing_columns,
     resolve_reward,
+    score_batch,
 )
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 
@@ -59,13 +58,25 @@ class TrainRows:
     roles: list[int] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    behaviour: list[list[float] | None] = field(default_factory=list)
+    """The engine's log-prob of each completion token (``Generation.logprobs``: the processed
+    distribution it sampled from); None for rows the engine did not sample (demonstrations)."""
 
-    def add(self, prompt: list[int], completion: list[int], role: Role, group: int, reward: float):
+    def add(
+        self,
+        prompt: list[int],
+        completion: list[int],
+        role: Role,
+        group: int,
+        reward: float,
+        logprobs: list[float] | None = None,
+    ) -> None:
         self.sequences.append(list(prompt) + list(completion))
         self.starts.append(len(prompt))
         self.roles.append(int(role))
         self.group_ids.append(group)
         self.rewards.append(float(reward))
+        self.behaviour.append(None if logprobs is None else list(logprobs))
 
     def extend(self, other: TrainRows, group_offset: int) -> None:
         self.sequences += other.sequences
@@ -73,6 +84,7 @@ class TrainRows:
         self.roles += other.roles
         self.group_ids += [g + group_offset for g in other.group_ids]
         self.rewards += other.rewards
+        self.behaviour += other.behaviour
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -99,6 +111,14 @@ def generate(
 
 
 # ------------------------------------------------------------------------------------- rewards
+def with_answer_field(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """Rows whose `answer` is the `data.answer_field` column (TRL calls it `solution`): the
+    math grader and every reward read the gold answer as `answer`; the column keeps its name."""
+    if field == "answer":
+        return rows
+    return [{**row, "answer": row.get(field)} for row in rows]
+
+
 MATH_PARAMS = ("timeout_s",)
 """What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
 
@@ -146,9 +166,14 @@ class RewardModel:
             self.check(row, f"{source} row {index}")
 
     def score(
-        self, texts: list[str], num_tokens: list[int], rows: list[dict[str, Any]]
+        self,
+        texts: list[str],
+        num_tokens: list[int],
+        rows: list[dict[str, Any]],
+        token_ids: list[list[int]] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i."""
+        """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i
+        (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids)."""
         has_answer = all(row.get("answer") is not None for row in rows)
         verdicts = None
         if has_answer:
@@ -163,13 +188,19 @@ class RewardModel:
                 assert verdicts is not None
                 values = verdicts.to(torch.float64)
             else:
+                # Any form (alignlib, TRL's batched, verl's compute_score; async concurrently).
                 values = torch.tensor(
-                    [
-                        call_reward(
-                            fn, spec.name, text, row, spec.params, n, self.allow_nonfinite
-                        )
-                        for text, row, n in zip(texts, rows, num_tokens, strict=True)
-                    ],
+                    score_batch(
+                        fn,
+                        spec.name,
+                        texts,
+                        rows,
+                        spec.params,
+                        num_tokens,
+                        form=spec.form,
+                        token_ids=token_ids,
+                        allow_nonfinite=self.allow_nonfinite,
+                    ),
                     dtype=torch.float64,
                 )
             total += spec.weight * values
@@ -186,21 +217,16 @@ def score_rollouts(
 ) -> Rollouts:
     flat = [(p, g) for p, gens in enumerate(generations) for g in gens]
     total, correct = rewards.score(
-        [g.text for _, g in flat], [len(g.token_ids) for _, g in flat], [rows[p] for p, _ in flat]
+        [g.text for _, g in flat],
+        [len(g.token_ids) for _, g in flat],
+        [rows[p] for p, _ in flat],
+        [list(g.token_ids) for _, g in flat],
     )
     shape = (len(generations), len(generations[0]) if generations else 0)
     return Rollouts(rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds)
 
 
 # ------------------------------------------------------------------------------------- routing
-def resolve_routing(config: OnlineConfig, algorithm: str | None) -> str:
-    if config.routing != "auto":
-        return config.routing
-    if algorithm in ("hpt", "hpt_paper"):
-        return "hpt"
-    return "luffy" if algorithm == "luffy" else "none"
-
-
 def demonstration_ids(
     tokenizer: Any, row: dict[str, Any], config: OnlineConfig, where: str
 ) -> list[int]:
@@ -217,48 +243,26 @@ def demonstration_ids(
 
 
 def build_rows(
-    rollouts: Rollouts,
-    routing: str,
-    gamma: int,
-    demos: Callable[[dict[str, Any]], list[int]],
-    demo_rewards: Tensor | None = None,
-) -> tuple[TrainRows, Tensor]:
-    """Training rows per routing, and [P] bool: prompts that became HPT SFT rows.
-
-    - none: the n rollouts of every prompt (role SAMPLE, group = prompt).
-    - hpt: `algorithms.hpt.route` on the correctness table: a prompt with ≤ γ correct becomes
-      ONE demonstration row (role DEMO), its rollouts dropped; the others keep their rollouts.
-    - luffy: the last rollout of every group is replaced by the demonstration (role DEMO, same
-      group, its own reward), so the group's baseline mixes on- and off-policy rows.
-    """
+    rollouts: Rollouts, plan: RowPlan, demos: Callable[[dict[str, Any]], list[int]]
+) -> TrainRows:
+    """The rows the preset's router planned, in its order: rollout ``s`` of prompt ``p`` (its
+    sampled token ids and engine log-probs), or the prompt's demonstration when ``s`` is −1."""
     out = TrainRows()
-    num_prompts = len(rollouts.rows)
-    sft = torch.zeros(num_prompts, dtype=torch.bool)
-    if routing == "hpt":
-        plan = route(rollouts.correct.to(torch.float64), gamma=gamma)
-        sft = plan.sft_prompts
-        for p, s in zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True):
-            prompt = rollouts.prompt_ids[p]
-            if s < 0:
-                out.add(prompt, demos(rollouts.rows[p]), Role.DEMO, p, 0.0)
-            else:
-                gen = rollouts.generations[p][s]
-                out.add(prompt, gen.token_ids, Role.SAMPLE, p, float(rollouts.rewards[p, s]))
-        return out, sft
-    for p, gens in enumerate(rollouts.generations):
+    rows = zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True)
+    for (p, s), role, reward in zip(rows, plan.roles.tolist(), plan.rewards.tolist(), strict=True):
         prompt = rollouts.prompt_ids[p]
-        for s, gen in enumerate(gens):
-            if routing == "luffy" and s == len(gens) - 1:
-                assert demo_rewards is not None
-                out.add(prompt, demos(rollouts.rows[p]), Role.DEMO, p, float(demo_rewards[p]))
-            else:
-                out.add(prompt, gen.token_ids, Role.SAMPLE, p, float(rollouts.rewards[p, s]))
-    return out, sft
+        if s < 0:
+            out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward)
+        else:
+            gen = rollouts.generations[p][s]
+            out.add(prompt, gen.token_ids, Role(role), p, reward, gen.logprobs)
+    return out
 
 
 # ---------------------------------------------------------------------------- dynamic sampling
-def informative_groups(rows: TrainRows, routing: str) -> list[int]:
-    """Group ids that can carry gradient: an HPT SFT row, or rewards that are not all equal.
+def informative_groups(rows: TrainRows, always: Collection[int] = ()) -> list[int]:
+    """Group ids that can carry gradient: those the router keeps whatever their rewards
+    (``RowPlan.keep``: HPT's SFT rows), or rewards that are not all equal.
 
     A group whose policy-gradient rows all share one reward has zero advantage under every
     group baseline, so DAPO's dynamic sampling drops it and samples more prompts instead.
@@ -266,12 +270,11 @@ def informative_groups(rows: TrainRows, routing: str) -> list[int]:
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(rows.group_ids):
         by_group.setdefault(g, []).append(i)
-    keep = []
-    for g, members in by_group.items():
-        sft = routing == "hpt" and any(rows.roles[i] == int(Role.DEMO) for i in members)
-        if sft or len({rows.rewards[i] for i in members}) > 1:
-            keep.append(g)
-    return keep
+    return [
+        g
+        for g, members in by_group.items()
+        if g in always or len({rows.rewards[i] for i in members}) > 1
+    ]
 
 
 def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
@@ -286,11 +289,14 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     Role(rows.roles[i]),
                     new,
                     rows.rewards[i],
+                    rows.behaviour[i],
                 )
     return out
 
 
-def rollout_metrics(rollouts: list[Rollouts], sft: torch.Tensor) -> dict[str, float]:
+def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str, float]:
+    """The step's rollout statistics, and the router's own per-prompt metrics averaged over
+    every prompt of the step (all rounds of dynamic sampling)."""
     rewards = torch.cat([r.rewards.flatten() for r in rollouts])
     correct = torch.cat([r.correct.flatten().float() for r in rollouts])
     lengths = [len(g.token_ids) for r in rollouts for gens in r.generations for g in gens]
@@ -307,5 +313,12 @@ def rollout_metrics(rollouts: list[Rollouts], sft: torch.Tensor) -> dict[str, fl
         "rollout/truncated_frac": sum(truncated) / max(1, len(truncated)),
         "rollout/tokens_per_s": tokens / max(seconds, 1e-9),
         "time/rollout_s": seconds,
-        "hpt/sft_frac": float(sft.float().mean()) if sft.numel() else 0.0,
-    }
+    } | router_metrics(plans)
+
+
+def router_metrics(plans: list[RowPlan]) -> dict[str, float]:
+    values: dict[str, list[Tensor]] = {}
+    for plan in plans:
+        for key, value in plan.metrics.items():
+            values.setdefault(key, []).append(value.flatten().to(torch.float64))
+    return {key: float(torch.cat(parts).mean()) for key, parts in values.items()}

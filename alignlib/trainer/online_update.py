@@ -1,5 +1,6 @@
-"""Online RL stages after the rollout: the rows as host tensors, old/ref log-probs, and the
-k optimizer mini-batches of whole groups the loop's update takes."""
+"""Online RL stages after the rollout: the rows as host tensors, old/ref log-probs, the
+engine's behaviour log-probs on the trainer's scale, and the k optimizer mini-batches of whole
+groups the loop's update takes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ import torch
 from torch import Tensor
 
 from alignlib.device import HOST
-from alignlib.estimator import Batch, Mask, UnifiedEstimator
+from alignlib.estimator import Batch, Mask, Role, UnifiedEstimator, kept_log_mass
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
 from alignlib.trainer.update import MiniBatch
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
-ONLINE_FIELDS = {"old_logprobs", "ref_logprobs", "entropy", "rewards", "group_ids", "roles"}
+ONLINE_FIELDS = {
+    "old_logprobs",
+    "ref_logprobs",
+    "behaviour_logprobs",
+    "entropy",
+    "rewards",
+    "group_ids",
+    "roles",
+}
 
 
 @dataclass
@@ -29,6 +38,9 @@ class RowTensors:
     roles: Tensor
     group_ids: Tensor
     rewards: Tensor
+    behaviour: Tensor
+    """[R, W] the engine's log-prob of each sampled completion token, aligned with ``mask``
+    (as the engine returned it: the processed distribution); 0 on demonstration rows."""
 
     @property
     def num_rows(self) -> int:
@@ -46,10 +58,15 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
     input_ids = torch.full((count, width), pad_id, dtype=torch.long, device=HOST)
     attention = torch.zeros(count, width, dtype=torch.long, device=HOST)
     mask = torch.zeros(count, width, device=HOST)
+    behaviour = torch.zeros(count, width, device=HOST)
     for r, (seq, start) in enumerate(zip(rows.sequences, rows.starts, strict=True)):
         input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
         mask[r, start : len(seq)] = 1
+        logprobs = rows.behaviour[r] if rows.behaviour else None
+        if logprobs is not None:  # one per completion token: position t scores token t
+            assert len(logprobs) == len(seq) - start, "engine log-probs must match the tokens"
+            behaviour[r, start : len(seq)] = torch.tensor(logprobs, device=HOST)
     return RowTensors(
         input_ids,
         attention,
@@ -57,6 +74,7 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         torch.tensor(rows.roles, device=HOST),
         torch.tensor(rows.group_ids, device=HOST),
         torch.tensor(rows.rewards, dtype=torch.float32, device=HOST),
+        behaviour,
     )
 
 
@@ -73,9 +91,21 @@ def check_online_estimator(estimator: UnifiedEstimator, name: str | None) -> Non
         )
         raise ValueError(
             f"algorithm {name or '(components)'} is not an online RL method (it needs {why}); "
-            "with a rollout section use grpo, dr_grpo, ppo, clip_cov, kl_cov, hpt, hpt_paper "
-            "or luffy"
+            f"with a rollout section use one of: {', '.join(online_presets())}"
         )
+
+
+def online_presets() -> list[str]:
+    """The registered presets an online run can train (they read rewards and nothing else
+    rollouts cannot make): listed from the registry, so a new preset needs no edit here."""
+    from alignlib import algorithms
+
+    names = []
+    for name in algorithms.available():
+        needs = algorithms.get(name).requirements()
+        if "rewards" in needs and set(needs) <= ONLINE_FIELDS:
+            names.append(name)
+    return names
 
 
 def needs_live_logprobs(estimator: UnifiedEstimator) -> bool:
@@ -123,10 +153,13 @@ def online_minibatch(
     ref: Tensor | None,
     current: Tensor | None,
     micro_batch_size: int,
+    behaviour: Tensor | None = None,
 ) -> MiniBatch:
     """The rows ``indices`` as one optimizer mini-batch. ``old`` / ``ref`` / ``current``
     ([len(indices), W], from no-grad passes) are the behaviour, reference and present
-    log-probs; ``old`` None means on-policy (the update's own forward gives them)."""
+    log-probs; ``old`` None means on-policy (the update's own forward gives them).
+    ``behaviour`` ([len(indices), W]): the engine's log-probs on the trainer's scale
+    (:func:`engine_logprobs`), read by a rollout correction."""
     subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
     placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=HOST)
     fields = Batch(
@@ -134,6 +167,7 @@ def online_minibatch(
         mask=subset.scored,
         old_logprobs=old if old is not None else placeholder,
         ref_logprobs=ref,
+        behaviour_logprobs=behaviour,
         entropy=placeholder,
         rewards=rows.rewards[indices],
         group_ids=rows.group_ids[indices],
@@ -141,3 +175,67 @@ def online_minibatch(
     )
     micro = _chunks(torch.arange(indices.numel(), device=HOST), micro_batch_size)
     return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)
+
+
+class KeptMassHook:
+    """A forward hook on the LM head that records log S_t (:func:`kept_log_mass`) of every
+    chunk of logits the head computes, in order. A hooked head is called per chunk of positions
+    (``token_logprobs``' module path), so the chunks concatenate to the scored positions."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.parts: list[Tensor] = []
+
+    def __call__(self, module: torch.nn.Module, inputs: object, logits: Tensor) -> None:
+        flat = logits.detach().reshape(-1, logits.shape[-1])
+        step = max(1, (1 << 22) // logits.shape[-1])  # bounded [positions, V] sort buffers
+        mass = [
+            kept_log_mass(flat[i : i + step], self.temperature, self.top_k, self.top_p)
+            for i in range(0, flat.shape[0], step)
+        ]
+        self.parts.append(torch.cat(mass).reshape(logits.shape[:-1]).float())
+
+
+@torch.no_grad()
+def old_logprobs_and_kept_mass(
+    kernel: LogprobKernel, rows: RowTensors, micro_batch_size: int, top_k: int, top_p: float
+) -> tuple[Tensor, Tensor]:
+    """([R, W] old log-probs, [R, W] log S_t) in one no-grad pass over every row (eval mode,
+    shared among data-parallel ranks as ``LogprobKernel.all_rows`` does): S_t is the tempered
+    mass the engine's top-k/top-p kept at position t, read from the same logits."""
+    host, model = rows.host, kernel.model
+    old = torch.zeros(host.input_ids.shape, device=kernel.device)
+    mass = torch.zeros_like(old)
+    hook = KeptMassHook(kernel.temperature, top_k, top_p)
+    handle = model.get_output_embeddings().register_forward_hook(hook)  # type: ignore[operator]
+    was_training = model.training
+    model.eval()
+    chunks = list(torch.arange(rows.num_rows, device=HOST).split(micro_batch_size))
+    try:
+        for chunk in kernel.world.share(chunks):
+            hook.parts = []
+            out = kernel(host, chunk, grad=False)
+            target = chunk.to(kernel.device)
+            old[target, : out.width] = out.logprobs.float()
+            if hook.parts:  # positions from the first scored one to the row end
+                kept = torch.cat(hook.parts, dim=1)
+                mass[target, out.width - kept.shape[1] : out.width] = kept
+    finally:
+        handle.remove()
+        model.train(was_training)
+    kernel.world.sum_(old)
+    kernel.world.sum_(mass)
+    return old, mass
+
+
+def engine_logprobs(rows: RowTensors, kept_mass: Tensor | None, device: torch.device) -> Tensor:
+    """[R, W] the engine's log-probs of the SAMPLE rows' tokens on the trainer's scale.
+
+    Both engines return the processed log-prob ℓ − log S_t (tempered, then top-k/top-p,
+    renormalized over the kept tokens); the trainer's π_old is the tempered full-vocabulary ℓ.
+    Adding log S_t compares like with like; without truncation S_t = 1 (``kept_mass`` None)."""
+    sample = (rows.roles == int(Role.SAMPLE)).unsqueeze(-1) * rows.mask
+    behaviour = rows.behaviour.to(device)
+    if kept_mass is not None:
+        behaviour = behaviour + kept_mass
+    return behaviour * sample.to(device)

@@ -60,7 +60,13 @@ CHANGEABLE = (
     "online.skip_grad_norm",
     "online.empty_cache",
     "online.heldout",
-    "distributed",
+    # Any number of workers (the checkpoint is one full copy); not the strategy, whose
+    # optimizer state is keyed differently (FSDP2: by parameter name).
+    "distributed.num_workers",
+    "distributed.use_gpu",
+    "distributed.num_cpus_per_worker",
+    "distributed.ray_address",
+    "distributed.timeout_s",
 )
 SILENT = ("output_dir", "checkpoint.resume")  # expected to differ: not worth a line
 SCHEDULE = ("optim", "train.max_steps", "train.epochs")  # changes that move the learning rate
@@ -171,16 +177,23 @@ def resume_from_checkpoint(
     scheduler,
     sampler,
     estimator,
+    shards: Any = None,
 ) -> int:
     """Load the newest loadable checkpoint of this run into everything; return its step
-    (0 when there is none)."""
+    (0 when there is none). ``shards``: the FSDP2 module, whose weights and optimizer state
+    load from the full (unsharded) checkpoint through torch.distributed.checkpoint."""
     loaded = load_newest(out_dir)
     if loaded is None:
         return 0
     state = loaded.state
     changes = check_config(loaded.path, state["config"], config)
-    apply_weights(model, loaded)
-    optimizer.load_state_dict(state["optimizer"])
+    if shards is not None:
+        from alignlib.trainer.fsdp import load_full_state
+
+        load_full_state(shards, optimizer, loaded.weights, state["optimizer"])
+    else:
+        apply_weights(model, loaded)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if any(_under(change.split(" ", 1)[0], SCHEDULE) for change in changes):
         apply_optim(optimizer, scheduler, config.optim)

@@ -16,6 +16,7 @@ from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint, save_model
 from alignlib.trainer.model import frozen_copy
+from alignlib.trainer.model_card import write_model_card
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
 from alignlib.trainer.step import LogprobKernel, OptimizerStep
 from alignlib.trainer.world import SINGLE, World
@@ -41,6 +42,8 @@ class TrainState:
     optimizer_step: OptimizerStep
     world: World = SINGLE
     """The data-parallel workers this process trains with (one: itself)."""
+    shards: nn.Module | None = None
+    """With FSDP2: the sharded PolicyLogprobs wrapper of ``model`` the kernel calls."""
 
     @classmethod
     def create(
@@ -52,6 +55,7 @@ class TrainState:
         placement: Placement,
         total_optimizer_steps: int,
         world: World = SINGLE,
+        shards: nn.Module | None = None,
     ) -> TrainState:
         params = [p for p in model.parameters() if p.requires_grad]
         # HPT's rule: skip steps whose gradient norm exceeds online.skip_grad_norm.
@@ -65,7 +69,7 @@ class TrainState:
             skip_grad_norm,
             config.train.nonfinite,
         )
-        return cls(config, model, tokenizer, estimator, placement, step, world)
+        return cls(config, model, tokenizer, estimator, placement, step, world, shards)
 
     def reset_optimizer(self, total_optimizer_steps: int) -> None:
         """A fresh optimizer and schedule over the same parameters (INPO's iterations)."""
@@ -77,6 +81,7 @@ class TrainState:
             self.placement,
             total_optimizer_steps,
             self.world,
+            self.shards,
         ).optimizer_step
         fresh.skip_grad_norm = self.optimizer_step.skip_grad_norm
         fresh.taken, fresh.skipped = self.optimizer_step.taken, self.optimizer_step.skipped
@@ -98,18 +103,34 @@ class TrainState:
     def kernel(self, model: nn.Module | None = None, temperature: float = 1.0) -> LogprobKernel:
         """The micro-batch kernel of ``model`` (default: the policy) on the run's device."""
         chunk = self.config.train.logprob_chunk_size
-        return LogprobKernel(model or self.model, self.placement, chunk, temperature, self.world)
+        policy = model is None or model is self.model
+        return LogprobKernel(
+            model or self.model,
+            self.placement,
+            chunk,
+            temperature,
+            self.world,
+            self.shards if policy else None,
+        )
 
     def save(self, out_dir: Path, step: int, position: Position) -> None:
         """checkpoints/step-N: weights plus a weights_only-safe state with the config. Rank 0
         writes it (every rank holds the same weights and state)."""
+        weights = optimizer = None
+        if self.shards is not None:  # every rank takes part in gathering the shards
+            from alignlib.trainer.fsdp import full_optimizer_state, full_weights
+
+            weights = full_weights(self.shards)
+            optimizer = full_optimizer_state(self.shards, self.optimizer)
         if not self.world.is_main:
             return
         state = checkpoint_state(
             self.config, step, self.optimizer, self.scheduler, position, self.estimator
         )
+        if optimizer is not None:
+            state["optimizer"] = optimizer
         keep = self.config.checkpoint.keep_last
-        save_checkpoint(out_dir, step, self.model, self.tokenizer, state, keep)
+        save_checkpoint(out_dir, step, self.model, self.tokenizer, state, keep, weights)
 
     def restore(self, out_dir: Path, position: Position) -> int:
         """The newest loadable checkpoint of this run (config checked, changes applied);
@@ -122,17 +143,24 @@ class TrainState:
             self.scheduler,
             position,
             self.estimator,
+            self.shards,
         )
 
     def save_final(self, out_dir: Path) -> None:
         """final/: the model (or adapter) in Hugging Face format; merged/ when asked."""
+        weights = None
+        if self.shards is not None:  # every rank takes part in gathering the shards
+            from alignlib.trainer.fsdp import full_weights
+
+            weights = full_weights(self.shards)
         if not self.world.is_main:
             return
         atomic_directory_write(
-            out_dir / "final", lambda tmp: save_model(tmp, self.model, self.tokenizer)
+            out_dir / "final", lambda tmp: save_model(tmp, self.model, self.tokenizer, weights)
         )
         if self.config.lora.enabled and self.config.lora.save_merged:
             merged = frozen_copy(self.model).merge_and_unload()
             atomic_directory_write(
                 out_dir / "merged", lambda tmp: save_model(tmp, merged, self.tokenizer)
             )
+        write_model_card(out_dir, self.config)  # final/README.md (and merged/): the Hub's card

@@ -58,6 +58,36 @@ class MicroLogprobs:
     """w: the longest row of the micro-batch (all its tokens fit)."""
 
 
+class PolicyLogprobs(nn.Module):
+    """The policy as one module whose forward is :func:`token_logprobs` (decoder, then the LM
+    head in chunks). Wrappers keyed on module forwards — FSDP2's all-gather of the embedding,
+    final norm and LM head before, their gradient reduce-scatter after — then see the whole
+    computation, which calls the decoder and the head separately."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        chunk_size: int,
+        with_entropy: bool,
+        temperature: float,
+        first_scored_position: int,
+    ) -> tuple[Tensor, Tensor | None]:
+        return token_logprobs(
+            self.model,
+            input_ids,
+            attention_mask,
+            chunk_size=chunk_size,
+            with_entropy=with_entropy,
+            temperature=temperature,
+            first_scored_position=first_scored_position,
+        )
+
+
 @dataclass(frozen=True)
 class LogprobKernel:
     """Log-probs (and entropy) of a policy over micro-batches of host rows."""
@@ -70,6 +100,8 @@ class LogprobKernel:
     """Logits are divided by it (online: the sampling temperature)."""
     world: World = SINGLE
     """Data-parallel workers: no-grad passes over many rows are split among them."""
+    module: nn.Module | None = None
+    """The (FSDP2-sharded) :class:`PolicyLogprobs` of ``model`` to call, when there is one."""
 
     @property
     def device(self) -> torch.device:
@@ -99,14 +131,9 @@ class LogprobKernel:
             context() if context is not None else nullcontext(),
             self.placement.autocast(),
         ):
-            logprobs, entropy = token_logprobs(
-                self.model,
-                ids,
-                attention,
-                chunk_size=self.chunk_size,
-                with_entropy=with_entropy,
-                temperature=self.temperature,
-                first_scored_position=first,
+            forward = self.module if self.module is not None else PolicyLogprobs(self.model)
+            logprobs, entropy = forward(
+                ids, attention, self.chunk_size, with_entropy, self.temperature, first
             )
         return MicroLogprobs(logprobs, entropy, width)
 
@@ -128,14 +155,22 @@ class LogprobKernel:
         self.model.eval()
         chunks = list(torch.arange(rows.num_rows, device=HOST).split(micro_batch_size))
         try:
-            for chunk in self.world.share(chunks):  # each rank its share, summed below
+            for chunk, real in self.world.padded_share(chunks):  # each rank its share, summed
                 out = self(rows, chunk, with_entropy=with_entropy, grad=False, context=context)
+                if not real:  # a sharded model needs every rank in every forward
+                    continue
                 target = chunk.to(self.device)
                 logprobs[target, : out.width] = out.logprobs.float()
                 if entropy is not None and out.entropy is not None:
                     entropy[target, : out.width] = out.entropy.float()
         finally:
             self.model.train(was_training)
+            # FSDP2 keeps the root unit gathered after a forward (a backward would reshard it):
+            # without one, reshard now, or the optimizer's (sharded) parameters are not the
+            # module's until the next backward.
+            reshard = getattr(self.module, "reshard", None)
+            if reshard is not None:
+                reshard()
         self.world.sum_(logprobs)
         if entropy is not None:
             self.world.sum_(entropy)
@@ -168,7 +203,9 @@ class OptimizerStep:
 
     def __call__(self, step: int) -> dict[str, float]:
         limit = self.grad_clip if self.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
+        full = getattr(norm, "full_tensor", None)  # FSDP2: a DTensor over the shards
+        grad_norm = float(full() if full is not None else norm)
         finite = math.isfinite(grad_norm)
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)

@@ -74,22 +74,29 @@ def accumulate(
     entropies = torch.zeros_like(full.mask) if with_entropy else None
     totals: dict[str, float] = {}
     world = kernel.world
-    for rows in world.share(batch.micro_batches):
+    share = world.padded_share(batch.micro_batches)
+    # Per-rank losses are normalized by the mini-batch's global counts: they add up across
+    # ranks. FSDP2 averages what it reduce-scatters, so its ranks scale the loss by the size.
+    scale = float(world.size) if world.sharded else 1.0
+    for i, (rows, real) in enumerate(share):
+        _gradient_sync(kernel, last=i == len(share) - 1)
         out = kernel(batch.rows, rows, with_entropy=with_entropy)
         on_device = rows.to(kernel.device)
-        live[on_device, : out.width] = out.logprobs.detach().to(live.dtype)
         micro = prepared.select(on_device).narrow(out.width).replace(logprobs=out.logprobs)
         if batch.on_policy:
             micro = micro.replace(old_logprobs=out.logprobs.detach())
-        if out.entropy is not None and entropies is not None:
-            entropies[on_device, : out.width] = out.entropy.detach().to(entropies.dtype)
-            if "entropy" in needs:
-                micro = micro.replace(entropy=out.entropy)
+        if out.entropy is not None and "entropy" in needs:
+            micro = micro.replace(entropy=out.entropy)
         if batch.live_reference is not None and "ref_logprobs" in needs:
             ref = kernel(batch.rows, rows, grad=False, context=batch.live_reference)
             micro = micro.replace(ref_logprobs=ref.logprobs)
         result = estimator(micro)
-        result.loss.backward()
+        (result.loss * (scale if real else 0.0)).backward()
+        if not real:  # a padding step: every FSDP2 rank runs as many passes as the others
+            continue
+        live[on_device, : out.width] = out.logprobs.detach().to(live.dtype)
+        if out.entropy is not None and entropies is not None:
+            entropies[on_device, : out.width] = out.entropy.detach().to(entropies.dtype)
         for key, value in result.metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     totals = world.sum_metrics(totals, kernel.device)
@@ -100,6 +107,14 @@ def accumulate(
         prepared = estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
     totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
     return totals | batch.metrics, entropies
+
+
+def _gradient_sync(kernel: LogprobKernel, last: bool) -> None:
+    """FSDP2 reduce-scatters gradients after every backward unless told not to: only after a
+    mini-batch's last micro-batch (the accumulation stays sharded until then)."""
+    setter = getattr(kernel.module, "set_requires_gradient_sync", None)
+    if setter is not None:
+        setter(last)
 
 
 COUNTERS = ("skipped_steps",)

@@ -24,6 +24,10 @@ from torch import Tensor, nn
 class World:
     rank: int = 0
     size: int = 1
+    sharded: bool = False
+    """FSDP2: parameters are sharded, so every rank must run every forward and backward
+    (padding steps stand in for a rank without a micro-batch) and FSDP2 itself reduces the
+    gradients."""
 
     @property
     def is_main(self) -> bool:
@@ -37,6 +41,15 @@ class World:
     def share(self, items: list[Any]) -> list[Any]:
         """This rank's items of a list every rank holds (round-robin)."""
         return items[self.rank :: self.size] if self.distributed else items
+
+    def padded_share(self, items: list[Any]) -> list[tuple[Any, bool]]:
+        """(item, real) of this rank's share; with sharded parameters every rank gets the same
+        count, a rank short of items repeating its first (``real`` False: run, then discard)."""
+        mine = [(item, True) for item in self.share(items)]
+        if not self.sharded or not items:
+            return mine
+        count = -(-len(items) // self.size)
+        return mine + [(items[0], False)] * (count - len(mine))
 
     def sum_(self, tensor: Tensor) -> Tensor:
         """All-reduce SUM in place (each rank filled its own rows, zeros elsewhere)."""
@@ -73,7 +86,7 @@ class World:
     def sync_gradients(self, model: nn.Module) -> None:
         """All-reduce SUM of every gradient, one flat bucket per dtype (what DDP's reducer does
         after an accumulation under ``no_sync``)."""
-        if not self.distributed:
+        if not self.distributed or self.sharded:  # FSDP2 reduce-scatters in the backward
             return
         params = [p for p in model.parameters() if p.requires_grad]
         # A parameter no rank touched keeps grad None (AdamW then skips it, as in one process).

@@ -1,0 +1,95 @@
+"""training_curves.png leads with what a user of the method watches; constants get no panel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alignlib.trainer.dashboard import dashboard_panels
+from alignlib.trainer.logs import plot_run
+
+
+def dpo_records() -> list[dict]:
+    return [
+        {
+            "step": s,
+            "tokens_per_s": 1000.0 + s,
+            "skipped_steps": 0.0,
+            "epoch": 0,
+            "lr": 1e-4 / s,
+            "grad_norm": 0.3 * s,
+            "dpo/rejected_logp": -50.0 - s,
+            "dpo/chosen_logp": -50.0 + s,
+            "dpo/margin": 0.1 * s,
+            "dpo/accuracy": 0.5 + 0.1 * s,
+            "dpo/loss": 0.7 - 0.01 * s,
+            "loss": 0.7 - 0.01 * s,
+            "time/step_s": 1.0,
+        }
+        for s in range(1, 5)
+    ]
+
+
+def online_records() -> list[dict]:
+    first = {"step": 0, "heldout/accuracy": 0.0, "heldout/response_length": 30.0}
+    return [first] + [
+        {
+            "step": s,
+            "lr": 3e-4,
+            "epoch": 0.0,
+            "skipped_steps": 0.0,
+            "grad_norm": 3.0 / s,
+            "rollout/response_length": 20.0 - s,
+            "rollout/reward_mean": 0.2 * s,
+            "rollout/reward_std": 0.1,
+            "rollout/accuracy": 0.25 * s,
+            "entropy/mean": 2.0 / s,
+            "hpt/sft_frac": 1.0 - 0.2 * s,
+            "pg/cov_mean": 0.01 * s,
+            "loss": 1.0 / s,
+            "heldout/accuracy": 0.2 * s,
+            "time/rollout_s": 3.0 + s,
+        }
+        for s in range(1, 5)
+    ]
+
+
+def test_dpo_panels_lead_with_accuracy_loss_margin_and_likelihoods() -> None:
+    panels, constant = dashboard_panels(dpo_records())
+    assert [p.keys for p in panels] == [
+        ["dpo/accuracy"],
+        ["loss"],  # dpo/loss is the same series: drawn once
+        ["dpo/margin"],
+        ["dpo/chosen_logp", "dpo/rejected_logp"],
+        ["grad_norm"],
+        ["lr"],  # varies here (a schedule): plotted, after what the method watches
+        ["tokens_per_s"],
+    ]
+    assert constant == {"epoch": 0.0, "skipped_steps": 0.0}
+    assert panels[3].title == "Log-likelihood: chosen vs rejected"
+
+
+def test_online_panels_lead_with_heldout_reward_loss_signal_entropy_length() -> None:
+    panels, constant = dashboard_panels(online_records())
+    assert [p.keys[0] for p in panels] == [
+        "heldout/accuracy",
+        "rollout/reward_mean",
+        "rollout/accuracy",
+        "loss",
+        "hpt/sft_frac",
+        "pg/cov_mean",
+        "entropy/mean",
+        "heldout/response_length",
+        "rollout/response_length",
+        "grad_norm",
+    ]
+    assert set(constant) == {"lr", "epoch", "skipped_steps", "rollout/reward_std"}
+    assert not any(p.keys[0].startswith("time/") for p in panels)
+
+
+def test_plot_run_writes_the_png(tmp_path: Path) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in online_records())
+    (tmp_path / "metrics.jsonl").write_text(lines)
+    target = plot_run(tmp_path)
+    assert target == tmp_path / "training_curves.png"
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
