@@ -222,6 +222,12 @@ class OnlineConfig(Section):
     {mode: tis, cap: 2}; null: off. The engine's log-probs are put on the trainer's
     full-vocabulary scale first (with rollout.top_p < 1 the kept mass log S_t is added, computed
     in the no-grad old pass, which the run then always makes)."""
+    max_staleness: int = Field(0, ge=0)
+    """Off-policy rollouts: Ray rollout workers generate the batches of the next k steps while
+    the trainer updates (k = 1: verl's one-step-off), each batch at most k policy versions
+    behind; logged as `rollout/staleness`. Needs rollout.num_workers > 0 and
+    online.rollout_correction (the π_old / π_behaviour weight keeps the gradient an importance-
+    weighted one). 0: synchronous."""
     empty_cache: bool = False
     """Call `torch.cuda.empty_cache()` between the rollout and the update (CUDA only): returns
     the generation's cached blocks to the driver, which helps only when another process (a

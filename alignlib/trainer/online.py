@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import HOST
 from alignlib.estimator import Role, RowPlan, UnifiedEstimator, rollout_correction
+from alignlib.trainer.ahead import AheadCollector, ConsumedPosition
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.model import reference_policy
 from alignlib.trainer.offline import Sampler
@@ -90,10 +92,14 @@ class OnlineSource:
         if self.router.needs_demonstrations:
             demonstration_ids(tokenizer, self.rows[0], self.online, f"data.path {config.data.path}")
         train = config.train
-        self.position = Sampler(
+        self.sampler = Sampler(
             len(self.rows), self.online.prompts_per_step, train.seed, config.data.shuffle
         )
-        self.total_steps = train.max_steps or train.epochs * self.position.steps_per_epoch()
+        self.total_steps = train.max_steps or train.epochs * self.sampler.steps_per_epoch()
+        self.ahead = self._ahead()
+        self.position: Sampler | ConsumedPosition = (
+            self.sampler if self.ahead is None else self.ahead.position
+        )
         self.optimizer_steps = self.total_steps * self.online.mini_batches
         self.live = needs_live_logprobs(estimator)
         truncated = self.rollout.top_p < 1  # the engine's log-probs then need log S_t added
@@ -134,14 +140,48 @@ class OnlineSource:
             state.placement,
             self.config.model.chat_template,
         )
+        if self.ahead is not None:
+            self.ahead.begin(start)
         return self.evaluate(0) if start == 0 else {}
+
+    def _ahead(self) -> AheadCollector | None:
+        """The background generator of ``online.max_staleness`` > 0, or None (synchronous)."""
+        k = self.online.max_staleness
+        if k == 0:
+            return None
+        if self.rollout.num_workers == 0 or self.correction is None:
+            raise ValueError(
+                f"online.max_staleness {k}: generating ahead needs Ray rollout workers "
+                "(rollout.num_workers > 0: the engine must not share the training module) and "
+                "online.rollout_correction (e.g. {mode: tis}) to weight the stale samples"
+            )
+        if self.config.distributed.num_workers > 0:
+            raise ValueError(
+                "online.max_staleness with distributed.num_workers is not supported yet; "
+                "set one of them to 0"
+            )
+
+        def collect(step: int) -> Any:
+            assert self.engine is not None
+            return self.collect(self.engine, step)
+
+        return AheadCollector(collect, self.sampler, k)
+
+    def _engine_lock(self) -> AbstractContextManager:
+        """Held while the engine is used outside the background generator (evaluation)."""
+        return self.ahead.lock if self.ahead is not None else nullcontext()
 
     def batches(self, step: int) -> Iterator[MiniBatch]:
         """Rollouts, rewards and routing; old/ref log-probs; then the k mini-batches, each
         built when the loop asks for it (after the previous one's update)."""
         began = time.perf_counter()
         world = self.state.world
-        collected = self.collect(self.engine, step) if self.engine is not None else None
+        collected = None
+        if self.engine is not None:
+            ahead = self.ahead
+            collected = (
+                ahead.get(step, self.total_steps) if ahead else self.collect(self.engine, step)
+            )
         rows, self.step_metrics = world.broadcast(collected, self.kernel.device)
         self.tensors = tensors = collate_rows(rows, self.state.pad_id)
         if self.engine is not None:
@@ -172,7 +212,11 @@ class OnlineSource:
         metrics = self.step_metrics | merge_results(results)
         sync_began = time.perf_counter()
         if self.engine is not None:
-            self.engine.sync(self.state.model)
+            engine, model = self.engine, self.state.model
+            if self.ahead is not None:  # waits for the generation in flight, then a new version
+                self.ahead.synced(lambda: engine.sync(model))
+            else:
+                engine.sync(model)
         sync = time.perf_counter() - sync_began
         tensors = self.tensors
         samples = (tensors.roles == int(Role.SAMPLE)).unsqueeze(-1) * tensors.mask
@@ -202,10 +246,12 @@ class OnlineSource:
         if self.heldout is not None and self.heldout_due(step):
             ids, answers = self.heldout
             cap = self.online.heldout.max_new_tokens or self.rollout.max_new_tokens
-            metrics |= heldout_accuracy(self.engine.engine, ids, answers, cap)
+            with self._engine_lock():
+                metrics |= heldout_accuracy(self.engine.engine, ids, answers, cap)
         # Through the rollout engine: it holds the current weights (vLLM / Ray included).
         engine = self.engine.engine
-        return metrics | in_loop_eval(self.state, self.config, self.out_dir, step, engine)
+        with self._engine_lock():
+            return metrics | in_loop_eval(self.state, self.config, self.out_dir, step, engine)
 
     def heldout_due(self, step: int) -> bool:
         every = self.online.heldout.every
@@ -218,6 +264,8 @@ class OnlineSource:
         return bool(every) and step % every == 0 and step < self.total_steps
 
     def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.close()
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -245,7 +293,7 @@ class OnlineSource:
 
     # ------------------------------------------------------------------------------ stages
     def sample_prompts(self) -> list[dict[str, Any]]:
-        return [self.rows[i] for i in self.position.next_batch()]
+        return [self.rows[i] for i in self.sampler.next_batch()]
 
     def rollout_and_score(
         self, engine: EngineHandle, step: int, attempt: int
