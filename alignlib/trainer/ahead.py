@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from alignlib.config.schema import RunConfig
 from alignlib.trainer.offline import Sampler
 
 Collected = tuple[Any, dict[str, float]]
@@ -91,3 +92,26 @@ class AheadCollector:
         for future in self.pending.values():
             future.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def generate_ahead(
+    config: RunConfig, corrected: bool, collect: Callable[[int], Collected], sampler: Sampler
+) -> AheadCollector | None:
+    """The collector for ``online.max_staleness`` k > 0 (None for 0), or one line saying what
+    generating ahead needs."""
+    k = config.online.max_staleness
+    if k == 0:
+        return None
+    assert config.rollout is not None
+    if config.rollout.num_workers == 0 or not corrected:
+        raise ValueError(
+            f"online.max_staleness {k}: generating ahead needs Ray rollout workers "
+            "(rollout.num_workers > 0: the engine must not share the training module) and "
+            "online.rollout_correction (e.g. {mode: tis}) to weight the stale samples"
+        )
+    if config.distributed.num_workers > 0:
+        raise ValueError(
+            "online.max_staleness with distributed.num_workers is not supported yet; set one "
+            "of them to 0"
+        )
+    return AheadCollector(collect, sampler, k)

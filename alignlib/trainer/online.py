@@ -21,7 +21,7 @@ from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import HOST
 from alignlib.estimator import Role, RowPlan, UnifiedEstimator, rollout_correction
-from alignlib.trainer.ahead import AheadCollector, ConsumedPosition
+from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ahead
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.model import reference_policy
 from alignlib.trainer.offline import Sampler
@@ -146,26 +146,12 @@ class OnlineSource:
 
     def _ahead(self) -> AheadCollector | None:
         """The background generator of ``online.max_staleness`` > 0, or None (synchronous)."""
-        k = self.online.max_staleness
-        if k == 0:
-            return None
-        if self.rollout.num_workers == 0 or self.correction is None:
-            raise ValueError(
-                f"online.max_staleness {k}: generating ahead needs Ray rollout workers "
-                "(rollout.num_workers > 0: the engine must not share the training module) and "
-                "online.rollout_correction (e.g. {mode: tis}) to weight the stale samples"
-            )
-        if self.config.distributed.num_workers > 0:
-            raise ValueError(
-                "online.max_staleness with distributed.num_workers is not supported yet; "
-                "set one of them to 0"
-            )
 
         def collect(step: int) -> Any:
             assert self.engine is not None
             return self.collect(self.engine, step)
 
-        return AheadCollector(collect, self.sampler, k)
+        return generate_ahead(self.config, self.correction is not None, collect, self.sampler)
 
     def _engine_lock(self) -> AbstractContextManager:
         """Held while the engine is used outside the background generator (evaluation)."""
