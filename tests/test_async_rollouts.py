@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import ray
-from test_online import make_config, one_thread  # noqa: F401
+from test_online import make_config
 
 from alignlib.config import load_config
 from alignlib.trainer.loop import Trainer
 
 STEPS = 8
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(tmp: Path, name: str, k: int) -> Any:

@@ -81,14 +81,7 @@ def assert_same_training(one: Any, two: Any) -> None:
             assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (key, got["step"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # The workers run one thread each (num_cpus_per_worker 0.5): so does the one-process run,
-    # or its fp32 logits round differently and a near-tie can sample another token.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

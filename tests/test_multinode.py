@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from test_distributed import assert_same_training, one_thread, write  # noqa: F401
+from test_distributed import assert_same_training, write
 
 from alignlib.config import load_config
 from alignlib.trainer.loop import Trainer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture

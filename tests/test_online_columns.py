@@ -5,12 +5,10 @@ conversational prompts (message lists) train online."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 from test_online import make_config
 
@@ -24,12 +22,7 @@ from alignlib.trainer.preflight import bare_answer
 TRL_ROWS = [{"prompt": f"What is {a} + {b}?", "solution": str(a + b)} for a, b in [(2, 3), (4, 4)]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_rows(config: Path, rows: list[dict[str, Any]], **changes: Any) -> Path:

@@ -5,7 +5,6 @@ the no-grad old pass, and offline runs or a token mode on sequence units are ref
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,7 @@ from alignlib.estimator import kept_log_mass
 from alignlib.trainer.loop import Trainer
 from alignlib.trainer.online_update import RowTensors, old_logprobs_and_kept_mass
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def corrected_run(tmp: Path, correction: dict[str, Any], **sections: Any) -> list[dict]:

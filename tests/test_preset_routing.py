@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,7 @@ run kind of the `inpo:` config section (INPO's iterations are a source of the lo
 loop.py / inpo.py); as a quoted string it is still refused."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def preset_names_in(source: str) -> list[tuple[int, str]]:

@@ -14,12 +14,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 import alignlib.trainer.loop as loop
@@ -56,12 +55,7 @@ def raising_reward(completion: str, **_: object) -> float:
     return 1 / 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def jsonl(path: Path, rows: list[Any]) -> str:
