@@ -3,8 +3,8 @@
 A reward is ``fn(completion: str, **columns) -> float``; ``columns`` are the dataset row's other
 fields (``answer`` for math). TRL's batched ``fn(completions, **columns) -> list[float | None]``
 and verl's ``compute_score(data_source, solution_str, ground_truth, extra_info)`` work unchanged
-(``score_batch``; see ``forms``), and async rewards run concurrently. Registered names: ``math``, ``format``, ``length_penalty``,
-``soft_overlong`` (DAPO's soft overlong punishment).
+(``score_batch``; see ``forms``), and async rewards run concurrently. Registered names:
+``math``, ``format``, ``length_penalty``, ``soft_overlong`` (DAPO's soft overlong punishment).
 ``call_reward`` calls one with a row and configured parameters and checks its result.
 """
 

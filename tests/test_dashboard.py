@@ -66,7 +66,7 @@ def test_dpo_panels_lead_with_accuracy_loss_margin_and_likelihoods() -> None:
         ["tokens_per_s"],
     ]
     assert constant == {"epoch": 0.0, "skipped_steps": 0.0}
-    assert panels[3].title == "Log-likelihood: chosen vs rejected"
+    assert panels[3].title == "Log-likelihood: chosen vs rejected · dpo"
 
 
 def test_online_panels_lead_with_heldout_reward_loss_signal_entropy_length() -> None:

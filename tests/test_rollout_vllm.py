@@ -219,3 +219,37 @@ def test_online_lora_run_syncs_adapters_to_vllm(model_dir, tmp_path, monkeypatch
         assert (sampled - base[0, positions]).abs().max() > 1e-2, "training moved the adapter"
     finally:
         kept.get("shutdown", lambda: None)()
+
+
+@pytest.mark.slow
+def test_vllm_workers_generate_ahead_within_the_bound(model_dir, tmp_path):
+    """`online.max_staleness: 1` with vLLM engines in two Ray workers: every batch is at most
+    one version behind and the rollout correction reads vLLM's own log-probs."""
+    pytest.importorskip("ray")
+    from test_online import make_config
+
+    from alignlib.config import load_config
+    from alignlib.trainer.loop import Trainer
+
+    vllm_options = {"enforce_eager": True, "max_model_len": 256}
+    if not torch.cuda.is_available():
+        vllm_options["extra"] = {"kv_cache_memory_bytes": 1 << 28}
+    config = make_config(
+        tmp_path,
+        model={"name_or_path": str(model_dir), "precision": "fp32", "chat_template": False},
+        train={"max_steps": 3, "seed": 0},
+        rollout={
+            "engine": "vllm",
+            "n": 4,
+            "max_new_tokens": 6,
+            "num_workers": 2,
+            "timeout_s": 300,
+            "vllm": vllm_options,
+        },
+        online={"max_staleness": 1, "rollout_correction": {"mode": "tis", "cap": 2.0}},
+    )
+    history = Trainer(load_config(config)).train().history
+    steps = [h for h in history if "rollout/staleness" in h]
+    assert [h["rollout/staleness"] for h in steps] == [0.0, 1.0, 1.0]
+    ratios = [v for h in steps for k, v in h.items() if k.endswith("rollout_ratio_mean")]
+    assert ratios and abs(ratios[0] - 1) < 1e-2, "step 1 is on-policy: π_old ≈ π_vLLM"

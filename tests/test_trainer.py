@@ -120,6 +120,23 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
     assert resumed.steps == 6
 
 
+def test_resume_from_a_given_checkpoint_folder(tmp_path: Path) -> None:
+    """`checkpoint.resume: PATH` continues another run's checkpoint in a new folder, exactly."""
+    data = datasets(tmp_path)["preference"]
+    extra = {"train": {"max_steps": 4, "batch_size": 2}, "checkpoint": {"every": 2}}
+    (tmp_path / "a").mkdir()
+    first = Trainer(load_config(config_file(tmp_path / "a", data, "dpo", **extra))).train()
+    step2 = first.output_dir / "checkpoints" / "step-0000002"
+    (tmp_path / "b").mkdir()
+    cfg = config_file(tmp_path / "b", data, "dpo", **extra)
+    resumed = Trainer(load_config(cfg, [f"checkpoint.resume={step2}"])).train()
+    assert [r["step"] for r in resumed.history] == [3, 4]
+    for want, got in zip(first.history[2:], resumed.history, strict=True):
+        assert got["loss"] == want["loss"] and got["grad_norm"] == want["grad_norm"]
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        Trainer(load_config(cfg, [f"checkpoint.resume={tmp_path}"])).train()
+
+
 def test_lora_adapter_reloads_to_same_outputs(tmp_path: Path) -> None:
     data = datasets(tmp_path)["preference"]
     cfg = load_config(

@@ -249,6 +249,20 @@ def read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], bool]:
         raise CorruptFileError(f"{directory}: unreadable weights ({_first_line(exc)})") from None
 
 
+def load_checkpoint(path: Path) -> Loaded:
+    """The checkpoint folder ``path`` (`checkpoint.resume: PATH`): no fallback to another."""
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(
+            f"checkpoint.resume {path}: not a checkpoint folder (no {STATE_FILE}); give a "
+            "checkpoints/step-N folder of a run, or true for this run's newest"
+        )
+    try:
+        weights, adapter = read_weights(path)
+        return Loaded(path, read_state(path / STATE_FILE), weights, adapter)
+    except CorruptFileError as exc:
+        raise CheckpointError(f"checkpoint.resume {path}: {exc}") from None
+
+
 def load_newest(output_dir: Path) -> Loaded | None:
     """The newest checkpoint that reads completely; a broken newer one is skipped with one
     warning line. None when there is none; one error line when none of them reads."""

@@ -18,7 +18,7 @@ from typing import Any
 
 LEADING: tuple[tuple[str, str], ...] = (
     (r"^heldout/accuracy$", "Held-out accuracy"),
-    (r"(^|/)reward_mean$", "Reward (mean over rollouts)"),
+    (r"(^|/)reward_mean$", "Reward (mean)"),
     (r"^eval/", ""),
     (r"^rollout/accuracy$", "Rollout accuracy"),
     (r"(^|/)accuracy$", "Preference accuracy (implicit reward)"),
@@ -70,9 +70,13 @@ def _rank(key: str) -> tuple[int, str]:
 
 
 def _title(key: str) -> str:
+    """The pattern's title; one matched by a suffix names the key's prefix too (held-out and
+    rollout response lengths are two panels)."""
     for pattern, title in LEADING:
-        if re.search(pattern, key):
-            return title or key
+        match = re.search(pattern, key)
+        if match:
+            prefix = key[: match.start()].strip("/")
+            return f"{title} · {prefix}" if title and prefix else title or key
     return key
 
 

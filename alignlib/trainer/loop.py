@@ -81,8 +81,8 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
     """Train ``state`` on ``source`` into ``out_dir``: the one loop of every run."""
     config, world = state.config, state.world
     source.prepare(state)
-    if world.is_main:
-        prepare_output_dir(out_dir, config.checkpoint.resume)  # an earlier run is moved aside
+    if world.is_main:  # an earlier run is moved aside, unless this run continues it
+        prepare_output_dir(out_dir, continues(config.checkpoint.resume, out_dir))
     world.barrier()
     start = state.restore(out_dir, source.position) if config.checkpoint.resume else 0
     logger = run_logger(state, out_dir, source.total_steps, start)
@@ -118,6 +118,15 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
         plot_run(out_dir)
     final = history[-1] if history else {}
     return TrainResult(source.total_steps, final, out_dir, history)
+
+
+def continues(resume: bool | str, out_dir: Path) -> bool:
+    """Whether this run continues the one in ``out_dir`` (resume: true, or a checkpoint path
+    inside it) rather than starting a new one there (from scratch or from another run's
+    checkpoint)."""
+    if isinstance(resume, str):
+        return Path(resume).resolve().is_relative_to(out_dir.resolve())
+    return bool(resume)
 
 
 class SilentLogger:

@@ -24,6 +24,7 @@ from alignlib.trainer.checkpoint import (
     STATE_FORMAT,
     CheckpointError,
     apply_weights,
+    load_checkpoint,
     load_newest,
     rng_state,
     set_rng_state,
@@ -182,7 +183,8 @@ def resume_from_checkpoint(
     """Load the newest loadable checkpoint of this run into everything; return its step
     (0 when there is none). ``shards``: the FSDP2 module, whose weights and optimizer state
     load from the full (unsharded) checkpoint through torch.distributed.checkpoint."""
-    loaded = load_newest(out_dir)
+    chosen = config.checkpoint.resume
+    loaded = load_checkpoint(Path(chosen)) if isinstance(chosen, str) else load_newest(out_dir)
     if loaded is None:
         return 0
     state = loaded.state

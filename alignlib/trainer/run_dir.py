@@ -38,6 +38,7 @@ ARTIFACTS = frozenset(
         "eval",
         "rollout_adapter",
         "wandb",
+        "trackers.json",
     }
 )
 ITERATION_DIR = re.compile(r"^iteration-\d+$")
