@@ -92,8 +92,8 @@ def matmul_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
     return weight.dtype
 
 
-_BLOCK_ELEMENTS = 1 << 22
-"""Elements of one fp32 softmax block (16 MiB): a chunk's [rows, V] logits are converted to
+_BLOCK_ELEMENTS = 1 << 21
+"""Elements of one fp32 softmax block (8 MiB): a chunk's [rows, V] logits are converted to
 fp32 this many at a time, so the matmul's own output is the only chunk-sized buffer."""
 
 
@@ -184,10 +184,12 @@ class LinearLogprobEntropy(torch.autograd.Function):
         out = [hidden.new_empty(k, dtype=acc) for k in (n, n, n if with_entropy else 0)]
         sizes = (n, out[2].numel()) if fuse else ()
         dirs = [hidden.new_empty(k, hidden.shape[1], dtype=acc) for k in sizes]
+        # The fused forward with entropy holds two [rows, V] buffers: halve rows to keep one.
+        step = max(1, rows // 2) if fuse and with_entropy else rows
         with torch.autocast(hidden.device.type, enabled=False):
             w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
-            for start in range(0, n, rows):
-                c = slice(start, start + rows)
+            for start in range(0, n, step):
+                c = slice(start, start + step)
                 raw = _raw_logits(hidden[c], w, b)
                 spread = _chunk_stats(raw, targets[c], temperature, [t[c] for t in out], fuse)
                 if fuse:
