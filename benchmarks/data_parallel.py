@@ -5,7 +5,7 @@ step against the plain single-device step (one rank, NCCL, no Ray: the GPU machi
     python benchmarks/data_parallel.py fsdp2 --model /tmp/qwen05b --steps 8      # on a GPU
 
 Same DPO run, model, data and global batch on each side; prints the median step time after a
-warm-up step (each worker of the CPU run gets one of the two cores; the one-process run too)."""
+warm-up step (the one process uses all N cores as threads; each of the N workers one core)."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def workers(model: str, steps: int, count: int) -> None:
     from alignlib.config import load_config
     from alignlib.trainer.loop import Trainer
 
-    torch.set_num_threads(1)
     ray.init(num_cpus=count, include_dashboard=False)
     with tempfile.TemporaryDirectory() as tmp:
+        torch.set_num_threads(count)  # the one process gets every core the workers share
         one = Trainer(load_config(config(Path(tmp), "one", model, steps))).train()
         spec = {"num_workers": count, "num_cpus_per_worker": 1.0}
         many = Trainer(load_config(config(Path(tmp), "n", model, steps, distributed=spec))).train()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import alignlib.trainer.logprobs as logprobs_module
 from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.logprobs import (
     LinearLogprobEntropy,
@@ -16,6 +17,14 @@ from alignlib.trainer.logprobs import (
     is_plain_linear,
     token_logprobs,
 )
+
+
+@pytest.fixture(autouse=True)
+def memory_floor_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests exercise the memory-floor path at tiny sizes, where token_logprobs would
+    otherwise pick the chunked path (it is the faster one below FLOOR_FROM_BYTES)."""
+    monkeypatch.setattr(logprobs_module, "FLOOR_FROM_BYTES", 0)
+
 
 WIDTH = 13
 LENGTHS = [13, 10, 7]  # right-padded rows, as collate builds them

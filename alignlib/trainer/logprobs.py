@@ -255,6 +255,17 @@ def _recomputed_grads(
     return grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype)
 
 
+FLOOR_FROM_BYTES = 256 * 2**20
+"""The memory-floor path (nothing [T, V] saved) runs when the micro-batch's fp32 logits would
+take at least this much; below it the chunked path, which saves each chunk's logits, is the
+faster one on a CPU (measured on SmolLM2's head: 1.15x faster with a frozen head) and its
+memory is small anyway."""
+
+
+def _logits_bytes(hidden: Tensor, head: nn.Linear) -> int:
+    return hidden.shape[0] * hidden.shape[1] * head.weight.shape[0] * 4
+
+
 def _fused_head(
     hidden: Tensor, head: nn.Linear, targets: Tensor, rows: int, with_entropy: bool, temp: float
 ) -> tuple[Tensor, Tensor]:
@@ -335,7 +346,7 @@ def token_logprobs(
     pad = hidden.new_zeros(input_ids.shape[0], skipped, dtype=dtype)
     if hidden.shape[1] == 0:
         logps = ents = pad[:, :0]
-    elif is_plain_linear(head):
+    elif is_plain_linear(head) and _logits_bytes(hidden, head) >= FLOOR_FROM_BYTES:
         rows = chunk_size * hidden.shape[0]
         logps, ents = _fused_head(hidden, head, targets, rows, with_entropy, temperature)
     else:
