@@ -160,7 +160,16 @@ def test_fsdp2_shards_train_like_one_process_and_resume_on_fewer(tmp_path: Path)
         Trainer(load_config(path, ["checkpoint.resume=true"])).train()
 
 
+def test_fsdp2_trains_online_with_a_rollout_worker_like_one_process(tmp_path: Path) -> None:
+    """The sharded policy's full weights are gathered for the Ray rollout worker every step."""
+    worker = {"rollout": {"n": 4, "max_new_tokens": 5, "num_workers": 1, "timeout_s": 120}}
+    one = Trainer(load_config(write(tmp_path, "one", 0, "grpo", **worker))).train()
+    fsdp2 = {"strategy": "fsdp2", "num_workers": 2}
+    path = write(tmp_path, "sharded", 2, "grpo", **worker, distributed=fsdp2)
+    assert_same_training(one, Trainer(load_config(path)).train())
+
+
 def test_fsdp2_refuses_what_it_cannot_shard_yet(tmp_path: Path) -> None:
     path = write(tmp_path, "online", 2, "grpo", distributed={"strategy": "fsdp2"})
-    with pytest.raises(ValueError, match="fsdp2 does not support online rollouts yet"):
+    with pytest.raises(ValueError, match="fsdp2 does not support a rollout engine sharing"):
         Trainer(load_config(path))

@@ -301,7 +301,9 @@ class DistributedConfig(Section):
     """`ddp`: every rank holds the whole model; gradients are all-reduced once per optimizer
     step. `fsdp2`: parameters, gradients and optimizer state sharded over the ranks with
     `torch.distributed.fsdp.fully_shard` (one unit per decoder layer), for models that do not
-    fit one device; offline methods, full fine-tuning (online rollouts and LoRA: use ddp)."""
+    fit one device; full fine-tuning, online with Ray rollout workers (`rollout.num_workers` >
+    0, full weights gathered for them each step); not yet LoRA, in-loop eval or an online KL
+    reference (use ddp)."""
     use_gpu: bool = False
     """One GPU per worker (Ray `num_gpus=1`; the model goes on that worker's GPU)."""
     num_cpus_per_worker: float = Field(1.0, gt=0)

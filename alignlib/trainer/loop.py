@@ -149,23 +149,31 @@ def run_logger(
     return SilentLogger()
 
 
-def check_distributed(config: RunConfig) -> None:
+def check_distributed(config: RunConfig, estimator: UnifiedEstimator) -> None:
     """What data-parallel workers cannot run yet, refused before any worker starts."""
     if config.inpo is not None:
         raise ValueError(
             "distributed.num_workers: INPO's iterations train in one process for now; set "
             "distributed.num_workers: 0"
         )
-    fsdp2 = config.distributed.strategy == "fsdp2"
-    in_loop_eval = config.eval is not None and bool(config.eval.every)
-    if fsdp2 and (config.rollout or config.lora.enabled or in_loop_eval):
-        what = (
-            "online rollouts" if config.rollout else "LoRA" if config.lora.enabled else "eval.every"
-        )
-        raise ValueError(
-            f"distributed.strategy fsdp2 does not support {what} yet (the rollout engine and "
-            "adapters need the whole model on one rank); use distributed.strategy: ddp"
-        )
+    if config.distributed.strategy != "fsdp2":
+        return
+    unsupported = {
+        "LoRA": config.lora.enabled,
+        "in-loop eval (eval.every)": config.eval is not None and bool(config.eval.every),
+        "a rollout engine sharing the policy (set rollout.num_workers > 0)": (
+            config.rollout is not None and config.rollout.num_workers == 0
+        ),
+        "a KL reference on online runs (a frozen copy of a sharded model)": (
+            config.rollout is not None and "ref_logprobs" in estimator.requirements()
+        ),
+    }
+    for what, present in unsupported.items():
+        if present:
+            raise ValueError(
+                f"distributed.strategy fsdp2 does not support {what} yet (it needs the whole "
+                "model on one rank); use distributed.strategy: ddp"
+            )
 
 
 class Trainer:
@@ -184,7 +192,7 @@ class Trainer:
         # Refuse a wrong objective, bad data or an unreachable cluster before the model loads.
         self.data_metrics: dict[str, float] = check_run(config, self.estimator)
         if self.driver:
-            check_distributed(config)
+            check_distributed(config, self.estimator)
             return
         base, self.tokenizer = load_policy(config.model, self.placement)
         self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base

@@ -130,6 +130,7 @@ class OnlineSource:
         engine, and the untrained policy's held-out accuracy for comparison."""
         self.out_dir = out_dir
         state = self.state
+        weights = self.gathered_weights()  # sharded (FSDP2): every rank takes part
         if not state.world.is_main:  # rank 0 generates; the others get its rows
             return {}
         self.engine = build_engine(
@@ -139,6 +140,7 @@ class OnlineSource:
             out_dir,
             state.placement,
             self.config.model.chat_template,
+            weights,
         )
         if self.ahead is not None:
             self.ahead.begin(start)
@@ -197,12 +199,13 @@ class OnlineSource:
         """Weights → engine; the step's metrics (rollout, update, entropy on own samples)."""
         metrics = self.step_metrics | merge_results(results)
         sync_began = time.perf_counter()
+        weights = self.gathered_weights()
         if self.engine is not None:
             engine, model = self.engine, self.state.model
             if self.ahead is not None:  # waits for the generation in flight, then a new version
-                self.ahead.synced(lambda: engine.sync(model))
+                self.ahead.synced(lambda: engine.sync(model, weights))
             else:
-                engine.sync(model)
+                engine.sync(model, weights)
         sync = time.perf_counter() - sync_began
         tensors = self.tensors
         samples = (tensors.roles == int(Role.SAMPLE)).unsqueeze(-1) * tensors.mask
@@ -244,6 +247,15 @@ class OnlineSource:
         return self.heldout is not None and (
             step in (0, self.total_steps) or (every is not None and step % every == 0)
         )
+
+    def gathered_weights(self) -> dict[str, torch.Tensor] | None:
+        """A sharded (FSDP2) policy's full weights for the engine (a collective: every rank
+        calls it; rank 0 gets them); None for a whole policy, which the engine reads itself."""
+        if self.state.shards is None:
+            return None
+        from alignlib.trainer.fsdp import full_weights
+
+        return full_weights(self.state.shards)
 
     def checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint.every

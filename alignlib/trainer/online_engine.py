@@ -83,10 +83,15 @@ class EngineHandle:
         if empty_cache and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def sync(self, model: nn.Module) -> None:
+    def sync(self, model: nn.Module, weights: dict[str, Tensor] | None = None) -> None:
+        """The trained weights → the engine; ``weights``: a sharded policy's full state dict,
+        gathered by the caller, sent by name."""
         if self.asleep:
             self.engine.wake_up()
             self.asleep = False
+        if weights is not None:
+            self.engine.update_weights(weights)
+            return
         self.weight_sync(self.engine, model)
 
     def shutdown(self) -> None:
@@ -117,15 +122,20 @@ def policy_weights(model: nn.Module, adapted_only: bool = True) -> dict[str, Ten
 
 
 def save_rollout_model(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, target: Path, base_only: bool = False
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    base_only: bool = False,
+    weights: dict[str, Tensor] | None = None,
 ) -> Path:
     """The current policy (LoRA merged in, or with `base_only` the frozen base model without the
-    adapter) as a Hugging Face folder the engines load from."""
+    adapter) as a Hugging Face folder the engines load from; ``weights``: the full state dict
+    of a sharded (FSDP2) policy, gathered by the caller."""
     plain = model
     if is_peft(model):
         copy = frozen_copy(model)
         plain = copy.unload() if base_only else copy.merge_and_unload()
-    return atomic_directory_write(target, lambda tmp: save_model(tmp, plain, tokenizer))
+    return atomic_directory_write(target, lambda tmp: save_model(tmp, plain, tokenizer, weights))
 
 
 def build_engine(
@@ -135,6 +145,7 @@ def build_engine(
     output_dir: Path,
     placement: Placement,
     chat_template: bool,
+    weights: dict[str, Tensor] | None = None,
 ) -> EngineHandle:
     """Training prompts reach the engine as templated token ids (used verbatim); the chat flag
     only matters for the string prompts of in-loop benchmark evaluation."""
@@ -147,7 +158,7 @@ def build_engine(
     dtype = placement.engine_dtype
     adapter = is_peft(model) and config.engine == "vllm" and _adapter_sync(config.vllm.lora_sync)
     target = output_dir / "rollout_model"
-    folder = str(save_rollout_model(model, tokenizer, target, base_only=adapter))
+    folder = str(save_rollout_model(model, tokenizer, target, adapter, weights))
     options = vllm_kwargs(config)
     if adapter:
         options["max_lora_rank"] = model.peft_config["default"].r  # type: ignore[index]
