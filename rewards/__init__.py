@@ -11,8 +11,8 @@ and verl's ``compute_score(data_source, solution_str, ground_truth, extra_info)`
 from __future__ import annotations
 
 from alignlib.rewards.basic import format_reward, length_penalty, soft_overlong_penalty
-from alignlib.rewards.calling import RewardError, call_reward, check_params, missing_columns
-from alignlib.rewards.forms import detect_form, score_batch
+from alignlib.rewards.calling import RewardError, call_reward, check_params
+from alignlib.rewards.forms import detect_form, missing_columns, score_batch
 from alignlib.rewards.math_grader import (
     configure_pool,
     extract_boxed,

@@ -27,7 +27,6 @@ __all__ = [
     "check_params",
     "describe_row",
     "failure",
-    "missing_columns",
     "reward_kwargs",
     "signature_of",
 ]
@@ -107,22 +106,6 @@ def check_params(
             )
 
 
-def missing_columns(
-    fn: Callable[..., Any], params: Mapping[str, Any], row: Mapping[str, Any]
-) -> list[str]:
-    """Required parameters of ``fn`` that neither ``params`` nor the row provides (a null
-    value counts as missing: a jsonl loader fills absent fields with null). What a TRL or verl
-    reward is handed by the caller (``prompts``, ``ground_truth``, ...) is not a column."""
-    from alignlib.rewards.forms import supplied_names
-
-    supplied = supplied_names(fn)
-    return [
-        name
-        for name in signature_of(fn).required
-        if name not in params and name not in supplied and row.get(name) is None
-    ]
-
-
 def reward_kwargs(
     fn: Callable[..., Any],
     row: Mapping[str, Any],
@@ -151,7 +134,7 @@ def describe_row(row: Mapping[str, Any]) -> str:
     return f"the data row with prompt {shown!r}"
 
 
-def _as_number(
+def as_number(
     value: object, name: str, row: Mapping[str, Any], allow_nonfinite: bool = False
 ) -> float:
     where = f"for a completion of {describe_row(row)}"
@@ -193,7 +176,7 @@ def call_reward(
         raise
     except Exception as exc:  # user code: any failure is reported with its reward and row
         raise failure(exc, name, row) from exc
-    return _as_number(value, name, row, allow_nonfinite)
+    return as_number(value, name, row, allow_nonfinite)
 
 
 def failure(exc: BaseException, name: str, row: Mapping[str, Any]) -> RewardError:

@@ -29,15 +29,17 @@ from typing import Any, Literal
 from alignlib.rewards.calling import (
     NOT_COLUMNS,
     RewardError,
-    _as_number,
+    as_number,
     failure,
     reward_kwargs,
+    signature_of,
 )
 
 __all__ = [
     "Form",
     "detect_form",
     "ground_truth",
+    "missing_columns",
     "resolve_form",
     "score_batch",
     "supplied_names",
@@ -90,6 +92,20 @@ def supplied_names(fn: Callable[..., Any], form: str = "auto") -> tuple[str, ...
     """Parameters the caller fills in for ``fn``'s form (never data columns)."""
     chosen = resolve_form(fn, form)
     return {"trl": TRL_SUPPLIED, "verl": VERL_SUPPLIED}.get(chosen, ())
+
+
+def missing_columns(
+    fn: Callable[..., Any], params: Mapping[str, Any], row: Mapping[str, Any]
+) -> list[str]:
+    """Required parameters of ``fn`` that neither ``params`` nor the row provides (a null
+    value counts as missing: a jsonl loader fills absent fields with null). What a TRL or verl
+    reward is handed by the caller (``prompts``, ``ground_truth``, ...) is not a column."""
+    supplied = supplied_names(fn)
+    return [
+        name
+        for name in signature_of(fn).required
+        if name not in params and name not in supplied and row.get(name) is None
+    ]
 
 
 # ------------------------------------------------------------------------------ async support
@@ -275,6 +291,6 @@ def score_batch(
         ]
         values = _call_each(calls, name, rows)
     return [
-        0.0 if value is None and chosen == "trl" else _as_number(value, name, row, allow_nonfinite)
+        0.0 if value is None and chosen == "trl" else as_number(value, name, row, allow_nonfinite)
         for value, row in zip(values, rows, strict=True)
     ]

@@ -130,8 +130,9 @@ def test_a_killed_worker_ends_the_run_with_one_line(
 ) -> None:
     real = distributed.run_distributed
 
-    def kill_rank_one_once_started(config: Any, on_started: Any = None) -> Any:
-        return real(config, on_started=lambda workers: ray.kill(workers[1], no_restart=True))
+    def kill_rank_one_once_started(config: Any, train_rank: Any, on_started: Any = None) -> Any:
+        kill = lambda workers: ray.kill(workers[1], no_restart=True)  # noqa: E731
+        return real(config, train_rank, on_started=kill)
 
     monkeypatch.setattr(distributed, "run_distributed", kill_rank_one_once_started)
     path = write(tmp_path, "killed", 2, "dpo", train={"max_steps": 50})

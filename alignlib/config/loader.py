@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from alignlib.config.schema import ComponentSpec, RunConfig
+from alignlib.config.schema import RunConfig
 
 
 class ConfigError(ValueError):
@@ -128,7 +128,7 @@ def _resolve_paths(config: RunConfig, base: Path, where: str) -> RunConfig:
 
 def check_names(config: RunConfig, where: str) -> None:
     """Preset and component names (and preset parameters) must exist: say which key is wrong."""
-    from alignlib import algorithms
+    import alignlib.algorithms as algorithms
     from alignlib.estimator import registry as component_registry
 
     def fail(key: str, exc: Exception) -> None:
@@ -150,7 +150,7 @@ def check_names(config: RunConfig, where: str) -> None:
                 )
         check_preset_values(config, where)
     if algo.components is not None:
-        from alignlib.trainer.build import build_estimator
+        from alignlib.config.estimator import build_estimator
 
         try:
             build_estimator(config.algorithm)
@@ -161,8 +161,8 @@ def check_names(config: RunConfig, where: str) -> None:
 def check_preset_values(config: RunConfig, where: str) -> None:
     """Build the preset, so a value its components refuse (β ≤ 0, `beta: high`) is one line
     naming algorithm.params.KEY before anything loads."""
+    from alignlib.config.estimator import build_estimator
     from alignlib.estimator.registry import ParameterError, RegistryError
-    from alignlib.trainer.build import build_estimator
 
     params = config.algorithm.params
     try:
@@ -174,6 +174,3 @@ def check_preset_values(config: RunConfig, where: str) -> None:
     except (RegistryError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: algorithm.params: {exc}") from None
 
-
-def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
-    return (spec, {}) if isinstance(spec, str) else (spec.name, dict(spec.params))

@@ -1,4 +1,4 @@
-"""Config → estimator, optimizer and learning-rate schedule."""
+"""Config → optimizer and learning-rate schedule (the estimator: alignlib.config.estimator)."""
 
 from __future__ import annotations
 
@@ -7,39 +7,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from alignlib import algorithms
-from alignlib.config.loader import component_spec
-from alignlib.config.schema import AlgorithmConfig, OptimConfig
-from alignlib.estimator import (
-    ADVANTAGES,
-    AGGREGATIONS,
-    LIKELIHOODS,
-    MASKS,
-    REFERENCES,
-    REGULARIZERS,
-    UnifiedEstimator,
-)
-
-
-def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
-    """A preset with overrides, or an estimator assembled from named components."""
-    if config.name is not None:
-        return algorithms.get(config.name, **config.params)
-    parts = config.components
-    assert parts is not None
-
-    def make(registry, spec):  # type: ignore[no-untyped-def]
-        name, params = component_spec(spec)
-        return registry.build(name, **params)
-
-    return UnifiedEstimator(
-        mask=[make(MASKS, m) for m in parts.mask],
-        reference=make(REFERENCES, parts.reference),
-        advantage=make(ADVANTAGES, parts.advantage),
-        likelihood=make(LIKELIHOODS, parts.likelihood),
-        aggregation=make(AGGREGATIONS, parts.aggregation),
-        regularizers=[make(REGULARIZERS, r) for r in parts.regularizers],
-    )
+from alignlib.config.schema import OptimConfig
 
 
 def build_optimizer(

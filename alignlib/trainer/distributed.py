@@ -34,6 +34,9 @@ from alignlib.config.schema import RunConfig
 from alignlib.rollout.ray_workers import ensure_ray
 from alignlib.trainer.world import World
 
+TrainRank = Callable[[RunConfig, World], dict[str, Any]]
+"""What each worker runs: train as one rank, return {steps, final_metrics, history}."""
+
 
 class DistributedError(OSError):
     """A training worker died or never started: an environment failure the user acts on, so
@@ -59,10 +62,13 @@ class TrainWorker:
         return ray.util.get_node_ip_address(), _free_port(), os.getpid(), node
 
     def run(
-        self, config_json: str, master: tuple[str, int], threads: int, paths: list[str]
+        self,
+        train_rank: TrainRank,
+        config_json: str,
+        master: tuple[str, int],
+        threads: int,
+        paths: list[str],
     ) -> dict[str, Any]:
-        from alignlib.trainer.loop import Trainer
-
         # The driver's import path: a `module:function` reward next to the user's config
         # imports here too (on other nodes it must be installed there).
         sys.path[:0] = [p for p in paths if p not in sys.path]
@@ -78,22 +84,20 @@ class TrainWorker:
         )
         try:
             sharded = config.distributed.strategy == "fsdp2"
-            result = Trainer(config, world=World(self.rank, self.size, sharded)).train()
+            return train_rank(config, World(self.rank, self.size, sharded))
         finally:
             dist.destroy_process_group()
-        return {
-            "steps": result.steps,
-            "final_metrics": result.final_metrics,
-            "history": result.history,
-        }
 
 
 def run_distributed(
-    config: RunConfig, on_started: Callable[[list[Any]], None] | None = None
+    config: RunConfig,
+    train_rank: TrainRank,
+    on_started: Callable[[list[Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Start the workers, wait for them, return rank 0's result (steps, metrics, history).
-
-    ``on_started(workers)`` is called once every worker has started (tests inject faults)."""
+    """Start the workers, each calling ``train_rank(config, world)`` (a module-level function:
+    Ray sends it by reference), wait for them, return rank 0's result with the Ray node of each
+    rank under "nodes". ``on_started(workers)`` runs once every worker has started (tests
+    inject faults)."""
     spec = config.distributed
     ensure_ray(spec.ray_address, spec.timeout_s, key="distributed.ray_address")
     # Workers run in Ray's own working folder: give them the run folder as an absolute path.
@@ -112,7 +116,10 @@ def run_distributed(
         master = endpoints[0][:2]
         threads = max(1, int(spec.num_cpus_per_worker))
         paths = [p for p in sys.path if p and Path(p).is_dir()]
-        runs = [w.run.remote(config.model_dump_json(), master, threads, paths) for w in workers]
+        runs = [
+            w.run.remote(train_rank, config.model_dump_json(), master, threads, paths)
+            for w in workers
+        ]
         results = _wait(workers, runs, None, [e[2] for e in endpoints])
         return results[0] | {"nodes": [e[3] for e in endpoints]}
     finally:

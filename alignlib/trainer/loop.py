@@ -17,14 +17,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
+from alignlib.config.estimator import build_estimator
 from alignlib.config.schema import RunConfig
 from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
-from alignlib.trainer.build import build_estimator
 from alignlib.trainer.checkpoint import seed_everything
 from alignlib.trainer.logs import RunLogger, plot_run
 from alignlib.trainer.model import apply_lora, load_policy
@@ -237,10 +237,16 @@ class Trainer:
         if self.driver:
             from alignlib.trainer.distributed import run_distributed
 
-            done = run_distributed(self.config)
+            done = run_distributed(self.config, train_rank)
             self.worker_nodes: list[str] = done["nodes"]  # the Ray node of each rank
             return TrainResult(
                 done["steps"], done["final_metrics"], self.output_dir, done["history"]
             )
         source = self.source()
         return run(self.state(source), source, self.output_dir)
+
+
+def train_rank(config: RunConfig, world: World) -> dict[str, Any]:
+    """One data-parallel rank's training, in a Ray worker (distributed.py calls it)."""
+    result = Trainer(config, world=world).train()
+    return {"steps": result.steps, "final_metrics": result.final_metrics, "history": result.history}

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from alignlib import __version__
 from alignlib.config.schema import RunConfig
 from alignlib.trainer.logs import METRICS_FILE, read_metrics
+from alignlib.version import __version__
 
 CARD = "README.md"
 BUNDLED_HUB_NAMES = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}

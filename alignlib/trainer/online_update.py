@@ -98,7 +98,7 @@ def check_online_estimator(estimator: UnifiedEstimator, name: str | None) -> Non
 def online_presets() -> list[str]:
     """The registered presets an online run can train (they read rewards and nothing else
     rollouts cannot make): listed from the registry, so a new preset needs no edit here."""
-    from alignlib import algorithms
+    import alignlib.algorithms as algorithms
 
     names = []
     for name in algorithms.available():

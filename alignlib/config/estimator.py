@@ -1,0 +1,47 @@
+"""The algorithm section → an estimator: a preset with overrides, or named components.
+
+Here, not in the trainer, because validating a config builds it too (a value a component
+refuses is one line naming algorithm.params.KEY before anything loads); the config package
+depends on the estimator and the presets, never on the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignlib.algorithms import get as get_preset
+from alignlib.config.schema import AlgorithmConfig, ComponentSpec
+from alignlib.estimator import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    LIKELIHOODS,
+    MASKS,
+    REFERENCES,
+    REGULARIZERS,
+    UnifiedEstimator,
+)
+
+
+def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
+    return (spec, {}) if isinstance(spec, str) else (spec.name, dict(spec.params))
+
+
+def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
+    """A preset with overrides, or an estimator assembled from named components."""
+    if config.name is not None:
+        return get_preset(config.name, **config.params)
+    parts = config.components
+    assert parts is not None
+
+    def make(registry, spec):  # type: ignore[no-untyped-def]
+        name, params = component_spec(spec)
+        return registry.build(name, **params)
+
+    return UnifiedEstimator(
+        mask=[make(MASKS, m) for m in parts.mask],
+        reference=make(REFERENCES, parts.reference),
+        advantage=make(ADVANTAGES, parts.advantage),
+        likelihood=make(LIKELIHOODS, parts.likelihood),
+        aggregation=make(AGGREGATIONS, parts.aggregation),
+        regularizers=[make(REGULARIZERS, r) for r in parts.regularizers],
+    )
