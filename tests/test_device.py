@@ -134,7 +134,7 @@ class SleepyEngine:
 def test_a_sleeping_engine_wakes_before_every_weight_sync() -> None:
     engine = SleepyEngine()
 
-    def sync(engine: SleepyEngine, model: object) -> None:
+    def sync(engine: SleepyEngine, model: object, weights: object = None) -> None:
         engine.calls.append("sync")
 
     handle = EngineHandle(engine, sync, sleeps=True)  # type: ignore[arg-type]

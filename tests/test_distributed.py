@@ -172,5 +172,68 @@ def test_fsdp2_trains_online_with_a_rollout_worker_like_one_process(tmp_path: Pa
 
 def test_fsdp2_refuses_what_it_cannot_shard_yet(tmp_path: Path) -> None:
     path = write(tmp_path, "online", 2, "grpo", distributed={"strategy": "fsdp2"})
-    with pytest.raises(ValueError, match="fsdp2 does not support a rollout engine sharing"):
+    with pytest.raises(ValueError, match="a rollout engine cannot share a sharded policy"):
         Trainer(load_config(path))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_lora_with_dropout_trains_exactly_like_one_process(tmp_path: Path, strategy: str) -> None:
+    """LoRA's dropout (0.05 by default) draws its masks per micro-batch, not per rank, so any
+    number of workers trains like one process; FSDP2 also sends the rollout worker the merged
+    weights of its gathered shards and saves the adapter alone."""
+    extra: dict[str, Any] = {"lora": {"enabled": True, "r": 4}}
+    method = "dpo"
+    if strategy == "fsdp2":
+        method = "grpo"
+        extra["rollout"] = {"n": 4, "max_new_tokens": 5, "num_workers": 1, "timeout_s": 120}
+    one = Trainer(load_config(write(tmp_path, "one", 0, method, **extra))).train()
+    dist_cfg = {"strategy": strategy}
+    two = Trainer(load_config(write(tmp_path, "two", 2, method, **extra, distributed=dist_cfg)))
+    two_run = two.train()
+    a = load_file(one.output_dir / "final" / "adapter_model.safetensors")
+    b = load_file(two_run.output_dir / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(t.abs().max() > 0 for k, t in a.items() if "lora_B" in k)
+    # B starts at zero, so after two AdamW steps it is made of ±lr-sized, sign-driven updates
+    # whose fp32 rounding shows at ~1e-6 relative; a wrong mask or gradient moves it by ~1.
+    for key in a:
+        moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
+        assert moved < 10 * EXACT, f"{key}: relative difference {moved:.2e}"
+    for want, got in zip(one.history, two_run.history, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), got["step"]
+
+
+def test_fsdp2_online_keeps_a_sharded_kl_reference_and_evaluates_through_the_engine(
+    tmp_path: Path,
+) -> None:
+    """GRPO's KL term reads a frozen reference sharded like the policy; in-loop eval runs on
+    rank 0 through the rollout worker that holds the gathered weights."""
+    extra = {
+        "algorithm": {"name": "grpo", "params": {"kl_coef": 0.5}},
+        "rollout": {"n": 4, "max_new_tokens": 5, "num_workers": 1, "timeout_s": 120},
+        "eval": {"every": 2, "benchmarks": ["math500"], "limit": 2, "max_new_tokens": 3},
+    }
+    one = Trainer(load_config(write(tmp_path, "one", 0, "grpo", **extra))).train()
+    fsdp2 = {"strategy": "fsdp2"}
+    two = Trainer(load_config(write(tmp_path, "two", 2, "grpo", **extra, distributed=fsdp2)))
+    sharded = two.train()
+    assert_same_training(one, sharded)
+    assert sharded.history[-1]["kl/kl"] > 0 and "eval/math500/pass@1" in sharded.history[-1]
+
+
+def test_inpo_iterations_train_on_two_workers_like_one_process(tmp_path: Path) -> None:
+    """Rank 0 samples and ranks each iteration's pairs; every rank caches and trains on them."""
+    extra = {
+        "data": {"path": "builtin:gsm8k_prompts", "limit": 4},
+        "algorithm": {"name": "inpo"},
+        "train": {"max_steps": None, "epochs": 1, "batch_size": 2},
+        "inpo": {
+            "iterations": 2,
+            "samples_per_prompt": 3,
+            "max_new_tokens": 6,
+            "oracle": "oracles_for_tests:shortest",
+        },
+    }
+    one = Trainer(load_config(write(tmp_path, "one", 0, "dpo", **extra))).train()
+    two = Trainer(load_config(write(tmp_path, "two", 2, "dpo", **extra))).train()
+    assert two.steps == one.steps == 4
+    assert_same_training(one, two)

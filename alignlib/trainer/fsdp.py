@@ -17,7 +17,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from alignlib.config.schema import ModelConfig
 from alignlib.device import Placement
+from alignlib.trainer.model import load_policy
 from alignlib.trainer.step import PolicyLogprobs
 from alignlib.trainer.world import World
 
@@ -43,6 +45,16 @@ def shard(model: nn.Module, world: World, placement: Placement) -> PolicyLogprob
     wrapper = PolicyLogprobs(model)
     fully_shard(wrapper, mesh=mesh)
     return wrapper
+
+
+def frozen_shards(
+    config: ModelConfig, world: World, placement: Placement
+) -> tuple[nn.Module, PolicyLogprobs]:
+    """A frozen reference policy sharded like the trained one (loaded afresh: the initial
+    weights), in the frozen dtype; returns (model, the wrapper the kernel calls)."""
+    model, _ = load_policy(config, placement)
+    model = model.to(placement.frozen_dtype).eval().requires_grad_(False)
+    return model, shard(model, world, placement)
 
 
 def full_weights(wrapper: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,7 +17,6 @@ from alignlib.data import load_rows
 from alignlib.rollout.base import SamplingParams
 from alignlib.rollout.hf_engine import HFEngine
 from alignlib.trainer.evaluation import in_loop_eval
-from alignlib.trainer.model import reference_policy
 from alignlib.trainer.offline import Sampler, cache_logprobs, offline_minibatch
 from alignlib.trainer.sample_rank import pairs_to_examples, resolve_oracle, sample_and_rank
 from alignlib.trainer.state import TrainState
@@ -63,7 +62,9 @@ class InpoSource:
     def prepare(self, state: TrainState) -> None:
         """Before a resume loads trained weights: π_ref is the initial policy."""
         self.state, self.kernel = state, state.kernel()
-        self.reference = reference_policy(state.model, self.config.lora.enabled, state.placement)
+        self.reference = state.reference_kernel()
+        if not state.world.is_main:  # rank 0 samples and ranks; the others get its pairs
+            return
         self.oracle = resolve_oracle(self.inpo.oracle, state.placement.device)
         placement = state.placement
         autocast = placement.compute_dtype if placement.precision == "bf16-mixed" else None
@@ -99,7 +100,11 @@ class InpoSource:
             max_new_tokens=inpo.max_new_tokens,
             seed=train.seed + t,
         )
-        pairs, self.stats = sample_and_rank(self.engine, prompts, self.oracle, sampling)
+        world, device = self.state.world, self.kernel.device
+        ranked = (
+            sample_and_rank(self.engine, prompts, self.oracle, sampling) if world.is_main else None
+        )
+        pairs, self.stats = world.broadcast(ranked, device)
         if not pairs:
             raise ValueError(
                 f"inpo iteration {t}: no prompt had a best response that beat its worst "
@@ -108,8 +113,8 @@ class InpoSource:
             )
         self.examples = pairs_to_examples(pairs)
         size, pad = train.micro_batch_size * 2, self.state.pad_id
-        model, context = self.reference
-        self.ref_cache = cache_logprobs(self.state.kernel(model), self.examples, pad, size, context)
+        reference, context = self.reference
+        self.ref_cache = cache_logprobs(reference, self.examples, pad, size, context)
         self.prev_cache = cache_logprobs(self.kernel, self.examples, pad, size)  # π_t
         self.sampler = Sampler(len(self.examples), train.batch_size, train.seed + t, True)
         self.state.reset_optimizer(self.steps_per_iteration)

@@ -87,6 +87,7 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
     start = state.restore(out_dir, source.position) if config.checkpoint.resume else 0
     logger = run_logger(state, out_dir, source.total_steps, start)
     history: list[dict[str, float]] = []
+    seed = config.train.seed
     try:
         initial = source.begin(out_dir, start)
         if initial:  # the untrained policy's scores, for comparison
@@ -96,7 +97,7 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
         for step in range(start + 1, source.total_steps + 1):
             began = time.perf_counter()
             results = [
-                update(source.kernel, state.estimator, state.optimizer_step, batch, step)
+                update(source.kernel, state.estimator, state.optimizer_step, batch, step, seed)
                 for batch in source.batches(step)
             ]
             metrics = source.finish_step(step, results, time.perf_counter() - began)
@@ -149,31 +150,27 @@ def run_logger(
     return SilentLogger()
 
 
-def check_distributed(config: RunConfig, estimator: UnifiedEstimator) -> None:
+def check_distributed(config: RunConfig) -> None:
     """What data-parallel workers cannot run yet, refused before any worker starts."""
-    if config.inpo is not None:
-        raise ValueError(
-            "distributed.num_workers: INPO's iterations train in one process for now; set "
-            "distributed.num_workers: 0"
-        )
     if config.distributed.strategy != "fsdp2":
         return
-    unsupported = {
-        "LoRA": config.lora.enabled,
-        "in-loop eval (eval.every)": config.eval is not None and bool(config.eval.every),
-        "a rollout engine sharing the policy (set rollout.num_workers > 0)": (
-            config.rollout is not None and config.rollout.num_workers == 0
-        ),
-        "a KL reference on online runs (a frozen copy of a sharded model)": (
-            config.rollout is not None and "ref_logprobs" in estimator.requirements()
-        ),
-    }
-    for what, present in unsupported.items():
-        if present:
-            raise ValueError(
-                f"distributed.strategy fsdp2 does not support {what} yet (it needs the whole "
-                "model on one rank); use distributed.strategy: ddp"
-            )
+    if config.inpo is not None:
+        raise ValueError(
+            "distributed.strategy fsdp2: INPO samples each iteration's responses with the "
+            "policy itself, which a sharded policy cannot do; use distributed.strategy: ddp"
+        )
+    if config.rollout is None and config.eval is not None and config.eval.every:
+        raise ValueError(
+            "distributed.strategy fsdp2: in-loop eval (eval.every) of an offline run needs the "
+            "whole model on one rank; evaluate the checkpoints afterwards (alignlib eval) or use "
+            "distributed.strategy: ddp"
+        )
+    if config.rollout is not None and config.rollout.num_workers == 0:
+        raise ValueError(
+            "distributed.strategy fsdp2: a rollout engine cannot share a sharded policy; set "
+            "rollout.num_workers: 1 or more (Ray rollout workers get the gathered weights) or "
+            "use distributed.strategy: ddp"
+        )
 
 
 class Trainer:
@@ -192,7 +189,7 @@ class Trainer:
         # Refuse a wrong objective, bad data or an unreachable cluster before the model loads.
         self.data_metrics: dict[str, float] = check_run(config, self.estimator)
         if self.driver:
-            check_distributed(config, self.estimator)
+            check_distributed(config)
             return
         base, self.tokenizer = load_policy(config.model, self.placement)
         self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base

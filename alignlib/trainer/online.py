@@ -23,7 +23,6 @@ from alignlib.device import HOST
 from alignlib.estimator import Role, RowPlan, UnifiedEstimator, rollout_correction
 from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ahead
 from alignlib.trainer.evaluation import in_loop_eval
-from alignlib.trainer.model import reference_policy
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle, build_engine, heldout_accuracy
 from alignlib.trainer.online_rollout import (
@@ -120,10 +119,7 @@ class OnlineSource:
         self.kernel = state.kernel(temperature=self.rollout.temperature)
         self.reference: tuple[LogprobKernel, Context | None] | None = None
         if "ref_logprobs" in state.estimator.requirements():
-            model, context = reference_policy(
-                state.model, self.config.lora.enabled, state.placement
-            )
-            self.reference = state.kernel(model, self.rollout.temperature), context
+            self.reference = state.reference_kernel(self.rollout.temperature)
 
     def begin(self, out_dir: Path, start: int) -> dict[str, float]:
         """After a resume has loaded the weights (so a separate engine starts in sync): the

@@ -27,11 +27,15 @@ from alignlib.rollout.base import RolloutEngine, SamplingParams
 from alignlib.trainer.checkpoint import atomic_directory_write, save_model
 from alignlib.trainer.model import frozen_copy
 
+Gathered = dict[str, Tensor] | None
+"""A sharded (FSDP2) policy's full state dict under its module names, gathered by the caller;
+None: read the weights from the (whole) model itself."""
+
 
 class SharedModule:
     """The engine generates with the training module itself: nothing to send."""
 
-    def __call__(self, engine: RolloutEngine, model: nn.Module) -> None:
+    def __call__(self, engine: RolloutEngine, model: nn.Module, weights: Gathered = None) -> None:
         """Nothing to do."""
 
 
@@ -43,8 +47,11 @@ class NamedWeights:
     """With LoRA, only the adapted layers (vLLM gets everything: its in-place reload warns about
     every weight left out)."""
 
-    def __call__(self, engine: RolloutEngine, model: nn.Module) -> None:
-        engine.update_weights(policy_weights(model, self.adapted_only))
+    def __call__(self, engine: RolloutEngine, model: nn.Module, weights: Gathered = None) -> None:
+        if weights is None:
+            engine.update_weights(policy_weights(model, self.adapted_only))
+        else:
+            engine.update_weights(plain_weights(model, weights, True, self.adapted_only))
 
 
 @dataclass
@@ -54,10 +61,11 @@ class AdapterFolders:
     root: Path
     versions: int = 0
 
-    def __call__(self, engine: RolloutEngine, model: nn.Module) -> None:
+    def __call__(self, engine: RolloutEngine, model: nn.Module, weights: Gathered = None) -> None:
         self.versions += 1
         folder = self.root / f"v{self.versions:06d}"
-        atomic_directory_write(folder, lambda tmp: model.save_pretrained(tmp))
+        # peft keeps the adapter's entries of a gathered (FSDP2) state dict
+        atomic_directory_write(folder, lambda tmp: model.save_pretrained(tmp, state_dict=weights))
         engine.load_adapter(str(folder))
         # The engine has read the version before this one (it generated with it); drop it.
         shutil.rmtree(self.root / f"v{self.versions - 2:06d}", ignore_errors=True)
@@ -89,10 +97,7 @@ class EngineHandle:
         if self.asleep:
             self.engine.wake_up()
             self.asleep = False
-        if weights is not None:
-            self.engine.update_weights(weights)
-            return
-        self.weight_sync(self.engine, model)
+        self.weight_sync(self.engine, model, weights)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -121,6 +126,42 @@ def policy_weights(model: nn.Module, adapted_only: bool = True) -> dict[str, Ten
         model.unmerge_adapter()
 
 
+def plain_weights(
+    model: nn.Module, gathered: dict[str, Tensor], merge: bool, adapted_only: bool = False
+) -> dict[str, Tensor]:
+    """A gathered state dict under plain Hugging Face names. With LoRA: the adapter merged into
+    each adapted layer (W + scaling · B A, peft's merge) or, with ``merge`` False, the base
+    weights alone; ``adapted_only`` keeps just the adapted layers."""
+    if not is_peft(model):
+        return gathered
+    prefix = "base_model.model."
+    plain: dict[str, Tensor] = {}
+    for name, module in model.get_base_model().named_modules():
+        scaling = getattr(module, "scaling", None)
+        if not isinstance(scaling, dict) or not hasattr(module, "base_layer"):
+            continue
+        weight = gathered[f"{prefix}{name}.base_layer.weight"]
+        if merge:
+            for adapter, scale in scaling.items():
+                a = gathered[f"{prefix}{name}.lora_A.{adapter}.weight"]
+                b = gathered[f"{prefix}{name}.lora_B.{adapter}.weight"]
+                delta = (b.to(torch.float64) @ a.to(torch.float64)) * scale
+                delta = delta.T if getattr(module, "fan_in_fan_out", False) else delta
+                weight = (weight.to(torch.float64) + delta).to(weight.dtype)
+        plain[f"{name}.weight"] = weight
+        bias = gathered.get(f"{prefix}{name}.base_layer.bias")
+        if bias is not None:
+            plain[f"{name}.bias"] = bias
+    if adapted_only:
+        return plain
+    rest = {
+        k.removeprefix(prefix): v
+        for k, v in gathered.items()
+        if "lora_" not in k and ".base_layer." not in k
+    }
+    return rest | plain
+
+
 def save_rollout_model(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -132,7 +173,9 @@ def save_rollout_model(
     adapter) as a Hugging Face folder the engines load from; ``weights``: the full state dict
     of a sharded (FSDP2) policy, gathered by the caller."""
     plain = model
-    if is_peft(model):
+    if is_peft(model) and weights is not None:  # sharded: the names say what is what
+        plain, weights = model.get_base_model(), plain_weights(model, weights, not base_only)
+    elif is_peft(model):
         copy = frozen_copy(model)
         plain = copy.unload() if base_only else copy.merge_and_unload()
     return atomic_directory_write(target, lambda tmp: save_model(tmp, plain, tokenizer, weights))
@@ -173,7 +216,7 @@ def build_engine(
     root = output_dir / "rollout_adapter"
     shutil.rmtree(root, ignore_errors=True)  # versions of an earlier run
     handle = EngineHandle(engine, AdapterFolders(root), sleeps=sleeps)
-    handle.sync(model)  # the engine holds the bare base model until it gets the adapter
+    handle.sync(model, weights)  # the engine holds the bare base model until the adapter
     return handle
 
 

@@ -15,10 +15,10 @@ from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint, save_model
-from alignlib.trainer.model import frozen_copy
+from alignlib.trainer.model import frozen_copy, reference_policy
 from alignlib.trainer.model_card import write_model_card
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
-from alignlib.trainer.step import LogprobKernel, OptimizerStep
+from alignlib.trainer.step import Context, LogprobKernel, OptimizerStep
 from alignlib.trainer.world import SINGLE, World
 
 
@@ -112,6 +112,22 @@ class TrainState:
             self.world,
             self.shards if policy else None,
         )
+
+    def reference_kernel(self, temperature: float = 1.0) -> tuple[LogprobKernel, Context | None]:
+        """π_ref = the policy before any update (call before a resume loads weights): with LoRA
+        the policy under the adapter-off context; else a frozen copy — with FSDP2 sharded like
+        the policy (a fresh load: a sharded module cannot be copied)."""
+        if self.shards is not None and not self.config.lora.enabled:
+            from alignlib.trainer.fsdp import frozen_shards
+
+            reference, wrapper = frozen_shards(self.config.model, self.world, self.placement)
+            chunk = self.config.train.logprob_chunk_size
+            kernel = LogprobKernel(
+                reference, self.placement, chunk, temperature, self.world, wrapper
+            )
+            return kernel, None
+        model, context = reference_policy(self.model, self.config.lora.enabled, self.placement)
+        return self.kernel(model, temperature), context
 
     def save(self, out_dir: Path, step: int, position: Position) -> None:
         """checkpoints/step-N: weights plus a weights_only-safe state with the config. Rank 0

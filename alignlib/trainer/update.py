@@ -4,10 +4,12 @@ rollouts, INPO pairs): prepare the whole mini-batch once, accumulate the micro-b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from alignlib.estimator import Batch, UnifiedEstimator
 from alignlib.trainer.step import Context, HostRows, LogprobKernel, OptimizerStep
@@ -51,15 +53,20 @@ def update(
     optimizer_step: OptimizerStep,
     batch: MiniBatch,
     step: int,
+    seed: int = 0,
 ) -> UpdateResult:
-    """Prepare, accumulate every micro-batch's gradient, clip and step; returns the metrics."""
-    metrics, entropy = accumulate(kernel, estimator, batch)
+    """Prepare, accumulate every micro-batch's gradient, clip and step; returns the metrics.
+    ``seed`` (the run's): dropout masks are drawn per micro-batch from (seed, step, rows)."""
+    metrics, entropy = accumulate(kernel, estimator, batch, (seed, step))
     kernel.world.sync_gradients(kernel.model)  # data-parallel workers: per-rank parts add up
     return UpdateResult(metrics | optimizer_step(step), entropy)
 
 
 def accumulate(
-    kernel: LogprobKernel, estimator: UnifiedEstimator, batch: MiniBatch
+    kernel: LogprobKernel,
+    estimator: UnifiedEstimator,
+    batch: MiniBatch,
+    dropout_key: tuple[int, int] = (0, 0),
 ) -> tuple[dict[str, float], Tensor | None]:
     """The gradient half of :func:`update` (no optimizer step): the mini-batch is prepared on
     the device — normalizers, group advantages and Clip-Cov/KL-Cov token selection see all of
@@ -78,9 +85,14 @@ def accumulate(
     # Per-rank losses are normalized by the mini-batch's global counts: they add up across
     # ranks. FSDP2 averages what it reduce-scatters, so its ranks scale the loss by the size.
     scale = float(world.size) if world.sharded else 1.0
+    stochastic = has_dropout(kernel.model)
     for i, (rows, real) in enumerate(share):
         _gradient_sync(kernel, last=i == len(share) - 1)
-        out = kernel(batch.rows, rows, with_entropy=with_entropy)
+        # Dropout masks keyed by the micro-batch (not by how many passes this rank made before):
+        # any number of workers draws the masks one process would.
+        key = (*dropout_key, world.rank + i * world.size, int(batch.rows.input_ids[rows].sum()))
+        with micro_batch_rng(key, kernel.device) if stochastic else nullcontext():
+            out = kernel(batch.rows, rows, with_entropy=with_entropy)
         on_device = rows.to(kernel.device)
         micro = prepared.select(on_device).narrow(out.width).replace(logprobs=out.logprobs)
         if batch.on_policy:
@@ -107,6 +119,24 @@ def accumulate(
         prepared = estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
     totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
     return totals | batch.metrics, entropies
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether a training forward of ``model`` draws random numbers (an active dropout)."""
+    return model.training and any(
+        isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in model.modules()
+    )
+
+
+@contextmanager
+def micro_batch_rng(key: tuple[int, ...], device: torch.device) -> Iterator[None]:
+    """Run a forward with the RNG seeded from ``key``, then restore the caller's stream (a
+    rollout's sampling draws stay what they were). Gradient checkpointing replays the forward
+    with the state this sets, so recomputed masks match."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(hash(key) % (2**63))
+        yield
 
 
 def _gradient_sync(kernel: LogprobKernel, last: bool) -> None:
