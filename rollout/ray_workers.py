@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ray
@@ -82,6 +82,8 @@ class RayRolloutPool:
         weight_backend: Collective backend for "broadcast": "nccl" (GPU trainer and GPU workers
             on other devices) or "gloo" (CPU); "auto" picks nccl when the workers hold GPUs and
             this process sees one.
+        scheduling: One Ray scheduling strategy per worker (e.g. its placement-group bundle);
+            a replacement goes where the worker it replaces was. Empty: Ray places them.
     """
 
     def __init__(
@@ -95,14 +97,13 @@ class RayRolloutPool:
         max_retries: int = 2,
         weight_transport: str = "object_store",
         weight_backend: str = "auto",
+        scheduling: Sequence[Any] = (),
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"RayRolloutPool: num_workers={num_workers} must be >= 1.")
         self._owns_ray = ensure_ray(ray_address, timeout_s)
         self._factory = engine_factory
-        self._actor_cls = ray.remote(_RolloutWorker).options(
-            num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker
-        )
+        self._actor_options = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.restarts = 0
@@ -114,7 +115,8 @@ class RayRolloutPool:
             weight_transport, weight_backend, timeout_s
         )
         self._adapter: str | None = None  # the LoRA adapter folder every worker applies
-        self._workers = [self._actor_cls.remote(self._factory) for _ in range(num_workers)]
+        self._scheduling = list(scheduling)
+        self._workers = [self._start(slot) for slot in range(num_workers)]
         try:
             self._get([w.ready.remote() for w in self._workers], "start the workers")
             self._transport.connect(self._workers)
@@ -236,12 +238,18 @@ class RayRolloutPool:
         a broadcast group is rebuilt only after every dead member is gone)."""
         for slot in slots:
             ray.kill(self._workers[slot], no_restart=True)
-            self._workers[slot] = self._actor_cls.remote(self._factory)
+            self._workers[slot] = self._start(slot)
         self.restarts += len(slots)
         refs = self._transport.replace(self._workers, slots)
         if self._adapter is not None:
             refs += [self._workers[slot].load_adapter.remote(self._adapter) for slot in slots]
         self._get(refs, f"bring workers {slots} up to date")
+
+    def _start(self, slot: int) -> Any:
+        options = dict(self._actor_options)
+        if slot < len(self._scheduling):
+            options["scheduling_strategy"] = self._scheduling[slot]
+        return ray.remote(_RolloutWorker).options(**options).remote(self._factory)
 
     def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
         try:
@@ -284,9 +292,7 @@ def ensure_ray(
     return True
 
 
-NO_ANSWER = (
-    "{} {}: no Ray cluster answered{}; start one with `ray start --head` or remove the key"
-)
+NO_ANSWER = "{} {}: no Ray cluster answered{}; start one with `ray start --head` or remove the key"
 
 
 def _gcs_endpoint(address: str) -> tuple[str, int] | None:

@@ -237,3 +237,15 @@ def test_inpo_iterations_train_on_two_workers_like_one_process(tmp_path: Path) -
     two = Trainer(load_config(write(tmp_path, "two", 2, "dpo", **extra))).train()
     assert two.steps == one.steps == 4
     assert_same_training(one, two)
+
+
+def test_rollout_workers_colocated_with_the_training_workers_change_nothing(
+    tmp_path: Path,
+) -> None:
+    """`distributed.placement: colocate` puts the two rollout workers in the training workers'
+    reservations; where they run does not change what is trained."""
+    worker = {"rollout": {"n": 4, "max_new_tokens": 5, "num_workers": 2, "timeout_s": 120}}
+    one = Trainer(load_config(write(tmp_path, "one", 0, "grpo", **worker))).train()
+    colocate = {"placement": "colocate"}
+    path = write(tmp_path, "two", 2, "grpo", **worker, distributed=colocate)
+    assert_same_training(one, Trainer(load_config(path)).train())

@@ -36,3 +36,20 @@ def test_one_worker_per_node_trains_like_one_process(tmp_path: Path, two_nodes: 
     two = trainer.train()
     assert len(set(trainer.worker_nodes)) == 2, "one training worker on each node"
     assert_same_training(one, two)
+
+
+def test_colocated_rollout_workers_run_on_their_training_workers_nodes(
+    tmp_path: Path, two_nodes: Any
+) -> None:
+    """Each node has one CPU: a training worker (0.5) and a rollout worker (0.5) per node."""
+    from ray._private import state
+
+    worker = {"rollout": {"n": 4, "max_new_tokens": 5, "num_workers": 2, "timeout_s": 120}}
+    place = {"placement": "colocate", "ray_address": two_nodes.address}
+    trainer = Trainer(load_config(write(tmp_path, "two", 2, "grpo", **worker, distributed=place)))
+    assert trainer.train().steps == 2
+    nodes: dict[str, list[str]] = {}
+    for actor in state.actors().values():
+        nodes.setdefault(actor["ActorClassName"], []).append(actor["Address"]["NodeID"])
+    assert sorted(nodes["TrainWorker"]) == sorted(nodes["_RolloutWorker"])
+    assert len(set(nodes["TrainWorker"])) == 2

@@ -301,13 +301,21 @@ class DistributedConfig(Section):
     """`ddp`: every rank holds the whole model; gradients are all-reduced once per optimizer
     step. `fsdp2`: parameters, gradients and optimizer state sharded over the ranks with
     `torch.distributed.fsdp.fully_shard` (one unit per decoder layer), for models that do not
-    fit one device; full fine-tuning, online with Ray rollout workers (`rollout.num_workers` >
-    0, full weights gathered for them each step); not yet LoRA, in-loop eval or an online KL
-    reference (use ddp)."""
+    fit one device: full fine-tuning or LoRA, offline or online with Ray rollout workers
+    (`rollout.num_workers` > 0, full weights gathered for them each step), a KL reference
+    sharded the same way; not INPO, an engine sharing the policy or an offline run's in-loop
+    eval (use ddp)."""
     use_gpu: bool = False
     """One GPU per worker (Ray `num_gpus=1`; the model goes on that worker's GPU)."""
     num_cpus_per_worker: float = Field(1.0, gt=0)
     """Ray CPU reservation of each worker (also its torch thread count, at least 1)."""
+    placement: Literal["split", "colocate"] = "split"
+    """Where the Ray rollout workers (`rollout.num_workers`) go, reserved with the training
+    workers in one Ray placement group: `split` gives each its own reservation (its own GPU with
+    `rollout.worker_num_gpus: 1`); `colocate` puts rollout worker j in training worker j mod N's
+    reservation, on its node and GPU (each rollout worker takes `rollout.worker_num_gpus` of it,
+    e.g. 0.3 — lower vLLM's `gpu_memory_utilization` to match — and the training worker the
+    rest)."""
     ray_address: str | None = None
     """Ray cluster to join (`auto` for the one `ray start` made on this node); null starts a
     local one. Multi-node: `ray start --head` on one node, `ray start --address HEAD:6379` on

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import ray
 import torch
 import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from alignlib.config.schema import RunConfig
 from alignlib.rollout.ray_workers import ensure_ray
@@ -52,8 +55,9 @@ def _free_port() -> int:
 class TrainWorker:
     """One rank: joins the group, builds the policy on its device, runs the loop."""
 
-    def __init__(self, rank: int, size: int) -> None:
+    def __init__(self, rank: int, size: int, rollout_scheduling: tuple[Any, ...] = ()) -> None:
         self.rank, self.size = rank, size
+        self.rollout_scheduling = rollout_scheduling if rank == 0 else ()
 
     def endpoint(self) -> tuple[str, int, int, str]:
         """(host, free port, pid, Ray node id): rank 0's host and port are the group's
@@ -84,7 +88,8 @@ class TrainWorker:
         )
         try:
             sharded = config.distributed.strategy == "fsdp2"
-            return train_rank(config, World(self.rank, self.size, sharded))
+            world = World(self.rank, self.size, sharded, self.rollout_scheduling)
+            return train_rank(config, world)
         finally:
             dist.destroy_process_group()
 
@@ -102,13 +107,17 @@ def run_distributed(
     ensure_ray(spec.ray_address, spec.timeout_s, key="distributed.ray_address")
     # Workers run in Ray's own working folder: give them the run folder as an absolute path.
     config = config.model_copy(update={"output_dir": str(Path(config.output_dir).resolve())})
-    actor = ray.remote(TrainWorker).options(
-        num_cpus=spec.num_cpus_per_worker,
-        num_gpus=1 if spec.use_gpu else 0,
-        scheduling_strategy="SPREAD",  # one rank per node first, across a multi-node cluster
-        max_restarts=0,
-    )
-    workers = [actor.remote(rank, spec.num_workers) for rank in range(spec.num_workers)]
+    layout = Layout.of(config)
+    group = layout.reserve(spec.timeout_s)
+    actor = ray.remote(TrainWorker)
+    resources = {"num_cpus": spec.num_cpus_per_worker, "num_gpus": layout.train_gpus}
+    rollouts = tuple(layout.rollout_scheduling(group))
+    workers = [
+        actor.options(
+            **resources, scheduling_strategy=in_bundle(group, rank), max_restarts=0
+        ).remote(rank, spec.num_workers, rollouts)
+        for rank in range(spec.num_workers)
+    ]
     try:
         endpoints = _wait(workers, [w.endpoint.remote() for w in workers], spec.timeout_s)
         if on_started is not None:
@@ -125,6 +134,89 @@ def run_distributed(
     finally:
         for worker in workers:
             ray.kill(worker, no_restart=True)
+        remove_placement_group(group)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The run's Ray placement group (`distributed.placement`): one bundle per training worker,
+    spread over the nodes; rollout workers in their own bundles (split) or in the training
+    workers' (colocate: rollout worker j with training worker j mod N, on its node and GPU)."""
+
+    workers: int
+    train_cpus: float
+    gpu: bool
+    rollouts: int
+    rollout_cpus: float
+    rollout_gpus: float
+    colocate: bool
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Layout:
+        spec, rollout = config.distributed, config.rollout
+        count = rollout.num_workers if rollout is not None else 0
+        cpus = rollout.worker_num_cpus if rollout is not None else 0.0
+        gpus = rollout.worker_num_gpus if rollout is not None else 0.0
+        layout = cls(
+            spec.num_workers,
+            spec.num_cpus_per_worker,
+            spec.use_gpu,
+            count,
+            cpus,
+            gpus,
+            spec.placement == "colocate",
+        )
+        if layout.colocate and spec.use_gpu and layout.train_gpus <= 0:
+            raise ValueError(
+                f"distributed.placement: colocate puts {layout.per_bundle} rollout worker(s) "
+                f"of rollout.worker_num_gpus {gpus:g} on each training GPU, leaving none for "
+                "training; lower rollout.worker_num_gpus (e.g. 0.3) or use placement: split"
+            )
+        return layout
+
+    @property
+    def per_bundle(self) -> int:
+        """Rollout workers sharing one training worker's bundle (colocate)."""
+        return -(-self.rollouts // self.workers) if self.colocate else 0
+
+    @property
+    def train_gpus(self) -> float:
+        """A training worker's GPU share: what its colocated rollout workers leave."""
+        return 1.0 - self.per_bundle * self.rollout_gpus if self.gpu else 0.0
+
+    def bundles(self) -> list[dict[str, float]]:
+        train = {"CPU": self.train_cpus + self.per_bundle * self.rollout_cpus}
+        train |= {"GPU": 1.0} if self.gpu else {}
+        rollout = {"CPU": self.rollout_cpus} | (
+            {"GPU": self.rollout_gpus} if self.rollout_gpus else {}
+        )
+        return [train] * self.workers + ([] if self.colocate else [rollout] * self.rollouts)
+
+    def reserve(self, timeout_s: float) -> PlacementGroup:
+        group = placement_group(self.bundles(), strategy="SPREAD")
+        try:
+            ray.get(group.ready(), timeout=timeout_s)
+        except GetTimeoutError:
+            remove_placement_group(group)
+            raise DistributedError(
+                f"distributed: the cluster cannot reserve {self.bundles()} within "
+                f"{timeout_s:g} s (distributed.timeout_s); check `ray status` for free CPUs/GPUs, "
+                "or lower distributed.num_workers / num_cpus_per_worker / rollout.num_workers"
+            ) from None
+        return group
+
+    def rollout_bundles(self) -> list[int]:
+        """The bundle of each rollout worker."""
+        if self.colocate:
+            return [j % self.workers for j in range(self.rollouts)]
+        return [self.workers + j for j in range(self.rollouts)]
+
+    def rollout_scheduling(self, group: PlacementGroup) -> list[Any]:
+        return [in_bundle(group, index) for index in self.rollout_bundles()]
+
+
+def in_bundle(group: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
 
 
 def _wait(
@@ -139,7 +231,12 @@ def _wait(
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=5.0)
         for ref in done:
-            _check(ref, refs.index(ref), pids)
+            try:
+                _check(ref, refs.index(ref), pids)
+            except (ValueError, DistributedError) as err:
+                if not PEER_FAILED.search(str(err)) or not pending:
+                    raise
+                raise _root_cause(err, refs, pending, pids) from None
         if timeout_s is not None and time.monotonic() - began > timeout_s and pending:
             rank = refs.index(pending[0])
             raise DistributedError(
@@ -149,6 +246,25 @@ def _wait(
                 "use_gpu)"
             )
     return [ray.get(ref) for ref in refs]
+
+
+PEER_FAILED = re.compile(r"closed by peer|reset by peer|remote process exited|broken pipe", re.I)
+"""A rank's collective failing because another rank failed first."""
+
+
+def _root_cause(
+    first: Exception, refs: list[Any], pending: list[Any], pids: list[int] | None
+) -> Exception:
+    """The error of the rank that failed first, when the one seen is only its peer's collective
+    breaking (waits briefly for the others to report)."""
+    done, _ = ray.wait(pending, num_returns=len(pending), timeout=10.0)
+    for ref in done:
+        try:
+            _check(ref, refs.index(ref), pids)
+        except (ValueError, DistributedError) as err:
+            if not PEER_FAILED.search(str(err)):
+                return err
+    return first
 
 
 def _check(ref: Any, rank: int, pids: list[int] | None) -> None:

@@ -137,6 +137,7 @@ class OnlineSource:
             state.placement,
             self.config.model.chat_template,
             weights,
+            state.world.rollout_scheduling,
         )
         if self.ahead is not None:
             self.ahead.begin(start)

@@ -189,6 +189,7 @@ def build_engine(
     placement: Placement,
     chat_template: bool,
     weights: dict[str, Tensor] | None = None,
+    scheduling: tuple[Any, ...] = (),
 ) -> EngineHandle:
     """Training prompts reach the engine as templated token ids (used verbatim); the chat flag
     only matters for the string prompts of in-loop benchmark evaluation."""
@@ -208,7 +209,7 @@ def build_engine(
     factory = functools.partial(
         make_engine, config.engine, folder, dtype, config.max_batch_size, chat_template, options
     )
-    engine = factory() if config.num_workers == 0 else _pool(config, factory)
+    engine = factory() if config.num_workers == 0 else _pool(config, factory, scheduling)
     sleeps = "enable_sleep_mode" in options
     if not adapter:
         named = NamedWeights(adapted_only=config.engine != "vllm")
@@ -225,7 +226,9 @@ def _adapter_sync(lora_sync: str) -> bool:
     return lora_sync == "adapter" or (lora_sync == "auto" and torch.cuda.is_available())
 
 
-def _pool(config: RolloutConfig, factory: functools.partial) -> RolloutEngine:
+def _pool(
+    config: RolloutConfig, factory: functools.partial, scheduling: tuple[Any, ...]
+) -> RolloutEngine:
     from alignlib.rollout.ray_workers import RayRolloutPool
 
     return RayRolloutPool(  # type: ignore[return-value]
@@ -236,6 +239,7 @@ def _pool(config: RolloutConfig, factory: functools.partial) -> RolloutEngine:
         num_cpus_per_worker=config.worker_num_cpus,
         num_gpus_per_worker=config.worker_num_gpus,
         weight_transport=config.weight_transport,
+        scheduling=scheduling,
     )
 
 

@@ -28,6 +28,9 @@ class World:
     """FSDP2: parameters are sharded, so every rank must run every forward and backward
     (padding steps stand in for a rank without a micro-batch) and FSDP2 itself reduces the
     gradients."""
+    rollout_scheduling: tuple[Any, ...] = ()
+    """Ray scheduling strategies of the rollout workers rank 0 starts, one per worker (their
+    bundles of the run's placement group, `distributed.placement`); empty: Ray places them."""
 
     @property
     def is_main(self) -> bool:
