@@ -321,7 +321,7 @@ def test_ray_join_that_never_answers_is_bounded(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import socket, sys, time
-        from alignlib.rollout.ray_workers import ensure_ray
+        from alignlib.rollout.ray_cluster import ensure_ray
         server = socket.socket()
         server.bind(("127.0.0.1", 0))
         server.listen()

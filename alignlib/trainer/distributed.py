@@ -34,7 +34,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from alignlib.config.schema import RunConfig
-from alignlib.rollout.ray_workers import ensure_ray
+from alignlib.rollout.ray_cluster import ensure_ray
 from alignlib.trainer.world import World
 
 TrainRank = Callable[[RunConfig, World], dict[str, Any]]

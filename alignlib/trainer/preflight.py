@@ -166,7 +166,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
                 )
     rollout = config.rollout
     if rollout.num_workers > 0 and rollout.ray_address is not None:
-        from alignlib.rollout.ray_workers import probe_ray_address
+        from alignlib.rollout.ray_cluster import probe_ray_address
 
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
 
