@@ -179,6 +179,25 @@ class TrainConfig(Section):
     methods (TPO)."""
     logprob_chunk_size: int = Field(256, gt=0)
     """Positions per LM-head chunk when computing log-probs (no full fp32 [T, V] tensor)."""
+    max_tokens_per_micro_batch: int | None = Field(None, gt=0)
+    """Tokens per forward/backward pass instead of a row count (`micro_batch_size` here,
+    `online.micro_batch_size` online): rows join a pass in order while its tokens stay at most
+    this many; a preference pair's rows share a pass, and an example longer than the budget gets
+    a pass of its own. Tokens count as the pass runs them: the sum of the rows' real lengths
+    with `packing`, rows × the longest row without. It also sizes the no-grad reference and
+    old-log-prob passes. The gradient is unchanged: loss normalizers are taken over the whole
+    mini-batch before it is split. null: split by `micro_batch_size`."""
+    packing: bool = False
+    """Run each pass padding-free: its rows' real tokens only, with positions restarting at
+    every row, so no compute goes to padding and only completion tokens reach the LM head. Each
+    token attends only to its own row, so the log-probs equal the padded path's (tested in
+    float64). How: on a GPU with `model.attn_implementation: flash_attention_2`, one varlen
+    call; on a CPU, each row through the decoder alone (measured: 1.4x less CPU time than
+    padded for a SmolLM2-135M DPO step, rows of 146 tokens on average and 238 at most; no
+    gain on tiny models); otherwise one call with a block-diagonal mask (attention quadratic in
+    the pass's tokens: prefer flash_attention_2). Off by default: float32 sums then differ from
+    the padded path's in the last bits, so existing runs stay bit-for-bit as they were. A
+    model transformers cannot pack runs padded, with a warning."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A step whose gradient norm is NaN/inf (a NaN loss, reward or advantage): `stop` ends the
     run with one line naming the step (the latest checkpoint stays); `skip` drops that step

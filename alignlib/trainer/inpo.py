@@ -87,7 +87,8 @@ class InpoSource:
         needs = self.state.estimator.requirements()
         size = self.config.train.micro_batch_size
         pad = self.state.pad_id
-        yield offline_minibatch(examples, pad, needs, size, self.ref_cache, self.prev_cache)
+        split = self.kernel.batching(size)  # examples, or the token budget
+        yield offline_minibatch(examples, pad, needs, split, self.ref_cache, self.prev_cache)
 
     def start_iteration(self, t: int) -> None:
         """Sample from π_t, rank, cache log π_ref and log π_t; fresh optimizer and schedule."""

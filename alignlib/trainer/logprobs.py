@@ -12,6 +12,8 @@ the decoder forward.
 A plain ``nn.Linear`` head runs in :class:`LinearLogprobEntropy`, which keeps only per-position
 values for the backward and recomputes each chunk's logits there; other heads (LoRA-wrapped,
 hooked) take the per-chunk module path, which keeps each chunk's fp32 logits for the backward.
+:func:`head_logprobs` picks between them; the packed (padding-free) forward in
+``alignlib.trainer.packing`` runs the same head on exactly the scored positions.
 """
 
 from __future__ import annotations
@@ -338,7 +340,6 @@ def token_logprobs(
     hidden = base(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state
-    head = model.get_output_embeddings()
     # Output position t reads hidden[t - 1] and scores input_ids[t]; column 0 is never scored.
     skipped = min(max(first_scored_position, 1), input_ids.shape[1])
     hidden, targets = hidden[:, skipped - 1 : -1], input_ids[:, skipped:]
@@ -346,11 +347,25 @@ def token_logprobs(
     pad = hidden.new_zeros(input_ids.shape[0], skipped, dtype=dtype)
     if hidden.shape[1] == 0:
         logps = ents = pad[:, :0]
-    elif is_plain_linear(head) and _logits_bytes(hidden, head) >= FLOOR_FROM_BYTES:
-        rows = chunk_size * hidden.shape[0]
-        logps, ents = _fused_head(hidden, head, targets, rows, with_entropy, temperature)
     else:
-        logps, ents = _chunked_head(hidden, head, targets, chunk_size, with_entropy, temperature)
+        head = model.get_output_embeddings()
+        logps, ents = head_logprobs(hidden, head, targets, chunk_size, with_entropy, temperature)
     logprobs = torch.cat([pad, logps.to(dtype)], dim=1)
     entropy = torch.cat([pad, ents.to(dtype)], dim=1) if with_entropy else None
     return logprobs, entropy
+
+
+def head_logprobs(
+    hidden: Tensor,
+    head: nn.Module,
+    targets: Tensor,
+    chunk_size: int,
+    with_entropy: bool,
+    temp: float,
+) -> tuple[Tensor, Tensor]:
+    """[B, n] log-probs and entropies of the [B, n, hidden] states: the memory-floor path for
+    a plain linear head with large logits, else the per-chunk module path."""
+    if is_plain_linear(head) and _logits_bytes(hidden, head) >= FLOOR_FROM_BYTES:
+        rows = chunk_size * hidden.shape[0]
+        return _fused_head(hidden, head, targets, rows, with_entropy, temp)
+    return _chunked_head(hidden, head, targets, chunk_size, with_entropy, temp)

@@ -20,6 +20,7 @@ from alignlib.device import HOST
 from alignlib.estimator import Batch
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.model import adapter_context
+from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
 from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
@@ -139,13 +140,15 @@ def offline_minibatch(
     examples: list[Example],
     pad_id: int,
     needs: dict[str, str],
-    micro_batch_size: int,
+    micro_batch_size: int | MicroBatching,
     ref_cache: LogprobCache | None = None,
     prev_cache: LogprobCache | None = None,
     live_reference: Context | None = None,
 ) -> MiniBatch:
     """The rows of ``examples`` (every sequence of each) as one optimizer mini-batch; micro
-    batches hold whole examples, so a pair's chosen and rejected rows meet in one forward."""
+    batches hold whole examples, so a pair's chosen and rejected rows meet in one forward:
+    ``micro_batch_size`` examples each, or as many as a :class:`MicroBatching`'s token budget
+    holds."""
     col = collate(examples, pad_id)
     rows, width = col.input_ids.shape
     fields = Batch(
@@ -158,10 +161,9 @@ def offline_minibatch(
         pair_ids=col.pair_ids,
         trace=col.trace,
     )
-    micro = [
-        torch.isin(col.example_of_row, torch.tensor(group, device=HOST)).nonzero().flatten()
-        for group in _chunks(list(range(len(examples))), micro_batch_size)
-    ]
+    # Each example's rows, in row order (collate writes them example by example).
+    units = [col.example_of_row.eq(i).nonzero().flatten() for i in range(len(examples))]
+    micro = MicroBatching.of(micro_batch_size).split(units, col.attention_mask.sum(-1))
     return MiniBatch(
         host_rows(col),
         fields,
@@ -232,7 +234,7 @@ class OfflineSource:
             examples,
             state.pad_id,
             needs,
-            train.micro_batch_size,
+            self.kernel.batching(train.micro_batch_size),
             self.ref_cache,
             self.prev_cache,
             self.live_reference,

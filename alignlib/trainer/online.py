@@ -188,7 +188,8 @@ class OnlineSource:
             ref_part = None if ref is None else ref[on_device]
             engine = None if behaviour is None else behaviour[on_device]
             self.parts.append(indices)
-            yield online_minibatch(tensors, indices, old_part, ref_part, current, size, engine)
+            split = self.kernel.batching(size)  # rows, or the token budget
+            yield online_minibatch(tensors, indices, old_part, ref_part, current, split, engine)
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float

@@ -12,6 +12,7 @@ from torch import Tensor
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Mask, Role, UnifiedEstimator, kept_log_mass
 from alignlib.trainer.online_rollout import TrainRows
+from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
 from alignlib.trainer.update import MiniBatch
 
@@ -118,10 +119,6 @@ def needs_live_logprobs(estimator: UnifiedEstimator) -> bool:
     )
 
 
-def _chunks(indices: Tensor, size: int) -> list[Tensor]:
-    return [indices[i : i + size] for i in range(0, indices.numel(), size)]
-
-
 def policy_logprobs(
     kernel: LogprobKernel,
     rows: RowTensors,
@@ -152,14 +149,15 @@ def online_minibatch(
     old: Tensor | None,
     ref: Tensor | None,
     current: Tensor | None,
-    micro_batch_size: int,
+    micro_batch_size: int | MicroBatching,
     behaviour: Tensor | None = None,
 ) -> MiniBatch:
     """The rows ``indices`` as one optimizer mini-batch. ``old`` / ``ref`` / ``current``
     ([len(indices), W], from no-grad passes) are the behaviour, reference and present
     log-probs; ``old`` None means on-policy (the update's own forward gives them).
     ``behaviour`` ([len(indices), W]): the engine's log-probs on the trainer's scale
-    (:func:`engine_logprobs`), read by a rollout correction."""
+    (:func:`engine_logprobs`), read by a rollout correction. Micro-batches hold
+    ``micro_batch_size`` rows, or as many as a :class:`MicroBatching`'s token budget holds."""
     subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
     placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=HOST)
     fields = Batch(
@@ -173,7 +171,8 @@ def online_minibatch(
         group_ids=rows.group_ids[indices],
         roles=rows.roles[indices],
     )
-    micro = _chunks(torch.arange(indices.numel(), device=HOST), micro_batch_size)
+    units = list(torch.arange(indices.numel(), device=HOST).split(1))
+    micro = MicroBatching.of(micro_batch_size).split(units, subset.attention.sum(-1))
     return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)
 
 
@@ -210,7 +209,7 @@ def old_logprobs_and_kept_mass(
     handle = model.get_output_embeddings().register_forward_hook(hook)  # type: ignore[operator]
     was_training = model.training
     model.eval()
-    chunks = list(torch.arange(rows.num_rows, device=HOST).split(micro_batch_size))
+    chunks = kernel.passes(host, micro_batch_size)  # the hook is on: padded passes
     try:
         for chunk in kernel.world.share(chunks):
             hook.parts = []

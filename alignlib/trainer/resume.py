@@ -39,6 +39,8 @@ CHANGEABLE = (
     "train.epochs",
     "train.micro_batch_size",
     "train.logprob_chunk_size",
+    "train.packing",
+    "train.max_tokens_per_micro_batch",
     "train.nonfinite",
     "model.device",
     "model.attn_implementation",

@@ -111,6 +111,8 @@ class TrainState:
             temperature,
             self.world,
             self.shards if policy else None,
+            packing=self.config.train.packing,
+            max_tokens=self.config.train.max_tokens_per_micro_batch,
         )
 
     def reference_kernel(self, temperature: float = 1.0) -> tuple[LogprobKernel, Context | None]:
@@ -122,8 +124,16 @@ class TrainState:
 
             reference, wrapper = frozen_shards(self.config.model, self.world, self.placement)
             chunk = self.config.train.logprob_chunk_size
+            train = self.config.train
             kernel = LogprobKernel(
-                reference, self.placement, chunk, temperature, self.world, wrapper
+                reference,
+                self.placement,
+                chunk,
+                temperature,
+                self.world,
+                wrapper,
+                packing=train.packing,
+                max_tokens=train.max_tokens_per_micro_batch,
             )
             return kernel, None
         model, context = reference_policy(self.model, self.config.lora.enabled, self.placement)

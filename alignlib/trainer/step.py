@@ -7,6 +7,12 @@ slices the rows of one micro-batch out of the host-side padded tensors, narrows 
 micro-batch's longest row, moves them to the policy's device, and runs the policy under the
 run's precision (bf16 autocast for ``bf16-mixed``); log-softmax and everything after it stay
 in fp32. No call site moves a tensor itself, so none can forget to.
+
+With ``train.packing`` the kernel instead forwards the micro-batch padding-free (its rows
+concatenated, position ids restarting per row: ``alignlib.trainer.packing``) and returns the
+same [r, w] layout, so nothing downstream changes; ``train.max_tokens_per_micro_batch`` makes
+its no-grad passes (and the sources' micro-batches, through :meth:`LogprobKernel.batching`)
+hold at most that many tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +30,16 @@ from torch import Tensor, nn
 from alignlib.console import warn
 from alignlib.device import HOST, Placement
 from alignlib.trainer.logprobs import first_masked_position, token_logprobs
+from alignlib.trainer.packing import (
+    MicroBatching,
+    PackingMode,
+    decoder_kwargs,
+    head_is_hooked,
+    pack,
+    packed_token_logprobs,
+    packing_mode,
+    unpack,
+)
 from alignlib.trainer.world import SINGLE, World
 
 Context = Callable[[], AbstractContextManager]
@@ -51,7 +67,9 @@ class HostRows:
 class MicroLogprobs:
     logprobs: Tensor
     """[r, w] log π of each token on the kernel's device (fp32, or fp64 for a fp64 model);
-    with gradient unless the kernel ran with ``grad=False``."""
+    with gradient unless the kernel ran with ``grad=False``. Padded: every column from the
+    micro-batch's first scored one (padding columns too: never read); packed: exactly the
+    scored tokens. 0 elsewhere."""
     entropy: Tensor | None
     """[r, w] entropy per position, when asked for."""
     width: int
@@ -60,9 +78,10 @@ class MicroLogprobs:
 
 class PolicyLogprobs(nn.Module):
     """The policy as one module whose forward is :func:`token_logprobs` (decoder, then the LM
-    head in chunks). Wrappers keyed on module forwards — FSDP2's all-gather of the embedding,
-    final norm and LM head before, their gradient reduce-scatter after — then see the whole
-    computation, which calls the decoder and the head separately."""
+    head in chunks), or :func:`packed_token_logprobs` when given packed ``position_ids``.
+    Wrappers keyed on module forwards — FSDP2's all-gather of the embedding, final norm and LM
+    head before, their gradient reduce-scatter after — then see the whole computation, which
+    calls the decoder and the head separately."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -76,7 +95,21 @@ class PolicyLogprobs(nn.Module):
         with_entropy: bool,
         temperature: float,
         first_scored_position: int,
+        position_ids: Tensor | None = None,
+        scored: Tensor | None = None,
+        **attention: object,
     ) -> tuple[Tensor, Tensor | None]:
+        if position_ids is not None and scored is not None:  # packed: [S] values
+            return packed_token_logprobs(
+                self.model,
+                input_ids,
+                position_ids,
+                scored,
+                chunk_size=chunk_size,
+                with_entropy=with_entropy,
+                temperature=temperature,
+                **attention,
+            )
         return token_logprobs(
             self.model,
             input_ids,
@@ -102,10 +135,32 @@ class LogprobKernel:
     """Data-parallel workers: no-grad passes over many rows are split among them."""
     module: nn.Module | None = None
     """The (FSDP2-sharded) :class:`PolicyLogprobs` of ``model`` to call, when there is one."""
+    packing: bool = False
+    """Forward each micro-batch padding-free (``train.packing``) where the model supports it
+    (else padded, with one warning)."""
+    max_tokens: int | None = None
+    """Tokens per no-grad pass (``train.max_tokens_per_micro_batch``) instead of a row count."""
 
     @property
     def device(self) -> torch.device:
         return self.placement.device
+
+    @property
+    def pack_mode(self) -> PackingMode | None:
+        """How micro-batches run packed (``packing.packing_mode``), or None for padded: not
+        asked for, not supported (one warning), or a hook on the LM head reads the padded
+        layout (the kept-mass pass: padded, silently)."""
+        if not self.packing or head_is_hooked(self.model):
+            return None
+        mode, why = packing_mode(self.model, self.device, self.module is not None)
+        if mode is None and why not in _WARNED:
+            _WARNED.add(why)
+            warn(f"train.packing: running padded rows instead, because {why}")
+        return mode
+
+    def batching(self, size: int) -> MicroBatching:
+        """Micro-batches of ``size`` units, or by the token budget, as this kernel counts them."""
+        return MicroBatching(size, self.max_tokens, self.pack_mode is not None)
 
     def __call__(
         self,
@@ -121,21 +176,48 @@ class LogprobKernel:
         ``grad=False`` runs without autograd (old, reference and cached log-probs);
         ``context`` runs the model as another policy (adapter off).
         """
-        width = int(rows.attention[indices].sum(-1).max())
-        ids = rows.input_ids[indices, :width].to(self.device, non_blocking=True)
-        attention = rows.attention[indices, :width].to(self.device, non_blocking=True)
-        # Read on the host: no device sync, and the prompt columns skip the LM head.
-        first = first_masked_position(rows.scored[indices, :width])
         with (
             torch.set_grad_enabled(grad),
             context() if context is not None else nullcontext(),
             self.placement.autocast(),
         ):
             forward = self.module if self.module is not None else PolicyLogprobs(self.model)
+            mode = self.pack_mode
+            if mode is not None:
+                return self._packed(forward, mode, rows, indices, with_entropy)
+            width = int(rows.attention[indices].sum(-1).max())
+            ids = rows.input_ids[indices, :width].to(self.device, non_blocking=True)
+            attention = rows.attention[indices, :width].to(self.device, non_blocking=True)
+            # Read on the host: no device sync, and the prompt columns skip the LM head.
+            first = first_masked_position(rows.scored[indices, :width])
             logprobs, entropy = forward(
                 ids, attention, self.chunk_size, with_entropy, self.temperature, first
             )
         return MicroLogprobs(logprobs, entropy, width)
+
+    def _packed(
+        self,
+        forward: nn.Module,
+        mode: PackingMode,
+        rows: HostRows,
+        indices: Tensor,
+        with_entropy: bool,
+    ) -> MicroLogprobs:
+        """The rows as one padding-free [1, Σ lengths] sequence, unpacked to [r, w]."""
+        packed = pack(rows.input_ids[indices], rows.attention[indices], rows.scored[indices])
+        ids, positions, scored = (
+            t.to(self.device, non_blocking=True)
+            for t in (packed.input_ids, packed.position_ids, packed.scored)
+        )
+        # As many LM-head positions per chunk as the padded path's chunk of every row.
+        chunk = self.chunk_size * packed.num_rows
+        extra = decoder_kwargs(mode, packed, self.device)
+        logps, ents = forward(
+            ids, None, chunk, with_entropy, self.temperature, 0, positions, scored, **extra
+        )
+        width = packed.max_length
+        entropy = None if ents is None else unpack(ents, packed, width)
+        return MicroLogprobs(unpack(logps, packed, width), entropy, width)
 
     @torch.no_grad()
     def all_rows(
@@ -153,7 +235,7 @@ class LogprobKernel:
         entropy = torch.zeros(shape, device=self.device) if with_entropy else None
         was_training = self.model.training
         self.model.eval()
-        chunks = list(torch.arange(rows.num_rows, device=HOST).split(micro_batch_size))
+        chunks = self.passes(rows, micro_batch_size)
         try:
             for chunk, real in self.world.padded_share(chunks):  # each rank its share, summed
                 out = self(rows, chunk, with_entropy=with_entropy, grad=False, context=context)
@@ -176,6 +258,15 @@ class LogprobKernel:
             self.world.sum_(entropy)
         return logprobs, entropy
 
+    def passes(self, rows: HostRows, micro_batch_size: int) -> list[Tensor]:
+        """Row indices of each no-grad pass over every row: ``micro_batch_size`` rows at a
+        time, or as many as the token budget holds."""
+        units = list(torch.arange(rows.num_rows, device=HOST).split(1))
+        return self.batching(micro_batch_size).split(units, rows.attention.sum(-1))
+
+
+_WARNED: set[str] = set()
+"""Reasons for not packing already announced (once per process, not per micro-batch)."""
 
 NonFinite = Literal["stop", "skip"]
 
