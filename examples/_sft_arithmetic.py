@@ -1,0 +1,150 @@
+"""Shared by the offline paper-reproduction examples (RPO vs DPO, BVPO gradient variance).
+
+Both need a model whose correct answers are already likely, and both must run in minutes on a
+CPU. So the model is `tiny:llama` (2 layers, hidden 64, random init) first taught the builtin
+arithmetic task (`alignlib.data.tasks`: one-digit sums and differences) by SFT through the
+library's own Trainer; preference runs then start from that checkpoint. Prompts of the
+preference stage are problems the SFT stage never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignlib import Trainer
+from alignlib.config import RunConfig
+from alignlib.data.tasks import arithmetic_train
+from alignlib.trainer.loop import TrainResult
+
+SFT_PROBLEMS = 1600
+"""The first 1,600 builtin arithmetic problems teach the task; the other 400 are for the
+preference stage (never seen in SFT)."""
+
+_EQUATION = re.compile(r"^(\d+) ([+-]) (\d+) = (\d+)\.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    a: int
+    op: str
+    b: int
+
+    @property
+    def value(self) -> int:
+        return self.a + self.b if self.op == "+" else self.a - self.b
+
+    def solution(self, value: int | None = None) -> str:
+        """The builtin demonstration, or the same text with a wrong ``value``."""
+        v = self.value if value is None else value
+        return f"{self.a} {self.op} {self.b} = {v}. The answer is \\boxed{{{v}}}."
+
+
+def problems() -> list[Problem]:
+    """The 2,000 builtin arithmetic problems, parsed from their demonstrations."""
+    out = []
+    for row in arithmetic_train():
+        match = _EQUATION.match(row["solution"])
+        assert match is not None, row["solution"]
+        a, op, b, _ = match.groups()
+        out.append(Problem(row["prompt"], int(a), op, int(b)))
+    return out
+
+
+def wrong_value(value: int, rng: random.Random) -> int:
+    """A wrong but plausible answer: off by 1 to 3, never negative."""
+    candidates = [value + d for d in (-3, -2, -1, 1, 2, 3) if value + d >= 0]
+    return rng.choice(candidates)
+
+
+def one_thread() -> None:
+    """A 64-wide model gains nothing from more threads, and on a busy 2-core machine extra
+    threads only spin: the timings in docs/results.md are one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def offline_config(
+    output_dir: Path, model: str, data: Path, algorithm: dict[str, Any], **train: Any
+) -> RunConfig:
+    """A full-weight offline run with a constant learning rate; ``train`` holds lr, steps,
+    batch_size and seed."""
+    return RunConfig.model_validate(
+        {
+            "output_dir": str(output_dir),
+            "model": {"name_or_path": model},
+            "data": {"path": str(data), "max_prompt_length": 96, "max_completion_length": 96},
+            "algorithm": algorithm,
+            "optim": {"lr": train["lr"], "warmup_ratio": 0.0, "schedule": "constant"},
+            "train": {
+                "batch_size": train["batch_size"],
+                "micro_batch_size": train["batch_size"],
+                "max_steps": train["steps"],
+                "seed": train["seed"],
+            },
+            "logging": {"progress": False, "report_to": [], "plot": False},
+        }
+    )
+
+
+def train(config: RunConfig) -> tuple[TrainResult, float]:
+    """(the run's result, its wall-clock seconds)."""
+    began = time.perf_counter()
+    result = Trainer(config).train()
+    return result, time.perf_counter() - began
+
+
+def sft_tiny(
+    work: Path, responses: list[dict[str, str]], steps: int, seed: int
+) -> tuple[Path, float]:
+    """SFT `tiny:llama` on {prompt, completion} rows; (its final/ checkpoint, seconds)."""
+    data = write_jsonl(work / "sft.jsonl", responses)
+    config = offline_config(
+        work / "sft",
+        "tiny:llama",
+        data,
+        {"name": "sft"},
+        lr=3e-3,
+        steps=steps,
+        batch_size=32,
+        seed=seed,
+    )
+    result, seconds = train(config)
+    return result.output_dir / "final", seconds
+
+
+def write_results(out: Path, results: dict[str, Any]) -> Path:
+    """results.json in ``out`` (created): floats to 4 significant digits, lists of numbers on
+    one line, so the file stays short and diffs stay readable."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(_dumps(results) + "\n")
+    return path
+
+
+def _dumps(value: Any, indent: str = "") -> str:
+    if isinstance(value, float):
+        return json.dumps(float(f"{value:.4g}"))
+    if isinstance(value, dict):
+        inner = indent + "  "
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}" if items else "{}"
+    if isinstance(value, list | tuple):
+        parts = [_dumps(v, indent + "  ") for v in value]
+        if all(not isinstance(v, dict | list | tuple) for v in value):
+            return "[" + ", ".join(parts) + "]"
+        return "[\n" + ",\n".join(indent + "  " + p for p in parts) + "\n" + indent + "]"
+    return json.dumps(value, ensure_ascii=False)
