@@ -28,6 +28,7 @@ import yaml
 
 BATCH, MICRO, LIMIT, BETA, LR, MAX_LENGTH = 8, 4, 64, 0.1, 1e-5, 160
 DEVICE, PRECISION = "cpu", "fp32"
+PACKING = False  # --packing: alignlib forwards each micro-batch padding-free
 
 
 def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
@@ -51,7 +52,12 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[floa
         },
         "algorithm": {"name": "dpo", "params": {"beta": BETA}},
         "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": None},
-        "train": {"batch_size": BATCH, "micro_batch_size": MICRO, "max_steps": steps},
+        "train": {
+            "batch_size": BATCH,
+            "micro_batch_size": MICRO,
+            "max_steps": steps,
+            "packing": PACKING,
+        },
         "logging": {"progress": False, "tensorboard": False, "plot": False},
     }
     path = workdir / "alignlib.yaml"
@@ -122,17 +128,19 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
 
 
 def main() -> None:
-    global BATCH, MICRO, MAX_LENGTH, LIMIT, DEVICE, PRECISION  # the script's knobs
+    global BATCH, MICRO, MAX_LENGTH, LIMIT, DEVICE, PRECISION, PACKING  # the knobs
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--packing", action="store_true", help="alignlib train.packing: true")
     parser.add_argument("--pairs", type=int, default=BATCH, help="preference pairs per step")
     parser.add_argument("--micro", type=int, default=MICRO, help="pairs per forward/backward")
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="prompt + completion")
     args = parser.parse_args()
     BATCH, MICRO, MAX_LENGTH, DEVICE = args.pairs, args.micro, args.max_length, args.device
+    PACKING = args.packing
     LIMIT = max(LIMIT, BATCH * 4)
     PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
     torch.manual_seed(0)

@@ -56,6 +56,7 @@ import yaml
 PROMPTS, N, MICRO, MAX_NEW, LR, CLIP, EPS, LIMIT = 4, 8, 8, 48, 1e-5, 1.0, 0.2, 64
 DATA = "builtin:arithmetic_prompts"
 DEVICE, PRECISION = "cpu", "fp32"
+PACKING = False  # --packing: alignlib forwards each micro-batch padding-free
 
 
 @dataclass
@@ -82,7 +83,7 @@ def alignlib_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
         "data": {"path": DATA, "limit": LIMIT, "shuffle": False},
         "algorithm": {"name": "grpo", "params": {"eps_low": EPS, "eps_high": EPS}},
         "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": CLIP},
-        "train": {"max_steps": steps, "seed": 0},
+        "train": {"max_steps": steps, "seed": 0, "packing": PACKING},
         "rollout": {"engine": "transformers", "n": N, "temperature": 1.0, "top_p": 1.0}
         | {"max_new_tokens": MAX_NEW, "max_batch_size": PROMPTS * N},
         "online": {
@@ -254,12 +255,13 @@ def measured(run, *args):  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    global PROMPTS, N, MICRO, MAX_NEW, LIMIT, DEVICE, PRECISION  # the script's knobs
+    global PROMPTS, N, MICRO, MAX_NEW, LIMIT, DEVICE, PRECISION, PACKING  # the knobs
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--packing", action="store_true", help="alignlib train.packing: true")
     parser.add_argument("--prompts", type=int, default=PROMPTS, help="prompts per step")
     parser.add_argument("--n", type=int, default=N, help="samples per prompt")
     parser.add_argument("--max-new", type=int, default=MAX_NEW, help="new tokens per sample")
@@ -267,6 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     PROMPTS, N, MAX_NEW, MICRO = args.prompts, args.n, args.max_new, args.micro
     DEVICE = args.device
+    PACKING = args.packing
     PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
     LIMIT = max(LIMIT, PROMPTS * (args.steps + 1))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
