@@ -36,7 +36,14 @@ from alignlib.trainer.loop import Trainer
 from alignlib.trainer.offline import cache_logprobs, offline_minibatch
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
-from alignlib.trainer.packing import MicroBatching, pack, packed_token_logprobs, unpack
+from alignlib.trainer.packing import (
+    MicroBatching,
+    decoder_kwargs,
+    pack,
+    packed_token_logprobs,
+    packing_mode,
+    unpack,
+)
 from alignlib.trainer.step import HostRows, LogprobKernel
 from alignlib.trainer.update import MiniBatch, accumulate
 from alignlib.trainer.world import World
@@ -428,3 +435,33 @@ def test_fsdp2_packed_passes_give_the_one_process_padded_gradient(tmp_path: Path
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert_same_gradients({"metrics": metrics, **grads}, got)
         assert (tmp_path / f"modes{rank}").read_text() == "['mask']"  # it did pack
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"])
+def test_packed_equals_padded_on_cuda(attention: str) -> None:
+    """On a GPU: the block-diagonal mask (sdpa) or FlashAttention's varlen kernel, fp32 model,
+    against the padded forward (TF32 off, so only kernel rounding differs)."""
+    if attention == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = build_tiny_model(build_tokenizer(), hidden=64, layers=2).cuda()
+    model.set_attn_implementation(attention)
+    rows = padded(model.config.vocab_size)
+    reference, _ = logprobs_module.token_logprobs(model, rows[0].cuda(), rows[1].cuda())
+    packed = pack(*rows)
+    mode, why = packing_mode(model, torch.device("cuda"), sharded=False)
+    assert mode == ("varlen" if attention.startswith("flash") else "mask"), why
+    logps, _ = packed_token_logprobs(
+        model,
+        packed.input_ids.cuda(),
+        packed.position_ids.cuda(),
+        packed.scored.cuda(),
+        chunk_size=4,
+        with_entropy=False,
+        **decoder_kwargs(mode, packed, torch.device("cuda")),
+    )
+    logps = unpack(logps.cpu(), packed, rows[0].shape[1])
+    scored = rows[2].bool()
+    scored[:, 0] = False
+    torch.testing.assert_close(logps[scored], reference.cpu()[scored], rtol=1e-4, atol=1e-4)

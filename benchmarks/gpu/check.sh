@@ -36,8 +36,9 @@ check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-co
 check stand_in 45 python3 benchmarks/gpu/make_stand_in.py --tokenizer .gpu_assets/tokenizer \
   --out "$MODEL"
 
-# 1. The gpu tests: CPU/GPU parity for every step kind, bf16-mixed learning, resume, LoRA, eval.
-check pytest_gpu 120 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+# 1. The gpu tests: CPU/GPU parity for every step kind, bf16-mixed learning, resume, LoRA, eval;
+#    packed (block mask, FlashAttention varlen when installed) equals padded on CUDA.
+check pytest_gpu 120 python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_packing.py -p no:cacheprovider
 
 # 2. The recipes the issue names, with the model and data stood in by local ones.
 check recipe_dpo 60 python3 -m alignlib.cli train configs/gpu/dpo_ultrafeedback.yaml \
