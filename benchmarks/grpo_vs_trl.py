@@ -1,7 +1,8 @@
 """GRPO training throughput, alignlib vs TRL 1.16: same model, prompts, reward and batch shape.
 
-Both trainers run full fine-tuning in fp32 on CPU and generate with plain transformers
-`model.generate` (no vLLM), one generate call per rollout batch:
+Both trainers run full fine-tuning in fp32 on CPU and generate with plain transformers (no
+vLLM), one generation call per rollout batch (alignlib: its transformers engine, which prefills
+each prompt once for its samples and drops finished rows; TRL: `model.generate`):
 
     python benchmarks/grpo_vs_trl.py --model tiny:llama --steps 4
     python benchmarks/grpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
@@ -23,8 +24,8 @@ micro-batches of 8 rows; torch AdamW (TRL `optim="adamw_torch"`), constant lr 1e
 warm-up, grad clip 1.0; seed 0. Not matched: the group-std epsilon (alignlib 1e-6, TRL 1e-4),
 and the samples themselves (each trainer draws its own random stream), so completion lengths,
 rewards and hence the trained tokens differ from step to step: compare tokens/s, not only s/step.
-Also different by design: alignlib's engine keeps each step's scores to return sampling log-probs
-(TRL without vLLM does not), and trains each micro-batch at its own padded width (TRL pads to the
+Also different by design: alignlib's engine records each sampled token's log-prob as it draws
+it (TRL without vLLM does not), and trains each micro-batch at its own padded width (TRL pads to the
 whole rollout batch's). The SmolLM2 run takes about 13 minutes on 2 cores; tiny:llama 20 s.
 
 Reported per trainer, median over the steps after `--warmup`:

@@ -1,24 +1,24 @@
-"""Rollout engine on plain transformers: batched, left-padded `model.generate` with a KV cache.
+"""Rollout engine on plain transformers: batched, left-padded decoding with a KV cache.
 
-Slow next to vLLM, but needs nothing beyond transformers and runs anywhere (CPU included). The
-engine can share the policy module object itself (no copy, no weight sync needed) or own a
-separate copy that `update_weights` refreshes.
+Each distinct prompt is prefilled once and its KV cache copied to its `n` samples; the decode
+loop (`hf_decode`) drops rows as they finish; the token and its log-probability come from the
+same scores (`hf_sampler`), with no second pass. `model.generate` is the fallback for caches
+that cannot be copied by row. Slow next to vLLM, but needs nothing beyond transformers and runs
+anywhere (CPU included). The engine can share the policy module object itself (no copy, no
+weight sync needed) or own a separate copy that `update_weights` refreshes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.generation.logits_process import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import LogitsProcessorList
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 from alignlib.rollout.base import (
     FinishReason,
@@ -30,6 +30,8 @@ from alignlib.rollout.base import (
     encode_prompts,
     register_engine,
 )
+from alignlib.rollout.hf_decode import decode
+from alignlib.rollout.hf_sampler import TokenSampler
 
 # Generation-config fields that would silently reshape the sampling distribution if a checkpoint's
 # generation_config.json set them; pinned to neutral values so logprobs match the documented
@@ -44,21 +46,35 @@ _NEUTRAL_PROCESSING = {
 }
 
 
+try:  # the per-layer cache classes exist from transformers 4.56 on
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    _COPYABLE_LAYERS: tuple[type, ...] = (DynamicLayer, DynamicSlidingWindowLayer)
+except ImportError:  # pragma: no cover - older transformers: always `model.generate`
+    _COPYABLE_LAYERS = ()
+
+
 @register_engine("transformers")
 class HFEngine(RolloutEngine):
-    """Generate with `model.generate`; see `alignlib.rollout.base` for the logprob convention.
+    """Generate with transformers models; see `alignlib.rollout.base` for the logprob convention.
 
     Args:
         model: A causal LM. Shared, not copied: pass the policy module itself to skip weight
             syncing, or a separate copy and call `update_weights` after each optimiser step.
         tokenizer: Its tokenizer. A missing pad token falls back to EOS (pad positions are
             masked and stripped, so the choice does not affect results).
-        max_batch_size: Most sequences (prompts x n) per `model.generate` call; bounds memory.
+        max_batch_size: Most sequences (prompts x n) decoded together; bounds memory.
             Sampled outputs depend on it (each micro-batch draws its own seeded stream).
         apply_chat_template: Wrap string prompts as one user turn with the tokenizer's chat
             template (when it has one). Token-id prompts are always used verbatim.
         autocast_dtype: Generate under `torch.autocast` to this dtype (bf16 compute for a
             model kept in fp32 master weights); None runs in the parameters' dtype.
+        use_generate: Decode with `model.generate` over every row, each prefilling its own
+            copy of the prompt and staying in the batch until the longest row ends. By default
+            each distinct prompt is prefilled once, its KV cache copied to its `n` samples,
+            and finished rows leave the batch (`hf_decode`); the outputs are the same up to
+            float rounding (same seed, same draws). Models whose cache cannot be copied by row
+            always use `model.generate`.
     """
 
     def __init__(
@@ -68,6 +84,7 @@ class HFEngine(RolloutEngine):
         max_batch_size: int = 16,
         apply_chat_template: bool = True,
         autocast_dtype: torch.dtype | None = None,
+        use_generate: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"HFEngine: max_batch_size={max_batch_size} must be >= 1.")
@@ -76,6 +93,14 @@ class HFEngine(RolloutEngine):
         self.max_batch_size = max_batch_size
         self.apply_chat_template = apply_chat_template
         self.autocast_dtype = autocast_dtype
+        # peft prompt learning (prefix/prompt tuning) writes virtual tokens into the cache itself.
+        peft_config = getattr(model, "active_peft_config", None)
+        self.use_generate = use_generate or getattr(peft_config, "is_prompt_learning", False)
+        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        # transformers 5 calls the KV cache `cache`, 4.x `past_key_values` (in and out).
+        forward = inspect.signature(_unwrapped(model).forward).parameters
+        self._cache_key = "cache" if "cache" in forward else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in forward
         eos = _as_list(model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id)
         if not eos:
             raise ValueError(
@@ -107,10 +132,12 @@ class HFEngine(RolloutEngine):
         try:
             for chunk_index, start in enumerate(range(0, len(rows), self.max_batch_size)):
                 chunk = rows[start : start + self.max_batch_size]
-                batch = [prompt_ids[i] for i, _ in chunk]
-                for (i, s), gen in zip(
-                    chunk, self._generate_batch(batch, sampling, chunk_index), strict=True
-                ):
+                # Rows come grouped by prompt, so a chunk holds runs of samples of a few prompts.
+                distinct = sorted({i for i, _ in chunk})
+                owner = [distinct.index(i) for i, _ in chunk]
+                batch = [prompt_ids[i] for i in distinct]
+                gens = self._generate_batch(batch, owner, sampling, chunk_index)
+                for (i, s), gen in zip(chunk, gens, strict=True):
                     gen.prompt_index, gen.sample_index = i, s
                     results[i].append(gen)
         finally:
@@ -118,52 +145,114 @@ class HFEngine(RolloutEngine):
         return results
 
     def _generate_batch(
-        self, batch: list[list[int]], sampling: SamplingParams, chunk_index: int
+        self, prompts: list[list[int]], owner: list[int], sampling: SamplingParams, chunk_index: int
     ) -> list[Generation]:
+        """Generations of one micro-batch, in which row r continues `prompts[owner[r]]`."""
         device = self.model.device
-        width = max(len(ids) for ids in batch)
+        width = max(len(ids) for ids in prompts)
         # Left padding so every row's last prompt token sits at the same position for decoding.
         input_ids = torch.tensor(
-            [[self.pad_token_id] * (width - len(ids)) + ids for ids in batch], device=device
+            [[self.pad_token_id] * (width - len(ids)) + ids for ids in prompts], device=device
         )
         attention_mask = torch.tensor(
-            [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device
         )
-        # The warpers are passed as our own processor list, with transformers' own sampling
-        # warpers switched off (temperature 1, top_k 0, top_p 1): that is the only way to place
-        # the recorder after them (custom processors otherwise run before the warpers).
-        warpers = [] if sampling.greedy else _warpers(sampling)
-        recorder = _LogprobRecorder()
-        order = [recorder, *warpers] if sampling.logprobs_mode == "raw" else [*warpers, recorder]
-        kwargs: dict[str, object] = {
-            "max_new_tokens": sampling.max_new_tokens,
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": self.eos_token_ids,
-            "do_sample": not sampling.greedy,
-            "logits_processor": LogitsProcessorList(order),
-            **_NEUTRAL_PROCESSING,
-        }
-        if not sampling.greedy:
-            # Only when sampling: greedy decoding uses no warper, and a sampling flag passed
-            # with do_sample=False makes transformers warn "generation flags are not valid".
-            # top_k 0 disables it (passing it overrides transformers' default 50).
-            kwargs.update(temperature=1.0, top_k=0, top_p=1.0)
-        if sampling.stop:
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
-
+        rows = torch.tensor(owner, device=device)
+        sampler = TokenSampler(sampling)
         autocast = torch.autocast(
             device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         )
-        with torch.no_grad(), _seeded(sampling.seed, chunk_index, device), autocast:
-            sequences = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, **kwargs
-            )
-        completions = sequences[:, width:]
-        logprobs = recorder.finish(completions)
+        with torch.no_grad(), autocast:
+            cache = None
+            if not self.use_generate and width > 1:
+                cache = self._prefill(input_ids, attention_mask, rows)
+            input_ids, attention_mask = input_ids[rows], attention_mask[rows]
+            with _seeded(sampling.seed, chunk_index, device):
+                if cache is None:
+                    completions, logprobs = self._generate(
+                        input_ids, attention_mask, sampler, sampling
+                    )
+                else:
+                    stop = self._stop_criterion(sampling.stop)
+                    completions, logprobs = decode(
+                        self.model,
+                        cache,
+                        self._cache_key,
+                        input_ids,
+                        attention_mask,
+                        sampler,
+                        sampling.max_new_tokens,
+                        self.eos_token_ids,
+                        stop,
+                        self.pad_token_id,
+                    )
         return [
-            self._finish(batch[r], completions[r].tolist(), logprobs[r].tolist(), sampling)
-            for r in range(len(batch))
+            self._finish(prompts[k], completions[r].tolist(), logprobs[r].tolist(), sampling)
+            for r, k in enumerate(owner)
         ]
+
+    def _prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor
+    ) -> Any:
+        """KV cache of every prompt column but the last, computed once per distinct prompt and
+        copied to each of its rows (the last column is the decode loop's first input).
+
+        input_ids, attention_mask: [P, W] left-padded distinct prompts; rows: [R] the prompt of
+        each row. Returns the [R, ..., W-1, ...] cache, or None when the model's cache cannot
+        be copied by row (then `model.generate` prefills every row itself; only the type of
+        cache the model builds tells, so for such models this prefill is spent for nothing).
+        """
+        head = attention_mask[:, :-1]
+        # Positions exactly as `generate` derives them from a left-padded mask.
+        positions = (head.cumsum(-1) - 1).masked_fill(head == 0, 0)
+        extra = {"logits_to_keep": 1} if self._keeps_logits else {}  # the logits are unused
+        out = self.model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=head,
+            position_ids=positions,
+            use_cache=True,
+            **extra,
+        )
+        cache = out.get(self._cache_key)
+        if not _row_copyable(cache):
+            return None
+        cache.batch_select_indices(rows)  # [P, ...] -> [R, ...]: each row gets its prompt's copy
+        return cache
+
+    def _generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        sampler: TokenSampler,
+        sampling: SamplingParams,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[R, T] completions and log-probs from `model.generate` over all R rows."""
+        # The sampler draws the token itself, so generate runs greedy over its output: no
+        # sampling flag of a checkpoint's generation_config can reshape the distribution.
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_ids,
+            "do_sample": False,
+            "logits_processor": LogitsProcessorList([sampler]),
+            **_NEUTRAL_PROCESSING,
+        }
+        stops = [text for text in sampling.stop if text]
+        if stops:
+            kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        sequences = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, **kwargs
+        )
+        return sequences[:, input_ids.shape[1] :], sampler.logprobs()
+
+    def _stop_criterion(self, stop: tuple[str, ...]) -> StopStringCriteria | None:
+        """The stop-string check for `stop`, built once per tuple (it scans the vocabulary)."""
+        stops = tuple(text for text in stop if text)
+        if not stops:
+            return None
+        if stops not in self._stop_criteria:
+            self._stop_criteria[stops] = StopStringCriteria(self.tokenizer, list(stops))
+        return self._stop_criteria[stops]
 
     def _finish(
         self, prompt: list[int], tokens: list[int], logprobs: list[float], sampling: SamplingParams
@@ -216,46 +305,6 @@ class HFEngine(RolloutEngine):
         self.model.load_state_dict(named, strict=False)
 
 
-def _warpers(sampling: SamplingParams) -> list[LogitsProcessor]:
-    """Temperature, then top-k, then top-p: transformers' own warpers in its own order."""
-    warpers: list[LogitsProcessor] = []
-    if sampling.temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(sampling.temperature))
-    if sampling.top_k > 0:
-        warpers.append(TopKLogitsWarper(top_k=sampling.top_k))
-    if sampling.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=sampling.top_p))
-    return warpers
-
-
-class _LogprobRecorder(LogitsProcessor):
-    """Records log π(token) for each sampled token without keeping per-step [B, V] scores.
-
-    Called once per decoding step with the scores the next token is drawn from; that token is only
-    known at the next call (the last of `input_ids`), so one step's log-softmax is held until
-    then. (`output_scores` would instead keep every step's [B, V] scores: gigabytes for a long
-    batch of a 50k-vocabulary model.)
-    """
-
-    def __init__(self) -> None:
-        self.pending: torch.Tensor | None = None
-        self.logprobs: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.pending is not None:
-            self.logprobs.append(self.pending.gather(1, input_ids[:, -1:])[:, 0])
-        self.pending = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def finish(self, completions: torch.Tensor) -> torch.Tensor:
-        """[B, steps] log-probs of `completions` (the generated part of the sequences)."""
-        if self.pending is not None:
-            last = completions[:, len(self.logprobs) : len(self.logprobs) + 1]
-            self.logprobs.append(self.pending.gather(1, last)[:, 0])
-            self.pending = None
-        return torch.stack(self.logprobs, dim=1)
-
-
 @contextlib.contextmanager
 def _seeded(seed: int | None, chunk_index: int, device: torch.device) -> Iterator[None]:
     """Seed torch's RNG for one micro-batch, restoring the caller's RNG state afterwards."""
@@ -266,6 +315,21 @@ def _seeded(seed: int | None, chunk_index: int, device: torch.device) -> Iterato
         # hash() of an int tuple is stable across processes (no hash randomisation for ints).
         torch.manual_seed(hash((seed, chunk_index)) & 0x7FFF_FFFF_FFFF_FFFF)
         yield
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (whose forward takes **kwargs)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _row_copyable(cache: object) -> bool:
+    """Whether `cache.batch_select_indices` copies every layer by row: plain and sliding-window
+    attention layers do; recurrent or static layers, or a legacy tuple cache, are not handled."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(cache, DynamicCache) or not layers:
+        return False
+    return all(type(layer) in _COPYABLE_LAYERS for layer in layers)
 
 
 def _as_list(x: int | Sequence[int] | None) -> list[int]:

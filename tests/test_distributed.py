@@ -199,7 +199,9 @@ def test_lora_with_dropout_trains_exactly_like_one_process(tmp_path: Path, strat
         moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
         assert moved < 10 * EXACT, f"{key}: relative difference {moved:.2e}"
     for want, got in zip(one.history, two_run.history, strict=True):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), got["step"]
+        # GRPO's loss sums advantage-weighted terms that nearly cancel (|loss| ~1e-3 of terms of
+        # ~1e-1), so float32 rounding of the merged rollout weights shows as ~1e-8 absolute.
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-7), got["step"]
 
 
 def test_fsdp2_online_keeps_a_sharded_kl_reference_and_evaluates_through_the_engine(

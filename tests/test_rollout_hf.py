@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -233,3 +234,142 @@ def test_bad_inputs_raise_clear_errors(engine, model, tokenizer):
         engine.update_weights({"lm_head.weight": torch.zeros(3, 3)})
     with pytest.raises(ValueError, match="valid names: transformers, vllm"):
         create_engine("sglang", model, tokenizer)
+
+
+# ------------------------------------------------- prefix sharing, early exit, sampler (issue 12)
+def eos_biased_model(tokenizer, seed: int = 3, dtype: torch.dtype = torch.float32):
+    """Tiny model whose EOS logit follows one hidden coordinate: rows end at different steps."""
+    model = build_tiny_model(tokenizer, init_std=0.2, seed=seed, dtype=dtype)
+    eos = tokenizer.eos_token_id
+    with torch.no_grad():
+        model.lm_head.weight[eos].zero_()
+        model.lm_head.weight[eos, 0] = 4.0
+    return model
+
+
+def flat(out):
+    return [g for gens in out for g in gens]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "batch"),
+    [
+        (SamplingParams(n=4, max_new_tokens=12, seed=1), 16),
+        (SamplingParams(n=4, max_new_tokens=12, seed=1), 6),  # chunks split a prompt's samples
+        (SamplingParams(n=3, temperature=0.7, top_k=20, max_new_tokens=12, seed=2), 16),
+        (SamplingParams(n=3, temperature=1.3, logprobs_mode="raw", max_new_tokens=12, seed=4), 5),
+        (SamplingParams(n=2, temperature=0, max_new_tokens=12), 16),
+    ],
+)
+def test_shared_prefill_and_early_exit_match_model_generate(tokenizer, sampling, batch):
+    model = eos_biased_model(tokenizer)
+    ours = HFEngine(model, tokenizer, max_batch_size=batch).generate(PROMPTS, sampling)
+    reference = HFEngine(model, tokenizer, max_batch_size=batch, use_generate=True)
+    theirs = reference.generate(PROMPTS, sampling)
+    lengths = {len(g.token_ids) for g in flat(ours)}
+    assert len(lengths) > 1, "fixture should end rows at different steps"
+    for a, b in zip(flat(ours), flat(theirs), strict=True):
+        assert (a.prompt_index, a.sample_index) == (b.prompt_index, b.sample_index)
+        assert a.token_ids == b.token_ids
+        assert a.finish_reason == b.finish_reason
+        torch.testing.assert_close(
+            torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0
+        )
+
+
+def test_logprobs_equal_float64_teacher_forcing(tokenizer):
+    """Shared prefill, left padding and rows leaving the batch change no position or mask: in
+    float64 the recorded log-probs equal a full forward over prompt + completion."""
+    model = eos_biased_model(tokenizer, dtype=torch.float64)
+    sampling = SamplingParams(n=3, temperature=0.7, top_k=20, max_new_tokens=10, seed=5)
+    out = flat(HFEngine(model, tokenizer).generate(PROMPTS, sampling))
+    assert len({len(g.token_ids) for g in out}) > 2
+    for g in out:
+        with torch.no_grad():  # float64 end to end (teacher_forced_logits rounds to float32)
+            logits = model(torch.tensor([g.prompt_ids + g.token_ids])).logits[0]
+        logits = logits[len(g.prompt_ids) - 1 : -1] / 0.7
+        kth = logits.topk(20, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+        expected = gathered(torch.log_softmax(logits, dim=-1), g.token_ids)
+        got = torch.tensor(g.logprobs, dtype=torch.float64)
+        torch.testing.assert_close(got, expected, atol=1e-8, rtol=0)
+
+
+def count_rows(model):
+    """Rows of every forward call of `model` (prefill first)."""
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    return rows, hook
+
+
+def test_finished_rows_cost_no_compute(tokenizer):
+    model = eos_biased_model(tokenizer)
+    engine = HFEngine(model, tokenizer, max_batch_size=64)
+    rows, hook = count_rows(model)
+    try:
+        out = flat(engine.generate(PROMPTS, SamplingParams(n=8, max_new_tokens=12, seed=0)))
+    finally:
+        hook.remove()
+    lengths = sorted(len(g.token_ids) for g in out)
+    assert lengths[0] < lengths[-1], "fixture should end rows at different steps"
+    prefill, decode = rows[0], rows[1:]
+    assert prefill == len(PROMPTS), "each distinct prompt is prefilled once, not once per sample"
+    # One forward per step of the longest row, each over exactly the rows not finished yet.
+    assert len(decode) == lengths[-1]
+    assert decode == [sum(length > step for length in lengths) for step in range(len(decode))]
+
+
+def test_stop_strings_end_each_row_at_its_match(engine):
+    sampling = SamplingParams(n=4, max_new_tokens=16, seed=11)
+    full = flat(engine.generate(PROMPTS, sampling))
+    # A stop string that some sampled rows contain and others do not.
+    stop = next(
+        g.text[3:5]
+        for g in full
+        if len(g.text) > 5 and sum(g.text[3:5] in h.text for h in full) > 1
+    )
+    assert any(stop not in g.text for g in full)
+    cut = flat(engine.generate(PROMPTS, dataclasses.replace(sampling, stop=(stop,))))
+    dec = engine.tokenizer.decode
+    for whole, got in zip(full, cut, strict=True):
+        # Each row draws its own uniforms, so a row is unchanged up to where it stops.
+        assert got.token_ids == whole.token_ids[: len(got.token_ids)]
+        assert got.logprobs == pytest.approx(whole.logprobs[: len(got.logprobs)], abs=1e-5)
+        if stop in whole.text:
+            assert got.finish_reason == "stop"
+            assert got.text == whole.text[: whole.text.find(stop)]
+            assert stop in dec(got.token_ids, skip_special_tokens=True)
+            assert stop not in dec(got.token_ids[:-1], skip_special_tokens=True)
+        else:
+            assert (got.token_ids, got.finish_reason) == (whole.token_ids, whole.finish_reason)
+
+
+def test_sample_rows_draws_in_proportion_and_never_a_zero():
+    from alignlib.rollout.hf_sampler import BLOCK, sample_rows
+
+    vocab = BLOCK + 44  # two blocks, the second padded; zeros after the last positive entry
+    probs = torch.zeros(vocab)
+    probs[[3, 7, BLOCK - 1, BLOCK + 2, BLOCK + 40]] = torch.tensor([0.1, 1e-4, 0.3, 0.4, 0.2])
+    # Draws (in units of the total mass) just inside each token's interval of the cumulative sum,
+    # and 1.0, past the end as rounding could put it: the last positive entry, not a zero after it.
+    total = probs.double().sum()
+    draws = torch.tensor([0.0, 0.0999, 0.10005, 0.4, 0.8, 1.0], dtype=torch.float64)
+    expected = [3, 3, 7, BLOCK - 1, BLOCK + 2, BLOCK + 40]
+    rows = probs.expand(len(draws), -1).contiguous()
+    assert sample_rows(rows, draws / total).tolist()[:5] == expected[:5]
+    assert sample_rows(rows, torch.ones(len(draws), dtype=torch.float64)).tolist() == [
+        BLOCK + 40
+    ] * len(draws)
+    # Frequencies over 200k draws, each within 6 standard deviations of its probability.
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    batch = probs.expand(20_000, -1)
+    for _ in range(10):
+        uniforms = torch.rand(len(batch), dtype=torch.float64, generator=generator)
+        counts += torch.bincount(sample_rows(batch, uniforms), minlength=vocab)
+    target = probs.double() / total
+    sigma = (counts.sum() * target * (1 - target)).sqrt()
+    assert torch.all(counts[target == 0] == 0), "a zero-probability token was drawn"
+    assert torch.all((counts - counts.sum() * target).abs() <= 6 * sigma + 1e-9)

@@ -1,0 +1,86 @@
+"""The decode loop of `HFEngine`: continues a prefilled KV cache one token per step and drops
+every row that finished (EOS or a stop string) from the batch, cache included, so that a row
+costs nothing after its end, and the loop ends when the last row does.
+
+`model.generate` instead keeps finished rows in the batch, feeding them padding until the
+longest row ends: with completion lengths spread between 10 and 32 tokens, a third or more of
+its decode compute goes to rows that are already done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.generation.stopping_criteria import StopStringCriteria
+
+from alignlib.rollout.hf_sampler import TokenSampler
+
+
+def decode(
+    model: torch.nn.Module,
+    cache: Any,
+    cache_key: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sampler: TokenSampler,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    stop: StopStringCriteria | None,
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate up to `max_new_tokens` tokens for every row.
+
+    Args:
+        cache: The rows' KV cache holding every prompt column but the last (a `DynamicCache`
+            whose layers `batch_select_indices` can compact), extended in place.
+        input_ids, attention_mask: [R, W] left-padded prompts.
+        stop: Stop-string criterion over whole sequences, or None.
+
+    Returns:
+        tokens [R, T] (`pad_token_id` after a row's last token) and their log-probabilities
+        [R, T] (0 after a row's last token), where T is the number of steps the longest row took.
+    """
+    rows, width = input_ids.shape
+    device = input_ids.device
+    sequences = torch.full((rows, width + max_new_tokens), pad_token_id, device=device)
+    sequences[:, :width] = input_ids
+    mask = torch.cat([attention_mask, attention_mask.new_zeros(rows, max_new_tokens)], dim=1)
+    logprobs = torch.zeros(rows, max_new_tokens, dtype=torch.float64, device=device)
+    eos = torch.tensor(eos_token_ids, device=device)
+    alive = torch.arange(rows, device=device)  # original index of each row still in the batch
+    position = attention_mask.sum(-1, keepdim=True) - 1  # [A, 1] of the token fed next
+    fed = input_ids[:, -1:]  # the last prompt token, not in the cache yet
+    steps = 0
+    for step in range(max_new_tokens):
+        end = width + step  # sequence columns [0, end) are in the cache after this forward
+        out = model(
+            input_ids=fed,
+            attention_mask=mask[alive, :end],
+            position_ids=position,
+            use_cache=True,
+            **{cache_key: cache},
+        )
+        cache = out[cache_key]
+        # Drawn for every row, alive or not, so each row's stream is independent of the others.
+        uniforms = sampler.uniforms(rows, device)
+        tokens, chosen = sampler.choose(
+            sequences[alive, :end],
+            out.logits[:, -1],
+            None if uniforms is None else uniforms[alive],
+        )
+        sequences[alive, end] = tokens
+        logprobs[alive, step] = chosen.double()
+        mask[alive, end] = 1
+        steps = step + 1
+        done = torch.isin(tokens, eos)
+        if stop is not None:
+            done |= stop(sequences[alive, : end + 1], None)
+        if done.all():
+            break
+        if done.any():
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            alive, tokens, position = alive[keep], tokens[keep], position[keep]
+        fed, position = tokens[:, None], position + 1
+    return sequences[:, width : width + steps], logprobs[:, :steps]
