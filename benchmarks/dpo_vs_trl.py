@@ -5,7 +5,9 @@ the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in 
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
 bf16 autocast: alignlib `model.precision: bf16-mixed`, TRL `bf16=True` on an fp32 model).
 Reported: seconds per optimizer step (median of the timed steps after warm-up), the ratio, and
-on a GPU the peak CUDA memory of each trainer.
+on a GPU the peak CUDA memory of each trainer; also the same step as a hand-written PyTorch loop
+(`plain`: no library, full-vocabulary log-softmax), which shows how far above the model's own
+compute each trainer runs.
 
     python benchmarks/dpo_vs_trl.py --model tiny:llama --steps 12
     python benchmarks/dpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
@@ -127,6 +129,59 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
     return times
 
 
+def plain_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
+    """The floor: the same DPO step as a short hand-written PyTorch loop, with no library around
+    it (TRL's rows and lengths; reference log-probs taken as given, so they cost nothing).
+
+    Per micro-batch: chosen and rejected rows in one right-padded forward, full-vocabulary
+    log-softmax, completion log-probs summed per row, −log σ(β·margin), backward; AdamW after
+    the step's micro-batches. Its time is what the model's own compute costs at this shape.
+    """
+    from alignlib.config.schema import ModelConfig
+    from alignlib.data import load_rows
+    from alignlib.device import Placement
+    from alignlib.trainer.model import load_policy
+
+    placement = Placement.resolve(DEVICE, PRECISION)
+    model, tokenizer = load_policy(
+        ModelConfig(name_or_path=model_name, chat_template=False), placement
+    )
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    pairs = []
+    for row in load_rows("builtin:gsm8k_short_pairs", limit=LIMIT):
+        prompt = tokenizer(row["prompt"] + "\n")["input_ids"]
+        both = [prompt + tokenizer(row[k])["input_ids"] for k in ("chosen", "rejected")]
+        pairs.append([(ids[:MAX_LENGTH], len(prompt)) for ids in both])
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=PRECISION != "fp32")
+    times = []
+    for step in range(steps):
+        synchronize()
+        began = time.perf_counter()
+        batch = [pairs[(step * BATCH + i) % len(pairs)] for i in range(BATCH)]
+        for start in range(0, BATCH, MICRO):
+            rows = [r for pair in batch[start : start + MICRO] for r in pair]  # c0 r0 c1 r1 ...
+            width = max(len(ids) for ids, _ in rows)
+            ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in rows], device=device)
+            real = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
+            scored = real.clone()
+            for k, (_, prompt_length) in enumerate(rows):
+                scored[k, :prompt_length] = 0
+            with autocast:
+                logits = model(input_ids=ids, attention_mask=real.to(device)).logits
+            logps = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+            per_row = (logps * scored[:, 1:].to(device)).sum(-1)
+            margin = per_row[0::2] - per_row[1::2]  # minus the reference margin, taken as 0
+            loss = -torch.nn.functional.logsigmoid(BETA * margin).sum() / BATCH
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize()
+        times.append(time.perf_counter() - began)
+    return times
+
+
 def main() -> None:
     global BATCH, MICRO, MAX_LENGTH, LIMIT, DEVICE, PRECISION, PACKING  # the knobs
     parser = argparse.ArgumentParser(description=__doc__)
@@ -147,15 +202,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours, our_peak = measured(alignlib_step_times, args.model, args.steps, Path(tmp))
         theirs, their_peak = measured(trl_step_times, args.model, args.steps, Path(tmp))
+        plain, plain_peak = measured(plain_step_times, args.model, args.steps, Path(tmp))
     a = statistics.median(ours[args.warmup :])
     t = statistics.median(theirs[args.warmup :])
+    f = statistics.median(plain[args.warmup :])
     print(
         f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps, "
         f"{DEVICE} {PRECISION}"
     )
     print(f"alignlib  {a:.3f} s/step{our_peak}")
     print(f"TRL 1.16  {t:.3f} s/step{their_peak}")
+    print(f"plain     {f:.3f} s/step{plain_peak}  (hand-written PyTorch step: the compute floor)")
     print(f"speed ratio (TRL time / alignlib time): {t / a:.2f}x")
+    print(f"alignlib / TRL {a / t:.2f}, alignlib / plain {a / f:.2f}, TRL / plain {t / f:.2f}")
 
 
 def synchronize() -> None:

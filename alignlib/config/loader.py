@@ -72,11 +72,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_sections(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested dicts merged key by key (new dicts; leaves shared)."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_sections(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -101,7 +102,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    raw = _merge(raw, parse_overrides(list(overrides)))
+    raw = merge_sections(raw, parse_overrides(list(overrides)))
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -173,4 +174,3 @@ def check_preset_values(config: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: algorithm.params: {exc}") from None
     except (RegistryError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: algorithm.params: {exc}") from None
-

@@ -192,9 +192,10 @@ class TrainConfig(Section):
     every row, so no compute goes to padding and only completion tokens reach the LM head. Each
     token attends only to its own row, so the log-probs equal the padded path's (tested in
     float64). How: on a GPU with `model.attn_implementation: flash_attention_2`, one varlen
-    call; on a CPU, each row through the decoder alone (measured: 1.4x less CPU time than
-    padded for a SmolLM2-135M DPO step, rows of 146 tokens on average and 238 at most; no
-    gain on tiny models); otherwise one call with a block-diagonal mask (attention quadratic in
+    call; on a CPU, each row through the decoder alone (measured on a SmolLM2-135M DPO step,
+    rows of 146 tokens on average and 238 at most: 1.4x less CPU time than padded with one
+    thread, but 1.2x more wall time with two, whose row-sized matmuls parallelize poorly;
+    slower still on short online rows and tiny models); otherwise one call with a block-diagonal mask (attention quadratic in
     the pass's tokens: prefer flash_attention_2). Off by default: float32 sums then differ from
     the padded path's in the last bits, so existing runs stay bit-for-bit as they were. A
     model transformers cannot pack runs padded, with a warning."""
