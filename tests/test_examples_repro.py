@@ -54,3 +54,81 @@ def test_bvpo_variance_quick(tmp_path: Path) -> None:
     assert seed["alpha_star_online"][-1] == seed["alpha_star"]
     alphas = results["alpha_auto_run"]["0"]["alpha_per_step"]
     assert alphas[:2] == [0.5, 0.5] and all(0.0 <= a <= 1.0 for a in alphas)
+
+
+def load_example(script: str):
+    """Import ``examples/<script>`` as a module (its helpers, without running main)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(script).stem, EXAMPLES / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_entropy_law_fit_recovers_a_known_curve() -> None:
+    """R = −a·e^H + b fitted by least squares: exact points give a, b and R² = 1; added noise
+    that is orthogonal to [e^H, 1] leaves a, b unchanged and lowers R² to the closed form."""
+    fit_entropy_law = load_example("entropy_mechanism.py").fit_entropy_law
+    import numpy as np
+
+    h = np.linspace(0.1, 1.6, 12)
+    exact = -0.37 * np.exp(h) + 1.9
+    fit = fit_entropy_law(list(h), list(exact))
+    assert fit["a"] == pytest.approx(0.37, abs=1e-9) and fit["b"] == pytest.approx(1.9, abs=1e-9)
+    assert fit["r2"] == pytest.approx(1.0, abs=1e-12)
+    design = np.stack([np.exp(h), np.ones_like(h)], axis=1)
+    noise = np.random.default_rng(0).normal(size=h.size)
+    noise -= design @ np.linalg.lstsq(design, noise, rcond=None)[0]  # ⟂ the fitted columns
+    noisy = exact + 0.1 * noise
+    fit = fit_entropy_law(list(h), list(noisy))
+    assert fit["a"] == pytest.approx(0.37, abs=1e-9) and fit["b"] == pytest.approx(1.9, abs=1e-9)
+    total = np.sum((noisy - noisy.mean()) ** 2)
+    assert fit["r2"] == pytest.approx(1 - np.sum((0.1 * noise) ** 2) / total, rel=1e-9)
+    assert fit_entropy_law([0.5, 1.0], [0.2, 0.2])["r2"] is None  # constant R: undefined
+
+
+def test_entropy_mechanism_quick(tmp_path: Path) -> None:
+    results = run_quick("entropy_mechanism.py", tmp_path)
+    for png in ("entropy_reward.png", "entropy_fit.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    steps = results["setting"]["scale"]["steps"]
+    assert set(results["methods"]) == {"grpo", "clip_cov", "kl_cov"}
+    for run in results["methods"].values():
+        for key in ("entropy", "reward"):
+            assert run[key]["step"] == list(range(1, steps + 1))
+        assert all(h > 0 for h in run["entropy"]["value"])  # nats on a real distribution
+        assert run["final_entropy"] == run["entropy"]["value"][-1]
+        assert run["final_reward"] == run["reward"]["value"][-1]
+    assert set(results["fit"]) == {"a", "b", "r2", "points"}
+    assert results["fit"]["points"] == steps
+    first = results["fit_from_first_reward"]
+    assert first["points"] == steps - first["first_step"] + 1
+    assert results["claim_holds"] == (
+        all(results["entropy_higher_than_grpo"].values())
+        and all(results["reward_at_least_grpo"].values())
+    )
+
+
+def test_hpt_vs_baselines_quick(tmp_path: Path) -> None:
+    results = run_quick("hpt_vs_baselines.py", tmp_path)
+    for png in ("heldout_accuracy.png", "hpt_gate.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    steps = results["setting"]["scale"]["steps"]
+    methods = results["methods"]
+    assert set(methods) == {"hpt", "sft", "grpo", "sft_then_grpo"}
+    for run in methods.values():  # every run evaluated before training and at the same last step
+        assert run["heldout_accuracy"]["step"][0] == 0
+        assert run["heldout_accuracy"]["step"][-1] == steps
+    joined = methods["sft_then_grpo"]["heldout_accuracy"]["step"]
+    assert joined == sorted(set(joined))  # the GRPO phase continues the step count, no repeats
+    assert methods["sft"]["sft_frac"]["value"] == [1.0] * steps  # the gate is shut
+    assert methods["grpo"]["sft_frac"]["value"] == []  # GRPO has no gate
+    hpt = methods["hpt"]  # γ = 0: every prompt goes to SFT exactly when no rollout is correct
+    for acc, frac in zip(hpt["rollout_accuracy"]["value"], hpt["sft_frac"]["value"], strict=True):
+        assert (frac == 1.0) == (acc == 0.0)
+    assert results["claim_holds"] == (
+        results["final_heldout_accuracy"]["hpt"]
+        >= max(v for k, v in results["final_heldout_accuracy"].items() if k != "hpt")
+    )

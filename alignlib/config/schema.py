@@ -195,10 +195,11 @@ class TrainConfig(Section):
     call; on a CPU, each row through the decoder alone (measured on a SmolLM2-135M DPO step,
     rows of 146 tokens on average and 238 at most: 1.4x less CPU time than padded with one
     thread, but 1.2x more wall time with two, whose row-sized matmuls parallelize poorly;
-    slower still on short online rows and tiny models); otherwise one call with a block-diagonal mask (attention quadratic in
-    the pass's tokens: prefer flash_attention_2). Off by default: float32 sums then differ from
-    the padded path's in the last bits, so existing runs stay bit-for-bit as they were. A
-    model transformers cannot pack runs padded, with a warning."""
+    slower still on short online rows and tiny models); otherwise one call with a
+    block-diagonal mask (attention quadratic in the pass's tokens: prefer flash_attention_2).
+    Off by default: float32 sums then differ from the padded path's in the last bits, so
+    existing runs stay bit-for-bit as they were. A model transformers cannot pack runs padded,
+    with a warning."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A step whose gradient norm is NaN/inf (a NaN loss, reward or advantage): `stop` ends the
     run with one line naming the step (the latest checkpoint stays); `skip` drops that step

@@ -52,13 +52,15 @@ check recipe_hpt 90 python3 -m alignlib.cli train configs/gpu/hpt_qwen2.5_math_1
   train.max_steps=3 checkpoint.every=null output_dir=$RUNS/hpt logging.progress=false
 
 # 3. alignlib vs TRL 1.16 on the same stand-in, bf16 mixed precision on both sides.
+check bench_rollout 45 python3 benchmarks/rollout_vs_trl.py --model $MODEL --device cuda \
+  --prompts 8 --n 8 --max-new 128 --repeats 3
 check bench_dpo 90 python3 benchmarks/dpo_vs_trl.py --model $MODEL --device cuda --pairs 16 \
   --micro 8 --max-length 384 --steps 12 --warmup 3
 check bench_grpo 120 python3 benchmarks/grpo_vs_trl.py --model $MODEL --device cuda \
   --prompts 8 --n 8 --max-new 128 --micro 16 --steps 6 --warmup 2
 # 4. The scale-out issue's GPU number: one FSDP2 rank against the plain single-device step.
 check fsdp2_vs_single 90 python3 benchmarks/data_parallel.py fsdp2 --model $MODEL --steps 6
-for name in pytest_gpu recipe_dpo recipe_hpt bench_dpo bench_grpo fsdp2_vs_single; do
-  echo "---- $name"; grep -E "passed|failed|error|on cuda|done:|s/step|ratio|alignlib|TRL" \
+for name in pytest_gpu recipe_dpo recipe_hpt bench_rollout bench_dpo bench_grpo fsdp2_vs_single; do
+  echo "---- $name"; grep -E "passed|failed|error|on cuda|done:|s/step|ratio|alignlib|TRL|plain" \
     "$LOGS/$name.log" | tail -n 8
 done
