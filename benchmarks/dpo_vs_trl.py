@@ -70,20 +70,24 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[floa
     return [h["tokens"] / h["tokens_per_s"] for h in result.history]
 
 
+def load_model(model_name: str):  # type: ignore[no-untyped-def]
+    """(model, tokenizer) as alignlib's trainer loads them, for the TRL and plain-loop sides."""
+    from alignlib.config.schema import ModelConfig
+    from alignlib.device import Placement
+    from alignlib.trainer.model import load_policy
+
+    placement = Placement.resolve(DEVICE, PRECISION)
+    return load_policy(ModelConfig(name_or_path=model_name, chat_template=False), placement)
+
+
 def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from alignlib.config.schema import ModelConfig
     from alignlib.data import load_rows
-    from alignlib.device import Placement
-    from alignlib.trainer.model import load_policy
 
-    placement = Placement.resolve(DEVICE, PRECISION)
-    model, tokenizer = load_policy(
-        ModelConfig(name_or_path=model_name, chat_template=False), placement
-    )
+    model, tokenizer = load_model(model_name)
     rows = load_rows("builtin:gsm8k_short_pairs", limit=LIMIT)
     data = Dataset.from_list(
         [
@@ -137,15 +141,9 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
     log-softmax, completion log-probs summed per row, −log σ(β·margin), backward; AdamW after
     the step's micro-batches. Its time is what the model's own compute costs at this shape.
     """
-    from alignlib.config.schema import ModelConfig
     from alignlib.data import load_rows
-    from alignlib.device import Placement
-    from alignlib.trainer.model import load_policy
 
-    placement = Placement.resolve(DEVICE, PRECISION)
-    model, tokenizer = load_policy(
-        ModelConfig(name_or_path=model_name, chat_template=False), placement
-    )
+    model, tokenizer = load_model(model_name)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     pairs = []

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import LogitsProcessorList
-from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
 
 from alignlib.rollout.base import (
     FinishReason,
@@ -200,7 +200,8 @@ class HFEngine(RolloutEngine):
         input_ids, attention_mask: [P, W] left-padded distinct prompts; rows: [R] the prompt of
         each row. Returns the [R, ..., W-1, ...] cache, or None when the model's cache cannot
         be copied by row (then `model.generate` prefills every row itself; only the type of
-        cache the model builds tells, so for such models this prefill is spent for nothing).
+        cache the model builds tells, so for such models the first micro-batch's prefill is
+        spent for nothing and the engine switches to `use_generate`).
         """
         head = attention_mask[:, :-1]
         # Positions exactly as `generate` derives them from a left-padded mask.
@@ -215,6 +216,7 @@ class HFEngine(RolloutEngine):
         )
         cache = out.get(self._cache_key)
         if not _row_copyable(cache):
+            self.use_generate = True  # a model's cache type is fixed: skip this prefill from now on
             return None
         cache.batch_select_indices(rows)  # [P, ...] -> [R, ...]: each row gets its prompt's copy
         return cache
@@ -237,9 +239,9 @@ class HFEngine(RolloutEngine):
             "logits_processor": LogitsProcessorList([sampler]),
             **_NEUTRAL_PROCESSING,
         }
-        stops = [text for text in sampling.stop if text]
-        if stops:
-            kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        stop = self._stop_criterion(sampling.stop)
+        if stop is not None:  # the cached check: `stop_strings=` would rebuild it every call
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
         sequences = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, **kwargs
         )

@@ -321,7 +321,9 @@ def test_finished_rows_cost_no_compute(tokenizer):
     assert decode == [sum(length > step for length in lengths) for step in range(len(decode))]
 
 
-def test_stop_strings_end_each_row_at_its_match(engine):
+@pytest.mark.parametrize("use_generate", [False, True], ids=["decode_loop", "model_generate"])
+def test_stop_strings_end_each_row_at_its_match(model, tokenizer, use_generate):
+    engine = HFEngine(model, tokenizer, max_batch_size=4, use_generate=use_generate)
     sampling = SamplingParams(n=4, max_new_tokens=16, seed=11)
     full = flat(engine.generate(PROMPTS, sampling))
     # A stop string that some sampled rows contain and others do not.
