@@ -24,9 +24,10 @@ def _train(args: argparse.Namespace) -> int:
     where = trainer.placement
     print(f"training on {where.device} ({where.precision})")
     result = trainer.train()
-    shown = {k: round(v, 4) for k, v in result.final_metrics.items() if isinstance(v, float)}
+    shown = {k: v for k, v in result.final_metrics.items() if isinstance(v, float)}
     print(f"done: {result.steps} steps, outputs in {result.output_dir}")
-    print("final metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))
+    # 4 significant digits, not 4 decimals: a learning rate of 5e-7 must not print as 0.0
+    print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
     return 0
 
 

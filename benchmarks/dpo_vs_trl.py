@@ -20,6 +20,7 @@ Run it on an otherwise idle machine: both trainers share the same cores.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -224,10 +225,12 @@ def measured(run, *args):  # type: ignore[no-untyped-def]
     """(step times, ', peak X GiB' on a GPU) of one trainer's run."""
     if not torch.cuda.is_available() or DEVICE == "cpu":
         return run(*args), ""
+    gc.collect()  # the previous side's trainer may sit in a reference cycle: free its tensors
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    left_over = torch.cuda.memory_allocated()  # what the previous side kept, not this one's
     times = run(*args)
-    return times, f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return times, f", peak {(torch.cuda.max_memory_allocated() - left_over) / 2**30:.2f} GiB"
 
 
 if __name__ == "__main__":

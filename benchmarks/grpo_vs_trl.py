@@ -42,6 +42,7 @@ Run it on an otherwise idle machine with OMP_NUM_THREADS set: both trainers shar
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -249,10 +250,12 @@ def measured(run, *args):  # type: ignore[no-untyped-def]
     """(steps, ', peak X GiB' on a GPU) of one trainer's run."""
     if DEVICE == "cpu":
         return run(*args), ""
+    gc.collect()  # the previous side's trainer may sit in a reference cycle: free its tensors
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    left_over = torch.cuda.memory_allocated()  # what the previous side kept, not this one's
     steps = run(*args)
-    return steps, f"  peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return steps, f"  peak {(torch.cuda.max_memory_allocated() - left_over) / 2**30:.2f} GiB"
 
 
 def main() -> None:

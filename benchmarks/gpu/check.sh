@@ -2,20 +2,33 @@
 # Every GPU check of alignlib in one run, for a lent GPU machine with no package registry (see
 # ../shared/gpu/README.md). Prepare on the CPU machine with benchmarks/gpu/prepare.sh, then run
 # this from the repository root on the GPU machine (at most ~10 min, one device call). Each check has its own time limit and prints
-# one `RESULT <name>: ...` line; full logs go to $OUT (or /tmp/gpu-check) for the note.
+# one `RESULT <name>: ...` line; every log is appended to $OUT/all.log (the device tool returns at
+# most 8 files). `DRY=1 bash benchmarks/gpu/check.sh` rehearses every command on this CPU machine
+# first (the project's .venv, a 2-layer stand-in, --device cpu, no install), so that no device
+# time goes to a typo.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-LOGS=${OUT:-/tmp/gpu-check}
-mkdir -p "$LOGS"
-export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-  PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-MODEL=/tmp/qwen05b
+LOGS=/tmp/gpu-check
+OUT=${OUT:-$LOGS}
+mkdir -p "$LOGS" "$OUT"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 \
+  TOKENIZERS_PARALLELISM=false
+if [[ ${DRY:-0} == 1 ]]; then
+  PY=.venv/bin/python DEVICE=cpu LAYERS=2
+else
+  PY=python3 DEVICE=cuda LAYERS=24
+  export PYTHONPATH=/tmp/site
+fi
+MODEL=/tmp/qwen05b-$LAYERS
 RUNS=/tmp/gpu-runs
+rm -rf "$RUNS"
 
-BUDGET=${BUDGET:-560}  # seconds for all checks: the device call's limit is 600
+BUDGET=${BUDGET:-560}
+[[ ${DRY:-0} == 1 ]] && BUDGET=99999  # seconds for all checks: the device call's limit is 600
 
 check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one result line
   local name=$1 limit=$2; shift 2
+  [[ ${DRY:-0} == 1 ]] && limit=$((limit * 6))  # a CPU is slower; the rehearsal checks commands
   local left=$((BUDGET - SECONDS))
   if ((left < 15)); then echo "RESULT $name: skipped (budget spent)"; return; fi
   ((limit > left)) && limit=$left
@@ -24,43 +37,50 @@ check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one resu
   local rc=$?
   local tail_line
   tail_line=$(grep -v '^\s*$' "$LOGS/$name.log" | tail -n 1 | cut -c1-160)
-  echo "RESULT $name: rc=$rc in $((SECONDS - began)) s | $tail_line"
+  echo "RESULT $name: rc=$rc in $((SECONDS - began)) s | $tail_line" | tee -a "$OUT/results.txt"
+  { echo "==== $name (rc=$rc)"; cat "$LOGS/$name.log"; } >>"$OUT/all.log"
 }
 
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | sed 's/^/GPU: /'
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
+[[ $PY == python3 ]] && check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
   --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps \
-  --no-build-isolation --no-compile --target /tmp/site . && echo installed"
-check stand_in 45 python3 benchmarks/gpu/make_stand_in.py --tokenizer .gpu_assets/tokenizer \
-  --out "$MODEL"
+  --no-build-isolation --no-compile --target /tmp/site . && python3 -c 'import transformers, trl, peft, torch; \
+  print(\"installed: transformers\", transformers.__version__, \"trl\", trl.__version__, \"peft\", \
+  peft.__version__, \"torch\", torch.__version__)'"
+check stand_in 45 $PY benchmarks/gpu/make_stand_in.py --tokenizer .gpu_assets/tokenizer \
+  --layers $LAYERS --out "$MODEL"
 
 # 1. The gpu tests: CPU/GPU parity for every step kind, bf16-mixed learning, resume, LoRA, eval;
 #    packed (block mask, FlashAttention varlen when installed) equals padded on CUDA.
-check pytest_gpu 120 python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_packing.py -p no:cacheprovider
+check pytest_gpu 120 $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_packing.py -p no:cacheprovider
 
 # 2. The recipes the issue names, with the model and data stood in by local ones.
-check recipe_dpo 60 python3 -m alignlib.cli train configs/gpu/dpo_ultrafeedback.yaml \
-  model.name_or_path=$MODEL data.path=builtin:gsm8k_pairs data.max_prompt_length=256 \
+check recipe_dpo 90 $PY -m alignlib.cli train configs/gpu/dpo_ultrafeedback.yaml \
+  model.name_or_path=$MODEL data.path=builtin:gsm8k_pairs data.limit=128 data.max_prompt_length=256 \
   data.max_completion_length=128 train.max_steps=6 checkpoint.every=3 output_dir=$RUNS/dpo \
   logging.progress=false
-check recipe_hpt 90 python3 -m alignlib.cli train configs/gpu/hpt_qwen2.5_math_1.5b.yaml \
+check recipe_hpt 90 $PY -m alignlib.cli train configs/gpu/hpt_qwen2.5_math_1.5b.yaml \
   model.name_or_path=$MODEL data.path=builtin:arithmetic_prompts rollout.engine=transformers \
   rollout.n=4 rollout.max_new_tokens=64 online.prompts_per_step=8 online.micro_batch_size=16 \
   online.max_demonstration_length=128 algorithm.params.max_response_length=64 eval=null \
   train.max_steps=3 checkpoint.every=null output_dir=$RUNS/hpt logging.progress=false
 
 # 3. alignlib vs TRL 1.16 on the same stand-in, bf16 mixed precision on both sides.
-check bench_rollout 45 python3 benchmarks/rollout_vs_trl.py --model $MODEL --device cuda \
-  --prompts 8 --n 8 --max-new 128 --repeats 3
-check bench_dpo 90 python3 benchmarks/dpo_vs_trl.py --model $MODEL --device cuda --pairs 16 \
+check bench_dpo 90 $PY benchmarks/dpo_vs_trl.py --model $MODEL --device $DEVICE --pairs 16 \
   --micro 8 --max-length 384 --steps 12 --warmup 3
-check bench_grpo 120 python3 benchmarks/grpo_vs_trl.py --model $MODEL --device cuda \
+check bench_grpo 120 $PY benchmarks/grpo_vs_trl.py --model $MODEL --device $DEVICE \
   --prompts 8 --n 8 --max-new 128 --micro 16 --steps 6 --warmup 2
+check bench_rollout 60 $PY benchmarks/rollout_vs_trl.py --model $MODEL --device $DEVICE \
+  --prompts 8 --n 8 --max-new 128 --repeats 3
 # 4. The scale-out issue's GPU number: one FSDP2 rank against the plain single-device step.
-check fsdp2_vs_single 90 python3 benchmarks/data_parallel.py fsdp2 --model $MODEL --steps 6
-for name in pytest_gpu recipe_dpo recipe_hpt bench_rollout bench_dpo bench_grpo fsdp2_vs_single; do
+check fsdp2_vs_single 90 $PY benchmarks/data_parallel.py fsdp2 --model $MODEL --steps 6
+# 5. With time left: padding-free micro-batches (train.packing) on the GPU, DPO.
+check bench_dpo_packing 90 $PY benchmarks/dpo_vs_trl.py --model $MODEL --device $DEVICE \
+  --pairs 16 --micro 8 --max-length 384 --steps 12 --warmup 3 --packing
+for name in pytest_gpu recipe_dpo recipe_hpt bench_dpo bench_grpo bench_rollout fsdp2_vs_single \
+  bench_dpo_packing; do
   echo "---- $name"; grep -E "passed|failed|error|on cuda|done:|s/step|ratio|alignlib|TRL|plain" \
-    "$LOGS/$name.log" | tail -n 8
+    "$LOGS/$name.log" 2>/dev/null | tail -n 8
 done
