@@ -21,9 +21,11 @@ averaged over sequences (alignlib's `grpo` preset ↔ TRL `loss_type="grpo"`); n
 reference model); one optimizer step per rollout batch (TRL: num_iterations=1,
 steps_per_generation = gradient_accumulation_steps = 4, so no old-log-prob pass in either);
 micro-batches of 8 rows; torch AdamW (TRL `optim="adamw_torch"`), constant lr 1e-5, no
-warm-up, grad clip 1.0; seed 0. Not matched: the group-std epsilon (alignlib 1e-6, TRL 1e-4),
-and the samples themselves (each trainer draws its own random stream), so completion lengths,
-rewards and hence the trained tokens differ from step to step: compare tokens/s, not only s/step.
+warm-up, grad clip 1.0; gradient checkpointing off on both (`--gradient-checkpointing`: on
+for both; TRL's own default is on); seed 0. Not matched: the group-std epsilon (alignlib 1e-6,
+TRL 1e-4), and the samples themselves (each trainer draws its own random stream), so completion
+lengths, rewards and hence the trained tokens differ from step to step: compare tokens/s, not
+only s/step.
 Also different by design: alignlib's engine records each sampled token's log-prob as it draws
 it (TRL without vLLM does not), and trains each micro-batch at its own padded width (TRL pads to the
 whole rollout batch's). The SmolLM2 run takes about 13 minutes on 2 cores; tiny:llama 20 s.
@@ -59,6 +61,7 @@ PROMPTS, N, MICRO, MAX_NEW, LR, CLIP, EPS, LIMIT = 4, 8, 8, 48, 1e-5, 1.0, 0.2, 
 DATA = "builtin:arithmetic_prompts"
 DEVICE, PRECISION = "cpu", "fp32"
 PACKING = False  # --packing: alignlib forwards each micro-batch padding-free
+CHECKPOINTING = False  # --gradient-checkpointing: both sides recompute activations in backward
 
 
 @dataclass
@@ -81,6 +84,7 @@ def alignlib_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
             "chat_template": True,
             "device": DEVICE,
             "precision": PRECISION,
+            "gradient_checkpointing": CHECKPOINTING,
         },
         "data": {"path": DATA, "limit": LIMIT, "shuffle": False},
         "algorithm": {"name": "grpo", "params": {"eps_low": EPS, "eps_high": EPS}},
@@ -187,6 +191,9 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
         max_grad_norm=CLIP,
         shuffle_dataset=False,
         use_vllm=False,
+        # TRL's own default is True: left unset, TRL would recompute every activation in
+        # backward (less memory, slower training) while alignlib keeps them
+        gradient_checkpointing=CHECKPOINTING,
         bf16=PRECISION != "fp32",
         use_cpu=DEVICE == "cpu",
         report_to="none",
@@ -259,7 +266,7 @@ def measured(run, *args):  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    global PROMPTS, N, MICRO, MAX_NEW, LIMIT, DEVICE, PRECISION, PACKING  # the knobs
+    global PROMPTS, N, MICRO, MAX_NEW, LIMIT, DEVICE, PRECISION, PACKING, CHECKPOINTING
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--steps", type=int, default=8)
@@ -270,10 +277,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=N, help="samples per prompt")
     parser.add_argument("--max-new", type=int, default=MAX_NEW, help="new tokens per sample")
     parser.add_argument("--micro", type=int, default=MICRO, help="rows per forward/backward")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="both sides (default: neither)"
+    )
     args = parser.parse_args()
     PROMPTS, N, MAX_NEW, MICRO = args.prompts, args.n, args.max_new, args.micro
     DEVICE = args.device
-    PACKING = args.packing
+    PACKING, CHECKPOINTING = args.packing, args.gradient_checkpointing
     PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
     LIMIT = max(LIMIT, PROMPTS * (args.steps + 1))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -287,7 +297,7 @@ def main() -> None:
     print(
         f"model {args.model}, {PROMPTS} prompts x {N} samples/step in micro-batches of {MICRO}, "
         f"<= {MAX_NEW} new tokens, {args.steps} steps, median of steps {args.warmup + 1}-"
-        f"{args.steps}"
+        f"{args.steps}, gradient checkpointing {'on' if CHECKPOINTING else 'off'} on both sides"
     )
     print(f"{'':16}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'gen tok/step':>14}")
     for name, row, peak in (("alignlib", a, our_peak), ("TRL 1.16", t, their_peak)):

@@ -83,6 +83,7 @@ def trl_generate(
         top_k=0,
         beta=0.0,
         use_vllm=False,
+        gradient_checkpointing=False,  # TRL's default True only toggles around generate
         bf16=False,
         use_cpu=args.device == "cpu",
         report_to="none",

@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Every GPU check of alignlib in one run, for a lent GPU machine with no package registry (see
 # ../shared/gpu/README.md). Prepare on the CPU machine with benchmarks/gpu/prepare.sh, then run
-# this from the repository root on the GPU machine (at most ~10 min, one device call). Each check has its own time limit and prints
-# one `RESULT <name>: ...` line; every log is appended to $OUT/all.log (the device tool returns at
-# most 8 files). `DRY=1 bash benchmarks/gpu/check.sh` rehearses every command on this CPU machine
-# first (the project's .venv, a 2-layer stand-in, --device cpu, no install), so that no device
-# time goes to a typo.
+# this from the repository root on the GPU machine (at most ~10 min, one device call). Each
+# check has its own time limit and prints one `RESULT <name>: ...` line; every log is appended
+# to $OUT/all.log (the device tool returns at most 8 files).
+#   DRY=1 bash benchmarks/gpu/check.sh    rehearse every command here first (the project's
+#                                         .venv, the checkout installed non-editable as there,
+#                                         a 2-layer stand-in, --device cpu): no device time
+#                                         goes to a typo
+#   CHECKS="install stand_in pytest_gpu"  run only the checks named
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 LOGS=/tmp/gpu-check
 OUT=${OUT:-$LOGS}
 mkdir -p "$LOGS" "$OUT"
+rm -f "$OUT/results.txt" "$OUT/all.log"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 \
   TOKENIZERS_PARALLELISM=false
-if [[ ${DRY:-0} == 1 ]]; then
-  PY=.venv/bin/python DEVICE=cpu LAYERS=2
+# -P: the checkout's alignlib/ must not shadow the installed package (whose package-dir mapping
+# provides alignlib.algorithms, .rewards and .rollout), so the working directory stays off sys.path.
+if [[ ${DRY:-0} == 1 ]]; then  # the checkout installed as on the GPU machine (not editable)
+  PY=".venv/bin/python -P" DEVICE=cpu LAYERS=2 SITE=/tmp/site-dry
 else
-  PY=python3 DEVICE=cuda LAYERS=24
-  export PYTHONPATH=/tmp/site
+  PY="python3 -P" DEVICE=cuda LAYERS=24 SITE=/tmp/site
 fi
+export PYTHONPATH=$SITE
 MODEL=/tmp/qwen05b-$LAYERS
 RUNS=/tmp/gpu-runs
 rm -rf "$RUNS"
@@ -28,6 +34,7 @@ BUDGET=${BUDGET:-560}
 
 check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one result line
   local name=$1 limit=$2; shift 2
+  [[ -n ${CHECKS:-} && " $CHECKS " != *" $name "* ]] && return  # CHECKS="a b": only those
   [[ ${DRY:-0} == 1 ]] && limit=$((limit * 6))  # a CPU is slower; the rehearsal checks commands
   local left=$((BUDGET - SECONDS))
   if ((left < 15)); then echo "RESULT $name: skipped (budget spent)"; return; fi
@@ -44,7 +51,9 @@ check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one resu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-[[ $PY == python3 ]] && check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
+[[ ${DRY:-0} == 1 ]] && rm -rf $SITE && check install 60 $PY -m pip install -q --no-index \
+  --no-deps --no-build-isolation --no-compile --target $SITE .
+[[ ${DRY:-0} != 1 ]] && check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
   --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps \
   --no-build-isolation --no-compile --target /tmp/site . && python3 -c 'import transformers, trl, peft, torch; \
   print(\"installed: transformers\", transformers.__version__, \"trl\", trl.__version__, \"peft\", \
