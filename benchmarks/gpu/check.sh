@@ -13,6 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 LOGS=/tmp/gpu-check
 OUT=${OUT:-$LOGS}
+rm -rf "$LOGS"
 mkdir -p "$LOGS" "$OUT"
 rm -f "$OUT/results.txt" "$OUT/all.log"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 \
@@ -85,11 +86,15 @@ check bench_rollout 60 $PY benchmarks/rollout_vs_trl.py --model $MODEL --device 
   --prompts 8 --n 8 --max-new 128 --repeats 3
 # 4. The scale-out issue's GPU number: one FSDP2 rank against the plain single-device step.
 check fsdp2_vs_single 90 $PY benchmarks/data_parallel.py fsdp2 --model $MODEL --steps 6
-# 5. With time left: padding-free micro-batches (train.packing) on the GPU, DPO.
+# 5. With time left: both sides with gradient checkpointing (TRL's default), memory against memory;
+#    padding-free micro-batches (train.packing) on the GPU, DPO.
+check bench_grpo_ckpt 120 $PY benchmarks/grpo_vs_trl.py --model $MODEL --device $DEVICE \
+  --prompts 8 --n 8 --max-new 128 --micro 16 --steps 6 --warmup 2 --gradient-checkpointing
 check bench_dpo_packing 90 $PY benchmarks/dpo_vs_trl.py --model $MODEL --device $DEVICE \
   --pairs 16 --micro 8 --max-length 384 --steps 12 --warmup 3 --packing
 for name in pytest_gpu recipe_dpo recipe_hpt bench_dpo bench_grpo bench_rollout fsdp2_vs_single \
-  bench_dpo_packing; do
+  bench_grpo_ckpt bench_dpo_packing; do
+  [[ -f $LOGS/$name.log ]] || continue
   echo "---- $name"; grep -E "passed|failed|error|on cuda|done:|s/step|ratio|alignlib|TRL|plain" \
     "$LOGS/$name.log" 2>/dev/null | tail -n 8
 done
