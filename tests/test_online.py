@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import alignlib.trainer.online as online
+import alignlib.trainer.online_collect as online_collect
 from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.estimator import Role
@@ -60,7 +61,7 @@ def make_config(tmp: Path, name: str = "run", **sections: dict[str, Any]) -> Pat
 def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """Record every scored rollout batch and every set of training rows the loop builds."""
     seen: dict[str, list[Any]] = {"rollouts": [], "rows": []}
-    score, collate = online.score_rollouts, online.collate_rows
+    score, collate = online_collect.score_rollouts, online.collate_rows
 
     def scored(*args: Any, **kwargs: Any) -> Rollouts:
         seen["rollouts"].append(score(*args, **kwargs))
@@ -70,7 +71,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
         seen["rows"].append(rows)
         return collate(rows, pad_id)
 
-    monkeypatch.setattr(online, "score_rollouts", scored)
+    monkeypatch.setattr(online_collect, "score_rollouts", scored)
     monkeypatch.setattr(online, "collate_rows", collated)
     return seen
 
@@ -219,18 +220,18 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
     straight = Trainer(load_config(make_config(tmp_path, "a", **extra))).train()
     config = make_config(tmp_path, "b", **extra)
     calls = {"n": 0}
-    collect = online.OnlineSource.collect
+    collect = online_collect.RolloutCollector.collect
 
-    def crash_on_third(self: online.OnlineSource, *args: Any) -> Any:
+    def crash_on_third(self: online_collect.RolloutCollector, *args: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated interruption")
         return collect(self, *args)
 
-    monkeypatch.setattr(online.OnlineSource, "collect", crash_on_third)
+    monkeypatch.setattr(online_collect.RolloutCollector, "collect", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         Trainer(load_config(config)).train()
-    monkeypatch.setattr(online.OnlineSource, "collect", collect)
+    monkeypatch.setattr(online_collect.RolloutCollector, "collect", collect)
     resumed = Trainer(load_config(config, ["checkpoint.resume=true"])).train()
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]

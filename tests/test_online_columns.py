@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_online import make_config
 
-import alignlib.trainer.online as online
+import alignlib.trainer.online_collect as online_collect
 from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.data.collate import prompt_ids
@@ -71,8 +71,8 @@ def test_answer_field_names_the_gold_answer_column(tmp_path: Path) -> None:
     )
     trainer = Trainer(load_config(config))
     source = trainer.source()
-    assert [r["answer"] for r in source.rows] == ["5", "8"]  # graded against `solution`
-    assert [r["solution"] for r in source.rows] == ["5", "8"]  # the column keeps its name
+    assert [r["answer"] for r in source.collector.rows] == ["5", "8"]  # graded against `solution`
+    assert [r["solution"] for r in source.collector.rows] == ["5", "8"]  # the column keeps its name
     result = trainer.train()
     assert 0 <= result.history[-1]["rollout/accuracy"] <= 1
 
@@ -131,13 +131,13 @@ def test_conversational_prompts_train_online(
         make_config(tmp_path), rows, algorithm={"name": "hpt", "params": {"max_response_length": 6}}
     )
     seen: list[list[int]] = []
-    generate = online.generate
+    generate = online_collect.generate
 
     def spy(engine: Any, prompts: list[list[int]], sampling: Any) -> Any:
         seen.extend(prompts)
         return generate(engine, prompts, sampling)
 
-    monkeypatch.setattr(online, "generate", spy)
+    monkeypatch.setattr(online_collect, "generate", spy)
     trainer = Trainer(load_config(config))
     result = trainer.train()
     want = prompt_ids(trainer.tokenizer, messages, chat=True)

@@ -1,4 +1,5 @@
-"""The `rollout:` and `online:` sections: online RL (GRPO, Clip-Cov, KL-Cov, HPT, LUFFY).
+"""The `rollout:`, `online:` and `inpo:` sections: online RL (GRPO, Clip-Cov, KL-Cov, HPT, LUFFY)
+and INPO's iterations.
 
 A run with a `rollout:` section trains online: each step samples completions from the policy,
 scores them, and takes `online.mini_batches` optimizer steps on them.
@@ -245,3 +246,19 @@ class OnlineConfig(Section):
         if not value:
             raise ValueError("give at least one reward, e.g. [{name: math}]")
         return value
+
+
+class INPOConfig(Section):
+    iterations: int = Field(3, gt=0)
+    """Online iterations T: each samples from π_t, ranks, and trains π_{t+1} from π_t."""
+    samples_per_prompt: int = Field(8, ge=2)
+    """Responses K sampled per prompt; the best and worst become the pair."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature."""
+    max_new_tokens: int = Field(128, gt=0)
+    """Generation length limit."""
+    oracle: str = "math"
+    """Preference oracle: a reward name from alignlib.rewards, `module:function`, or
+    `reward_model:PATH` (a sequence-classification model)."""
+    prompts_per_iteration: int | None = Field(None, gt=0)
+    """Fresh prompts per iteration (null: the whole prompt set every iteration)."""

@@ -4,6 +4,7 @@ The package folder also holds the bundled training sets (see README.md here for 
 """
 
 from alignlib.data.collate import Example, collate, encode_example
-from alignlib.data.formats import DataError, infer_format, load_rows
+from alignlib.data.errors import DataError
+from alignlib.data.formats import infer_format, load_rows
 
 __all__ = ["DataError", "Example", "collate", "encode_example", "infer_format", "load_rows"]

@@ -13,9 +13,10 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-from alignlib.data.formats import DataError
+from alignlib.data.errors import DataError
+from alignlib.data.prompts import prompt_of
+from alignlib.data.tasks import TASKS  # generated sets, not built row by row from GSM8K
 
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 """The empty reasoning block BVPO puts at the start of an empty-trace response (Qwen3/R1 style)."""
 
@@ -25,10 +26,6 @@ def gsm8k_train() -> list[dict[str, Any]]:
     text = files("alignlib.data").joinpath("gsm8k_train.jsonl").read_text(encoding="utf-8")
     # split("\n"), not splitlines(): solutions contain U+2028, which splitlines() breaks on.
     return [json.loads(line) for line in text.split("\n") if line.strip()]
-
-
-def prompt_of(problem: str) -> str:
-    return f"{problem}\n{INSTRUCTION}"
 
 
 def clean_solution(solution: str) -> str:
@@ -135,8 +132,6 @@ BUILDERS = {
 
 def build(name: str) -> list[dict[str, Any]]:
     """Rows of the builtin data set ``name``."""
-    from alignlib.data.tasks import TASKS  # generated sets, not built row by row from GSM8K
-
     if name in TASKS:
         return TASKS[name]()
     if name not in BUILDERS:

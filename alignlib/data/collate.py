@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from alignlib.data.formats import DataError
+from alignlib.data.errors import DataError
 from alignlib.device import HOST
 from alignlib.estimator import Role
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alignlib.data.builtin import build
+from alignlib.data.errors import DataError
+
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
@@ -12,10 +15,6 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "bvpo": ("prompt", "chosen", "rejected", "trace"),
     "prompts": ("prompt", "answer"),
 }
-
-
-class DataError(ValueError):
-    """Data that cannot be used as given (the message names the file, row and field)."""
 
 
 def infer_format(row: dict[str, Any]) -> str:
@@ -119,8 +118,6 @@ def load_rows(path: str, split: str = "train", limit: int | None = None) -> list
     A file with no rows is refused here, naming it (``datasets`` raises a bare StopIteration or
     "corresponds to no data" for one)."""
     if path.startswith("builtin:"):
-        from alignlib.data.builtin import build
-
         rows = build(path.removeprefix("builtin:"))
         return rows[:limit] if limit else rows
     suffix = Path(path).suffix

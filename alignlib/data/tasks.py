@@ -18,6 +18,8 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+from alignlib.data.prompts import prompt_of
+
 INSTRUCTION = "Give the final answer in \\boxed{}."
 
 TRAIN_NAMES = ("Tom", "Anna", "Sam", "Lily", "Ben", "Mia", "Leo", "Emma", "Max", "Zoe")
@@ -90,8 +92,6 @@ def arithmetic_heldout() -> list[dict[str, Any]]:
 
 @cache
 def _math_prompts() -> tuple[dict[str, Any], ...]:
-    from alignlib.data.builtin import prompt_of
-
     text = files("alignlib.data").joinpath("math_train.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.split("\n") if line.strip()]
     return tuple({"prompt": prompt_of(r["problem"]), "answer": r["answer"]} for r in rows)

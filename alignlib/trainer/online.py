@@ -1,9 +1,10 @@
 """The online source (every preset that reads rewards). One step, top to bottom: prompts ←
 data; samples ← rollout.generate(prompts, n); rewards ← reward functions; rows ← the preset's
 router (``UnifiedEstimator.router``: which rollouts and demonstrations become rows); optional
-dynamic sampling; old (and ref) log-probs, and the engine's log-probs for a rollout correction;
-k mini-batches of whole groups for the loop's update; then weights → engine and held-out
-accuracy / benchmarks when due. Nothing here names a method."""
+dynamic sampling (these first stages: ``online_collect.RolloutCollector``); old (and ref)
+log-probs, and the engine's log-probs for a rollout correction; k mini-batches of whole groups
+for the loop's update; then weights → engine and held-out accuracy / benchmarks when due.
+Nothing here names a method."""
 
 from __future__ import annotations
 
@@ -17,28 +18,13 @@ import torch
 
 from alignlib.algorithms import router_for
 from alignlib.config.schema import RunConfig
-from alignlib.data import load_rows
-from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import HOST
-from alignlib.estimator import Role, RowPlan, UnifiedEstimator, rollout_correction
+from alignlib.estimator import Role, UnifiedEstimator, rollout_correction
 from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ahead
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.offline import Sampler
+from alignlib.trainer.online_collect import RolloutCollector
 from alignlib.trainer.online_engine import EngineHandle, build_engine, heldout_accuracy
-from alignlib.trainer.online_rollout import (
-    RewardModel,
-    Rollouts,
-    TrainRows,
-    build_rows,
-    demonstration_ids,
-    generate,
-    informative_groups,
-    rollout_metrics,
-    sampling_params,
-    score_rollouts,
-    select_groups,
-    with_answer_field,
-)
 from alignlib.trainer.online_update import (
     RowTensors,
     check_online_estimator,
@@ -74,26 +60,9 @@ class OnlineSource:
                 f"{type(self.router).__name__} needs rollout.n >= {self.router.min_samples} "
                 f"(it has {self.rollout.n})"
             )
-        data = config.data
-        self.rows = with_answer_field(
-            load_rows(data.path, data.split, data.limit), data.answer_field
-        )
-        if not self.rows or "prompt" not in self.rows[0]:
-            raise ValueError(
-                f"data.path {config.data.path}: online training needs rows with 'prompt'"
-            )
-        self.rewards = RewardModel(
-            self.online.rewards,
-            self.online.correct_threshold,
-            allow_nonfinite=config.train.nonfinite == "skip",
-        )
-        self.rewards.check(self.rows[0], f"data.path {config.data.path}")
-        if self.router.needs_demonstrations:
-            demonstration_ids(tokenizer, self.rows[0], self.online, f"data.path {config.data.path}")
+        self.collector = RolloutCollector(config, tokenizer, self.router)
+        self.sampler = self.collector.sampler
         train = config.train
-        self.sampler = Sampler(
-            len(self.rows), self.online.prompts_per_step, train.seed, config.data.shuffle
-        )
         self.total_steps = train.max_steps or train.epochs * self.sampler.steps_per_epoch()
         self.ahead = self._ahead()
         self.position: Sampler | ConsumedPosition = (
@@ -109,7 +78,7 @@ class OnlineSource:
             or self.kept_mass
             or (self.correction is not None and self.correction.needs_old_in_prepare)
         )
-        self.heldout = self._heldout_set()
+        self.heldout = self.collector.heldout_set()
         self.engine: EngineHandle | None = None
 
     def prepare(self, state: TrainState) -> None:
@@ -148,7 +117,7 @@ class OnlineSource:
 
         def collect(step: int) -> Any:
             assert self.engine is not None
-            return self.collect(self.engine, step)
+            return self.collector.collect(self.engine, step)
 
         return generate_ahead(self.config, self.correction is not None, collect, self.sampler)
 
@@ -165,7 +134,9 @@ class OnlineSource:
         if self.engine is not None:
             ahead = self.ahead
             collected = (
-                ahead.get(step, self.total_steps) if ahead else self.collect(self.engine, step)
+                ahead.get(step, self.total_steps)
+                if ahead
+                else self.collector.collect(self.engine, step)
             )
         rows, self.step_metrics = world.broadcast(collected, self.kernel.device)
         self.tensors = tensors = collate_rows(rows, self.state.pad_id)
@@ -265,83 +236,6 @@ class OnlineSource:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
-
-    # ---------------------------------------------------------------------------- stages
-    def _heldout_set(self) -> tuple[list[list[int]], list[str]] | None:
-        spec = self.online.heldout
-        if spec.data is None:
-            return None
-        rows = with_answer_field(
-            load_rows(spec.data, "train", spec.size), self.config.data.answer_field
-        )
-        if not rows or not all("prompt" in r and "answer" in r for r in rows):
-            raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
-        return [self.prompt_tokens(r) for r in rows], [str(r["answer"]) for r in rows]
-
-    def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
-        ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template)
-        return ids[-self.online.max_prompt_length :]
-
-    def demo_tokens(self, row: dict[str, Any]) -> list[int]:
-        return demonstration_ids(
-            self.tokenizer, row, self.online, f"data.path {self.config.data.path}"
-        )
-
-    # ------------------------------------------------------------------------------ stages
-    def sample_prompts(self) -> list[dict[str, Any]]:
-        return [self.rows[i] for i in self.sampler.next_batch()]
-
-    def rollout_and_score(
-        self, engine: EngineHandle, step: int, attempt: int
-    ) -> tuple[Rollouts, TrainRows, RowPlan]:
-        """prompts ← data; samples ← generate; rewards ← reward functions; rows ← the router."""
-        prompts = self.sample_prompts()
-        prompt_ids = [self.prompt_tokens(r) for r in prompts]
-        # Seeded per (run seed, step, attempt): a resumed run samples exactly what it would have.
-        seed = (self.config.train.seed * 1_000_003 + step * 101 + attempt) & 0x7FFF_FFFF
-        generations, seconds = generate(
-            engine.engine, prompt_ids, sampling_params(self.rollout, seed)
-        )
-        rollouts = score_rollouts(self.rewards, prompts, prompt_ids, generations, seconds)
-        demo_rewards = None
-        if self.router.scores_demonstrations:
-            demos = [self.demo_tokens(r) for r in prompts]
-            texts = [self.tokenizer.decode(d, skip_special_tokens=True) for d in demos]
-            demo_rewards, _ = self.rewards.score(texts, [len(d) for d in demos], prompts)
-        plan = self.router.route(rollouts.rewards, rollouts.correct, demo_rewards)
-        return rollouts, build_rows(rollouts, plan, self.demo_tokens), plan
-
-    def collect(self, engine: EngineHandle, step: int) -> tuple[TrainRows, dict[str, float]]:
-        """Rollouts for one step; with dynamic sampling, more rounds until enough groups."""
-        wanted = self.online.prompts_per_step
-        dynamic = self.online.dynamic_sampling
-        kept, all_rollouts, plans = TrainRows(), [], []
-        groups_seen = groups_kept = 0
-        for attempt in range(dynamic.max_tries if dynamic.enabled else 1):
-            rollouts, rows, plan = self.rollout_and_score(engine, step, attempt)
-            all_rollouts.append(rollouts)
-            plans.append(plan)
-            groups = sorted(set(rows.group_ids))
-            if dynamic.enabled:
-                groups = informative_groups(rows, set(plan.keep.nonzero().flatten().tolist()))
-            groups_seen += len(rollouts.rows)
-            room = wanted - groups_kept
-            take = groups[:room] if dynamic.enabled else groups
-            kept.extend(select_groups(rows, take), group_offset=groups_kept)
-            groups_kept += len(take)
-            if groups_kept >= wanted:
-                break
-        if not len(kept):
-            raise ValueError(  # the reward or the sampling settings: a user fix
-                f"step {step}: every group had all-equal rewards in "
-                f"{dynamic.max_tries} rounds; raise online.dynamic_sampling.max_tries or "
-                "rollout.n, or check the reward"
-            )
-        metrics = rollout_metrics(all_rollouts, plans)
-        if dynamic.enabled:
-            metrics["rollout/filtered_frac"] = 1 - groups_kept / max(1, groups_seen)
-            metrics["rollout/rounds"] = float(len(all_rollouts))
-        return kept, metrics
 
     def behaviour_logprobs(
         self, tensors: RowTensors

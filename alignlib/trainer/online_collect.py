@@ -1,0 +1,129 @@
+"""One online step's rows: prompts ← data; samples ← the engine; rewards ← the reward
+functions; rows ← the preset's router; with dynamic sampling, more rounds until enough groups
+carry a signal. The data set, reward functions and prompt sampler are checked once, here, before
+the model loads anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignlib.config.schema import RunConfig
+from alignlib.data import load_rows
+from alignlib.data.collate import prompt_ids as encode_prompt
+from alignlib.estimator import RowPlan
+from alignlib.estimator.routing import Router
+from alignlib.trainer.offline import Sampler
+from alignlib.trainer.online_engine import EngineHandle
+from alignlib.trainer.online_rollout import (
+    RewardModel,
+    Rollouts,
+    TrainRows,
+    build_rows,
+    demonstration_ids,
+    generate,
+    informative_groups,
+    rollout_metrics,
+    sampling_params,
+    score_rollouts,
+    select_groups,
+    with_answer_field,
+)
+
+
+class RolloutCollector:
+    """The rows of each step from the prompt set (``data``), the rewards and the router."""
+
+    def __init__(self, config: RunConfig, tokenizer: Any, router: Router) -> None:
+        assert config.rollout is not None
+        self.config, self.rollout, self.online = config, config.rollout, config.online
+        self.tokenizer, self.router = tokenizer, router
+        data, where = config.data, f"data.path {config.data.path}"
+        self.rows = with_answer_field(
+            load_rows(data.path, data.split, data.limit), data.answer_field
+        )
+        if not self.rows or "prompt" not in self.rows[0]:
+            raise ValueError(f"{where}: online training needs rows with 'prompt'")
+        self.rewards = RewardModel(
+            self.online.rewards,
+            self.online.correct_threshold,
+            allow_nonfinite=config.train.nonfinite == "skip",
+        )
+        self.rewards.check(self.rows[0], where)
+        if router.needs_demonstrations:
+            demonstration_ids(tokenizer, self.rows[0], self.online, where)
+        self.sampler = Sampler(
+            len(self.rows), self.online.prompts_per_step, config.train.seed, data.shuffle
+        )
+
+    def heldout_set(self) -> tuple[list[list[int]], list[str]] | None:
+        """(prompt ids, answers) of ``online.heldout.data``, or None when it is not set."""
+        spec = self.online.heldout
+        if spec.data is None:
+            return None
+        rows = with_answer_field(
+            load_rows(spec.data, "train", spec.size), self.config.data.answer_field
+        )
+        if not rows or not all("prompt" in r and "answer" in r for r in rows):
+            raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
+        return [self.prompt_tokens(r) for r in rows], [str(r["answer"]) for r in rows]
+
+    def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
+        ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template)
+        return ids[-self.online.max_prompt_length :]
+
+    def demo_tokens(self, row: dict[str, Any]) -> list[int]:
+        return demonstration_ids(
+            self.tokenizer, row, self.online, f"data.path {self.config.data.path}"
+        )
+
+    def rollout_and_score(
+        self, engine: EngineHandle, step: int, attempt: int
+    ) -> tuple[Rollouts, TrainRows, RowPlan]:
+        """prompts ← data; samples ← generate; rewards ← reward functions; rows ← the router."""
+        prompts = [self.rows[i] for i in self.sampler.next_batch()]
+        prompt_ids = [self.prompt_tokens(r) for r in prompts]
+        # Seeded per (run seed, step, attempt): a resumed run samples exactly what it would have.
+        seed = (self.config.train.seed * 1_000_003 + step * 101 + attempt) & 0x7FFF_FFFF
+        generations, seconds = generate(
+            engine.engine, prompt_ids, sampling_params(self.rollout, seed)
+        )
+        rollouts = score_rollouts(self.rewards, prompts, prompt_ids, generations, seconds)
+        demo_rewards = None
+        if self.router.scores_demonstrations:
+            demos = [self.demo_tokens(r) for r in prompts]
+            texts = [self.tokenizer.decode(d, skip_special_tokens=True) for d in demos]
+            demo_rewards, _ = self.rewards.score(texts, [len(d) for d in demos], prompts)
+        plan = self.router.route(rollouts.rewards, rollouts.correct, demo_rewards)
+        return rollouts, build_rows(rollouts, plan, self.demo_tokens), plan
+
+    def collect(self, engine: EngineHandle, step: int) -> tuple[TrainRows, dict[str, float]]:
+        """Rollouts for one step; with dynamic sampling, more rounds until enough groups."""
+        wanted = self.online.prompts_per_step
+        dynamic = self.online.dynamic_sampling
+        kept, all_rollouts, plans = TrainRows(), [], []
+        groups_seen = groups_kept = 0
+        for attempt in range(dynamic.max_tries if dynamic.enabled else 1):
+            rollouts, rows, plan = self.rollout_and_score(engine, step, attempt)
+            all_rollouts.append(rollouts)
+            plans.append(plan)
+            groups = sorted(set(rows.group_ids))
+            if dynamic.enabled:
+                groups = informative_groups(rows, set(plan.keep.nonzero().flatten().tolist()))
+            groups_seen += len(rollouts.rows)
+            room = wanted - groups_kept
+            take = groups[:room] if dynamic.enabled else groups
+            kept.extend(select_groups(rows, take), group_offset=groups_kept)
+            groups_kept += len(take)
+            if groups_kept >= wanted:
+                break
+        if not len(kept):
+            raise ValueError(  # the reward or the sampling settings: a user fix
+                f"step {step}: every group had all-equal rewards in "
+                f"{dynamic.max_tries} rounds; raise online.dynamic_sampling.max_tries or "
+                "rollout.n, or check the reward"
+            )
+        metrics = rollout_metrics(all_rollouts, plans)
+        if dynamic.enabled:
+            metrics["rollout/filtered_frac"] = 1 - groups_kept / max(1, groups_seen)
+            metrics["rollout/rounds"] = float(len(all_rollouts))
+        return kept, metrics
