@@ -38,7 +38,10 @@ check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one resu
   [[ -n ${CHECKS:-} && " $CHECKS " != *" $name "* ]] && return  # CHECKS="a b": only those
   [[ ${DRY:-0} == 1 ]] && limit=$((limit * 6))  # a CPU is slower; the rehearsal checks commands
   local left=$((BUDGET - SECONDS))
-  if ((left < 15)); then echo "RESULT $name: skipped (budget spent)"; return; fi
+  # Less than half its limit left: skip it rather than cut it off halfway (its time is lost)
+  if ((left < 15 || left < limit / 2)); then
+    echo "RESULT $name: skipped (budget spent)" | tee -a "$OUT/results.txt"; return
+  fi
   ((limit > left)) && limit=$left
   local began=$SECONDS
   timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
