@@ -43,10 +43,7 @@ def decode(
     """
     rows, width = input_ids.shape
     device = input_ids.device
-    sequences = torch.full((rows, width + max_new_tokens), pad_token_id, device=device)
-    sequences[:, :width] = input_ids
-    mask = torch.cat([attention_mask, attention_mask.new_zeros(rows, max_new_tokens)], dim=1)
-    logprobs = torch.zeros(rows, max_new_tokens, dtype=torch.float64, device=device)
+    sequences, mask, logprobs = _buffers(input_ids, attention_mask, max_new_tokens, pad_token_id)
     eos = torch.tensor(eos_token_ids, device=device)
     alive = torch.arange(rows, device=device)  # original index of each row still in the batch
     position = attention_mask.sum(-1, keepdim=True) - 1  # [A, 1] of the token fed next
@@ -84,3 +81,16 @@ def decode(
             alive, tokens, position = alive[keep], tokens[keep], position[keep]
         fed, position = tokens[:, None], position + 1
     return sequences[:, width : width + steps], logprobs[:, :steps]
+
+
+def _buffers(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[R, W + N] sequences (prompts, then padding) and attention mask (prompts', then 0), and
+    [R, N] float64 log-probs (0): what the decode loop fills in, N = ``max_new_tokens``."""
+    rows, width = input_ids.shape
+    sequences = input_ids.new_full((rows, width + max_new_tokens), pad_token_id)
+    sequences[:, :width] = input_ids
+    mask = torch.cat([attention_mask, attention_mask.new_zeros(rows, max_new_tokens)], dim=1)
+    logprobs = torch.zeros(rows, max_new_tokens, dtype=torch.float64, device=input_ids.device)
+    return sequences, mask, logprobs
