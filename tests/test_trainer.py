@@ -301,3 +301,13 @@ def test_in_loop_eval_is_logged_with_training_metrics(tmp_path: Path) -> None:
     with_eval = [r["step"] for r in records if any(k.startswith("eval/") for k in r)]
     assert with_eval == [2, 4]
     assert (tmp_path / "run-sft" / "eval" / "step-2" / "results.json").is_file()
+
+
+def test_train_command_prints_small_values_to_four_significant_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A learning rate of 5e-7 is what the user set, not 0.0 (rounding to 4 decimals was)."""
+    cfg = config_file(tmp_path, datasets(tmp_path)["sft"], "sft", train={"max_steps": 1})
+    assert main(["train", str(cfg), "optim.lr=5e-7"]) == 0
+    final = next(line for line in capsys.readouterr().out.splitlines() if "final metrics" in line)
+    assert "lr=5e-07" in final, final
