@@ -4,7 +4,8 @@ Both trainers run full fine-tuning with AdamW, with reference log-probs precompu
 the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
 bf16 autocast: alignlib `model.precision: bf16-mixed`, TRL `bf16=True` on an fp32 model).
-Reported: seconds per optimizer step (median of the timed steps after warm-up), the ratio, and
+Reported: seconds per optimizer step (median of the timed steps after warm-up), the ratio, the
+training pass's tokens/s (a step's mean non-pad tokens over that median), and
 on a GPU the peak CUDA memory of each trainer; also the same step as a hand-written PyTorch loop
 (`plain`: no library, full-vocabulary log-softmax), which shows how far above the model's own
 compute each trainer runs.
@@ -34,7 +35,12 @@ DEVICE, PRECISION = "cpu", "fp32"
 PACKING = False  # --packing: alignlib forwards each micro-batch padding-free
 
 
-def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
+Run = tuple[list[float], float]
+"""(seconds of each optimizer step, non-pad tokens trained on per step, prompt + completion of
+both rows of every pair: the attention-mask sum, as alignlib's `tokens` and TRL's `num_tokens`)."""
+
+
+def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     from alignlib.config import load_config
     from alignlib.trainer.loop import Trainer
 
@@ -68,7 +74,8 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> list[floa
     trainer = Trainer(load_config(path))
     result = trainer.train()
     # tokens / tokens_per_s is each step's measured wall time (forward, backward, step).
-    return [h["tokens"] / h["tokens_per_s"] for h in result.history]
+    tokens = statistics.mean(h["tokens"] for h in result.history)
+    return [h["tokens"] / h["tokens_per_s"] for h in result.history], tokens
 
 
 def load_model(model_name: str):  # type: ignore[no-untyped-def]
@@ -81,7 +88,7 @@ def load_model(model_name: str):  # type: ignore[no-untyped-def]
     return load_policy(ModelConfig(name_or_path=model_name, chat_template=False), placement)
 
 
-def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
+def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -131,10 +138,11 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
         model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()]
     )
     trainer.train()
-    return times
+    total = max(log.get("num_tokens", 0.0) for log in trainer.state.log_history)
+    return times, float(total) / steps
 
 
-def plain_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
+def plain_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     """The floor: the same DPO step as a short hand-written PyTorch loop, with no library around
     it (TRL's rows and lengths; reference log-probs taken as given, so they cost nothing).
 
@@ -154,7 +162,7 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
         pairs.append([(ids[:MAX_LENGTH], len(prompt)) for ids in both])
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=PRECISION != "fp32")
-    times = []
+    times, tokens = [], 0
     for step in range(steps):
         synchronize()
         began = time.perf_counter()
@@ -164,6 +172,7 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
             width = max(len(ids) for ids, _ in rows)
             ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in rows], device=device)
             real = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
+            tokens += int(real.sum())
             scored = real.clone()
             for k, (_, prompt_length) in enumerate(rows):
                 scored[k, :prompt_length] = 0
@@ -178,7 +187,7 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         synchronize()
         times.append(time.perf_counter() - began)
-    return times
+    return times, tokens / steps
 
 
 def main() -> None:
@@ -199,19 +208,26 @@ def main() -> None:
     PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, our_peak = measured(alignlib_step_times, args.model, args.steps, Path(tmp))
-        theirs, their_peak = measured(trl_step_times, args.model, args.steps, Path(tmp))
-        plain, plain_peak = measured(plain_step_times, args.model, args.steps, Path(tmp))
+        common = (args.model, args.steps, Path(tmp))
+        (ours, our_tokens), our_peak = measured(alignlib_step_times, *common)
+        (theirs, their_tokens), their_peak = measured(trl_step_times, *common)
+        (plain, plain_tokens), plain_peak = measured(plain_step_times, *common)
     a = statistics.median(ours[args.warmup :])
     t = statistics.median(theirs[args.warmup :])
     f = statistics.median(plain[args.warmup :])
+    # training tokens/s: the mean tokens of a step over the median step time
     print(
         f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps, "
         f"{DEVICE} {PRECISION}"
     )
-    print(f"alignlib  {a:.3f} s/step{our_peak}")
-    print(f"TRL 1.16  {t:.3f} s/step{their_peak}")
-    print(f"plain     {f:.3f} s/step{plain_peak}  (hand-written PyTorch step: the compute floor)")
+    print(f"alignlib  {a:.3f} s/step, {our_tokens / a:.0f} tokens/s{our_peak}")
+    print(f"TRL 1.16  {t:.3f} s/step, {their_tokens / t:.0f} tokens/s{their_peak}")
+    print(
+        f"plain     {f:.3f} s/step, {plain_tokens / f:.0f} tokens/s{plain_peak}  "
+        "(hand-written PyTorch step: the compute floor)"
+    )
+    counts = f"alignlib {our_tokens:.0f}, TRL {their_tokens:.0f}, plain {plain_tokens:.0f}"
+    print(f"training tokens per step: {counts}")
     print(f"speed ratio (TRL time / alignlib time): {t / a:.2f}x")
     print(f"alignlib / TRL {a / t:.2f}, alignlib / plain {a / f:.2f}, TRL / plain {t / f:.2f}")
 
