@@ -27,6 +27,7 @@ from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.checkpoint import seed_everything
 from alignlib.trainer.logs import RunLogger, plot_run
+from alignlib.trainer.memory import check_fits
 from alignlib.trainer.model import apply_lora, load_policy
 from alignlib.trainer.preflight import check_run
 from alignlib.trainer.run_dir import prepare_output_dir
@@ -193,6 +194,7 @@ class Trainer:
             return
         base, self.tokenizer = load_policy(config.model, self.placement)
         self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base
+        check_fits(self.model, config.model.name_or_path, self.placement, self.world)
         self.shards: nn.Module | None = None
         if self.world.sharded:
             from alignlib.trainer.fsdp import shard
