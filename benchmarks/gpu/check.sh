@@ -80,23 +80,24 @@ check recipe_hpt 90 $PY -m alignlib.cli train configs/gpu/hpt_qwen2.5_math_1.5b.
   online.max_demonstration_length=128 algorithm.params.max_response_length=64 eval=null \
   train.max_steps=3 checkpoint.every=null output_dir=$RUNS/hpt logging.progress=false
 
-# 3. alignlib vs TRL 1.16 on the same stand-in, bf16 mixed precision on both sides.
-check bench_dpo 90 $PY benchmarks/dpo_vs_trl.py --model $MODEL --device $DEVICE --pairs 16 \
-  --micro 8 --max-length 384 --steps 12 --warmup 3
+# 3. alignlib vs TRL 1.16 on the same stand-in, bf16 mixed precision on both sides; first what
+#    the first GPU call (2026-11-27) could not give: GRPO matched (gradient checkpointing off on
+#    both), then both checkpointed (memory against memory).
 check bench_grpo 120 $PY benchmarks/grpo_vs_trl.py --model $MODEL --device $DEVICE \
   --prompts 8 --n 8 --max-new 128 --micro 16 --steps 6 --warmup 2
-check bench_rollout 60 $PY benchmarks/rollout_vs_trl.py --model $MODEL --device $DEVICE \
-  --prompts 8 --n 8 --max-new 128 --repeats 3
-# 4. The scale-out issue's GPU number: one FSDP2 rank against the plain single-device step.
-check fsdp2_vs_single 90 $PY benchmarks/data_parallel.py fsdp2 --model $MODEL --steps 6
-# 5. With time left: both sides with gradient checkpointing (TRL's default), memory against memory;
-#    padding-free micro-batches (train.packing) on the GPU, DPO.
+check bench_dpo 90 $PY benchmarks/dpo_vs_trl.py --model $MODEL --device $DEVICE --pairs 16 \
+  --micro 8 --max-length 384 --steps 12 --warmup 3
 check bench_grpo_ckpt 120 $PY benchmarks/grpo_vs_trl.py --model $MODEL --device $DEVICE \
   --prompts 8 --n 8 --max-new 128 --micro 16 --steps 6 --warmup 2 --gradient-checkpointing
+# 4. With time left (each measured once already): one FSDP2 rank between two plain runs, the
+#    rollout alone, DPO with padding-free micro-batches.
+check fsdp2_vs_single 90 $PY benchmarks/data_parallel.py fsdp2 --model $MODEL --steps 6
+check bench_rollout 60 $PY benchmarks/rollout_vs_trl.py --model $MODEL --device $DEVICE \
+  --prompts 8 --n 8 --max-new 128 --repeats 3
 check bench_dpo_packing 90 $PY benchmarks/dpo_vs_trl.py --model $MODEL --device $DEVICE \
   --pairs 16 --micro 8 --max-length 384 --steps 12 --warmup 3 --packing
-for name in pytest_gpu recipe_dpo recipe_hpt bench_dpo bench_grpo bench_rollout fsdp2_vs_single \
-  bench_grpo_ckpt bench_dpo_packing; do
+for name in pytest_gpu recipe_dpo recipe_hpt bench_grpo bench_dpo bench_grpo_ckpt fsdp2_vs_single \
+  bench_rollout bench_dpo_packing; do
   [[ -f $LOGS/$name.log ]] || continue
   echo "---- $name"; grep -E "passed|failed|error|on cuda|done:|s/step|ratio|alignlib|TRL|plain" \
     "$LOGS/$name.log" 2>/dev/null | tail -n 8
