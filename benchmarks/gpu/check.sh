@@ -55,8 +55,8 @@ check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one resu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-[[ ${DRY:-0} == 1 ]] && rm -rf $SITE && check install 60 $PY -m pip install -q --no-index \
-  --no-deps --no-build-isolation --no-compile --target $SITE .
+[[ ${DRY:-0} == 1 ]] && check install 60 bash -c "rm -rf $SITE && $PY -m pip install -q \
+  --no-index --no-deps --no-build-isolation --no-compile --target $SITE . && rm -rf build"
 [[ ${DRY:-0} != 1 ]] && check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
   --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps \
   --no-build-isolation --no-compile --target /tmp/site . && python3 -c 'import transformers, trl, peft, torch; \
