@@ -116,8 +116,9 @@ class RolloutEngine(ABC):
 
     def load_adapter(self, path: str) -> None:
         """Generate with the PEFT LoRA adapter saved in folder `path` from now on (replacing any
-        earlier one). Engines that cannot apply adapters refuse; send merged weights instead."""
-        raise NotImplementedError(
+        earlier one). Engines that cannot apply adapters refuse (a setting the user changes, so
+        a ValueError: the CLI prints it as one line); send merged weights instead."""
+        raise ValueError(
             f"{type(self).__name__} does not apply LoRA adapters; send the merged weights with "
             "update_weights (rollout.vllm.lora_sync: merged)."
         )

@@ -96,7 +96,7 @@ class ScriptedEngine(RolloutEngine):
         return out
 
     def update_weights(self, weights) -> None:
-        raise NotImplementedError
+        raise AssertionError("evaluation never sends weights to its engine")
 
 
 def _gen(i: int, s: int, text: str) -> Generation:

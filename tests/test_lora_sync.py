@@ -85,5 +85,5 @@ def test_engines_without_adapter_support_say_what_to_do() -> None:
     from alignlib.rollout.hf_engine import HFEngine
 
     engine = HFEngine(build_tiny_model(build_tokenizer()), build_tokenizer())
-    with pytest.raises(NotImplementedError, match="lora_sync: merged"):
+    with pytest.raises(ValueError, match="lora_sync: merged"):
         engine.load_adapter("somewhere")
