@@ -21,14 +21,18 @@ Run it on an otherwise idle machine: both trainers share the same cores.
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
+
+# Run as a script, also under `python -P` (the GPU check), which leaves this folder off sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cuda_measure import peak_text, synchronize, with_peak_memory
 
 BATCH, MICRO, LIMIT, BETA, LR, MAX_LENGTH = 8, 4, 64, 0.1, 1e-5, 160
 DEVICE, PRECISION = "cpu", "fp32"
@@ -107,11 +111,11 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            synchronize()
+            synchronize(DEVICE)
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            synchronize()  # TRL keeps the loss on the GPU: wait for the step's kernels
+            synchronize(DEVICE)  # TRL keeps the loss on the GPU: wait for the step's kernels
             times.append(time.perf_counter() - self.start)
 
     args = DPOConfig(
@@ -164,7 +168,7 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=PRECISION != "fp32")
     times, tokens = [], 0
     for step in range(steps):
-        synchronize()
+        synchronize(DEVICE)
         began = time.perf_counter()
         batch = [pairs[(step * BATCH + i) % len(pairs)] for i in range(BATCH)]
         for start in range(0, BATCH, MICRO):
@@ -185,7 +189,7 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> Run:
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize()
+        synchronize(DEVICE)
         times.append(time.perf_counter() - began)
     return times, tokens / steps
 
@@ -209,9 +213,9 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         common = (args.model, args.steps, Path(tmp))
-        (ours, our_tokens), our_peak = measured(alignlib_step_times, *common)
-        (theirs, their_tokens), their_peak = measured(trl_step_times, *common)
-        (plain, plain_tokens), plain_peak = measured(plain_step_times, *common)
+        (ours, our_tokens), our_peak = with_peak_memory(DEVICE, alignlib_step_times, *common)
+        (theirs, their_tokens), their_peak = with_peak_memory(DEVICE, trl_step_times, *common)
+        (plain, plain_tokens), plain_peak = with_peak_memory(DEVICE, plain_step_times, *common)
     a = statistics.median(ours[args.warmup :])
     t = statistics.median(theirs[args.warmup :])
     f = statistics.median(plain[args.warmup :])
@@ -220,33 +224,16 @@ def main() -> None:
         f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps, "
         f"{DEVICE} {PRECISION}"
     )
-    print(f"alignlib  {a:.3f} s/step, {our_tokens / a:.0f} tokens/s{our_peak}")
-    print(f"TRL 1.16  {t:.3f} s/step, {their_tokens / t:.0f} tokens/s{their_peak}")
+    print(f"alignlib  {a:.3f} s/step, {our_tokens / a:.0f} tokens/s{peak_text(our_peak)}")
+    print(f"TRL 1.16  {t:.3f} s/step, {their_tokens / t:.0f} tokens/s{peak_text(their_peak)}")
     print(
-        f"plain     {f:.3f} s/step, {plain_tokens / f:.0f} tokens/s{plain_peak}  "
+        f"plain     {f:.3f} s/step, {plain_tokens / f:.0f} tokens/s{peak_text(plain_peak)}  "
         "(hand-written PyTorch step: the compute floor)"
     )
     counts = f"alignlib {our_tokens:.0f}, TRL {their_tokens:.0f}, plain {plain_tokens:.0f}"
     print(f"training tokens per step: {counts}")
     print(f"speed ratio (TRL time / alignlib time): {t / a:.2f}x")
     print(f"alignlib / TRL {a / t:.2f}, alignlib / plain {a / f:.2f}, TRL / plain {t / f:.2f}")
-
-
-def synchronize() -> None:
-    if DEVICE != "cpu":
-        torch.cuda.synchronize()
-
-
-def measured(run, *args):  # type: ignore[no-untyped-def]
-    """(step times, ', peak X GiB' on a GPU) of one trainer's run."""
-    if not torch.cuda.is_available() or DEVICE == "cpu":
-        return run(*args), ""
-    gc.collect()  # the previous side's trainer may sit in a reference cycle: free its tensors
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    left_over = torch.cuda.memory_allocated()  # what the previous side kept, not this one's
-    times = run(*args)
-    return times, f", peak {(torch.cuda.max_memory_allocated() - left_over) / 2**30:.2f} GiB"
 
 
 if __name__ == "__main__":

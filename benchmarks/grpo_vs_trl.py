@@ -44,9 +44,9 @@ Run it on an otherwise idle machine with OMP_NUM_THREADS set: both trainers shar
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -56,6 +56,10 @@ from typing import Any
 
 import torch
 import yaml
+
+# Run as a script, also under `python -P` (the GPU check), which leaves this folder off sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cuda_measure import peak_text, synchronize, with_peak_memory
 
 PROMPTS, N, MICRO, MAX_NEW, LR, CLIP, EPS, LIMIT = 4, 8, 8, 48, 1e-5, 1.0, 0.2, 64
 DATA = "builtin:arithmetic_prompts"
@@ -150,12 +154,12 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            synchronize()
+            synchronize(DEVICE)
             current.clear()
             current["start"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            synchronize()  # TRL keeps the loss on the GPU: wait for the step's kernels
+            synchronize(DEVICE)  # TRL keeps the loss on the GPU: wait for the step's kernels
             seconds = time.perf_counter() - current["start"]
             done.append(
                 Step(
@@ -248,23 +252,6 @@ def rates(m: Step) -> tuple[float, float, float, float]:
     return m.seconds, m.gen_tokens / m.gen_seconds, m.train_tokens / m.train_seconds, m.gen_tokens
 
 
-def synchronize() -> None:
-    if DEVICE != "cpu":
-        torch.cuda.synchronize()
-
-
-def measured(run, *args):  # type: ignore[no-untyped-def]
-    """(steps, ', peak X GiB' on a GPU) of one trainer's run."""
-    if DEVICE == "cpu":
-        return run(*args), ""
-    gc.collect()  # the previous side's trainer may sit in a reference cycle: free its tensors
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    left_over = torch.cuda.memory_allocated()  # what the previous side kept, not this one's
-    steps = run(*args)
-    return steps, f"  peak {(torch.cuda.max_memory_allocated() - left_over) / 2**30:.2f} GiB"
-
-
 def main() -> None:
     global PROMPTS, N, MICRO, MAX_NEW, LIMIT, DEVICE, PRECISION, PACKING, CHECKPOINTING
     parser = argparse.ArgumentParser(description=__doc__)
@@ -291,8 +278,9 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, our_peak = measured(alignlib_steps, args.model, args.steps, Path(tmp))
-        theirs, their_peak = measured(trl_steps, args.model, args.steps, Path(tmp))
+        common = (args.model, args.steps, Path(tmp))
+        ours, our_peak = with_peak_memory(DEVICE, alignlib_steps, *common)
+        theirs, their_peak = with_peak_memory(DEVICE, trl_steps, *common)
     a, t = rates(medians(ours, args.warmup)), rates(medians(theirs, args.warmup))
     print(
         f"model {args.model}, {PROMPTS} prompts x {N} samples/step in micro-batches of {MICRO}, "
@@ -301,7 +289,8 @@ def main() -> None:
     )
     print(f"{'':16}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'gen tok/step':>14}")
     for name, row, peak in (("alignlib", a, our_peak), ("TRL 1.16", t, their_peak)):
-        print(f"{name:16}{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}{peak}")
+        cells = f"{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}"
+        print(f"{name:16}{cells}{peak_text(peak, '  ')}")
     ratio = [x / y for x, y in zip(a, t, strict=True)]
     print(f"{'alignlib / TRL':16}{ratio[0]:10.2f}{ratio[1]:12.2f}{ratio[2]:13.2f}{ratio[3]:14.2f}")
     print(f"speed ratio (TRL s/step / alignlib s/step): {t[0] / a[0]:.2f}x")
