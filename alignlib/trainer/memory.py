@@ -59,10 +59,9 @@ def check_fits(model: nn.Module, name: str, placement: Placement, world: World) 
         return
     device_bytes = torch.cuda.get_device_properties(placement.device).total_memory
     shards = world.size if world.sharded else 1
-    problem = memory_problem(model, name, device_bytes, shards)
-    if problem is not None:
-        raise ValueError(problem)
     need = state_bytes(model, shards)
+    if need > device_bytes:
+        raise ValueError(memory_problem(model, name, device_bytes, shards))
     if need > TIGHT * device_bytes:
         warnings.warn(
             f"the training state takes {need / GIB:.1f} of the GPU's {device_bytes / GIB:.0f} "
