@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +113,21 @@ def write_results(out: Path, results: dict[str, Any]) -> Path:
     path = out / "results.json"
     path.write_text(text + "\n")
     return path
+
+
+@contextmanager
+def saved_figure(path: Path, *grid: int, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """(figure, axes) of ``plt.subplots(*grid, **subplots)`` on the headless backend; laid out
+    and written to ``path`` (120 dpi) when the block ends, closed either way."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*grid, **subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -38,7 +38,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _arithmetic_runs import SMOLLM, Scale, arithmetic_config, series, train, write_results
+from _arithmetic_runs import (
+    SMOLLM,
+    Scale,
+    arithmetic_config,
+    saved_figure,
+    series,
+    train,
+    write_results,
+)
 
 FULL = Scale(SMOLLM, steps=16, prompts_per_step=8, n=4, max_new_tokens=20)
 QUICK = Scale("tiny:llama", steps=2, prompts_per_step=2, n=2, max_new_tokens=6)
@@ -132,26 +140,18 @@ def run_method(
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Entropy and reward per step, one line per method (two panels, one x axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
-    for name, run in results["methods"].items():
-        style = {"color": COLORS[name], "label": LABELS[name], "marker": ".", "lw": 1.6}
-        top.plot(run["entropy"]["step"], run["entropy"]["value"], **style)
-        bottom.plot(run["reward"]["step"], run["reward"]["value"], **style)
-    top.set_ylabel("policy entropy (nats / token)")
-    bottom.set_ylabel("mean reward (math + 0.5·format)")
-    bottom.set_xlabel("training step")
-    top.legend()
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    fig.suptitle(headline(results))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, 2, 1, figsize=(7, 6.5), sharex=True) as (fig, (top, bottom)):
+        for name, run in results["methods"].items():
+            style = {"color": COLORS[name], "label": LABELS[name], "marker": ".", "lw": 1.6}
+            top.plot(run["entropy"]["step"], run["entropy"]["value"], **style)
+            bottom.plot(run["reward"]["step"], run["reward"]["value"], **style)
+        top.set_ylabel("policy entropy (nats / token)")
+        bottom.set_ylabel("mean reward (math + 0.5·format)")
+        bottom.set_xlabel("training step")
+        top.legend()
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+        fig.suptitle(headline(results))
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -179,38 +179,30 @@ def headline(results: dict[str, Any]) -> str:
 
 def plot_fit(results: dict[str, Any], path: Path) -> None:
     """GRPO's (entropy, reward) per step and the fitted R = −a·e^H + b."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grpo = results["methods"]["grpo"]
     h, r = np.asarray(grpo["entropy"]["value"]), np.asarray(grpo["reward"]["value"])
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    points = ax.scatter(h, r, c=grpo["entropy"]["step"], cmap="viridis", zorder=3)
-    fig.colorbar(points, ax=ax, label="training step")
-    grid = np.linspace(h.min(), h.max(), 100)
-    for which, style, label in (
-        ("fit", "-", "all steps"),
-        ("fit_from_first_reward", "--", "from the first reward"),
-    ):
-        a, b, r2 = (results[which][k] for k in ("a", "b", "r2"))
-        r2_text = "undefined" if r2 is None else f"{r2:.2f}"
-        ax.plot(
-            grid,
-            -a * np.exp(grid) + b,
-            color="black",
-            ls=style,
-            label=f"{label}: R = −{a:.3f}·e^H + {b:.3f}, R² = {r2_text}",
-        )
-    ax.set_xlabel("policy entropy H (nats / token)")
-    ax.set_ylabel("mean reward R")
-    ax.set_title("GRPO: reward is bought with entropy, R = −a·e^H + b")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8.5, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(6.5, 5)) as (fig, ax):
+        points = ax.scatter(h, r, c=grpo["entropy"]["step"], cmap="viridis", zorder=3)
+        fig.colorbar(points, ax=ax, label="training step")
+        grid = np.linspace(h.min(), h.max(), 100)
+        for which, style, label in (
+            ("fit", "-", "all steps"),
+            ("fit_from_first_reward", "--", "from the first reward"),
+        ):
+            a, b, r2 = (results[which][k] for k in ("a", "b", "r2"))
+            r2_text = "undefined" if r2 is None else f"{r2:.2f}"
+            ax.plot(
+                grid,
+                -a * np.exp(grid) + b,
+                color="black",
+                ls=style,
+                label=f"{label}: R = −{a:.3f}·e^H + {b:.3f}, R² = {r2_text}",
+            )
+        ax.set_xlabel("policy entropy H (nats / token)")
+        ax.set_ylabel("mean reward R")
+        ax.set_title("GRPO: reward is bought with entropy, R = −a·e^H + b")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8.5, frameon=False)
+        ax.grid(alpha=0.3)
 
 
 def summarize(methods: dict[str, Any], setting: dict[str, Any]) -> dict[str, Any]:

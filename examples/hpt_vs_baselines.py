@@ -39,7 +39,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _arithmetic_runs import SMOLLM, Run, Scale, arithmetic_config, series, train, write_results
+from _arithmetic_runs import (
+    SMOLLM,
+    Run,
+    Scale,
+    arithmetic_config,
+    saved_figure,
+    series,
+    train,
+    write_results,
+)
 
 FULL = Scale(
     SMOLLM, steps=12, prompts_per_step=8, n=4, max_new_tokens=24, heldout_size=64, heldout_every=2
@@ -131,65 +140,54 @@ def run_all(scale: Scale, seed: int, folder: Path) -> dict[str, Any]:
 
 def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     """Held-out accuracy per step, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, run_ in results["methods"].items():
-        acc = run_["heldout_accuracy"]
-        ax.plot(
-            acc["step"], acc["value"], marker="o", lw=1.8, color=COLORS[name], label=LABELS[name]
-        )
-    switch = results["methods"]["sft_then_grpo"]["switch_step"]
-    ax.axvline(switch, color="tab:cyan", ls=":", lw=1)
-    ax.annotate("SFT → GRPO", (switch, 0.02), color="tab:cyan", ha="right", rotation=90)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("optimizer step (8 prompts each)")
-    ax.set_ylabel("held-out accuracy (greedy, 64 problems)")
-    ax.set_title("Held-out accuracy at equal optimizer steps")
-    ax.legend(loc="center right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(7, 4.5)) as (_, ax):
+        for name, run_ in results["methods"].items():
+            acc = run_["heldout_accuracy"]
+            ax.plot(
+                acc["step"],
+                acc["value"],
+                marker="o",
+                lw=1.8,
+                color=COLORS[name],
+                label=LABELS[name],
+            )
+        switch = results["methods"]["sft_then_grpo"]["switch_step"]
+        ax.axvline(switch, color="tab:cyan", ls=":", lw=1)
+        ax.annotate("SFT → GRPO", (switch, 0.02), color="tab:cyan", ha="right", rotation=90)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("optimizer step (8 prompts each)")
+        ax.set_ylabel("held-out accuracy (greedy, 64 problems)")
+        ax.set_title("Held-out accuracy at equal optimizer steps")
+        ax.legend(loc="center right")
+        ax.grid(alpha=0.3)
 
 
 def plot_gate(results: dict[str, Any], path: Path) -> None:
     """HPT's SFT fraction per step, with its rollout accuracy (why the gate opens)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_ = results["methods"]["hpt"]
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    frac, acc = run_["sft_frac"], run_["rollout_accuracy"]
-    ax.plot(
-        frac["step"],
-        frac["value"],
-        marker="o",
-        color="tab:purple",
-        lw=2,
-        label="share of prompts routed to SFT (hpt/sft_frac)",
-    )
-    ax.plot(
-        acc["step"],
-        acc["value"],
-        ls="--",
-        color="gray",
-        label="rollout accuracy (share of correct samples)",
-    )
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("fraction")
-    ax.set_title("HPT's gate opens: SFT gives way to RL as rollouts succeed")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(7, 4.8)) as (_, ax):
+        frac, acc = run_["sft_frac"], run_["rollout_accuracy"]
+        ax.plot(
+            frac["step"],
+            frac["value"],
+            marker="o",
+            color="tab:purple",
+            lw=2,
+            label="share of prompts routed to SFT (hpt/sft_frac)",
+        )
+        ax.plot(
+            acc["step"],
+            acc["value"],
+            ls="--",
+            color="gray",
+            label="rollout accuracy (share of correct samples)",
+        )
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("fraction")
+        ax.set_title("HPT's gate opens: SFT gives way to RL as rollouts succeed")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+        ax.grid(alpha=0.3)
 
 
 def summarize(methods: dict[str, Any], setting: dict[str, Any]) -> dict[str, Any]:
