@@ -47,20 +47,19 @@ class OnlineSource:
     def __init__(self, config: RunConfig, tokenizer: Any, estimator: UnifiedEstimator) -> None:
         assert config.rollout is not None
         self.config, self.rollout, self.online = config, config.rollout, config.online
-        self.tokenizer = tokenizer
         spec = self.online.rollout_correction
         self.correction = rollout_correction(None if spec is None else spec.model_dump())
         # The correction is a property of how rows were made, not of the preset: attached
         # here, and handed to the loop's state in ``prepare``.
         self.estimator = estimator.with_rollout_correction(self.correction)
         check_online_estimator(self.estimator, config.algorithm.name)
-        self.router = router_for(estimator, self.online)
-        if self.rollout.n < self.router.min_samples:
+        router = router_for(estimator, self.online)
+        if self.rollout.n < router.min_samples:
             raise ValueError(
-                f"{type(self.router).__name__} needs rollout.n >= {self.router.min_samples} "
+                f"{type(router).__name__} needs rollout.n >= {router.min_samples} "
                 f"(it has {self.rollout.n})"
             )
-        self.collector = RolloutCollector(config, tokenizer, self.router)
+        self.collector = RolloutCollector(config, tokenizer, router)
         self.sampler = self.collector.sampler
         train = config.train
         self.total_steps = train.max_steps or train.epochs * self.sampler.steps_per_epoch()
