@@ -55,13 +55,14 @@ check() {  # check NAME SECONDS COMMAND...: run it, keep its log, print one resu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-[[ ${DRY:-0} == 1 ]] && check install 60 bash -c "rm -rf $SITE && $PY -m pip install -q \
-  --no-index --no-deps --no-build-isolation --no-compile --target $SITE . && rm -rf build"
-[[ ${DRY:-0} != 1 ]] && check install 60 bash -c "python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
-  --target /tmp/site .whl/*.whl && python3 -m pip install -q --no-index --no-deps \
-  --no-build-isolation --no-compile --target /tmp/site . && python3 -c 'import transformers, trl, peft, torch; \
-  print(\"installed: transformers\", transformers.__version__, \"trl\", trl.__version__, \"peft\", \
-  peft.__version__, \"torch\", torch.__version__)'"
+# The checkout installed non-editable into $SITE, as on the GPU machine; there first the carried
+# wheels of what its image lacks (DRY: the project's .venv has them).
+PIP="$PY -m pip install -q --no-index --no-deps --no-compile --target $SITE"
+WHEELS=$([[ ${DRY:-0} == 1 ]] || echo "$PIP --upgrade .whl/*.whl &&")
+check install 60 bash -c "rm -rf $SITE && $WHEELS $PIP --no-build-isolation . && rm -rf build && \
+  $PY -c 'import transformers, trl, peft, torch; print(\"installed: transformers\", \
+  transformers.__version__, \"trl\", trl.__version__, \"peft\", peft.__version__, \"torch\", \
+  torch.__version__)'"
 check stand_in 45 $PY benchmarks/gpu/make_stand_in.py --tokenizer .gpu_assets/tokenizer \
   --layers $LAYERS --out "$MODEL"
 
