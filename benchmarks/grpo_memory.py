@@ -21,28 +21,22 @@ import tempfile
 from pathlib import Path
 
 
-def rss_mib(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def one_side(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import grpo_vs_trl as bench
     import trl  # noqa: F401  (imported before the baseline, as alignlib's trainer below)
+    from logprob_memory import current_bytes, peak_bytes
 
     import alignlib.trainer.loop  # noqa: F401
 
     bench.PROMPTS, bench.N, bench.MICRO, bench.MAX_NEW = args.prompts, args.n, args.micro, 64
     bench.PRECISION, bench.CHECKPOINTING = args.precision, args.gradient_checkpointing
     Path("/proc/self/clear_refs").write_text("5")
-    base = rss_mib("VmRSS")
+    base = current_bytes("cpu") / 2**20
     run = bench.alignlib_steps if args.side == "alignlib" else bench.trl_steps
     with tempfile.TemporaryDirectory() as tmp:
         run(args.model, args.steps, Path(tmp))
-    print(f"{args.side}: peak {rss_mib('VmHWM') - base:.0f} MiB above {base:.0f} MiB")
+    print(f"{args.side}: peak {peak_bytes('cpu') / 2**20 - base:.0f} MiB above {base:.0f} MiB")
 
 
 def main() -> None:
