@@ -28,8 +28,9 @@ def one_thread() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """`gpu` tests need CUDA: skipped (not failed) on a machine without it, like CI."""
-    if torch.cuda.is_available():
+    """`gpu` tests need CUDA: skipped (not failed) on a machine without it, like CI; with
+    ALIGNLIB_TEST_ACCELERATOR=cpu they run on the CPU as a rehearsal (tests/device_cases.py)."""
+    if torch.cuda.is_available() or os.environ.get("ALIGNLIB_TEST_ACCELERATOR") == "cpu":
         return
     import pytest
 

@@ -6,6 +6,7 @@ tests, so the GPU tests run code the CPU suite already exercises."""
 from __future__ import annotations
 
 import json
+import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ ONLINE = {
     "grpo_kl": {"kl_coef": 0.1},
 }
 CASES = [*OFFLINE, *ONLINE]
+# Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
+# rehearses them (`DRY=1 bash benchmarks/gpu/check.sh`), so that a bug in a test's own code
+# shows on the CPU machine instead of costing a lent GPU's only call.
+ACCELERATOR = os.environ.get("ALIGNLIB_TEST_ACCELERATOR", "cuda")
 
 
 def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> Path:

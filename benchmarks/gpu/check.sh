@@ -6,8 +6,8 @@
 # to $OUT/all.log (the device tool returns at most 8 files).
 #   DRY=1 bash benchmarks/gpu/check.sh    rehearse every command here first (the project's
 #                                         .venv, the checkout installed non-editable as there,
-#                                         a 2-layer stand-in, --device cpu): no device time
-#                                         goes to a typo
+#                                         a 2-layer stand-in, --device cpu, the gpu tests
+#                                         on the CPU): no device time goes to a typo
 #   CHECKS="install stand_in pytest_gpu"  run only the checks named
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +22,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUF
 # provides alignlib.algorithms, .rewards and .rollout), so the working directory stays off sys.path.
 if [[ ${DRY:-0} == 1 ]]; then  # the checkout installed as on the GPU machine (not editable)
   PY=".venv/bin/python -P" DEVICE=cpu LAYERS=2 SITE=/tmp/site-dry
+  export ALIGNLIB_TEST_ACCELERATOR=cpu  # the gpu tests run their own code on the CPU
 else
   PY="python3 -P" DEVICE=cuda LAYERS=24 SITE=/tmp/site
 fi
