@@ -70,9 +70,7 @@ def decode(
         logprobs[alive, step] = chosen.double()
         mask[alive, end] = 1
         steps = step + 1
-        done = torch.isin(tokens, eos)
-        if stop is not None:
-            done |= stop(sequences[alive, : end + 1], None)
+        done = _finished(tokens, eos, stop, sequences, alive, end + 1)
         if done.all():
             break
         if done.any():
@@ -81,6 +79,22 @@ def decode(
             alive, tokens, position = alive[keep], tokens[keep], position[keep]
         fed, position = tokens[:, None], position + 1
     return sequences[:, width : width + steps], logprobs[:, :steps]
+
+
+def _finished(
+    tokens: torch.Tensor,
+    eos: torch.Tensor,
+    stop: StopStringCriteria | None,
+    sequences: torch.Tensor,
+    alive: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """[A] bool: the alive rows whose newest token (``tokens`` [A], the last of their
+    ``sequences[:, :width]``) is an end of sequence or completes a stop string."""
+    done = torch.isin(tokens, eos)
+    if stop is not None:  # reads the whole sequences, so only when there are stop strings
+        done |= stop(sequences[alive, :width], None)
+    return done
 
 
 def _buffers(

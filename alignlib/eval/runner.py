@@ -48,21 +48,7 @@ def evaluate(
     to `default_output_dir(config)`. With an in-memory model or engine, null writes nothing.
     """
     began = time.perf_counter()
-    # Benchmarks first: a typo in a name should fail before minutes of model loading.
-    problems = {
-        config.benchmark_label(name): load_benchmark(
-            name,
-            problem_field=config.problem_field,
-            answer_field=config.answer_field,
-            limit=config.limit,
-        )
-        for name in config.benchmarks
-    }
-    if len(problems) != len(config.benchmarks):
-        raise ValueError(f"benchmarks {config.benchmarks} share a name; rename a .jsonl file")
-    for bench, rows in problems.items():
-        if not rows:
-            raise ValueError(f"benchmark {bench!r} has no problems")
+    problems = _load_problems(config)  # first: a typo in a name fails before the model loads
     loads_model = model is None and engine is None
     if loads_model:
         if config.model is None:
@@ -85,6 +71,25 @@ def evaluate(
     if out_dir is not None:
         report.save(out_dir)
     return report
+
+
+def _load_problems(config: EvalConfig) -> dict[str, list[dict[str, Any]]]:
+    """{benchmark label: its problem rows}, refusing two benchmarks of one name or an empty one."""
+    problems = {
+        config.benchmark_label(name): load_benchmark(
+            name,
+            problem_field=config.problem_field,
+            answer_field=config.answer_field,
+            limit=config.limit,
+        )
+        for name in config.benchmarks
+    }
+    if len(problems) != len(config.benchmarks):
+        raise ValueError(f"benchmarks {config.benchmarks} share a name; rename a .jsonl file")
+    for bench, rows in problems.items():
+        if not rows:
+            raise ValueError(f"benchmark {bench!r} has no problems")
+    return problems
 
 
 def evaluate_in_loop(
