@@ -48,6 +48,8 @@ def _describe(error: dict[str, Any]) -> str:
         message = message[len("Value error, ") :]
     shown = error.get("input")
     got = f" (got {shown!r})" if not isinstance(shown, dict) and "input" in error else ""
+    if message.startswith(f"{key}."):  # a section's own check already names its keys
+        return f"{message}{got}"
     return f"{key}: {message}{got}"
 
 

@@ -247,6 +247,18 @@ class OnlineConfig(Section):
             raise ValueError("give at least one reward, e.g. [{name: math}]")
         return value
 
+    @model_validator(mode="after")
+    def _mini_batches_of_whole_groups(self) -> OnlineConfig:
+        # A mini-batch holds whole groups: more mini-batches than groups would take fewer
+        # optimizer steps than the learning-rate schedule was sized for.
+        if self.mini_batches > self.prompts_per_step:
+            raise ValueError(
+                f"online.mini_batches ({self.mini_batches}) is more than "
+                f"online.prompts_per_step ({self.prompts_per_step}): each mini-batch holds the "
+                "rollouts of whole prompts; lower mini_batches or raise prompts_per_step"
+            )
+        return self
+
 
 class INPOConfig(Section):
     iterations: int = Field(3, gt=0)

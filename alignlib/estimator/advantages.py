@@ -44,6 +44,11 @@ class Advantage(ABC):
     def requirements(self) -> dict[str, str]:
         return dict(self.needs)
 
+    def min_group_rows(self) -> int:
+        """Fewest rows a group needs for Â to be other than 0 (a group baseline of one row is
+        that row's own reward): an online run with fewer rollouts per prompt trains nothing."""
+        return 1
+
 
 ADVANTAGES: Registry[Advantage] = Registry("advantage")
 
@@ -112,6 +117,9 @@ class GroupNormalized(Advantage):
         check_number("GroupNormalized", "eps", self.eps, ge=0)
         check_choice("GroupNormalized", "singleton", self.singleton, ("zero", "raw"))
 
+    def min_group_rows(self) -> int:
+        return 2 if self.singleton == "zero" else 1
+
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         assert batch.rewards is not None and batch.group_ids is not None
         rewards = batch.rewards.to(batch.logprobs.dtype)
@@ -134,6 +142,9 @@ class LeaveOneOut(Advantage):
 
     needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
 
+    def min_group_rows(self) -> int:
+        return 2
+
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         assert batch.rewards is not None and batch.group_ids is not None
         rewards = batch.rewards.to(batch.logprobs.dtype)
@@ -155,6 +166,9 @@ class BatchNormalized(Advantage):
 
     def requirements(self) -> dict[str, str]:
         return _REWARD_NEEDS if self.group_baseline else dict(self.needs)
+
+    def min_group_rows(self) -> int:
+        return 2 if self.group_baseline else 1
 
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         assert batch.rewards is not None

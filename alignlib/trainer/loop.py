@@ -97,13 +97,14 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
         state.model.train()
         for step in range(start + 1, source.total_steps + 1):
             began = time.perf_counter()
+            lr = state.scheduler.get_last_lr()[0]  # this step's (the scheduler then moves on)
             results = [
                 update(source.kernel, state.estimator, state.optimizer_step, batch, step, seed)
                 for batch in source.batches(step)
             ]
             metrics = source.finish_step(step, results, time.perf_counter() - began)
             metrics |= {
-                "lr": state.scheduler.get_last_lr()[0],
+                "lr": lr,
                 "time/step_s": time.perf_counter() - began,
             }
             metrics |= source.evaluate(step)

@@ -13,6 +13,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from alignlib.config.schema import DataConfig, RunConfig
+from alignlib.console import warn
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
 from alignlib.data.collate import Collated
 from alignlib.data.formats import check_rows
@@ -201,6 +202,12 @@ class OfflineSource:
         self.config, self.examples = config, examples
         train = config.train
         self.position = Sampler(len(examples), train.batch_size, train.seed, config.data.shuffle)
+        if len(examples) < train.batch_size:
+            warn(
+                f"{config.data.path} has {len(examples)} training examples, fewer than "
+                f"train.batch_size ({train.batch_size}): every step trains on those "
+                f"{len(examples)}"
+            )
         self.total_steps = train.max_steps or train.epochs * self.position.steps_per_epoch()
         self.optimizer_steps = self.total_steps
         self.prev_cache, self.ref_cache = prev_cache, ref_cache

@@ -12,6 +12,7 @@ metric the loop logs.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from alignlib.config.loader import ConfigError
@@ -20,7 +21,7 @@ from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, check_value_types, identical_pairs
-from alignlib.estimator import RolloutCorrection, UnifiedEstimator, rollout_correction
+from alignlib.estimator import RolloutCorrection, Router, UnifiedEstimator, rollout_correction
 from alignlib.estimator.registry import ParameterError
 
 OFFLINE_FIELDS = {"logprobs", "mask", "ref_logprobs", "entropy", "roles", "pair_ids", "trace"}
@@ -31,6 +32,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
     """Refuse what would train the wrong objective, hang, or fail after the model loads.
 
     Returns metrics about the data for the loop to log (``data/identical_pairs``)."""
+    check_output_dir(Path(config.output_dir))
     if config.rollout is None and config.online.rollout_correction is not None:
         raise ConfigError(
             "online.rollout_correction corrects rollouts by the engine's log-probs, and this run "
@@ -44,6 +46,14 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
         return {}
     check_offline_estimator(config, estimator)
     return check_offline_data(config, estimator)
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """The run folder (or a folder above it) must not be an existing file."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is" if folder == out_dir else f"is inside {folder}, which is"
+            raise ConfigError(f"output_dir: {out_dir} {where} a file; give a folder path")
 
 
 # --------------------------------------------------------------------------------- offline
@@ -153,6 +163,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
             f"{config.algorithm.name or '(components)'}) needs at least {router.min_samples} "
             f"rollouts per prompt, got {config.rollout.n}"
         )
+    check_group_size(config, estimator, router)
     if router.needs_demonstrations:
         check_demonstrations(rows, source, online.demonstration_field, data.answer_field)
     if online.heldout.data is not None:
@@ -169,6 +180,22 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
         from alignlib.rollout.ray_cluster import probe_ray_address
 
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
+
+
+def check_group_size(config: RunConfig, estimator: UnifiedEstimator, router: Router) -> None:
+    """A group-relative advantage (GRPO's, RLOO's) of a one-row group is 0: with fewer rollouts
+    per prompt than it needs (a scored demonstration counts as a row), nothing would train."""
+    assert config.rollout is not None
+    rows = config.rollout.n + int(router.scores_demonstrations)
+    for term in estimator.terms:
+        advantage = getattr(term, "advantage", None)
+        if advantage is not None and rows < advantage.min_group_rows():
+            raise ConfigError(
+                f"rollout.n: algorithm {config.algorithm.name or '(components)'} compares the "
+                f"rollouts of a prompt ({type(advantage).__name__}), so with n = "
+                f"{config.rollout.n} every advantage is 0 and nothing trains; set rollout.n to "
+                f"{advantage.min_group_rows()} or more"
+            )
 
 
 def check_rollout_correction(

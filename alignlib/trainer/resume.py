@@ -10,6 +10,8 @@ applied and announced in one line, never silently ignored.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from torch import nn
 
-from alignlib.config.schema import OptimConfig, RunConfig
+from alignlib.config.estimator import build_estimator
+from alignlib.config.schema import AlgorithmConfig, OptimConfig, RunConfig
 from alignlib.console import notice
 from alignlib.trainer.checkpoint import (
     STATE_FORMAT,
@@ -138,7 +141,35 @@ def checkpoint_state(
         "sampler": sampler.state_dict(),
         "rng": rng_state(),
         "estimator": estimator.state_dict(),
+        "data_sha256": data_digest(config.data.path),
     }
+
+
+def data_digest(path: str) -> str | None:
+    """SHA-256 of a local data file (None for builtin and hub sets), so that a resume notices
+    a file whose contents changed under the same path; computed once per file version."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    stat = file.stat()
+    return _file_digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def check_data(path: Path, saved: str | None, config: RunConfig) -> None:
+    """Refuse a checkpoint whose training data file has changed since it was written."""
+    now = data_digest(config.data.path)
+    if saved is not None and now is not None and saved != now:
+        raise CheckpointError(
+            f"checkpoint {path}: data.path {config.data.path} has changed since the checkpoint "
+            "(its contents differ), so the run would continue on other data: restore the file, "
+            "or set checkpoint.resume: false to start a new run (the earlier one is moved aside)"
+        )
 
 
 def apply_optim(optimizer, scheduler, optim: OptimConfig) -> None:
@@ -159,9 +190,26 @@ def apply_optim(optimizer, scheduler, optim: OptimConfig) -> None:
     scheduler._last_lr = lrs
 
 
+def same_preset_estimator(saved: dict[str, Any], algorithm: AlgorithmConfig) -> bool:
+    """Whether the saved and current ``algorithm.params`` of one preset build the same
+    estimator and router: a parameter spelled out at its default (beta: 0.1) is no change."""
+    name = saved.get("algorithm.name")
+    if name is None or name != algorithm.name:
+        return False
+    try:
+        before = build_estimator(AlgorithmConfig(name=name, params=saved["algorithm.params"]))
+    except Exception:  # an older version's parameter: then the params did change
+        return False
+    now = build_estimator(algorithm)
+    return (repr(before), repr(before.router)) == (repr(now), repr(now.router))
+
+
 def check_config(path: Path, saved_json: str, config: RunConfig) -> list[str]:
     """Refuse a checkpoint from another run; return the changes to apply and announce."""
-    fixed, changeable = config_changes(json.loads(saved_json), config_leaves(config))
+    saved = json.loads(saved_json)
+    fixed, changeable = config_changes(saved, config_leaves(config))
+    if fixed and same_preset_estimator(saved, config.algorithm):
+        fixed = [change for change in fixed if not change.startswith("algorithm.params.")]
     if fixed:
         raise CheckpointError(
             f"checkpoint {path} belongs to a run with another config: {'; '.join(fixed[:4])}"
@@ -191,6 +239,7 @@ def resume_from_checkpoint(
         return 0
     state = loaded.state
     changes = check_config(loaded.path, state["config"], config)
+    check_data(loaded.path, state.get("data_sha256"), config)
     if shards is not None:
         from alignlib.trainer.fsdp import load_full_state
 

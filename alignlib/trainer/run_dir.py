@@ -146,6 +146,8 @@ def prepare_output_dir(out_dir: Path, resume: bool) -> Path | None:
         return None
     artifacts = run_artifacts(out_dir)
     if not artifacts:
+        if resume:  # resume: true may be always on (preemptible jobs); then say what happens
+            notice(f"checkpoint.resume: no checkpoint in {out_dir} yet; starting a new run")
         return None
     target = move_aside(out_dir, artifacts)
     shown = target if out_dir.is_absolute() else Path(os.path.relpath(target))
