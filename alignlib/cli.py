@@ -47,9 +47,12 @@ def _config_docs(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from alignlib.trainer.logs import plot_run
+    from alignlib.trainer.dashboard import plot
 
-    print(plot_run(args.run_dir, args.output))
+    target, note = plot(args.run_dir, args.output)
+    if note:
+        print(note, file=sys.stderr)
+    print(target)
     return 0
 
 

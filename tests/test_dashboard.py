@@ -93,3 +93,51 @@ def test_plot_run_writes_the_png(tmp_path: Path) -> None:
     target = plot_run(tmp_path)
     assert target == tmp_path / "training_curves.png"
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cli_plot(run: Path, capsys) -> tuple[int, str, str]:
+    from alignlib.cli import main
+
+    code = main(["plot", str(run)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plot_of_an_empty_or_cut_metrics_file_is_one_line(tmp_path: Path, capsys) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    for text in ("", "\n\n", '{"step": 1, "lo'):  # empty, blank, only a line cut short
+        metrics.write_text(text)
+        code, out, err = _cli_plot(tmp_path, capsys)
+        assert code == 2 and out == ""
+        assert err.strip() == f"alignlib: error: {metrics} has no complete rows; nothing to plot"
+        assert not (tmp_path / "training_curves.png").exists()
+
+
+def test_plot_keeps_the_rows_before_a_cut_last_line(tmp_path: Path, capsys) -> None:
+    rows = "".join(json.dumps(r) + "\n" for r in dpo_records())
+    (tmp_path / "metrics.jsonl").write_text(rows + '{"step": 5, "loss": 0.6')
+    code, out, err = _cli_plot(tmp_path, capsys)
+    assert code == 0 and out.strip() == str(tmp_path / "training_curves.png")
+    assert "line 5 is cut short" in err and "plotting the rows before it (4)" in err
+    assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_names_a_bad_line_before_the_last(tmp_path: Path, capsys) -> None:
+    good = json.dumps({"step": 1, "loss": 1.0})
+    for bad in ("not json", '{"loss": 2.0}'):
+        (tmp_path / "metrics.jsonl").write_text(f"{good}\n{bad}\n{good}\n")
+        code, _, err = _cli_plot(tmp_path, capsys)
+        assert code == 2 and "metrics.jsonl line 2: expected a JSON object with a numeric" in err
+        assert "fix or delete that line" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "metrics.jsonl").write_text(f"{json.dumps({'step': 1, 'note': 'x'})}\n")
+    code, _, err = _cli_plot(tmp_path, capsys)
+    assert code == 2 and "has rows but no numeric metrics; nothing to plot" in err
+
+
+def test_plot_at_the_end_of_training_warns_when_there_is_nothing_to_plot(
+    tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert plot_run(tmp_path) is None
+    assert "warning: no training curves:" in capsys.readouterr().err
+    assert not (tmp_path / "training_curves.png").exists()

@@ -71,7 +71,7 @@ def test_missing_field_error_names_file_line_and_field(tmp_path: Path) -> None:
         load_benchmark(path)
     message = str(info.value)
     assert f"{path}:2:" in message
-    assert "'answer'" in message and "answer_field=" in message
+    assert "'answer'" in message and "eval.answer_field in the YAML or --answer-field" in message
     assert "\n" not in message
 
 

@@ -264,12 +264,29 @@ def test_cli_model_errors_fail_in_one_line(tmp_path, capsys):
     assert f"model path '{missing}' does not exist" in err
     (tmp_path / "empty").mkdir()
     err = _error_line(["eval", "--model", str(tmp_path / "empty")], capsys)
-    assert "holds no model" in err
+    assert "eval.model:" in err and "has no config.json" in err
     err = _error_line(["eval", "--compare", str(tmp_path / "x.json")], capsys)
     assert "does not exist" in err
     (tmp_path / "bad.yaml").write_text("eval:\n  model: m\n  n: 2\n  ks: [4]\n")
     err = _error_line(["eval", "--config", str(tmp_path / "bad.yaml")], capsys)
-    assert "ks [4] out of range" in err
+    assert err == (
+        "alignlib: error: eval.ks: k=4 is not in [2, n=2] (raise n to draw at least k samples; "
+        "pass@1 is always reported) (got [4])"
+    )
+    assert EvalConfig(model="m", n=4, ks=[2, 4]).resolved_ks() == [2, 4]
+    err = _error_line(["eval", "--model", "tiny:llamma", "--benchmarks", "gsm8k"], capsys)
+    assert "eval.model: unknown model 'tiny:llamma'; valid: tiny:llama, bundled:" in err
+
+
+def test_cli_field_flags_name_benchmark_columns(tmp_path, capsys):
+    (tmp_path / "qb.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    common = ["eval", "--model", "tiny:llama", "--benchmarks", str(tmp_path / "qb.jsonl")]
+    common += ["--max-new-tokens", "2", "--output-dir", str(tmp_path / "out")]
+    err = _error_line(common, capsys)
+    assert "row has no field 'problem' (fields: question, answer); name the right one with " in err
+    assert "eval.problem_field in the YAML or --problem-field on the command line" in err
+    assert main([*common, "--problem-field", "question"]) == 0
+    assert (tmp_path / "out" / "results.json").is_file()
 
 
 @pytest.mark.slow

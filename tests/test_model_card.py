@@ -82,3 +82,14 @@ def test_lora_card_loads_with_peft(tmp_path: Path) -> None:
     config = load_config(run_config(tmp_path), ["lora.enabled=true"])
     card = render(config, tmp_path / "run")
     assert "library_name: peft" in card and "AutoPeftModelForCausalLM" in card
+
+
+@pytest.mark.parametrize("repo_id", ["not a repo", "nameonly", "me/a--b", "me/x/y", "mé/x"])
+def test_push_refuses_a_bad_repo_id_even_in_a_dry_run(tmp_path: Path, repo_id: str, capsys) -> None:
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")
+    assert main(["push", str(tmp_path), repo_id, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"repo_id {repo_id!r} is not a Hub repository id: expected OWNER/NAME" in err
+    assert main(["push", str(tmp_path), "me/x_y.v2", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would upload to https://huggingface.co/me/x_y.v2:")

@@ -7,6 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import importlib.util
+import re
 import time
 
 import pytest
@@ -92,9 +93,9 @@ def test_load_local_dir_and_pad_fallback(tmp_path):
 
 
 def test_loader_errors_are_clear(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="valid: bundled:smollm2-135m-instruct"):
+    with pytest.raises(ValueError, match="valid: tiny:llama, bundled:smollm2-135m-instruct"):
         load_model_and_tokenizer("bundled:gpt5")
-    with pytest.raises(OSError, match="not a local directory"):
+    with pytest.raises(OSError, match=r"^model\.name_or_path: 'no-such-org/no-such-model-xyz' is"):
         load_model_and_tokenizer("no-such-org/no-such-model-xyz")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -139,3 +140,60 @@ def test_bundled_smollm2_generates_and_caches(tmp_path, monkeypatch):
         for x, y in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
     )
     assert again_tok.encode("Hello") == tok.encode("Hello")
+
+
+def test_model_name_errors_start_with_the_key(tmp_path, capsys):
+    from alignlib.cli import main
+
+    with pytest.raises(
+        ValueError,
+        match=r"^model.name_or_path: unknown model 'tiny:llamma'; "
+        r"valid: tiny:llama, bundled:smollm2-135m-instruct \(did you mean tiny",
+    ):
+        load_model_and_tokenizer("tiny:llamma")
+    empty = tmp_path / "emptymodel"
+    empty.mkdir()
+    expected = f"model.name_or_path: {empty} has no config.json; give a transformers model folder"
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
+        load_model_and_tokenizer(empty)
+    with pytest.raises(FileNotFoundError, match=r"^eval\.model: .*nothere does not exist; give"):
+        load_model_and_tokenizer(tmp_path / "nothere", key="eval.model")
+    (empty / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a LoRA adapter, not a full model"):
+        load_model_and_tokenizer(empty)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "1+1?", "chosen": "2", "rejected": "3"}\n' * 2)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: {empty}, device: cpu}}\n"
+        f"data: {{path: {pairs}}}\nalgorithm: {{name: dpo}}\n"
+        "train: {batch_size: 2, max_steps: 1}\nlogging: {progress: false, tensorboard: false}\n"
+    )
+    assert main(["train", str(config), "model.name_or_path=tiny:llamma"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alignlib: error: model.name_or_path: unknown model 'tiny:llamma'")
+
+
+def test_tiny_and_run_folders_load(tmp_path):
+    model, tokenizer = load_model_and_tokenizer("tiny:llama")
+    assert model.config.num_hidden_layers == 2 and tokenizer.pad_token is not None
+    run = tmp_path / "run"
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    loaded, _ = load_model_and_tokenizer(run)  # a run folder: its final/
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_lora_target_typo_lists_the_linear_layers():
+    from alignlib.config.schema import LoRAConfig
+    from alignlib.trainer.model import apply_lora
+
+    tok = build_tokenizer()
+    with pytest.raises(ValueError) as err:
+        apply_lora(build_tiny_model(tok), LoRAConfig(target_modules=["q_proj", "qproj"]))
+    assert str(err.value) == (
+        "lora.target_modules: no module named qproj in LlamaForCausalLM; its linear layers are: "
+        "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head"
+    )
+    wrapped = apply_lora(build_tiny_model(tok), LoRAConfig(target_modules=["self_attn.q_proj"]))
+    assert any("lora_A" in name for name, _ in wrapped.named_parameters())

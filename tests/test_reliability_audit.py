@@ -120,3 +120,17 @@ def test_each_step_logs_the_learning_rate_it_used(folder: Path) -> None:
     )
     assert main(["train", str(config), "train.max_steps=3", "checkpoint.every=null"]) == 0
     assert [r["lr"] for r in metrics(folder / "run")] == pytest.approx([0.03, 0.02, 0.01])
+
+
+def test_rows_cut_to_the_length_limits_are_counted_in_one_warning(folder: Path, capsys) -> None:
+    long = [{**p, "rejected": p["rejected"] + " and more" * 40} for p in PAIRS]
+    data = folder / "long.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in long))
+    config = write_config(folder, folder / "run", data={"path": str(data)})
+    limits = ["data.max_completion_length=16", "train.max_steps=1"]
+    assert main(["train", str(config), *limits]) == 0
+    line = one_line(capsys.readouterr().err, "warning")
+    assert "cut 4 of 8 completions to 16 tokens (data.max_completion_length)" in line
+    assert "prompts" not in line  # the prompts fit
+    assert main(["train", str(config), "train.max_steps=1"]) == 0  # within the default limits
+    assert "warning" not in capsys.readouterr().err

@@ -217,6 +217,9 @@ BAD_CONFIGS = [
         "must be a multiple of train.micro_batch_size",
     ),
     ({"data": {"path": "missing.jsonl"}}, "data.path: file"),
+    ({"online": {"heldout": {"data": "nohe.jsonl"}}}, "online.heldout.data: file"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas: too few values, got [0.9]"),
+    ({"output_dir": {"foo": 1}}, "output_dir has no sub-keys: set it to a value"),
     ({"data": {"format": "pairs"}}, "data.format: Input should be 'auto', 'sft', 'preference'"),
     ({"algorithm": {"name": None}}, "set exactly one of algorithm.name and algorithm.components"),
     (
@@ -256,6 +259,22 @@ def test_cli_prints_one_line_without_traceback(
     assert len(err.splitlines()) == 1
     assert main(["config", "show", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_invalid_override_is_blamed_on_the_override_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": 1e-3}}))
+    for override, message in [
+        ("optim.betas=[0.9]", "optim.betas: too few values"),
+        ("train.batch_size=abc", "train.batch_size: Input should be a valid integer"),
+        ("optim.lr=-1", "optim.lr: Input should be greater than 0"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(path, [override])
+        assert str(info.value).startswith(f"command-line override: {message}"), info.value
+    path.write_text(yaml.safe_dump({"optim": {"lr": -1}}))
+    with pytest.raises(ConfigError, match=f"^{path}: optim.lr"):
+        load_config(path, ["optim.weight_decay=0.1"])  # the file's value, not the override's
 
 
 def test_overrides_apply_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

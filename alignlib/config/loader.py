@@ -41,8 +41,13 @@ def _describe(error: dict[str, Any]) -> str:
         match = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f" (did you mean '{match[0]}'?)" if match else ""
         return f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing" and loc and isinstance(loc[-1], int):  # a list too short
+        parent = ".".join(str(p) for p in loc[:-1])
+        return f"{parent}: too few values, got {error.get('input')!r}"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
+    if error["type"].endswith("_type") and isinstance(error.get("input"), dict):
+        return f"{key} has no sub-keys: set it to a value ({key}: VALUE, or {key}=VALUE)"
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
@@ -104,29 +109,57 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    raw = merge_sections(raw, parse_overrides(list(overrides)))
+    given = parse_overrides(list(overrides))
+    raw = merge_sections(raw, given)
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{where}: {_describe(errors[0])}{more}") from None
+        source = _override_source(errors[0]["loc"], given) or where
+        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
     if path is not None:
         config = _resolve_paths(config, Path(path).parent, where)
     check_names(config, where)
     return config
 
 
+def _override_source(loc: tuple[str | int, ...], given: dict[str, Any]) -> str | None:
+    """'command-line override' when the invalid value at ``loc`` came from an override, so the
+    error does not blame the file (which may not even hold that key); None otherwise."""
+    node: Any = given
+    for part in loc:
+        if not isinstance(node, dict):  # the override set this whole value (e.g. a list)
+            break
+        if part not in node:
+            return None
+        node = node[part]
+    return "command-line override"
+
+
 def _resolve_paths(config: RunConfig, base: Path, where: str) -> RunConfig:
-    data_path = config.data.path
-    looks_local = Path(data_path).suffix in {".jsonl", ".json", ".parquet"}
-    if looks_local and not Path(data_path).is_absolute():
-        candidate = base / data_path
-        if candidate.exists() or not Path(data_path).exists():
-            data_path = str(candidate)
-    if looks_local and not Path(data_path).exists():
-        raise ConfigError(f"{where}: data.path: file {data_path} does not exist")
-    return config.model_copy(update={"data": config.data.model_copy(update={"path": data_path})})
+    """Relative local data files (data.path, online.heldout.data) resolve against the config
+    file's folder; a missing one is refused here, naming its key."""
+    data = config.data.model_copy(update={"path": _local_file(config.data.path, base, where)})
+    heldout = config.online.heldout
+    if heldout.data is not None:
+        path = _local_file(heldout.data, base, where, "online.heldout.data")
+        heldout = heldout.model_copy(update={"data": path})
+    online = config.online.model_copy(update={"heldout": heldout})
+    return config.model_copy(update={"data": data, "online": online})
+
+
+def _local_file(path: str, base: Path, where: str, key: str = "data.path") -> str:
+    """``path`` against ``base`` when that file exists (or ``path`` itself does not)."""
+    if Path(path).suffix not in {".jsonl", ".json", ".parquet"}:
+        return path  # builtin:NAME or a hub data set
+    if not Path(path).is_absolute():
+        candidate = base / path
+        if candidate.exists() or not Path(path).exists():
+            path = str(candidate)
+    if not Path(path).exists():
+        raise ConfigError(f"{where}: {key}: file {path} does not exist")
+    return path
 
 
 def check_names(config: RunConfig, where: str) -> None:

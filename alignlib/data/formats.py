@@ -1,4 +1,5 @@
-"""Row formats and loading through `datasets`, with errors that name the file and row."""
+"""Row formats, their checks, and loading (local JSON files by the standard library, parquet and
+hub sets through `datasets`), with errors that name the file and row."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from alignlib.data.builtin import build
 from alignlib.data.errors import DataError
+from alignlib.data.reading import read_json_rows
 
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt", "completion"),
@@ -17,8 +19,9 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def infer_format(row: dict[str, Any]) -> str:
-    """Guess the format from a row's fields (most specific first)."""
+def infer_format(row: dict[str, Any], source: str | None = None) -> str:
+    """Guess the format from a row's fields (most specific first); ``source`` names the file in
+    the error."""
     keys = set(row)
     if "messages" in keys:
         return "sft"
@@ -26,14 +29,33 @@ def infer_format(row: dict[str, Any]) -> str:
         if set(FORMAT_FIELDS[name]) <= keys:
             return name
     raise DataError(
-        f"cannot infer the data format from fields {sorted(keys)}; expected one of "
-        + "; ".join(f"{k}: {{{', '.join(v)}}}" for k, v in FORMAT_FIELDS.items())
-        + " (or sft {messages})"
+        f"{source or 'the data'}: cannot infer the data format from the fields of row 1 "
+        f"{sorted(keys)}{_rename_hint(keys)}; rename the columns to one format's fields: "
+        + "; ".join(f"{k} {{{', '.join(v)}}}" for k, v in FORMAT_FIELDS.items()).replace(
+            "completion}", "completion} or {messages}", 1
+        )
+        + " (data.format names a format, it does not rename columns)"
     )
+
+
+def _rename_hint(keys: set[str]) -> str:
+    """ " (rename 'question' to 'prompt' for format preference?)" when renaming the one field no
+    format knows gives a format; "" otherwise."""
+    unknown = sorted(keys - {f for fields in FORMAT_FIELDS.values() for f in fields})
+    for name in ("tpo", "bvpo", "preference", "sft", "prompts"):
+        missing = [f for f in FORMAT_FIELDS[name] if f not in keys]
+        if len(missing) == 1 and len(unknown) == 1:
+            return f" (rename '{unknown[0]}' to '{missing[0]}' for format {name}?)"
+    return ""
 
 
 TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "reference")
 """Fields that must hold text: a string, or a list of chat messages {role, content}."""
+
+CHAT_ROLES = ("system", "user", "assistant", "tool", "developer", "ipython", "function")
+"""Message roles chat templates render (the last three: OpenAI's developer, Llama 3.1's tool
+output, older function calls); any other fails inside the template after the model loads
+("Invalid role in the last message: usr")."""
 
 
 def _text_problem(value: Any) -> str | None:
@@ -47,6 +69,17 @@ def _text_problem(value: Any) -> str | None:
     if isinstance(value, list):
         return "a list whose items are not all chat messages {role, content: string}"
     return f"{type(value).__name__} {value!r:.40}"
+
+
+def check_roles(messages: list[dict[str, Any]], where: str, field: str) -> None:
+    """Every message that names a role names one of CHAT_ROLES."""
+    for number, message in enumerate(messages, start=1):
+        role = message.get("role", "assistant")
+        if role not in CHAT_ROLES:
+            raise DataError(
+                f"{where}: field '{field}' message {number} has role {role!r:.40}; valid roles "
+                f"are {', '.join(CHAT_ROLES)} (rename the role)"
+            )
 
 
 def check_value_types(row: dict[str, Any], where: str, fields: tuple[str, ...]) -> None:
@@ -63,6 +96,8 @@ def check_value_types(row: dict[str, Any], where: str, fields: tuple[str, ...]) 
                     f"{where}: field '{field}' must be a string (or a list of chat messages), "
                     f"got {problem}"
                 )
+            if isinstance(value, list):
+                check_roles(value, where, field)
         if field == "trace" and not isinstance(value, bool):
             raise DataError(
                 f"{where}: field 'trace' must be true or false (a JSON boolean), got "
@@ -97,6 +132,7 @@ def check_messages(messages: Any, where: str) -> None:
     problem = _text_problem(messages) if isinstance(messages, list) else "not a list"
     if problem is not None:
         raise DataError(f"{where}: field 'messages' must be a list of chat messages ({problem})")
+    check_roles(messages, where, "messages")
     if len(messages) < 2 or messages[-1].get("role", "assistant") != "assistant":
         raise DataError(
             f"{where}: field 'messages' must end with an assistant message after at least one "
@@ -115,13 +151,21 @@ def identical_pairs(rows: list[dict[str, Any]], fmt: str) -> list[int]:
 def load_rows(path: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set.
 
-    A file with no rows is refused here, naming it (``datasets`` raises a bare StopIteration or
-    "corresponds to no data" for one)."""
+    JSON files are read line by line (see reading.py): each value keeps its JSON type and a
+    malformed line is named. A file with no rows is refused here, naming it (``datasets`` raises
+    a bare StopIteration or "corresponds to no data" for one)."""
     if path.startswith("builtin:"):
         rows = build(path.removeprefix("builtin:"))
         return rows[:limit] if limit else rows
     suffix = Path(path).suffix
-    local = suffix in {".jsonl", ".json", ".parquet"}
+    if suffix in {".jsonl", ".json"}:
+        if not Path(path).is_file():
+            raise DataError(f"data file {path} does not exist")
+        rows = read_json_rows(Path(path))
+        if not rows:
+            raise DataError(_empty(path))
+        return rows[:limit] if limit else rows
+    local = suffix == ".parquet"
     if local and Path(path).is_file() and _blank(Path(path)):
         raise DataError(_empty(path))
     try:
@@ -129,8 +173,6 @@ def load_rows(path: str, split: str = "train", limit: int | None = None) -> list
     except FileNotFoundError:
         raise DataError(f"data file {path} does not exist") from None
     except (ValueError, OSError, StopIteration) as exc:
-        if local and Path(path).is_file() and _blank(Path(path)):
-            raise DataError(_empty(path)) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"could not read {path}: {first}") from None
     if len(data) == 0:
@@ -141,17 +183,16 @@ def load_rows(path: str, split: str = "train", limit: int | None = None) -> list
 
 
 def _load_dataset(path: str, suffix: str, split: str) -> Any:
-    """``datasets.load_dataset`` for a local file (its progress bars off: they would clutter
-    the one-line errors and warnings on stderr) or a hub name."""
+    """``datasets.load_dataset`` for a local parquet file (its progress bars off: they would
+    clutter the one-line errors and warnings on stderr) or a hub name."""
     import datasets
 
-    if suffix not in {".jsonl", ".json", ".parquet"}:
+    if suffix != ".parquet":
         return datasets.load_dataset(path, split=split)
-    builder = "parquet" if suffix == ".parquet" else "json"
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return datasets.load_dataset(builder, data_files=path, split="train")
+        return datasets.load_dataset("parquet", data_files=path, split="train")
     finally:
         if was_enabled:
             datasets.enable_progress_bars()

@@ -27,6 +27,8 @@ _FIELDS = (
     "num_workers",
     "batch_size",
     "output_dir",
+    "problem_field",
+    "answer_field",
 )
 
 
@@ -52,6 +54,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, help="Ray rollout workers (default 0: in-process)")
     p.add_argument("--batch-size", type=int, help="sequences per generation batch (default 16)")
     p.add_argument("--output-dir", help="folder for results.json")
+    p.add_argument("--problem-field", help="question field of .jsonl benchmarks (problem)")
+    p.add_argument("--answer-field", help="reference-answer field of .jsonl benchmarks (answer)")
     p.add_argument("--config", help="YAML file; its eval: section is the base, flags override it")
     p.add_argument("--compare", nargs="+", metavar="RESULTS", help="results.json files to chart")
     p.add_argument("--labels", type=_csv, help="comma-separated run names for --compare")
@@ -110,6 +114,8 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"] if isinstance(p, str)) or "(section)"
         message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
         more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise ValueError(f"eval.{key}: {message}{more}") from None
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from alignlib.config.section import Section
 from alignlib.eval.datasets import BENCHMARKS, benchmark_file
@@ -92,15 +92,19 @@ class EvalConfig(Section):
             raise ValueError("prompt_template must contain {problem}, where the question goes")
         return value
 
-    @model_validator(mode="after")
-    def _ks_fit_n(self) -> EvalConfig:
-        bad = [k for k in self.ks or [] if not 2 <= k <= self.n]
+    @field_validator("ks")
+    @classmethod
+    def _ks_fit_n(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        # A field validator (n is declared first, so info.data has it when valid), so that an
+        # error names eval.ks rather than the whole section.
+        n = info.data.get("n")
+        bad = [k for k in value or [] if n is not None and not 2 <= k <= n]
         if bad:
             raise ValueError(
-                f"ks {bad} out of range: each k must be in [2, n={self.n}] (raise n to draw "
-                "at least k samples; pass@1 is always reported)"
+                f"k={bad[0]} is not in [2, n={n}] (raise n to draw at least k samples; pass@1 "
+                "is always reported)"
             )
-        return self
+        return value
 
     def resolved_ks(self) -> list[int]:
         """The k values actually reported (empty when n == 1)."""

@@ -100,9 +100,10 @@ def load_benchmark(
                 raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
             for field, arg in ((problem_field, "problem_field"), (answer_field, "answer_field")):
                 if field not in row:
+                    flag = "--" + arg.replace("_", "-")
                     raise ValueError(
-                        f"{where}: row has no field {field!r} (fields: {', '.join(row)}); "
-                        f"pick the right one with {arg}=..."
+                        f"{where}: row has no field {field!r} (fields: {', '.join(row)}); name "
+                        f"the right one with eval.{arg} in the YAML or {flag} on the command line"
                     )
             problem, answer = row[problem_field], _as_answer(row[answer_field])
             if not isinstance(problem, str) or answer is None:

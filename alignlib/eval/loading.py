@@ -11,14 +11,15 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignlib.models import (
+    ADAPTER_CONFIG,
     BUNDLED_PREFIX,
     SMOLLM2_NAME,
     default_cache_dir,
     load_model_and_tokenizer,
+    model_folder,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def resolve_model_dir(spec: str) -> str:
@@ -32,15 +33,7 @@ def resolve_model_dir(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     if path.is_dir():
-        for sub in ("merged", "final"):
-            if (path / sub / "config.json").is_file() or (path / sub / ADAPTER_CONFIG).is_file():
-                return str(path / sub)
-        if (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file():
-            return str(path)
-        raise FileNotFoundError(
-            f"model {spec!r} is a folder but holds no model: expected config.json (a Hugging "
-            "Face model), adapter_config.json (a LoRA adapter) or a run's final/ or merged/"
-        )
+        return str(model_folder(path, "eval.model", adapters=True))
     if path.exists():
         raise ValueError(f"model {spec!r} is a file; pass the model's folder")
     if spec.startswith((".", "~", "/")) or spec.count("/") > 1 or "\\" in spec:
@@ -60,14 +53,19 @@ def load_eval_model(
     source = resolve_model_dir(spec)
     adapter = Path(source) / ADAPTER_CONFIG
     if not adapter.is_file():
-        return load_model_and_tokenizer(source, dtype=DTYPES[dtype], device=device)
+        return load_model_and_tokenizer(
+            source, dtype=DTYPES[dtype], device=device, key="eval.model"
+        )
     from peft import PeftModel
 
     base_name = json.loads(adapter.read_text()).get("base_model_name_or_path")
     if not base_name:
         raise ValueError(f"{adapter}: no base_model_name_or_path; cannot find the base model")
     base, tokenizer = load_model_and_tokenizer(
-        _base_source(base_name), dtype=DTYPES[dtype], device=device
+        _base_source(base_name),
+        dtype=DTYPES[dtype],
+        device=device,
+        key=f"{adapter}: base_model_name_or_path",
     )
     if (Path(source) / "tokenizer_config.json").is_file():
         # The run saved its tokenizer next to the adapter: that is the one it trained with.

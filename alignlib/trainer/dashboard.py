@@ -10,6 +10,7 @@ left out unless nothing else was logged; a series identical to one drawn is draw
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -108,6 +109,49 @@ def _duplicates(records: list[dict[str, Any]], key: str, placed: set[str]) -> bo
     """A series identical to one already drawn (a single-term `dpo/loss` next to `loss`)."""
     series = _series(records, key)
     return any(_series(records, other) == series for other in placed)
+
+
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The complete rows of a metrics.jsonl, and a note when its last line was cut short (a run
+    killed mid-write). A bad line before the last, or no rows to plot, is a ValueError naming
+    the file."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    records: list[dict[str, Any]] = []
+    note = None
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and _is_number(record.get("step")):
+            records.append(record)
+        elif record is None and index == len(lines) - 1:
+            note = f"note: {path} line {number} is cut short (the run stopped mid-write?); "
+            note += f"plotting the rows before it ({len(records)})"
+        else:
+            raise ValueError(
+                f"{path} line {number}: expected a JSON object with a numeric 'step', got "
+                f"{line[:60]!r}; fix or delete that line"
+            )
+    if not records:
+        raise ValueError(f"{path} has no complete rows; nothing to plot")
+    if not numeric_keys(records):
+        raise ValueError(f"{path} has rows but no numeric metrics; nothing to plot")
+    return records, note
+
+
+def plot(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, str | None]:
+    """RUN/metrics.jsonl drawn into ``output`` (default RUN/training_curves.png); the note of
+    `read_rows` comes back with the PNG's path."""
+    from alignlib.trainer.logs import METRICS_FILE
+
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
+    records, note = read_rows(path)
+    target = Path(output) if output else Path(run_dir) / "training_curves.png"
+    return draw(records, f"{Path(run_dir).resolve().name}: training curves", target), note
 
 
 def _format(value: float) -> str:

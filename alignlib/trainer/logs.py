@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from alignlib.config.schema import LoggingConfig
+from alignlib.console import warn
 from alignlib.trainer.trackers import Tracker, installed, open_trackers
 
 METRICS_FILE = "metrics.jsonl"
@@ -134,12 +135,15 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [record for _, record in _parsed(path)]
 
 
-def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """The run's dashboard PNG (default: RUN/training_curves.png): what a user of the method
-    watches first (reward / held-out accuracy, loss, the method's signal, entropy, response
-    length), constants listed instead of plotted (see alignlib.trainer.dashboard)."""
-    from alignlib.trainer.dashboard import draw
+def plot_run(run_dir: str | Path) -> Path | None:
+    """The run's dashboard PNG, RUN/training_curves.png, drawn at the end of training (what a
+    user of the method watches first: reward / held-out accuracy, loss, the method's signal,
+    entropy, response length; see alignlib.trainer.dashboard). Nothing to plot (no complete
+    metrics row) is a warning here, not a failure of the trained run."""
+    from alignlib.trainer.dashboard import plot
 
-    records = read_metrics(Path(run_dir))
-    target = Path(output) if output else Path(run_dir) / "training_curves.png"
-    return draw(records, f"{Path(run_dir).resolve().name}: training curves", target)
+    try:
+        return plot(run_dir)[0]
+    except ValueError as exc:
+        warn(f"no training curves: {exc}")
+        return None

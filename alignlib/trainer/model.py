@@ -22,22 +22,14 @@ def load_policy(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model named by ``config.name_or_path`` (``tiny:llama`` is a random tiny model), on
     ``placement.device`` with parameters in ``placement.param_dtype``."""
-    dtype = placement.param_dtype
-    if config.name_or_path == "tiny:llama":
-        from alignlib.testing import build_tiny_model, build_tokenizer
+    from alignlib.models import load_model_and_tokenizer
 
-        tokenizer = build_tokenizer()
-        model = build_tiny_model(tokenizer, hidden=64, layers=2, dtype=dtype)
-        model = model.to(placement.device)
-    else:
-        from alignlib.models import load_model_and_tokenizer
-
-        model, tokenizer = load_model_and_tokenizer(
-            config.name_or_path,
-            dtype=dtype,
-            device=placement.device,
-            attn_implementation=config.attn_implementation,
-        )
+    model, tokenizer = load_model_and_tokenizer(
+        config.name_or_path,
+        dtype=placement.param_dtype,
+        device=placement.device,
+        attn_implementation=config.attn_implementation,
+    )
     if config.gradient_checkpointing:
         # transformers 5 renamed it (the old name warns); 4.x has only the old one.
         enable = getattr(model, "activation_checkpointing_enable", None)
@@ -54,6 +46,8 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     target = config.target_modules
+    if isinstance(target, list):
+        check_lora_targets(model, target)
     lora = LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
@@ -68,6 +62,29 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
             "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
         )
         return get_peft_model(model, lora)
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """The distinct last names of the model's linear layers (q_proj, ..., lm_head), in order
+    (transformers' Conv1D, GPT-2's linear layer, counts too)."""
+    from transformers.pytorch_utils import Conv1D
+
+    modules = model.named_modules()
+    names = [n.rsplit(".", 1)[-1] for n, m in modules if isinstance(m, (nn.Linear, Conv1D))]
+    return list(dict.fromkeys(names))
+
+
+def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+    """Every `lora.target_modules` entry names a module (peft matches the full name or its
+    dotted suffix); a typo is one line listing the linear layers there are."""
+    names = [name for name, _ in model.named_modules()]
+    for target in targets:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            where = getattr(model, "name_or_path", "") or type(model).__name__
+            raise ValueError(
+                f"lora.target_modules: no module named {target} in {where}; its linear layers "
+                f"are: {', '.join(linear_layer_names(model))}"
+            )
 
 
 def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:

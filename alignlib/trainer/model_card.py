@@ -20,7 +20,7 @@ from alignlib.version import __version__
 CARD = "README.md"
 BUNDLED_HUB_NAMES = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 """Bundled models and the Hub repositories they come from (for `base_model`)."""
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", re.ASCII)
 EXTRAS = ("training_curves.png", METRICS_FILE)
 """Run files pushed next to the model (the card links the plot)."""
 
@@ -168,11 +168,28 @@ def _content(path: Path, name: str, repo_id: str) -> str | bytes:
     return path.read_text(encoding="utf-8").replace('"REPO_ID"', f'"{repo_id}"').encode()
 
 
+def check_repo_id(repo_id: str) -> None:
+    """OWNER/NAME, by the Hub's rules (checked before a dry run too, which never asks the
+    Hub)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        valid = bool(HUB_ID.match(repo_id)) and validate_repo_id(repo_id) is None
+    except HFValidationError:
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"repo_id {repo_id!r} is not a Hub repository id: expected OWNER/NAME (ASCII "
+            "letters, digits, '-', '_', '.'; no spaces, no '--' or '..'), e.g. me/smollm2-dpo"
+        )
+
+
 def push(
     run_dir: Path, repo_id: str, *, folder: str = "final", private: bool = False, dry_run: bool
 ) -> list[str]:
     """Upload the run to the Hub as one commit (``dry_run``: only list it, no network).
     Returns the lines to print."""
+    check_repo_id(repo_id)
     plan = push_plan(run_dir, folder)
     lines = [f"{name}  ({path.stat().st_size:,} bytes)" for path, name in plan]
     if not (Path(run_dir) / folder / CARD).is_file():

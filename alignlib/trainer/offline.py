@@ -38,7 +38,7 @@ def load_examples(
     rows = load_rows(config.path, config.split, config.limit)
     if not rows:
         raise ValueError(f"data.path {config.path} has no rows")
-    fmt = infer_format(rows[0]) if config.format == "auto" else config.format
+    fmt = infer_format(rows[0], config.path) if config.format == "auto" else config.format
     check_rows(rows, fmt, config.path)
     examples = [
         encode_example(
@@ -52,7 +52,28 @@ def load_examples(
         )
         for i, row in enumerate(rows)
     ]
+    warn_cut(examples, config)
     return examples, fmt
+
+
+def warn_cut(examples: list[Example], config: DataConfig) -> None:
+    """One line when rows were longer than the limits: a cut silently changes what trains."""
+    prompts = sum(e.cut_prompt for e in examples)
+    completions = sum(e.cut_completions for e in examples)
+    total = sum(len(e.sequences) for e in examples)
+    cuts = []
+    if prompts:
+        cuts.append(
+            f"{prompts} of {len(examples)} prompts to their last {config.max_prompt_length} "
+            "tokens (data.max_prompt_length)"
+        )
+    if completions:
+        cuts.append(
+            f"{completions} of {total} completions to {config.max_completion_length} tokens "
+            "(data.max_completion_length)"
+        )
+    if cuts:
+        warn(f"{config.path}: cut {' and '.join(cuts)}; raise the limits to train them whole")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from alignlib.config.schema import RunConfig
 from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
+from alignlib.data.fit import check_fit
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, check_value_types, identical_pairs
 from alignlib.estimator import RolloutCorrection, Router, UnifiedEstimator, rollout_correction
 from alignlib.estimator.registry import ParameterError
@@ -94,13 +95,14 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
     """Rows of the right format and types; identical pairs refused (all) or counted (some)."""
     data = config.data
     rows = load_rows(data.path, data.split, data.limit)
-    fmt = infer_format(rows[0]) if data.format == "auto" else data.format
+    fmt = infer_format(rows[0], data.path) if data.format == "auto" else data.format
     if fmt not in SEQUENCE_FIELDS:
         raise DataError(
             f"{data.path}: format '{fmt}' has prompts but no completions to train on offline; "
             "add a rollout: section for online RL, or give {prompt, completion} rows"
         )
     check_rows(rows, fmt, data.path)
+    check_fit(estimator.terms, fmt, rows[0], data.path, config.algorithm.name or "(components)")
     selects_trace = any(
         getattr(getattr(t, "rows", None), "trace", None) is not None for t in estimator.terms
     )
@@ -184,9 +186,12 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
 
 def check_group_size(config: RunConfig, estimator: UnifiedEstimator, router: Router) -> None:
     """A group-relative advantage (GRPO's, RLOO's) of a one-row group is 0: with fewer rollouts
-    per prompt than it needs (a scored demonstration counts as a row), nothing would train."""
+    per prompt than it needs, nothing would train. Routers that mix in demonstrations set
+    their own minimum (``min_samples``): HPT's shut gate (γ ≥ n) trains SFT on one rollout."""
     assert config.rollout is not None
-    rows = config.rollout.n + int(router.scores_demonstrations)
+    if router.needs_demonstrations:
+        return
+    rows = config.rollout.n
     for term in estimator.terms:
         advantage = getattr(term, "advantage", None)
         if advantage is not None and rows < advantage.min_group_rows():
