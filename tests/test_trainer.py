@@ -259,6 +259,9 @@ def test_cli_prints_one_line_without_traceback(
     assert len(err.splitlines()) == 1
     assert main(["config", "show", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    assert main(["train", str(tmp_path / "empty.yaml")]) == 2
+    assert "empty.yaml is empty" in capsys.readouterr().err
 
 
 def test_an_invalid_override_is_blamed_on_the_override_not_the_file(tmp_path: Path) -> None:

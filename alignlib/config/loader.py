@@ -100,13 +100,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(
                 f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
             ) from None
+        if raw is None:  # a run of nothing but defaults is more likely the wrong file
+            raise ConfigError(
+                f"{path} is empty; a config names at least its model, data and algorithm "
+                "(see configs/*.yaml)"
+            )
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     given = parse_overrides(list(overrides))
