@@ -85,6 +85,11 @@ class Batch:
     """Per-row tensors the estimator computed once over the whole mini-batch (see ``prepare``)."""
     prepared_metrics: dict[str, Tensor] = field(default_factory=dict)
     """Mini-batch-level statistics computed by ``prepare`` (covariance, filtered fraction)."""
+    was_prepared: bool = False
+    """Set by ``prepare`` (its dicts may be empty for an estimator with nothing to prepare)."""
+    unprepared_part: bool = False
+    """A micro-batch ``split`` off a mini-batch that was never prepared: its normalizers would
+    be its own, not the mini-batch's, so the estimator refuses it."""
 
     def __post_init__(self) -> None:
         if self.logprobs.dim() != 2:
@@ -124,7 +129,7 @@ class Batch:
 
     @property
     def is_prepared(self) -> bool:
-        return bool(self.prepared) or bool(self.prepared_metrics)
+        return self.was_prepared or bool(self.prepared) or bool(self.prepared_metrics)
 
     def role_codes(self) -> Tensor:
         """[R] role of each row (all ``SAMPLE`` when roles were not given)."""
@@ -189,7 +194,10 @@ class Batch:
                 f"cannot split {len(units)} rows/pairs into {num_micro_batches} micro-batches"
             )
         chunks = torch.arange(len(units), device="cpu").tensor_split(num_micro_batches)
-        return [self.select(torch.cat([units[i] for i in chunk.tolist()])) for chunk in chunks]
+        parts = [self.select(torch.cat([units[i] for i in chunk.tolist()])) for chunk in chunks]
+        if num_micro_batches > 1 and not self.is_prepared:
+            parts = [part.replace(unprepared_part=True) for part in parts]
+        return parts
 
     @classmethod
     def from_pairs(

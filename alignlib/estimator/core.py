@@ -10,7 +10,7 @@ from torch import Tensor
 
 from alignlib.estimator.advantages import ADVANTAGES, Advantage
 from alignlib.estimator.aggregation import AGGREGATIONS, Aggregation
-from alignlib.estimator.batch import ALL_ROWS, Batch, Role, Rows
+from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.masks import MASKS, Mask
 from alignlib.estimator.references import REFERENCES, Reference
 from alignlib.estimator.regularizers import REGULARIZERS
@@ -63,7 +63,7 @@ class UnifiedEstimator:
         advantage: Advantage | str = "constant",
         likelihood: Likelihood | str = "token",
         aggregation: Aggregation | str = "token-mean",
-        regularizers: Iterable[Term | str] = (),
+        regularizers: Iterable[Term | str] | Term | str = (),
         rows: Rows = ALL_ROWS,
         coef: float = 1.0,
         name: str = "pg",
@@ -84,6 +84,8 @@ class UnifiedEstimator:
                     name=name,
                 )
             ]
+        if isinstance(regularizers, (str, Term)):  # one regularizer, as ``mask`` takes one
+            regularizers = [regularizers]
         all_terms = [*terms, *(REGULARIZERS.resolve(r) for r in regularizers)]
         self.terms: list[Term] = _unique_names(all_terms)
         self.router = router
@@ -158,7 +160,7 @@ class UnifiedEstimator:
             tensors, term_metrics = term.prepare(batch)
             prepared |= {f"{index}.{key}": value for key, value in tensors.items()}
             metrics |= {f"{term.name}/{key}": value.detach() for key, value in term_metrics.items()}
-        return batch.replace(prepared=prepared, prepared_metrics=metrics)
+        return batch.replace(prepared=prepared, prepared_metrics=metrics, was_prepared=True)
 
     def _reject_tokens(self, batch: Batch) -> tuple[Batch, dict[str, Tensor]]:
         """Remove the tokens a rollout correction with ``rejection`` masks from the batch mask,
@@ -191,6 +193,12 @@ class UnifiedEstimator:
     def __call__(self, batch: Batch) -> EstimatorOutput:
         """The loss of one mini-batch, or of one micro-batch of a prepared mini-batch."""
         first_call = not batch.is_prepared
+        if batch.unprepared_part and first_call:
+            raise BatchError(
+                "this micro-batch was split off a mini-batch that was never prepared, so its "
+                "normalizers and group advantages would be its own (k micro-batches: k times "
+                "the gradient); split the prepared one: estimator.prepare(minibatch).split(k)"
+            )
         if first_call:
             batch = self.prepare(batch)
         surrogate: Tensor | float = 0.0
