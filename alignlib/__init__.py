@@ -1,7 +1,8 @@
 """alignlib: post-training for LLMs as one unified policy-gradient estimator.
 
-``alignlib.Trainer(config).train()`` runs a config; it is imported on first use, so
-``import alignlib`` stays light (no torch, transformers or ray until a trainer is needed).
+``alignlib.Trainer(config).train()`` runs a config (a RunConfig, a YAML path or a dict); it is
+imported on first use, so ``import alignlib`` stays light (no torch, transformers or ray until a
+trainer is needed).
 """
 
 from __future__ import annotations

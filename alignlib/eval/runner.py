@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -57,6 +58,15 @@ def evaluate(
                 "bundled:smollm2-135m-instruct"
             )
         resolve_model_dir(config.model)  # a missing path fails now, with a clear message
+        if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "--engine vllm: vLLM is not installed (pip install -e '.[vllm]' on a GPU "
+                "machine); use --engine transformers"
+            )
+    out_dir = default_output_dir(config) if loads_model else config.output_dir
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        # Refused before the model loads, not after generation.
+        raise ValueError(f"--output-dir {out_dir} is a file; give a folder")
     label = model_label(config.model) if config.model else "<in-memory model>"
 
     records: dict[str, list[dict[str, Any]]] = {}
@@ -67,7 +77,6 @@ def evaluate(
     metrics = {bench: benchmark_metrics(recs, config) for bench, recs in records.items()}
     metrics[AVERAGE] = average_metrics(metrics)
     report = EvalReport(config, metrics, records, label, time.perf_counter() - began)
-    out_dir = default_output_dir(config) if loads_model else config.output_dir
     if out_dir is not None:
         report.save(out_dir)
     return report

@@ -178,9 +178,34 @@ def check_distributed(config: RunConfig) -> None:
 class Trainer:
     """Loads the policy once and trains it with the source its config describes."""
 
-    def __init__(self, config: RunConfig, world: World | None = None) -> None:
-        """``world``: set inside a data-parallel worker; without it a config with
+    def __init__(
+        self, config: RunConfig | str | Path | dict[str, Any], world: World | None = None
+    ) -> None:
+        """``config``: a RunConfig, a YAML path (read with ``load_config``) or a dict of sections
+        (validated like a YAML file's; relative paths are relative to the current folder).
+        ``world``: set inside a data-parallel worker; without it a config with
         `distributed.num_workers` makes this the driver, which loads no model itself."""
+        if isinstance(config, (str, Path)):
+            from alignlib.config.loader import load_config
+
+            config = load_config(config)
+        elif isinstance(config, dict):
+            from pydantic import ValidationError
+
+            from alignlib.config.loader import ConfigError, _describe, check_names
+
+            try:
+                config = RunConfig.model_validate(config)
+            except ValidationError as exc:
+                errors = exc.errors()
+                more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+                raise ConfigError(f"config dict: {_describe(errors[0])}{more}") from None
+            check_names(config, "config dict")
+        elif not isinstance(config, RunConfig):
+            raise TypeError(
+                "Trainer needs a RunConfig (alignlib.config.load_config(path)), a config path or "
+                f"a dict; got {type(config).__name__}"
+            )
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.world = world or SINGLE

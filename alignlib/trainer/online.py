@@ -79,6 +79,7 @@ class OnlineSource:
         )
         self.heldout = self.collector.heldout_set()
         self.engine: EngineHandle | None = None
+        self.start, self.all_filtered = 0, 0  # steps whose row filters dropped every row
 
     def prepare(self, state: TrainState) -> None:
         """Before a resume loads trained weights: π_ref for a KL term is the initial policy."""
@@ -92,7 +93,7 @@ class OnlineSource:
     def begin(self, out_dir: Path, start: int) -> dict[str, float]:
         """After a resume has loaded the weights (so a separate engine starts in sync): the
         engine, and the untrained policy's held-out accuracy for comparison."""
-        self.out_dir = out_dir
+        self.out_dir, self.start = out_dir, start
         state = self.state
         weights = self.gathered_weights()  # sharded (FSDP2): every rank takes part
         if not state.world.is_main:  # rank 0 generates; the others get its rows
@@ -166,6 +167,7 @@ class OnlineSource:
     ) -> dict[str, float]:
         """Weights → engine; the step's metrics (rollout, update, entropy on own samples)."""
         metrics = self.step_metrics | merge_results(results)
+        self.check_filtered(step, metrics)
         sync_began = time.perf_counter()
         weights = self.gathered_weights()
         if self.engine is not None:
@@ -193,6 +195,23 @@ class OnlineSource:
             "time/update_s": train_seconds - self.timing["logprob"],
             "time/sync_s": sync,
         }
+
+    def check_filtered(self, step: int, metrics: dict[str, float]) -> None:
+        """A run whose row filters (DAPO's equal-reward groups) dropped every row at every step
+        trained nothing: fail at the end, as a run whose every step was skipped does."""
+        fractions = {
+            k: v for k, v in metrics.items() if k.endswith("/filtered_frac") and "rollout/" not in k
+        }
+        if fractions and min(fractions.values()) >= 1:
+            self.all_filtered += 1
+        steps = self.total_steps - self.start
+        if step == self.total_steps and self.start == 0 and self.all_filtered == steps:
+            raise ValueError(
+                f"every step filtered out all of its groups ({next(iter(fractions))} = 1 at all "
+                f"{steps} steps: each prompt's rollouts got equal rewards, so nothing trained and "
+                "final/ was not written); check the rewards (do they differ within a group?), "
+                "raise rollout.n, or set online.dynamic_sampling.enabled: true"
+            )
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out accuracy and in-loop benchmarks, each when it is due at ``step`` (rank 0:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Mask, Role, UnifiedEstimator, kept_log_mass
+from alignlib.estimator.aggregation import PairMean
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
@@ -94,6 +95,12 @@ def check_online_estimator(estimator: UnifiedEstimator, name: str | None) -> Non
             f"algorithm {name or '(components)'} is not an online RL method (it needs {why}); "
             f"with a rollout section use one of: {', '.join(online_presets())}"
         )
+    for term in estimator.terms:
+        if isinstance(getattr(term, "aggregation", None), PairMean):
+            raise ValueError(
+                "algorithm.components.aggregation: pair-mean needs preference pairs; online rows "
+                "are not paired (use token-mean, seq-mean-token-mean or seq-mean-token-sum-norm)"
+            )
 
 
 def online_presets() -> list[str]:

@@ -11,6 +11,7 @@ metric the loop logs.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from alignlib.data.fit import check_fit
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, check_value_types, identical_pairs
 from alignlib.estimator import RolloutCorrection, Router, UnifiedEstimator, rollout_correction
 from alignlib.estimator.registry import ParameterError
+from alignlib.trainer.run_dir import check_output_dir
 
 OFFLINE_FIELDS = {"logprobs", "mask", "ref_logprobs", "entropy", "roles", "pair_ids", "trace"}
 """Batch fields an offline step fills (prev_logprobs only inside INPO's iterations)."""
@@ -39,6 +41,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "online.rollout_correction corrects rollouts by the engine's log-probs, and this run "
             "samples none (no rollout: section); remove the key, or add rollout: to train online"
         )
+    check_machine(config)
     if config.rollout is not None:
         check_online(config, estimator)
         return {}
@@ -49,12 +52,32 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
     return check_offline_data(config, estimator)
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """The run folder (or a folder above it) must not be an existing file."""
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists() and not folder.is_dir():
-            where = "is" if folder == out_dir else f"is inside {folder}, which is"
-            raise ConfigError(f"output_dir: {out_dir} {where} a file; give a folder path")
+def check_machine(config: RunConfig) -> None:
+    """A GPU asked of Ray with no CUDA device here and no cluster waits out the timeout; flash
+    attention without its package fails with a traceback after the model loads."""
+    flash = config.model.attn_implementation == "flash_attention_2"
+    if flash and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation: flash_attention_2 needs the flash-attn package (and a "
+            "CUDA GPU); use sdpa"
+        )
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    dist, rollout = config.distributed, config.rollout
+    if dist.num_workers > 0 and dist.use_gpu and dist.ray_address is None:
+        raise ConfigError(
+            "distributed.use_gpu: true but torch sees no CUDA device here; set it to false (or "
+            "give distributed.ray_address of a cluster with GPUs)"
+        )
+    if rollout is None or rollout.num_workers == 0 or rollout.worker_num_gpus == 0:
+        return
+    if rollout.ray_address is None and dist.ray_address is None:
+        raise ConfigError(
+            f"rollout.worker_num_gpus: {rollout.worker_num_gpus:g} but torch sees no CUDA device "
+            "here; set it to 0 (or give rollout.ray_address of a cluster with GPUs)"
+        )
 
 
 # --------------------------------------------------------------------------------- offline
@@ -143,11 +166,18 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     """The estimator (with its rollout correction), rewards (names, parameters, columns on every
     row), the answer and demonstration columns, held-out rows and the Ray address."""
     from alignlib.algorithms import router_for
+    from alignlib.trainer.online_collect import check_demonstrations_trained
     from alignlib.trainer.online_rollout import RewardModel, with_answer_field
     from alignlib.trainer.online_update import check_online_estimator
 
     assert config.rollout is not None
     online, source, data = config.online, config.data.path, config.data
+    if config.train.reference != "precompute":
+        raise ConfigError(
+            f"train.reference: {config.train.reference} is not read by online runs (their KL "
+            "reference is always the initial policy: a frozen copy, or the model with its LoRA "
+            "adapter off); remove train.reference"
+        )
     correction = check_rollout_correction(config, estimator)
     check_online_estimator(estimator.with_rollout_correction(correction), config.algorithm.name)
     rows = load_rows(source, data.split, data.limit)
@@ -166,6 +196,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
             f"rollouts per prompt, got {config.rollout.n}"
         )
     check_group_size(config, estimator, router)
+    check_demonstrations_trained(config, estimator, router)
     if router.needs_demonstrations:
         check_demonstrations(rows, source, online.demonstration_field, data.answer_field)
     if online.heldout.data is not None:
@@ -307,7 +338,10 @@ def check_inpo(config: RunConfig) -> None:
     rows = load_rows(source, config.data.split, config.data.limit)
     check_prompts(rows, source)
     oracle = config.inpo.oracle
-    if oracle.startswith("reward_model:"):
+    if oracle.startswith("reward_model:"):  # read its config.json before the policy loads
+        from alignlib.trainer.sample_rank import check_reward_model_folder
+
+        check_reward_model_folder(oracle.removeprefix("reward_model:"))
         return
     try:
         fn = resolve_reward(oracle)

@@ -7,8 +7,10 @@ exactly what INPO's knockout tournament returns under a Bradley–Terry preferen
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +23,77 @@ Oracle = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list
 """(prompts, completions, rows) → one score per completion; higher is preferred."""
 
 
+_SEQ_CLS = "ForSequenceClassification"
+
+
+def _architectures(config_file: Path) -> list[str]:
+    """The ``architectures`` names in a model's config.json."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"inpo.oracle: cannot read {config_file}: {exc}") from None
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return [a for a in architectures or [] if isinstance(a, str)]
+
+
+def check_reward_model_folder(path: str) -> str:
+    """``path`` if it is a sequence-classification model folder or Hub id (read from its
+    config.json, before any weights load); otherwise a one-line ValueError naming
+    ``inpo.oracle``."""
+    folder = Path(path).expanduser()
+    what = "reward models are sequence-classification models (AutoModelForSequenceClassification)"
+    if not path:
+        raise ValueError("inpo.oracle: reward_model: needs a folder, e.g. reward_model:/path/rm")
+    if not folder.exists():
+        hub_id = not folder.is_absolute() and path.count("/") == 1 and path[0] not in ".~"
+        if not hub_id:
+            raise ValueError(f"inpo.oracle: {path} does not exist; give a reward model folder")
+        names = _hub_architectures(path)
+    else:
+        names = _local_architectures(folder, path, what)
+    if not any(name.endswith(_SEQ_CLS) for name in names):
+        kind = f"a {names[0]}" if names else "a model with no 'architectures' in its config.json"
+        raise ValueError(
+            f"inpo.oracle: {path} is {kind}, not a sequence-classification reward model (its "
+            "score head would be random); give a reward model folder or a reward name"
+        )
+    return path if not folder.exists() else str(folder)
+
+
+def _hub_architectures(model_id: str) -> list[str]:
+    """A Hub reward model's ``architectures``, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        return list(getattr(AutoConfig.from_pretrained(model_id), "architectures", None) or [])
+    except Exception as exc:  # offline, unknown repo, gated: all mean "cannot use it"
+        raise ValueError(
+            f"inpo.oracle: {model_id} is not a local folder and its Hub config could not be read "
+            f"({type(exc).__name__}); give a reward model folder"
+        ) from None
+
+
+def _local_architectures(folder: Path, path: str, what: str) -> list[str]:
+    if not folder.is_dir():
+        raise ValueError(f"inpo.oracle: {path} is a file; give a reward model folder")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        if (folder / "final" / "config.json").is_file():
+            final = folder / "final"
+            if any(name.endswith(_SEQ_CLS) for name in _architectures(final / "config.json")):
+                raise ValueError(
+                    f"inpo.oracle: {path} is a run folder; give its model: reward_model:{final}"
+                )
+            raise ValueError(
+                f"inpo.oracle: {path} is a training run folder (its model, {final}, is a causal "
+                f"LM); {what}: give a reward model folder or a reward name"
+            )
+        raise ValueError(
+            f"inpo.oracle: {path} has no config.json, so it is not a model folder; {what}"
+        )
+    return _architectures(config_file)
+
+
 def resolve_oracle(spec: str, device: torch.device | None = None) -> Oracle:
     """A reward name / ``module:function`` (per completion), or ``reward_model:PATH`` (loaded
     onto ``device``: the run's device)."""
@@ -29,15 +102,24 @@ def resolve_oracle(spec: str, device: torch.device | None = None) -> Oracle:
 
         from alignlib.rewards import RewardModelScorer
 
-        path = spec.removeprefix("reward_model:")
+        path = check_reward_model_folder(spec.removeprefix("reward_model:"))
         scorer = RewardModelScorer(
             AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(device),
             AutoTokenizer.from_pretrained(path),
         )
         return lambda prompts, completions, rows: scorer(list(prompts), list(completions))
     from alignlib.rewards import call_reward, resolve_reward
+    from alignlib.rewards.forms import detect_form
 
     reward = resolve_reward(spec)
+    form = detect_form(reward)
+    if form != "alignlib":
+        shape = "fn(completions, **columns) -> list" if form == "trl" else "compute_score(...)"
+        raise ValueError(
+            f"inpo.oracle: {spec} is a {'TRL' if form == 'trl' else 'verl'}-form reward "
+            f"({shape}); INPO calls the oracle once per completion, fn(completion, **columns) "
+            "-> float (TRL/verl batch forms are for online.rewards)"
+        )
 
     def score(
         prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]
