@@ -47,7 +47,7 @@ def _config_docs(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from alignlib.trainer.dashboard import plot
+    from alignlib.trainer.logs import plot
 
     target, note = plot(args.run_dir, args.output)
     if note:

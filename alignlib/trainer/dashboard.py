@@ -111,7 +111,7 @@ def _duplicates(records: list[dict[str, Any]], key: str, placed: set[str]) -> bo
     return any(_series(records, other) == series for other in placed)
 
 
-def read_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+def plotted_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The complete rows of a metrics.jsonl, and a note when its last line was cut short (a run
     killed mid-write). A bad line before the last, or no rows to plot, is a ValueError naming
     the file."""
@@ -139,19 +139,6 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     if not numeric_keys(records):
         raise ValueError(f"{path} has rows but no numeric metrics; nothing to plot")
     return records, note
-
-
-def plot(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, str | None]:
-    """RUN/metrics.jsonl drawn into ``output`` (default RUN/training_curves.png); the note of
-    `read_rows` comes back with the PNG's path."""
-    from alignlib.trainer.logs import METRICS_FILE
-
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
-    records, note = read_rows(path)
-    target = Path(output) if output else Path(run_dir) / "training_curves.png"
-    return draw(records, f"{Path(run_dir).resolve().name}: training curves", target), note
 
 
 def _format(value: float) -> str:

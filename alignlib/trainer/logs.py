@@ -128,20 +128,33 @@ def _parsed(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return parsed
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def metrics_file(run_dir: str | Path) -> Path:
+    """RUN/metrics.jsonl, which must exist."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training run folder?")
-    return [record for _, record in _parsed(path)]
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [record for _, record in _parsed(metrics_file(run_dir))]
+
+
+def plot(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, str | None]:
+    """The run's dashboard PNG (default: RUN/training_curves.png), and a note when the metrics
+    file's last line was cut short: what a user of the method watches first (reward / held-out
+    accuracy, loss, the method's signal, entropy, response length; see
+    alignlib.trainer.dashboard). No complete row to plot is a ValueError naming the file."""
+    from alignlib.trainer.dashboard import draw, plotted_rows
+
+    records, note = plotted_rows(metrics_file(run_dir))
+    target = Path(output) if output else Path(run_dir) / "training_curves.png"
+    return draw(records, f"{Path(run_dir).resolve().name}: training curves", target), note
 
 
 def plot_run(run_dir: str | Path) -> Path | None:
-    """The run's dashboard PNG, RUN/training_curves.png, drawn at the end of training (what a
-    user of the method watches first: reward / held-out accuracy, loss, the method's signal,
-    entropy, response length; see alignlib.trainer.dashboard). Nothing to plot (no complete
-    metrics row) is a warning here, not a failure of the trained run."""
-    from alignlib.trainer.dashboard import plot
-
+    """`plot` at the end of training: nothing to plot is a warning there, not a failure of the
+    trained run."""
     try:
         return plot(run_dir)[0]
     except ValueError as exc:
