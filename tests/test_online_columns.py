@@ -17,7 +17,7 @@ from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.data.collate import prompt_ids
 from alignlib.trainer.loop import Trainer
-from alignlib.trainer.preflight import bare_answer
+from alignlib.trainer.preflight_online import bare_answer
 
 TRL_ROWS = [{"prompt": f"What is {a} + {b}?", "solution": str(a + b)} for a, b in [(2, 3), (4, 4)]]
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignlib.config.loader import ConfigError
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
-from alignlib.estimator import Role, RowPlan, UnifiedEstimator
+from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
@@ -128,23 +127,3 @@ class RolloutCollector:
             metrics["rollout/filtered_frac"] = 1 - groups_kept / max(1, groups_seen)
             metrics["rollout/rounds"] = float(len(all_rollouts))
         return kept, metrics
-
-
-def check_demonstrations_trained(
-    config: RunConfig, estimator: UnifiedEstimator, router: Router
-) -> None:
-    """A router that makes demonstration rows (Role.DEMO) needs a term that trains them: HPT's
-    gate puts each SFT row alone in its group with reward 0, so a term that selects every row
-    (GRPO's) gives it advantage 0; LUFFY's scored demonstrations share their group."""
-    if not router.needs_demonstrations:
-        return
-    for term in estimator.terms:
-        roles = getattr(getattr(term, "rows", None), "roles", None)
-        if (roles is None and router.scores_demonstrations) or (roles and Role.DEMO in roles):
-            return
-    name = config.algorithm.name or "(components)"
-    raise ConfigError(
-        f"online.routing: {config.online.routing} makes SFT rows from demonstrations, but "
-        f"algorithm {name} has no term that trains them; use algorithm hpt (or luffy), or "
-        "online.routing: auto"
-    )
