@@ -115,18 +115,25 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     given = parse_overrides(list(overrides))
-    raw = merge_sections(raw, given)
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        source = _override_source(errors[0]["loc"], given) or where
-        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+    config = validate_sections(merge_sections(raw, given), where, given)
     if path is not None:
         config = _resolve_paths(config, Path(path).parent, where)
     check_names(config, where)
     return config
+
+
+def validate_sections(
+    raw: dict[str, Any], where: str, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """``raw`` sections → RunConfig; the first error is one ConfigError line naming its key and
+    where the bad value came from (``where``, or the command-line override that set it)."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        source = _override_source(errors[0]["loc"], overrides or {}) or where
+        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
 def _override_source(loc: tuple[str | int, ...], given: dict[str, Any]) -> str | None:

@@ -190,16 +190,9 @@ class Trainer:
 
             config = load_config(config)
         elif isinstance(config, dict):
-            from pydantic import ValidationError
+            from alignlib.config.loader import check_names, validate_sections
 
-            from alignlib.config.loader import ConfigError, _describe, check_names
-
-            try:
-                config = RunConfig.model_validate(config)
-            except ValidationError as exc:
-                errors = exc.errors()
-                more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-                raise ConfigError(f"config dict: {_describe(errors[0])}{more}") from None
+            config = validate_sections(config, "config dict")
             check_names(config, "config dict")
         elif not isinstance(config, RunConfig):
             raise TypeError(
