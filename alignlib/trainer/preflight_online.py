@@ -1,0 +1,213 @@
+"""The online half of the run checks (``preflight.check_run``): the estimator, rewards, answer
+and demonstration columns, group sizes, rollout correction and the Ray address, all before
+the model loads."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from alignlib.config.loader import ConfigError
+from alignlib.config.schema import RunConfig
+from alignlib.console import warn
+from alignlib.data import DataError, load_rows
+from alignlib.data.formats import check_value_types
+from alignlib.estimator import Role, RolloutCorrection, Router, UnifiedEstimator, rollout_correction
+from alignlib.estimator.registry import ParameterError
+
+
+def check_prompts(rows: list[dict[str, Any]], source: str) -> None:
+    """Every row needs a prompt that is text (a number fails deep inside the tokenizer)."""
+    for index, row in enumerate(rows, start=1):
+        if row.get("prompt") in (None, "", []):
+            raise DataError(
+                f"{source} row {index}: field 'prompt' is missing or empty (online rows are "
+                f"{{prompt, answer[, solution]}}; this row has {', '.join(sorted(row))})"
+            )
+        check_value_types(row, f"{source} row {index}", ("prompt",))
+
+
+def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
+    """The estimator (with its rollout correction), rewards (names, parameters, columns on every
+    row), the answer and demonstration columns, held-out rows and the Ray address."""
+    from alignlib.algorithms import router_for
+    from alignlib.trainer.online_rollout import RewardModel, with_answer_field
+    from alignlib.trainer.online_update import check_online_estimator
+
+    assert config.rollout is not None
+    online, source, data = config.online, config.data.path, config.data
+    if config.train.reference != "precompute":
+        raise ConfigError(
+            f"train.reference: {config.train.reference} is not read by online runs (their KL "
+            "reference is always the initial policy: a frozen copy, or the model with its LoRA "
+            "adapter off); remove train.reference"
+        )
+    correction = check_rollout_correction(config, estimator)
+    check_online_estimator(estimator.with_rollout_correction(correction), config.algorithm.name)
+    rows = load_rows(source, data.split, data.limit)
+    check_prompts(rows, source)
+    check_answer_field(rows, source, data.answer_field)
+    rows = with_answer_field(rows, data.answer_field)
+    RewardModel(online.rewards, online.correct_threshold).check_rows(rows, source)
+    try:
+        router = router_for(estimator, online)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.rollout.n < router.min_samples:
+        raise ConfigError(
+            f"rollout.n: {type(router).__name__} (the routing of algorithm "
+            f"{config.algorithm.name or '(components)'}) needs at least {router.min_samples} "
+            f"rollouts per prompt, got {config.rollout.n}"
+        )
+    check_group_size(config, estimator, router)
+    check_demonstrations_trained(config, estimator, router)
+    if router.needs_demonstrations:
+        check_demonstrations(rows, source, online.demonstration_field, data.answer_field)
+    if online.heldout.data is not None:
+        heldout = load_rows(online.heldout.data, "train", online.heldout.size)
+        check_prompts(heldout, online.heldout.data)
+        for index, row in enumerate(with_answer_field(heldout, data.answer_field), start=1):
+            if row.get("answer") is None:
+                raise DataError(
+                    f"{online.heldout.data} row {index}: held-out rows need an "
+                    f"'{data.answer_field}' (it would be graded against the string 'None')"
+                )
+    rollout = config.rollout
+    if rollout.num_workers > 0 and rollout.ray_address is not None:
+        from alignlib.rollout.ray_cluster import probe_ray_address
+
+        probe_ray_address(rollout.ray_address, rollout.timeout_s)
+
+
+def check_group_size(config: RunConfig, estimator: UnifiedEstimator, router: Router) -> None:
+    """A group-relative advantage (GRPO's, RLOO's) of a one-row group is 0: with fewer rollouts
+    per prompt than it needs, nothing would train. Routers that mix in demonstrations set
+    their own minimum (``min_samples``): HPT's shut gate (γ ≥ n) trains SFT on one rollout."""
+    assert config.rollout is not None
+    if router.needs_demonstrations:
+        return
+    rows = config.rollout.n
+    for term in estimator.terms:
+        advantage = getattr(term, "advantage", None)
+        if advantage is not None and rows < advantage.min_group_rows():
+            raise ConfigError(
+                f"rollout.n: algorithm {config.algorithm.name or '(components)'} compares the "
+                f"rollouts of a prompt ({type(advantage).__name__}), so with n = "
+                f"{config.rollout.n} every advantage is 0 and nothing trains; set rollout.n to "
+                f"{advantage.min_group_rows()} or more"
+            )
+
+
+def check_rollout_correction(
+    config: RunConfig, estimator: UnifiedEstimator
+) -> RolloutCorrection | None:
+    """``online.rollout_correction`` built as the run will build it; a token mode on a term
+    whose likelihood has one unit per sequence is refused here rather than at the first step."""
+    spec = config.online.rollout_correction
+    if spec is None:
+        return None
+    try:
+        correction = rollout_correction(spec.model_dump())
+    except ParameterError as exc:
+        raise ConfigError(f"online.rollout_correction.{exc.param}: {exc.detail}") from None
+    assert correction is not None
+    for term in estimator.with_rollout_correction(correction).terms:
+        likelihood = getattr(term, "likelihood", None)
+        per_sequence = getattr(likelihood, "per_sequence", False)
+        if getattr(term, "correction", None) and per_sequence and not correction.per_sequence:
+            raise ConfigError(
+                f"online.rollout_correction.mode: {correction.mode} weighs tokens, but algorithm "
+                f"{config.algorithm.name or '(components)'} has one unit per sequence; use "
+                "sequence_truncate, sequence_mask or geometric_mask"
+            )
+    return correction
+
+
+def check_answer_field(rows: list[dict[str, Any]], source: str, field: str) -> None:
+    """A renamed answer column must exist: a missing one would be graded as 'None'."""
+    if field == "answer":
+        return
+    for index, row in enumerate(rows, start=1):
+        if row.get(field) is None:
+            raise DataError(
+                f"{source} row {index}: data.answer_field '{field}' is missing or null (the "
+                f"row has {', '.join(sorted(row))})"
+            )
+
+
+_NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d+)?|\.\d+)(/\d+)?")
+_BOXED = re.compile(r"\\boxed\{(.*)\}")
+
+
+def bare_core(text: str) -> str:
+    """A final-answer string reduced to its core: a trailing period, ``$`` signs and one
+    ``\\boxed{}`` wrapper removed, and no whitespace at all."""
+    core = text.strip().rstrip(".").strip().strip("$")
+    boxed = _BOXED.fullmatch(core.strip())
+    return re.sub(r"\s+", "", boxed.group(1) if boxed else core)
+
+
+def bare_answer(demonstration: str, answer: Any) -> str | None:
+    """Why ``demonstration`` is only a final answer, or None when it is more (a worked
+    solution). The rule: reduced by :func:`bare_core`, it equals the row's answer (reduced the
+    same way), or, when the row has no answer, it is a number."""
+    core = bare_core(demonstration)
+    if answer is not None and core == bare_core(str(answer)):
+        return "equals its answer"
+    if answer is None and _NUMBER.fullmatch(core):
+        return "is a bare number"
+    return None
+
+
+def check_demonstrations(
+    rows: list[dict[str, Any]], source: str, field: str, answer_field: str
+) -> None:
+    """Every row needs a demonstration; a column of bare answers (TRL's `solution`) is refused:
+    HPT's SFT rows and LUFFY's off-policy rows would train on the answer alone."""
+    if field == answer_field:
+        raise ConfigError(
+            f"online.demonstration_field and data.answer_field are both '{field}': the "
+            "demonstrations would be the bare answers; point online.demonstration_field at a "
+            "column of worked solutions"
+        )
+    reasons = []
+    for index, row in enumerate(rows, start=1):
+        if not isinstance(row.get(field), str) or not row[field]:
+            raise DataError(
+                f"{source} row {index}: online.routing needs a demonstration (a non-empty "
+                f"string) in field '{field}' of every row; set online.demonstration_field "
+                "or fill the field"
+            )
+        reasons.append(bare_answer(row[field], row.get("answer")))
+    if all(reasons):
+        raise DataError(
+            f"{source}: online.demonstration_field '{field}' holds bare answers, not worked "
+            f"solutions (every row's '{field}' {reasons[0]}, e.g. row 1: {rows[0][field]!r:.40}); "
+            "point online.demonstration_field at a column of full solutions"
+        )
+    bare = [i for i, why in enumerate(reasons, start=1) if why]
+    if bare:
+        warn(
+            f"{source}: {len(bare)} of {len(rows)} demonstrations in '{field}' are bare answers "
+            f"(rows {', '.join(map(str, bare[:5]))}{', ...' if len(bare) > 5 else ''})"
+        )
+
+
+def check_demonstrations_trained(
+    config: RunConfig, estimator: UnifiedEstimator, router: Router
+) -> None:
+    """A router that makes demonstration rows (Role.DEMO) needs a term that trains them: HPT's
+    gate puts each SFT row alone in its group with reward 0, so a term that selects every row
+    (GRPO's) gives it advantage 0; LUFFY's scored demonstrations share their group."""
+    if not router.needs_demonstrations:
+        return
+    for term in estimator.terms:
+        roles = getattr(getattr(term, "rows", None), "roles", None)
+        if (roles is None and router.scores_demonstrations) or (roles and Role.DEMO in roles):
+            return
+    name = config.algorithm.name or "(components)"
+    raise ConfigError(
+        f"online.routing: {config.online.routing} makes SFT rows from demonstrations, but "
+        f"algorithm {name} has no term that trains them; use algorithm hpt (or luffy), or "
+        "online.routing: auto"
+    )
