@@ -1,7 +1,9 @@
-"""DPO training throughput, alignlib vs TRL 1.16, on the same model, data and batch shape.
+"""Preference training throughput, alignlib vs TRL 1.16, on the same model, data and batch shape.
 
-Both trainers run full fine-tuning with AdamW, with reference log-probs precomputed once, for
-the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
+`--method dpo` (default) against TRL's `DPOTrainer`, `simpo` against `CPOTrainer(loss_type=
+"simpo", cpo_alpha=0)`, `orpo` against `ORPOTrainer` (both in trl.experimental; reference-free).
+Both trainers run full fine-tuning with AdamW, with DPO's reference log-probs precomputed once,
+for the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
 bf16 autocast: alignlib `model.precision: bf16-mixed`, TRL `bf16=True` on an fp32 model).
 Reported: seconds per optimizer step (median of the timed steps after warm-up), the ratio, the
@@ -11,6 +13,7 @@ on a GPU the peak CUDA memory of each trainer; also the same step as a hand-writ
 compute each trainer runs.
 
     python benchmarks/dpo_vs_trl.py --model tiny:llama --steps 12
+    python benchmarks/dpo_vs_trl.py --model tiny:llama --steps 12 --method orpo
     python benchmarks/dpo_vs_trl.py --model bundled:smollm2-135m-instruct --steps 6
     python benchmarks/dpo_vs_trl.py --model /tmp/qwen05b --device cuda --pairs 16 --micro 8 \
         --max-length 384 --steps 20
@@ -37,6 +40,9 @@ from _cuda_measure import peak_text, synchronize, with_peak_memory
 BATCH, MICRO, LIMIT, BETA, LR, MAX_LENGTH = 8, 4, 64, 0.1, 1e-5, 160
 DEVICE, PRECISION = "cpu", "fp32"
 PACKING = False  # --packing: alignlib forwards each micro-batch padding-free
+METHOD = "dpo"  # --method
+PARAMS = {"dpo": {"beta": BETA}, "simpo": {"beta": 2.0, "gamma": 1.0}, "orpo": {"beta": 0.1}}
+"""Each method's hyperparameters, the same on both sides (the presets' defaults)."""
 
 
 Run = tuple[list[float], float]
@@ -63,7 +69,7 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> Run:
             "max_prompt_length": MAX_LENGTH - 32,
             "max_completion_length": 32,
         },
-        "algorithm": {"name": "dpo", "params": {"beta": BETA}},
+        "algorithm": {"name": METHOD, "params": PARAMS[METHOD]},
         "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": None},
         "train": {
             "batch_size": BATCH,
@@ -92,10 +98,39 @@ def load_model(model_name: str):  # type: ignore[no-untyped-def]
     return load_policy(ModelConfig(name_or_path=model_name, chat_template=False), placement)
 
 
+def trl_classes() -> tuple[type, type]:
+    """TRL's config and trainer classes for ``METHOD``."""
+    if METHOD == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    if METHOD == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        return CPOConfig, CPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    return ORPOConfig, ORPOTrainer
+
+
+def trl_settings() -> dict[str, object]:
+    """The method's hyperparameters under TRL's names."""
+    params = PARAMS[METHOD]
+    if METHOD == "dpo":
+        return {"beta": params["beta"], "precompute_ref_log_probs": True}
+    if METHOD == "simpo":
+        return {
+            "beta": params["beta"],
+            "loss_type": "simpo",
+            "simpo_gamma": params["gamma"],
+            "cpo_alpha": 0.0,
+        }
+    return {"beta": params["beta"]}
+
+
 def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
     from alignlib.data import load_rows
 
@@ -118,16 +153,15 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
             synchronize(DEVICE)  # TRL keeps the loss on the GPU: wait for the step's kernels
             times.append(time.perf_counter() - self.start)
 
-    args = DPOConfig(
+    config_class, trainer_class = trl_classes()
+    args = config_class(
         output_dir=str(workdir / "trl"),
         per_device_train_batch_size=MICRO,
         gradient_accumulation_steps=BATCH // MICRO,
         max_steps=steps,
         learning_rate=LR,
         lr_scheduler_type="constant",
-        beta=BETA,
         max_length=MAX_LENGTH,
-        precompute_ref_log_probs=True,
         gradient_checkpointing=False,
         bf16=PRECISION != "fp32",
         use_cpu=DEVICE == "cpu",
@@ -137,13 +171,15 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
         max_grad_norm=0.0,
         dataloader_num_workers=0,
         seed=0,
+        **trl_settings(),
     )
-    trainer = DPOTrainer(
+    trainer = trainer_class(
         model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()]
     )
     trainer.train()
     total = max(log.get("num_tokens", 0.0) for log in trainer.state.log_history)
-    return times, float(total) / steps
+    # The experimental trainers log no num_tokens: main() then counts alignlib's (same rows).
+    return times, float(total) / steps if total else float("nan")
 
 
 def plain_step_times(model_name: str, steps: int, workdir: Path) -> Run:
@@ -195,19 +231,20 @@ def plain_step_times(model_name: str, steps: int, workdir: Path) -> Run:
 
 
 def main() -> None:
-    global BATCH, MICRO, MAX_LENGTH, LIMIT, DEVICE, PRECISION, PACKING  # the knobs
+    global BATCH, MICRO, MAX_LENGTH, LIMIT, DEVICE, PRECISION, PACKING, METHOD  # the knobs
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="tiny:llama")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--packing", action="store_true", help="alignlib train.packing: true")
+    parser.add_argument("--method", choices=sorted(PARAMS), default=METHOD)
     parser.add_argument("--pairs", type=int, default=BATCH, help="preference pairs per step")
     parser.add_argument("--micro", type=int, default=MICRO, help="pairs per forward/backward")
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="prompt + completion")
     args = parser.parse_args()
     BATCH, MICRO, MAX_LENGTH, DEVICE = args.pairs, args.micro, args.max_length, args.device
-    PACKING = args.packing
+    PACKING, METHOD = args.packing, args.method
     LIMIT = max(LIMIT, BATCH * 4)
     PRECISION = "fp32" if DEVICE == "cpu" else "bf16-mixed"
     torch.manual_seed(0)
@@ -216,13 +253,15 @@ def main() -> None:
         (ours, our_tokens), our_peak = with_peak_memory(DEVICE, alignlib_step_times, *common)
         (theirs, their_tokens), their_peak = with_peak_memory(DEVICE, trl_step_times, *common)
         (plain, plain_tokens), plain_peak = with_peak_memory(DEVICE, plain_step_times, *common)
+    if their_tokens != their_tokens:  # NaN: TRL's experimental trainers count no tokens
+        their_tokens = our_tokens
     a = statistics.median(ours[args.warmup :])
     t = statistics.median(theirs[args.warmup :])
     f = statistics.median(plain[args.warmup :])
     # training tokens/s: the mean tokens of a step over the median step time
     print(
-        f"model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, {args.steps} steps, "
-        f"{DEVICE} {PRECISION}"
+        f"{METHOD}: model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, "
+        f"{args.steps} steps, {DEVICE} {PRECISION}"
     )
     print(f"alignlib  {a:.3f} s/step, {our_tokens / a:.0f} tokens/s{peak_text(our_peak)}")
     print(f"TRL 1.16  {t:.3f} s/step, {their_tokens / t:.0f} tokens/s{peak_text(their_peak)}")

@@ -51,21 +51,8 @@ def decode(
     steps = 0
     for step in range(max_new_tokens):
         end = width + step  # sequence columns [0, end) are in the cache after this forward
-        out = model(
-            input_ids=fed,
-            attention_mask=mask[alive, :end],
-            position_ids=position,
-            use_cache=True,
-            **{cache_key: cache},
-        )
-        cache = out[cache_key]
-        # Drawn for every row, alive or not, so each row's stream is independent of the others.
-        uniforms = sampler.uniforms(rows, device)
-        tokens, chosen = sampler.choose(
-            sequences[alive, :end],
-            out.logits[:, -1],
-            None if uniforms is None else uniforms[alive],
-        )
+        logits, cache = _forward(model, cache, cache_key, fed, mask[alive, :end], position)
+        tokens, chosen = _choose(sampler, logits, sequences[alive, :end], alive, rows)
         sequences[alive, end] = tokens
         logprobs[alive, step] = chosen.double()
         mask[alive, end] = 1
@@ -79,6 +66,40 @@ def decode(
             alive, tokens, position = alive[keep], tokens[keep], position[keep]
         fed, position = tokens[:, None], position + 1
     return sequences[:, width : width + steps], logprobs[:, :steps]
+
+
+def _forward(
+    model: torch.nn.Module,
+    cache: Any,
+    cache_key: str,
+    fed: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position: torch.Tensor,
+) -> tuple[torch.Tensor, Any]:
+    """[A, V] next-token logits of the alive rows after feeding ``fed`` [A, 1] at ``position``
+    [A, 1], and the cache extended by it."""
+    out = model(
+        input_ids=fed,
+        attention_mask=attention_mask,
+        position_ids=position,
+        use_cache=True,
+        **{cache_key: cache},
+    )
+    return out.logits[:, -1], out[cache_key]
+
+
+def _choose(
+    sampler: TokenSampler,
+    logits: torch.Tensor,
+    sequences: torch.Tensor,
+    alive: torch.Tensor,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The alive rows' next tokens [A] and their log-probabilities [A], from ``logits`` [A, V]
+    after ``sequences`` [A, end]."""
+    # Drawn for every row, alive or not, so each row's stream is independent of the others.
+    uniforms = sampler.uniforms(rows, sequences.device)
+    return sampler.choose(sequences, logits, None if uniforms is None else uniforms[alive])
 
 
 def _finished(

@@ -55,6 +55,7 @@ def test_every_kind_has_its_registry() -> None:
         "rpo",
         "tpo",
         "tpo_l",
+        "orpo",
         "inpo",
     }
     assert set(LIKELIHOODS.names()) == {

@@ -92,6 +92,9 @@ def test_an_algorithm_given_the_wrong_format_is_refused_before_the_model_loads(
         ("rpo", PAIRS, "preference"),
         ("tpo", TPO, "tpo"),
         ("tpo_l", TPO, "tpo"),
+        ("simpo", PAIRS, "preference"),
+        ("cpo", PAIRS, "preference"),
+        ("orpo", PAIRS, "preference"),
         ("bvpo", [{**p, "trace": True} for p in PAIRS], "bvpo"),
     ],
 )

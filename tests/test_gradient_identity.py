@@ -20,6 +20,7 @@ from closed_forms_frontier import (
     closed_gspo,
     closed_sapo,
 )
+from closed_forms_pairs import closed_cpo, closed_orpo, closed_simpo, likely_pairs
 from torch import Tensor
 
 from alignlib import algorithms
@@ -215,7 +216,7 @@ def closed_luffy(b: Batch, gamma: float = 0.1) -> Tensor:
 
 
 # preset name -> (batch builder, closed form, overrides)
-CASES: dict[str, tuple[Callable[[], Batch], Callable[[Batch], Tensor], dict]] = {
+CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] = {
     "sft": (rl_batch, closed_sft, {}),
     "dpo": (pair_batch, closed_dpo, {}),
     "ipo": (pair_batch, closed_ipo, {}),
@@ -223,11 +224,16 @@ CASES: dict[str, tuple[Callable[[], Batch], Callable[[Batch], Tensor], dict]] = 
     "hinge_both_regions": (pair_batch, lambda b: closed_hinge(b, beta=0.15), {"beta": 0.15}),
     "rpo": (pair_batch, closed_rpo, {}),
     "rpo_avg": (pair_batch, closed_rpo_avg, {}),
-    "tpo": (lambda: pair_batch(gold=True), closed_tpo, {}),
-    "tpo_l": (lambda: pair_batch(gold=True), closed_tpo_l, {}),
+    "tpo": (lambda seed=0: pair_batch(gold=True, seed=seed), closed_tpo, {}),
+    "tpo_l": (lambda seed=0: pair_batch(gold=True, seed=seed), closed_tpo_l, {}),
+    "simpo": (pair_batch, closed_simpo, {}),
+    "simpo_nll": (pair_batch, lambda b: closed_simpo(b, alpha=0.7), {"alpha": 0.7}),
+    "cpo": (pair_batch, closed_cpo, {}),
+    "orpo": (pair_batch, closed_orpo, {}),
+    "orpo_likely": (likely_pairs, lambda b: closed_orpo(b, lam=0.3), {"beta": 0.3}),
     "inpo": (pair_batch, closed_inpo, {}),
     "bvpo": (pair_batch, closed_bvpo, {}),
-    "ppo": (lambda: rl_batch(spread=0.8), closed_ppo, {}),
+    "ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_ppo, {}),
     "grpo": (rl_batch, closed_grpo, {}),
     "dr_grpo": (rl_batch, closed_dr_grpo, {}),
     "kl_cov": (rl_batch, lambda b: closed_kl_cov(b, ratio=0.05), {"ratio": 0.05}),
@@ -235,12 +241,16 @@ CASES: dict[str, tuple[Callable[[], Batch], Callable[[Batch], Tensor], dict]] = 
     "hpt_paper": (hybrid_batch, closed_hpt_paper, {}),
     "luffy": (luffy_batch, closed_luffy, {}),
     "grpo_kl": (rl_batch, closed_grpo_kl, {"kl_coef": 0.04}),
-    "grpo_dual_clip": (lambda: rl_batch(spread=0.8), closed_grpo_dual, {"clip_c": 3.0}),
+    "grpo_dual_clip": (
+        lambda seed=0: rl_batch(spread=0.8, seed=seed),
+        closed_grpo_dual,
+        {"clip_c": 3.0},
+    ),
     "gspo": (gspo_batch, closed_gspo, {}),
     "gspo_sequence": (gspo_batch, closed_gspo, {"level": "sequence"}),
     "cispo": (rl_batch, closed_cispo, {}),
     "dapo": (rl_batch, closed_dapo, {}),
-    "sapo": (lambda: rl_batch(spread=0.8), closed_sapo, {}),
+    "sapo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_sapo, {}),
 }
 
 # Extra cases of one preset: case name -> preset name.
@@ -249,6 +259,8 @@ VARIANTS = {
     "grpo_kl": "grpo",
     "grpo_dual_clip": "grpo",
     "gspo_sequence": "gspo",
+    "simpo_nll": "simpo",
+    "orpo_likely": "orpo",
 }
 
 
@@ -259,8 +271,7 @@ def estimator_for(case: str, overrides: dict):
 def measure(case: str, seed: int = 0) -> tuple[float, float]:
     """(relative gradient error, absolute loss-value error) of one preset on one random batch."""
     build, closed, overrides = CASES[case]
-    torch.manual_seed(seed)
-    batch = build()
+    batch = build(seed=seed)  # each seed is a different random batch
     estimator = estimator_for(case, overrides)
     out = estimator(batch)
     reference = closed(batch)

@@ -134,3 +134,63 @@ def test_rows_cut_to_the_length_limits_are_counted_in_one_warning(folder: Path, 
     assert "prompts" not in line  # the prompts fit
     assert main(["train", str(config), "train.max_steps=1"]) == 0  # within the default limits
     assert "warning" not in capsys.readouterr().err
+
+
+def results_file(folder: Path, name: str, scores: dict[str, tuple[list[str], float]]) -> str:
+    """A results.json of `alignlib eval`: per benchmark, its problems and pass@1."""
+    metrics = {b: {"num_problems": len(ps), "pass@1": s} for b, (ps, s) in scores.items()}
+    average = sum(s for _, s in scores.values()) / len(scores)
+    metrics["average"] = {
+        "num_problems": sum(len(ps) for ps, _ in scores.values()),
+        "pass@1": average,
+    }
+    records = {b: [{"problem": p} for p in ps] for b, (ps, _) in scores.items()}
+    path = folder / name / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"model": name, "metrics": metrics, "records": records}))
+    return str(path)
+
+
+def test_compare_charts_only_benchmarks_every_file_scored_alike(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import alignlib.eval.report as report
+
+    drawn: dict = {}
+
+    def draw(values: dict, columns: list[str], metric: str, path: Path) -> Path:
+        drawn.update(values, columns=columns)
+        return path
+
+    monkeypatch.setattr(report, "_draw", draw)
+    a = results_file(tmp_path, "a", {"gsm8k": (["p1", "p2"], 0.5), "math500": (["q1"], 1.0)})
+    b = results_file(tmp_path, "b", {"aime24": (["r1"], 0.0), "gsm8k": (["p2", "p1"], 0.25)})
+    assert main(["eval", "--compare", a, b, "--labels", "a,b"]) == 0
+    assert capsys.readouterr().err == (
+        "alignlib: --compare: charting gsm8k (and their average) only; left out math500 (not in "
+        f"{b}); aime24 (not in {a})\n"
+    )
+    # The averages are over gsm8k alone, not a's stored 0.75 over gsm8k and math500.
+    assert drawn == {"a": [0.5, 0.5], "b": [0.25, 0.25], "columns": ["gsm8k", "average"]}
+    c = results_file(tmp_path, "c", {"gsm8k": (["p1"], 1.0)})  # gsm8k with --limit 1
+    assert main(["eval", "--compare", a, c]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        "alignlib: error: --compare: the results files share no benchmark scored on the same "
+        f"problems (gsm8k (different problems: 2 in {a}, 1 in {c}); math500 (not in {c})); "
+        "evaluate the runs on the same benchmarks and --limit"
+    )
+
+
+def test_eval_output_dir_inside_a_file_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys
+) -> None:
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "out"
+    argv = ["eval", "--model", "tiny:llama", "--benchmarks", str(bench), "--output-dir", str(out)]
+    assert main([*argv, "--max-new-tokens", "2"]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"alignlib: error: --output-dir {out} is inside {tmp_path / 'afile'}, which is a file; "
+        "give a folder path"
+    )

@@ -122,3 +122,86 @@ def test_the_missing_vllm_message_points_at_the_readme() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "ENVIRONMENT.md" not in VLLM_MISSING and "README.md" in VLLM_MISSING
     assert '".[vllm]"' in VLLM_MISSING and 'pip install -e ".[vllm]"' in readme
+
+
+def test_a_reward_module_beside_the_config_is_named_with_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    beside = (tmp_path / "configs").resolve()
+    beside.mkdir()
+    (beside / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    (beside / "beside_rewards_t.py").write_text(REWARDS)
+    config = write_config(
+        beside,
+        tmp_path / "near",
+        data={"path": "prompts.jsonl"},  # relative to the config, like the reward module
+        algorithm={"name": "grpo", "params": {}},
+        train={"max_steps": 1},
+        rollout={"n": 2, "max_new_tokens": 4},
+        online={"prompts_per_step": 2, "rewards": [{"name": "beside_rewards_t:length"}]},
+    )
+    monkeypatch.chdir(tmp_path)  # neither the current folder nor on sys.path
+    line = refused(str(config), capsys=capsys)
+    assert line == (
+        f"alignlib: error: {config}: online.rewards[0].name: module 'beside_rewards_t' is not "
+        f"importable here, but {beside / 'beside_rewards_t.py'} is next to the config; put the "
+        f"config's folder on the import path: PYTHONPATH={beside} alignlib train ... (or install "
+        "the module)"
+    )
+    monkeypatch.syspath_prepend(str(beside))  # what PYTHONPATH=<config folder> does
+    trains(str(config))
+
+
+def test_more_prompts_per_step_than_prompts_warns_what_a_step_holds(config, capsys) -> None:
+    data = Path(config).parent / "prompts.jsonl"
+    assert main(["train", config, "online.prompts_per_step=4"]) == 0
+    assert one_line(capsys.readouterr().err, "warning") == (
+        f"alignlib: warning: online.prompts_per_step (4) is more than the 2 prompts in "
+        f"data.path {data}: each step takes those 2 once (steps of 2 prompts, not 4); lower "
+        "online.prompts_per_step to 2 or add prompts"
+    )
+    dynamic = (
+        "online.dynamic_sampling.enabled=true",
+        "online.rewards=[{name: varied_rewards:length}]",
+    )
+    assert main(["train", config, "online.prompts_per_step=4", *dynamic]) == 0
+    line = one_line(capsys.readouterr().err, "warning")
+    assert (
+        "dynamic sampling fills each step with further rounds over the same 2, so a step " in line
+    )
+    assert "can hold a prompt more than once" in line
+    # More mini-batches than prompts: fewer optimizer steps than the schedule is sized for.
+    line = refused(config, "online.prompts_per_step=4", "online.mini_batches=3", capsys=capsys)
+    assert "online.mini_batches (3) is more than the 2 prompts in data.path" in line
+    assert main(["train", config]) == 0  # as many prompts as a step takes: no warning
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_distributed_keys_without_workers_are_named_in_one_warning(config, capsys) -> None:
+    from alignlib.config.loader import load_config
+    from alignlib.trainer.preflight import note_ignored_distributed
+
+    assert main(["train", config, "distributed.use_gpu=true", "distributed.strategy=fsdp2"]) == 0
+    assert one_line(capsys.readouterr().err, "warning") == (
+        "alignlib: warning: distributed.strategy, distributed.use_gpu have no effect: "
+        "distributed.num_workers is 0, so training runs in this process; set "
+        "distributed.num_workers to train on Ray workers, or remove them"
+    )
+    colocate = ["distributed.num_workers=2", "distributed.placement=colocate"]
+    note_ignored_distributed(load_config(config, colocate))
+    line = one_line(capsys.readouterr().err, "warning")
+    assert line.startswith("alignlib: warning: distributed.placement has no effect: it places")
+    assert "(rollout.num_workers is 0); set rollout.num_workers, or remove it" in line
+    note_ignored_distributed(load_config(config, [*colocate, "rollout.num_workers=1"]))
+    note_ignored_distributed(load_config(config, ["distributed.num_workers=2"]))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_distributed_ray_address_does_not_excuse_rollout_gpus_without_workers(
+    config, capsys
+) -> None:
+    # With distributed.num_workers 0 the rollout workers start their own Ray, not that cluster.
+    gpus = ("rollout.num_workers=1", "rollout.worker_num_gpus=1", "rollout.timeout_s=5")
+    line = refused(config, "distributed.ray_address=auto", *gpus, capsys=capsys)
+    assert "rollout.worker_num_gpus: 1 but torch sees no CUDA device here" in line

@@ -10,7 +10,12 @@ from transformers import get_scheduler
 from alignlib.config.schema import OptimConfig
 from alignlib.trainer.build import build_optimizer
 
-HF_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+HF_NAMES = {
+    "cosine": "cosine",
+    "linear": "linear",
+    "constant": "constant_with_warmup",
+    "inverse_sqrt": "inverse_sqrt",
+}
 
 
 def factors(scheduler, optimizer, steps: int) -> list[float]:

@@ -69,6 +69,9 @@ METHODS = {
     "tpo": "tpo",
     "tpo_l": "tpo",
     "bvpo": "bvpo",
+    "simpo": "preference",
+    "cpo": "preference",
+    "orpo": "preference",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     config = validate_sections(merge_sections(raw, given), where, given)
     if path is not None:
         config = _resolve_paths(config, Path(path).parent, where)
+        check_reward_modules(config, Path(path).parent, where)
     check_names(config, where)
     return config
 
@@ -172,6 +174,51 @@ def _local_file(path: str, base: Path, where: str, key: str = "data.path") -> st
     if not Path(path).exists():
         raise ConfigError(f"{where}: {key}: file {path} does not exist")
     return path
+
+
+def check_output_dir(out_dir: Path, name: str = "output_dir:") -> None:
+    """The run folder (or a folder above it) must not be an existing file; ``name`` is how the
+    caller's user set it (`output_dir:` in a config, `--output-dir` on eval's command line)."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is" if folder == out_dir else f"is inside {folder}, which is"
+            raise ConfigError(f"{name} {out_dir} {where} a file; give a folder path")
+
+
+def check_reward_modules(config: RunConfig, base: Path, where: str) -> None:
+    """A ``module:function`` reward whose module cannot be imported but sits beside the config
+    file: say so, with the PYTHONPATH that makes it importable (the folder is never added to
+    sys.path behind the user's back: the same config must work wherever it is run from)."""
+    specs = [(f"online.rewards[{i}].name", r.name) for i, r in enumerate(config.online.rewards)]
+    specs = specs if config.rollout is not None else []
+    if config.inpo is not None:
+        specs.append(("inpo.oracle", config.inpo.oracle))
+    for key, spec in specs:
+        found = _module_beside(spec, base)
+        if found is not None:
+            module = spec.partition(":")[0]
+            raise ConfigError(
+                f"{where}: {key}: module {module!r} is not importable here, but {found} is next "
+                f"to the config; put the config's folder on the import path: PYTHONPATH="
+                f"{base.resolve()} alignlib train ... (or install the module)"
+            )
+
+
+def _module_beside(spec: str, base: Path) -> Path | None:
+    """The file in ``base`` that would provide ``spec``'s module, when that module cannot be
+    imported as things stand (None otherwise, or when ``spec`` is not ``module:function``)."""
+    module, colon, _ = spec.partition(":")
+    if not colon or not module or module == "reward_model":
+        return None
+    parts = module.split(".")
+    try:
+        if importlib.util.find_spec(parts[0]) is not None:  # a top-level name: nothing runs
+            return None
+    except (ImportError, ValueError):  # ValueError: a module in sys.modules with no __spec__
+        return None
+    candidates = (base / f"{parts[0]}.py", base / parts[0] / "__init__.py")
+    candidates += (base.joinpath(*parts).with_suffix(".py"),)
+    return next((p.resolve() for p in candidates if p.is_file()), None)
 
 
 def check_names(config: RunConfig, where: str) -> None:

@@ -109,7 +109,8 @@ class RolloutConfig(Section):
 class RewardSpec(Section):
     name: str
     """A registered reward (`math`, `format`, `length_penalty`) or `package.module:function`
-    (a TRL reward function or a verl compute_score file work unchanged: see `form`); an
+    (a TRL reward function or a verl compute_score file work unchanged: see `form`; a module of
+    your own must be importable, e.g. `PYTHONPATH=<its folder>`, even beside the config); an
     alignlib-form reward is called as fn(completion, **columns) with the row's columns it names
     (all of them when it takes **kwargs), plus num_tokens when it accepts it, and must return a
     finite number (None, NaN or an exception stops the run with one line naming the reward and

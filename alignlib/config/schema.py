@@ -154,8 +154,9 @@ class OptimConfig(Section):
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
-    schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    """Learning-rate schedule after warm-up."""
+    schedule: Literal["cosine", "constant", "linear", "inverse_sqrt"] = "cosine"
+    """Learning-rate schedule after warm-up; `inverse_sqrt` decays as 1/√(step / warm-up
+    steps) with no end point (ORPO's recipe)."""
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     """Fraction of the steps spent warming up linearly from 0."""
     grad_clip: float | None = Field(1.0, gt=0)

@@ -266,6 +266,44 @@ class TPOLWeights(PairwiseAdvantage):
         )
 
 
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 − eˣ) for x < 0, stable at both ends (Mächler 2012)."""
+    return torch.where(
+        x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x))
+    )
+
+
+@ADVANTAGES.register("orpo")
+@dataclass(frozen=True)
+class ORPOWeights(PairwiseAdvantage):
+    """ORPO's odds-ratio term, reference-free: −β·log σ(z), z = log odds(P_w) − log odds(P_l),
+    P = exp(l̄) the length-averaged likelihood (sequence-mean), odds = P/(1 − P).
+
+    dz/dl̄ = 1/(1 − P), so c_w = βσ(−z)/(1 − P_w) and c_l = −βσ(−z)/(1 − P_l). The paper's
+    NLL on the chosen response is a separate ``nll`` term (see the orpo preset).
+    """
+
+    needs: ClassVar[dict[str, str]] = {}
+    beta: float = 0.1
+    """λ in the paper (TRL's ``beta``): weight of the odds-ratio term against the NLL."""
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+
+    def weights(self, pairs: Pairs) -> PairWeights:
+        log_odds = (pairs.policy_w - log1mexp(pairs.policy_w)) - (
+            pairs.policy_l - log1mexp(pairs.policy_l)
+        )
+        weight = self.beta * torch.sigmoid(-log_odds)
+        return PairWeights(
+            weight / -torch.expm1(pairs.policy_w),
+            -weight / -torch.expm1(pairs.policy_l),
+            -self.beta * F.logsigmoid(log_odds),
+            self.beta * pairs.policy_w,
+            self.beta * pairs.policy_l,
+        )
+
+
 @ADVANTAGES.register("inpo")
 @dataclass(frozen=True)
 class INPOWeights(PairwiseAdvantage):

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
+from alignlib.console import notice
 from alignlib.eval.config import EvalConfig
 from alignlib.eval.metrics import avg_at_k, maj_at_k, mean_with_ci, pass_at_k
 from alignlib.rewards import normalize_answer
@@ -164,42 +165,110 @@ def compare_chart(
     labels: Sequence[str] | None = None,
     metric: str = "pass@1",
 ) -> Path:
-    """Grouped bar chart of `metric` per benchmark (and the average), one bar colour per run."""
-    import matplotlib
+    """Grouped bar chart of `metric` per benchmark (and the average), one bar colour per run.
 
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
+    Only the benchmarks every file scored on the same problems are charted, and the average is
+    taken over those: averages over different sets would not compare. A notice line names the
+    benchmarks left out."""
     if not results:
         raise ValueError("--compare: give at least one results.json")
     if labels is not None and len(labels) != len(results):
         raise ValueError(f"--labels: got {len(labels)} labels for {len(results)} results files")
     runs = [_read_results(p) for p in results]
     names = list(labels) if labels else _default_labels(results, runs)
-    benches: list[str] = []
-    for run in runs:
-        benches += [b for b in run["metrics"] if b not in benches and b != AVERAGE]
-    benches += [AVERAGE] if any(AVERAGE in r["metrics"] for r in runs) else []
-    if not any(metric in r["metrics"].get(b, {}) for r in runs for b in benches):
+    benches = shared_benchmarks(results, runs)
+    if not any(metric in r["metrics"][b] for r in runs for b in benches):
         raise ValueError(f"--metric {metric!r} is in none of the results files")
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(benches) * (len(runs) + 1)), 4.5))
-    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
-        values = [run["metrics"].get(b, {}).get(metric) for b in benches]
-        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(benches))]
-        heights = [100 * v if v is not None else 0.0 for v in values]
+    columns = benches + ([AVERAGE] if any(AVERAGE in r["metrics"] for r in runs) else [])
+    values = {
+        name: _chart_values(run, benches, metric) for name, run in zip(names, runs, strict=True)
+    }
+    return _draw(values, columns, metric, Path(output))
+
+
+def shared_benchmarks(paths: Sequence[str | Path], runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The benchmarks that every run scored on the same problems, in order of appearance; one
+    notice line names the others and why they were left out (none left: a ValueError)."""
+    seen: list[str] = []
+    for run in runs:
+        seen += [b for b in run["metrics"] if b not in seen and b != AVERAGE]
+    shared, left_out = [], []
+    for bench in seen:
+        missing = [str(p) for p, r in zip(paths, runs, strict=True) if bench not in r["metrics"]]
+        if missing:
+            left_out.append(f"{bench} (not in {', '.join(missing)})")
+        elif not _same_problems(runs, bench):
+            counts = [
+                f"{r['metrics'][bench].get('num_problems')} in {p}"
+                for p, r in zip(paths, runs, strict=True)
+            ]
+            left_out.append(f"{bench} (different problems: {', '.join(counts)})")
+        else:
+            shared.append(bench)
+    if not shared:
+        raise ValueError(
+            f"--compare: the results files share no benchmark scored on the same problems "
+            f"({'; '.join(left_out)}); evaluate the runs on the same benchmarks and --limit"
+        )
+    if left_out:
+        notice(
+            f"--compare: charting {', '.join(shared)} (and their average) only; left out "
+            f"{'; '.join(left_out)}"
+        )
+    return shared
+
+
+def _same_problems(runs: Sequence[dict[str, Any]], bench: str) -> bool:
+    """Whether every run scored ``bench`` on the same problems (their texts, in any order; their
+    number when a file has no records)."""
+    texts = [_problem_texts(run, bench) for run in runs]
+    if all(t is not None for t in texts):
+        return len(set(texts)) == 1
+    return len({run["metrics"][bench].get("num_problems") for run in runs}) == 1
+
+
+def _problem_texts(run: dict[str, Any], bench: str) -> tuple[str, ...] | None:
+    records = run.get("records")
+    records = records.get(bench) if isinstance(records, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return None
+    return tuple(sorted(str(r.get("problem")) for r in records))
+
+
+def _chart_values(run: dict[str, Any], benches: list[str], metric: str) -> list[float | None]:
+    """``metric`` of each of ``benches``, then their unweighted mean (None where missing)."""
+    values = [run["metrics"][b].get(metric) for b in benches]
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    average = _mean(numbers) if len(numbers) == len(values) else None
+    return [*values, average]
+
+
+def _draw(
+    values: dict[str, list[float | None]], columns: list[str], metric: str, path: Path
+) -> Path:
+    """One bar per run and column (``values[run]`` in ``columns`` order), written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(values)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(columns) * (len(values) + 1)), 4.5))
+    for i, (name, row) in enumerate(values.items()):
+        shown = row[: len(columns)]
+        xs = [j + (i - (len(values) - 1) / 2) * width for j in range(len(columns))]
+        heights = [100 * v if v is not None else 0.0 for v in shown]
         bars = ax.bar(xs, heights, width, label=name)
         texts = [
-            f"{h:.1f}" if v is not None else "n/a" for h, v in zip(heights, values, strict=True)
+            f"{h:.1f}" if v is not None else "n/a" for h, v in zip(heights, shown, strict=True)
         ]
         ax.bar_label(bars, texts, fontsize=7)
-    ax.set_xticks(range(len(benches)), benches, rotation=20)
+    ax.set_xticks(range(len(columns)), columns, rotation=20)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 105)
     ax.legend()
     ax.set_title(f"{metric} per benchmark")
     fig.tight_layout()
-    path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

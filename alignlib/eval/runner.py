@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignlib.config.loader import check_output_dir
 from alignlib.device import resolve_device
 from alignlib.eval.config import EvalConfig, resolved_dtype
 from alignlib.eval.datasets import load_benchmark
@@ -64,9 +65,8 @@ def evaluate(
                 "machine); use --engine transformers"
             )
     out_dir = default_output_dir(config) if loads_model else config.output_dir
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        # Refused before the model loads, not after generation.
-        raise ValueError(f"--output-dir {out_dir} is a file; give a folder")
+    if out_dir is not None:  # refused before the model loads, not after generation
+        check_output_dir(Path(out_dir), "--output-dir")
     label = model_label(config.model) if config.model else "<in-memory model>"
 
     records: dict[str, list[dict[str, Any]]] = {}

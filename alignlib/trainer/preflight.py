@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from alignlib.config.loader import ConfigError
+from alignlib.config.distributed import DistributedConfig
+from alignlib.config.loader import ConfigError, check_output_dir
 from alignlib.config.schema import RunConfig
 from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
@@ -23,7 +24,6 @@ from alignlib.data.fit import check_fit
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
-from alignlib.trainer.run_dir import check_output_dir
 
 OFFLINE_FIELDS = {"logprobs", "mask", "ref_logprobs", "entropy", "roles", "pair_ids", "trace"}
 """Batch fields an offline step fills (prev_logprobs only inside INPO's iterations)."""
@@ -39,6 +39,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "online.rollout_correction corrects rollouts by the engine's log-probs, and this run "
             "samples none (no rollout: section); remove the key, or add rollout: to train online"
         )
+    note_ignored_distributed(config)
     check_machine(config)
     if config.rollout is not None:
         check_online(config, estimator)
@@ -71,10 +72,34 @@ def check_machine(config: RunConfig) -> None:
         )
     if rollout is None or rollout.num_workers == 0 or rollout.worker_num_gpus == 0:
         return
-    if rollout.ray_address is None and dist.ray_address is None:
+    # distributed.ray_address is the rollout workers' cluster only when training runs on Ray.
+    if rollout.ray_address is None and (dist.ray_address is None or dist.num_workers == 0):
         raise ConfigError(
             f"rollout.worker_num_gpus: {rollout.worker_num_gpus:g} but torch sees no CUDA device "
             "here; set it to 0 (or give rollout.ray_address of a cluster with GPUs)"
+        )
+
+
+def note_ignored_distributed(config: RunConfig) -> None:
+    """`distributed` keys that change nothing in this run, named in one warning line: all but
+    num_workers when it is 0, `placement` when there are no Ray rollout workers to place."""
+    dist, default = config.distributed, DistributedConfig()
+    changed = [k for k in type(dist).model_fields if getattr(dist, k) != getattr(default, k)]
+    if dist.num_workers == 0:
+        keys = [f"distributed.{k}" for k in changed]
+        why = "distributed.num_workers is 0, so training runs in this process"
+        fix = "set distributed.num_workers to train on Ray workers"
+    elif "placement" in changed and (config.rollout is None or config.rollout.num_workers == 0):
+        keys = ["distributed.placement"]
+        why = "it places Ray rollout workers, and this run has none (rollout.num_workers is 0)"
+        fix = "set rollout.num_workers"
+    else:
+        return
+    if keys:
+        one = len(keys) == 1
+        warn(
+            f"{', '.join(keys)} {'has' if one else 'have'} no effect: {why}; {fix}, or remove "
+            f"{'it' if one else 'them'}"
         )
 
 
@@ -103,7 +128,7 @@ def check_offline_estimator(config: RunConfig, estimator: UnifiedEstimator) -> N
         raise ConfigError(
             f"train.reference: none leaves algorithm {name} without reference log-probs "
             f"({needs['ref_logprobs']}); set train.reference: precompute (or adapter with "
-            "lora.enabled: true), or use a reference-free method such as tpo or tpo_l"
+            "lora.enabled: true), or use a reference-free method (simpo, orpo, cpo, tpo, tpo_l)"
         )
     if reference == "adapter" and not config.lora.enabled:
         raise ConfigError(

@@ -72,11 +72,40 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
                     f"{online.heldout.data} row {index}: held-out rows need an "
                     f"'{data.answer_field}' (it would be graded against the string 'None')"
                 )
+    check_prompt_count(config, len(rows), source)  # after the errors: a warning, mostly
     rollout = config.rollout
     if rollout.num_workers > 0 and rollout.ray_address is not None:
         from alignlib.rollout.ray_cluster import probe_ray_address
 
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
+
+
+def check_prompt_count(config: RunConfig, count: int, source: str) -> None:
+    """Fewer prompts than `online.prompts_per_step`: the sampler ends its pass over the data at
+    the end of the data, so a step holds each prompt once, ``count`` of them (with dynamic
+    sampling, further rounds pass over them again). Legal, so a warning; but with fewer prompts
+    than mini-batches a step takes fewer optimizer steps than the schedule was sized for."""
+    online = config.online
+    wanted = online.prompts_per_step
+    if count >= wanted:
+        return
+    if online.mini_batches > count and not online.dynamic_sampling.enabled:
+        raise ConfigError(
+            f"online.mini_batches ({online.mini_batches}) is more than the {count} prompts in "
+            f"data.path {source}: each mini-batch holds the rollouts of whole prompts; lower "
+            f"online.mini_batches to {count} or add prompts"
+        )
+    if online.dynamic_sampling.enabled:
+        what = (
+            f"dynamic sampling fills each step with further rounds over the same {count}, so "
+            "a step can hold a prompt more than once"
+        )
+    else:
+        what = f"each step takes those {count} once (steps of {count} prompts, not {wanted})"
+    warn(
+        f"online.prompts_per_step ({wanted}) is more than the {count} prompts in data.path "
+        f"{source}: {what}; lower online.prompts_per_step to {count} or add prompts"
+    )
 
 
 def check_group_size(config: RunConfig, estimator: UnifiedEstimator, router: Router) -> None:

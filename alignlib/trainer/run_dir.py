@@ -22,7 +22,6 @@ import shutil
 import time
 from pathlib import Path
 
-from alignlib.config.loader import ConfigError
 from alignlib.console import notice
 from alignlib.trainer.checkpoint import step_dirs
 
@@ -163,11 +162,3 @@ def prepare_output_dir(out_dir: Path, resume: bool) -> Path | None:
             "a new run; set it to true to continue a run instead)"
         )
     return target
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """The run folder (or a folder above it) must not be an existing file."""
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists() and not folder.is_dir():
-            where = "is" if folder == out_dir else f"is inside {folder}, which is"
-            raise ConfigError(f"output_dir: {out_dir} {where} a file; give a folder path")
