@@ -20,6 +20,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     inpo,
     ipo,
     kl_cov,
+    kto,
     luffy,
     orpo,
     ppo,

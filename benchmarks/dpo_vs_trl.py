@@ -1,7 +1,9 @@
 """Preference training throughput, alignlib vs TRL 1.16, on the same model, data and batch shape.
 
 `--method dpo` (default) against TRL's `DPOTrainer`, `simpo` against `CPOTrainer(loss_type=
-"simpo", cpo_alpha=0)`, `orpo` against `ORPOTrainer` (both in trl.experimental; reference-free).
+"simpo", cpo_alpha=0)`, `orpo` against `ORPOTrainer` (both in trl.experimental; reference-free),
+`kto` against `KTOTrainer` on the pairs unpaired (`--pairs` counts examples there; both sides
+add a no-grad pass over the mismatched KL completions; the plain loop is skipped).
 Both trainers run full fine-tuning with AdamW, with DPO's reference log-probs precomputed once,
 for the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
@@ -41,7 +43,12 @@ BATCH, MICRO, LIMIT, BETA, LR, MAX_LENGTH = 8, 4, 64, 0.1, 1e-5, 160
 DEVICE, PRECISION = "cpu", "fp32"
 PACKING = False  # --packing: alignlib forwards each micro-batch padding-free
 METHOD = "dpo"  # --method
-PARAMS = {"dpo": {"beta": BETA}, "simpo": {"beta": 2.0, "gamma": 1.0}, "orpo": {"beta": 0.1}}
+PARAMS = {
+    "dpo": {"beta": BETA},
+    "simpo": {"beta": 2.0, "gamma": 1.0},
+    "orpo": {"beta": 0.1},
+    "kto": {"beta": 0.1},
+}
 """Each method's hyperparameters, the same on both sides (the presets' defaults)."""
 
 
@@ -63,7 +70,7 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> Run:
             "precision": PRECISION,
         },
         "data": {
-            "path": "builtin:gsm8k_short_pairs",
+            "path": data_name(),
             "limit": LIMIT,
             "shuffle": False,
             "max_prompt_length": MAX_LENGTH - 32,
@@ -98,12 +105,21 @@ def load_model(model_name: str):  # type: ignore[no-untyped-def]
     return load_policy(ModelConfig(name_or_path=model_name, chat_template=False), placement)
 
 
+def data_name() -> str:
+    """The same GSM8K-derived rows on both sides: pairs, or for KTO the pairs unpaired."""
+    return "builtin:gsm8k_short_unpaired" if METHOD == "kto" else "builtin:gsm8k_short_pairs"
+
+
 def trl_classes() -> tuple[type, type]:
     """TRL's config and trainer classes for ``METHOD``."""
     if METHOD == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         return DPOConfig, DPOTrainer
+    if METHOD == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOConfig, KTOTrainer
     if METHOD == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -116,7 +132,7 @@ def trl_classes() -> tuple[type, type]:
 def trl_settings() -> dict[str, object]:
     """The method's hyperparameters under TRL's names."""
     params = PARAMS[METHOD]
-    if METHOD == "dpo":
+    if METHOD in ("dpo", "kto"):
         return {"beta": params["beta"], "precompute_ref_log_probs": True}
     if METHOD == "simpo":
         return {
@@ -135,13 +151,8 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     from alignlib.data import load_rows
 
     model, tokenizer = load_model(model_name)
-    rows = load_rows("builtin:gsm8k_short_pairs", limit=LIMIT)
-    data = Dataset.from_list(
-        [
-            {"prompt": r["prompt"] + "\n", "chosen": r["chosen"], "rejected": r["rejected"]}
-            for r in rows
-        ]
-    )
+    rows = load_rows(data_name(), limit=LIMIT)
+    data = Dataset.from_list([{**r, "prompt": r["prompt"] + "\n"} for r in rows])
     times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -250,29 +261,37 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         common = (args.model, args.steps, Path(tmp))
-        (ours, our_tokens), our_peak = with_peak_memory(DEVICE, alignlib_step_times, *common)
-        (theirs, their_tokens), their_peak = with_peak_memory(DEVICE, trl_step_times, *common)
-        (plain, plain_tokens), plain_peak = with_peak_memory(DEVICE, plain_step_times, *common)
-    if their_tokens != their_tokens:  # NaN: TRL's experimental trainers count no tokens
-        their_tokens = our_tokens
-    a = statistics.median(ours[args.warmup :])
-    t = statistics.median(theirs[args.warmup :])
-    f = statistics.median(plain[args.warmup :])
-    # training tokens/s: the mean tokens of a step over the median step time
+        runs = {
+            "alignlib": with_peak_memory(DEVICE, alignlib_step_times, *common),
+            "TRL 1.16": with_peak_memory(DEVICE, trl_step_times, *common),
+        }
+        if METHOD != "kto":  # the plain loop is a pair step
+            runs["plain"] = with_peak_memory(DEVICE, plain_step_times, *common)
     print(
-        f"{METHOD}: model {args.model}, {BATCH} pairs/step in micro-batches of {MICRO}, "
-        f"{args.steps} steps, {DEVICE} {PRECISION}"
+        f"{METHOD}: model {args.model}, {BATCH} {'examples' if METHOD == 'kto' else 'pairs'}/step "
+        f"in micro-batches of {MICRO}, {args.steps} steps, {DEVICE} {PRECISION}"
     )
-    print(f"alignlib  {a:.3f} s/step, {our_tokens / a:.0f} tokens/s{peak_text(our_peak)}")
-    print(f"TRL 1.16  {t:.3f} s/step, {their_tokens / t:.0f} tokens/s{peak_text(their_peak)}")
-    print(
-        f"plain     {f:.3f} s/step, {plain_tokens / f:.0f} tokens/s{peak_text(plain_peak)}  "
-        "(hand-written PyTorch step: the compute floor)"
-    )
-    counts = f"alignlib {our_tokens:.0f}, TRL {their_tokens:.0f}, plain {plain_tokens:.0f}"
-    print(f"training tokens per step: {counts}")
+    report(runs, args.warmup)
+
+
+def report(runs: dict[str, tuple[Run, float | None]], warmup: int) -> None:
+    """Median step time, training tokens/s and peak memory of each run, then the ratios."""
+    ours_tokens = runs["alignlib"][0][1]
+    medians = {}
+    for name, ((times, tokens), peak) in runs.items():
+        if tokens != tokens:  # NaN: TRL's experimental trainers count no tokens (same rows)
+            tokens = ours_tokens
+        medians[name] = statistics.median(times[warmup:])
+        floor = "  (hand-written PyTorch step: the compute floor)" if name == "plain" else ""
+        rate = tokens / medians[name]
+        print(f"{name:<9} {medians[name]:.3f} s/step, {rate:.0f} tokens/s{peak_text(peak)}{floor}")
+    a, t = medians["alignlib"], medians["TRL 1.16"]
     print(f"speed ratio (TRL time / alignlib time): {t / a:.2f}x")
-    print(f"alignlib / TRL {a / t:.2f}, alignlib / plain {a / f:.2f}, TRL / plain {t / f:.2f}")
+    line = f"alignlib / TRL {a / t:.2f}"
+    if "plain" in medians:
+        f = medians["plain"]
+        line += f", alignlib / plain {a / f:.2f}, TRL / plain {t / f:.2f}"
+    print(line)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Independent float64 closed forms of the reference-free preference losses SimPO, CPO and ORPO,
-written from the papers' formulas with plain autograd, for test_gradient_identity.py."""
+"""Independent float64 closed forms of SimPO, CPO, ORPO (reference-free, paired) and KTO
+(unpaired), written from the papers' formulas with plain autograd, for
+test_gradient_identity.py."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from batches import leaf, pair_batch
+from batches import leaf, logprob_like, pair_batch, ragged_mask
 from torch import Tensor
 
 from alignlib.estimator import Batch, Role
@@ -50,3 +52,39 @@ def likely_pairs(seed: int = 0) -> Batch:
     from the probabilities themselves (1/(1 − P) far from 1)."""
     b = pair_batch(seed=seed)
     return b.replace(logprobs=leaf(b.logprobs.detach() * 0.03))
+
+
+def kto_batch(seed: int = 0, examples: int = 7, width: int = 9, kl_shift: float = 0.4) -> Batch:
+    """KTO rows: ``examples`` completions labelled desirable (CHOSEN) or not (REJECTED), then
+    one KL row per example; the KL rows' log-probs sit ``kl_shift`` above the reference's on
+    average per token (> 0: z₀ > 0; < 0: z₀ clamped to 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = 2 * examples
+    ref = logprob_like(rows, width, gen) * 2
+    policy = ref + 0.5 * torch.randn(rows, width, generator=gen, dtype=torch.float64)
+    policy[examples:] += kl_shift
+    labels = torch.randint(0, 2, (examples,), generator=gen).bool()
+    labels[:2] = torch.tensor([True, False])  # both kinds always present
+    main = torch.where(labels, int(Role.CHOSEN), int(Role.REJECTED))
+    return Batch(
+        logprobs=leaf(policy),
+        mask=ragged_mask(rows, width, gen),
+        ref_logprobs=ref,
+        roles=torch.cat([main, torch.full((examples,), int(Role.KL))]),
+        pair_ids=torch.arange(examples).repeat(2),
+    )
+
+
+def closed_kto(b: Batch, beta: float = 0.1, w_d: float = 1.0, w_u: float = 1.0) -> Tensor:
+    """Mean over the examples of λ_D(1 − σ(β(r − z₀))) or λ_U(1 − σ(β(z₀ − r))); z₀ from the
+    KL rows, no gradient, at least 0."""
+    r = ((b.logprobs - b.ref_logprobs) * b.mask).sum(-1)
+    z0 = torch.clamp(r[_rows(b, Role.KL)].mean(), min=0).detach()
+    good, bad = r[_rows(b, Role.CHOSEN)], r[_rows(b, Role.REJECTED)]
+    losses = torch.cat(
+        [
+            w_d * (1 - torch.sigmoid(beta * (good - z0))),
+            w_u * (1 - torch.sigmoid(beta * (z0 - bad))),
+        ]
+    )
+    return losses.mean()

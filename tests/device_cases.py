@@ -1,7 +1,7 @@
-"""One training step of each kind (offline DPO / SFT with their reference passes, online GRPO /
-HPT / Clip-Cov / GRPO+KL with their old-log-prob passes) on a chosen device, returning the loss
-metrics and the parameter gradients — shared by the CPU device-audit tests and the GPU parity
-tests, so the GPU tests run code the CPU suite already exercises."""
+"""One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes,
+online GRPO / HPT / Clip-Cov / GRPO+KL with their old-log-prob passes) on a chosen device,
+returning the loss metrics and the parameter gradients — shared by the CPU device-audit tests and
+the GPU parity tests, so the GPU tests run code the CPU suite already exercises."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
     for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
 ]
-OFFLINE = {"dpo": "preference", "sft": "sft", "tpo": "tpo"}
+OFFLINE = {"dpo": "preference", "sft": "sft", "tpo": "tpo", "kto": "kto"}
 ONLINE = {
     "grpo": {},
     "hpt": {},
@@ -49,6 +49,12 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
     elif case == "tpo":
         rows = [{**p, "reference": f"It is {p['chosen']}"} for p in PAIRS]
+    elif case == "kto":  # unpaired: the KL rows take a no-grad pass, no gradient pass
+        rows = [
+            {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+            for p in PAIRS
+            for key in ("chosen", "rejected")
+        ]
     elif not offline:
         rows = [
             {"prompt": p["prompt"], "answer": p["chosen"], "solution": f"It is {p['chosen']}"}

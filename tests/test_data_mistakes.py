@@ -25,6 +25,11 @@ PAIRS = [
 ]
 SFT = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
 TPO = [{**p, "reference": f"It is {p['chosen']}."} for p in PAIRS]
+KTO = [
+    {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+    for p in PAIRS
+    for key in ("chosen", "rejected")
+]
 MESSAGES = [
     {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": "5"}]}
     for p in PAIRS
@@ -66,6 +71,10 @@ WRONG_FORMAT = [
     pytest.param(SFT, {}, "algorithm dpo needs preference rows {{prompt, chosen, rejected}}; {path} has sft rows {{prompt, completion}}", id="dpo-on-sft-rows"),  # noqa: E501
     pytest.param(MESSAGES, {"algorithm": {"name": "ipo"}}, "algorithm ipo needs preference rows {{prompt, chosen, rejected}}; {path} has sft rows {{messages}}", id="ipo-on-messages"),  # noqa: E501
     pytest.param(PAIRS, {"algorithm": {"name": "tpo"}, "train": {"reference": "none"}}, "algorithm tpo needs tpo rows {{prompt, reference, chosen, rejected}}; {path} has preference rows {{prompt, chosen, rejected}}, without 'reference'", id="tpo-without-reference"),  # noqa: E501
+    pytest.param(PAIRS, {"algorithm": {"name": "kto"}}, "algorithm kto needs kto rows {{prompt, completion, label}}; {path} has preference rows {{prompt, chosen, rejected}}, without 'completion', 'label' (its 'kto' term would select no row and train nothing); unpair the data: each pair gives {{prompt, completion: chosen, label: true}}", id="kto-on-pairs"),  # noqa: E501
+    pytest.param(KTO, {}, "algorithm dpo compares the two completions of a pair; {path} has kto rows {{prompt, completion, label}}, each completion alone (unpaired); use algorithm kto", id="dpo-on-unpaired-rows"),  # noqa: E501
+    pytest.param(KTO, {"algorithm": {"name": "sft"}}, "algorithm sft: data {path} has kto rows {{prompt, completion, label}}; SFT trains on {{prompt, completion}} rows", id="sft-on-unpaired-rows"),  # noqa: E501
+    pytest.param([{**KTO[0], "label": "true"}, *KTO[1:]], {"algorithm": {"name": "kto"}}, "{path} row 1: field 'label' must be true or false (a JSON boolean)", id="kto-label-string"),  # noqa: E501
 ]
 # fmt: on
 
@@ -92,6 +101,7 @@ def test_an_algorithm_given_the_wrong_format_is_refused_before_the_model_loads(
         ("rpo", PAIRS, "preference"),
         ("tpo", TPO, "tpo"),
         ("tpo_l", TPO, "tpo"),
+        ("kto", KTO, "kto"),
         ("simpo", PAIRS, "preference"),
         ("cpo", PAIRS, "preference"),
         ("orpo", PAIRS, "preference"),

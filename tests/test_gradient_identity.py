@@ -20,7 +20,14 @@ from closed_forms_frontier import (
     closed_gspo,
     closed_sapo,
 )
-from closed_forms_pairs import closed_cpo, closed_orpo, closed_simpo, likely_pairs
+from closed_forms_pairs import (
+    closed_cpo,
+    closed_kto,
+    closed_orpo,
+    closed_simpo,
+    kto_batch,
+    likely_pairs,
+)
 from torch import Tensor
 
 from alignlib import algorithms
@@ -231,6 +238,12 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "cpo": (pair_batch, closed_cpo, {}),
     "orpo": (pair_batch, closed_orpo, {}),
     "orpo_likely": (likely_pairs, lambda b: closed_orpo(b, lam=0.3), {"beta": 0.3}),
+    "kto": (kto_batch, closed_kto, {}),
+    "kto_clamped": (
+        lambda seed=0: kto_batch(seed, kl_shift=-0.6),
+        lambda b: closed_kto(b, beta=0.5, w_d=1.3, w_u=0.8),
+        {"beta": 0.5, "desirable_weight": 1.3, "undesirable_weight": 0.8},
+    ),
     "inpo": (pair_batch, closed_inpo, {}),
     "bvpo": (pair_batch, closed_bvpo, {}),
     "ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_ppo, {}),
@@ -261,6 +274,7 @@ VARIANTS = {
     "gspo_sequence": "gspo",
     "simpo_nll": "simpo",
     "orpo_likely": "orpo",
+    "kto_clamped": "kto",
 }
 
 

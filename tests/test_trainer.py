@@ -34,7 +34,13 @@ def datasets(tmp: Path) -> dict[str, Path]:
     sft = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PAIRS]
     tpo = [{**p, "reference": f"Adding gives {p['chosen']}"} for p in PAIRS]
     bvpo = [{**p, "trace": i % 2 == 0} for i, p in enumerate(PAIRS)]
+    kto = [
+        {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+        for p in PAIRS
+        for key in ("chosen", "rejected")
+    ]
     return {
+        "kto": write_jsonl(tmp / "kto.jsonl", kto),
         "sft": write_jsonl(tmp / "sft.jsonl", sft),
         "preference": write_jsonl(tmp / "pairs.jsonl", PAIRS),
         "tpo": write_jsonl(tmp / "tpo.jsonl", tpo),
@@ -72,6 +78,7 @@ METHODS = {
     "simpo": "preference",
     "cpo": "preference",
     "orpo": "preference",
+    "kto": "kto",
 }
 
 

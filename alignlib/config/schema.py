@@ -77,18 +77,20 @@ class LoRAConfig(Section):
     """Also save the base model with the adapter merged in (loads without peft, e.g. in vLLM)."""
 
 
-DataFormat = Literal["auto", "sft", "preference", "tpo", "bvpo", "prompts"]
+DataFormat = Literal["auto", "sft", "preference", "tpo", "bvpo", "kto", "prompts"]
 
 
 class DataConfig(Section):
     path: str = "builtin:gsm8k_pairs"
     """Training data: a .jsonl/.json/.parquet file (relative to the config file), `builtin:NAME`
     for a data set alignlib builds offline (`builtin:gsm8k_pairs`, `builtin:gsm8k_short_pairs`,
-    `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`, `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`,
-    `builtin:arithmetic_prompts`), or a hub data set name."""
+    `builtin:gsm8k_short_unpaired`, `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`,
+    `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`, `builtin:arithmetic_prompts`), or a hub data
+    set name."""
     format: DataFormat = "auto"
     """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected};
     tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;
+    kto {prompt, completion, label} (label true: desirable, false: undesirable);
     prompts {prompt, answer} (online methods). `auto` infers it from the first row's fields."""
     split: str = "train"
     """Split to read from a hub data set."""

@@ -21,7 +21,10 @@ SEQUENCE_FIELDS: dict[str, list[tuple[str, Role]]] = {
     "preference": [("chosen", Role.CHOSEN), ("rejected", Role.REJECTED)],
     "bvpo": [("chosen", Role.CHOSEN), ("rejected", Role.REJECTED)],
     "tpo": [("chosen", Role.CHOSEN), ("rejected", Role.REJECTED), ("reference", Role.DEMO)],
+    "kto": [("completion", Role.CHOSEN), ("kl_completion", Role.KL)],
 }
+"""Each format's trained sequences and their roles. A kto row's completion is CHOSEN when its
+label is true (desirable) and REJECTED when false; its KL row is another row's completion."""
 
 
 @dataclass
@@ -170,6 +173,8 @@ def encode_example(
     if fmt not in SEQUENCE_FIELDS:
         raise DataError(f"format {fmt!r} has no completions to train on offline")
     fields = SEQUENCE_FIELDS[fmt]
+    if fmt == "kto" and not row["label"]:
+        fields = [("completion", Role.REJECTED), *fields[1:]]
     values = [row[field] for field, _ in fields]
     if chat and getattr(tokenizer, "chat_template", None):
         prompt, completions = _chat_sequences(tokenizer, row["prompt"], values)

@@ -18,17 +18,20 @@ from alignlib.data.errors import DataError
 from alignlib.data.formats import FORMAT_FIELDS
 from alignlib.estimator import Role
 from alignlib.estimator.advantages import ConstantAdvantage
+from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.preferences import PairwiseAdvantage
 from alignlib.estimator.regularizers import NLL
 
 PAIR = frozenset({Role.CHOSEN, Role.REJECTED})
-WANTED_FORMATS = ("sft", "preference", "tpo")
+WANTED_FORMATS = ("sft", "preference", "tpo", "kto")
 """Smallest first: the format named as needed is the first that gives every role needed."""
 
 
 def roles_of(fmt: str) -> frozenset[Role]:
-    """The roles of the sequences a row of format ``fmt`` gives."""
-    return frozenset(role for _, role in SEQUENCE_FIELDS.get(fmt, []))
+    """The roles of the sequences a row of format ``fmt`` gives (a kto completion is chosen or
+    rejected by its label)."""
+    roles = frozenset(role for _, role in SEQUENCE_FIELDS.get(fmt, []))
+    return roles | {Role.REJECTED} if fmt == "kto" else roles
 
 
 def described(fmt: str, row: dict[str, Any]) -> str:
@@ -42,8 +45,11 @@ def _selected(term: Any, given: frozenset[Role]) -> frozenset[Role]:
     chosen + rejected for a pairwise weight, which needs both whatever rows it selects."""
     rows = getattr(term, "rows", None)
     roles = given if rows is None or rows.roles is None else frozenset(rows.roles)
-    if isinstance(getattr(term, "advantage", None), PairwiseAdvantage):
+    advantage = getattr(term, "advantage", None)
+    if isinstance(advantage, PairwiseAdvantage):
         roles |= PAIR
+    if isinstance(advantage, KTOWeights):
+        roles |= {Role.KL}  # its reference point is estimated on mismatched pairs
     return roles
 
 
@@ -68,6 +74,12 @@ def check_fit(
     given = roles_of(fmt)
     has = described(fmt, row)
     for term in terms:
+        if fmt == "kto" and isinstance(getattr(term, "advantage", None), PairwiseAdvantage):
+            raise DataError(
+                f"algorithm {algorithm} compares the two completions of a pair; {source} has "
+                f"{has}, each completion alone (unpaired); use algorithm kto, or give rows "
+                "{prompt, chosen, rejected}"
+            )
         missing = _selected(term, given) - given
         if missing:
             name = getattr(term, "name", type(term).__name__)
@@ -78,6 +90,9 @@ def check_fit(
                 "give rows with chosen and rejected completions, or use algorithm sft for "
                 "these rows"
                 if missing & PAIR
+                else "unpair the data: each pair gives {prompt, completion: chosen, label: true} "
+                "and {prompt, completion: rejected, label: false}"
+                if Role.KL in missing
                 else f"add {' and '.join(repr(f) for f in absent)} to every row"
             )
             raise DataError(

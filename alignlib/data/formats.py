@@ -16,6 +16,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "tpo": ("prompt", "reference", "chosen", "rejected"),
     "bvpo": ("prompt", "chosen", "rejected", "trace"),
     "prompts": ("prompt", "answer"),
+    "kto": ("prompt", "completion", "label"),
 }
 
 
@@ -25,7 +26,7 @@ def infer_format(row: dict[str, Any], source: str | None = None) -> str:
     keys = set(row)
     if "messages" in keys:
         return "sft"
-    for name in ("tpo", "bvpo", "preference", "sft", "prompts"):
+    for name in ("tpo", "bvpo", "preference", "kto", "sft", "prompts"):
         if set(FORMAT_FIELDS[name]) <= keys:
             return name
     raise DataError(
@@ -42,7 +43,7 @@ def _rename_hint(keys: set[str]) -> str:
     """ " (rename 'question' to 'prompt' for format preference?)" when renaming the one field no
     format knows gives a format; "" otherwise."""
     unknown = sorted(keys - {f for fields in FORMAT_FIELDS.values() for f in fields})
-    for name in ("tpo", "bvpo", "preference", "sft", "prompts"):
+    for name in ("tpo", "bvpo", "preference", "kto", "sft", "prompts"):
         missing = [f for f in FORMAT_FIELDS[name] if f not in keys]
         if len(missing) == 1 and len(unknown) == 1:
             return f" (rename '{unknown[0]}' to '{missing[0]}' for format {name}?)"
@@ -98,9 +99,9 @@ def check_value_types(row: dict[str, Any], where: str, fields: tuple[str, ...]) 
                 )
             if isinstance(value, list):
                 check_roles(value, where, field)
-        if field == "trace" and not isinstance(value, bool):
+        if field in ("trace", "label") and not isinstance(value, bool):
             raise DataError(
-                f"{where}: field 'trace' must be true or false (a JSON boolean), got "
+                f"{where}: field '{field}' must be true or false (a JSON boolean), got "
                 f'{type(value).__name__} {value!r:.40}; a string such as "false" would read as '
                 "True"
             )
@@ -138,6 +139,26 @@ def check_messages(messages: Any, where: str) -> None:
             f"{where}: field 'messages' must end with an assistant message after at least one "
             "user message (the last message is the completion trained on)"
         )
+
+
+def with_kl_completions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO rows with ``kl_completion``: each prompt paired with the completion of the nearest
+    earlier row that has another prompt (the first rows wrap around to the last), the
+    mismatched pairs KTO's reference point is estimated on. TRL rotates completions by one
+    within each chunk of ``per_device_train_batch_size`` rows, which pairs a prompt with its
+    own other completion when the unpaired rows of a preference pair sit side by side."""
+    out = []
+    for i, row in enumerate(rows):
+        back = next(
+            (k for k in range(1, min(len(rows), 65)) if rows[i - k]["prompt"] != row["prompt"]), 1
+        )
+        out.append({**row, "kl_completion": rows[i - back]["completion"]})
+    return out
+
+
+def with_derived_fields(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
+    """The rows with the fields their format derives from other rows (kto's KL completions)."""
+    return with_kl_completions(rows) if fmt == "kto" else rows
 
 
 def identical_pairs(rows: list[dict[str, Any]], fmt: str) -> list[int]:

@@ -28,6 +28,7 @@ from alignlib.estimator.aggregation import (
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.core import EstimatorInputError, EstimatorOutput, UnifiedEstimator
 from alignlib.estimator.cov_masks import ClipCov, KLCov, token_covariance
+from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.masks import (
     MASKS,
     CompletionMask,
@@ -112,6 +113,7 @@ __all__ = [
     "IPOWeights",
     "KLCov",
     "KLPenalty",
+    "KTOWeights",
     "LeaveOneOut",
     "Likelihood",
     "Mask",

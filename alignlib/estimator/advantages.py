@@ -36,6 +36,12 @@ class Advantage(ABC):
     per_call: ClassVar[bool] = False
     """True when Â depends on the live log-probs (preference weights): computed in every call,
     so all rows of a pair must be in the same micro-batch. False: computed once per mini-batch."""
+    reads_logprobs: ClassVar[bool] = False
+    """Computed once per mini-batch from ``batch.logprobs`` (KTO's weights and its z₀): the
+    trainer fills them with the present policy's log-probs of every row, by a no-grad pass."""
+    summed_metrics: ClassVar[bool] = False
+    """``row_metrics`` are each row's share of the statistic, summed as given; False: per-pair
+    values on the chosen rows, averaged over pairs."""
 
     @abstractmethod
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:

@@ -21,6 +21,9 @@ class Role(IntEnum):
     """The dispreferred completion of a preference pair."""
     DEMO = 3
     """A demonstration: TPO's gold response, HPT's SFT row, LUFFY's off-policy trace."""
+    KL = 4
+    """A mismatched (prompt, completion) pair: KTO estimates KL(π‖π_ref) on these rows; no term
+    trains on them."""
 
 
 class BatchError(ValueError):

@@ -129,6 +129,27 @@ class UnifiedEstimator:
                 needs.setdefault(key, why)
         return needs
 
+    def reads_present_logprobs(self) -> bool:
+        """True when ``prepare`` reads ``batch.logprobs`` (Clip-Cov / KL-Cov token selection,
+        KTO's weights): a trainer fills them with the present policy's, by a no-grad pass."""
+        for term in self.terms:
+            if isinstance(term, PolicyGradientTerm) and (
+                term.advantage.reads_logprobs
+                or any(type(m).prepare is not Mask.prepare for m in term.masks)
+            ):
+                return True
+        return False
+
+    def trained_roles(self) -> frozenset[Role] | None:
+        """The roles some term trains on; None when a term takes every row."""
+        roles: set[Role] = set()
+        for term in self.terms:
+            selector = getattr(term, "rows", ALL_ROWS)
+            if selector.roles is None:
+                return None
+            roles |= selector.roles
+        return frozenset(roles)
+
     def check(self, batch: Batch) -> None:
         """Raise one clear error per missing batch field."""
         for key, why in self.requirements().items():

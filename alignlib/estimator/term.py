@@ -145,9 +145,10 @@ class PolicyGradientTerm(Term):
             type(m).prepare is not Mask.prepare for m in self.masks
         )
         if needs_adv:
-            adv = self.advantages(batch, rows).values.detach()
+            result = self.advantages(batch, rows)
+            adv = result.values.detach()
             if not self.advantage.per_call:
-                prepared["adv"] = adv
+                prepared |= _stored(result)
             unit_adv = self.per_unit(adv)
             for i, mask in enumerate(self.masks):
                 for key, value in mask.prepare(batch, units, unit_adv).items():
@@ -162,10 +163,7 @@ class PolicyGradientTerm(Term):
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
         rows = self.rows.select(batch)
         units = self.units(batch, rows)
-        if self.advantage.per_call:
-            result = self.advantages(batch, rows)
-        else:
-            result = AdvantageResult(prepared["adv"])
+        result = self.advantages(batch, rows) if self.advantage.per_call else _restored(prepared)
         adv = self.per_unit(result.values.to(units.logp.dtype))
         score = self.reference.score(units)
         terms = UnitTerms(weight=units.mask, value=(-adv * score).detach() * units.mask)
@@ -186,9 +184,25 @@ class PolicyGradientTerm(Term):
         w_unit = prepared["w_unit"].unsqueeze(-1)
         for key, indicator in terms.indicators.items():
             metrics[key] = (w_unit * indicator * units.mask).sum().detach()
+        stat_weights = 1.0 if self.advantage.summed_metrics else prepared["w_pair"]
         for key, stat in result.row_metrics.items():
-            metrics[key] = (prepared["w_pair"] * stat).sum().detach()
+            metrics[key] = (stat_weights * stat).sum().detach()
         return TermOutput(surrogate, value.detach(), metrics)
+
+
+def _stored(result: AdvantageResult) -> dict[str, Tensor]:
+    """A once-per-mini-batch advantage as ``prepared`` entries (sliced with each micro-batch)."""
+    stored = {"adv": result.values.detach()}
+    if result.row_loss is not None:
+        stored["adv.row_loss"] = result.row_loss.detach()
+    return stored | {f"adv.stat.{k}": v.detach() for k, v in result.row_metrics.items()}
+
+
+def _restored(prepared: dict[str, Tensor]) -> AdvantageResult:
+    stats = {
+        k.removeprefix("adv.stat."): v for k, v in prepared.items() if k.startswith("adv.stat.")
+    }
+    return AdvantageResult(prepared["adv"], prepared.get("adv.row_loss"), stats)
 
 
 def masked_weights(batch: Batch, rows: Rows, aggregation: Aggregation) -> tuple[Tensor, Tensor]:

@@ -3,6 +3,7 @@ cached once, and its mini-batches for the loop (SFT, the DPO family, TPO, BVPO, 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,9 @@ from alignlib.config.schema import DataConfig, RunConfig
 from alignlib.console import warn
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
 from alignlib.data.collate import Collated
-from alignlib.data.formats import check_rows
+from alignlib.data.formats import check_rows, with_derived_fields
 from alignlib.device import HOST
-from alignlib.estimator import Batch
+from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.model import adapter_context
 from alignlib.trainer.packing import MicroBatching
@@ -40,6 +41,7 @@ def load_examples(
         raise ValueError(f"data.path {config.path} has no rows")
     fmt = infer_format(rows[0], config.path) if config.format == "auto" else config.format
     check_rows(rows, fmt, config.path)
+    rows = with_derived_fields(rows, fmt)
     examples = [
         encode_example(
             tokenizer,
@@ -166,11 +168,13 @@ def offline_minibatch(
     ref_cache: LogprobCache | None = None,
     prev_cache: LogprobCache | None = None,
     live_reference: Context | None = None,
+    trained_roles: frozenset[Role] | None = None,
 ) -> MiniBatch:
     """The rows of ``examples`` (every sequence of each) as one optimizer mini-batch; micro
     batches hold whole examples, so a pair's chosen and rejected rows meet in one forward:
     ``micro_batch_size`` examples each, or as many as a :class:`MicroBatching`'s token budget
-    holds."""
+    holds. Rows of a role no term trains on (KTO's KL rows; ``trained_roles``) stay in the
+    mini-batch's fields but in no micro-batch: no gradient pass runs over them."""
     col = collate(examples, pad_id)
     rows, width = col.input_ids.shape
     fields = Batch(
@@ -183,16 +187,32 @@ def offline_minibatch(
         pair_ids=col.pair_ids,
         trace=col.trace,
     )
-    # Each example's rows, in row order (collate writes them example by example).
-    units = [col.example_of_row.eq(i).nonzero().flatten() for i in range(len(examples))]
+    trained = torch.ones(rows, dtype=torch.bool, device=HOST)
+    if trained_roles is not None:
+        wanted = torch.tensor([int(r) for r in trained_roles], device=HOST)
+        trained = torch.isin(col.roles, wanted)
+    # Each example's trained rows, in row order (collate writes them example by example).
+    units = [(col.example_of_row.eq(i) & trained).nonzero().flatten() for i in range(len(examples))]
     micro = MicroBatching.of(micro_batch_size).split(units, col.attention_mask.sum(-1))
     return MiniBatch(
         host_rows(col),
         fields,
         micro,
         live_reference=live_reference,
-        metrics={"tokens": float(col.num_tokens)},
+        metrics={"tokens": float(col.attention_mask[trained].sum())},
     )
+
+
+def with_present_logprobs(kernel: LogprobKernel, batch: MiniBatch, rows_per_pass: int) -> MiniBatch:
+    """The mini-batch with the present policy's log-probs of every row (a no-grad pass), for an
+    estimator whose ``prepare`` reads them; an adapter-off reference is computed for every row
+    here too, since ``prepare`` reads it before any micro-batch would fill it."""
+    present, _ = kernel.all_rows(batch.rows, rows_per_pass)
+    fields = batch.fields.replace(logprobs=present)
+    if batch.live_reference is not None and fields.ref_logprobs is not None:
+        reference, _ = kernel.all_rows(batch.rows, rows_per_pass, context=batch.live_reference)
+        fields = fields.replace(ref_logprobs=reference)
+    return dataclasses.replace(batch, fields=fields, live_reference=None)
 
 
 def _reference(
@@ -257,16 +277,20 @@ class OfflineSource:
     def batches(self, step: int) -> Iterator[MiniBatch]:
         examples = [self.examples[i] for i in self.position.next_batch()]
         state, train = self.state, self.config.train
-        needs = state.estimator.requirements()
-        yield offline_minibatch(
+        estimator = state.estimator
+        batch = offline_minibatch(
             examples,
             state.pad_id,
-            needs,
+            estimator.requirements(),
             self.kernel.batching(train.micro_batch_size),
             self.ref_cache,
             self.prev_cache,
             self.live_reference,
+            estimator.trained_roles(),
         )
+        if estimator.reads_present_logprobs():  # KTO's weights: from the policy as it is now
+            batch = with_present_logprobs(self.kernel, batch, train.micro_batch_size * 2)
+        yield batch
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from alignlib.device import HOST
-from alignlib.estimator import Batch, Mask, Role, UnifiedEstimator, kept_log_mass
+from alignlib.estimator import Batch, Role, UnifiedEstimator, kept_log_mass
 from alignlib.estimator.aggregation import PairMean
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.packing import MicroBatching
@@ -119,11 +119,7 @@ def online_presets() -> list[str]:
 def needs_live_logprobs(estimator: UnifiedEstimator) -> bool:
     """True when a mask selects tokens in ``prepare`` from the current log-probs (Clip-Cov,
     KL-Cov): later mini-batches then need a fresh no-grad pass before they are prepared."""
-    return any(
-        type(mask).prepare is not Mask.prepare
-        for term in estimator.terms
-        for mask in getattr(term, "masks", ())
-    )
+    return estimator.reads_present_logprobs()
 
 
 def policy_logprobs(

@@ -1,0 +1,96 @@
+"""KTO in the offline trainer: the KL rows' mismatched pairs, their no-grad pass (no gradient
+pass runs over them), the adapter-off reference computed for the whole mini-batch before
+``prepare`` reads it, and micro-batch invariance end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alignlib.config import load_config
+from alignlib.data.formats import with_kl_completions
+from alignlib.trainer.loop import Trainer
+from alignlib.trainer.step import LogprobKernel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROWS = [
+    {
+        "prompt": f"What is {a} + {b}?",
+        "completion": f"{a} + {b} = \\boxed{{{a + b + wrong}}}",
+        "label": not wrong,
+    }
+    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
+    for wrong in (0, 1)
+]
+
+
+def run(tmp: Path, name: str, **sections: dict[str, Any]) -> list[dict[str, float]]:
+    data = tmp / "kto.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg: dict[str, Any] = {
+        "output_dir": str(tmp / name),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data), "shuffle": False},
+        "algorithm": {"name": "kto", "params": {"beta": 0.5}},
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant"},
+        "train": {"batch_size": 8, "micro_batch_size": 8, "max_steps": 3},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+    }
+    for key, values in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **values}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return Trainer(load_config(path)).train().history
+
+
+def test_each_prompt_gets_another_prompts_completion() -> None:
+    rows = with_kl_completions(ROWS)
+    for row in rows:
+        assert row["kl_completion"] != row["completion"]
+        owner = next(r for r in ROWS if r["completion"] == row["kl_completion"])
+        assert owner["prompt"] != row["prompt"]
+    assert with_kl_completions(ROWS[:1])[0]["kl_completion"] == ROWS[0]["completion"]
+
+
+def test_kl_rows_get_a_no_grad_pass_and_no_gradient_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[bool, int]] = []
+    original = LogprobKernel.__call__
+
+    def spy(self, rows, indices, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((kwargs.get("grad", True), len(indices)))
+        return original(self, rows, indices, **kwargs)
+
+    monkeypatch.setattr(LogprobKernel, "__call__", spy)
+    history = run(tmp_path, "spy", train={"max_steps": 1})
+    grad_rows = sum(n for grad, n in seen if grad)
+    assert grad_rows == len(ROWS)  # the 8 labelled completions, not their 8 KL rows
+    assert history[0]["tokens"] > 0 and 0 < history[0]["kto/loss"] < 1
+
+
+def test_adapter_reference_equals_the_cached_one(tmp_path: Path) -> None:
+    """`train.reference: adapter` fills the reference per micro-batch for other methods; KTO's
+    prepare reads it for the whole mini-batch first (zeros there would shift every reward)."""
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+    cached = run(tmp_path, "cached", lora=lora, train={"reference": "precompute"})
+    live = run(tmp_path, "live", lora=lora, train={"reference": "adapter"})
+    for want, got in zip(cached, live, strict=True):
+        for key in ("loss", "kto/kl", "kto/margin", "kto/chosen_reward", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    assert cached[-1]["kto/margin"] != 0
+
+
+def test_micro_batches_do_not_change_the_run(tmp_path: Path) -> None:
+    whole = run(tmp_path, "whole")
+    split = run(tmp_path, "split", train={"micro_batch_size": 1})
+    for want, got in zip(whole, split, strict=True):
+        for key in ("loss", "kto/kl", "kto/margin", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    assert whole[-1]["loss"] < whole[0]["loss"]
+
