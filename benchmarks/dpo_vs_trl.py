@@ -70,7 +70,8 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> Run:
             "precision": PRECISION,
         },
         "data": {
-            "path": data_name(),
+            "path": "builtin:gsm8k_short_pairs",
+            "unpair": METHOD == "kto",
             "limit": LIMIT,
             "shuffle": False,
             "max_prompt_length": MAX_LENGTH - 32,
@@ -103,11 +104,6 @@ def load_model(model_name: str):  # type: ignore[no-untyped-def]
 
     placement = Placement.resolve(DEVICE, PRECISION)
     return load_policy(ModelConfig(name_or_path=model_name, chat_template=False), placement)
-
-
-def data_name() -> str:
-    """The same GSM8K-derived rows on both sides: pairs, or for KTO the pairs unpaired."""
-    return "builtin:gsm8k_short_unpaired" if METHOD == "kto" else "builtin:gsm8k_short_pairs"
 
 
 def trl_classes() -> tuple[type, type]:
@@ -149,9 +145,12 @@ def trl_step_times(model_name: str, steps: int, workdir: Path) -> Run:
     from transformers import TrainerCallback
 
     from alignlib.data import load_rows
+    from alignlib.data.formats import unpair_rows
 
     model, tokenizer = load_model(model_name)
-    rows = load_rows(data_name(), limit=LIMIT)
+    rows = load_rows("builtin:gsm8k_short_pairs", limit=LIMIT)
+    if METHOD == "kto":  # as alignlib's data.unpair
+        rows = unpair_rows(rows)
     data = Dataset.from_list([{**r, "prompt": r["prompt"] + "\n"} for r in rows])
     times: list[float] = []
 

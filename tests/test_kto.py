@@ -94,3 +94,37 @@ def test_micro_batches_do_not_change_the_run(tmp_path: Path) -> None:
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
     assert whole[-1]["loss"] < whole[0]["loss"]
 
+
+def test_unpaired_preference_rows_train_as_the_kto_rows_they_become(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {
+            "prompt": ROWS[i]["prompt"],
+            "chosen": ROWS[i]["completion"],
+            "rejected": ROWS[i + 1]["completion"],
+        }
+        for i in range(0, len(ROWS), 2)
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    direct = run(tmp_path, "direct")
+    unpaired = run(tmp_path, "unpaired", data={"path": str(pairs), "unpair": True})
+    for want, got in zip(direct, unpaired, strict=True):
+        assert got["loss"] == want["loss"] and got["kto/margin"] == want["kto/margin"]
+
+
+def test_unpair_needs_preference_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from alignlib.cli import main
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"prompt": "1 + 1?", "completion": "2"}) + "\n")
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(sft), "unpair": True},
+        "algorithm": {"name": "kto"},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"data.unpair: {sft} has sft rows; unpairing needs preference rows" in err
+    assert "Traceback" not in err

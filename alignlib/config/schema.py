@@ -84,14 +84,17 @@ class DataConfig(Section):
     path: str = "builtin:gsm8k_pairs"
     """Training data: a .jsonl/.json/.parquet file (relative to the config file), `builtin:NAME`
     for a data set alignlib builds offline (`builtin:gsm8k_pairs`, `builtin:gsm8k_short_pairs`,
-    `builtin:gsm8k_short_unpaired`, `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`,
-    `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`, `builtin:arithmetic_prompts`), or a hub data
-    set name."""
+    `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`, `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`,
+    `builtin:arithmetic_prompts`), or a hub data set name."""
     format: DataFormat = "auto"
     """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected};
     tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;
     kto {prompt, completion, label} (label true: desirable, false: undesirable);
     prompts {prompt, answer} (online methods). `auto` infers it from the first row's fields."""
+    unpair: bool = False
+    """Train KTO on preference rows: each {prompt, chosen, rejected} row becomes the kto rows
+    {prompt, completion: chosen, label: true} and {prompt, completion: rejected, label: false}
+    (TRL's `unpair_preference_dataset`)."""
     split: str = "train"
     """Split to read from a hub data set."""
     limit: int | None = Field(None, gt=0)

@@ -76,15 +76,6 @@ def _short_pairs(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]
     ]
 
 
-def _short_unpaired(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
-    """KTO rows: each short pair unpaired, the right answer desirable, the wrong one not."""
-    pair = _short_pairs(row, rng)[0]
-    return [
-        {"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
-        {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False},
-    ]
-
-
 def _tpo(row: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
     steps = clean_solution(row["solution"])
     return [
@@ -133,7 +124,6 @@ BUILDERS = {
     "gsm8k_sft": _sft,
     "gsm8k_pairs": _pairs,
     "gsm8k_short_pairs": _short_pairs,
-    "gsm8k_short_unpaired": _short_unpaired,
     "gsm8k_tpo": _tpo,
     "gsm8k_bvpo": _bvpo,
     "gsm8k_prompts": _prompts,

@@ -156,6 +156,27 @@ def with_kl_completions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def unpair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """kto rows from preference rows: each pair gives {prompt, completion: chosen, label: true}
+    and {prompt, completion: rejected, label: false} (TRL's ``unpair_preference_dataset``)."""
+    return [
+        {"prompt": row["prompt"], "completion": row[key], "label": key == "chosen"}
+        for row in rows
+        for key in ("chosen", "rejected")
+    ]
+
+
+def unpaired(rows: list[dict[str, Any]], fmt: str, source: str) -> tuple[list[dict[str, Any]], str]:
+    """``data.unpair``: the preference rows of ``source`` (checked as such first) as kto rows,
+    and their format."""
+    if fmt not in ("preference", "bvpo", "tpo"):
+        raise DataError(
+            f"data.unpair: {source} has {fmt} rows; unpairing needs preference rows "
+            "{prompt, chosen, rejected}; remove data.unpair, or give such rows"
+        )
+    return unpair_rows(rows), "kto"
+
+
 def with_derived_fields(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     """The rows with the fields their format derives from other rows (kto's KL completions)."""
     return with_kl_completions(rows) if fmt == "kto" else rows

@@ -17,7 +17,7 @@ from alignlib.config.schema import DataConfig, RunConfig
 from alignlib.console import warn
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
 from alignlib.data.collate import Collated
-from alignlib.data.formats import check_rows, with_derived_fields
+from alignlib.data.formats import check_rows, unpaired, with_derived_fields
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
@@ -41,6 +41,8 @@ def load_examples(
         raise ValueError(f"data.path {config.path} has no rows")
     fmt = infer_format(rows[0], config.path) if config.format == "auto" else config.format
     check_rows(rows, fmt, config.path)
+    if config.unpair:
+        rows, fmt = unpaired(rows, fmt, config.path)
     rows = with_derived_fields(rows, fmt)
     examples = [
         encode_example(

@@ -21,7 +21,7 @@ from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
 from alignlib.data.fit import check_fit
-from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs
+from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs, unpaired
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
 
@@ -148,6 +148,8 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
             "add a rollout: section for online RL, or give {prompt, completion} rows"
         )
     check_rows(rows, fmt, data.path)
+    if data.unpair:
+        rows, fmt = unpaired(rows, fmt, data.path)
     check_fit(estimator.terms, fmt, rows[0], data.path, config.algorithm.name or "(components)")
     selects_trace = any(
         getattr(getattr(t, "rows", None), "trace", None) is not None for t in estimator.terms
