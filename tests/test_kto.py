@@ -128,3 +128,11 @@ def test_unpair_needs_preference_rows(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert f"data.unpair: {sft} has sft rows; unpairing needs preference rows" in err
     assert "Traceback" not in err
+
+
+def test_packed_passes_give_the_padded_run(tmp_path: Path) -> None:
+    padded = run(tmp_path, "padded")
+    packed = run(tmp_path, "packed", train={"packing": True})
+    for want, got in zip(padded, packed, strict=True):
+        for key in ("loss", "kto/kl", "kto/margin", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
