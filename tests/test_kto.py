@@ -136,3 +136,49 @@ def test_packed_passes_give_the_padded_run(tmp_path: Path) -> None:
     for want, got in zip(padded, packed, strict=True):
         for key in ("loss", "kto/kl", "kto/margin", "grad_norm"):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("labels", "params", "expected"),
+    [
+        (
+            [True, True, True, False] * 2,
+            {},
+            "6 desirable and 2 undesirable examples with desirable_weight 1 and "
+            "undesirable_weight 1 give λ_D·n_D / (λ_U·n_U) = 3.00, outside the KTO paper's "
+            "[1, 4/3]; set algorithm.params.desirable_weight in [0.33, 0.44] or "
+            "undesirable_weight in [2.25, 3.00] (not both)",
+        ),
+        ([True] * 8, {}, "no undesirable (label false) examples: KTO then trains one direction"),
+        ([True, True, True, False] * 2, {"undesirable_weight": 2.5}, None),
+        ([True, False] * 4, {}, None),
+    ],
+)
+def test_the_label_mix_is_checked_against_the_papers_advice(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    labels: list[bool],
+    params: dict[str, float],
+    expected: str | None,
+) -> None:
+    rows = [{**row, "label": label} for row, label in zip(ROWS, labels, strict=True)]
+    data = tmp_path / "kto.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data)},
+        "algorithm": {"name": "kto", "params": params},
+        "train": {"batch_size": 8, "max_steps": 1},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    from alignlib.cli import main
+
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "desirable" in line]
+    if expected is None:
+        assert warnings == [], warnings
+    else:
+        assert len(warnings) == 1 and f"alignlib: warning: {data}: {expected}" in warnings[0], err

@@ -107,3 +107,16 @@ def check_fit(
                 "would train on every rejected completion too; give {prompt, completion} rows "
                 "(e.g. chosen renamed to completion), or use a preference method (dpo, ipo, tpo)"
             )
+
+
+def label_balance(terms: Sequence[Any], rows: Sequence[dict[str, Any]], source: str) -> str | None:
+    """A warning when the labelled (kto) rows' mix of desirable and undesirable examples is
+    outside what a KTO term's weights are advised for; None otherwise."""
+    for term in terms:
+        advantage = getattr(term, "advantage", None)
+        if isinstance(advantage, KTOWeights) and rows and "label" in rows[0]:
+            desirable = sum(bool(row["label"]) for row in rows)
+            advice = advantage.balance_advice(desirable, len(rows) - desirable)
+            if advice is not None:
+                return f"{source}: {advice}"
+    return None

@@ -52,6 +52,26 @@ class KTOWeights(Advantage):
         for name in ("desirable_weight", "undesirable_weight"):
             check_number("KTOWeights", name, getattr(self, name), gt=0, why="weighs its rows' loss")
 
+    def balance_advice(self, desirable: int, undesirable: int) -> str | None:
+        """Why the data's mix of desirable and undesirable examples falls outside the paper's
+        advice λ_D·n_D / (λ_U·n_U) ∈ [1, 4/3] (its Eq. 8), and the weights that would fit it;
+        None when it fits."""
+        if desirable == 0 or undesirable == 0:
+            kind = "undesirable (label false)" if undesirable == 0 else "desirable (label true)"
+            return f"no {kind} examples: KTO then trains one direction only; add some"
+        ratio = self.desirable_weight * desirable / (self.undesirable_weight * undesirable)
+        if 1.0 <= ratio <= 4 / 3:
+            return None
+        low_d = undesirable * self.undesirable_weight / desirable
+        low_u = desirable * self.desirable_weight / undesirable
+        return (
+            f"{desirable} desirable and {undesirable} undesirable examples with desirable_weight "
+            f"{self.desirable_weight:g} and undesirable_weight {self.undesirable_weight:g} give "
+            f"λ_D·n_D / (λ_U·n_U) = {ratio:.2f}, outside the KTO paper's [1, 4/3]; set "
+            f"algorithm.params.desirable_weight in [{low_d:.2f}, {low_d * 4 / 3:.2f}] or "
+            f"undesirable_weight in [{low_u * 3 / 4:.2f}, {low_u:.2f}] (not both)"
+        )
+
     def reference_point(self, batch: Batch, rewards: Tensor) -> Tensor:
         """z₀ = max(0, mean implicit reward of the KL rows), detached."""
         kl_rows = batch.role_codes() == int(Role.KL)

@@ -20,7 +20,7 @@ from alignlib.config.schema import RunConfig
 from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
-from alignlib.data.fit import check_fit
+from alignlib.data.fit import check_fit, label_balance
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs, unpaired
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
@@ -151,6 +151,9 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
     if data.unpair:
         rows, fmt = unpaired(rows, fmt, data.path)
     check_fit(estimator.terms, fmt, rows[0], data.path, config.algorithm.name or "(components)")
+    balance = label_balance(estimator.terms, rows, data.path)
+    if balance is not None:
+        warn(balance)
     selects_trace = any(
         getattr(getattr(t, "rows", None), "trace", None) is not None for t in estimator.terms
     )
