@@ -27,6 +27,13 @@ SEQUENCE_FIELDS: dict[str, list[tuple[str, Role]]] = {
 label is true (desirable) and REJECTED when false; its KL row is another row's completion."""
 
 
+def roles_of(fmt: str) -> frozenset[Role]:
+    """The roles of the sequences rows of format ``fmt`` give (a kto completion is chosen or
+    rejected by its label: ``encode_example``)."""
+    roles = frozenset(role for _, role in SEQUENCE_FIELDS.get(fmt, []))
+    return roles | {Role.REJECTED} if fmt == "kto" else roles
+
+
 @dataclass
 class Example:
     """One data row, tokenized: its sequences share a prompt and a pair id."""

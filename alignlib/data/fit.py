@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alignlib.data.collate import SEQUENCE_FIELDS
+from alignlib.data.collate import roles_of
 from alignlib.data.errors import DataError
 from alignlib.data.formats import FORMAT_FIELDS
 from alignlib.estimator import Role
@@ -25,13 +25,6 @@ from alignlib.estimator.regularizers import NLL
 PAIR = frozenset({Role.CHOSEN, Role.REJECTED})
 WANTED_FORMATS = ("sft", "preference", "tpo", "kto")
 """Smallest first: the format named as needed is the first that gives every role needed."""
-
-
-def roles_of(fmt: str) -> frozenset[Role]:
-    """The roles of the sequences a row of format ``fmt`` gives (a kto completion is chosen or
-    rejected by its label)."""
-    roles = frozenset(role for _, role in SEQUENCE_FIELDS.get(fmt, []))
-    return roles | {Role.REJECTED} if fmt == "kto" else roles
 
 
 def described(fmt: str, row: dict[str, Any]) -> str:

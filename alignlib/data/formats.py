@@ -141,6 +141,11 @@ def check_messages(messages: Any, where: str) -> None:
         )
 
 
+KL_LOOK_BACK = 64
+"""Rows searched back for another prompt's completion (the rows of one prompt sit together in
+practice; a longer run of one prompt falls back to the previous row's completion)."""
+
+
 def with_kl_completions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """KTO rows with ``kl_completion``: each prompt paired with the completion of the nearest
     earlier row that has another prompt (the first rows wrap around to the last), the
@@ -149,9 +154,8 @@ def with_kl_completions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     own other completion when the unpaired rows of a preference pair sit side by side."""
     out = []
     for i, row in enumerate(rows):
-        back = next(
-            (k for k in range(1, min(len(rows), 65)) if rows[i - k]["prompt"] != row["prompt"]), 1
-        )
+        earlier = range(1, min(len(rows), KL_LOOK_BACK + 1))
+        back = next((k for k in earlier if rows[i - k]["prompt"] != row["prompt"]), 1)
         out.append({**row, "kl_completion": rows[i - back]["completion"]})
     return out
 
@@ -169,7 +173,7 @@ def unpair_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def unpaired(rows: list[dict[str, Any]], fmt: str, source: str) -> tuple[list[dict[str, Any]], str]:
     """``data.unpair``: the preference rows of ``source`` (checked as such first) as kto rows,
     and their format."""
-    if fmt not in ("preference", "bvpo", "tpo"):
+    if not {"chosen", "rejected"} <= set(FORMAT_FIELDS.get(fmt, ())):
         raise DataError(
             f"data.unpair: {source} has {fmt} rows; unpairing needs preference rows "
             "{prompt, chosen, rejected}; remove data.unpair, or give such rows"

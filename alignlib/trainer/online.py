@@ -31,7 +31,6 @@ from alignlib.trainer.online_update import (
     collate_rows,
     engine_logprobs,
     minibatch_rows,
-    needs_live_logprobs,
     old_logprobs_and_kept_mass,
     online_minibatch,
     policy_logprobs,
@@ -68,7 +67,9 @@ class OnlineSource:
             self.sampler if self.ahead is None else self.ahead.position
         )
         self.optimizer_steps = self.total_steps * self.online.mini_batches
-        self.live = needs_live_logprobs(estimator)
+        # Clip-Cov/KL-Cov select tokens in prepare from the present log-probs: later
+        # mini-batches need a fresh no-grad pass before they are prepared.
+        self.live = estimator.reads_present_logprobs()
         truncated = self.rollout.top_p < 1  # the engine's log-probs then need log S_t added
         self.kept_mass = self.correction is not None and truncated
         self.old_pass = (
@@ -204,8 +205,9 @@ class OnlineSource:
         }
         if fractions and min(fractions.values()) >= 1:
             self.all_filtered += 1
-        steps = self.total_steps - self.start
-        if step == self.total_steps and self.start == 0 and self.all_filtered == steps:
+        # Judged only for a run from step 0: a resumed run did not count its earlier steps.
+        steps = self.total_steps
+        if step == steps and self.start == 0 and self.all_filtered == steps:
             raise ValueError(
                 f"every step filtered out all of its groups ({next(iter(fractions))} = 1 at all "
                 f"{steps} steps: each prompt's rollouts got equal rewards, so nothing trained and "

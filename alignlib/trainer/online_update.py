@@ -116,12 +116,6 @@ def online_presets() -> list[str]:
     return names
 
 
-def needs_live_logprobs(estimator: UnifiedEstimator) -> bool:
-    """True when a mask selects tokens in ``prepare`` from the current log-probs (Clip-Cov,
-    KL-Cov): later mini-batches then need a fresh no-grad pass before they are prepared."""
-    return estimator.reads_present_logprobs()
-
-
 def policy_logprobs(
     kernel: LogprobKernel,
     rows: RowTensors,
