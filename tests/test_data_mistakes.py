@@ -105,6 +105,8 @@ def test_an_algorithm_given_the_wrong_format_is_refused_before_the_model_loads(
         ("simpo", PAIRS, "preference"),
         ("cpo", PAIRS, "preference"),
         ("orpo", PAIRS, "preference"),
+        ("apo_zero", PAIRS, "preference"),
+        ("discopop", PAIRS, "preference"),
         ("bvpo", [{**p, "trace": True} for p in PAIRS], "bvpo"),
     ],
 )

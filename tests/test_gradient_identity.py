@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import closed_forms_dpo_family
 import pytest
 import torch
 import torch.nn.functional as F
@@ -276,6 +277,8 @@ VARIANTS = {
     "orpo_likely": "orpo",
     "kto_clamped": "kto",
 }
+CASES |= closed_forms_dpo_family.CASES
+VARIANTS |= closed_forms_dpo_family.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

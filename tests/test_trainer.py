@@ -79,6 +79,14 @@ METHODS = {
     "cpo": "preference",
     "orpo": "preference",
     "kto": "kto",
+    "robust": "preference",
+    "exo_pair": "preference",
+    "nca_pair": "preference",
+    "bco_pair": "preference",
+    "sppo_hard": "preference",
+    "apo_zero": "preference",
+    "apo_down": "preference",
+    "discopop": "preference",
 }
 
 

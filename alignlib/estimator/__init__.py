@@ -28,6 +28,16 @@ from alignlib.estimator.aggregation import (
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.core import EstimatorInputError, EstimatorOutput, UnifiedEstimator
 from alignlib.estimator.cov_masks import ClipCov, KLCov, token_covariance
+from alignlib.estimator.dpo_losses import (
+    APODownWeights,
+    APOZeroWeights,
+    BCOPairWeights,
+    DiscoPOPWeights,
+    EXOPairWeights,
+    NCAPairWeights,
+    RobustDPOWeights,
+    SPPOHardWeights,
+)
 from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.masks import (
     MASKS,
@@ -44,13 +54,11 @@ from alignlib.estimator.preferences import (
     HingeWeights,
     INPOWeights,
     IPOWeights,
-    ORPOWeights,
     PairwiseAdvantage,
     RPOWeights,
-    TPOLWeights,
-    TPOWeights,
 )
 from alignlib.estimator.ratio_weights import ClippedISWeight, SoftGate
+from alignlib.estimator.reference_free import ORPOWeights, TPOLWeights, TPOWeights
 from alignlib.estimator.references import (
     REFERENCES,
     ConstantReference,
@@ -87,10 +95,13 @@ __all__ = [
     "NLL",
     "REFERENCES",
     "REGULARIZERS",
+    "APODownWeights",
+    "APOZeroWeights",
     "Advantage",
     "AdvantageResult",
     "Aggregation",
     "AllRollouts",
+    "BCOPairWeights",
     "Batch",
     "BatchError",
     "BatchNormalized",
@@ -102,6 +113,8 @@ __all__ = [
     "CurrentPolicy",
     "DPOWeights",
     "DifficultyBand",
+    "DiscoPOPWeights",
+    "EXOPairWeights",
     "EntropyBonus",
     "EstimatorInputError",
     "EstimatorOutput",
@@ -117,6 +130,7 @@ __all__ = [
     "LeaveOneOut",
     "Likelihood",
     "Mask",
+    "NCAPairWeights",
     "ORPOWeights",
     "OldPolicy",
     "PPOClip",
@@ -129,12 +143,14 @@ __all__ = [
     "Reference",
     "Registry",
     "RegistryError",
+    "RobustDPOWeights",
     "Role",
     "RolloutCorrection",
     "Router",
     "RowFilter",
     "RowPlan",
     "Rows",
+    "SPPOHardWeights",
     "SeqMeanTokenMean",
     "SeqMeanTokenSum",
     "SeqMeanTokenSumNorm",

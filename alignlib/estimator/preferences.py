@@ -8,6 +8,7 @@ IPO and TPO-L pair with ``sequence-mean`` and the others with ``sequence-sum``.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -35,16 +36,22 @@ class Pairs:
     len_w: Tensor
     len_l: Tensor
 
+    @property
+    def log_ratios(self) -> tuple[Tensor, Tensor]:
+        """u = log π − log π_ref of the chosen and the rejected response."""
+        assert self.ref_w is not None and self.ref_l is not None
+        return self.policy_w - self.ref_w, self.policy_l - self.ref_l
+
     def implicit_rewards(self, beta: float) -> tuple[Tensor, Tensor]:
         """β·(log π − log π_ref) of the chosen and the rejected response."""
-        assert self.ref_w is not None and self.ref_l is not None
-        return beta * (self.policy_w - self.ref_w), beta * (self.policy_l - self.ref_l)
+        u_w, u_l = self.log_ratios
+        return beta * u_w, beta * u_l
 
     @property
     def margin(self) -> Tensor:
         """Δ = r(y_w) − r(y_l) with r = log π − log π_ref."""
-        assert self.ref_w is not None and self.ref_l is not None
-        return (self.policy_w - self.ref_w) - (self.policy_l - self.ref_l)
+        u_w, u_l = self.log_ratios
+        return u_w - u_l
 
 
 @dataclass
@@ -140,25 +147,55 @@ class PairwiseAdvantage(Advantage):
         return AdvantageResult(values.detach(), row_loss.detach(), metrics)
 
 
-def _sigmoid_pair(beta: float, logits: Tensor, reward_w: Tensor, reward_l: Tensor) -> PairWeights:
-    """−log σ(logits) with d/dlogits scaled by β into the weights (DPO, TPO)."""
-    weight = beta * torch.sigmoid(-logits)
-    return PairWeights(weight, -weight, -F.logsigmoid(logits), reward_w, reward_l)
+DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 
 
 @ADVANTAGES.register("dpo")
 @dataclass(frozen=True)
 class DPOWeights(PairwiseAdvantage):
-    """DPO: −log σ(βΔ); c_w = βσ(−βΔ) = −c_l."""
+    """DPO: −log σ(z), z = β(g(u_w) − g(u_l)), u = log π − log π_ref; c_w = βσ(−z)·g'(u_w),
+    c_l = −βσ(−z)·g'(u_l). Standard DPO is g(u) = u (reverse KL).
+
+    ``label_smoothing`` ε (cDPO, Mitchell 2023): −(1 − ε) log σ(z) − ε log σ(−z), so σ(−z)
+    above becomes (1 − ε)σ(−z) − εσ(z). ``divergence`` (f-DPO, Wang et al. 2024) replaces u by
+    the f-divergence's f'(π/π_ref) up to a constant: forward_kl g = 1 − e^(−u); js
+    g = log 2 + log σ(u); alpha g = (1 − e^(−αu))/α with the paper's α (TRL's
+    ``f_alpha_divergence_coef`` is 1 − α).
+    """
 
     beta: float = 0.1
+    label_smoothing: float = 0.0
+    divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
+    divergence_alpha: float = 0.5
+    """α of the alpha divergence (used only by it): → 0 is reverse KL, 1 is forward KL."""
 
     def __post_init__(self) -> None:
         check_beta(self, self.beta)
+        check_number(
+            "DPOWeights", "label_smoothing", self.label_smoothing, ge=0, lt=0.5,
+            why="the assumed fraction of flipped labels (0.5 would make every pair a coin flip)",
+        )  # fmt: skip
+        check_choice("DPOWeights", "divergence", self.divergence, DIVERGENCES)
+        check_number("DPOWeights", "divergence_alpha", self.divergence_alpha, gt=0, lt=1)
+
+    def score(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """g(u) and g'(u) of the chosen divergence."""
+        if self.divergence == "forward_kl":
+            return 1 - torch.exp(-u), torch.exp(-u)
+        if self.divergence == "js":
+            return math.log(2.0) + F.logsigmoid(u), torch.sigmoid(-u)
+        if self.divergence == "alpha":
+            a = self.divergence_alpha
+            return -torch.expm1(-a * u) / a, torch.exp(-a * u)
+        return u, torch.ones_like(u)
 
     def weights(self, pairs: Pairs) -> PairWeights:
+        (g_w, slope_w), (g_l, slope_l) = map(self.score, pairs.log_ratios)
         reward_w, reward_l = pairs.implicit_rewards(self.beta)
-        return _sigmoid_pair(self.beta, self.beta * pairs.margin, reward_w, reward_l)
+        z, eps = self.beta * (g_w - g_l), self.label_smoothing
+        weight = self.beta * ((1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z))
+        loss = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+        return PairWeights(weight * slope_w, -weight * slope_l, loss, reward_w, reward_l)
 
 
 @ADVANTAGES.register("ipo")
@@ -221,86 +258,6 @@ class RPOWeights(PairwiseAdvantage):
         loss = dpo.loss - sft_weight * pairs.policy_w
         return PairWeights(
             dpo.chosen + sft_weight, dpo.rejected, loss, dpo.reward_chosen, dpo.reward_rejected
-        )
-
-
-@ADVANTAGES.register("tpo")
-@dataclass(frozen=True)
-class TPOWeights(PairwiseAdvantage):
-    """TPO's contrastive term, reference-free: −log σ(β(l(y_w) − l(y_l))).
-
-    The gold-response NLL is a separate ``nll`` regularizer on DEMO rows (see the tpo preset).
-    """
-
-    needs: ClassVar[dict[str, str]] = {}
-    beta: float = 0.01
-
-    def __post_init__(self) -> None:
-        check_beta(self, self.beta)
-
-    def weights(self, pairs: Pairs) -> PairWeights:
-        logits = self.beta * (pairs.policy_w - pairs.policy_l)
-        return _sigmoid_pair(
-            self.beta, logits, self.beta * pairs.policy_w, self.beta * pairs.policy_l
-        )
-
-
-@ADVANTAGES.register("tpo_l")
-@dataclass(frozen=True)
-class TPOLWeights(PairwiseAdvantage):
-    """TPO-L: −log σ(β(l̄_w − l̄_l) − γ) with length-averaged log-probs (sequence-mean)."""
-
-    needs: ClassVar[dict[str, str]] = {}
-    beta: float = 0.01
-    gamma: float = 0.5
-    """Target reward margin γ."""
-
-    def __post_init__(self) -> None:
-        check_beta(self, self.beta)
-        check_number("TPOLWeights", "gamma", self.gamma)
-
-    def weights(self, pairs: Pairs) -> PairWeights:
-        logits = self.beta * (pairs.policy_w - pairs.policy_l) - self.gamma
-        return _sigmoid_pair(
-            self.beta, logits, self.beta * pairs.policy_w, self.beta * pairs.policy_l
-        )
-
-
-def log1mexp(x: Tensor) -> Tensor:
-    """log(1 − eˣ) for x < 0, stable at both ends (Mächler 2012)."""
-    return torch.where(
-        x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x))
-    )
-
-
-@ADVANTAGES.register("orpo")
-@dataclass(frozen=True)
-class ORPOWeights(PairwiseAdvantage):
-    """ORPO's odds-ratio term, reference-free: −β·log σ(z), z = log odds(P_w) − log odds(P_l),
-    P = exp(l̄) the length-averaged likelihood (sequence-mean), odds = P/(1 − P).
-
-    dz/dl̄ = 1/(1 − P), so c_w = βσ(−z)/(1 − P_w) and c_l = −βσ(−z)/(1 − P_l). The paper's
-    NLL on the chosen response is a separate ``nll`` term (see the orpo preset).
-    """
-
-    needs: ClassVar[dict[str, str]] = {}
-    beta: float = 0.1
-    """λ in the paper (TRL's ``beta``): weight of the odds-ratio term against the NLL."""
-
-    def __post_init__(self) -> None:
-        check_beta(self, self.beta)
-
-    def weights(self, pairs: Pairs) -> PairWeights:
-        log_odds = (pairs.policy_w - log1mexp(pairs.policy_w)) - (
-            pairs.policy_l - log1mexp(pairs.policy_l)
-        )
-        weight = self.beta * torch.sigmoid(-log_odds)
-        return PairWeights(
-            weight / -torch.expm1(pairs.policy_w),
-            -weight / -torch.expm1(pairs.policy_l),
-            -self.beta * F.logsigmoid(log_odds),
-            self.beta * pairs.policy_w,
-            self.beta * pairs.policy_l,
         )
 
 

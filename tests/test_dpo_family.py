@@ -1,0 +1,96 @@
+"""Properties of the DPO-family losses that hold by their papers' arguments (the closed forms
+themselves are in test_gradient_identity.py, TRL parity in test_trl_parity.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from batches import pair_batch, rel_error
+
+from alignlib import algorithms
+from alignlib.estimator import Batch, Role
+from alignlib.estimator.registry import ParameterError
+
+
+def swapped(batch: Batch) -> Batch:
+    """The same pairs with every label flipped (chosen ↔ rejected)."""
+    roles = torch.where(batch.roles == int(Role.CHOSEN), int(Role.REJECTED), int(Role.CHOSEN)).to(
+        batch.roles.dtype
+    )
+    return batch.replace(roles=roles)
+
+
+def loss_and_grad(name: str, batch: Batch, **params) -> tuple[float, torch.Tensor]:
+    loss = algorithms.get(name, **params)(batch).loss
+    return float(loss), torch.autograd.grad(loss, batch.logprobs)[0]
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_robust_dpo_is_unbiased_under_flipped_labels(eps: float) -> None:
+    """Chowdhury et al. (2024), Lemma 3.1: if each label is flipped with probability ε, the
+    expected robust loss (and its gradient) is the clean DPO loss."""
+    batch = pair_batch(seed=3)
+    clean = loss_and_grad("dpo", batch, beta=0.2)
+    kept = loss_and_grad("robust", batch, beta=0.2, label_smoothing=eps)
+    flipped = loss_and_grad("robust", swapped(batch), beta=0.2, label_smoothing=eps)
+    expected_loss = (1 - eps) * kept[0] + eps * flipped[0]
+    expected_grad = (1 - eps) * kept[1] + eps * flipped[1]
+    assert abs(expected_loss - clean[0]) < 1e-12
+    assert rel_error(expected_grad, clean[1]) < 1e-12
+    assert rel_error(kept[1], clean[1]) > 1e-3  # on its own it is not DPO
+
+
+def test_exo_pushes_each_pair_to_its_target_margin_not_beyond() -> None:
+    """EXO's minimum is the data's preference: the gradient vanishes at βΔ = log((1 − ε)/ε)
+    and points back from both sides, unlike DPO's, which always pushes Δ up."""
+    batch = pair_batch(num_pairs=1, seed=1)
+    beta, eps = 0.5, 0.1
+    target = math.log((1 - eps) / eps) / beta
+    chosen = batch.roles == int(Role.CHOSEN)
+    first = batch.mask[chosen][0].nonzero()[0, 0]
+    u = ((batch.logprobs - batch.ref_logprobs) * batch.mask).sum(-1).detach()
+    for offset, sign in [(0.0, 0), (0.5, 1), (-0.5, -1)]:
+        shift = torch.zeros_like(batch.logprobs)
+        shift[chosen.nonzero()[0, 0], first] = target + offset - (u[chosen] - u[~chosen]).item()
+        moved = batch.replace(logprobs=(batch.logprobs.detach() + shift).requires_grad_(True))
+        _, grad = loss_and_grad("exo_pair", moved, beta=beta, label_smoothing=eps)
+        slope = float(grad[chosen].sum())  # d loss / d l(y_w)
+        if sign == 0:
+            assert abs(slope) < 1e-12
+        else:
+            assert slope * sign > 0  # above the target the loss rises with Δ, below it falls
+    _, dpo_grad = loss_and_grad("dpo", moved, beta=beta)
+    assert float(dpo_grad[chosen].sum()) < 0
+
+
+def test_alpha_divergence_spans_reverse_and_forward_kl() -> None:
+    """f-DPO's α-divergence tends to the reverse KL (α → 0) and is the forward KL at α = 1."""
+    batch = pair_batch(seed=2)
+    reverse = loss_and_grad("dpo", batch, beta=0.1)
+    near_zero = loss_and_grad("dpo", batch, beta=0.1, divergence="alpha", divergence_alpha=1e-7)
+    assert rel_error(near_zero[1], reverse[1]) < 1e-5
+    forward = loss_and_grad("dpo", batch, beta=0.1, divergence="forward_kl")
+    near_one = loss_and_grad("dpo", batch, beta=0.1, divergence="alpha", divergence_alpha=1 - 1e-9)
+    assert rel_error(near_one[1], forward[1]) < 1e-6
+    assert rel_error(forward[1], reverse[1]) > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "named"),
+    [
+        ("robust", {"label_smoothing": 0.5}, "label_smoothing"),
+        ("exo_pair", {"label_smoothing": 0.0}, "label_smoothing"),
+        ("dpo", {"label_smoothing": -0.1}, "label_smoothing"),
+        ("dpo", {"divergence": "kl"}, "divergence"),
+        ("dpo", {"divergence": "alpha", "divergence_alpha": 1.5}, "divergence_alpha"),
+        ("discopop", {"tau": 0.0}, "tau"),
+        ("apo_down", {"beta": 0.0}, "beta"),
+    ],
+)
+def test_bad_parameters_are_named(name: str, params: dict, named: str) -> None:
+    with pytest.raises((ParameterError, ValueError)) as caught:
+        algorithms.get(name, **params)
+    message = str(caught.value)
+    assert named in message and "\n" not in message
