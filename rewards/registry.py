@@ -74,7 +74,7 @@ def _import_attr(spec: str) -> object:
         raise ValueError(f"reward spec {spec!r} must look like 'package.module:function'")
     if module_name == "reward_model":
         raise ValueError(
-            f"reward spec {spec!r}: reward_model:PATH is supported only as inpo.oracle; for "
+            f"reward spec {spec!r}: reward_model:PATH is supported only as iterative.oracle; for "
             "online rewards wrap a RewardModelScorer in a function (see alignlib.rewards)"
         )
     try:

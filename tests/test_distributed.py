@@ -228,7 +228,7 @@ def test_inpo_iterations_train_on_two_workers_like_one_process(tmp_path: Path) -
         "data": {"path": "builtin:gsm8k_prompts", "limit": 4},
         "algorithm": {"name": "inpo"},
         "train": {"max_steps": None, "epochs": 1, "batch_size": 2},
-        "inpo": {
+        "iterative": {
             "iterations": 2,
             "samples_per_prompt": 3,
             "max_new_tokens": 6,

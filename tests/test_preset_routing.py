@@ -33,12 +33,6 @@ from alignlib.estimator import (
 from alignlib.trainer.loop import Trainer
 
 TRAINER = Path(__file__).resolve().parents[1] / "alignlib" / "trainer"
-RUN_KINDS = {"inpo"}
-"""Identifiers allowed in the trainer although a preset shares the name: `inpo` is also the
-run kind of the `inpo:` config section (INPO's iterations are a source of the loop, in
-loop.py / inpo.py); as a quoted string it is still refused."""
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -47,7 +41,7 @@ def preset_names_in(source: str) -> list[tuple[int, str]]:
     names = set(algorithms.available())
     found = []
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.NAME and token.string in names - RUN_KINDS:
+        if token.type == tokenize.NAME and token.string in names:
             found.append((token.start[0], token.string))
         elif token.type == tokenize.STRING:
             value = ast.literal_eval(token.string) if not token.string.startswith("f") else None

@@ -41,7 +41,12 @@ def _run_config(tmp: Path, **sections) -> dict:
         "data": {"path": str(prompts), "shuffle": False},
         "algorithm": {"name": "inpo"},
         "train": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1},
-        "inpo": {"iterations": 1, "samples_per_prompt": 2, "max_new_tokens": 2, "oracle": "math"},
+        "iterative": {
+            "iterations": 1,
+            "samples_per_prompt": 2,
+            "max_new_tokens": 2,
+            "oracle": "math",
+        },
         "logging": {"progress": False, "tensorboard": False, "plot": False},
     }
     for name, values in sections.items():
@@ -49,14 +54,14 @@ def _run_config(tmp: Path, **sections) -> dict:
     return cfg
 
 
-# --- 1. inpo.oracle=reward_model:PATH must be a sequence-classification model ---------------
+# --- 1. iterative.oracle=reward_model:PATH must be a sequence-classification model ---------------
 
 
 def test_reward_model_oracle_refuses_a_causal_lm_before_loading(tmp_path, monkeypatch):
     lm = _model_folder(tmp_path / "lm", "LlamaForCausalLM")
     with pytest.raises(ValueError, match="is a LlamaForCausalLM, not a sequence-classification"):
         resolve_oracle(f"reward_model:{lm}")
-    with pytest.raises(ValueError, match=r"inpo.oracle: .*nope does not exist"):
+    with pytest.raises(ValueError, match=r"iterative.oracle: .*nope does not exist"):
         check_reward_model_folder(str(tmp_path / "nope"))
     run = tmp_path / "run"
     _model_folder(run / "final", "LlamaForCausalLM")
@@ -76,8 +81,8 @@ def test_train_cli_refuses_a_causal_lm_reward_model(tmp_path, capsys):
     lm = _model_folder(tmp_path / "lm", "LlamaForCausalLM")
     path = tmp_path / "inpo.yaml"
     path.write_text(yaml.safe_dump(_run_config(tmp_path)))
-    err = _error_line(["train", str(path), f"inpo.oracle=reward_model:{lm}"], capsys)
-    assert "inpo.oracle:" in err and "LlamaForCausalLM" in err and "score head" in err
+    err = _error_line(["train", str(path), f"iterative.oracle=reward_model:{lm}"], capsys)
+    assert "iterative.oracle:" in err and "LlamaForCausalLM" in err and "score head" in err
 
 
 # --- 8. a TRL-form oracle for INPO ------------------------------------------------------------
@@ -89,7 +94,7 @@ def test_inpo_oracle_in_batch_form_is_refused(tmp_path, monkeypatch):
         "def good(completion, **kw):\n    return float(len(completion))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match=r"inpo.oracle: oracle_forms_t:trl_ok is a TRL-form"):
+    with pytest.raises(ValueError, match=r"iterative.oracle: oracle_forms_t:trl_ok is a TRL-form"):
         resolve_oracle("oracle_forms_t:trl_ok")
     score = resolve_oracle("oracle_forms_t:good")
     assert score(["p", "p"], ["a", "abc"], [{}, {}]) == [1.0, 3.0]
@@ -147,7 +152,8 @@ def test_reward_module_import_errors_are_one_line(tmp_path, monkeypatch):
         resolve_reward("raises_t:f")
     with pytest.raises(ValueError, match="imports 'no_such_dependency_xyz', which is not"):
         resolve_reward("needsdep_t:f")
-    with pytest.raises(ValueError, match=r"reward_model:PATH is supported only as inpo\.oracle"):
+    only_as_oracle = r"reward_model:PATH is supported only as iterative\.oracle"
+    with pytest.raises(ValueError, match=only_as_oracle):
         resolve_reward("reward_model:/some/rm")
     assert resolve_reward("fine_t:f")("x") == 1.0
     for name in ("synerr_t", "raises_t", "needsdep_t", "fine_t"):
@@ -158,7 +164,7 @@ def test_train_cli_names_the_reward_key_for_a_syntax_error(tmp_path, capsys, mon
     (tmp_path / "synerr_cli_t.py").write_text("def f(completion, **kw) return 1.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = _run_config(tmp_path, algorithm={"name": "grpo"})
-    del cfg["inpo"]
+    del cfg["iterative"]
     cfg["rollout"] = {"n": 2, "max_new_tokens": 2}
     cfg["online"] = {"prompts_per_step": 1, "micro_batch_size": 2}
     path = tmp_path / "grpo.yaml"
@@ -178,7 +184,7 @@ def test_trainer_accepts_a_path_a_dict_and_refuses_other_types(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     assert alignlib.Trainer is Trainer
     assert isinstance(Trainer(str(path)).config, RunConfig)
-    assert Trainer(path).config.inpo.oracle == "math"
+    assert Trainer(path).config.iterative.oracle == "math"
     assert Trainer(cfg).config.output_dir == str(tmp_path / "run")
     assert Trainer(load_config(path)).config.algorithm.name == "inpo"
     with pytest.raises(ConfigError, match=r"config dict: .*train\.batch_size"):

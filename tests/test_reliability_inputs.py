@@ -158,7 +158,7 @@ BEFORE_MODEL = [
     pytest.param(on(**algo("hpt")), "data.jsonl row 1: online.routing needs a demonstration", id="hpt-no-demonstration"),  # noqa: E501
     pytest.param(on(**algo("dpo")), "algorithm dpo is not an online RL method", id="offline-method-online"),  # noqa: E501
     pytest.param(lambda t: online(t, online={"heldout": {"data": jsonl(t / "held.jsonl", [{"prompt": "Hi"}])}}), "held.jsonl row 1: held-out rows need an 'answer'", id="heldout-no-answer"),  # noqa: E501
-    pytest.param(off(PROMPTS, **algo("inpo"), inpo={"oracle": "math_formt"}), "inpo.oracle: unknown reward 'math_formt'", id="inpo-oracle-typo"),  # noqa: E501
+    pytest.param(off(PROMPTS, **algo("inpo"), iterative={"oracle": "math_formt"}), "iterative.oracle: unknown reward 'math_formt'", id="inpo-oracle-typo"),  # noqa: E501
     pytest.param(lambda t: online(t, rollout={"num_workers": 1, "ray_address": f"127.0.0.1:{unused_port()}", "timeout_s": 5}), "no Ray cluster answered (connection refused); start one with `ray start --head`", id="ray-address-dead"),  # noqa: E501
 ]
 REWARD = "reward 'test_reliability_inputs:{}' {} for a completion of the data row with prompt 'What"

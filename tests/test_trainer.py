@@ -188,33 +188,91 @@ def test_lora_adapter_reloads_to_same_outputs(tmp_path: Path) -> None:
     assert torch.allclose(merged.logits, want, atol=1e-4)
 
 
-def test_inpo_runs_two_iterations(tmp_path: Path) -> None:
-    cfg = load_config(
-        config_file(
-            tmp_path,
-            tmp_path / "unused.jsonl",
-            "inpo",
-            data={"path": "builtin:gsm8k_prompts", "limit": 4},
-            train={"max_steps": None, "epochs": 1, "batch_size": 2, "micro_batch_size": 1},
-            inpo={
-                "iterations": 2,
-                "samples_per_prompt": 3,
-                "max_new_tokens": 8,
-                "oracle": "oracles_for_tests:shortest",
-            },
-        )
+ITERATIVE = {
+    "iterations": 2,
+    "samples_per_prompt": 3,
+    "max_new_tokens": 8,
+    "oracle": "oracles_for_tests:shortest",
+}
+
+
+def iterative_run(tmp_path: Path, algorithm: str, section: str = "iterative", **extra) -> Path:
+    """Two iterations of ``algorithm`` over 4 prompts, 2 steps each (``section``: the config
+    key, `inpo` being the earlier name of `iterative`)."""
+    path = config_file(
+        tmp_path,
+        tmp_path / "unused.jsonl",
+        algorithm,
+        data={"path": "builtin:gsm8k_prompts", "limit": 4},
+        train={"max_steps": None, "epochs": 1, "batch_size": 2, "micro_batch_size": 1},
+        **{section: {**ITERATIVE, **extra}},
     )
-    result = Trainer(cfg).train()
-    lines = (Path(cfg.output_dir) / "iterations.jsonl").read_text().splitlines()
+    return Path(Trainer(load_config(path)).train().output_dir)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "section"), [("inpo", "inpo"), ("dpo", "iterative"), ("simpo", "iterative")]
+)
+def test_preference_iterations_run_any_pairwise_method(
+    tmp_path: Path, algorithm: str, section: str
+) -> None:
+    """INPO's loop trains any pairwise method: iterative DPO, reference-free SimPO."""
+    out = iterative_run(tmp_path, algorithm, section)
+    lines = (out / "iterations.jsonl").read_text().splitlines()
     iterations = [json.loads(line) for line in lines]
     assert [it["iteration"] for it in iterations] == [1, 2]
     assert all(it["pairs"] >= 1 for it in iterations)
-    assert (result.output_dir / "final" / "config.json").is_file()
+    assert (out / "final" / "config.json").is_file()
     # One run, one metrics file: each step says which iteration it trained.
-    logged = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
-    per_step = [json.loads(line)["inpo/iteration"] for line in logged]
-    assert per_step == sorted(per_step) and set(per_step) == {1.0, 2.0}
-    assert len(per_step) == result.steps
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    per_step = [m["iterative/iteration"] for m in logged]
+    assert per_step == [1.0, 1.0, 2.0, 2.0]
+    assert f"{algorithm}/loss" in logged[0]
+
+
+def test_the_earlier_section_name_inpo_is_read_as_iterative(tmp_path: Path) -> None:
+    prompts = {"path": "builtin:gsm8k_prompts"}
+    path = config_file(tmp_path, tmp_path / "unused.jsonl", "inpo", data=prompts, inpo=ITERATIVE)
+    config = load_config(path, ["iterative.samples_per_prompt=5"])  # an override merges in
+    assert config.iterative is not None
+    assert config.iterative.samples_per_prompt == 5
+    assert config.iterative.oracle == ITERATIVE["oracle"]
+
+
+@pytest.mark.parametrize("reference", ["initial", "previous"])
+def test_iteration_reference_is_the_initial_policy_or_the_previous_iterate(
+    tmp_path: Path, reference: str
+) -> None:
+    """Each iteration's first step scores its pairs before any update of that iteration, so
+    the implicit rewards β·log(π/π_ref) there are 0 exactly when π_ref is π_t (`previous`);
+    against the initial policy they are 0 in iteration 1 only."""
+    out = iterative_run(tmp_path, "dpo", reference=reference)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first, second = logged[0], logged[2]  # the first step of iteration 1 and of iteration 2
+    assert second["iterative/iteration"] == 2.0
+    assert abs(first["dpo/chosen_reward"]) < 1e-5 and abs(first["dpo/rejected_reward"]) < 1e-5
+    moved = max(abs(second["dpo/chosen_reward"]), abs(second["dpo/rejected_reward"]))
+    if reference == "previous":
+        assert moved < 1e-5
+    else:
+        assert moved > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra", "message"),
+    [
+        ("sft", {}, "iterative: trains on (best, worst) pairs of sampled responses"),
+        ("kto", {}, "is not a pairwise preference method"),
+        ("bvpo", {}, "is not a pairwise preference method"),  # its pairs need trace flags
+        ("inpo", {"reference": "previous"}, "iterative.reference: previous makes π_ref"),
+    ],
+)
+def test_iterations_refuse_a_method_they_cannot_train(
+    tmp_path: Path, algorithm: str, extra: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        iterative_run(tmp_path, algorithm, **extra)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 BAD_CONFIGS = [

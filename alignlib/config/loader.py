@@ -191,8 +191,8 @@ def check_reward_modules(config: RunConfig, base: Path, where: str) -> None:
     sys.path behind the user's back: the same config must work wherever it is run from)."""
     specs = [(f"online.rewards[{i}].name", r.name) for i, r in enumerate(config.online.rewards)]
     specs = specs if config.rollout is not None else []
-    if config.inpo is not None:
-        specs.append(("inpo.oracle", config.inpo.oracle))
+    if config.iterative is not None:
+        specs.append(("iterative.oracle", config.iterative.oracle))
     for key, spec in specs:
         found = _module_beside(spec, base)
         if found is not None:

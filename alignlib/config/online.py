@@ -279,7 +279,11 @@ class OnlineConfig(Section):
         return self
 
 
-class INPOConfig(Section):
+class IterativeConfig(Section):
+    """Online iterations of a pairwise preference method (INPO's loop; with `dpo` it is
+    iterative / online DPO): each samples K responses per prompt from π_t, ranks them with the
+    oracle, and trains π_{t+1} from π_t on the (best, worst) pairs with a fresh optimizer."""
+
     iterations: int = Field(3, gt=0)
     """Online iterations T: each samples from π_t, ranks, and trains π_{t+1} from π_t."""
     samples_per_prompt: int = Field(8, ge=2)
@@ -293,3 +297,7 @@ class INPOConfig(Section):
     `reward_model:PATH` (a sequence-classification model)."""
     prompts_per_iteration: int | None = Field(None, gt=0)
     """Fresh prompts per iteration (null: the whole prompt set every iteration)."""
+    reference: Literal["initial", "previous"] = "initial"
+    """π_ref of iteration t: the `initial` policy (INPO's π_ref; the KL-regularized objective
+    of Xiong et al. 2024) or the `previous` iterate π_t (RLHFlow's iterative-DPO scripts,
+    self-rewarding LMs, SPPO). INPO reads π_t beside π_ref and needs `initial`."""

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignlib.config.distributed import DistributedConfig
-from alignlib.config.online import INPOConfig, OnlineConfig, RolloutConfig
+from alignlib.config.online import IterativeConfig, OnlineConfig, RolloutConfig
 from alignlib.config.section import Section
 from alignlib.eval.config import EvalConfig
 
@@ -314,8 +314,9 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
-    inpo: INPOConfig | None = None
-    """Set to run INPO's online iterations (the algorithm should be `inpo`)."""
+    iterative: IterativeConfig | None = None
+    """Set to run online iterations of a pairwise preference method (`inpo`, `dpo`, ...;
+    the section's earlier name `inpo:` is read as this one)."""
     eval: EvalConfig | None = None
     """Benchmark evaluation; with `eval.every` set it also runs during training."""
     rollout: RolloutConfig | None = None
@@ -325,8 +326,24 @@ class RunConfig(Section):
     distributed: DistributedConfig = DistributedConfig()
     """Data-parallel training on Ray workers (`num_workers` > 0)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_section_name(cls, data: Any) -> Any:
+        """`inpo:` (configs written before other methods could iterate) is `iterative:`; keys
+        given under both (an `iterative.KEY=...` override of such a config) take iterative's."""
+        if not isinstance(data, dict) or "inpo" not in data:
+            return data
+        earlier, data = data["inpo"], {k: v for k, v in data.items() if k != "inpo"}
+        later = data.get("iterative")
+        if later is not None and not (isinstance(earlier, dict) and isinstance(later, dict)):
+            raise ValueError("set iterative: only (inpo: is its earlier name), not both")
+        data["iterative"] = earlier if later is None else {**earlier, **later}
+        return data
+
     @model_validator(mode="after")
     def _one_mode(self) -> RunConfig:
-        if self.rollout is not None and self.inpo is not None:
-            raise ValueError("set either rollout (online RL) or inpo (INPO iterations), not both")
+        if self.rollout is not None and self.iterative is not None:
+            raise ValueError(
+                "set either rollout (online RL) or iterative (preference iterations), not both"
+            )
         return self

@@ -1,6 +1,6 @@
 """The trainer: ``alignlib.Trainer(config).train()`` / ``alignlib train run.yaml``.
 
-One loop for every kind of run. A *source* (offline data, online rollouts, INPO iterations)
+One loop for every kind of run. A *source* (offline data, online rollouts, preference iterations)
 hands the loop each step's mini-batches; the loop updates, logs, evaluates and checkpoints:
 
     start ← restore(state)                       # the newest checkpoint of this run, if resuming
@@ -38,7 +38,7 @@ from alignlib.trainer.world import SINGLE, World
 
 
 class Source(Protocol):
-    """What the loop needs from offline data, online rollouts or INPO iterations."""
+    """What the loop needs from offline data, online rollouts or preference iterations."""
 
     position: Position
     """Where the source is in its data; saved in every checkpoint."""
@@ -156,9 +156,9 @@ def check_distributed(config: RunConfig) -> None:
     """What data-parallel workers cannot run yet, refused before any worker starts."""
     if config.distributed.strategy != "fsdp2":
         return
-    if config.inpo is not None:
+    if config.iterative is not None:
         raise ValueError(
-            "distributed.strategy fsdp2: INPO samples each iteration's responses with the "
+            "distributed.strategy fsdp2: iterative: samples each iteration's responses with the "
             "policy itself, which a sharded policy cannot do; use distributed.strategy: ddp"
         )
     if config.rollout is None and config.eval is not None and config.eval.every:
@@ -221,17 +221,17 @@ class Trainer:
             self.shards = shard(self.model, self.world, self.placement)
 
     def source(self) -> Source:
-        """Online rollouts with a `rollout:` section, INPO iterations with `inpo:`, else the
-        offline data set."""
+        """Online rollouts with a `rollout:` section, preference iterations with `iterative:`,
+        else the offline data set."""
         config = self.config
         if config.rollout is not None:
             from alignlib.trainer.online import OnlineSource
 
             return OnlineSource(config, self.tokenizer, self.estimator)
-        if config.inpo is not None:
-            from alignlib.trainer.inpo import InpoSource
+        if config.iterative is not None:
+            from alignlib.trainer.iterative import IterativeSource
 
-            return InpoSource(config)
+            return IterativeSource(config)
         from alignlib.trainer.offline import OfflineSource, load_examples
 
         examples, _ = load_examples(config.data, self.tokenizer, config.model.chat_template)

@@ -22,7 +22,7 @@ from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
 from alignlib.data.fit import check_fit, label_balance
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs, unpaired
-from alignlib.estimator import UnifiedEstimator
+from alignlib.estimator import PairwiseAdvantage, UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
 
 OFFLINE_FIELDS = {"logprobs", "mask", "ref_logprobs", "entropy", "roles", "pair_ids", "trace"}
@@ -44,8 +44,8 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
     if config.rollout is not None:
         check_online(config, estimator)
         return {}
-    if config.inpo is not None:
-        check_inpo(config)
+    if config.iterative is not None:
+        check_iterative(config, estimator)
         return {}
     check_offline_estimator(config, estimator)
     return check_offline_data(config, estimator)
@@ -119,7 +119,7 @@ def check_offline_estimator(config: RunConfig, estimator: UnifiedEstimator) -> N
     if "prev_logprobs" in needs:
         raise ConfigError(
             f"algorithm {name} needs the previous iterate's log-probs, which only INPO's "
-            "iterations compute: add an inpo: section"
+            "iterations compute: add an iterative: section"
         )
     if "ref_logprobs" not in needs:
         return
@@ -154,10 +154,7 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
     balance = label_balance(estimator.terms, rows, data.path)
     if balance is not None:
         warn(balance)
-    selects_trace = any(
-        getattr(getattr(t, "rows", None), "trace", None) is not None for t in estimator.terms
-    )
-    if selects_trace and "trace" not in FORMAT_FIELDS.get(fmt, ()):
+    if selects_by_trace(estimator) and "trace" not in FORMAT_FIELDS.get(fmt, ()):
         raise DataError(
             f"{data.path}: algorithm {config.algorithm.name or '(components)'} splits pairs by "
             f"their boolean 'trace' field, but the rows are format '{fmt}'; add trace to every row"
@@ -178,15 +175,17 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
     return {"data/identical_pairs": float(len(same))}
 
 
-def check_inpo(config: RunConfig) -> None:
-    """INPO's prompts and its oracle: a known reward whose columns every row holds."""
+def check_iterative(config: RunConfig, estimator: UnifiedEstimator) -> None:
+    """The iterations' method, prompts and oracle: a pairwise preference method, a known
+    reward whose columns every row holds."""
     from alignlib.rewards import missing_columns, resolve_reward
 
-    assert config.inpo is not None
+    assert config.iterative is not None
+    check_iterative_estimator(config, estimator)
     source = config.data.path
     rows = load_rows(source, config.data.split, config.data.limit)
     check_prompts(rows, source)
-    oracle = config.inpo.oracle
+    oracle = config.iterative.oracle
     if oracle.startswith("reward_model:"):  # read its config.json before the policy loads
         from alignlib.trainer.sample_rank import check_reward_model_folder
 
@@ -195,11 +194,53 @@ def check_inpo(config: RunConfig) -> None:
     try:
         fn = resolve_reward(oracle)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"inpo.oracle: {exc}") from None
+        raise ConfigError(f"iterative.oracle: {exc}") from None
     for index, row in enumerate(rows, start=1):
         missing = missing_columns(fn, {}, row)
         if missing:
             raise DataError(
-                f"{source} row {index}: inpo.oracle {oracle!r} needs field {missing[0]!r}, which "
-                "this row lacks or leaves null"
+                f"{source} row {index}: iterative.oracle {oracle!r} needs field "
+                f"{missing[0]!r}, which this row lacks or leaves null"
             )
+
+
+def selects_by_trace(estimator: UnifiedEstimator) -> bool:
+    """A term picks its rows by the pairs' `trace` flag (BVPO)."""
+    return any(
+        getattr(getattr(t, "rows", None), "trace", None) is not None for t in estimator.terms
+    )
+
+
+def trains_on_pairs(estimator: UnifiedEstimator) -> bool:
+    """A pairwise preference method whose every term can train on bare (chosen, rejected)
+    rows: no demonstrations, labels or trace flags, no SFT term imitating the rejected rows."""
+    terms = estimator.terms
+    pairwise = any(isinstance(getattr(t, "advantage", None), PairwiseAdvantage) for t in terms)
+    if not pairwise or selects_by_trace(estimator):
+        return False
+    try:
+        check_fit(terms, "preference", {}, "pairs", "")
+    except DataError:
+        return False
+    return True
+
+
+def check_iterative_estimator(config: RunConfig, estimator: UnifiedEstimator) -> None:
+    """Each iteration trains on (best, worst) pairs of sampled responses; INPO reads π_t next
+    to π_ref, so its reference must stay the initial policy."""
+    import alignlib.algorithms as algorithms
+
+    name = config.algorithm.name or "(components)"
+    if not trains_on_pairs(estimator):
+        fits = [n for n in algorithms.available() if trains_on_pairs(algorithms.get(n))]
+        raise ConfigError(
+            f"iterative: trains on (best, worst) pairs of sampled responses, and algorithm "
+            f"{name} is not a pairwise preference method that trains on them alone; use one "
+            f"of: {', '.join(fits)}"
+        )
+    assert config.iterative is not None
+    if config.iterative.reference == "previous" and "prev_logprobs" in estimator.requirements():
+        raise ConfigError(
+            f"iterative.reference: previous makes π_ref the previous iterate π_t, which algorithm "
+            f"{name} already reads beside π_ref as its own input; set iterative.reference: initial"
+        )

@@ -1,5 +1,6 @@
 """Sample K responses per prompt from the current policy, rank them with a preference oracle,
-and keep (best, worst) as a preference pair. INPO's iterations and BVPO's pair building share it.
+and keep (best, worst) as a preference pair. The preference iterations (`iterative:`) and
+BVPO's pair building share it.
 
 With a scalar oracle (a verifiable reward or a reward model), the best and worst of K are
 exactly what INPO's knockout tournament returns under a Bradley–Terry preference model.
@@ -31,7 +32,7 @@ def _architectures(config_file: Path) -> list[str]:
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"inpo.oracle: cannot read {config_file}: {exc}") from None
+        raise ValueError(f"iterative.oracle: cannot read {config_file}: {exc}") from None
     architectures = config.get("architectures") if isinstance(config, dict) else None
     return [a for a in architectures or [] if isinstance(a, str)]
 
@@ -39,22 +40,24 @@ def _architectures(config_file: Path) -> list[str]:
 def check_reward_model_folder(path: str) -> str:
     """``path`` if it is a sequence-classification model folder or Hub id (read from its
     config.json, before any weights load); otherwise a one-line ValueError naming
-    ``inpo.oracle``."""
+    ``iterative.oracle``."""
     folder = Path(path).expanduser()
     what = "reward models are sequence-classification models (AutoModelForSequenceClassification)"
     if not path:
-        raise ValueError("inpo.oracle: reward_model: needs a folder, e.g. reward_model:/path/rm")
+        raise ValueError(
+            "iterative.oracle: reward_model: needs a folder, e.g. reward_model:/path/rm"
+        )
     if not folder.exists():
         hub_id = not folder.is_absolute() and path.count("/") == 1 and path[0] not in ".~"
         if not hub_id:
-            raise ValueError(f"inpo.oracle: {path} does not exist; give a reward model folder")
+            raise ValueError(f"iterative.oracle: {path} does not exist; give a reward model folder")
         names = _hub_architectures(path)
     else:
         names = _local_architectures(folder, path, what)
     if not any(name.endswith(_SEQ_CLS) for name in names):
         kind = f"a {names[0]}" if names else "a model with no 'architectures' in its config.json"
         raise ValueError(
-            f"inpo.oracle: {path} is {kind}, not a sequence-classification reward model (its "
+            f"iterative.oracle: {path} is {kind}, not a sequence-classification reward model (its "
             "score head would be random); give a reward model folder or a reward name"
         )
     return path if not folder.exists() else str(folder)
@@ -68,28 +71,29 @@ def _hub_architectures(model_id: str) -> list[str]:
         return list(getattr(AutoConfig.from_pretrained(model_id), "architectures", None) or [])
     except Exception as exc:  # offline, unknown repo, gated: all mean "cannot use it"
         raise ValueError(
-            f"inpo.oracle: {model_id} is not a local folder and its Hub config could not be read "
-            f"({type(exc).__name__}); give a reward model folder"
+            f"iterative.oracle: {model_id} is not a local folder and its Hub config could not be "
+            f"read ({type(exc).__name__}); give a reward model folder"
         ) from None
 
 
 def _local_architectures(folder: Path, path: str, what: str) -> list[str]:
     if not folder.is_dir():
-        raise ValueError(f"inpo.oracle: {path} is a file; give a reward model folder")
+        raise ValueError(f"iterative.oracle: {path} is a file; give a reward model folder")
     config_file = folder / "config.json"
     if not config_file.is_file():
         if (folder / "final" / "config.json").is_file():
             final = folder / "final"
             if any(name.endswith(_SEQ_CLS) for name in _architectures(final / "config.json")):
                 raise ValueError(
-                    f"inpo.oracle: {path} is a run folder; give its model: reward_model:{final}"
+                    f"iterative.oracle: {path} is a run folder; give its model: "
+                    f"reward_model:{final}"
                 )
             raise ValueError(
-                f"inpo.oracle: {path} is a training run folder (its model, {final}, is a causal "
-                f"LM); {what}: give a reward model folder or a reward name"
+                f"iterative.oracle: {path} is a training run folder (its model, {final}, is a "
+                f"causal LM); {what}: give a reward model folder or a reward name"
             )
         raise ValueError(
-            f"inpo.oracle: {path} has no config.json, so it is not a model folder; {what}"
+            f"iterative.oracle: {path} has no config.json, so it is not a model folder; {what}"
         )
     return _architectures(config_file)
 
@@ -116,9 +120,9 @@ def resolve_oracle(spec: str, device: torch.device | None = None) -> Oracle:
     if form != "alignlib":
         shape = "fn(completions, **columns) -> list" if form == "trl" else "compute_score(...)"
         raise ValueError(
-            f"inpo.oracle: {spec} is a {'TRL' if form == 'trl' else 'verl'}-form reward "
-            f"({shape}); INPO calls the oracle once per completion, fn(completion, **columns) "
-            "-> float (TRL/verl batch forms are for online.rewards)"
+            f"iterative.oracle: {spec} is a {'TRL' if form == 'trl' else 'verl'}-form reward "
+            f"({shape}); the iterations call the oracle once per completion, "
+            "fn(completion, **columns) -> float (TRL/verl batch forms are for online.rewards)"
         )
 
     def score(

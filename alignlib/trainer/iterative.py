@@ -1,8 +1,10 @@
-"""The INPO source (Zhang et al., ICLR 2025): iterations t = 1..T as one run. At the first step
-of iteration t it samples K responses per prompt from π_t, ranks them with the oracle, and
-caches log π_ref (the initial policy) and log π_t for each (best, worst) pair; the iteration's
-steps then train π_{t+1} from π_t on those pairs with the `inpo` estimator and a fresh
-optimizer and schedule, as each iteration of the paper is its own training run."""
+"""The preference-iterations source (`iterative:`): iterations t = 1..T as one run, for any
+pairwise preference method (INPO, Zhang et al. ICLR 2025, whose loop this is; iterative / online
+DPO; SPPO-style with π_ref = π_t). At the first step of iteration t it samples K responses per
+prompt from π_t, ranks them with the oracle, and caches, for each (best, worst) pair, what the
+method reads: log π_ref (the initial policy, or π_t with ``reference: previous``) and log π_t.
+The iteration's steps then train π_{t+1} from π_t on those pairs with a fresh optimizer and
+schedule, as each iteration of these papers is its own training run."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from alignlib.data import load_rows
 from alignlib.rollout.base import SamplingParams
 from alignlib.rollout.hf_engine import HFEngine
 from alignlib.trainer.evaluation import in_loop_eval
-from alignlib.trainer.offline import Sampler, cache_logprobs, offline_minibatch
+from alignlib.trainer.offline import LogprobCache, Sampler, cache_logprobs, offline_minibatch
 from alignlib.trainer.sample_rank import pairs_to_examples, resolve_oracle, sample_and_rank
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
@@ -37,35 +39,38 @@ class IterationPosition:
         self.iteration = int(state["iteration"])
 
 
-class InpoSource:
-    """``inpo.iterations`` × ``steps_per_iteration`` steps (train.max_steps per iteration, or
-    train.epochs over the iteration's at most prompts_per_iteration pairs)."""
+class IterativeSource:
+    """``iterative.iterations`` × ``steps_per_iteration`` steps (train.max_steps per iteration,
+    or train.epochs over the iteration's at most prompts_per_iteration pairs)."""
 
     def __init__(self, config: RunConfig) -> None:
-        assert config.inpo is not None
-        self.config, self.inpo = config, config.inpo
+        assert config.iterative is not None
+        self.config, self.iterative = config, config.iterative
         self.rows = load_rows(config.data.path, config.data.split, config.data.limit)
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(
-                f"inpo: data.path {config.data.path} must hold rows with a 'prompt' field"
+                f"iterative: data.path {config.data.path} must hold rows with a 'prompt' field"
             )
-        self.per_iteration = self.inpo.prompts_per_iteration or len(self.rows)
+        self.per_iteration = self.iterative.prompts_per_iteration or len(self.rows)
         train = config.train
         self.steps_per_iteration = train.max_steps or train.epochs * math.ceil(
             self.per_iteration / train.batch_size
         )
-        self.total_steps = self.inpo.iterations * self.steps_per_iteration
+        self.total_steps = self.iterative.iterations * self.steps_per_iteration
         self.optimizer_steps = self.steps_per_iteration  # each iteration restarts its schedule
         self.position = IterationPosition()
         self.sampler: Sampler | None = None
 
     def prepare(self, state: TrainState) -> None:
-        """Before a resume loads trained weights: π_ref is the initial policy."""
+        """Before a resume loads trained weights: the initial policy is π_ref by default."""
         self.state, self.kernel = state, state.kernel()
-        self.reference = state.reference_kernel()
+        # The initial policy is kept (a frozen copy without LoRA) only when the method reads it.
+        reads_ref = "ref_logprobs" in state.estimator.requirements()
+        initial = reads_ref and self.iterative.reference == "initial"
+        self.reference = state.reference_kernel() if initial else None
         if not state.world.is_main:  # rank 0 samples and ranks; the others get its pairs
             return
-        self.oracle = resolve_oracle(self.inpo.oracle, state.placement.device)
+        self.oracle = resolve_oracle(self.iterative.oracle, state.placement.device)
         placement = state.placement
         autocast = placement.compute_dtype if placement.precision == "bf16-mixed" else None
         self.engine = HFEngine(
@@ -92,13 +97,13 @@ class InpoSource:
 
     def start_iteration(self, t: int) -> None:
         """Sample from π_t, rank, cache log π_ref and log π_t; fresh optimizer and schedule."""
-        inpo, train = self.inpo, self.config.train
+        iterative, train = self.iterative, self.config.train
         first = ((t - 1) * self.per_iteration) % len(self.rows)
         prompts = (self.rows + self.rows)[first : first + self.per_iteration]
         sampling = SamplingParams(
-            n=inpo.samples_per_prompt,
-            temperature=inpo.temperature,
-            max_new_tokens=inpo.max_new_tokens,
+            n=iterative.samples_per_prompt,
+            temperature=iterative.temperature,
+            max_new_tokens=iterative.max_new_tokens,
             seed=train.seed + t,
         )
         world, device = self.state.world, self.kernel.device
@@ -108,24 +113,39 @@ class InpoSource:
         pairs, self.stats = world.broadcast(ranked, device)
         if not pairs:
             raise ValueError(
-                f"inpo iteration {t}: no prompt had a best response that beat its worst "
-                f"(all {inpo.samples_per_prompt} samples scored the same); raise "
-                "inpo.samples_per_prompt or inpo.temperature, or use a finer oracle"
+                f"iterative: iteration {t}: no prompt had a best response that beat its worst "
+                f"(all {iterative.samples_per_prompt} samples scored the same); raise "
+                "iterative.samples_per_prompt or iterative.temperature, or use a finer oracle"
             )
         self.examples = pairs_to_examples(pairs)
-        size, pad = train.micro_batch_size * 2, self.state.pad_id
-        reference, context = self.reference
-        self.ref_cache = cache_logprobs(reference, self.examples, pad, size, context)
-        self.prev_cache = cache_logprobs(self.kernel, self.examples, pad, size)  # π_t
+        self.ref_cache, self.prev_cache = self.cache_pairs_logprobs()
         self.sampler = Sampler(len(self.examples), train.batch_size, train.seed + t, True)
         self.state.reset_optimizer(self.steps_per_iteration)
         self.position.iteration = t
+
+    def cache_pairs_logprobs(self) -> tuple[LogprobCache | None, LogprobCache | None]:
+        """log π_ref and log π_t of the iteration's pairs, each only when the method reads it
+        (a reference-free method reads neither); π_ref is π_t itself with `previous`."""
+        needs = self.state.estimator.requirements()
+        size, pad = self.config.train.micro_batch_size * 2, self.state.pad_id
+        reads_ref, reads_prev = "ref_logprobs" in needs, "prev_logprobs" in needs
+        previous = self.iterative.reference == "previous"
+        prev = None
+        if reads_prev or (reads_ref and previous):
+            prev = cache_logprobs(self.kernel, self.examples, pad, size)  # π_t
+        if not reads_ref:
+            return None, prev
+        if previous:
+            return prev, prev if reads_prev else None
+        assert self.reference is not None
+        reference, context = self.reference
+        return cache_logprobs(reference, self.examples, pad, size, context), prev
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float
     ) -> dict[str, float]:
         metrics = merge_results(results)
-        metrics |= {"inpo/iteration": float(self.position.iteration)}
+        metrics |= {"iterative/iteration": float(self.position.iteration)}
         metrics["tokens_per_s"] = metrics["tokens"] / seconds
         if step % self.steps_per_iteration == 0:  # the iteration's record, as before
             record: dict[str, Any] = {"iteration": self.position.iteration, **self.stats}
