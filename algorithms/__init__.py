@@ -6,6 +6,8 @@
 """
 
 from alignlib.algorithms import (  # noqa: F401  (importing registers each preset)
+    aot,
+    aot_unpaired,
     apo_down,
     apo_zero,
     bco_pair,

@@ -100,6 +100,26 @@ def closed_discopop(b: Batch, beta: float = 0.05, tau: float = 0.05) -> Tensor:
     return ((1 - mix) * torch.log1p(torch.exp(-rho)) + mix * torch.exp(-rho)).mean()
 
 
+def sums(b: Batch, field: str, role: Role) -> Tensor:
+    """Σ_t of ``field`` over each row of ``role``."""
+    rows = (b.roles == int(role)).nonzero().flatten()
+    return (getattr(b, field) * b.mask).sum(-1)[rows]
+
+
+def closed_aot(b: Batch, beta: float = 0.1, eps: float = 0.0, paired: bool = True) -> Tensor:
+    """Melnyk et al. (2024): the smoothed logistic loss on quantile-matched margins, through
+    torch.sort's own autograd (the sorted values' gradient flows back to their rows)."""
+    if paired:
+        policy = sums(b, "logprobs", Role.CHOSEN) - sums(b, "logprobs", Role.REJECTED)
+        reference = sums(b, "ref_logprobs", Role.CHOSEN) - sums(b, "ref_logprobs", Role.REJECTED)
+        delta = torch.sort(policy).values - torch.sort(reference).values
+    else:
+        u_w, u_l = log_ratios(b)
+        delta = torch.sort(u_w).values - torch.sort(u_l).values
+    z = beta * delta
+    return (-(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)).mean()
+
+
 def _pairs(seed: int = 0) -> Batch:
     return pair_batch(seed=seed)
 
@@ -138,6 +158,13 @@ CASES = {
     "apo_zero": (_pairs, closed_apo_zero, {}),
     "apo_down": (_pairs, closed_apo_down, {}),
     "discopop": (_pairs, closed_discopop, {}),
+    "aot": (_pairs, closed_aot, {}),
+    "aot_smoothed": (
+        _pairs,
+        lambda b: closed_aot(b, beta=0.3, eps=0.2),
+        {"beta": 0.3, "label_smoothing": 0.2},
+    ),
+    "aot_unpaired": (_pairs, lambda b: closed_aot(b, paired=False), {}),
     "discopop_soft_blend": (
         _pairs,
         lambda b: closed_discopop(b, beta=0.1, tau=1.0),
@@ -155,4 +182,5 @@ VARIANTS = {
     "nca_pair_steep": "nca_pair",
     "sppo_hard_trl": "sppo_hard",
     "discopop_soft_blend": "discopop",
+    "aot_smoothed": "aot",
 }

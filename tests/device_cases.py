@@ -28,7 +28,7 @@ PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
     for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
 ]
-OFFLINE = {"dpo": "preference", "sft": "sft", "tpo": "tpo", "kto": "kto"}
+OFFLINE = {"dpo": "preference", "sft": "sft", "tpo": "tpo", "kto": "kto", "aot": "preference"}
 ONLINE = {
     "grpo": {},
     "hpt": {},

@@ -87,6 +87,8 @@ METHODS = {
     "apo_zero": "preference",
     "apo_down": "preference",
     "discopop": "preference",
+    "aot": "preference",
+    "aot_unpaired": "preference",
 }
 
 

@@ -29,6 +29,7 @@ from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.core import EstimatorInputError, EstimatorOutput, UnifiedEstimator
 from alignlib.estimator.cov_masks import ClipCov, KLCov, token_covariance
 from alignlib.estimator.dpo_losses import (
+    AOTWeights,
     APODownWeights,
     APOZeroWeights,
     BCOPairWeights,
@@ -95,6 +96,7 @@ __all__ = [
     "NLL",
     "REFERENCES",
     "REGULARIZERS",
+    "AOTWeights",
     "APODownWeights",
     "APOZeroWeights",
     "Advantage",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -205,3 +206,57 @@ class DiscoPOPWeights(PairwiseAdvantage):
         )
         weight = -self.beta * d_loss
         return PairWeights(weight, -weight, loss, *pairs.implicit_rewards(self.beta))
+
+
+@ADVANTAGES.register("aot")
+@dataclass(frozen=True)
+class AOTWeights(PairwiseAdvantage):
+    """AOT (Melnyk et al. 2024): distributional preference alignment by one-dimensional optimal
+    transport, i.e. the logistic loss on *sorted* margins, so the chosen reward distribution
+    comes to dominate the rejected one (first-order stochastic dominance).
+
+    ``paired``: a_i = l(y_w) − l(y_l) (policy) and b_i = its reference value are sorted over the
+    mini-batch separately; Δ_k = a_(k) − b_(k). Otherwise the log-ratios u_w and u_l are sorted
+    separately and Δ_k = u_w(k) − u_l(k) (TRL's ``aot_unpaired``). Loss: the mean over k of
+    −(1 − ε) log σ(βΔ_k) − ε log σ(−βΔ_k); a row takes the weight of the rank its own value
+    holds, c = β[(1 − ε)σ(−βΔ_k) − εσ(βΔ_k)], positive on chosen rows, negative on rejected.
+
+    The sort couples the pairs, so the weights are computed once per optimizer mini-batch from
+    the present log-probs (a no-grad pass), never per micro-batch: the gradient does not depend
+    on micro-batching. TRL sorts each device micro-batch (equal with one micro-batch per step).
+    """
+
+    per_call: ClassVar[bool] = False
+    reads_logprobs: ClassVar[bool] = True
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    """ε: the smoothed logistic of cDPO (TRL applies its ``label_smoothing`` here too)."""
+    paired: bool = True
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+        check_number(
+            "AOTWeights", "label_smoothing", self.label_smoothing, ge=0, lt=0.5,
+            why="the assumed fraction of flipped labels",
+        )  # fmt: skip
+
+    def sorted_weights(self, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """The weight and the loss of each sorted position k."""
+        z, eps = self.beta * delta, self.label_smoothing
+        weight = self.beta * ((1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z))
+        return weight, -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+    def weights(self, pairs: Pairs) -> PairWeights:
+        u_w, u_l = pairs.log_ratios
+        assert pairs.ref_w is not None and pairs.ref_l is not None
+        if self.paired:
+            policy = pairs.policy_w - pairs.policy_l
+            order_w = order_l = policy.argsort()
+            delta = policy[order_w] - (pairs.ref_w - pairs.ref_l).sort().values
+        else:
+            order_w, order_l = u_w.argsort(), u_l.argsort()
+            delta = u_w[order_w] - u_l[order_l]
+        weight, loss = self.sorted_weights(delta)
+        chosen, rejected, pair_loss = (torch.empty_like(delta) for _ in range(3))
+        chosen[order_w], rejected[order_l], pair_loss[order_w] = weight, -weight, loss
+        return PairWeights(chosen, rejected, pair_loss, self.beta * u_w, self.beta * u_l)
