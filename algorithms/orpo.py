@@ -3,9 +3,8 @@
 odds(y) = P/(1 − P) with P = exp(l̄(y)), the length-averaged likelihood (as the paper and TRL's
 ``ORPOTrainer``). The NLL is the paper's L_SFT of the chosen response given the prompt, a token
 mean over the mini-batch's chosen tokens. The released code (unless ``--disable_prompt_loss``) and
-TRL's ``ORPOTrainer`` also count the prompt tokens in that NLL; alignlib trains response tokens
-only, like every other method here (tests/test_trl_parity_reference_free.py matches TRL exactly
-where the two coincide).
+TRL's ``ORPOTrainer`` count the prompt's tokens in that NLL too: ``prompt_loss: true`` (the
+odds ratio stays on the responses, as theirs).
 """
 
 from alignlib.algorithms.registry import PAIR_ROWS, preset
@@ -13,8 +12,10 @@ from alignlib.estimator import NLL, ORPOWeights, UnifiedEstimator
 
 
 @preset("orpo")
-def orpo(beta: float = 0.1) -> UnifiedEstimator:
-    """ORPO with λ (TRL's ``beta``) = 0.1, the paper's and TRL's default."""
+def orpo(beta: float = 0.1, prompt_loss: bool = False) -> UnifiedEstimator:
+    """ORPO with λ (TRL's ``beta``) = 0.1, the paper's and TRL's default; the NLL over the
+    response (the paper's formula) or, with ``prompt_loss``, over prompt and response (the
+    released code's and TRL's default)."""
     odds_ratio = UnifiedEstimator(
         advantage=ORPOWeights(beta),
         likelihood="sequence-mean",
@@ -22,4 +23,5 @@ def orpo(beta: float = 0.1) -> UnifiedEstimator:
         rows=PAIR_ROWS,
         name="orpo",
     )
-    return UnifiedEstimator(terms=[*odds_ratio.terms, NLL(normalization="token_mean_batch")])
+    nll = NLL(normalization="token_mean_batch", with_prompt=prompt_loss)
+    return UnifiedEstimator(terms=[*odds_ratio.terms, nll])

@@ -47,6 +47,26 @@ def closed_orpo(b: Batch, lam: float = 0.1) -> Tensor:
     return chosen_token_nll(b) - lam * F.logsigmoid(odds_ratio.log()).mean()
 
 
+def prompted_pairs(seed: int = 0, prompt: int = 4) -> Batch:
+    """Pairs whose completions start after a ``prompt``-token prompt, with the prompt's scored
+    tokens (all but its first) in ``prompt_mask``."""
+    b = pair_batch(seed=seed)
+    gen = torch.Generator().manual_seed(seed + 50)
+    mask = ragged_mask(b.num_rows, b.width, gen, prompt=prompt)
+    prompt_mask = torch.zeros_like(mask)
+    prompt_mask[:, 1:prompt] = 1
+    return b.replace(mask=mask, prompt_mask=prompt_mask)
+
+
+def closed_orpo_with_prompt(b: Batch, lam: float = 0.1) -> Tensor:
+    """The released code's ORPO: the NLL over every scored token of the chosen rows, prompt
+    included; the odds ratio over the responses."""
+    chosen = _rows(b, Role.CHOSEN)
+    tokens = (b.mask + b.prompt_mask)[chosen]
+    nll = -(b.logprobs[chosen] * tokens).sum() / tokens.sum()
+    return nll + (closed_orpo(b, lam) - chosen_token_nll(b))
+
+
 def likely_pairs(seed: int = 0) -> Batch:
     """Pairs whose average token probability is high (0.6–0.99), where ORPO's odds differ most
     from the probabilities themselves (1/(1 − P) far from 1)."""

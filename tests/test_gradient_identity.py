@@ -25,9 +25,11 @@ from closed_forms_pairs import (
     closed_cpo,
     closed_kto,
     closed_orpo,
+    closed_orpo_with_prompt,
     closed_simpo,
     kto_batch,
     likely_pairs,
+    prompted_pairs,
 )
 from torch import Tensor
 
@@ -239,6 +241,7 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "cpo": (pair_batch, closed_cpo, {}),
     "orpo": (pair_batch, closed_orpo, {}),
     "orpo_likely": (likely_pairs, lambda b: closed_orpo(b, lam=0.3), {"beta": 0.3}),
+    "orpo_prompt_loss": (prompted_pairs, closed_orpo_with_prompt, {"prompt_loss": True}),
     "kto": (kto_batch, closed_kto, {}),
     "kto_clamped": (
         lambda seed=0: kto_batch(seed, kl_shift=-0.6),
@@ -275,6 +278,7 @@ VARIANTS = {
     "gspo_sequence": "gspo",
     "simpo_nll": "simpo",
     "orpo_likely": "orpo",
+    "orpo_prompt_loss": "orpo",
     "kto_clamped": "kto",
 }
 CASES |= closed_forms_dpo_family.CASES

@@ -91,12 +91,15 @@ def ours(estimator: UnifiedEstimator, batch: dict, logits: torch.Tensor):
     leaf = logits.clone().requires_grad_(True)
     ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
     labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
+    attention = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
     logprobs = leaf[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     mask = (labels[:, 1:] != -100).to(torch.float64)
+    prompt = attention[:, 1:].to(torch.float64) - mask  # scored tokens before the response
     out = estimator(
         Batch(
-            logprobs=logprobs * mask,
+            logprobs=logprobs * (mask + prompt),
             mask=mask,
+            prompt_mask=prompt,
             roles=torch.tensor([int(Role.CHOSEN)] * PAIRS + [int(Role.REJECTED)] * PAIRS),
             pair_ids=torch.arange(PAIRS).repeat(2),
         )
@@ -134,6 +137,19 @@ def test_simpo_matches_trl_cpo_simpo(beta: float, gamma: float, alpha: float) ->
         )
         got = ours(algorithms.get("simpo", beta=beta, gamma=gamma, alpha=alpha), batch, logits)
         assert_same(got, want)
+
+
+@pytest.mark.parametrize("beta, scale", [(0.1, 2.0), (0.5, 6.0)])
+def test_orpo_with_prompt_loss_matches_trl_on_any_prompt(beta: float, scale: float) -> None:
+    """Prompts of 1–3 tokens: ``prompt_loss`` counts the prompt's tokens in the NLL, as TRL's
+    ORPOTrainer (and the released code) do; without it the two differ."""
+    for seed in range(3):
+        batch, logits = make_batch(seed, prompt_tokens=None), make_logits(seed, scale=scale)
+        want = theirs(ORPOTrainer, batch, logits, beta=beta)
+        got = ours(algorithms.get("orpo", beta=beta, prompt_loss=True), batch, logits)
+        assert_same(got, want, 1e-6)
+        paper = ours(algorithms.get("orpo", beta=beta), batch, logits)
+        assert (paper[1] - want[1]).norm() > 1e-2 * want[1].norm()  # the prompt's gradient
 
 
 @pytest.mark.parametrize("beta, scale", [(0.1, 2.0), (0.5, 6.0)])

@@ -206,6 +206,8 @@ class Collated:
     input_ids: Tensor
     attention_mask: Tensor
     completion_mask: Tensor
+    prompt_mask: Tensor
+    """[R, W] 1 on prompt tokens after the first (a token with a predecessor can be scored)."""
     roles: Tensor
     pair_ids: Tensor
     trace: Tensor | None
@@ -226,16 +228,19 @@ def collate(examples: list[Example], pad_id: int) -> Collated:
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=HOST)
     attention = torch.zeros(len(rows), width, dtype=torch.long, device=HOST)
     completion = torch.zeros(len(rows), width, device=HOST)
+    prompt = torch.zeros(len(rows), width, device=HOST)
     for r, (_, seq, start, _) in enumerate(rows):
         input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
         completion[r, start : len(seq)] = 1
+        prompt[r, 1:start] = 1
     example_of_row = torch.tensor([i for i, _, _, _ in rows], device=HOST)
     has_trace = any(ex.trace is not None for ex in examples)
     return Collated(
         input_ids=input_ids,
         attention_mask=attention,
         completion_mask=completion,
+        prompt_mask=prompt,
         roles=torch.tensor([int(role) for _, _, _, role in rows], device=HOST),
         pair_ids=example_of_row.clone(),
         trace=(

@@ -34,6 +34,7 @@ class BatchError(ValueError):
 TOKEN_FIELDS = (
     "logprobs",
     "mask",
+    "prompt_mask",
     "old_logprobs",
     "ref_logprobs",
     "prev_logprobs",
@@ -55,6 +56,9 @@ class Batch:
     """[R, T] log π_θ of each completion token, with gradient."""
     mask: Tensor
     """[R, T] 1 on completion tokens, 0 on prompt and padding."""
+    prompt_mask: Tensor | None = None
+    """[R, T] 1 on the prompt tokens that are scored (every one after the first), read only by
+    an NLL over whole sequences (ORPO's released code trains the prompt too)."""
     old_logprobs: Tensor | None = None
     """[R, T] log-probs under π_old, the policy that sampled the rows, as the trainer computes
     them (the PPO/GRPO importance ratio π/π_old; the engine's own numbers are
@@ -121,6 +125,8 @@ class Batch:
             )
         # One dtype for all arithmetic: a bool/int mask becomes the log-prob dtype.
         self.mask = self.mask.to(self.logprobs.dtype)
+        if self.prompt_mask is not None:
+            self.prompt_mask = self.prompt_mask.to(self.logprobs.dtype)
 
     @property
     def num_rows(self) -> int:

@@ -14,7 +14,7 @@ from alignlib.estimator.aggregation import (
     SeqMeanTokenSum,
     TokenMean,
 )
-from alignlib.estimator.batch import ALL_ROWS, Batch, Role, Rows
+from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.references import CurrentPolicy
 from alignlib.estimator.registry import Registry, check_choice, check_number
 from alignlib.estimator.term import (
@@ -123,6 +123,9 @@ class NLL(Term):
     normalization: Literal["sum", "seq_mean", "token_mean_batch"] = "token_mean_batch"
     beta: float | None = None
     """Multiply coef by β as official RPO does (ηβ); None: no scaling."""
+    with_prompt: bool = False
+    """Count the prompt's tokens too (``batch.prompt_mask``), as ORPO's released code and TRL's
+    ``ORPOTrainer`` do; False: the completion's only (the papers' L_SFT of y given x)."""
     name: str = "nll"
 
     def __post_init__(self) -> None:
@@ -148,10 +151,20 @@ class NLL(Term):
         )
 
     def requirements(self) -> dict[str, str]:
+        if self.with_prompt:
+            return {"prompt_mask": "an NLL with_prompt counts the prompt's tokens"}
         return {}
 
+    def scored(self, batch: Batch) -> Batch:
+        """The batch whose mask is the tokens this NLL counts."""
+        if not self.with_prompt:
+            return batch
+        if batch.prompt_mask is None:
+            raise BatchError("an NLL with_prompt needs batch.prompt_mask (the prompt's tokens)")
+        return batch.replace(mask=batch.mask + batch.prompt_mask)
+
     def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        return self.as_policy_gradient().prepare(batch)
+        return self.as_policy_gradient().prepare(self.scored(batch))
 
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
-        return self.as_policy_gradient().forward(batch, prepared)
+        return self.as_policy_gradient().forward(self.scored(batch), prepared)

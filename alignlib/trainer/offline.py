@@ -124,8 +124,11 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def host_rows(col: Collated) -> HostRows:
-    return HostRows(col.input_ids, col.attention_mask, col.completion_mask)
+def host_rows(col: Collated, with_prompt: bool = False) -> HostRows:
+    """The rows to forward; ``with_prompt``: the prompt's tokens are scored too (their
+    log-probs computed, not only the completion's)."""
+    scored = col.completion_mask + col.prompt_mask if with_prompt else col.completion_mask
+    return HostRows(col.input_ids, col.attention_mask, scored)
 
 
 @torch.no_grad()
@@ -182,6 +185,7 @@ def offline_minibatch(
     fields = Batch(
         logprobs=torch.zeros(rows, width, device=HOST),
         mask=col.completion_mask,
+        prompt_mask=col.prompt_mask if "prompt_mask" in needs else None,
         ref_logprobs=_reference(ref_cache, examples, width, needs, "ref_logprobs"),
         prev_logprobs=_reference(prev_cache, examples, width, needs, "prev_logprobs"),
         entropy=torch.zeros(rows, width, device=HOST) if "entropy" in needs else None,
@@ -197,7 +201,7 @@ def offline_minibatch(
     units = [(col.example_of_row.eq(i) & trained).nonzero().flatten() for i in range(len(examples))]
     micro = MicroBatching.of(micro_batch_size).split(units, col.attention_mask.sum(-1))
     return MiniBatch(
-        host_rows(col),
+        host_rows(col, with_prompt="prompt_mask" in needs),
         fields,
         micro,
         live_reference=live_reference,

@@ -25,7 +25,16 @@ from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs, un
 from alignlib.estimator import PairwiseAdvantage, UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
 
-OFFLINE_FIELDS = {"logprobs", "mask", "ref_logprobs", "entropy", "roles", "pair_ids", "trace"}
+OFFLINE_FIELDS = {
+    "logprobs",
+    "mask",
+    "prompt_mask",
+    "ref_logprobs",
+    "entropy",
+    "roles",
+    "pair_ids",
+    "trace",
+}
 """Batch fields an offline step fills (prev_logprobs only inside INPO's iterations)."""
 
 
