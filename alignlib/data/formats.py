@@ -8,6 +8,7 @@ from typing import Any
 
 from alignlib.data.builtin import build
 from alignlib.data.errors import DataError
+from alignlib.data.implicit_prompt import with_explicit_prompts
 from alignlib.data.reading import read_json_rows
 
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -195,11 +196,16 @@ def identical_pairs(rows: list[dict[str, Any]], fmt: str) -> list[int]:
 
 
 def load_rows(path: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set.
+    """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set;
+    preference rows with an implicit prompt get it made explicit (implicit_prompt.py).
 
     JSON files are read line by line (see reading.py): each value keeps its JSON type and a
     malformed line is named. A file with no rows is refused here, naming it (``datasets`` raises
     a bare StopIteration or "corresponds to no data" for one)."""
+    return with_explicit_prompts(_read_rows(path, split, limit), path)
+
+
+def _read_rows(path: str, split: str, limit: int | None) -> list[dict[str, Any]]:
     if path.startswith("builtin:"):
         rows = build(path.removeprefix("builtin:"))
         return rows[:limit] if limit else rows
