@@ -2,7 +2,7 @@
 Transport"), paired: the logistic loss on sorted policy-vs-reference margins over the mini-batch
 (TRL's ``loss_type="aot"``)."""
 
-from alignlib.algorithms.registry import PAIR_ROWS, preset
+from alignlib.algorithms.registry import pairwise, preset
 from alignlib.estimator import AOTWeights, UnifiedEstimator
 
 
@@ -11,10 +11,4 @@ def aot(beta: float = 0.1, label_smoothing: float = 0.0) -> UnifiedEstimator:
     """β = 0.1 as DPO (TRL's default); ε smooths the logistic as cDPO. The sort spans the
     optimizer mini-batch, so a larger train.batch_size gives finer quantiles (the paper's
     advice: large per-step batches)."""
-    return UnifiedEstimator(
-        advantage=AOTWeights(beta, label_smoothing, paired=True),
-        likelihood="sequence-sum",
-        aggregation="pair-mean",
-        rows=PAIR_ROWS,
-        name="aot",
-    )
+    return pairwise(AOTWeights(beta, label_smoothing, paired=True), "aot")

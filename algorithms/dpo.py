@@ -6,7 +6,7 @@ OpenRLHF's ``label_smoothing``) and f-DPO (Wang et al. 2024; TRL's ``f_divergenc
 
 from typing import Literal
 
-from alignlib.algorithms.registry import PAIR_ROWS, preset
+from alignlib.algorithms.registry import pairwise, preset
 from alignlib.estimator import DPOWeights, UnifiedEstimator
 
 
@@ -21,10 +21,4 @@ def dpo(
     is cDPO: −(1 − ε) log σ(βΔ) − ε log σ(−βΔ), for labels flipped with probability ε.
     ``divergence`` replaces the reverse KL by the forward KL, Jensen–Shannon or an α-divergence
     (``divergence_alpha``, the paper's α; TRL's ``f_alpha_divergence_coef`` = 1 − α)."""
-    return UnifiedEstimator(
-        advantage=DPOWeights(beta, label_smoothing, divergence, divergence_alpha),
-        likelihood="sequence-sum",
-        aggregation="pair-mean",
-        rows=PAIR_ROWS,
-        name="dpo",
-    )
+    return pairwise(DPOWeights(beta, label_smoothing, divergence, divergence_alpha), "dpo")

@@ -2,17 +2,11 @@
 Rewards"), on pairs (TRL's ``nca_pair``): absolute implicit rewards keep the chosen likelihood
 from falling with the rejected one."""
 
-from alignlib.algorithms.registry import PAIR_ROWS, preset
+from alignlib.algorithms.registry import pairwise, preset
 from alignlib.estimator import NCAPairWeights, UnifiedEstimator
 
 
 @preset("nca_pair")
 def nca_pair(beta: float = 0.01) -> UnifiedEstimator:
     """β = 0.01, the paper's UltraFeedback setting (TRL's default is 0.1)."""
-    return UnifiedEstimator(
-        advantage=NCAPairWeights(beta),
-        likelihood="sequence-sum",
-        aggregation="pair-mean",
-        rows=PAIR_ROWS,
-        name="nca_pair",
-    )
+    return pairwise(NCAPairWeights(beta), "nca_pair")

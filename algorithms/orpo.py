@@ -7,7 +7,7 @@ TRL's ``ORPOTrainer`` count the prompt's tokens in that NLL too: ``prompt_loss: 
 odds ratio stays on the responses, as theirs).
 """
 
-from alignlib.algorithms.registry import PAIR_ROWS, preset
+from alignlib.algorithms.registry import pairwise, preset
 from alignlib.estimator import NLL, ORPOWeights, UnifiedEstimator
 
 
@@ -16,12 +16,6 @@ def orpo(beta: float = 0.1, prompt_loss: bool = False) -> UnifiedEstimator:
     """ORPO with λ (TRL's ``beta``) = 0.1, the paper's and TRL's default; the NLL over the
     response (the paper's formula) or, with ``prompt_loss``, over prompt and response (the
     released code's and TRL's default)."""
-    odds_ratio = UnifiedEstimator(
-        advantage=ORPOWeights(beta),
-        likelihood="sequence-mean",
-        aggregation="pair-mean",
-        rows=PAIR_ROWS,
-        name="orpo",
-    )
+    odds_ratio = pairwise(ORPOWeights(beta), "orpo", "sequence-mean")
     nll = NLL(normalization="token_mean_batch", with_prompt=prompt_loss)
     return UnifiedEstimator(terms=[*odds_ratio.terms, nll])

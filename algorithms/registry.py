@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from alignlib.estimator import Registry, RegistryError, Role, Rows, UnifiedEstimator
+from alignlib.estimator import Advantage, Registry, RegistryError, Role, Rows, UnifiedEstimator
 from alignlib.estimator.registry import closest
 
 Preset = Callable[..., UnifiedEstimator]
@@ -15,6 +15,15 @@ PRESETS: Registry[Any] = Registry("algorithm")
 
 PAIR_ROWS = Rows.of(Role.CHOSEN, Role.REJECTED)
 """The rows a pairwise preference term trains on (gold/demonstration rows excluded)."""
+
+
+def pairwise(weights: Advantage, name: str, likelihood: str = "sequence-sum") -> UnifiedEstimator:
+    """One pairwise preference term, the DPO family's shape: closed-form weights on the chosen
+    and rejected rows' sequence log-likelihoods (summed, or ``sequence-mean``), a mean over
+    pairs."""
+    return UnifiedEstimator(
+        advantage=weights, likelihood=likelihood, aggregation="pair-mean", rows=PAIR_ROWS, name=name
+    )
 
 
 def preset(name: str) -> Callable[[Preset], Preset]:

@@ -6,7 +6,7 @@ equal to the official cumulative RPO only when w = η·β·(mean chosen length).
 
 from typing import Literal
 
-from alignlib.algorithms.registry import PAIR_ROWS, preset
+from alignlib.algorithms.registry import pairwise, preset
 from alignlib.estimator import RPOWeights, UnifiedEstimator
 
 
@@ -15,13 +15,7 @@ def rpo(
     beta: float = 0.01, eta: float = 0.005, sft_normalization: Literal["sum", "seq_mean"] = "sum"
 ) -> UnifiedEstimator:
     """Official cumulative RPO: DPO + ηβ·mean_pairs(−l(y_w)); η = 0.005, β = 0.01 (Zephyr)."""
-    return UnifiedEstimator(
-        advantage=RPOWeights(beta=beta, eta=eta, sft_normalization=sft_normalization),
-        likelihood="sequence-sum",
-        aggregation="pair-mean",
-        rows=PAIR_ROWS,
-        name="rpo",
-    )
+    return pairwise(RPOWeights(beta=beta, eta=eta, sft_normalization=sft_normalization), "rpo")
 
 
 @preset("rpo_avg")

@@ -2,7 +2,7 @@
 TRL's ``sppo_hard``: squared distance of each log-ratio to ±1/(2β). The paper's iterative self-play
 (π_t in place of π_ref each round) is INPO's loop; this preset keeps the reference fixed."""
 
-from alignlib.algorithms.registry import PAIR_ROWS, preset
+from alignlib.algorithms.registry import pairwise, preset
 from alignlib.estimator import SPPOHardWeights, UnifiedEstimator
 
 
@@ -10,10 +10,4 @@ from alignlib.estimator import SPPOHardWeights, UnifiedEstimator
 def sppo_hard(beta: float = 1e-3) -> UnifiedEstimator:
     """β = 1/η = 1e-3, the authors' pipeline (scripts/pipeline.sh: BETA=0.001). TRL's default
     β is 0.1, which moves the target log-ratios ±1/(2β) from ±500 to ±5."""
-    return UnifiedEstimator(
-        advantage=SPPOHardWeights(beta),
-        likelihood="sequence-sum",
-        aggregation="pair-mean",
-        rows=PAIR_ROWS,
-        name="sppo_hard",
-    )
+    return pairwise(SPPOHardWeights(beta), "sppo_hard")

@@ -3,7 +3,9 @@
 `--method dpo` (default) against TRL's `DPOTrainer`, `simpo` against `CPOTrainer(loss_type=
 "simpo", cpo_alpha=0)`, `orpo` against `ORPOTrainer` (both in trl.experimental; reference-free),
 `kto` against `KTOTrainer` on the pairs unpaired (`--pairs` counts examples there; both sides
-add a no-grad pass over the mismatched KL completions; the plain loop is skipped).
+add a no-grad pass over the mismatched KL completions; the plain loop is skipped), `aot`
+against `DPOTrainer(loss_type="aot")` (alignlib adds a no-grad pass over the mini-batch, which
+its sort reads; TRL sorts each micro-batch, so the two losses differ, the work is the same).
 Both trainers run full fine-tuning with AdamW, with DPO's reference log-probs precomputed once,
 for the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
@@ -48,6 +50,7 @@ PARAMS = {
     "simpo": {"beta": 2.0, "gamma": 1.0},
     "orpo": {"beta": 0.1},
     "kto": {"beta": 0.1},
+    "aot": {"beta": BETA},
 }
 """Each method's hyperparameters, the same on both sides (the presets' defaults)."""
 
@@ -108,7 +111,7 @@ def load_model(model_name: str):  # type: ignore[no-untyped-def]
 
 def trl_classes() -> tuple[type, type]:
     """TRL's config and trainer classes for ``METHOD``."""
-    if METHOD == "dpo":
+    if METHOD in ("dpo", "aot"):
         from trl import DPOConfig, DPOTrainer
 
         return DPOConfig, DPOTrainer
@@ -128,8 +131,9 @@ def trl_classes() -> tuple[type, type]:
 def trl_settings() -> dict[str, object]:
     """The method's hyperparameters under TRL's names."""
     params = PARAMS[METHOD]
-    if METHOD in ("dpo", "kto"):
-        return {"beta": params["beta"], "precompute_ref_log_probs": True}
+    if METHOD in ("dpo", "kto", "aot"):
+        settings = {"beta": params["beta"], "precompute_ref_log_probs": True}
+        return settings | ({"loss_type": ["aot"]} if METHOD == "aot" else {})
     if METHOD == "simpo":
         return {
             "beta": params["beta"],

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignlib.estimator.advantages import ADVANTAGES
-from alignlib.estimator.preferences import Pairs, PairWeights, PairwiseAdvantage, check_beta
+from alignlib.estimator.preferences import (
+    Pairs,
+    PairWeights,
+    PairwiseAdvantage,
+    check_beta,
+    smoothed_logistic,
+)
 from alignlib.estimator.registry import check_number
 
 
@@ -240,12 +246,6 @@ class AOTWeights(PairwiseAdvantage):
             why="the assumed fraction of flipped labels",
         )  # fmt: skip
 
-    def sorted_weights(self, delta: Tensor) -> tuple[Tensor, Tensor]:
-        """The weight and the loss of each sorted position k."""
-        z, eps = self.beta * delta, self.label_smoothing
-        weight = self.beta * ((1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z))
-        return weight, -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
-
     def weights(self, pairs: Pairs) -> PairWeights:
         u_w, u_l = pairs.log_ratios
         assert pairs.ref_w is not None and pairs.ref_l is not None
@@ -256,7 +256,7 @@ class AOTWeights(PairwiseAdvantage):
         else:
             order_w, order_l = u_w.argsort(), u_l.argsort()
             delta = u_w[order_w] - u_l[order_l]
-        weight, loss = self.sorted_weights(delta)
+        weight, loss = smoothed_logistic(self.beta, self.beta * delta, self.label_smoothing)
         chosen, rejected, pair_loss = (torch.empty_like(delta) for _ in range(3))
         chosen[order_w], rejected[order_l], pair_loss[order_w] = weight, -weight, loss
         return PairWeights(chosen, rejected, pair_loss, self.beta * u_w, self.beta * u_l)

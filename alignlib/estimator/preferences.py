@@ -147,6 +147,13 @@ class PairwiseAdvantage(Advantage):
         return AdvantageResult(values.detach(), row_loss.detach(), metrics)
 
 
+def smoothed_logistic(beta: float, z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The weight β[(1 − ε)σ(−z) − εσ(z)] and the loss −(1 − ε) log σ(z) − ε log σ(−z) of the
+    logistic loss on a margin z with labels smoothed by ε (cDPO; ε = 0 is DPO's)."""
+    weight = beta * ((1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z))
+    return weight, -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
 DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 
 
@@ -192,9 +199,7 @@ class DPOWeights(PairwiseAdvantage):
     def weights(self, pairs: Pairs) -> PairWeights:
         (g_w, slope_w), (g_l, slope_l) = map(self.score, pairs.log_ratios)
         reward_w, reward_l = pairs.implicit_rewards(self.beta)
-        z, eps = self.beta * (g_w - g_l), self.label_smoothing
-        weight = self.beta * ((1 - eps) * torch.sigmoid(-z) - eps * torch.sigmoid(z))
-        loss = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+        weight, loss = smoothed_logistic(self.beta, self.beta * (g_w - g_l), self.label_smoothing)
         return PairWeights(weight * slope_w, -weight * slope_l, loss, reward_w, reward_l)
 
 

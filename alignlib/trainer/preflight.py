@@ -35,7 +35,7 @@ OFFLINE_FIELDS = {
     "pair_ids",
     "trace",
 }
-"""Batch fields an offline step fills (prev_logprobs only inside INPO's iterations)."""
+"""Batch fields an offline step fills (prev_logprobs only inside the preference iterations)."""
 
 
 def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float]:
@@ -127,7 +127,7 @@ def check_offline_estimator(config: RunConfig, estimator: UnifiedEstimator) -> N
         )
     if "prev_logprobs" in needs:
         raise ConfigError(
-            f"algorithm {name} needs the previous iterate's log-probs, which only INPO's "
+            f"algorithm {name} needs the previous iterate's log-probs, which only the preference "
             "iterations compute: add an iterative: section"
         )
     if "ref_logprobs" not in needs:
