@@ -241,6 +241,30 @@ def test_the_earlier_section_name_inpo_is_read_as_iterative(tmp_path: Path) -> N
     assert config.iterative.oracle == ITERATIVE["oracle"]
 
 
+@pytest.mark.parametrize("optimizer", ["fresh", "continue"])
+def test_iterations_restart_or_continue_the_optimizer(tmp_path: Path, optimizer: str) -> None:
+    """A linear decay restarts with each iteration's fresh optimizer, and spans the whole run
+    when one optimizer continues (online DPO)."""
+    folder = tmp_path / optimizer
+    folder.mkdir()
+    path = config_file(
+        folder,
+        folder / "unused.jsonl",
+        "dpo",
+        data={"path": "builtin:gsm8k_prompts", "limit": 4},
+        train={"max_steps": None, "epochs": 1, "batch_size": 2, "micro_batch_size": 1},
+        optim={"schedule": "linear", "warmup_ratio": 0.0},
+        iterative={**ITERATIVE, "optimizer": optimizer},
+    )
+    out = Path(Trainer(load_config(path)).train().output_dir)
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 4 and lrs[1] < lrs[0]
+    if optimizer == "fresh":
+        assert lrs[2:] == lrs[:2]
+    else:
+        assert lrs[3] < lrs[2] < lrs[1]
+
+
 @pytest.mark.parametrize("reference", ["initial", "previous"])
 def test_iteration_reference_is_the_initial_policy_or_the_previous_iterate(
     tmp_path: Path, reference: str

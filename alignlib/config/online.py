@@ -301,3 +301,8 @@ class IterativeConfig(Section):
     """π_ref of iteration t: the `initial` policy (INPO's π_ref; the KL-regularized objective
     of Xiong et al. 2024) or the `previous` iterate π_t (RLHFlow's iterative-DPO scripts,
     self-rewarding LMs, SPPO). INPO reads π_t beside π_ref and needs `initial`."""
+    optimizer: Literal["fresh", "continue"] = "fresh"
+    """`fresh`: each iteration a new optimizer and learning-rate schedule, as each iteration of
+    INPO and iterative DPO is its own training run; `continue`: one optimizer and one schedule
+    over all iterations' steps (online DPO, Guo et al. 2024: with `max_steps: 1` every step
+    samples fresh pairs from the current policy)."""

@@ -4,7 +4,8 @@ DPO; SPPO-style with π_ref = π_t). At the first step of iteration t it samples
 prompt from π_t, ranks them with the oracle, and caches, for each (best, worst) pair, what the
 method reads: log π_ref (the initial policy, or π_t with ``reference: previous``) and log π_t.
 The iteration's steps then train π_{t+1} from π_t on those pairs with a fresh optimizer and
-schedule, as each iteration of these papers is its own training run."""
+schedule, as each iteration of these papers is its own training run (``optimizer: continue``:
+one optimizer over all iterations, online DPO)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,11 @@ class IterativeSource:
             self.per_iteration / train.batch_size
         )
         self.total_steps = self.iterative.iterations * self.steps_per_iteration
-        self.optimizer_steps = self.steps_per_iteration  # each iteration restarts its schedule
+        self.fresh_optimizer = self.iterative.optimizer == "fresh"
+        # The schedule spans one iteration (each restarts it) or the whole run.
+        self.optimizer_steps = (
+            self.steps_per_iteration if self.fresh_optimizer else self.total_steps
+        )
         self.position = IterationPosition()
         self.sampler: Sampler | None = None
 
@@ -96,7 +101,8 @@ class IterativeSource:
         yield offline_minibatch(examples, pad, needs, split, self.ref_cache, self.prev_cache)
 
     def start_iteration(self, t: int) -> None:
-        """Sample from π_t, rank, cache log π_ref and log π_t; fresh optimizer and schedule."""
+        """Sample from π_t, rank, cache log π_ref and log π_t; a fresh optimizer and schedule
+        unless one continues over the whole run."""
         iterative, train = self.iterative, self.config.train
         first = ((t - 1) * self.per_iteration) % len(self.rows)
         prompts = (self.rows + self.rows)[first : first + self.per_iteration]
@@ -120,7 +126,8 @@ class IterativeSource:
         self.examples = pairs_to_examples(pairs)
         self.ref_cache, self.prev_cache = self.cache_pairs_logprobs()
         self.sampler = Sampler(len(self.examples), train.batch_size, train.seed + t, True)
-        self.state.reset_optimizer(self.steps_per_iteration)
+        if self.fresh_optimizer:
+            self.state.reset_optimizer(self.steps_per_iteration)
         self.position.iteration = t
 
     def cache_pairs_logprobs(self) -> tuple[LogprobCache | None, LogprobCache | None]:

@@ -97,14 +97,17 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
         state.model.train()
         for step in range(start + 1, source.total_steps + 1):
             began = time.perf_counter()
-            lr = state.scheduler.get_last_lr()[0]  # this step's (the scheduler then moves on)
-            results = [
-                update(source.kernel, state.estimator, state.optimizer_step, batch, step, seed)
-                for batch in source.batches(step)
-            ]
+            lrs, results = [], []
+            for batch in source.batches(step):
+                # This step's rate, read once the source set the step up (a preference iteration
+                # may start a fresh schedule); the scheduler then moves on.
+                lrs.append(state.scheduler.get_last_lr()[0])
+                results.append(
+                    update(source.kernel, state.estimator, state.optimizer_step, batch, step, seed)
+                )
             metrics = source.finish_step(step, results, time.perf_counter() - began)
             metrics |= {
-                "lr": lr,
+                "lr": lrs[0] if lrs else state.scheduler.get_last_lr()[0],
                 "time/step_s": time.perf_counter() - began,
             }
             metrics |= source.evaluate(step)
