@@ -132,21 +132,18 @@ class IterativeSource:
 
     def cache_pairs_logprobs(self) -> tuple[LogprobCache | None, LogprobCache | None]:
         """log π_ref and log π_t of the iteration's pairs, each only when the method reads it
-        (a reference-free method reads neither); π_ref is π_t itself with `previous`."""
+        (a reference-free method reads neither). π_ref is the initial policy when ``prepare``
+        kept it, else π_t itself (``reference: previous``)."""
         needs = self.state.estimator.requirements()
         size, pad = self.config.train.micro_batch_size * 2, self.state.pad_id
         reads_ref, reads_prev = "ref_logprobs" in needs, "prev_logprobs" in needs
-        previous = self.iterative.reference == "previous"
-        prev = None
-        if reads_prev or (reads_ref and previous):
-            prev = cache_logprobs(self.kernel, self.examples, pad, size)  # π_t
-        if not reads_ref:
-            return None, prev
-        if previous:
-            return prev, prev if reads_prev else None
-        assert self.reference is not None
-        reference, context = self.reference
-        return cache_logprobs(reference, self.examples, pad, size, context), prev
+        pi_t = None
+        if reads_prev or (reads_ref and self.reference is None):
+            pi_t = cache_logprobs(self.kernel, self.examples, pad, size)
+        if self.reference is not None:
+            reference, context = self.reference
+            return cache_logprobs(reference, self.examples, pad, size, context), pi_t
+        return (pi_t if reads_ref else None), (pi_t if reads_prev else None)
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float
