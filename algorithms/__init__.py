@@ -30,6 +30,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     kto,
     luffy,
     nca_pair,
+    opd,
     orpo,
     ppo,
     robust,

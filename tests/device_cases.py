@@ -135,7 +135,9 @@ def run_case(
         kernel = state.kernel(temperature=0.9)
         ref_kernel = None
         if case == "grpo_kl":
-            reference, _ = reference_policy(trainer.model, False, trainer.placement)
+            reference, _ = reference_policy(
+                trainer.model, trainer.config.model, False, trainer.placement, trainer.tokenizer
+            )
             ref_kernel = state.kernel(reference, 0.9)
         with guard:
             tensors = collate_rows(rows, state.pad_id)

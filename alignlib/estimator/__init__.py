@@ -28,6 +28,7 @@ from alignlib.estimator.aggregation import (
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.core import EstimatorInputError, EstimatorOutput, UnifiedEstimator
 from alignlib.estimator.cov_masks import ClipCov, KLCov, token_covariance
+from alignlib.estimator.distillation import TeacherLogRatio
 from alignlib.estimator.dpo_losses import (
     AOTWeights,
     APODownWeights,
@@ -163,6 +164,7 @@ __all__ = [
     "SoftGate",
     "TPOLWeights",
     "TPOWeights",
+    "TeacherLogRatio",
     "Term",
     "TermOutput",
     "TokenLikelihood",

@@ -39,9 +39,13 @@ class Advantage(ABC):
     reads_logprobs: ClassVar[bool] = False
     """Computed once per mini-batch from ``batch.logprobs`` (KTO's weights and its z₀): the
     trainer fills them with the present policy's log-probs of every row, by a no-grad pass."""
-    summed_metrics: ClassVar[bool] = False
-    """``row_metrics`` are each row's share of the statistic, summed as given; False: per-pair
-    values on the chosen rows, averaged over pairs."""
+    metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "pair"
+    """How ``row_metrics`` become mini-batch statistics: ``pair``: per-pair values on the
+    chosen rows, averaged over pairs; ``summed``: each row's share, summed as given; ``unit``:
+    each row's sum over its units, divided by the mini-batch's unit count (a per-token mean)."""
+    distills: ClassVar[bool] = False
+    """Â compares the policy with a teacher held in ``ref_logprobs``: a run must name the
+    teacher (the initial policy as π_ref would make Â = 0)."""
 
     @abstractmethod
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:

@@ -140,6 +140,13 @@ class UnifiedEstimator:
                 return True
         return False
 
+    def distills(self) -> bool:
+        """True when a term's advantage compares the policy with a teacher held in
+        ``ref_logprobs`` (on-policy distillation): the run must name that teacher."""
+        return any(
+            isinstance(term, PolicyGradientTerm) and term.advantage.distills for term in self.terms
+        )
+
     def trained_roles(self) -> frozenset[Role] | None:
         """The roles some term trains on; None when a term takes every row."""
         roles: set[Role] = set()

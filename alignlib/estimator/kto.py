@@ -18,7 +18,7 @@ per step and one process).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ class KTOWeights(Advantage):
         "ref_logprobs": "KTO's implicit reward r = log π − log π_ref needs reference log-probs"
     }
     reads_logprobs: ClassVar[bool] = True
-    summed_metrics: ClassVar[bool] = True
+    metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "summed"
     beta: float = 0.1
     desirable_weight: float = 1.0
     """λ_D. The paper keeps λ_D·n_D / (λ_U·n_U) in [1, 4/3] for n_D desirable, n_U undesirable

@@ -17,9 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from alignlib.config.schema import ModelConfig
 from alignlib.device import Placement
-from alignlib.trainer.model import load_policy
 from alignlib.trainer.step import PolicyLogprobs
 from alignlib.trainer.world import World
 
@@ -48,11 +46,10 @@ def shard(model: nn.Module, world: World, placement: Placement) -> PolicyLogprob
 
 
 def frozen_shards(
-    config: ModelConfig, world: World, placement: Placement
+    model: nn.Module, world: World, placement: Placement
 ) -> tuple[nn.Module, PolicyLogprobs]:
-    """A frozen reference policy sharded like the trained one (loaded afresh: the initial
-    weights), in the frozen dtype; returns (model, the wrapper the kernel calls)."""
-    model, _ = load_policy(config, placement)
+    """A frozen reference policy (freshly loaded: a sharded module cannot be copied) sharded
+    like the trained one, in the frozen dtype; returns (model, the wrapper the kernel calls)."""
     model = model.to(placement.frozen_dtype).eval().requires_grad_(False)
     return model, shard(model, world, placement)
 

@@ -105,14 +105,59 @@ def adapter_disabled(model: nn.Module) -> AbstractContextManager:
 
 
 def reference_policy(
-    model: nn.Module, lora: bool, placement: Placement
+    model: nn.Module,
+    config: ModelConfig,
+    lora: bool,
+    placement: Placement,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> tuple[nn.Module, Callable[[], AbstractContextManager] | None]:
-    """π_ref = the initial policy, taken before any update: with LoRA the policy itself under
-    the context that disables the adapter (no copy), else a frozen copy (in the compute dtype
-    under bf16-mixed: it takes no update)."""
+    """π_ref: the model ``config.reference_name_or_path`` names when set; else the initial
+    policy, taken before any update: with LoRA the policy itself under the context that
+    disables the adapter (no copy), else a frozen copy (in the compute dtype under bf16-mixed:
+    it takes no update)."""
+    if config.reference_name_or_path is not None:
+        return load_reference(config, placement, tokenizer), None
     if lora:
         return model, lambda: adapter_disabled(model)
     return frozen_copy(model, placement.frozen_dtype), None
+
+
+def load_reference(
+    config: ModelConfig, placement: Placement, tokenizer: PreTrainedTokenizerBase
+) -> nn.Module:
+    """The frozen model ``model.reference_name_or_path`` names, on the run's device in the
+    frozen dtype; refused with one line unless its tokenizer is the policy's."""
+    from alignlib.models import load_model_and_tokenizer
+
+    assert config.reference_name_or_path is not None
+    key = "model.reference_name_or_path"
+    model, own = load_model_and_tokenizer(
+        config.reference_name_or_path,
+        dtype=placement.frozen_dtype,
+        device=placement.device,
+        attn_implementation=config.attn_implementation,
+        key=key,
+    )
+    check_same_tokenizer(tokenizer, own, f"{key}: {config.reference_name_or_path}")
+    return model.eval().requires_grad_(False)
+
+
+def check_same_tokenizer(
+    policy: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase, where: str
+) -> None:
+    """π_ref scores the policy's token ids, so both must map text to the same ids."""
+    mine, theirs = policy.get_vocab(), other.get_vocab()
+    if mine == theirs:
+        return
+    differing = sorted(t for t in mine.keys() | theirs.keys() if mine.get(t) != theirs.get(t))
+    token = differing[0]
+    there, here = (f"id {ids[token]}" if token in ids else "absent" for ids in (theirs, mine))
+    raise ValueError(
+        f"{where}: its tokenizer differs from the policy's ({len(theirs)} vs {len(mine)} "
+        f"tokens, {len(differing)} mapped differently: {token!r} is {there} there, {here} in the "
+        "policy's); a reference or teacher scores the policy's token ids, so give a model with "
+        "the policy's tokenizer (the same model family)"
+    )
 
 
 def adapter_context(model: nn.Module) -> Callable[[], AbstractContextManager]:

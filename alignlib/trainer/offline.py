@@ -269,9 +269,10 @@ class OfflineSource:
         if "ref_logprobs" in needs and self.ref_cache is None:
             context = adapter_context(state.model) if config.lora.enabled else None
             if config.train.reference == "precompute":
-                # The policy itself before any update (no copy): π_ref, also when sharded.
                 batch = config.train.micro_batch_size * 2
-                kernel = state.kernel()
+                kernel = state.kernel()  # the policy before any update (no copy), or:
+                if config.model.reference_name_or_path is not None:
+                    kernel, context = state.reference_kernel()  # freed once cached
                 self.ref_cache = cache_logprobs(kernel, self.examples, state.pad_id, batch, context)
             elif config.train.reference == "adapter":
                 self.live_reference = context

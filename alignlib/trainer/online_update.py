@@ -85,7 +85,7 @@ def check_online_estimator(estimator: UnifiedEstimator, name: str | None) -> Non
     DPO family) or needs batch fields online rollouts do not make (pairs, π_t)."""
     needs = estimator.requirements()
     missing = {k: v for k, v in needs.items() if k not in ONLINE_FIELDS}
-    if missing or "rewards" not in needs:
+    if missing or not learns_from_rollouts(estimator):
         why = (
             "batch.{} ({})".format(*next(iter(missing.items())))
             if missing
@@ -103,15 +103,22 @@ def check_online_estimator(estimator: UnifiedEstimator, name: str | None) -> Non
             )
 
 
+def learns_from_rollouts(estimator: UnifiedEstimator) -> bool:
+    """Its advantage is a function of sampled rollouts: their rewards, or a teacher's view of
+    them (on-policy distillation)."""
+    return "rewards" in estimator.requirements() or estimator.distills()
+
+
 def online_presets() -> list[str]:
-    """The registered presets an online run can train (they read rewards and nothing else
-    rollouts cannot make): listed from the registry, so a new preset needs no edit here."""
+    """The registered presets an online run can train (they learn from rollouts and read
+    nothing else rollouts cannot make): listed from the registry, so a new preset needs no edit
+    here."""
     import alignlib.algorithms as algorithms
 
     names = []
     for name in algorithms.available():
-        needs = algorithms.get(name).requirements()
-        if "rewards" in needs and set(needs) <= ONLINE_FIELDS:
+        estimator = algorithms.get(name)
+        if learns_from_rollouts(estimator) and set(estimator.requirements()) <= ONLINE_FIELDS:
             names.append(name)
     return names
 

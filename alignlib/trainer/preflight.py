@@ -50,6 +50,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
         )
     note_ignored_distributed(config)
     check_machine(config)
+    check_reference_model(config, estimator)
     if config.rollout is not None:
         check_online(config, estimator)
         return {}
@@ -86,6 +87,37 @@ def check_machine(config: RunConfig) -> None:
         raise ConfigError(
             f"rollout.worker_num_gpus: {rollout.worker_num_gpus:g} but torch sees no CUDA device "
             "here; set it to 0 (or give rollout.ray_address of a cluster with GPUs)"
+        )
+
+
+def check_reference_model(config: RunConfig, estimator: UnifiedEstimator) -> None:
+    """A distillation run names its teacher; a named reference model is one the run reads."""
+    name = config.algorithm.name or "(components)"
+    given = config.model.reference_name_or_path
+    if given is None:
+        if estimator.distills():
+            raise ConfigError(
+                f"algorithm {name} distils a teacher's log-probs into the policy: set "
+                "model.reference_name_or_path to the teacher (a model with the policy's "
+                "tokenizer); the initial policy as its own teacher would train nothing"
+            )
+        return
+    if "ref_logprobs" not in estimator.requirements():
+        raise ConfigError(
+            f"model.reference_name_or_path is set, but algorithm {name} reads no reference "
+            "log-probs, so it would be loaded for nothing; remove it, or pick a method with a "
+            "reference (dpo and its family, opd, kto, grpo with kl_coef, ...)"
+        )
+    if config.iterative is not None and config.iterative.reference == "previous":
+        raise ConfigError(
+            "iterative.reference: previous makes π_ref the previous iterate, not "
+            "model.reference_name_or_path; remove one of them"
+        )
+    if config.rollout is None and config.train.reference == "adapter":
+        raise ConfigError(
+            "train.reference: adapter computes π_ref as the policy with its LoRA adapter off, "
+            "not model.reference_name_or_path; set train.reference: precompute, or remove "
+            "model.reference_name_or_path"
         )
 
 

@@ -38,9 +38,9 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     online, source, data = config.online, config.data.path, config.data
     if config.train.reference != "precompute":
         raise ConfigError(
-            f"train.reference: {config.train.reference} is not read by online runs (their KL "
-            "reference is always the initial policy: a frozen copy, or the model with its LoRA "
-            "adapter off); remove train.reference"
+            f"train.reference: {config.train.reference} is not read by online runs (their "
+            "reference is model.reference_name_or_path, else the initial policy: a frozen copy, "
+            "or the model with its LoRA adapter off); remove train.reference"
         )
     correction = check_rollout_correction(config, estimator)
     check_online_estimator(estimator.with_rollout_correction(correction), config.algorithm.name)

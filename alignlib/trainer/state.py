@@ -15,7 +15,7 @@ from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint, save_model
-from alignlib.trainer.model import frozen_copy, reference_policy
+from alignlib.trainer.model import frozen_copy, load_policy, load_reference, reference_policy
 from alignlib.trainer.model_card import write_model_card
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
 from alignlib.trainer.step import Context, LogprobKernel, OptimizerStep
@@ -116,19 +116,26 @@ class TrainState:
         )
 
     def reference_kernel(self, temperature: float = 1.0) -> tuple[LogprobKernel, Context | None]:
-        """π_ref = the policy before any update (call before a resume loads weights): with LoRA
-        the policy under the adapter-off context; else a frozen copy — with FSDP2 sharded like
-        the policy (a fresh load: a sharded module cannot be copied)."""
-        if self.shards is not None and not self.config.lora.enabled:
+        """π_ref: ``model.reference_name_or_path`` when set, else the policy before any update
+        (call before a resume loads weights): with LoRA the policy under the adapter-off
+        context; else a frozen copy. With FSDP2 it is sharded like the policy (a fresh load: a
+        sharded module cannot be copied)."""
+        model_config = self.config.model
+        distinct = model_config.reference_name_or_path is not None
+        if self.shards is not None and (distinct or not self.config.lora.enabled):
             from alignlib.trainer.fsdp import frozen_shards
 
-            reference, wrapper = frozen_shards(self.config.model, self.world, self.placement)
-            chunk = self.config.train.logprob_chunk_size
+            loaded = (
+                load_reference(model_config, self.placement, self.tokenizer)
+                if distinct
+                else load_policy(model_config, self.placement)[0]
+            )
+            reference, wrapper = frozen_shards(loaded, self.world, self.placement)
             train = self.config.train
             kernel = LogprobKernel(
                 reference,
                 self.placement,
-                chunk,
+                train.logprob_chunk_size,
                 temperature,
                 self.world,
                 wrapper,
@@ -136,7 +143,9 @@ class TrainState:
                 max_tokens=train.max_tokens_per_micro_batch,
             )
             return kernel, None
-        model, context = reference_policy(self.model, self.config.lora.enabled, self.placement)
+        model, context = reference_policy(
+            self.model, model_config, self.config.lora.enabled, self.placement, self.tokenizer
+        )
         return self.kernel(model, temperature), context
 
     def save(self, out_dir: Path, step: int, position: Position) -> None:
