@@ -33,6 +33,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     opd,
     orpo,
     ppo,
+    reward_model,
     robust,
     rpo,
     sapo,

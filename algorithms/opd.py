@@ -22,7 +22,7 @@ def opd(
 ) -> UnifiedEstimator:
     """Discount 0 (Thinking Machines; TRL's IW-OPD with ``iw_gamma=0``); ``return_to_go`` sums
     the log-ratios of later tokens (the unbiased sequence-level reverse-KL gradient);
-    ``iw_gamma`` is TRL IW-OPD's prefix weight (its default 0.5)."""
+    ``iw_gamma`` is IW-OPD's prefix weight (Xie et al. 2026; TRL's default 0.5)."""
     return UnifiedEstimator(
         reference=reference,
         advantage=TeacherLogRatio(return_to_go=return_to_go, iw_gamma=iw_gamma),

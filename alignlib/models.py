@@ -7,6 +7,7 @@ SmolLM2 and the random `tiny:` models.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import json
@@ -15,10 +16,12 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -120,8 +123,10 @@ def load_model_and_tokenizer(
     device: torch.device | str | None = None,
     attn_implementation: str | None = None,
     key: str = "model.name_or_path",
+    head: Literal["lm", "score"] = "lm",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer.
+    """Load a causal LM (or, with ``head="score"``, the same model with a one-output
+    sequence-classification head: a reward model to train) and its tokenizer.
 
     Args:
         name_or_path: A local HF-format directory, a training run folder (its merged/ or
@@ -133,6 +138,9 @@ def load_model_and_tokenizer(
         attn_implementation: transformers' attention kernel (`sdpa`, `flash_attention_2`, ...);
             None keeps the model's default.
         key: The setting that named the model, first word of every error message.
+        head: ``lm`` (the language model) or ``score`` (its decoder under a new one-output
+            head, ``AutoModelForSequenceClassification(num_labels=1)``; a trained reward
+            model's own head is kept).
 
     The tokenizer is checked: a missing pad token is set to EOS (the engines left-pad and mask,
     so this is safe); a missing chat template only warns (string prompts are then plain text).
@@ -140,21 +148,17 @@ def load_model_and_tokenizer(
     name = str(name_or_path)
     options = _load_options(device, attn_implementation)
     if name in TINY_MODELS:
-        return _load_tiny(dtype, device)
-    if name.startswith((BUNDLED_PREFIX, "tiny:")):
-        if name != BUNDLED_PREFIX + SMOLLM2_NAME:
-            raise ValueError(f"{key}: unknown model {name!r}; valid: {_named_models(name)}")
-        return load_bundled_smollm2(cache_dir=cache_dir, dtype=dtype, **options)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return _load_local(model_folder(path, key), dtype, **options)
-    if path.exists() or name.startswith((".", "~", "/")) or name.count("/") > 1 or "\\" in name:
-        what = "is a file, not a folder" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"{key}: {name} {what}; give {MODEL_KINDS}")
+        model, tokenizer = _load_tiny(dtype, device)
+        return (_with_score_head(model, tokenizer) if head == "score" else model), tokenizer
+    source = _weights_source(name, cache_dir, key)
+    auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
+    extra: dict[str, object] = {"num_labels": 1} if head == "score" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **options)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = auto.from_pretrained(source, dtype=dtype, **extra, **options)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
+        if Path(source).is_dir():
+            raise
         from huggingface_hub import constants
 
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no such repository?"
@@ -162,7 +166,44 @@ def load_model_and_tokenizer(
             f"{key}: {name!r} is not a local folder and could not be fetched from the Hub "
             f"({why}); give {MODEL_KINDS}"
         ) from err
-    return model.eval(), _checked_tokenizer(tokenizer, name)
+    tokenizer = _checked_tokenizer(tokenizer, source)
+    if head == "score":  # batched scoring finds each row's last token by it
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def _weights_source(name: str, cache_dir: str | os.PathLike[str] | None, key: str) -> str:
+    """The local folder holding ``name``'s weights (the bundled model's converted cache, a run
+    folder's merged/ or final/), or ``name`` itself as a Hub name; one line when it is none."""
+    if name.startswith((BUNDLED_PREFIX, "tiny:")):
+        if name != BUNDLED_PREFIX + SMOLLM2_NAME:
+            raise ValueError(f"{key}: unknown model {name!r}; valid: {_named_models(name)}")
+        target = Path(cache_dir) if cache_dir is not None else default_cache_dir() / SMOLLM2_NAME
+        if not (target / "config.json").is_file():
+            _convert_smollm2(target)
+        return str(target)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        folder = model_folder(path, key)
+        check_safetensors_folder(folder)  # a truncated file: one line naming it
+        return str(folder)
+    if path.exists() or name.startswith((".", "~", "/")) or name.count("/") > 1 or "\\" in name:
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{key}: {name} {what}; give {MODEL_KINDS}")
+    return name
+
+
+def _with_score_head(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """``lm``'s decoder under a new one-output sequence-classification head (its init seeded,
+    the caller's RNG left alone)."""
+    config = copy.deepcopy(lm.config)
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
+    model.base_model.load_state_dict(lm.base_model.state_dict())
+    return model.to(lm.device).eval()
 
 
 def _named_models(name: str) -> str:

@@ -108,3 +108,18 @@ def closed_kto(b: Batch, beta: float = 0.1, w_d: float = 1.0, w_u: float = 1.0) 
         ]
     )
     return losses.mean()
+
+
+def score_pairs(seed: int = 0) -> Batch:
+    """Reward-model rows: each row's score at its last completion token, 0 on its others."""
+    b = pair_batch(seed=seed)
+    last = (b.mask.cumsum(-1) == b.mask.sum(-1, keepdim=True)) & (b.mask > 0)
+    scores = torch.where(last, 3 * b.logprobs.detach() + 1, torch.zeros_like(b.logprobs))
+    return b.replace(logprobs=leaf(scores), ref_logprobs=None, prev_logprobs=None)
+
+
+def closed_reward_model(b: Batch, margin: float = 0.0, center: float | None = None) -> Tensor:
+    """Bradley-Terry: −log σ(r_w − r_l − m) averaged over pairs (+ c·mean((r_w + r_l)²))."""
+    r_w, r_l = _per_row(b, mean=False)
+    loss = -F.logsigmoid(r_w - r_l - margin).mean()
+    return loss if center is None else loss + center * ((r_w + r_l) ** 2).mean()

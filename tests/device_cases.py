@@ -1,7 +1,8 @@
 """One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes,
-online GRPO / HPT / Clip-Cov / GRPO+KL with their old-log-prob passes) on a chosen device,
-returning the loss metrics and the parameter gradients — shared by the CPU device-audit tests and
-the GPU parity tests, so the GPU tests run code the CPU suite already exercises."""
+online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their old-log-prob passes, OPD's from a named
+teacher) on a chosen device, returning the loss metrics and the parameter gradients — shared by
+the CPU device-audit tests and the GPU parity tests, so the GPU tests run code the CPU suite
+already exercises."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from alignlib.config import load_config
 from alignlib.estimator import Role
+from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.loop import Trainer
-from alignlib.trainer.model import reference_policy
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
 from alignlib.trainer.state import TrainState
@@ -34,6 +36,7 @@ ONLINE = {
     "hpt": {},
     "clip_cov": {"ratio": 0.2},  # high enough that the tiny batch drops some tokens
     "grpo_kl": {"kl_coef": 0.1},
+    "opd": {"iw_gamma": 0.5},  # π_ref is a named teacher (model.reference_name_or_path)
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
@@ -73,12 +76,28 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
     }
     if case == "tpo":
         cfg["train"]["reference"] = "none"
+    if case == "opd":
+        cfg["model"]["reference_name_or_path"] = str(save_teacher(tmp / "teacher"))
     if not offline:
         cfg["rollout"] = {"n": 4, "max_new_tokens": 4}
         cfg["online"] = {"prompts_per_step": 2, "micro_batch_size": 3}
     path = tmp / f"{case}-{device}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def save_teacher(folder: Path) -> Path:
+    """A tiny:llama-shaped model with another, peakier initialisation (a distillation teacher).
+    Written file by file: under torch.distributed, ``save_pretrained`` writes on rank 0 only,
+    and each data-parallel rank of these tests has its own folder."""
+    if not (folder / "config.json").is_file():
+        tokenizer = build_tokenizer()
+        model = build_tiny_model(tokenizer, hidden=64, layers=2, seed=1, init_std=0.3)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(model.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+        model.config.to_json_file(folder / "config.json")
+        tokenizer.save_pretrained(folder)
+    return folder
 
 
 def online_rows(vocab: int, with_demo: bool, seed: int = 0) -> TrainRows:
@@ -134,11 +153,8 @@ def run_case(
         )  # fmt: skip
         kernel = state.kernel(temperature=0.9)
         ref_kernel = None
-        if case == "grpo_kl":
-            reference, _ = reference_policy(
-                trainer.model, trainer.config.model, False, trainer.placement, trainer.tokenizer
-            )
-            ref_kernel = state.kernel(reference, 0.9)
+        if "ref_logprobs" in state.estimator.requirements():  # as OnlineSource.prepare does
+            ref_kernel, _ = state.reference_kernel(0.9)
         with guard:
             tensors = collate_rows(rows, state.pad_id)
             every = torch.arange(tensors.num_rows, device="cpu")

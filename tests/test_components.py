@@ -63,6 +63,7 @@ def test_every_kind_has_its_registry() -> None:
         "sequence-sum",
         "sequence-mean",
         "sequence-mean-token",
+        "score",
     }
     assert set(AGGREGATIONS.names()) >= {
         "token-mean",
@@ -70,7 +71,7 @@ def test_every_kind_has_its_registry() -> None:
         "seq-mean-token-mean",
         "seq-mean-token-sum-norm",
     }
-    assert set(REGULARIZERS.names()) == {"kl", "entropy", "nll"}
+    assert set(REGULARIZERS.names()) == {"kl", "entropy", "nll", "score_center"}
 
 
 def test_duplicate_name_is_refused() -> None:

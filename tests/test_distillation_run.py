@@ -65,6 +65,8 @@ def test_distillation_brings_the_student_to_its_teacher(tmp_path: Path) -> None:
     after = first_token_reverse_kl(trained, teacher)
     assert after < 0.8 * before, (before, after)  # measured: 0.116 -> 0.072
     assert result.history[-1]["opd/reverse_kl"] > 0  # the sampled estimate is logged
+    card = (result.output_dir / "final" / "README.md").read_text()
+    assert f"| reference model | {teacher_dir} |" in card
 
 
 def test_dpo_reads_the_named_reference_not_the_initial_policy(tmp_path: Path) -> None:

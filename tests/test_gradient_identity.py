@@ -27,10 +27,12 @@ from closed_forms_pairs import (
     closed_kto,
     closed_orpo,
     closed_orpo_with_prompt,
+    closed_reward_model,
     closed_simpo,
     kto_batch,
     likely_pairs,
     prompted_pairs,
+    score_pairs,
 )
 from torch import Tensor
 
@@ -244,6 +246,12 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "orpo_likely": (likely_pairs, lambda b: closed_orpo(b, lam=0.3), {"beta": 0.3}),
     "orpo_prompt_loss": (prompted_pairs, closed_orpo_with_prompt, {"prompt_loss": True}),
     "kto": (kto_batch, closed_kto, {}),
+    "reward_model": (score_pairs, closed_reward_model, {}),
+    "reward_model_centred": (
+        score_pairs,
+        lambda b: closed_reward_model(b, margin=0.5, center=0.01),
+        {"margin": 0.5, "center_coef": 0.01},
+    ),
     "kto_clamped": (
         lambda seed=0: kto_batch(seed, kl_shift=-0.6),
         lambda b: closed_kto(b, beta=0.5, w_d=1.3, w_u=0.8),
@@ -281,6 +289,7 @@ VARIANTS = {
     "orpo_likely": "orpo",
     "orpo_prompt_loss": "orpo",
     "kto_clamped": "kto",
+    "reward_model_centred": "reward_model",
 }
 CASES |= closed_forms_dpo_family.CASES
 VARIANTS |= closed_forms_dpo_family.VARIANTS

@@ -89,6 +89,7 @@ METHODS = {
     "discopop": "preference",
     "aot": "preference",
     "aot_unpaired": "preference",
+    "reward_model": "preference",
 }
 
 

@@ -87,16 +87,20 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
 
 
-def _end_turn(tokenizer: PreTrainedTokenizerBase, completion: list[int]) -> list[int]:
+def _end_turn(
+    tokenizer: PreTrainedTokenizerBase, completion: list[int], whole: bool = False
+) -> list[int]:
     """The completion through its last special token (the end-of-turn: what generation stops
     at); what a template writes after it (ChatML's newline) is never generated and, attention
     being causal, changes no trained log-prob. A template that ends turns with no special token
-    gets EOS appended, as the model must learn to stop."""
+    gets EOS appended, as the model must learn to stop. ``whole`` keeps the turn as the
+    template writes it: a reward model reads its score at the last token, and a scorer (TRL's,
+    alignlib's ``RewardModelScorer``) renders whole conversations."""
     special = _special_ids(tokenizer)
     last = max((i for i, t in enumerate(completion) if t in special), default=None)
     if last is None:
         return [*completion, tokenizer.eos_token_id]
-    return completion[: last + 1]
+    return completion if whole else completion[: last + 1]
 
 
 def _generation_masked(
@@ -120,7 +124,10 @@ def _generation_masked(
 
 
 def _rendered(
-    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, Any]], turns: list[list[dict]]
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: list[dict[str, Any]],
+    turns: list[list[dict]],
+    whole: bool = False,
 ) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and each turn's completion ids, rendered whole through the chat template:
     trl's ``apply_chat_template`` renders prompt-with-generation-prompt and prompt + turn and
@@ -133,21 +140,23 @@ def _rendered(
     common = os.path.commonprefix([r["prompt"] for r in texts])  # noqa: RUF071 (by character)
     prompt_ids = tokenizer.encode(common, add_special_tokens=False)
     completions = [tokenizer.encode(f[len(common) :], add_special_tokens=False) for f in fulls]
-    return prompt_ids, [_end_turn(tokenizer, c) for c in completions]
+    return prompt_ids, [_end_turn(tokenizer, c, whole) for c in completions]
 
 
 def _chat_sequences(
-    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: list[Any]
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: list[Any], whole: bool = False
 ) -> tuple[list[int], list[list[int]]]:
-    """Prompt ids and completion ids (through the end-of-turn token) of each completion."""
+    """Prompt ids and completion ids (through the end-of-turn token, or the whole turn) of each
+    completion."""
     messages = _messages(prompt, "user")
     turns = [_messages(c, "assistant") for c in completions]
     masked = [_generation_masked(tokenizer, messages, t) for t in turns]
     found = [m for m in masked if m is not None]
     if len(found) == len(turns) and len({start for _, start in found}) == 1:
         start = found[0][1]
-        return found[0][0][:start], [_end_turn(tokenizer, ids[start:]) for ids, _ in found]
-    return _rendered(tokenizer, messages, turns)
+        ends = [_end_turn(tokenizer, ids[start:], whole) for ids, _ in found]
+        return found[0][0][:start], ends
+    return _rendered(tokenizer, messages, turns, whole)
 
 
 def _plain_sequences(
@@ -168,12 +177,14 @@ def encode_example(
     chat: bool = True,
     max_prompt_length: int = 256,
     max_completion_length: int = 256,
+    whole_turns: bool = False,
 ) -> Example:
     """Tokenize one row. With a chat template, prompt + completion are rendered whole, so the
     trained tokens are what the model sees at inference (the template's own end-of-turn token,
     ``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, not necessarily EOS); without one, the
     completion gets EOS. The prompt keeps its end; a long completion keeps its start and its
-    last (end-of-turn) token."""
+    last (end-of-turn) token. ``whole_turns`` keeps what the template writes after the
+    end-of-turn token (a reward model's rows, rendered as its scorer renders them)."""
     if fmt == "sft" and "messages" in row:
         messages = row["messages"]
         row = {"prompt": messages[:-1], "completion": [messages[-1]]}
@@ -184,7 +195,7 @@ def encode_example(
         fields = [("completion", Role.REJECTED), *fields[1:]]
     values = [row[field] for field, _ in fields]
     if chat and getattr(tokenizer, "chat_template", None):
-        prompt, completions = _chat_sequences(tokenizer, row["prompt"], values)
+        prompt, completions = _chat_sequences(tokenizer, row["prompt"], values, whole_turns)
     else:
         prompt, completions = _plain_sequences(tokenizer, row["prompt"], values)
     cut_prompt = len(prompt) > max_prompt_length

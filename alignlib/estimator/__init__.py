@@ -71,7 +71,13 @@ from alignlib.estimator.references import (
     ShapedReference,
 )
 from alignlib.estimator.registry import Registry, RegistryError
-from alignlib.estimator.regularizers import NLL, REGULARIZERS, EntropyBonus, KLPenalty
+from alignlib.estimator.regularizers import (
+    NLL,
+    REGULARIZERS,
+    EntropyBonus,
+    KLPenalty,
+    ScoreCentering,
+)
 from alignlib.estimator.rollout_correction import (
     RolloutCorrection,
     kept_log_mass,
@@ -84,6 +90,7 @@ from alignlib.estimator.units import (
     Likelihood,
     SequenceMean,
     SequenceMeanPerToken,
+    SequenceScore,
     SequenceSum,
     TokenLikelihood,
 )
@@ -154,11 +161,13 @@ __all__ = [
     "RowPlan",
     "Rows",
     "SPPOHardWeights",
+    "ScoreCentering",
     "SeqMeanTokenMean",
     "SeqMeanTokenSum",
     "SeqMeanTokenSumNorm",
     "SequenceMean",
     "SequenceMeanPerToken",
+    "SequenceScore",
     "SequenceSum",
     "ShapedReference",
     "SoftGate",

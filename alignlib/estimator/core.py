@@ -147,6 +147,14 @@ class UnifiedEstimator:
             isinstance(term, PolicyGradientTerm) and term.advantage.distills for term in self.terms
         )
 
+    def scores_sequences(self) -> bool:
+        """True when a term's likelihood is a scalar head's score (a reward model): the
+        trainer then loads a one-output sequence scorer instead of a language model."""
+        return any(
+            isinstance(term, PolicyGradientTerm) and term.likelihood.scalar_head
+            for term in self.terms
+        )
+
     def trained_roles(self) -> frozenset[Role] | None:
         """The roles some term trains on; None when a term takes every row."""
         roles: set[Role] = set()

@@ -12,8 +12,10 @@ sampled; π_T: the teacher, held in ``batch.ref_logprobs``),
 The return-to-go form is an unbiased estimate of −∇ KL(π_θ ‖ π_T) over whole sequences (the
 score-function gradient with causality applied; tests check it against the exact gradient by
 enumerating every sequence). The per-token form drops the future terms: lower variance, biased,
-and what current recipes use. ``iw_gamma`` > 0 multiplies Â_t by TRL's IW-OPD prefix weight
-1 + γ·(1 − Σ_{t'<t}|d_t'| / Σ_t'|d_t'|), which favours the early tokens of a completion.
+and what current recipes use. ``iw_gamma`` > 0 multiplies Â_t by IW-OPD's prefix weight
+1 + γ·(1 − Σ_{t'<t}|d_t'| / Σ_t'|d_t'|) (Xie et al. 2026, "On the Position Bias of On-Policy
+Distillation"; TRL's ``IWOPDTrainer``), which down-weights the later tokens, whose prefix has
+drifted from what the teacher would write.
 
 Â reads the sampling policy's log-probs, so it is computed in each call (on-policy they are the
 update's own, detached); everything it uses is row-local, so micro-batching does not change it.

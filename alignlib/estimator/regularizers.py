@@ -1,15 +1,18 @@
-"""Regularizers: KL to the reference (k1/k2/k3), entropy bonus, and the NLL/SFT term."""
+"""Regularizers: KL to the reference (k1/k2/k3), entropy bonus, the NLL/SFT term, and a reward
+model's score centring."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from alignlib.estimator.advantages import ConstantAdvantage
 from alignlib.estimator.aggregation import (
     Aggregation,
+    PairMean,
     SeqMeanTokenMean,
     SeqMeanTokenSum,
     TokenMean,
@@ -168,3 +171,36 @@ class NLL(Term):
 
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
         return self.as_policy_gradient().forward(self.scored(batch), prepared)
+
+
+@REGULARIZERS.register("score_center")
+@dataclass(frozen=True)
+class ScoreCentering(Term):
+    """coef · mean over pairs of (r_w + r_l)²: keeps a reward model's scores centred on 0
+    (Eisenstein et al. 2023; TRL's ``center_rewards_coefficient``, whose suggested value is
+    0.01). r is each row's sequence sum (the ``score`` likelihood's value)."""
+
+    coef: float = 0.01
+    rows: Rows = field(default_factory=lambda: Rows.of(Role.CHOSEN, Role.REJECTED))
+    name: str = "center"
+
+    def __post_init__(self) -> None:
+        check_number("ScoreCentering", "coef", self.coef, ge=0)
+
+    def requirements(self) -> dict[str, str]:
+        return {"pair_ids": f"score centring adds the scores of each pair's rows ({self.name})"}
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {"w": masked_weights(batch, self.rows, PairMean())[0]}, {}
+
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        assert batch.pair_ids is not None
+        _, mask = masked_weights(batch, self.rows, PairMean())
+        scores = zero_where_masked(batch.logprobs, mask).sum(-1)  # [R]
+        _, pair = torch.unique(batch.pair_ids, return_inverse=True)
+        sums = scores.new_zeros(int(pair.max()) + 1 if pair.numel() else 0)
+        sums = sums.index_add(0, pair, scores)
+        chosen = (batch.role_codes() == int(Role.CHOSEN)).to(scores.dtype)
+        mean = (prepared["w"] * chosen * sums[pair] ** 2).sum()  # each pair once
+        loss = self.coef * mean
+        return TermOutput(loss, loss.detach(), {"loss": loss.detach()})

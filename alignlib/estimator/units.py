@@ -34,6 +34,9 @@ class Likelihood(ABC):
     """How per-token log-probs combine into the log-likelihood of a unit."""
 
     per_sequence: ClassVar[bool]
+    scalar_head: ClassVar[bool] = False
+    """The model is a one-output sequence scorer (a reward model), not a language model: the
+    trainer puts each row's score where its last token's log-prob would be."""
 
     @abstractmethod
     def units(self, logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -83,6 +86,17 @@ class SequenceSum(Likelihood):
 
     def unit_mask(self, mask: Tensor) -> Tensor:
         return (mask.sum(-1, keepdim=True) > 0).to(mask.dtype)
+
+
+@LIKELIHOODS.register("score")
+@dataclass(frozen=True)
+class SequenceScore(SequenceSum):
+    """One unit per completion whose value is a scalar head's score r(x, y) instead of a
+    log-likelihood (a Bradley-Terry reward model): the trainer loads the model with a
+    one-output head and writes r at each row's last token, 0 on its other tokens, so the
+    sequence sum is r."""
+
+    scalar_head: ClassVar[bool] = True
 
 
 @LIKELIHOODS.register("sequence-mean")

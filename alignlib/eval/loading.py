@@ -22,7 +22,7 @@ from alignlib.models import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def resolve_model_dir(spec: str) -> str:
+def resolve_model_dir(spec: str, key: str = "eval.model") -> str:
     """The folder (or bundled / hub name) that actually holds the weights of `spec`.
 
     A training run folder resolves to `RUN/merged` when present (the adapter already merged),
@@ -33,28 +33,34 @@ def resolve_model_dir(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     if path.is_dir():
-        return str(model_folder(path, "eval.model", adapters=True))
+        return str(model_folder(path, key, adapters=True))
     if path.exists():
-        raise ValueError(f"model {spec!r} is a file; pass the model's folder")
+        raise ValueError(f"{key}: {spec!r} is a file; pass the model's folder")
     if spec.startswith((".", "~", "/")) or spec.count("/") > 1 or "\\" in spec:
-        raise FileNotFoundError(f"model path {spec!r} does not exist")
+        raise FileNotFoundError(f"{key}: model path {spec!r} does not exist")
     # "org/name" or "name": a hub model (needs network; load_model_and_tokenizer says so).
     return spec
 
 
 def load_eval_model(
-    spec: str, dtype: str = "float32", device: torch.device | None = None
+    spec: str,
+    dtype: str | torch.dtype = "float32",
+    device: torch.device | None = None,
+    key: str = "eval.model",
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the model named by `spec` (see `resolve_model_dir`), in eval mode.
+    """Load the model named by `spec` (see `resolve_model_dir`), in eval mode; ``key`` is the
+    setting that named it, first word of every error.
 
     A LoRA adapter folder is loaded onto its base model (`base_model_name_or_path` in
     adapter_config.json) and merged, so generation runs at full speed without peft hooks.
     """
-    source = resolve_model_dir(spec)
+    source = resolve_model_dir(spec, key)
     adapter = Path(source) / ADAPTER_CONFIG
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if not adapter.is_file():
         return load_model_and_tokenizer(
-            source, dtype=DTYPES[dtype], device=device, key="eval.model"
+            source, dtype=dtype, device=device, attn_implementation=attn_implementation, key=key
         )
     from peft import PeftModel
 
@@ -63,9 +69,10 @@ def load_eval_model(
         raise ValueError(f"{adapter}: no base_model_name_or_path; cannot find the base model")
     base, tokenizer = load_model_and_tokenizer(
         _base_source(base_name),
-        dtype=DTYPES[dtype],
+        dtype=dtype,
         device=device,
-        key=f"{adapter}: base_model_name_or_path",
+        attn_implementation=attn_implementation,
+        key=f"{key}: {adapter}: base_model_name_or_path",
     )
     if (Path(source) / "tokenizer_config.json").is_file():
         # The run saved its tokenizer next to the adapter: that is the one it trained with.

@@ -214,7 +214,8 @@ class Trainer:
         if self.driver:
             check_distributed(config)
             return
-        base, self.tokenizer = load_policy(config.model, self.placement)
+        head = "score" if self.estimator.scores_sequences() else "lm"  # a reward model
+        base, self.tokenizer = load_policy(config.model, self.placement, head)
         self.model: nn.Module = apply_lora(base, config.lora) if config.lora.enabled else base
         check_fits(self.model, config.model.name_or_path, self.placement, self.world)
         self.shards: nn.Module | None = None
@@ -237,7 +238,8 @@ class Trainer:
             return IterativeSource(config)
         from alignlib.trainer.offline import OfflineSource, load_examples
 
-        examples, _ = load_examples(config.data, self.tokenizer, config.model.chat_template)
+        scorer = self.estimator.scores_sequences()  # rows rendered as a scorer reads them
+        examples, _ = load_examples(config.data, self.tokenizer, config.model.chat_template, scorer)
         source = OfflineSource(config, examples)
         source.extra_metrics = self.data_metrics
         return source

@@ -6,6 +6,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Literal
 
 import torch
 from torch import nn
@@ -13,15 +14,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignlib.config.schema import LoRAConfig, ModelConfig
 from alignlib.device import Placement
+from alignlib.trainer.scores import scalar_head
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_policy(
-    config: ModelConfig, placement: Placement
+    config: ModelConfig, placement: Placement, head: Literal["lm", "score"] = "lm"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model named by ``config.name_or_path`` (``tiny:llama`` is a random tiny model), on
-    ``placement.device`` with parameters in ``placement.param_dtype``."""
+    ``placement.device`` with parameters in ``placement.param_dtype``; ``head="score"`` puts
+    a one-output sequence-classification head on it (a reward model to train)."""
     from alignlib.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(
@@ -29,6 +32,7 @@ def load_policy(
         dtype=placement.param_dtype,
         device=placement.device,
         attn_implementation=config.attn_implementation,
+        head=head,
     )
     if config.gradient_checkpointing:
         # transformers 5 renamed it (the old name warns); 4.x has only the old one.
@@ -42,7 +46,8 @@ def load_policy(
 
 
 def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
-    """Wrap ``model`` with a trainable LoRA adapter (the base weights stay frozen)."""
+    """Wrap ``model`` with a trainable LoRA adapter (the base weights stay frozen; a reward
+    model's new score head is trained whole, as peft's sequence-classification task does)."""
     from peft import LoraConfig, get_peft_model
 
     target = config.target_modules
@@ -53,7 +58,7 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> nn.Module:
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=target if isinstance(target, list) else "all-linear",
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if scalar_head(model) is not None else "CAUSAL_LM",
     )
     with warnings.catch_warnings():
         # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: one
@@ -125,18 +130,19 @@ def reference_policy(
 def load_reference(
     config: ModelConfig, placement: Placement, tokenizer: PreTrainedTokenizerBase
 ) -> nn.Module:
-    """The frozen model ``model.reference_name_or_path`` names, on the run's device in the
+    """The frozen model ``model.reference_name_or_path`` names (a model folder, a run folder —
+    a LoRA run's adapter merged onto its base — or a named model), on the run's device in the
     frozen dtype; refused with one line unless its tokenizer is the policy's."""
-    from alignlib.models import load_model_and_tokenizer
+    from alignlib.eval.loading import load_eval_model
 
     assert config.reference_name_or_path is not None
     key = "model.reference_name_or_path"
-    model, own = load_model_and_tokenizer(
+    model, own = load_eval_model(  # a LoRA run's adapter is merged onto its base
         config.reference_name_or_path,
-        dtype=placement.frozen_dtype,
-        device=placement.device,
-        attn_implementation=config.attn_implementation,
-        key=key,
+        placement.frozen_dtype,
+        placement.device,
+        key,
+        config.attn_implementation,
     )
     check_same_tokenizer(tokenizer, own, f"{key}: {config.reference_name_or_path}")
     return model.eval().requires_grad_(False)

@@ -58,11 +58,19 @@ def final_metrics(run_dir: Path) -> tuple[int, dict[str, float]]:
     return (int(records[-1].get("step", 0)) if records else 0), last
 
 
+def scores(config: RunConfig) -> bool:
+    """Whether the run trains a reward model rather than a language model."""
+    from alignlib.config.estimator import build_estimator
+
+    return build_estimator(config.algorithm).scores_sequences()
+
+
 def metadata(config: RunConfig) -> dict[str, Any]:
     """The Hub's YAML header (only keys the Hub understands)."""
     meta: dict[str, Any] = {
         "library_name": "peft" if config.lora.enabled else "transformers",
-        "pipeline_tag": "text-generation",
+        # a reward model (a one-output score head) is a text classifier to the Hub
+        "pipeline_tag": "text-classification" if scores(config) else "text-generation",
         "tags": ["alignlib", config.algorithm.name or "upge"],
     }
     base = base_model(config.model.name_or_path)
@@ -86,6 +94,8 @@ def _training_rows(config: RunConfig, steps: int) -> list[tuple[str, str]]:
         ),
         ("batch", f"{config.train.batch_size} (seed {config.train.seed})"),
     ]
+    if config.model.reference_name_or_path is not None:  # a DPO reference, or OPD's teacher
+        rows.append(("reference model", config.model.reference_name_or_path))
     if config.lora.enabled:
         rows.append(("LoRA", f"r {config.lora.r}, alpha {config.lora.alpha}"))
     if config.rollout is not None:

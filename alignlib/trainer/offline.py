@@ -33,9 +33,10 @@ and so may be prompt positions: only what a completion mask can select is comput
 
 
 def load_examples(
-    config: DataConfig, tokenizer: PreTrainedTokenizerBase, chat: bool
+    config: DataConfig, tokenizer: PreTrainedTokenizerBase, chat: bool, whole_turns: bool = False
 ) -> tuple[list[Example], str]:
-    """Read, validate and tokenize the training rows; returns the examples and the format."""
+    """Read, validate and tokenize the training rows; returns the examples and the format.
+    ``whole_turns``: completions as the chat template writes them (a reward model's rows)."""
     rows = load_rows(config.path, config.split, config.limit)
     if not rows:
         raise ValueError(f"data.path {config.path} has no rows")
@@ -53,6 +54,7 @@ def load_examples(
             chat=chat,
             max_prompt_length=config.max_prompt_length,
             max_completion_length=config.max_completion_length,
+            whole_turns=whole_turns,
         )
         for i, row in enumerate(rows)
     ]

@@ -22,7 +22,7 @@ from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
 from alignlib.data.fit import check_fit, label_balance
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs, unpaired
-from alignlib.estimator import PairwiseAdvantage, UnifiedEstimator
+from alignlib.estimator import PairwiseAdvantage, PolicyGradientTerm, UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
 
 OFFLINE_FIELDS = {
@@ -51,6 +51,8 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
     note_ignored_distributed(config)
     check_machine(config)
     check_reference_model(config, estimator)
+    if estimator.scores_sequences():
+        check_reward_model(config, estimator)
     if config.rollout is not None:
         check_online(config, estimator)
         return {}
@@ -119,6 +121,31 @@ def check_reference_model(config: RunConfig, estimator: UnifiedEstimator) -> Non
             "not model.reference_name_or_path; set train.reference: precompute, or remove "
             "model.reference_name_or_path"
         )
+
+
+def check_reward_model(config: RunConfig, estimator: UnifiedEstimator) -> None:
+    """A reward model is trained offline, in one process, on preference pairs: the model has a
+    score head and no LM head, so nothing may generate with it or read its log-probs."""
+    name = config.algorithm.name or "(components)"
+    terms = [t for t in estimator.terms if isinstance(t, PolicyGradientTerm)]
+    if not all(t.likelihood.scalar_head for t in terms):
+        raise ConfigError(
+            f"algorithm {name} mixes a reward model's score with log-likelihood terms; a reward "
+            "model has a score head and no language-model head: use the score likelihood alone"
+        )
+    refused = [
+        (config.rollout is not None, "rollout", "remove the rollout: section"),
+        (config.iterative is not None, "iterative", "remove the iterative: section"),
+        (config.eval is not None, "eval", "remove the eval: section"),
+        (config.train.packing, "train.packing", "set train.packing: false"),
+        (config.distributed.num_workers > 0, "distributed", "set distributed.num_workers: 0"),
+    ]
+    for present, key, fix in refused:
+        if present:
+            raise ConfigError(
+                f"{key}: algorithm {name} trains a reward model (a score head, no text "
+                f"generation) offline on preference pairs in one process; {fix}"
+            )
 
 
 def note_ignored_distributed(config: RunConfig) -> None:

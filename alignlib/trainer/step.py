@@ -40,6 +40,7 @@ from alignlib.trainer.packing import (
     packing_mode,
     unpack,
 )
+from alignlib.trainer.scores import scalar_head, sequence_scores
 from alignlib.trainer.world import SINGLE, World
 
 Context = Callable[[], AbstractContextManager]
@@ -99,6 +100,8 @@ class PolicyLogprobs(nn.Module):
         scored: Tensor | None = None,
         **attention: object,
     ) -> tuple[Tensor, Tensor | None]:
+        if scalar_head(self.model) is not None:  # a reward model: its score, padded rows
+            return sequence_scores(self.model, input_ids, attention_mask), None
         if position_ids is not None and scored is not None:  # packed: [S] values
             return packed_token_logprobs(
                 self.model,
@@ -148,9 +151,10 @@ class LogprobKernel:
     @property
     def pack_mode(self) -> PackingMode | None:
         """How micro-batches run packed (``packing.packing_mode``), or None for padded: not
-        asked for, not supported (one warning), or a hook on the LM head reads the padded
-        layout (the kept-mass pass: padded, silently)."""
-        if not self.packing or head_is_hooked(self.model):
+        asked for, not supported (one warning), a hook on the LM head reads the padded
+        layout (the kept-mass pass: padded, silently), or a reward model (preflight refuses
+        packing there)."""
+        if not self.packing or head_is_hooked(self.model) or scalar_head(self.model) is not None:
             return None
         mode, why = packing_mode(self.model, self.device, self.module is not None)
         if mode is None and why not in _WARNED:

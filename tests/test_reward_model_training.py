@@ -1,0 +1,137 @@
+"""Training a Bradley-Terry reward model (the ``reward_model`` preset): its loss and gradient equal
+TRL 1.16's ``RewardTrainer.compute_loss``, the kernel reads the score where transformers' own
+classifier does, a trained model ranks its pairs and serves as a reward model, and every run it
+cannot be part of is refused in one line."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from batches import rel_error
+from test_trainer import PAIRS, config_file, datasets
+
+from alignlib import algorithms
+from alignlib.cli import main
+from alignlib.config import load_config
+from alignlib.device import Placement
+from alignlib.estimator import Batch, Role
+from alignlib.models import load_model_and_tokenizer
+from alignlib.rewards import RewardModelScorer
+from alignlib.trainer.loop import Trainer
+from alignlib.trainer.step import HostRows, LogprobKernel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+trl = pytest.importorskip("trl")
+
+
+def trl_reward_loss(scores: torch.Tensor, margin: float | None, center: float | None):
+    """TRL's loss for scores laid out [chosen; rejected], from a stand-in model."""
+    from trl.trainer.reward_trainer import RewardTrainer
+
+    model = SimpleNamespace(training=True)
+    stub = SimpleNamespace(
+        model=model,
+        args=SimpleNamespace(center_rewards_coefficient=center),
+        accelerator=SimpleNamespace(gather_for_metrics=lambda x: x, gather=lambda x: x),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    pairs = scores.shape[0] // 2
+    inputs = {"attention_mask": torch.ones(2 * pairs, 3, dtype=torch.long)}
+    if margin is not None:
+        inputs["margin"] = torch.full((pairs,), margin, dtype=scores.dtype)
+
+    def forward(**_: object) -> SimpleNamespace:
+        return SimpleNamespace(logits=scores.unsqueeze(-1))
+
+    return RewardTrainer.compute_loss(stub, forward, inputs)
+
+
+@pytest.mark.skipif(trl.__version__ != "1.16.0", reason="the harness targets trl 1.16.0")
+@pytest.mark.parametrize(("margin", "center"), [(None, None), (0.5, None), (None, 0.01)])
+def test_loss_and_gradient_equal_trl_reward_trainer(margin: float | None, center: float | None):
+    gen = torch.Generator().manual_seed(0)
+    pairs, width = 5, 7
+    scores = (2 * torch.randn(2 * pairs, generator=gen, dtype=torch.float64)).requires_grad_()
+    lengths = torch.randint(2, width + 1, (2 * pairs,), generator=gen)
+    mask = (torch.arange(width) < lengths.unsqueeze(-1)).to(torch.float64)
+    rows = torch.arange(2 * pairs)
+    logprobs = torch.zeros(2 * pairs, width, dtype=torch.float64).index_put(
+        (rows, lengths - 1), scores
+    )  # the kernel's layout: r at each row's last token
+    batch = Batch(
+        logprobs=logprobs,
+        mask=mask,
+        roles=torch.tensor([int(Role.CHOSEN)] * pairs + [int(Role.REJECTED)] * pairs),
+        pair_ids=torch.arange(pairs).repeat(2),
+    )
+    params = {"margin": margin or 0.0, "center_coef": center}
+    ours = algorithms.get("reward_model", **params)(batch).loss
+    theirs = trl_reward_loss(scores, margin, center)
+    assert abs(float(ours) - float(theirs)) < 1e-12
+    got, want = (torch.autograd.grad(loss, scores)[0] for loss in (ours, theirs))
+    assert rel_error(got, want) < 1e-12
+
+
+def test_the_kernel_reads_the_score_where_the_classifier_does() -> None:
+    model, tokenizer = load_model_and_tokenizer("tiny:llama", head="score")
+    texts = ["What is 2 + 3? 5", "Hi", "A longer row of several words here"]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")  # right-padded
+    attention = encoded["attention_mask"]
+    rows = HostRows(encoded["input_ids"], attention, attention)
+    kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"))
+    out = kernel(rows, torch.arange(len(texts)), grad=False)
+    ours = out.logprobs.sum(-1)
+    with torch.no_grad():
+        theirs = model(**encoded).logits.squeeze(-1)
+    assert torch.allclose(ours, theirs, atol=1e-6), (ours, theirs)
+    assert (out.logprobs != 0).sum() == len(texts)  # one score per row, at its last token
+
+
+def test_a_trained_reward_model_ranks_its_pairs_and_serves_as_a_reward(tmp_path: Path) -> None:
+    data = datasets(tmp_path)["preference"]
+    config = config_file(
+        tmp_path,
+        data,
+        "reward_model",
+        train={"max_steps": 10},
+        optim={"lr": 1e-3, "warmup_ratio": 0.0, "schedule": "constant"},
+    )
+    result = Trainer(load_config(config)).train()
+    history = result.history
+    assert history[0]["reward_model/margin"] < 0.1
+    assert history[-1]["reward_model/accuracy"] == 1.0 and history[-1]["loss"] < 0.5
+    # final/ is a transformers sequence classifier: the rewards module scores with it directly
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    final = result.output_dir / "final"
+    model = AutoModelForSequenceClassification.from_pretrained(final)
+    scorer = RewardModelScorer(model, AutoTokenizer.from_pretrained(final))
+    prompts = [p["prompt"] for p in PAIRS]
+    chosen = scorer(prompts, [p["chosen"] for p in PAIRS])
+    rejected = scorer(prompts, [p["rejected"] for p in PAIRS])
+    assert all(c > r for c, r in zip(chosen, rejected, strict=True)), (chosen, rejected)
+    assert "pipeline_tag: text-classification" in (final / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"train": {"packing": True}}, "set train.packing: false"),
+        ({"eval": {"benchmarks": ["gsm8k"]}}, "remove the eval: section"),
+    ],
+)
+def test_what_a_reward_model_cannot_do_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: dict, expected: str
+) -> None:
+    data = datasets(tmp_path)["preference"]
+    config = config_file(tmp_path, data, "reward_model", **extra)
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alignlib: error:") and len(err.splitlines()) == 1, err
+    assert expected in err and "trains a reward model" in err
