@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignlib.config.distributed import DistributedConfig
+from alignlib.config.heldout import DataHeldoutConfig
 from alignlib.config.online import IterativeConfig, OnlineConfig, RolloutConfig
 from alignlib.config.section import Section
 from alignlib.eval.config import EvalConfig
@@ -111,6 +112,9 @@ class DataConfig(Section):
     """Completion tokens kept (the end of a longer completion is cut)."""
     shuffle: bool = True
     """Shuffle rows every epoch (seeded)."""
+    heldout: DataHeldoutConfig | None = None
+    """Held-out rows scored by the run's loss and metrics, e.g. {size: 64, every: 10}; null:
+    none (offline runs)."""
     answer_field: str = "answer"
     """Column holding the gold final answer of online rows and held-out rows (what the `math`
     reward grades against and rewards receive as `answer`). TRL data sets call it `solution`:

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from torch import nn
 
 from alignlib.config.estimator import build_estimator
-from alignlib.config.schema import RunConfig
+from alignlib.config.schema import DataConfig, RunConfig
+from alignlib.data import Example
 from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.checkpoint import seed_everything
@@ -237,10 +238,15 @@ class Trainer:
 
             return IterativeSource(config)
         from alignlib.trainer.offline import OfflineSource, load_examples
+        from alignlib.trainer.offline_heldout import split_heldout
 
         scorer = self.estimator.scores_sequences()  # rows rendered as a scorer reads them
-        examples, _ = load_examples(config.data, self.tokenizer, config.model.chat_template, scorer)
-        source = OfflineSource(config, examples)
+
+        def load(data: DataConfig) -> tuple[list[Example], str]:
+            return load_examples(data, self.tokenizer, config.model.chat_template, scorer)
+
+        examples, heldout = split_heldout(config, *load(config.data), load)
+        source = OfflineSource(config, examples, heldout=heldout)
         source.extra_metrics = self.data_metrics
         return source
 

@@ -22,6 +22,7 @@ from alignlib.device import HOST
 from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.model import adapter_context
+from alignlib.trainer.offline_heldout import heldout_due, heldout_metrics
 from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
@@ -247,8 +248,10 @@ class OfflineSource:
         examples: list[Example],
         prev_cache: LogprobCache | None = None,
         ref_cache: LogprobCache | None = None,
+        heldout: list[Example] | None = None,
     ) -> None:
         self.config, self.examples = config, examples
+        self.heldout, self.heldout_cache = heldout or [], None
         train = config.train
         self.position = Sampler(len(examples), train.batch_size, train.seed, config.data.shuffle)
         if len(examples) < train.batch_size:
@@ -276,15 +279,23 @@ class OfflineSource:
                 if config.model.reference_name_or_path is not None:
                     kernel, context = state.reference_kernel()  # freed once cached
                 self.ref_cache = cache_logprobs(kernel, self.examples, state.pad_id, batch, context)
+                if self.heldout:
+                    pad = state.pad_id
+                    self.heldout_cache = cache_logprobs(kernel, self.heldout, pad, batch, context)
             elif config.train.reference == "adapter":
                 self.live_reference = context
 
     def begin(self, out_dir: Path, start: int) -> dict[str, float]:
+        """The held-out metrics of the untrained policy, for comparison."""
         self.out_dir = out_dir
-        return {}
+        return self.heldout_metrics() if start == 0 and self.heldout else {}
 
     def batches(self, step: int) -> Iterator[MiniBatch]:
         examples = [self.examples[i] for i in self.position.next_batch()]
+        yield self.minibatch(examples, self.ref_cache)
+
+    def minibatch(self, examples: list[Example], ref_cache: LogprobCache | None) -> MiniBatch:
+        """``examples`` as one mini-batch with what the estimator reads (training or held-out)."""
         state, train = self.state, self.config.train
         estimator = state.estimator
         batch = offline_minibatch(
@@ -292,14 +303,20 @@ class OfflineSource:
             state.pad_id,
             estimator.requirements(),
             self.kernel.batching(train.micro_batch_size),
-            self.ref_cache,
+            ref_cache,
             self.prev_cache,
             self.live_reference,
             estimator.trained_roles(),
         )
         if estimator.reads_present_logprobs():  # KTO's weights: from the policy as it is now
             batch = with_present_logprobs(self.kernel, batch, train.micro_batch_size * 2)
-        yield batch
+        return batch
+
+    def heldout_metrics(self) -> dict[str, float]:
+        size = self.config.train.batch_size
+        parts = [self.heldout[i : i + size] for i in range(0, len(self.heldout), size)]
+        batches = [self.minibatch(part, self.heldout_cache) for part in parts]
+        return heldout_metrics(self.kernel, self.state.estimator, batches)
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float
@@ -308,7 +325,10 @@ class OfflineSource:
         return metrics | {"epoch": self.position.epoch, "tokens_per_s": metrics["tokens"] / seconds}
 
     def evaluate(self, step: int) -> dict[str, float]:
-        return in_loop_eval(self.state, self.config, self.out_dir, step)
+        metrics = in_loop_eval(self.state, self.config, self.out_dir, step)
+        if self.heldout and heldout_due(self.config, step, self.total_steps):
+            metrics |= self.heldout_metrics()
+        return metrics
 
     def checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint.every

@@ -48,6 +48,11 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "online.rollout_correction corrects rollouts by the engine's log-probs, and this run "
             "samples none (no rollout: section); remove the key, or add rollout: to train online"
         )
+    if config.data.heldout is not None and (config.rollout or config.iterative):
+        raise ConfigError(
+            "data.heldout scores held-out rows of an offline run; online runs and preference "
+            "iterations track held-out accuracy with online.heldout: move it there"
+        )
     note_ignored_distributed(config)
     check_machine(config)
     check_reference_model(config, estimator)

@@ -67,12 +67,15 @@ def accumulate(
     estimator: UnifiedEstimator,
     batch: MiniBatch,
     dropout_key: tuple[int, int] = (0, 0),
+    train: bool = True,
 ) -> tuple[dict[str, float], Tensor | None]:
     """The gradient half of :func:`update` (no optimizer step): the mini-batch is prepared on
     the device — normalizers, group advantages and Clip-Cov/KL-Cov token selection see all of
     it — then each micro-batch runs forward and backward. With data-parallel workers every rank
     prepares the whole mini-batch and runs its share of the micro-batches; the metrics, live
-    log-probs and entropies are summed over the ranks (gradients: in :func:`update`)."""
+    log-probs and entropies are summed over the ranks (gradients: in :func:`update`).
+    ``train=False`` scores the mini-batch without autograd (held-out rows): the same loss and
+    metrics, no backward."""
     needs = estimator.requirements()
     full = batch.fields.to(kernel.device)
     prepared = estimator.prepare(full)
@@ -85,14 +88,15 @@ def accumulate(
     # Per-rank losses are normalized by the mini-batch's global counts: they add up across
     # ranks. FSDP2 averages what it reduce-scatters, so its ranks scale the loss by the size.
     scale = float(world.size) if world.sharded else 1.0
-    stochastic = has_dropout(kernel.model)
+    stochastic = train and has_dropout(kernel.model)
     for i, (rows, real) in enumerate(share):
-        _gradient_sync(kernel, last=i == len(share) - 1)
+        if train:
+            _gradient_sync(kernel, last=i == len(share) - 1)
         # Dropout masks keyed by the micro-batch (not by how many passes this rank made before):
         # any number of workers draws the masks one process would.
         key = (*dropout_key, world.rank + i * world.size, int(batch.rows.input_ids[rows].sum()))
         with micro_batch_rng(key, kernel.device) if stochastic else nullcontext():
-            out = kernel(batch.rows, rows, with_entropy=with_entropy)
+            out = kernel(batch.rows, rows, with_entropy=with_entropy, grad=train)
         on_device = rows.to(kernel.device)
         micro = prepared.select(on_device).narrow(out.width).replace(logprobs=out.logprobs)
         if batch.on_policy:
@@ -103,7 +107,8 @@ def accumulate(
             ref = kernel(batch.rows, rows, grad=False, context=batch.live_reference)
             micro = micro.replace(ref_logprobs=ref.logprobs)
         result = estimator(micro)
-        (result.loss * (scale if real else 0.0)).backward()
+        if train:
+            (result.loss * (scale if real else 0.0)).backward()
         if not real:  # a padding step: every FSDP2 rank runs as many passes as the others
             continue
         live[on_device, : out.width] = out.logprobs.detach().to(live.dtype)
