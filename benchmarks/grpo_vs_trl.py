@@ -132,9 +132,36 @@ def math_reward(completions: list[Any], answer: list[str], **_: Any) -> list[flo
     return [1.0 if ok else 0.0 for ok in grade_many(texts, [str(a) for a in answer])]
 
 
+def step_timer(
+    device: str, done: list[Step], now: dict[str, float], losses: list[float] | None = None
+) -> Any:
+    """A TrainerCallback appending each optimizer step's timing to ``done``: its seconds, and
+    the generation / training time and tokens the instrumented trainer adds up in ``now``;
+    with ``losses``, the logged losses too. ``device``'s kernels are waited for."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            synchronize(device)
+            now.clear()
+            now["start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)  # TRL keeps the loss on the GPU: wait for the step's kernels
+            seconds = time.perf_counter() - now["start"]
+            gen = (now.get("gen_s", 0.0), now.get("gen_tokens", 0.0))
+            train = (seconds - now.get("rollout_s", 0.0), now.get("train_tokens", 0.0))
+            done.append(Step(seconds, *gen, *train))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if losses is not None and logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    return Timer()
+
+
 def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -151,25 +178,6 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
     )
     done: list[Step] = []
     current: dict[str, float] = {}
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            synchronize(DEVICE)
-            current.clear()
-            current["start"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            synchronize(DEVICE)  # TRL keeps the loss on the GPU: wait for the step's kernels
-            seconds = time.perf_counter() - current["start"]
-            done.append(
-                Step(
-                    seconds=seconds,
-                    gen_seconds=current.get("gen_s", 0.0),
-                    gen_tokens=current.get("gen_tokens", 0.0),
-                    train_seconds=seconds - current.get("rollout_s", 0.0),
-                    train_tokens=current.get("train_tokens", 0.0),
-                )
-            )
 
     args = GRPOConfig(
         output_dir=str(workdir / "trl"),
@@ -213,7 +221,7 @@ def trl_steps(model_name: str, steps: int, workdir: Path) -> list[Step]:
         args=args,
         train_dataset=data,
         processing_class=tokenizer,
-        callbacks=[Timer()],
+        callbacks=[step_timer(DEVICE, done, current)],
     )
     generate, generate_and_score = (
         trainer._generate_single_turn,
@@ -281,14 +289,20 @@ def main() -> None:
         common = (args.model, args.steps, Path(tmp))
         ours, our_peak = with_peak_memory(DEVICE, alignlib_steps, *common)
         theirs, their_peak = with_peak_memory(DEVICE, trl_steps, *common)
-    a, t = rates(medians(ours, args.warmup)), rates(medians(theirs, args.warmup))
     print(
         f"model {args.model}, {PROMPTS} prompts x {N} samples/step in micro-batches of {MICRO}, "
         f"<= {MAX_NEW} new tokens, {args.steps} steps, median of steps {args.warmup + 1}-"
         f"{args.steps}, gradient checkpointing {'on' if CHECKPOINTING else 'off'} on both sides"
     )
+    print_table(ours, theirs, args.warmup, (our_peak, their_peak))
+
+
+def print_table(ours: list[Step], theirs: list[Step], warmup: int, peaks: tuple[Any, Any]) -> None:
+    """Median s/step, generation and training rates of both trainers (after ``warmup`` steps),
+    their peak CUDA memory when measured, and the ratios alignlib / TRL."""
+    a, t = rates(medians(ours, warmup)), rates(medians(theirs, warmup))
     print(f"{'':16}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'gen tok/step':>14}")
-    for name, row, peak in (("alignlib", a, our_peak), ("TRL 1.16", t, their_peak)):
+    for name, row, peak in (("alignlib", a, peaks[0]), ("TRL 1.16", t, peaks[1])):
         cells = f"{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}"
         print(f"{name:16}{cells}{peak_text(peak, '  ')}")
     ratio = [x / y for x, y in zip(a, t, strict=True)]

@@ -65,8 +65,8 @@ import yaml
 
 # Run as a script, also under `python -P`, which leaves this folder off sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cuda_measure import peak_text, synchronize, with_peak_memory
-from grpo_vs_trl import Step, medians, rates
+from _cuda_measure import with_peak_memory
+from grpo_vs_trl import Step, print_table, step_timer
 
 PROMPTS, N, MICRO, MAX_NEW, LR, CLIP, LIMIT = 4, 8, 8, 48, 1e-5, 1.0, 64
 DATA, DEVICE, PRECISION = "builtin:arithmetic_prompts", "cpu", "fp32"
@@ -202,30 +202,11 @@ def instrument(trainer: Any, now: dict[str, float]) -> None:
 
 
 def trl_steps(student: str, teacher: str, steps: int, workdir: Path) -> Run:
-    from transformers import TrainerCallback
-
     done: list[Step] = []
     losses: list[float] = []
     now: dict[str, float] = {}
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            synchronize(DEVICE)
-            now.clear()
-            now["start"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            synchronize(DEVICE)  # TRL keeps the loss on the GPU: wait for the step's kernels
-            seconds = time.perf_counter() - now["start"]
-            gen = (now.get("gen_s", 0.0), now.get("gen_tokens", 0.0))
-            train = (seconds - now.get("rollout_s", 0.0), now.get("train_tokens", 0.0))
-            done.append(Step(seconds, *gen, *train))
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-    trainer = trl_trainer(student, teacher, steps, workdir, Timer())
+    trainer = trl_trainer(student, teacher, steps, workdir, step_timer(DEVICE, done, now, losses))
     instrument(trainer, now)
     trainer.train()
     return done, losses
@@ -233,20 +214,13 @@ def trl_steps(student: str, teacher: str, steps: int, workdir: Path) -> Run:
 
 def report(args: argparse.Namespace, ours: tuple[Run, Any], theirs: tuple[Run, Any]) -> None:
     (our_run, our_peak), (their_run, their_peak) = ours, theirs
-    a, t = rates(medians(our_run[0], args.warmup)), rates(medians(their_run[0], args.warmup))
     print(
         f"student {args.model}, teacher {args.teacher or 'tiny (seed 1)'}, {PROMPTS} prompts x "
         f"{N} samples/step in micro-batches of {MICRO}, <= {MAX_NEW} new tokens, {args.steps} "
         f"steps, median of steps {args.warmup + 1}-{args.steps}, gradient checkpointing "
         f"{'on' if CHECKPOINTING else 'off'} on both sides"
     )
-    print(f"{'':16}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'gen tok/step':>14}")
-    for name, row, peak in (("alignlib", a, our_peak), ("TRL 1.16", t, their_peak)):
-        cells = f"{row[0]:10.3f}{row[1]:12.1f}{row[2]:13.1f}{row[3]:14.0f}"
-        print(f"{name:16}{cells}{peak_text(peak, '  ')}")
-    ratio = [x / y for x, y in zip(a, t, strict=True)]
-    print(f"{'alignlib / TRL':16}{ratio[0]:10.2f}{ratio[1]:12.2f}{ratio[2]:13.2f}{ratio[3]:14.2f}")
-    print(f"speed ratio (TRL s/step / alignlib s/step): {t[0] / a[0]:.2f}x")
+    print_table(our_run[0], their_run[0], args.warmup, (our_peak, their_peak))
     for name, (timed, losses) in (("alignlib", our_run), ("TRL", their_run)):
         finite = all(math.isfinite(x) for x in losses) and len(losses) == len(timed)
         shown = " ".join(f"{x:.4f}" for x in losses)

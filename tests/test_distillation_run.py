@@ -116,19 +116,14 @@ def test_a_teacher_with_another_tokenizer_is_one_line(
     assert "model.reference_name_or_path" in err and "tokenizer differs" in err
 
 
-def test_a_reference_nothing_reads_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("algorithm", "expected"),
+    [("sft", "reads no reference log-probs"), ("opd", "is an online RL method")],
+)
+def test_a_reference_nothing_reads_and_offline_distillation_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], algorithm: str, expected: str
 ) -> None:
     data = datasets(tmp_path)["sft"]
     model = {"name_or_path": "tiny:llama", "reference_name_or_path": "tiny:llama"}
-    config = config_file(tmp_path, data, "sft", model=model)
-    assert "reads no reference log-probs" in one_line_error(config, capsys)
-
-
-def test_offline_distillation_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = datasets(tmp_path)["sft"]
-    model = {"name_or_path": "tiny:llama", "reference_name_or_path": "tiny:llama"}
-    config = config_file(tmp_path, data, "opd", model=model)
-    assert "is an online RL method" in one_line_error(config, capsys)
+    config = config_file(tmp_path, data, algorithm, model=model)
+    assert expected in one_line_error(config, capsys)
