@@ -119,6 +119,26 @@ def test_a_trained_reward_model_ranks_its_pairs_and_serves_as_a_reward(tmp_path:
     assert "pipeline_tag: text-classification" in (final / "README.md").read_text()
 
 
+def test_a_resumed_reward_model_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    data = datasets(tmp_path)["preference"]
+    runs = {name: tmp_path / name for name in ("straight", "resumed")}
+    for folder in runs.values():
+        folder.mkdir()
+
+    def run(name: str, steps: int, resume: bool) -> list[float]:
+        extra = {
+            "train": {"max_steps": steps, "batch_size": 2, "micro_batch_size": 1},
+            "data": {"path": str(data), "shuffle": True},
+            "checkpoint": {"every": 2, "resume": resume},
+        }
+        config = config_file(runs[name], data, "reward_model", **extra)
+        return [h["loss"] for h in Trainer(load_config(config)).train().history]
+
+    straight = run("straight", 6, False)
+    run("resumed", 4, False)  # checkpoints at step 2: the score head and the optimizer state
+    assert run("resumed", 6, True) == pytest.approx(straight[2:], rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
