@@ -260,7 +260,7 @@ def main() -> None:
         else:
             from alignlib.eval.loading import hf_folder_for  # after the offline variables
 
-            teacher, merged = hf_folder_for(args.teacher)
+            teacher, merged = hf_folder_for(args.teacher, key="--teacher")
         common = (args.model, teacher, args.steps, Path(tmp))
         ours = with_peak_memory(DEVICE, alignlib_steps, *common)
         theirs = with_peak_memory(DEVICE, trl_steps, *common)

@@ -90,17 +90,18 @@ def _base_source(base_name: str) -> str:
 
 
 def hf_folder_for(
-    spec: str, dtype: str = "float32"
+    spec: str, dtype: str = "float32", key: str = "eval.model"
 ) -> tuple[str, tempfile.TemporaryDirectory[str] | None]:
     """A plain HF folder for engines that load from disk (vLLM): adapters are merged into a temp
-    folder (returned so the caller can clean it up), bundled models use their converted cache."""
-    source = resolve_model_dir(spec)
+    folder (returned so the caller can clean it up), bundled models use their converted cache.
+    ``key`` names the setting in errors."""
+    source = resolve_model_dir(spec, key)
     if source == BUNDLED_PREFIX + SMOLLM2_NAME:
         load_model_and_tokenizer(source)  # converts the GGUF into the cache on first use
         return str(default_cache_dir() / SMOLLM2_NAME), None
     if not (Path(source) / ADAPTER_CONFIG).is_file():
         return source, None
-    model, tokenizer = load_eval_model(spec, dtype)
+    model, tokenizer = load_eval_model(spec, dtype, key=key)
     tmp = tempfile.TemporaryDirectory(prefix="alignlib-eval-merged-")
     model.save_pretrained(tmp.name)
     tokenizer.save_pretrained(tmp.name)
