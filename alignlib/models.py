@@ -69,10 +69,16 @@ def load_bundled_smollm2(
     later calls load that copy (a few seconds). Both paths return the model loaded from the
     cache dir, so first and later calls give identical weights.
     """
+    return _load_local(bundled_smollm2_folder(cache_dir), dtype, **load_options)
+
+
+def bundled_smollm2_folder(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The HF-format folder of the bundled SmolLM2 (`cache_dir`, default
+    `~/.cache/alignlib/smollm2-135m-instruct`), converted from the GGUF on first use."""
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir() / SMOLLM2_NAME
     if not (target / "config.json").is_file():
         _convert_smollm2(target)
-    return _load_local(target, dtype, **load_options)
+    return target
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -178,10 +184,7 @@ def _weights_source(name: str, cache_dir: str | os.PathLike[str] | None, key: st
     if name.startswith((BUNDLED_PREFIX, "tiny:")):
         if name != BUNDLED_PREFIX + SMOLLM2_NAME:
             raise ValueError(f"{key}: unknown model {name!r}; valid: {_named_models(name)}")
-        target = Path(cache_dir) if cache_dir is not None else default_cache_dir() / SMOLLM2_NAME
-        if not (target / "config.json").is_file():
-            _convert_smollm2(target)
-        return str(target)
+        return str(bundled_smollm2_folder(cache_dir))
     path = Path(name).expanduser()
     if path.is_dir():
         folder = model_folder(path, key)

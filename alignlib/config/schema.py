@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from alignlib.config.data import DataConfig
 from alignlib.config.distributed import DistributedConfig
-from alignlib.config.heldout import DataHeldoutConfig
 from alignlib.config.online import IterativeConfig, OnlineConfig, RolloutConfig
 from alignlib.config.section import Section
 from alignlib.eval.config import EvalConfig
@@ -82,44 +82,6 @@ class LoRAConfig(Section):
     """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear`."""
     save_merged: bool = False
     """Also save the base model with the adapter merged in (loads without peft, e.g. in vLLM)."""
-
-
-DataFormat = Literal["auto", "sft", "preference", "tpo", "bvpo", "kto", "prompts"]
-
-
-class DataConfig(Section):
-    path: str = "builtin:gsm8k_pairs"
-    """Training data: a .jsonl/.json/.parquet file (relative to the config file), `builtin:NAME`
-    for a data set alignlib builds offline (`builtin:gsm8k_pairs`, `builtin:gsm8k_short_pairs`,
-    `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`, `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`,
-    `builtin:arithmetic_prompts`), or a hub data set name."""
-    format: DataFormat = "auto"
-    """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected};
-    tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;
-    kto {prompt, completion, label} (label true: desirable, false: undesirable);
-    prompts {prompt, answer} (online methods). `auto` infers it from the first row's fields."""
-    unpair: bool = False
-    """Train KTO on preference rows: each {prompt, chosen, rejected} row becomes the kto rows
-    {prompt, completion: chosen, label: true} and {prompt, completion: rejected, label: false}
-    (TRL's `unpair_preference_dataset`)."""
-    split: str = "train"
-    """Split to read from a hub data set."""
-    limit: int | None = Field(None, gt=0)
-    """Use only the first N rows."""
-    max_prompt_length: int = Field(256, gt=0)
-    """Prompt tokens kept (the start of a longer prompt is cut, keeping its end)."""
-    max_completion_length: int = Field(256, gt=0)
-    """Completion tokens kept (the end of a longer completion is cut)."""
-    shuffle: bool = True
-    """Shuffle rows every epoch (seeded)."""
-    heldout: DataHeldoutConfig | None = None
-    """Held-out rows scored by the run's loss and metrics, e.g. {size: 64, every: 10}; null:
-    none (offline runs)."""
-    answer_field: str = "answer"
-    """Column holding the gold final answer of online rows and held-out rows (what the `math`
-    reward grades against and rewards receive as `answer`). TRL data sets call it `solution`:
-    set `answer_field: solution` there, and point `online.demonstration_field` at a column of
-    worked solutions (or use a method without demonstrations)."""
 
 
 class ComponentSpec(Section):

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import Tensor
 
-from alignlib.estimator.advantages import ConstantAdvantage
+from alignlib.estimator.advantages import ConstantAdvantage, group_statistics
 from alignlib.estimator.aggregation import (
     Aggregation,
     PairMean,
@@ -197,10 +196,8 @@ class ScoreCentering(Term):
         assert batch.pair_ids is not None
         _, mask = masked_weights(batch, self.rows, PairMean())
         scores = zero_where_masked(batch.logprobs, mask).sum(-1)  # [R]
-        _, pair = torch.unique(batch.pair_ids, return_inverse=True)
-        sums = scores.new_zeros(int(pair.max()) + 1 if pair.numel() else 0)
-        sums = sums.index_add(0, pair, scores)
+        pair_sum = group_statistics(scores, batch.pair_ids, self.rows.select(batch))[0]
         chosen = (batch.role_codes() == int(Role.CHOSEN)).to(scores.dtype)
-        mean = (prepared["w"] * chosen * sums[pair] ** 2).sum()  # each pair once
+        mean = (prepared["w"] * chosen * pair_sum**2).sum()  # each pair once
         loss = self.coef * mean
         return TermOutput(loss, loss.detach(), {"loss": loss.detach()})

@@ -184,9 +184,9 @@ class PolicyGradientTerm(Term):
         w_unit = prepared["w_unit"].unsqueeze(-1)
         for key, indicator in terms.indicators.items():
             metrics[key] = (w_unit * indicator * units.mask).sum().detach()
-        stat_weights = {"summed": 1.0, "unit": prepared["w_unit"]}.get(
-            self.advantage.metric_weights, prepared["w_pair"]
-        )
+        stat_weights = {"pair": prepared["w_pair"], "summed": 1.0, "unit": prepared["w_unit"]}[
+            self.advantage.metric_weights
+        ]
         for key, stat in result.row_metrics.items():
             metrics[key] = (stat_weights * stat).sum().detach()
         return TermOutput(surrogate, value.detach(), metrics)

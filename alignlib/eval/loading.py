@@ -14,7 +14,7 @@ from alignlib.models import (
     ADAPTER_CONFIG,
     BUNDLED_PREFIX,
     SMOLLM2_NAME,
-    default_cache_dir,
+    bundled_smollm2_folder,
     load_model_and_tokenizer,
     model_folder,
 )
@@ -97,8 +97,7 @@ def hf_folder_for(
     ``key`` names the setting in errors."""
     source = resolve_model_dir(spec, key)
     if source == BUNDLED_PREFIX + SMOLLM2_NAME:
-        load_model_and_tokenizer(source)  # converts the GGUF into the cache on first use
-        return str(default_cache_dir() / SMOLLM2_NAME), None
+        return str(bundled_smollm2_folder()), None  # converted from the GGUF on first use
     if not (Path(source) / ADAPTER_CONFIG).is_file():
         return source, None
     model, tokenizer = load_eval_model(spec, dtype, key=key)

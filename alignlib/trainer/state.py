@@ -100,19 +100,25 @@ class TrainState:
         tok = self.tokenizer
         return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
-    def kernel(self, model: nn.Module | None = None, temperature: float = 1.0) -> LogprobKernel:
-        """The micro-batch kernel of ``model`` (default: the policy) on the run's device."""
-        chunk = self.config.train.logprob_chunk_size
+    def kernel(
+        self,
+        model: nn.Module | None = None,
+        temperature: float = 1.0,
+        module: nn.Module | None = None,
+    ) -> LogprobKernel:
+        """The micro-batch kernel of ``model`` (default: the policy) on the run's device;
+        ``module``: the FSDP2 wrapper of ``model`` to call (the policy's own by default)."""
+        train = self.config.train
         policy = model is None or model is self.model
         return LogprobKernel(
             model or self.model,
             self.placement,
-            chunk,
+            train.logprob_chunk_size,
             temperature,
             self.world,
-            self.shards if policy else None,
-            packing=self.config.train.packing,
-            max_tokens=self.config.train.max_tokens_per_micro_batch,
+            module or (self.shards if policy else None),
+            packing=train.packing,
+            max_tokens=train.max_tokens_per_micro_batch,
         )
 
     def reference_kernel(self, temperature: float = 1.0) -> tuple[LogprobKernel, Context | None]:
@@ -131,18 +137,7 @@ class TrainState:
                 else load_policy(model_config, self.placement)[0]
             )
             reference, wrapper = frozen_shards(loaded, self.world, self.placement)
-            train = self.config.train
-            kernel = LogprobKernel(
-                reference,
-                self.placement,
-                train.logprob_chunk_size,
-                temperature,
-                self.world,
-                wrapper,
-                packing=train.packing,
-                max_tokens=train.max_tokens_per_micro_batch,
-            )
-            return kernel, None
+            return self.kernel(reference, temperature, wrapper), None
         model, context = reference_policy(
             self.model, model_config, self.config.lora.enabled, self.placement, self.tokenizer
         )
