@@ -20,12 +20,11 @@ on one long-lived event loop, so clients bound to that loop keep working across 
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from alignlib.awaiting import resolve_awaitables
 from alignlib.rewards.calling import (
     NOT_COLUMNS,
     RewardError,
@@ -108,42 +107,6 @@ def missing_columns(
     ]
 
 
-# ------------------------------------------------------------------------------ async support
-_LOOP: asyncio.AbstractEventLoop | None = None
-_LOOP_LOCK = threading.Lock()
-
-
-def _loop() -> asyncio.AbstractEventLoop:
-    """One event loop on a daemon thread for the process (as TRL does): a caller that already
-    runs a loop (a notebook) is not disturbed, and async clients stay bound to one loop."""
-    global _LOOP
-    with _LOOP_LOCK:
-        if _LOOP is None or _LOOP.is_closed():
-            _LOOP = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=_LOOP.run_forever, name="alignlib-rewards", daemon=True
-            )
-            thread.start()
-        return _LOOP
-
-
-def _resolve(values: list[Any]) -> list[Any]:
-    """``values`` with every awaitable replaced by its result (or its exception), all awaited
-    concurrently."""
-    pending = [i for i, v in enumerate(values) if inspect.isawaitable(v)]
-    if not pending:
-        return values
-
-    async def gather() -> list[Any]:
-        return await asyncio.gather(*(values[i] for i in pending), return_exceptions=True)
-
-    done = asyncio.run_coroutine_threadsafe(gather(), _loop()).result()
-    out = list(values)
-    for i, value in zip(pending, done, strict=True):
-        out[i] = value
-    return out
-
-
 def _call_each(
     calls: Sequence[Callable[[], Any]], name: str, rows: Sequence[Mapping[str, Any]]
 ) -> list[Any]:
@@ -154,7 +117,7 @@ def _call_each(
             values.append(call())
         except Exception as exc:  # user code: reported with its reward and row
             raise failure(exc, name, row) from exc
-    results = _resolve(values)
+    results = resolve_awaitables(values)
     for value, row in zip(results, rows, strict=True):
         if isinstance(value, BaseException):
             raise failure(value, name, row) from value

@@ -7,11 +7,10 @@ the dataset row's other fields (e.g. ``answer``).
 from __future__ import annotations
 
 import difflib
-import importlib
-import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
+
+from alignlib.imports import import_attr
 
 __all__ = ["RewardFn", "get_reward", "list_rewards", "register_reward", "resolve_reward"]
 
@@ -69,62 +68,12 @@ def get_reward(name: str) -> RewardFn:
 
 
 def _import_attr(spec: str) -> object:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"reward spec {spec!r} must look like 'package.module:function'")
-    if module_name == "reward_model":
+    if spec.partition(":")[0] == "reward_model":
         raise ValueError(
             f"reward spec {spec!r}: reward_model:PATH is supported only as iterative.oracle; for "
             "online rewards wrap a RewardModelScorer in a function (see alignlib.rewards)"
         )
-    try:
-        obj: object = importlib.import_module(module_name)
-    except SyntaxError as e:
-        where = f"{e.filename} line {e.lineno}" if e.filename else f"module {module_name!r}"
-        raise ValueError(f"reward spec {spec!r}: {where}: SyntaxError: {e.msg}") from None
-    except ImportError as e:
-        top = module_name.split(".")[0]
-        if isinstance(e, ModuleNotFoundError) and e.name == top and Path(f"{top}.py").is_file():
-            raise ValueError(
-                f"reward spec {spec!r}: No module named {top!r}, though {top}.py is in the "
-                "current folder: put its folder on PYTHONPATH (e.g. PYTHONPATH=. alignlib train "
-                "...)"
-            ) from None
-        if (
-            isinstance(e, ModuleNotFoundError)
-            and e.name
-            and not f"{module_name}.".startswith(f"{e.name}.")
-        ):
-            raise ValueError(
-                f"reward spec {spec!r}: module {module_name!r} imports {e.name!r}, which is not "
-                "installed; install it in this environment"
-            ) from None
-        raise ValueError(
-            f"reward spec {spec!r}: cannot import module {module_name!r} ({e}); "
-            "check the module path and that its package is installed (a module of your own: put "
-            "its folder on PYTHONPATH)"
-        ) from e
-    except Exception as e:  # the module's own code raised while being imported
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename != __file__]
-        frames = [f for f in frames if "importlib" not in f.filename] or frames
-        where = f" ({frames[-1].filename} line {frames[-1].lineno})" if frames else ""
-        raise ValueError(
-            f"reward spec {spec!r}: importing module {module_name!r} raised "
-            f"{type(e).__name__}: {e}{where}"
-        ) from None
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(
-                f"reward spec {spec!r}: {_describe_obj(obj)} has no attribute {part!r}; "
-                "check the function name after ':'"
-            )
-        obj = getattr(obj, part)
-    return obj
-
-
-def _describe_obj(obj: object) -> str:
-    name = getattr(obj, "__name__", None)
-    return f"module {name!r}" if hasattr(obj, "__file__") else repr(name or obj)
+    return import_attr(spec, "reward spec", "function")
 
 
 def resolve_reward(spec: str | RewardFn) -> RewardFn:

@@ -97,6 +97,14 @@ class Generation:
     """"stop" (EOS or stop string) or "length" (hit max_new_tokens)."""
     sample_index: int = 0
     """Which of the `n` samples of this prompt this is."""
+    loss_mask: list[int] | None = None
+    """Multi-turn episodes (`alignlib.rollout.environment`): 1 for each entry of `token_ids` the
+    policy sampled, 0 for tokens an environment inserted (their `logprobs` entries are 0 and
+    they are never trained on). None: every token was sampled (one turn)."""
+    turns: int = 1
+    """Model turns in this completion (more than 1 only in multi-turn episodes)."""
+    environment_reward: float | None = None
+    """The environment's own reward for the episode (its `get_reward()`), or None."""
 
 
 RolloutOutput = Generation

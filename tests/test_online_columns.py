@@ -131,13 +131,13 @@ def test_conversational_prompts_train_online(
         make_config(tmp_path), rows, algorithm={"name": "hpt", "params": {"max_response_length": 6}}
     )
     seen: list[list[int]] = []
-    generate = online_collect.generate
+    sample = online_collect.RolloutCollector.sample
 
-    def spy(engine: Any, prompts: list[list[int]], sampling: Any) -> Any:
+    def spy(self: Any, engine: Any, prompts: list[list[int]], *args: Any) -> Any:
         seen.extend(prompts)
-        return generate(engine, prompts, sampling)
+        return sample(self, engine, prompts, *args)
 
-    monkeypatch.setattr(online_collect, "generate", spy)
+    monkeypatch.setattr(online_collect.RolloutCollector, "sample", spy)
     trainer = Trainer(load_config(config))
     result = trainer.train()
     want = prompt_ids(trainer.tokenizer, messages, chat=True)

@@ -28,7 +28,7 @@ from alignlib.config.online import RewardSpec
 from alignlib.estimator import DPOWeights
 from alignlib.estimator.registry import ParameterError, ParameterTypeError
 from alignlib.rewards import RewardError, call_reward
-from alignlib.trainer.online_rollout import RewardModel
+from alignlib.trainer.online_rewards import RewardModel
 
 PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}"}
@@ -284,7 +284,7 @@ def test_reward_parameters_reach_the_function() -> None:
 
 
 def test_math_parameters_reach_the_grader(monkeypatch: pytest.MonkeyPatch) -> None:
-    import alignlib.trainer.online_rollout as stage
+    import alignlib.trainer.online_rewards as stage
 
     seen: list[float] = []
 

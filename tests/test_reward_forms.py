@@ -15,7 +15,7 @@ import pytest
 
 from alignlib.config.online import RewardSpec
 from alignlib.rewards import RewardError, detect_form, missing_columns, score_batch
-from alignlib.trainer.online_rollout import RewardModel
+from alignlib.trainer.online_rewards import RewardModel
 
 ROWS = [
     {"prompt": "What is 2 + 3?", "solution": "5", "answer": "5"},

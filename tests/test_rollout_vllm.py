@@ -253,3 +253,35 @@ def test_vllm_workers_generate_ahead_within_the_bound(model_dir, tmp_path):
     assert [h["rollout/staleness"] for h in steps] == [0.0, 1.0, 1.0]
     ratios = [v for h in steps for k, v in h.items() if k.endswith("rollout_ratio_mean")]
     assert ratios and abs(ratios[0] - 1) < 1e-2, "step 1 is on-policy: π_old ≈ π_vLLM"
+
+
+@pytest.mark.slow
+def test_vllm_runs_multi_turn_episodes_token_in_token_out(setup):
+    """Calculator episodes through vLLM equal the transformers engine's (greedy, token for
+    token), and every sampled token's vLLM log-prob is the model's over the whole episode."""
+    from alignlib.rollout.calculator import Calculator
+    from alignlib.rollout.environment import EpisodeRunner, EpisodeSettings
+
+    vllm_engine, hf_engine, tok = setup
+
+    class Always(Calculator):  # answers every turn, so episodes reach max_turns
+        def step(self, turn: str) -> str | None:
+            return super().step(turn) or "<result>none</result>"
+
+    runner = EpisodeRunner(Always, {}, tok, EpisodeSettings(max_turns=3, max_turn_tokens=6), "c")
+    ids = [hf_engine.encode_prompts([p])[0] for p in PROMPTS]
+    rows = [{"prompt": p} for p in PROMPTS]
+    greedy = SamplingParams(temperature=0, max_new_tokens=40)
+    got, want = runner.run(vllm_engine, ids, rows, greedy), runner.run(hf_engine, ids, rows, greedy)
+    assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]
+    assert any(g[0].turns == 3 for g in got)
+    for gens, prompt in zip(got, ids, strict=True):
+        gen = gens[0]
+        with torch.no_grad():
+            logits = hf_engine.model(torch.tensor([prompt + gen.token_ids])).logits[0]
+        scores = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+        want_lp = scores.gather(1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+        sampled = torch.tensor(gen.loss_mask, dtype=torch.bool)
+        got_lp = torch.tensor(gen.logprobs)
+        torch.testing.assert_close(got_lp[sampled], want_lp[sampled], atol=2e-3, rtol=0)
+        assert (got_lp[~sampled] == 0).all()

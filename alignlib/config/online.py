@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.section import Section
 
 VLLM_MISSING = (
@@ -253,6 +254,11 @@ class OnlineConfig(Section):
     """Prompt tokens kept (the start of a longer prompt is cut)."""
     max_demonstration_length: int = Field(1024, gt=0)
     """Demonstration tokens kept, EOS included."""
+    environment: EnvironmentConfig | None = None
+    """Multi-turn episodes: an environment answers each model turn (a tool's result, a game's
+    state) until it ends the episode; its tokens are never trained on (loss mask 0). Its own
+    reward (get_reward) enters as the reward named `environment` in `rewards`. Null: one turn.
+    Held-out accuracy runs the same episodes; `eval:` benchmarks stay single-turn."""
 
     @field_validator("rewards")
     @classmethod

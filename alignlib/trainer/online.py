@@ -24,7 +24,7 @@ from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ah
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_collect import RolloutCollector
-from alignlib.trainer.online_engine import EngineHandle, build_engine, heldout_accuracy
+from alignlib.trainer.online_engine import EngineHandle, build_engine
 from alignlib.trainer.online_update import (
     RowTensors,
     check_online_estimator,
@@ -222,10 +222,9 @@ class OnlineSource:
             return {}
         metrics: dict[str, float] = {}
         if self.heldout is not None and self.heldout_due(step):
-            ids, answers = self.heldout
             cap = self.online.heldout.max_new_tokens or self.rollout.max_new_tokens
             with self._engine_lock():
-                metrics |= heldout_accuracy(self.engine.engine, ids, answers, cap)
+                metrics |= self.collector.heldout_accuracy(self.engine.engine, self.heldout, cap)
         # Through the rollout engine: it holds the current weights (vLLM / Ray included).
         engine = self.engine.engine
         with self._engine_lock():

@@ -5,29 +5,48 @@ the model loads anything."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
+from alignlib.rewards import extract_boxed, grade_many
+from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
+from alignlib.rollout.environment import EpisodeRunner, EpisodeSettings, resolve_environment
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
+from alignlib.trainer.online_rewards import RewardModel, with_answer_field
 from alignlib.trainer.online_rollout import (
-    RewardModel,
     Rollouts,
     TrainRows,
     build_rows,
     demonstration_ids,
-    generate,
     informative_groups,
     rollout_metrics,
     sampling_params,
     score_rollouts,
     select_groups,
-    with_answer_field,
 )
+
+
+def episode_runner(config: EnvironmentConfig | None, tokenizer: Any) -> EpisodeRunner | None:
+    """The multi-turn episodes of ``online.environment``, or None: one turn per completion."""
+    if config is None:
+        return None
+    settings = EpisodeSettings(
+        max_turns=config.max_turns,
+        stop=tuple(config.stop),
+        observation_format=config.observation_format,
+        observation_role=config.observation_role,
+        max_observation_tokens=config.max_observation_tokens,
+        max_turn_tokens=config.max_turn_tokens,
+    )
+    factory = resolve_environment(config.name)
+    return EpisodeRunner(factory, config.params, tokenizer, settings, config.name)
 
 
 class RolloutCollector:
@@ -43,10 +62,12 @@ class RolloutCollector:
         )
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"{where}: online training needs rows with 'prompt'")
+        self.episodes = episode_runner(self.online.environment, tokenizer)
         self.rewards = RewardModel(
             self.online.rewards,
             self.online.correct_threshold,
             allow_nonfinite=config.train.nonfinite == "skip",
+            environment_rewards=self.episodes is not None and self.episodes.rewards,
         )
         self.rewards.check(self.rows[0], where)
         if router.needs_demonstrations:
@@ -55,8 +76,8 @@ class RolloutCollector:
             len(self.rows), self.online.prompts_per_step, config.train.seed, data.shuffle
         )
 
-    def heldout_set(self) -> tuple[list[list[int]], list[str]] | None:
-        """(prompt ids, answers) of ``online.heldout.data``, or None when it is not set."""
+    def heldout_set(self) -> tuple[list[list[int]], list[dict[str, Any]]] | None:
+        """(prompt ids, rows) of ``online.heldout.data``, or None when it is not set."""
         spec = self.online.heldout
         if spec.data is None:
             return None
@@ -65,7 +86,40 @@ class RolloutCollector:
         )
         if not rows or not all("prompt" in r and "answer" in r for r in rows):
             raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
-        return [self.prompt_tokens(r) for r in rows], [str(r["answer"]) for r in rows]
+        return [self.prompt_tokens(r) for r in rows], rows
+
+    def sample(
+        self,
+        engine: RolloutEngine,
+        prompt_ids: list[list[int]],
+        rows: list[dict[str, Any]],
+        sampling: SamplingParams,
+    ) -> tuple[list[list[Generation]], float]:
+        """``sampling.n`` completions per prompt (whole episodes with an environment) and the
+        wall time they took."""
+        began = time.perf_counter()
+        if self.episodes is None:
+            generations = engine.generate(prompt_ids, sampling)
+        else:
+            generations = self.episodes.run(engine, prompt_ids, rows, sampling)
+        return generations, time.perf_counter() - began
+
+    def heldout_accuracy(
+        self, engine: RolloutEngine, heldout: tuple[list[list[int]], list[dict[str, Any]]], cap: int
+    ) -> dict[str, float]:
+        """Greedy accuracy on held-out prompts (the same episodes training samples), with the
+        share of boxed answers and the length."""
+        prompt_ids, rows = heldout
+        greedy = SamplingParams(temperature=0, max_new_tokens=cap)
+        generations, _ = self.sample(engine, prompt_ids, rows, greedy)
+        texts = [gens[0].text for gens in generations]
+        correct = grade_many(texts, [str(r["answer"]) for r in rows])
+        count = max(1, len(texts))
+        return {
+            "heldout/accuracy": sum(correct) / count,
+            "heldout/boxed_frac": sum(extract_boxed(t) is not None for t in texts) / count,
+            "heldout/response_length": sum(len(g[0].token_ids) for g in generations) / count,
+        }
 
     def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
         ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template)
@@ -84,9 +138,8 @@ class RolloutCollector:
         prompt_ids = [self.prompt_tokens(r) for r in prompts]
         # Seeded per (run seed, step, attempt): a resumed run samples exactly what it would have.
         seed = (self.config.train.seed * 1_000_003 + step * 101 + attempt) & 0x7FFF_FFFF
-        generations, seconds = generate(
-            engine.engine, prompt_ids, sampling_params(self.rollout, seed)
-        )
+        sampling = sampling_params(self.rollout, seed)
+        generations, seconds = self.sample(engine.engine, prompt_ids, prompts, sampling)
         rollouts = score_rollouts(self.rewards, prompts, prompt_ids, generations, seconds)
         demo_rewards = None
         if self.router.scores_demonstrations:

@@ -22,8 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from alignlib.config.online import RolloutConfig
 from alignlib.device import Placement
-from alignlib.rewards import extract_boxed, grade_many
-from alignlib.rollout.base import RolloutEngine, SamplingParams
+from alignlib.rollout.base import RolloutEngine
 from alignlib.trainer.checkpoint import atomic_directory_write, save_model
 from alignlib.trainer.model import frozen_copy
 
@@ -283,23 +282,3 @@ def make_engine(
     device = resolve_device("auto")
     model, tokenizer = load_model_and_tokenizer(folder, dtype=DTYPES[dtype], device=device)
     return HFEngine(model, tokenizer, max_batch_size, apply_chat_template=chat_template)
-
-
-def heldout_accuracy(
-    engine: RolloutEngine,
-    prompt_ids: list[list[int]],
-    answers: list[str],
-    max_new_tokens: int,
-) -> dict[str, float]:
-    """Greedy accuracy on held-out prompts, with the share of boxed answers and the length."""
-    generations = engine.generate(
-        prompt_ids, SamplingParams(temperature=0, max_new_tokens=max_new_tokens)
-    )
-    texts = [gens[0].text for gens in generations]
-    correct = grade_many(texts, answers)
-    count = max(1, len(texts))
-    return {
-        "heldout/accuracy": sum(correct) / count,
-        "heldout/boxed_frac": sum(extract_boxed(t) is not None for t in texts) / count,
-        "heldout/response_length": sum(len(g[0].token_ids) for g in generations) / count,
-    }

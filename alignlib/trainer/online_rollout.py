@@ -6,26 +6,17 @@ token ids (never re-tokenized text), so the trained tokens are exactly the sampl
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from alignlib.config.online import OnlineConfig, RewardSpec, RolloutConfig
+from alignlib.config.online import OnlineConfig, RolloutConfig
 from alignlib.estimator import Role, RowPlan
-from alignlib.rewards import (
-    RewardError,
-    check_params,
-    grade_many,
-    math_reward,
-    missing_columns,
-    resolve_reward,
-    score_batch,
-)
-from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
+from alignlib.rollout.base import Generation, SamplingParams
+from alignlib.trainer.online_rewards import RewardModel
 
 
 @dataclass
@@ -45,7 +36,12 @@ class Rollouts:
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(g.token_ids) for gens in self.generations for g in gens)
+        """Tokens the policy sampled (not those an environment inserted)."""
+        return sum(
+            len(g.token_ids) if g.loss_mask is None else sum(g.loss_mask)
+            for gens in self.generations
+            for g in gens
+        )
 
 
 @dataclass
@@ -61,6 +57,9 @@ class TrainRows:
     behaviour: list[list[float] | None] = field(default_factory=list)
     """The engine's log-prob of each completion token (``Generation.logprobs``: the processed
     distribution it sampled from); None for rows the engine did not sample (demonstrations)."""
+    loss_masks: list[list[int] | None] = field(default_factory=list)
+    """Per completion token, 1 to train on it and 0 for tokens an environment inserted
+    (``Generation.loss_mask``); None: every completion token trains."""
 
     def add(
         self,
@@ -70,6 +69,7 @@ class TrainRows:
         group: int,
         reward: float,
         logprobs: list[float] | None = None,
+        loss_mask: list[int] | None = None,
     ) -> None:
         self.sequences.append(list(prompt) + list(completion))
         self.starts.append(len(prompt))
@@ -77,6 +77,7 @@ class TrainRows:
         self.group_ids.append(group)
         self.rewards.append(float(reward))
         self.behaviour.append(None if logprobs is None else list(logprobs))
+        self.loss_masks.append(None if loss_mask is None else list(loss_mask))
 
     def extend(self, other: TrainRows, group_offset: int) -> None:
         self.sequences += other.sequences
@@ -85,6 +86,7 @@ class TrainRows:
         self.group_ids += [g + group_offset for g in other.group_ids]
         self.rewards += other.rewards
         self.behaviour += other.behaviour
+        self.loss_masks += other.loss_masks
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -101,113 +103,6 @@ def sampling_params(config: RolloutConfig, seed: int) -> SamplingParams:
     )
 
 
-def generate(
-    engine: RolloutEngine, prompt_ids: list[list[int]], sampling: SamplingParams
-) -> tuple[list[list[Generation]], float]:
-    """n completions per prompt and the wall time they took."""
-    began = time.perf_counter()
-    generations = engine.generate(prompt_ids, sampling)
-    return generations, time.perf_counter() - began
-
-
-# ------------------------------------------------------------------------------------- rewards
-def with_answer_field(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
-    """Rows whose `answer` is the `data.answer_field` column (TRL calls it `solution`): the
-    math grader and every reward read the gold answer as `answer`; the column keeps its name."""
-    if field == "answer":
-        return rows
-    return [{**row, "answer": row.get(field)} for row in rows]
-
-
-MATH_PARAMS = ("timeout_s",)
-"""What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
-
-
-class RewardModel:
-    """The weighted sum of the configured reward functions; `math` is graded in one batch.
-
-    Parameters are checked against each function's signature when this is built, so a
-    misspelled one is refused instead of swallowed; every value must be a finite number unless
-    ``allow_nonfinite`` (`train.nonfinite: skip`)."""
-
-    def __init__(
-        self, specs: Sequence[RewardSpec], threshold: float, allow_nonfinite: bool = False
-    ) -> None:
-        self.specs = list(specs)
-        self.threshold = threshold
-        self.allow_nonfinite = allow_nonfinite
-        self.functions: list[Callable[..., float] | None] = []
-        for index, spec in enumerate(self.specs):
-            try:
-                fn = None if spec.name == "math" else resolve_reward(spec.name)
-            except (TypeError, ValueError) as exc:
-                raise RewardError(f"online.rewards[{index}].name: {exc}") from None
-            valid = MATH_PARAMS if fn is None else None
-            where = f"online.rewards[{index}].params"
-            check_params(spec.name, fn or math_reward, spec.params, where, valid)
-            self.functions.append(fn)
-        math_params = [s.params for s in self.specs if s.name == "math"]
-        self.math_timeout = float(math_params[0].get("timeout_s", 5.0)) if math_params else 5.0
-
-    def check(self, row: dict[str, Any], where: str) -> None:
-        """``row`` must hold every column a reward needs (math: a non-null `answer`)."""
-        for spec, fn in zip(self.specs, self.functions, strict=True):
-            missing = missing_columns(fn or math_reward, spec.params, row)
-            if missing:
-                raise RewardError(
-                    f"{where}: reward {spec.name!r} needs field {missing[0]!r}, which this row "
-                    f"lacks or leaves null (the row has {', '.join(sorted(row))}); fill it in, "
-                    "drop the row, or use rewards that do not need it"
-                )
-
-    def check_rows(self, rows: Sequence[dict[str, Any]], source: str) -> None:
-        """Every row, by number: a row without an answer must not be graded against 'None'."""
-        for index, row in enumerate(rows, start=1):
-            self.check(row, f"{source} row {index}")
-
-    def score(
-        self,
-        texts: list[str],
-        num_tokens: list[int],
-        rows: list[dict[str, Any]],
-        token_ids: list[list[int]] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i
-        (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids)."""
-        has_answer = all(row.get("answer") is not None for row in rows)
-        verdicts = None
-        if has_answer:
-            # One call: normalization in-process, math-verify spread over the time-limited pool.
-            answers = [str(r["answer"]) for r in rows]
-            verdicts = torch.tensor(grade_many(texts, answers, timeout_s=self.math_timeout))
-        total = torch.zeros(len(texts), dtype=torch.float64)
-        for spec, fn in zip(self.specs, self.functions, strict=True):
-            if fn is None:
-                if verdicts is None:
-                    self.check_rows(rows, "online data")  # raises, naming a row without answer
-                assert verdicts is not None
-                values = verdicts.to(torch.float64)
-            else:
-                # Any form (alignlib, TRL's batched, verl's compute_score; async concurrently).
-                values = torch.tensor(
-                    score_batch(
-                        fn,
-                        spec.name,
-                        texts,
-                        rows,
-                        spec.params,
-                        num_tokens,
-                        form=spec.form,
-                        token_ids=token_ids,
-                        allow_nonfinite=self.allow_nonfinite,
-                    ),
-                    dtype=torch.float64,
-                )
-            total += spec.weight * values
-        correct = verdicts if verdicts is not None else total > self.threshold
-        return total, correct
-
-
 def score_rollouts(
     rewards: RewardModel,
     rows: list[dict[str, Any]],
@@ -221,6 +116,7 @@ def score_rollouts(
         [len(g.token_ids) for _, g in flat],
         [rows[p] for p, _ in flat],
         [list(g.token_ids) for _, g in flat],
+        [g.environment_reward for _, g in flat],
     )
     shape = (len(generations), len(generations[0]) if generations else 0)
     return Rollouts(rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds)
@@ -255,7 +151,7 @@ def build_rows(
             out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward)
         else:
             gen = rollouts.generations[p][s]
-            out.add(prompt, gen.token_ids, Role(role), p, reward, gen.logprobs)
+            out.add(prompt, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask)
     return out
 
 
@@ -290,6 +186,7 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     new,
                     rows.rewards[i],
                     rows.behaviour[i],
+                    rows.loss_masks[i],
                 )
     return out
 
@@ -302,18 +199,34 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
     lengths = [len(g.token_ids) for r in rollouts for gens in r.generations for g in gens]
     tokens = sum(r.num_tokens for r in rollouts)
     seconds = sum(r.seconds for r in rollouts)
-    truncated = [
-        g.finish_reason == "length" for r in rollouts for gens in r.generations for g in gens
-    ]
+    generations = [g for r in rollouts for gens in r.generations for g in gens]
+    truncated = [g.finish_reason == "length" for g in generations]
+    return (
+        episode_metrics(generations)
+        | {
+            "rollout/reward_mean": float(rewards.mean()),
+            "rollout/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "rollout/accuracy": float(correct.mean()),
+            "rollout/response_length": sum(lengths) / max(1, len(lengths)),
+            "rollout/truncated_frac": sum(truncated) / max(1, len(truncated)),
+            "rollout/tokens_per_s": tokens / max(seconds, 1e-9),
+            "time/rollout_s": seconds,
+        }
+        | router_metrics(plans)
+    )
+
+
+def episode_metrics(generations: list[Generation]) -> dict[str, float]:
+    """Turns per completion and tokens an environment inserted, when completions are
+    multi-turn episodes (an environment's loss masks); nothing otherwise."""
+    masks = [g.loss_mask for g in generations if g.loss_mask is not None]
+    if not masks:
+        return {}
+    count = len(generations)
     return {
-        "rollout/reward_mean": float(rewards.mean()),
-        "rollout/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-        "rollout/accuracy": float(correct.mean()),
-        "rollout/response_length": sum(lengths) / max(1, len(lengths)),
-        "rollout/truncated_frac": sum(truncated) / max(1, len(truncated)),
-        "rollout/tokens_per_s": tokens / max(seconds, 1e-9),
-        "time/rollout_s": seconds,
-    } | router_metrics(plans)
+        "rollout/turns": sum(g.turns for g in generations) / count,
+        "rollout/observation_tokens": sum(len(m) - sum(m) for m in masks) / count,
+    }
 
 
 def router_metrics(plans: list[RowPlan]) -> dict[str, float]:

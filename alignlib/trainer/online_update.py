@@ -36,7 +36,8 @@ class RowTensors:
     input_ids: Tensor
     attention: Tensor
     mask: Tensor
-    """[R, W] 1 on completion tokens (position t scores token t, as token_logprobs returns)."""
+    """[R, W] 1 on completion tokens the policy sampled or a demonstration holds, 0 on prompt,
+    padding and environment tokens (position t scores token t, as token_logprobs returns)."""
     roles: Tensor
     group_ids: Tensor
     rewards: Tensor
@@ -64,7 +65,12 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
     for r, (seq, start) in enumerate(zip(rows.sequences, rows.starts, strict=True)):
         input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
-        mask[r, start : len(seq)] = 1
+        loss_mask = rows.loss_masks[r] if rows.loss_masks else None
+        if loss_mask is None:
+            mask[r, start : len(seq)] = 1
+        else:  # 0 where an environment inserted the tokens: they are never trained on
+            assert len(loss_mask) == len(seq) - start, "a loss mask must match the tokens"
+            mask[r, start : len(seq)] = torch.tensor(loss_mask, dtype=mask.dtype, device=HOST)
         logprobs = rows.behaviour[r] if rows.behaviour else None
         if logprobs is not None:  # one per completion token: position t scores token t
             assert len(logprobs) == len(seq) - start, "engine log-probs must match the tokens"

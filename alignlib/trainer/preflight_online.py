@@ -4,6 +4,7 @@ the model loads."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -31,7 +32,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     """The estimator (with its rollout correction), rewards (names, parameters, columns on every
     row), the answer and demonstration columns, held-out rows and the Ray address."""
     from alignlib.algorithms import router_for
-    from alignlib.trainer.online_rollout import RewardModel, with_answer_field
+    from alignlib.trainer.online_rewards import RewardModel, with_answer_field
     from alignlib.trainer.online_update import check_online_estimator
 
     assert config.rollout is not None
@@ -48,7 +49,10 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     check_prompts(rows, source)
     check_answer_field(rows, source, data.answer_field)
     rows = with_answer_field(rows, data.answer_field)
-    RewardModel(online.rewards, online.correct_threshold).check_rows(rows, source)
+    environment_rewards = check_environment(config)
+    RewardModel(
+        online.rewards, online.correct_threshold, environment_rewards=environment_rewards
+    ).check_rows(rows, source)
     try:
         router = router_for(estimator, online)
     except ValueError as exc:
@@ -58,6 +62,11 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
             f"rollout.n: {type(router).__name__} (the routing of algorithm "
             f"{config.algorithm.name or '(components)'}) needs at least {router.min_samples} "
             f"rollouts per prompt, got {config.rollout.n}"
+        )
+    if router.scores_demonstrations and environment_rewards:
+        raise ConfigError(
+            "online.rewards: environment rewards episodes, but this algorithm's routing also "
+            "scores demonstrations, which no environment played; use other rewards"
         )
     check_group_size(config, estimator, router)
     check_demonstrations_trained(config, estimator, router)
@@ -78,6 +87,37 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
         from alignlib.rollout.ray_cluster import probe_ray_address
 
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
+
+
+def check_environment(config: RunConfig) -> bool:
+    """``online.environment``: the class resolves and takes its params, and its own reward is
+    used exactly when `rewards` lists `environment`. Returns whether it gives rewards."""
+    from alignlib.rollout.environment import resolve_environment
+    from alignlib.trainer.online_rewards import ENVIRONMENT
+
+    spec = config.online.environment
+    if spec is None:
+        return False
+    try:
+        factory = resolve_environment(spec.name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        inspect.signature(factory).bind(**spec.params)
+    except TypeError as exc:
+        raise ConfigError(
+            f"online.environment.params: {spec.name} does not take {sorted(spec.params)} ({exc})"
+        ) from None
+    except ValueError:  # a builtin without a signature: nothing to check
+        pass
+    gives_rewards = callable(getattr(factory, "get_reward", None))
+    listed = any(r.name == ENVIRONMENT for r in config.online.rewards)
+    if gives_rewards and not listed:
+        raise ConfigError(
+            f"online.environment: {spec.name} defines get_reward(), which no reward reads; add "
+            "{name: environment} to online.rewards (weight 0 to ignore it)"
+        )
+    return gives_rewards
 
 
 def check_prompt_count(config: RunConfig, count: int, source: str) -> None:

@@ -1,0 +1,157 @@
+"""The reward of each completion in an online run: the weighted sum of `online.rewards`. Two
+names are built in: `math` (graded in one batch against the row's answer) and `environment`
+(the episode's own reward from a multi-turn environment's get_reward)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from alignlib.config.online import RewardSpec
+from alignlib.rewards import (
+    RewardError,
+    check_params,
+    grade_many,
+    math_reward,
+    missing_columns,
+    resolve_reward,
+    score_batch,
+)
+
+MATH_PARAMS = ("timeout_s",)
+"""What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
+ENVIRONMENT = "environment"
+"""The reward name that reads each episode's environment reward (Generation.environment_reward)."""
+
+
+def with_answer_field(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """Rows whose `answer` is the `data.answer_field` column (TRL calls it `solution`): the
+    math grader and every reward read the gold answer as `answer`; the column keeps its name."""
+    if field == "answer":
+        return rows
+    return [{**row, "answer": row.get(field)} for row in rows]
+
+
+def _environment_reward(completion: str) -> float:
+    """Stands in for the `environment` reward in signature checks (it reads no column)."""
+    raise NotImplementedError
+
+
+class RewardModel:
+    """The weighted sum of the configured reward functions; `math` is graded in one batch.
+
+    Parameters are checked against each function's signature when this is built, so a
+    misspelled one is refused instead of swallowed; every value must be a finite number unless
+    ``allow_nonfinite`` (`train.nonfinite: skip`). ``environment_rewards``: the episodes carry
+    an environment's reward, so the `environment` name may be listed."""
+
+    def __init__(
+        self,
+        specs: Sequence[RewardSpec],
+        threshold: float,
+        allow_nonfinite: bool = False,
+        environment_rewards: bool = False,
+    ) -> None:
+        self.specs = list(specs)
+        self.threshold = threshold
+        self.allow_nonfinite = allow_nonfinite
+        self.functions: list[Callable[..., float]] = []
+        for index, spec in enumerate(self.specs):
+            fn = self._function(index, spec, environment_rewards)
+            valid = MATH_PARAMS if fn is math_reward else () if fn is _environment_reward else None
+            check_params(spec.name, fn, spec.params, f"online.rewards[{index}].params", valid)
+            self.functions.append(fn)
+        math_params = [s.params for s in self.specs if s.name == "math"]
+        self.math_timeout = float(math_params[0].get("timeout_s", 5.0)) if math_params else 5.0
+
+    @staticmethod
+    def _function(index: int, spec: RewardSpec, environment_rewards: bool) -> Callable[..., float]:
+        if spec.name == "math":
+            return math_reward
+        if spec.name == ENVIRONMENT:
+            if not environment_rewards:
+                raise RewardError(
+                    f"online.rewards[{index}].name: environment is the episode reward of a "
+                    "multi-turn environment (its get_reward()); set online.environment to a "
+                    "class that defines get_reward, or remove this reward"
+                )
+            return _environment_reward
+        try:
+            return resolve_reward(spec.name)
+        except (TypeError, ValueError) as exc:
+            raise RewardError(f"online.rewards[{index}].name: {exc}") from None
+
+    def check(self, row: dict[str, Any], where: str) -> None:
+        """``row`` must hold every column a reward needs (math: a non-null `answer`)."""
+        for spec, fn in zip(self.specs, self.functions, strict=True):
+            missing = missing_columns(fn, spec.params, row)
+            if missing:
+                raise RewardError(
+                    f"{where}: reward {spec.name!r} needs field {missing[0]!r}, which this row "
+                    f"lacks or leaves null (the row has {', '.join(sorted(row))}); fill it in, "
+                    "drop the row, or use rewards that do not need it"
+                )
+
+    def check_rows(self, rows: Sequence[dict[str, Any]], source: str) -> None:
+        """Every row, by number: a row without an answer must not be graded against 'None'."""
+        for index, row in enumerate(rows, start=1):
+            self.check(row, f"{source} row {index}")
+
+    def score(
+        self,
+        texts: list[str],
+        num_tokens: list[int],
+        rows: list[dict[str, Any]],
+        token_ids: list[list[int]] | None = None,
+        environment: Sequence[float | None] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i
+        (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids;
+        ``environment``: each episode's environment reward)."""
+        verdicts = None
+        if all(row.get("answer") is not None for row in rows):
+            # One call: normalization in-process, math-verify spread over the time-limited pool.
+            answers = [str(r["answer"]) for r in rows]
+            verdicts = torch.tensor(grade_many(texts, answers, timeout_s=self.math_timeout))
+        total = torch.zeros(len(texts), dtype=torch.float64)
+        for spec, fn in zip(self.specs, self.functions, strict=True):
+            if fn is math_reward:
+                if verdicts is None:
+                    self.check_rows(rows, "online data")  # raises, naming a row without answer
+                assert verdicts is not None
+                values = verdicts.to(torch.float64)
+            elif fn is _environment_reward:
+                values = torch.tensor(environment_values(environment, len(texts)))
+            else:
+                # Any form (alignlib, TRL's batched, verl's compute_score; async concurrently).
+                scored = score_batch(
+                    fn,
+                    spec.name,
+                    texts,
+                    rows,
+                    spec.params,
+                    num_tokens,
+                    form=spec.form,
+                    token_ids=token_ids,
+                    allow_nonfinite=self.allow_nonfinite,
+                )
+                values = torch.tensor(scored, dtype=torch.float64)
+            total += spec.weight * values
+        correct = verdicts if verdicts is not None else total > self.threshold
+        return total, correct
+
+
+def environment_values(rewards: Sequence[float | None] | None, count: int) -> list[float]:
+    """The episodes' environment rewards as floats; one line when an episode has none."""
+    values = list(rewards) if rewards is not None else [None] * count
+    for index, value in enumerate(values):
+        if value is None or not torch.isfinite(torch.tensor(float(value))):
+            raise RewardError(
+                f"reward 'environment': completion {index} has no finite environment reward "
+                f"({value!r}); its environment's get_reward() must return a finite number "
+                "(demonstrations have none: do not combine it with HPT/LUFFY routing)"
+            )
+    return [float(v) for v in values]  # type: ignore[arg-type]

@@ -1,0 +1,356 @@
+"""Multi-turn episodes: the policy's turns interleaved with an environment's observations (a
+tool's result, a game's next state), returned as one completion per episode whose inserted
+tokens are masked out of training (`Generation.loss_mask`).
+
+An environment is any class whose instances have
+
+    reset(**row) -> None           the episode's data row (its columns as keywords); called once
+    step(turn: str) -> str | None  the model's last turn, decoded (stop string included); the
+                                   observation to show the model next, or None to end the episode
+    get_reward() -> float          optional: the episode's own reward, read once at its end
+
+One instance is built per episode (`factory(**params)`), so episodes never share state. `step`
+may be `async def` (a sandbox behind an HTTP client): the steps of one turn are then awaited
+concurrently. This is TRL's `environment_factory` contract (`reset(**row)`, `get_reward()`) with
+a text step, the form OpenRLHF's agent executors and verl's interactions also take.
+
+Token in, token out: each turn continues the exact token ids of the episode so far (prompt,
+earlier turns, observations) through `RolloutEngine.generate`, so every engine (transformers,
+vLLM, Ray workers) runs episodes unchanged and the trained tokens are the sampled ones; nothing
+is re-tokenized. `SamplingParams.max_new_tokens` bounds the whole completion, observations
+included (TRL's `max_completion_length`); an observation that does not fit ends the episode.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from alignlib.awaiting import resolve_awaitables
+from alignlib.imports import import_attr
+from alignlib.rollout.base import FinishReason, Generation, RolloutEngine, SamplingParams
+
+__all__ = [
+    "EpisodeError",
+    "EpisodeRunner",
+    "EpisodeSettings",
+    "available_environments",
+    "register_environment",
+    "resolve_environment",
+]
+
+ObservationFormat = Literal["text", "chat"]
+
+
+class EpisodeError(ValueError):
+    """An environment that cannot be built as configured, or that failed during an episode."""
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """How episodes run; the environment itself is the runner's factory."""
+
+    max_turns: int = 4
+    """Model turns per episode at most; the environment sees the last one, its answer is
+    dropped."""
+    stop: tuple[str, ...] = ()
+    """Extra stop strings that end a model turn (e.g. a tool call's closing tag), added to the
+    sampling's own and to the environment class's `stop` attribute."""
+    observation_format: ObservationFormat = "text"
+    """`text`: the observation's tokens are appended as they are. `chat`: it becomes a turn of
+    `observation_role` in the tokenizer's chat template, followed by the assistant prompt."""
+    observation_role: str = "tool"
+    """The chat role of an observation (`chat` format)."""
+    max_observation_tokens: int = 256
+    """Longer observations are cut to this many tokens (a tool that prints a page)."""
+    max_turn_tokens: int | None = None
+    """Tokens per model turn at most (a turn cut here still gets the environment's answer);
+    None: only the episode's budget, `SamplingParams.max_new_tokens`, bounds a turn."""
+
+
+# ------------------------------------------------------------------------------- registry
+_ENVIRONMENTS: dict[str, Callable[..., Any]] = {}
+
+
+def register_environment(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Class decorator: makes an environment nameable in `online.environment.name`."""
+
+    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
+        _ENVIRONMENTS[name] = factory
+        return factory
+
+    return deco
+
+
+def available_environments() -> list[str]:
+    """Registered environment names (the built-ins are imported first)."""
+    from alignlib.rollout import calculator  # noqa: F401 - registers itself
+
+    return sorted(_ENVIRONMENTS)
+
+
+def resolve_environment(spec: str, where: str = "online.environment.name") -> Callable[..., Any]:
+    """The environment class (or factory) a registered name or ``"module:Class"`` names."""
+    if ":" in spec:
+        factory = import_attr(spec, where, "class")
+    else:
+        names = available_environments()
+        if spec not in _ENVIRONMENTS:
+            close = difflib.get_close_matches(spec, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise EpisodeError(
+                f"{where}: unknown environment {spec!r}.{hint} Registered: {', '.join(names)}; "
+                "or give your own class as 'package.module:Class'"
+            )
+        factory = _ENVIRONMENTS[spec]
+    if not callable(factory) or not callable(getattr(factory, "step", None)):
+        raise EpisodeError(
+            f"{where}: {spec!r} is not an environment class: it needs a step(turn) method "
+            "(and reset(**row), optionally get_reward()); see alignlib.rollout.environment"
+        )
+    return factory
+
+
+# ------------------------------------------------------------------------------- episodes
+@dataclass
+class _Episode:
+    """One prompt's sample as it grows: completion tokens, their log-probs and loss mask."""
+
+    prompt: list[int]
+    environment: Any
+    where: str
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    turns: int = 0
+    finish: FinishReason = "stop"
+
+    def add_turn(self, generation: Generation, budget: int) -> list[int]:
+        """Append the model's turn, cut to what is left of the budget; returns its tokens."""
+        room = budget - len(self.tokens)
+        ids = generation.token_ids[:room]
+        self.tokens += ids
+        self.logprobs += generation.logprobs[:room]
+        self.mask += [1] * len(ids)
+        self.turns += 1
+        cut = len(generation.token_ids) > room
+        self.finish = "length" if cut else generation.finish_reason
+        return ids
+
+    def full(self, budget: int) -> bool:
+        """No room left for another turn."""
+        return len(self.tokens) >= budget
+
+    def add_observation(self, ids: list[int]) -> None:
+        self.tokens += ids
+        self.logprobs += [0.0] * len(ids)
+        self.mask += [0] * len(ids)
+
+
+class EpisodeRunner:
+    """Runs `sampling.n` episodes per prompt through any `RolloutEngine`.
+
+    Args:
+        factory: The environment class (or any callable returning an instance).
+        params: Keyword arguments for every ``factory`` call.
+        tokenizer: The policy's tokenizer: decodes turns for the environment, encodes
+            observations.
+        settings: Turns, stop strings, observation format.
+        name: How errors name the environment (the config's value).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[..., Any],
+        params: Mapping[str, Any],
+        tokenizer: Any,
+        settings: EpisodeSettings,
+        name: str = "environment",
+    ) -> None:
+        self.factory, self.params, self.tokenizer = factory, dict(params), tokenizer
+        self.settings, self.name = settings, name
+        own_stop = getattr(factory, "stop", ())
+        self.stop = tuple(dict.fromkeys([*own_stop, *settings.stop]))
+        self._observation = _ObservationEncoder(tokenizer, settings)
+
+    @property
+    def rewards(self) -> bool:
+        """Whether the environment gives each episode its own reward (``get_reward``)."""
+        return callable(getattr(self.factory, "get_reward", None))
+
+    def new_environment(self, row: Mapping[str, Any], where: str) -> Any:
+        """A fresh environment, reset to ``row``."""
+        try:
+            environment = self.factory(**self.params)
+        except Exception as exc:  # user code: one line naming the environment
+            raise self._failure(exc, "building it", where) from exc
+        try:
+            first = getattr(environment, "reset", lambda **_: None)(**row)
+        except Exception as exc:
+            raise self._failure(exc, "reset", where) from exc
+        if first is not None:
+            raise EpisodeError(
+                f"environment {self.name!r}: reset returned {type(first).__name__}, not None; "
+                "an episode starts from the row's prompt, so put a first observation in the "
+                "prompt column"
+            )
+        return environment
+
+    def run(
+        self,
+        engine: RolloutEngine,
+        prompt_ids: list[list[int]],
+        rows: Sequence[Mapping[str, Any]],
+        sampling: SamplingParams,
+    ) -> list[list[Generation]]:
+        """`sampling.n` finished episodes per prompt, in prompt order, as Generations."""
+        stop = tuple(dict.fromkeys([*sampling.stop, *self.stop]))
+        budget = sampling.max_new_tokens
+        cap = min(budget, self.settings.max_turn_tokens or budget)
+        turn_sampling = replace(sampling, stop=stop, max_new_tokens=cap)
+        first = engine.generate(prompt_ids, turn_sampling)
+        episodes = [
+            [
+                _Episode(prompt_ids[p], self.new_environment(rows[p], f"prompt {p}"), f"prompt {p}")
+                for _ in gens
+            ]
+            for p, gens in enumerate(first)
+        ]
+        pending = [
+            (e, g)
+            for eps, gens in zip(episodes, first, strict=True)
+            for e, g in zip(eps, gens, strict=True)
+        ]
+        turn = 1
+        while pending:
+            continuing = self._take_turns(pending, budget)
+            if not continuing:
+                break
+            room = min(cap, max(budget - len(e.tokens) for e in continuing))
+            seed = None if sampling.seed is None else (sampling.seed + 7919 * turn) & 0x7FFF_FFFF
+            follow = replace(turn_sampling, n=1, max_new_tokens=room, seed=seed)
+            outputs = engine.generate([e.prompt + e.tokens for e in continuing], follow)
+            pending = [(e, out[0]) for e, out in zip(continuing, outputs, strict=True)]
+            turn += 1
+        return [
+            [self._generation(e, p, s) for s, e in enumerate(eps)] for p, eps in enumerate(episodes)
+        ]
+
+    def _take_turns(
+        self, pending: list[tuple[_Episode, Generation]], budget: int
+    ) -> list[_Episode]:
+        """Append each model turn, let the environments answer; the episodes that go on."""
+        turns = [episode.add_turn(generation, budget) for episode, generation in pending]
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
+        calls = []
+        for (episode, _), text in zip(pending, texts, strict=True):
+            try:
+                calls.append(episode.environment.step(text))
+            except Exception as exc:  # user code
+                raise self._failure(exc, "step", f"{episode.where}, turn {episode.turns}") from exc
+        answers = resolve_awaitables(calls)
+        continuing = []
+        for (episode, _), answer in zip(pending, answers, strict=True):
+            if isinstance(answer, BaseException):
+                where = f"{episode.where}, turn {episode.turns}"
+                raise self._failure(answer, "step", where) from answer
+            if self._goes_on(episode, answer, budget):
+                continuing.append(episode)
+        return continuing
+
+    def _goes_on(self, episode: _Episode, answer: object, budget: int) -> bool:
+        """Append the observation when the episode can take another turn after it."""
+        if answer is not None and not isinstance(answer, str):
+            raise EpisodeError(
+                f"environment {self.name!r}: step returned {type(answer).__name__} for "
+                f"{episode.where}; return the observation as a str, or None to end the episode"
+            )
+        if answer is None or episode.full(budget) or episode.turns >= self.settings.max_turns:
+            return False
+        ids = self._observation(answer)
+        if len(episode.tokens) + len(ids) >= budget:  # no room for the model to answer it
+            episode.finish = "length"
+            return False
+        episode.add_observation(ids)
+        return True
+
+    def _generation(self, episode: _Episode, prompt: int, sample: int) -> Generation:
+        reward = None
+        get_reward = getattr(episode.environment, "get_reward", None)
+        if callable(get_reward):
+            try:
+                reward = float(get_reward())
+            except Exception as exc:  # user code
+                raise self._failure(exc, "get_reward", episode.where) from exc
+        return Generation(
+            prompt_index=prompt,
+            prompt_ids=list(episode.prompt),
+            token_ids=episode.tokens,
+            text=self.tokenizer.decode(episode.tokens, skip_special_tokens=True),
+            logprobs=episode.logprobs,
+            finish_reason=episode.finish,
+            sample_index=sample,
+            loss_mask=episode.mask,
+            turns=episode.turns,
+            environment_reward=reward,
+        )
+
+    def _failure(self, exc: BaseException, method: str, where: str) -> EpisodeError:
+        if isinstance(exc, EpisodeError):
+            return exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return EpisodeError(
+            f"environment {self.name!r}: {method} raised {type(exc).__name__}"
+            f"{': ' + detail if detail else ''} ({where}); fix the environment"
+        )
+
+
+class _ObservationEncoder:
+    """An observation's token ids: its text cut to the token limit, then as plain text or as a
+    chat turn (the template's rendering of the turn after an assistant message that ended with
+    EOS, and the next assistant prompt), so the model sees what its chat format shows."""
+
+    def __init__(self, tokenizer: Any, settings: EpisodeSettings) -> None:
+        self.tokenizer, self.settings = tokenizer, settings
+        self.wrap: Callable[[str], str] = lambda text: text
+        if settings.observation_format == "chat":
+            self.wrap = self._chat_turn
+            self._chat_turn("x")  # a template that cannot render the role fails at start
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) > self.settings.max_observation_tokens:
+            text = self.tokenizer.decode(ids[: self.settings.max_observation_tokens])
+        return self.tokenizer.encode(self.wrap(text), add_special_tokens=False)
+
+    def _chat_turn(self, text: str) -> str:
+        tokenizer, role = self.tokenizer, self.settings.observation_role
+        if not getattr(tokenizer, "chat_template", None):
+            raise EpisodeError(
+                "online.environment.observation_format: chat needs a tokenizer with a chat "
+                "template; this one has none (use observation_format: text)"
+            )
+        before = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        try:
+            prefix = tokenizer.apply_chat_template(before, tokenize=False)
+            full = tokenizer.apply_chat_template(
+                [*before, {"role": role, "content": text}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except Exception as exc:  # the template's own check (e.g. strict role alternation)
+            raise EpisodeError(
+                f"online.environment.observation_role: the chat template cannot render a "
+                f"{role!r} turn after the assistant ({type(exc).__name__}: {exc}); pick a role it "
+                "accepts (user, tool) or observation_format: text"
+            ) from None
+        eos = tokenizer.eos_token or ""
+        cut = prefix[: prefix.rfind(eos) + len(eos)] if eos and eos in prefix else prefix
+        if not full.startswith(cut):
+            raise EpisodeError(
+                "online.environment.observation_format: chat: the template renders the "
+                "conversation differently once an observation follows; use observation_format: text"
+            )
+        return full[len(cut) :]
