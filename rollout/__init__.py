@@ -1,4 +1,5 @@
-"""Rollout engines (transformers, vLLM) behind one interface, and Ray workers.
+"""Rollout engines (transformers, vLLM) behind one interface, Ray workers, and multi-turn
+episodes with an environment over any of them.
 
 `from alignlib.rollout import SamplingParams, create_engine` is cheap; the engine classes and
 the Ray pool are imported on first access (Ray and vLLM are heavy, vLLM optional).
@@ -15,6 +16,12 @@ from alignlib.rollout.base import (
     create_engine,
     register_engine,
 )
+from alignlib.rollout.environment import (
+    EpisodeRunner,
+    EpisodeSettings,
+    available_environments,
+    register_environment,
+)
 
 _LAZY = {
     "HFEngine": "alignlib.rollout.hf_engine",
@@ -23,13 +30,17 @@ _LAZY = {
 }
 
 __all__ = [
+    "EpisodeRunner",
+    "EpisodeSettings",
     "Generation",
     "RolloutEngine",
     "RolloutOutput",
     "SamplingParams",
     "available_engines",
+    "available_environments",
     "create_engine",
     "register_engine",
+    "register_environment",
     *_LAZY,
 ]
 

@@ -30,7 +30,13 @@ from typing import Any, Literal
 
 from alignlib.awaiting import resolve_awaitables
 from alignlib.imports import import_attr
-from alignlib.rollout.base import FinishReason, Generation, RolloutEngine, SamplingParams
+from alignlib.rollout.base import (
+    FinishReason,
+    Generation,
+    Prompts,
+    RolloutEngine,
+    SamplingParams,
+)
 
 __all__ = [
     "EpisodeError",
@@ -68,6 +74,9 @@ class EpisodeSettings:
     max_turn_tokens: int | None = None
     """Tokens per model turn at most (a turn cut here still gets the environment's answer);
     None: only the episode's budget, `SamplingParams.max_new_tokens`, bounds a turn."""
+
+    def __post_init__(self) -> None:  # a config's list of stop strings is kept as a tuple
+        object.__setattr__(self, "stop", tuple(self.stop))
 
 
 # ------------------------------------------------------------------------------- registry
@@ -198,23 +207,32 @@ class EpisodeRunner:
             )
         return environment
 
+    @classmethod
+    def named(
+        cls, name: str, params: Mapping[str, Any], tokenizer: Any, **settings: Any
+    ) -> EpisodeRunner:
+        """The runner of a registered environment or a ``"module:Class"`` (``settings``: the
+        fields of `EpisodeSettings`, e.g. a config section's values)."""
+        return cls(resolve_environment(name), params, tokenizer, EpisodeSettings(**settings), name)
+
     def run(
         self,
         engine: RolloutEngine,
-        prompt_ids: list[list[int]],
+        prompts: Prompts,
         rows: Sequence[Mapping[str, Any]],
         sampling: SamplingParams,
     ) -> list[list[Generation]]:
-        """`sampling.n` finished episodes per prompt, in prompt order, as Generations."""
+        """`sampling.n` finished episodes per prompt, in prompt order, as Generations (text
+        prompts go through the engine's chat template once; later turns continue its ids)."""
         stop = tuple(dict.fromkeys([*sampling.stop, *self.stop]))
         budget = sampling.max_new_tokens
         cap = min(budget, self.settings.max_turn_tokens or budget)
         turn_sampling = replace(sampling, stop=stop, max_new_tokens=cap)
-        first = engine.generate(prompt_ids, turn_sampling)
+        first = engine.generate(prompts, turn_sampling)
         episodes = [
             [
-                _Episode(prompt_ids[p], self.new_environment(rows[p], f"prompt {p}"), f"prompt {p}")
-                for _ in gens
+                _Episode(g.prompt_ids, self.new_environment(rows[p], f"prompt {p}"), f"prompt {p}")
+                for g in gens
             ]
             for p, gens in enumerate(first)
         ]

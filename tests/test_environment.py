@@ -426,3 +426,53 @@ def test_environment_rewards_do_not_score_demonstrations(
     assert main(["train", str(path), "algorithm.name=luffy"]) == 2
     err = capsys.readouterr().err
     assert "scores demonstrations, which no environment played" in err, err
+
+
+@pytest.mark.slow
+def test_ray_rollout_workers_run_episodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Episodes through two Ray rollout workers: each turn is one sharded generate call."""
+    import alignlib.trainer.online as online
+
+    seen: list[TrainRows] = []
+    collate = online.collate_rows
+
+    def spy(rows: TrainRows, pad_id: int) -> Any:
+        seen.append(rows)
+        return collate(rows, pad_id)
+
+    monkeypatch.setattr(online, "collate_rows", spy)
+    environment = {"name": "online_environments:ScoreLastTurn", "max_turn_tokens": 4}
+    path = write_config(tmp_path, environment)
+    result = Trainer(load_config(path, ["rollout.num_workers=2", "rollout.n=4"])).train()
+    assert all(h["rollout/turns"] > 1.5 for h in result.history)
+    masks = [m for rows in seen for m in rows.loss_masks]
+    assert masks and all(m is not None and 0 in m for m in masks)
+
+
+def test_eval_answers_each_problem_in_episodes(tmp_path: Path) -> None:
+    from alignlib.eval.config import EvalConfig
+    from alignlib.eval.runner import evaluate
+
+    bench = tmp_path / "sums.jsonl"
+    rows = [{"problem": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(3)]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = build_tiny_model(TOKENIZER, hidden=32, layers=2, seed=0)
+    environment = {"name": "online_environments:Fixed", "max_turns": 2, "max_turn_tokens": 4}
+    config = EvalConfig(
+        benchmarks=[str(bench)], n=2, max_new_tokens=20, environment=environment, seed=1
+    )
+    report = evaluate(config, model, TOKENIZER)
+    (records,) = report.records.values()
+    observation = len(TOKENIZER.encode(" result: 7 "))
+    for record in records:
+        for gen in [record["greedy"], *record["samples"]]:
+            assert gen["turns"] == 2 and gen["num_tokens"] > observation
+            assert "result: 7" in gen["text"]
+
+
+def test_eval_refuses_an_unknown_environment_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["eval", "--model", str(tmp_path / "absent"), "--environment", "calculater"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown environment 'calculater'" in err, err

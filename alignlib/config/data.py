@@ -42,7 +42,8 @@ class DataConfig(Section):
     """Training data: a .jsonl/.json/.parquet file (relative to the config file), `builtin:NAME`
     for a data set alignlib builds offline (`builtin:gsm8k_pairs`, `builtin:gsm8k_short_pairs`,
     `builtin:gsm8k_sft`, `builtin:gsm8k_tpo`, `builtin:gsm8k_bvpo`, `builtin:gsm8k_prompts`,
-    `builtin:arithmetic_prompts`), or a hub data set name."""
+    `builtin:arithmetic_prompts`, `builtin:calculator_prompts`: products to solve with the
+    calculator environment), or a hub data set name."""
     format: DataFormat = "auto"
     """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected};
     tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;

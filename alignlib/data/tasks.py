@@ -90,6 +90,70 @@ def arithmetic_heldout() -> list[dict[str, Any]]:
     return [dict(row) for row in _arithmetic_heldout()]
 
 
+CALCULATOR_INSTRUCTION = (
+    "Use the calculator: write <calculator>expression</calculator> and read the <result>. "
+    "Give the final answer in \\boxed{}."
+)
+PRODUCT_PROBLEMS = (
+    "What is {a} * {b}?",
+    "{n} buys {b} boxes of {a} {t}. How many {t} is that?",
+    "Each of {b} shelves holds {a} {t}. How many {t} are on the shelves?",
+)
+HELDOUT_PRODUCT = "A crate holds {a} {t}. How many {t} are in {b} crates?"
+
+
+def _products(
+    count: int,
+    seed: int,
+    templates: tuple[str, ...],
+    names: tuple[str, ...],
+    things: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """Three-digit by two-digit products: beyond what a 135M model computes in its head, one
+    calculator call away (the demonstration makes that call and reads its result)."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while len(rows) < count:
+        a, b = rng.randint(101, 999), rng.randint(11, 99)
+        problem = rng.choice(templates).format(n=rng.choice(names), t=rng.choice(things), a=a, b=b)
+        if problem in seen:
+            continue
+        seen.add(problem)
+        value = a * b
+        call = f"<calculator>{a} * {b}</calculator><result>{value}</result>"
+        solution = f"{call} The answer is \\boxed{{{value}}}."
+        rows.append(
+            {
+                "prompt": f"{problem} {CALCULATOR_INSTRUCTION}",
+                "answer": str(value),
+                "solution": solution,
+            }
+        )
+    return rows
+
+
+@cache
+def _calculator_train() -> tuple[dict[str, Any], ...]:
+    return tuple(_products(2000, 3, PRODUCT_PROBLEMS, TRAIN_NAMES, TRAIN_THINGS))
+
+
+@cache
+def _calculator_heldout() -> tuple[dict[str, Any], ...]:
+    return tuple(_products(128, 4, (HELDOUT_PRODUCT,), HELDOUT_NAMES, HELDOUT_THINGS))
+
+
+def calculator_train() -> list[dict[str, Any]]:
+    """2,000 products of a three-digit and a two-digit number, whose demonstrations call the
+    `calculator` environment (online.environment) and box its result."""
+    return [dict(row) for row in _calculator_train()]
+
+
+def calculator_heldout() -> list[dict[str, Any]]:
+    """128 product word problems with objects and a wording that training never uses."""
+    return [dict(row) for row in _calculator_heldout()]
+
+
 @cache
 def _math_prompts() -> tuple[dict[str, Any], ...]:
     text = files("alignlib.data").joinpath("math_train.jsonl").read_text(encoding="utf-8")
@@ -107,5 +171,7 @@ TASKS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "arithmetic_prompts": arithmetic_train,
     "arithmetic_heldout": arithmetic_heldout,
     "math_prompts": math_prompts,
+    "calculator_prompts": calculator_train,
+    "calculator_heldout": calculator_heldout,
 }
 """Builtin data sets built as a whole (not row by row from GSM8K)."""

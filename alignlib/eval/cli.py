@@ -56,6 +56,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="folder for results.json")
     p.add_argument("--problem-field", help="question field of .jsonl benchmarks (problem)")
     p.add_argument("--answer-field", help="reference-answer field of .jsonl benchmarks (answer)")
+    p.add_argument(
+        "--environment",
+        help="answer in multi-turn episodes with this environment (calculator, module:Class)",
+    )
     p.add_argument("--config", help="YAML file; its eval: section is the base, flags override it")
     p.add_argument("--compare", nargs="+", metavar="RESULTS", help="results.json files to chart")
     p.add_argument("--labels", type=_csv, help="comma-separated run names for --compare")
@@ -103,6 +107,9 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
     """The YAML file's `eval:` section (if any) with the given flags on top, validated."""
     raw: dict[str, Any] = _eval_section(Path(args.config)) if args.config else {}
     raw.update({key: getattr(args, key) for key in _FIELDS if getattr(args, key) is not None})
+    environment = getattr(args, "environment", None)
+    if environment is not None:  # the name only; the YAML section may set the rest
+        raw["environment"] = {**(raw.get("environment") or {}), "name": environment}
     if not raw.get("model"):
         raise ValueError(
             "no model: pass --model (a model folder, a run folder or "

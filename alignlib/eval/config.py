@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
+from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.section import Section
 from alignlib.eval.datasets import BENCHMARKS, benchmark_file
 
@@ -70,6 +71,11 @@ class EvalConfig(Section):
     greedy_pass1: bool = True
     """Also decode greedily and report that as pass@1. false: pass@1 is the mean over the n
     samples (the unbiased estimate)."""
+    environment: EnvironmentConfig | None = None
+    """Answer each problem in multi-turn episodes with this environment (a tool-using model
+    evaluated with its tool; the same section as online.environment, e.g. {name:
+    calculator}); its tokens count toward max_new_tokens. Needs the tokenizer in this process
+    (num_workers: 0, or evaluation during training). null: one turn."""
 
     @field_validator("benchmarks")
     @classmethod

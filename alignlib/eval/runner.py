@@ -22,6 +22,7 @@ from alignlib.eval.loading import hf_folder_for, load_eval_model, model_label, r
 from alignlib.eval.report import AVERAGE, EvalReport, average_metrics, benchmark_metrics
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
+from alignlib.rollout.environment import EpisodeRunner, resolve_environment
 
 Progress = Callable[[str, int, int], None]
 """Called as progress(benchmark, prompts_done, prompts_total) after every generation call."""
@@ -51,6 +52,8 @@ def evaluate(
     """
     began = time.perf_counter()
     problems = _load_problems(config)  # first: a typo in a name fails before the model loads
+    if config.environment is not None:
+        resolve_environment(config.environment.name, "eval.environment.name")
     loads_model = model is None and engine is None
     if loads_model:
         if config.model is None:
@@ -59,6 +62,8 @@ def evaluate(
                 "bundled:smollm2-135m-instruct"
             )
         resolve_model_dir(config.model)  # a missing path fails now, with a clear message
+        if config.environment is not None and config.num_workers > 0:
+            raise ValueError(_WORKERS_KEEP_TOKENIZER)
         if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "--engine vllm: vLLM is not installed (pip install -e '.[vllm]' on a GPU "
@@ -71,9 +76,10 @@ def evaluate(
 
     records: dict[str, list[dict[str, Any]]] = {}
     with _engine(config, model, tokenizer, engine) as (gen, chunk):
+        sample = _sampler(config, gen, tokenizer)
         for bench, rows in problems.items():
             prompts = [config.prompt_template.replace("{problem}", r["problem"]) for r in rows]
-            records[bench] = _run_benchmark(config, bench, rows, prompts, gen, chunk, progress)
+            records[bench] = _run_benchmark(config, bench, rows, prompts, sample, chunk, progress)
     metrics = {bench: benchmark_metrics(recs, config) for bench, recs in records.items()}
     metrics[AVERAGE] = average_metrics(metrics)
     report = EvalReport(config, metrics, records, label, time.perf_counter() - began)
@@ -211,12 +217,35 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+_WORKERS_KEEP_TOKENIZER = (
+    "eval.environment: episodes need the model's tokenizer in this process, which Ray workers "
+    "keep to themselves; set num_workers: 0"
+)
+Sample = Callable[[list[str], list[dict[str, Any]], SamplingParams], list[list[Generation]]]
+"""(prompts, their rows, sampling) → generations per prompt: one turn, or whole episodes."""
+
+
+def _sampler(
+    config: EvalConfig, engine: RolloutEngine, tokenizer: PreTrainedTokenizerBase | None
+) -> Sample:
+    """One generate call per chunk, or, with `eval.environment`, multi-turn episodes."""
+    spec = config.environment
+    if spec is None:
+        return lambda prompts, rows, sampling: engine.generate(prompts, sampling)
+    tokenizer = tokenizer or getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(_WORKERS_KEEP_TOKENIZER)
+    settings = spec.model_dump(exclude={"name", "params"})
+    runner = EpisodeRunner.named(spec.name, spec.params, tokenizer, **settings)
+    return lambda prompts, rows, sampling: runner.run(engine, prompts, rows, sampling)
+
+
 def _run_benchmark(
     config: EvalConfig,
     bench: str,
     rows: list[dict[str, Any]],
     prompts: list[str],
-    engine: RolloutEngine,
+    sample: Sample,
     chunk: int,
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
@@ -233,7 +262,7 @@ def _run_benchmark(
             max_new_tokens=config.max_new_tokens,
         )
     outputs = {
-        kind: _generate(engine, prompts, sampling, config.seed, bench, chunk, progress)
+        kind: _generate(sample, prompts, rows, sampling, config.seed, bench, chunk, progress)
         for kind, sampling in passes.items()
     }
     # One grade_many call per benchmark: the math-verify work spreads over the whole pool.
@@ -259,8 +288,9 @@ def _run_benchmark(
 
 
 def _generate(
-    engine: RolloutEngine,
+    sample: Sample,
     prompts: list[str],
+    rows: list[dict[str, Any]],
     sampling: SamplingParams,
     seed: int,
     bench: str,
@@ -280,7 +310,8 @@ def _generate(
         params = (
             sampling if sampling.greedy else dataclasses.replace(sampling, seed=zlib.crc32(key))
         )
-        for i, gens in zip(idx, engine.generate([prompts[i] for i in idx], params), strict=True):
+        chunk_rows = [rows[i] for i in idx]
+        for i, gens in zip(idx, sample([prompts[i] for i in idx], chunk_rows, params), strict=True):
             for g in gens:
                 g.prompt_index = i
             out[i] = gens
@@ -290,10 +321,13 @@ def _generate(
 
 
 def _record(gen: Generation, correct: bool) -> dict[str, Any]:
-    return {
+    record = {
         "text": gen.text,
         "extracted": extract_boxed(gen.text),
         "correct": bool(correct),
         "finish_reason": gen.finish_reason,
         "num_tokens": len(gen.token_ids),
     }
+    if gen.loss_mask is not None:  # an episode: how many turns the model took
+        record["turns"] = gen.turns
+    return record

@@ -16,7 +16,7 @@ from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
-from alignlib.rollout.environment import EpisodeRunner, EpisodeSettings, resolve_environment
+from alignlib.rollout.environment import EpisodeRunner
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
 from alignlib.trainer.online_rewards import RewardModel, with_answer_field
@@ -37,16 +37,8 @@ def episode_runner(config: EnvironmentConfig | None, tokenizer: Any) -> EpisodeR
     """The multi-turn episodes of ``online.environment``, or None: one turn per completion."""
     if config is None:
         return None
-    settings = EpisodeSettings(
-        max_turns=config.max_turns,
-        stop=tuple(config.stop),
-        observation_format=config.observation_format,
-        observation_role=config.observation_role,
-        max_observation_tokens=config.max_observation_tokens,
-        max_turn_tokens=config.max_turn_tokens,
-    )
-    factory = resolve_environment(config.name)
-    return EpisodeRunner(factory, config.params, tokenizer, settings, config.name)
+    settings = config.model_dump(exclude={"name", "params"})
+    return EpisodeRunner.named(config.name, config.params, tokenizer, **settings)
 
 
 class RolloutCollector:
