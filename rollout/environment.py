@@ -26,7 +26,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from alignlib.awaiting import resolve_awaitables
 from alignlib.imports import import_attr
@@ -37,6 +37,7 @@ from alignlib.rollout.base import (
     RolloutEngine,
     SamplingParams,
 )
+from alignlib.rollout.observations import ObservationEncoder, ObservationFormat
 
 __all__ = [
     "EpisodeError",
@@ -46,8 +47,6 @@ __all__ = [
     "register_environment",
     "resolve_environment",
 ]
-
-ObservationFormat = Literal["text", "chat"]
 
 
 class EpisodeError(ValueError):
@@ -182,7 +181,12 @@ class EpisodeRunner:
         self.settings, self.name = settings, name
         own_stop = getattr(factory, "stop", ())
         self.stop = tuple(dict.fromkeys([*own_stop, *settings.stop]))
-        self._observation = _ObservationEncoder(tokenizer, settings)
+        self.observation = ObservationEncoder(
+            tokenizer,
+            settings.observation_format,
+            settings.observation_role,
+            settings.max_observation_tokens,
+        )
 
     @property
     def rewards(self) -> bool:
@@ -287,7 +291,7 @@ class EpisodeRunner:
             )
         if answer is None or episode.full(budget) or episode.turns >= self.settings.max_turns:
             return False
-        ids = self._observation(answer)
+        ids = self.observation(answer)
         if len(episode.tokens) + len(ids) >= budget:  # no room for the model to answer it
             episode.finish = "length"
             return False
@@ -323,52 +327,3 @@ class EpisodeRunner:
             f"environment {self.name!r}: {method} raised {type(exc).__name__}"
             f"{': ' + detail if detail else ''} ({where}); fix the environment"
         )
-
-
-class _ObservationEncoder:
-    """An observation's token ids: its text cut to the token limit, then as plain text or as a
-    chat turn (the template's rendering of the turn after an assistant message that ended with
-    EOS, and the next assistant prompt), so the model sees what its chat format shows."""
-
-    def __init__(self, tokenizer: Any, settings: EpisodeSettings) -> None:
-        self.tokenizer, self.settings = tokenizer, settings
-        self.wrap: Callable[[str], str] = lambda text: text
-        if settings.observation_format == "chat":
-            self.wrap = self._chat_turn
-            self._chat_turn("x")  # a template that cannot render the role fails at start
-
-    def __call__(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) > self.settings.max_observation_tokens:
-            text = self.tokenizer.decode(ids[: self.settings.max_observation_tokens])
-        return self.tokenizer.encode(self.wrap(text), add_special_tokens=False)
-
-    def _chat_turn(self, text: str) -> str:
-        tokenizer, role = self.tokenizer, self.settings.observation_role
-        if not getattr(tokenizer, "chat_template", None):
-            raise EpisodeError(
-                "online.environment.observation_format: chat needs a tokenizer with a chat "
-                "template; this one has none (use observation_format: text)"
-            )
-        before = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-        try:
-            prefix = tokenizer.apply_chat_template(before, tokenize=False)
-            full = tokenizer.apply_chat_template(
-                [*before, {"role": role, "content": text}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-        except Exception as exc:  # the template's own check (e.g. strict role alternation)
-            raise EpisodeError(
-                f"online.environment.observation_role: the chat template cannot render a "
-                f"{role!r} turn after the assistant ({type(exc).__name__}: {exc}); pick a role it "
-                "accepts (user, tool) or observation_format: text"
-            ) from None
-        eos = tokenizer.eos_token or ""
-        cut = prefix[: prefix.rfind(eos) + len(eos)] if eos and eos in prefix else prefix
-        if not full.startswith(cut):
-            raise EpisodeError(
-                "online.environment.observation_format: chat: the template renders the "
-                "conversation differently once an observation follows; use observation_format: text"
-            )
-        return full[len(cut) :]

@@ -205,10 +205,10 @@ def test_environment_names_resolve_with_clear_errors() -> None:
 
 
 def test_chat_observations_are_template_turns() -> None:
-    encode = runner(observation_format="chat", observation_role="tool")._observation
+    encode = runner(observation_format="chat", observation_role="tool").observation
     text = TOKENIZER.decode(encode("7"))
     assert text == "\n<|im_start|>tool\n7<|im_end|>\n<|im_start|>assistant\n"
-    cut = runner(max_observation_tokens=2)._observation(" one two three four")
+    cut = runner(max_observation_tokens=2).observation(" one two three four")
     assert len(cut) == 2
 
 
