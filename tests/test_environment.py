@@ -476,3 +476,15 @@ def test_eval_refuses_an_unknown_environment_before_loading(
     code = main(["eval", "--model", str(tmp_path / "absent"), "--environment", "calculater"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown environment 'calculater'" in err, err
+
+
+def test_an_environment_without_rollouts_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, {"name": "calculator"}, rewards=[{"name": "math"}])
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["rollout"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "online.environment plays episodes with rollouts" in err, err

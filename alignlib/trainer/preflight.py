@@ -48,6 +48,11 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "online.rollout_correction corrects rollouts by the engine's log-probs, and this run "
             "samples none (no rollout: section); remove the key, or add rollout: to train online"
         )
+    if config.rollout is None and config.online.environment is not None:
+        raise ConfigError(
+            "online.environment plays episodes with rollouts, and this run samples none (no "
+            "rollout: section); add rollout: to train online, or remove the key"
+        )
     if config.data.heldout is not None and (config.rollout or config.iterative):
         raise ConfigError(
             "data.heldout scores held-out rows of an offline run; online runs and preference "
