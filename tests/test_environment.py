@@ -488,3 +488,22 @@ def test_an_environment_without_rollouts_is_refused(
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "online.environment plays episodes with rollouts" in err, err
+
+
+def test_packing_mini_batches_and_correction_read_the_holes_alike(tmp_path: Path) -> None:
+    """Episodes whose masks have holes train the same padded or packed, in two mini-batches,
+    with a rollout correction reading the engine's log-probs (0 at environment tokens)."""
+    environment = {"name": "online_environments:ScoreLastTurn", "max_turn_tokens": 4}
+    path = write_config(
+        tmp_path, environment, mini_batches=2, rollout_correction={"mode": "tis", "cap": 2}
+    )
+    first_steps = []
+    for packing in (False, True):
+        overrides = ["train.max_steps=1", f"train.packing={str(packing).lower()}"]
+        overrides.append(f"output_dir={tmp_path / f'packing-{packing}'}")
+        result = Trainer(load_config(path, overrides)).train()
+        first_steps.append(result.history[0])
+    padded, packed = first_steps
+    assert padded["rollout/turns"] == packed["rollout/turns"] > 1.5
+    for key in ("loss", "grad_norm", "rollout/reward_mean"):
+        assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-7), key
