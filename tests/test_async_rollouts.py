@@ -61,3 +61,23 @@ def test_generating_ahead_needs_workers_and_a_correction(tmp_path: Path) -> None
     path = make_config(tmp_path, online={"max_staleness": 1})
     with pytest.raises(ValueError, match=r"online.max_staleness 1: generating ahead needs Ray"):
         Trainer(load_config(path)).train()
+
+
+def test_episodes_are_generated_ahead_too(tmp_path: Path) -> None:
+    """The background generator plays multi-turn episodes like the synchronous collector."""
+    environment = {"name": "online_environments:ScoreLastTurn", "max_turn_tokens": 3}
+    path = make_config(
+        tmp_path,
+        train={"max_steps": 3, "seed": 0},
+        rollout={"n": 4, "max_new_tokens": 9, "num_workers": 2, "timeout_s": 120},
+        online={
+            "max_staleness": 1,
+            "rollout_correction": {"mode": "tis", "cap": 2.0},
+            "environment": environment,
+            "rewards": [{"name": "environment"}],
+        },
+    )
+    result = Trainer(load_config(path)).train()
+    stale = [h["rollout/staleness"] for h in result.history]
+    assert stale == [0.0, 1.0, 1.0]
+    assert all(h["rollout/turns"] > 1.5 for h in result.history)

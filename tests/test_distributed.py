@@ -108,6 +108,19 @@ def test_two_workers_train_exactly_like_one_process(
         assert dropped and all(two.history[-1][k] == one.history[-1][k] for k in dropped)
 
 
+def test_multi_turn_episodes_train_on_two_workers_like_one_process(tmp_path: Path) -> None:
+    """Rank 0 plays the episodes; every rank gets their loss masks with the rows."""
+    environment = {"name": "online_environments:ScoreLastTurn", "max_turn_tokens": 3}
+    extra = {
+        "rollout": {"max_new_tokens": 9},
+        "online": {"environment": environment, "rewards": [{"name": "environment"}]},
+    }
+    one = Trainer(load_config(write(tmp_path, "one", 0, "grpo", **extra))).train()
+    two = Trainer(load_config(write(tmp_path, "two", 2, "grpo", **extra))).train()
+    assert all(h["rollout/turns"] > 1.5 for h in one.history)
+    assert_same_training(one, two)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_two_worker_checkpoint_resumes_on_any_number_of_workers(
     tmp_path: Path, workers: int
