@@ -15,8 +15,11 @@ from alignlib import Trainer
 from alignlib.config import RunConfig
 
 
-def train_with(reward: dict[str, Any], rows: list[dict[str, Any]], steps: int = 2) -> dict:
-    """Train `steps` online steps with `reward` (an `online.rewards` entry); final metrics."""
+def train_with(
+    reward: dict[str, Any], rows: list[dict[str, Any]], steps: int = 2, **online: Any
+) -> dict:
+    """Train `steps` online steps with `reward` (an `online.rewards` entry) and further
+    `online:` keys (e.g. environment); final metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "prompts.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -30,7 +33,7 @@ def train_with(reward: dict[str, Any], rows: list[dict[str, Any]], steps: int = 
                 "train": {"max_steps": steps, "seed": 0},
                 "logging": {"progress": False, "tensorboard": False, "plot": False},
                 "rollout": {"n": 4, "max_new_tokens": 8},
-                "online": {"prompts_per_step": 2, "rewards": [reward]},
+                "online": {"prompts_per_step": 2, "rewards": [reward], **online},
             }
         )
         return Trainer(config).train().final_metrics

@@ -330,7 +330,9 @@ def test_heldout_accuracy_runs_the_same_episodes(tmp_path: Path) -> None:
     path = write_config(tmp_path, environment, heldout={"data": str(heldout), "every": 1})
     result = Trainer(load_config(path, ["train.max_steps=1"])).train()
     # Greedy episodes: turn, observation (" 7 "), turn: longer than one 4-token turn.
-    assert all(h["heldout/response_length"] > 4 for h in result.history if "heldout/accuracy" in h)
+    heldout = [h for h in result.history if "heldout/accuracy" in h]
+    assert heldout and all(h["heldout/response_length"] > 4 for h in heldout)
+    assert all(h["heldout/turns"] == 2 for h in heldout)
 
 
 @pytest.mark.parametrize(
@@ -507,3 +509,28 @@ def test_packing_mini_batches_and_correction_read_the_holes_alike(tmp_path: Path
     assert padded["rollout/turns"] == packed["rollout/turns"] > 1.5
     for key in ("loss", "grad_norm", "rollout/reward_mean"):
         assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-7), key
+
+
+def test_the_guessing_game_example_plays_and_trains() -> None:
+    import subprocess
+    import sys
+
+    folder = Path(__file__).parents[1] / "examples"
+    sys.path.insert(0, str(folder))
+    try:
+        from environment_guess import GuessTheNumber
+    finally:
+        sys.path.remove(str(folder))
+    game = GuessTheNumber()
+    game.reset(prompt="Guess.", secret=7)
+    assert [game.step("3"), game.step("maybe 12?"), game.step("no idea")] == [
+        " higher\n",
+        " lower\n",
+        " Say a number.\n",
+    ]
+    assert game.step("it is 7") is None and game.get_reward() == 0.25
+    done = subprocess.run(
+        [sys.executable, "environment_guess.py"], cwd=folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "environment tokens" in done.stdout and "trained 2 steps" in done.stdout

@@ -258,7 +258,8 @@ class OnlineConfig(Section):
     """Multi-turn episodes: an environment answers each model turn (a tool's result, a game's
     state) until it ends the episode; its tokens are never trained on (loss mask 0). Its own
     reward (get_reward) enters as the reward named `environment` in `rewards`. Null: one turn.
-    Held-out accuracy runs the same episodes; `eval:` benchmarks stay single-turn."""
+    Held-out accuracy runs the same episodes; `eval:` benchmarks run them with
+    eval.environment."""
 
     @field_validator("rewards")
     @classmethod

@@ -107,11 +107,14 @@ class RolloutCollector:
         texts = [gens[0].text for gens in generations]
         correct = grade_many(texts, [str(r["answer"]) for r in rows])
         count = max(1, len(texts))
-        return {
+        metrics = {
             "heldout/accuracy": sum(correct) / count,
             "heldout/boxed_frac": sum(extract_boxed(t) is not None for t in texts) / count,
             "heldout/response_length": sum(len(g[0].token_ids) for g in generations) / count,
         }
+        if self.episodes is not None:
+            metrics["heldout/turns"] = sum(g[0].turns for g in generations) / count
+        return metrics
 
     def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
         ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template)
