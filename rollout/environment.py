@@ -6,7 +6,8 @@ An environment is any class whose instances have
 
     reset(**row) -> None           the episode's data row (its columns as keywords); called once
     step(turn: str) -> str | None  the model's last turn, decoded (stop string included); the
-                                   observation to show the model next, or None to end the episode
+                                   observation to show the model next (a list of strings: one
+                                   message each, e.g. one per tool call), or None to end it
     get_reward() -> float          optional: the episode's own reward, read once at its end
 
 One instance is built per episode (`factory(**params)`), so episodes never share state. `step`
@@ -37,7 +38,12 @@ from alignlib.rollout.base import (
     RolloutEngine,
     SamplingParams,
 )
-from alignlib.rollout.observations import ObservationEncoder, ObservationFormat
+from alignlib.rollout.observations import (
+    ObservationEncoder,
+    ObservationFormat,
+    chat_prompt_ids,
+    check_renders_tools,
+)
 
 __all__ = [
     "EpisodeError",
@@ -94,7 +100,7 @@ def register_environment(name: str) -> Callable[[Callable[..., Any]], Callable[.
 
 def available_environments() -> list[str]:
     """Registered environment names (the built-ins are imported first)."""
-    from alignlib.rollout import calculator  # noqa: F401 - registers itself
+    from alignlib.rollout import calculator, tools  # noqa: F401 - they register themselves
 
     return sorted(_ENVIRONMENTS)
 
@@ -179,6 +185,7 @@ class EpisodeRunner:
     ) -> None:
         self.factory, self.params, self.tokenizer = factory, dict(params), tokenizer
         self.settings, self.name = settings, name
+        self._tools: list[Any] | None = None
         own_stop = getattr(factory, "stop", ())
         self.stop = tuple(dict.fromkeys([*own_stop, *settings.stop]))
         self.observation = ObservationEncoder(
@@ -187,6 +194,18 @@ class EpisodeRunner:
             settings.observation_role,
             settings.max_observation_tokens,
         )
+
+    @property
+    def tools(self) -> list[Any]:
+        """The tools an environment offers the model (its ``tools`` attribute: callables or JSON
+        schemas, shown in the prompt by the chat template), read from one probe instance."""
+        if not hasattr(self.factory, "tools"):
+            return []
+        if self._tools is None:
+            self._tools = list(self.new_environment({}, "its tool list").tools or [])
+            if self._tools:
+                check_renders_tools(self.tokenizer, self._tools)
+        return self._tools
 
     @property
     def rewards(self) -> bool:
@@ -232,6 +251,8 @@ class EpisodeRunner:
         budget = sampling.max_new_tokens
         cap = min(budget, self.settings.max_turn_tokens or budget)
         turn_sampling = replace(sampling, stop=stop, max_new_tokens=cap)
+        if self.tools and all(isinstance(p, str) for p in prompts):  # the tool list in the prompt
+            prompts = [chat_prompt_ids(self.tokenizer, p, self.tools) for p in prompts]  # type: ignore[arg-type]
         first = engine.generate(prompts, turn_sampling)
         episodes = [
             [
@@ -284,14 +305,18 @@ class EpisodeRunner:
 
     def _goes_on(self, episode: _Episode, answer: object, budget: int) -> bool:
         """Append the observation when the episode can take another turn after it."""
-        if answer is not None and not isinstance(answer, str):
+        messages = [answer] if isinstance(answer, str) else answer
+        if answer is not None and not (
+            isinstance(messages, list) and all(isinstance(m, str) for m in messages)
+        ):
             raise EpisodeError(
                 f"environment {self.name!r}: step returned {type(answer).__name__} for "
-                f"{episode.where}; return the observation as a str, or None to end the episode"
+                f"{episode.where}; return the observation as a str (or a list of str), or None "
+                "to end the episode"
             )
-        if answer is None or episode.full(budget) or episode.turns >= self.settings.max_turns:
+        if not messages or episode.full(budget) or episode.turns >= self.settings.max_turns:
             return False
-        ids = self.observation(answer)
+        ids = self.observation(messages)  # type: ignore[arg-type]
         if len(episode.tokens) + len(ids) >= budget:  # no room for the model to answer it
             episode.finish = "length"
             return False

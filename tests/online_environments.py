@@ -81,3 +81,23 @@ class ReturnsNumber(Fixed):
 class ResetSpeaks(Fixed):
     def reset(self, **row: Any) -> Any:
         return "first observation"
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+    """
+    return a + b
+
+
+async def lookup(key: str) -> str:
+    """Look a key up in a slow store.
+
+    Args:
+        key: What to look up.
+    """
+    await asyncio.sleep(0.01)
+    return f"value of {key}"

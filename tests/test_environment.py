@@ -178,7 +178,7 @@ def test_async_steps_of_a_turn_are_awaited_together() -> None:
         (
             envs.ReturnsNumber,
             "environment 'test-env': step returned int for prompt 0; return "
-            "the observation as a str, or None to end the episode",
+            "the observation as a str (or a list of str), or None to end the episode",
         ),
         (envs.ResetSpeaks, "environment 'test-env': reset returned str, not None"),
     ],

@@ -13,7 +13,9 @@ from alignlib.config.section import Section
 class EnvironmentConfig(Section):
     name: str
     """A registered environment (`calculator`: arithmetic in <calculator>…</calculator> tags,
-    answered with <result>…</result>) or your class as `package.module:Class` with
+    answered with <result>…</result>; `tools`: Python functions called as the model's
+    <tool_call> JSON, their schemas in the prompt, params {functions: [module:function, ...]})
+    or your class as `package.module:Class` with
     `reset(**row)`, `step(turn)` returning the observation (a str) or None to end the episode
     (may be `async def`), and optionally `get_reward()` returning a float (TRL's
     environment_factory contract with a text step). One instance per episode."""

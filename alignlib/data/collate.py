@@ -61,11 +61,16 @@ def _text(value: Any) -> str:
     raise DataError(f"expected a string or a list of messages, got {type(value).__name__}")
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any, chat: bool) -> list[int]:
-    """Token ids of a prompt (a string or a list of messages), through the chat template."""
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, chat: bool, tools: list[Any] | None = None
+) -> list[int]:
+    """Token ids of a prompt (a string or a list of messages), through the chat template
+    (``tools``: callables or JSON schemas for the template's tool list)."""
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools or None, add_generation_prompt=True, tokenize=False
+        )
     else:
         text = "\n".join(m["content"] for m in messages) + "\n"
     return tokenizer.encode(text, add_special_tokens=False)

@@ -55,6 +55,11 @@ class RolloutCollector:
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"{where}: online training needs rows with 'prompt'")
         self.episodes = episode_runner(self.online.environment, tokenizer)
+        if self.episodes is not None and self.episodes.tools and not config.model.chat_template:
+            raise ValueError(
+                "online.environment: its tools are shown to the model by the chat template, and "
+                "model.chat_template is false; set it to true"
+            )
         self.rewards = RewardModel(
             self.online.rewards,
             self.online.correct_threshold,
@@ -117,7 +122,8 @@ class RolloutCollector:
         return metrics
 
     def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
-        ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template)
+        tools = self.episodes.tools if self.episodes is not None else None
+        ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template, tools)
         return ids[-self.online.max_prompt_length :]
 
     def demo_tokens(self, row: dict[str, Any]) -> list[int]:

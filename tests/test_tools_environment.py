@@ -1,0 +1,156 @@
+"""The `tools` environment: Hermes-format tool calls parsed and run on Python functions (async
+ones awaited), errors answered to the model, results rendered as tool turns of the chat template,
+the functions' schemas shown in the prompt; a template without a tool list is refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import online_environments as envs
+import pytest
+import yaml
+
+from alignlib.cli import main
+from alignlib.data.collate import prompt_ids
+from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
+from alignlib.rollout.environment import EpisodeRunner, EpisodeSettings
+from alignlib.rollout.observations import ObservationError
+from alignlib.rollout.tools import FunctionTools, parse_tool_calls
+from alignlib.testing import build_tokenizer
+
+# Qwen2.5's layout, reduced: the tool list in a system turn, tool results as user turns.
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n<tools>"
+    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools><|im_end|>\n{% endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}"
+    "\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    tok = copy.deepcopy(build_tokenizer())  # the builder's instance is shared: never mutate it
+    tok.chat_template = TOOL_TEMPLATE
+    return tok
+
+
+CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+
+
+def test_tool_calls_are_parsed_or_explained() -> None:
+    two = (
+        CALL + ' and <tool_call>{"name": "lookup", "arguments": "{\\"key\\": \\"x\\"}"}</tool_call>'
+    )
+    assert parse_tool_calls(two) == [
+        {"name": "add", "arguments": {"a": 2, "b": 3}},
+        {"name": "lookup", "arguments": {"key": "x"}},
+    ]
+    assert parse_tool_calls("no call here") == []
+    bad = parse_tool_calls("<tool_call>{oops}</tool_call><tool_call>[1]</tool_call>")
+    assert bad[0].startswith("the tool call is not JSON") and bad[1].startswith("a tool call is")
+    assert parse_tool_calls('<tool_call>{"name": "add", "arguments": 3}')[0] == (
+        "the arguments of add must be a JSON object"
+    )
+
+
+def test_functions_run_and_failures_are_told_to_the_model() -> None:
+    tools = FunctionTools(["online_environments:add", envs.lookup], max_calls=3)
+    tools.reset(prompt="p")
+    assert tools.step(CALL) == ["5"]
+    lookup = '<tool_call>{"name": "lookup", "arguments": {"key": "k"}}</tool_call>'
+    assert tools.step(lookup) == ["value of k"]  # awaited
+    tools.reset()
+    wrong = '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+    missing = '<tool_call>{"name": "mul", "arguments": {}}</tool_call>'
+    (answer_wrong,) = tools.step(wrong) or []
+    (answer_missing,) = tools.step(missing) or []
+    assert json.loads(answer_wrong)["error"].startswith("TypeError")
+    assert json.loads(answer_missing) == {"error": "no tool named 'mul'; tools: add, lookup"}
+    assert tools.step(CALL) == ["5"]
+    assert tools.step(CALL) is None  # max_calls reached
+    assert FunctionTools([envs.add]).step("The answer is 5.") is None
+
+
+class ReplayEngine(RolloutEngine):
+    """Answers turn k of every prompt with ``turns[k]``; records the prompts it was given."""
+
+    def __init__(self, tokenizer: Any, turns: list[str]) -> None:
+        self.tokenizer, self.turns, self.prompts = tokenizer, turns, []  # type: ignore[var-annotated]
+        self.eos = tokenizer.eos_token_id
+
+    def generate(self, prompts: Prompts, sampling: SamplingParams) -> list[list[Generation]]:
+        turn = self.turns[len(self.prompts)]
+        self.prompts.append([list(p) for p in prompts])  # type: ignore[arg-type]
+        ids = [*self.tokenizer.encode(turn), self.eos]
+        return [
+            [
+                Generation(i, list(p), ids, turn, [-0.5] * len(ids), "stop", s)  # type: ignore[arg-type]
+                for s in range(sampling.n)
+            ]
+            for i, p in enumerate(prompts)
+        ]
+
+    def update_weights(self, weights: NamedTensors) -> None:
+        pass
+
+
+def test_a_tool_episode_in_the_chat_format(tokenizer: Any) -> None:
+    answer = "The answer is \\boxed{5}."
+    engine = ReplayEngine(tokenizer, [CALL, answer])
+    runner = EpisodeRunner.named(
+        "tools",
+        {"functions": ["online_environments:add"]},
+        tokenizer,
+        max_turns=3,
+        observation_format="chat",
+        observation_role="tool",
+    )
+    (gens,) = runner.run(engine, ["What is 2 + 3?"], [{"prompt": "p"}], SamplingParams(n=2))
+    first_prompt = tokenizer.decode(engine.prompts[0][0])
+    assert '<tools>{"type": "function", "function": {"name": "add"' in first_prompt
+    answer_ids = [*tokenizer.encode(answer), tokenizer.eos_token_id]
+    for gen in gens:
+        assert gen.turns == 2 and gen.finish_reason == "stop" and gen.text.endswith(answer)
+        inserted = [t for t, m in zip(gen.token_ids, gen.loss_mask or [], strict=True) if not m]
+        shown = tokenizer.decode(inserted)
+        assert shown.startswith("<|im_start|>user\n<tool_response>\n5\n</tool_response>")
+        assert shown.endswith("<|im_start|>assistant")
+        # The answer turn continued the call and the tool turn, token for token.
+        assert gen.prompt_ids + gen.token_ids[: -len(answer_ids)] in engine.prompts[1]
+
+
+def test_the_prompt_shows_the_tools_and_a_template_without_them_is_refused(
+    tokenizer: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?", True, [envs.add]))
+    assert '"description": "Add two integers."' in text
+    plain = build_tokenizer()  # ChatML without a tool list
+    runner = EpisodeRunner(FunctionTools, {"functions": [envs.add]}, plain, EpisodeSettings())
+    with pytest.raises(ObservationError, match="does not show a tool list"):
+        runner.tools  # noqa: B018
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2 + 3?", "answer": "5"}) + "\n")
+    config = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data)},
+        "algorithm": {"name": "grpo"},
+        "train": {"max_steps": 1},
+        "logging": {"progress": False, "tensorboard": False, "plot": False},
+        "rollout": {"n": 2, "max_new_tokens": 8},
+        "online": {
+            "prompts_per_step": 1,
+            "environment": {"name": "tools", "params": {"functions": ["online_environments:add"]}},
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "does not show a tool list" in err and len(err.strip().splitlines()) == 1, err
