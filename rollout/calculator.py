@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from alignlib.rollout.environment import register_environment
+from alignlib.rollout.environments import register_environment
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,

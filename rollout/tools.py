@@ -22,7 +22,7 @@ from typing import Any
 
 from alignlib.awaiting import resolve_awaitables
 from alignlib.imports import import_attr
-from alignlib.rollout.environment import register_environment
+from alignlib.rollout.environments import register_environment
 
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 

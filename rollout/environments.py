@@ -1,0 +1,58 @@
+"""The environments a config can name: built-ins registered by name (`calculator`, `tools`), or
+any class given as ``"package.module:Class"`` (alignlib.rollout.environment runs them)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from alignlib.imports import import_attr
+
+__all__ = ["EpisodeError", "available_environments", "register_environment", "resolve_environment"]
+
+
+class EpisodeError(ValueError):
+    """An environment that cannot be built as configured, or that failed during an episode."""
+
+
+_ENVIRONMENTS: dict[str, Callable[..., Any]] = {}
+
+
+def register_environment(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Class decorator: makes an environment nameable in `online.environment.name`."""
+
+    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
+        _ENVIRONMENTS[name] = factory
+        return factory
+
+    return deco
+
+
+def available_environments() -> list[str]:
+    """Registered environment names (the built-ins are imported first)."""
+    from alignlib.rollout import calculator, tools  # noqa: F401 - they register themselves
+
+    return sorted(_ENVIRONMENTS)
+
+
+def resolve_environment(spec: str, where: str = "online.environment.name") -> Callable[..., Any]:
+    """The environment class (or factory) a registered name or ``"module:Class"`` names."""
+    if ":" in spec:
+        factory = import_attr(spec, where, "class")
+    else:
+        names = available_environments()
+        if spec not in _ENVIRONMENTS:
+            close = difflib.get_close_matches(spec, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise EpisodeError(
+                f"{where}: unknown environment {spec!r}.{hint} Registered: {', '.join(names)}; "
+                "or give your own class as 'package.module:Class'"
+            )
+        factory = _ENVIRONMENTS[spec]
+    if not callable(factory) or not callable(getattr(factory, "step", None)):
+        raise EpisodeError(
+            f"{where}: {spec!r} is not an environment class: it needs a step(turn) method "
+            "(and reset(**row), optionally get_reward()); see alignlib.rollout.environment"
+        )
+    return factory
