@@ -10,6 +10,10 @@ An environment is any class whose instances have
                                    message each, e.g. one per tool call), or None to end it
     get_reward() -> float          optional: the episode's own reward, read once at its end
 
+and optionally the attributes `stop` (strings that end a model turn, e.g. a tool call's closing
+tag) and `tools` (callables or JSON schemas the chat template lists in the prompt, read from one
+probe instance; the built-in `tools` environment).
+
 One instance is built per episode (`factory(**params)`), so episodes never share state. `step`
 may be `async def` (a sandbox behind an HTTP client): the steps of one turn are then awaited
 concurrently. This is TRL's `environment_factory` contract (`reset(**row)`, `get_reward()`) with
