@@ -154,3 +154,57 @@ def test_the_prompt_shows_the_tools_and_a_template_without_them_is_refused(
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "does not show a tool list" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_prompt_whose_tool_list_would_be_cut_is_refused(tokenizer: Any, tmp_path: Path) -> None:
+    from alignlib.algorithms import get as get_preset
+    from alignlib.algorithms import router_for
+    from alignlib.config import load_config
+    from alignlib.trainer.online_collect import RolloutCollector
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2 + 3?", "answer": "5"}) + "\n")
+    config = {
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data)},
+        "rollout": {"n": 2},
+        "online": {
+            "prompts_per_step": 1,
+            "environment": {"name": "tools", "params": {"functions": ["online_environments:add"]}},
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = load_config(path)
+    collector = RolloutCollector(run, tokenizer, router_for(get_preset("grpo"), run.online))
+    full = collector.prompt_tokens({"prompt": "What is 2 + 3?"})
+    assert '"name": "add"' in tokenizer.decode(full)
+    short = load_config(path, [f"online.max_prompt_length={len(full) - 1}"])
+    collector = RolloutCollector(short, tokenizer, router_for(get_preset("grpo"), short.online))
+    with pytest.raises(ValueError, match="cutting it would drop the tools"):
+        collector.prompt_tokens({"prompt": "What is 2 + 3?"})
+
+
+def test_eval_with_tools_shows_them_and_needs_the_chat_template(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    from alignlib.eval.config import EvalConfig
+    from alignlib.eval.runner import evaluate
+
+    bench = tmp_path / "sums.jsonl"
+    bench.write_text(json.dumps({"problem": "What is 2 + 3?", "answer": "5"}) + "\n")
+    tools = {
+        "name": "tools",
+        "params": {"functions": ["online_environments:add"]},
+        "observation_format": "chat",
+    }
+    config = EvalConfig(benchmarks=[str(bench)], max_new_tokens=256, environment=tools)
+    engine = ReplayEngine(tokenizer, [CALL, "So \\boxed{5}."])
+    report = evaluate(config, engine=engine)
+    (records,) = report.records.values()
+    assert '"name": "add"' in tokenizer.decode(engine.prompts[0][0])  # the schema in the prompt
+    greedy = records[0]["greedy"]
+    assert greedy["turns"] == 2 and greedy["correct"] and "<tool_response>" in greedy["text"]
+    refused = config.model_copy(update={"chat_template": False})
+    with pytest.raises(ValueError, match="chat_template is false"):
+        evaluate(refused, engine=ReplayEngine(tokenizer, [CALL]))

@@ -237,6 +237,11 @@ def _sampler(
         raise ValueError(_WORKERS_KEEP_TOKENIZER)
     settings = spec.model_dump(exclude={"name", "params"})
     runner = EpisodeRunner.named(spec.name, spec.params, tokenizer, **settings)
+    if runner.tools and not config.chat_template:
+        raise ValueError(
+            "eval.environment: its tools are shown by the chat template, and chat_template "
+            "is false; set it to true"
+        )
     return lambda prompts, rows, sampling: runner.run(engine, prompts, rows, sampling)
 
 

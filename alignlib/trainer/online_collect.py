@@ -124,7 +124,14 @@ class RolloutCollector:
     def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
         tools = self.episodes.tools if self.episodes is not None else None
         ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template, tools)
-        return ids[-self.online.max_prompt_length :]
+        limit = self.online.max_prompt_length
+        if tools and len(ids) > limit:  # the start is cut, and the tool list is at the start
+            raise ValueError(
+                f"online.max_prompt_length: a prompt with the environment's tool list is "
+                f"{len(ids)} tokens, more than {limit}, and cutting it would drop the tools; "
+                "raise online.max_prompt_length"
+            )
+        return ids[-limit:]
 
     def demo_tokens(self, row: dict[str, Any]) -> list[int]:
         return demonstration_ids(
