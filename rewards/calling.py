@@ -86,18 +86,22 @@ def signature_of(fn: Callable[..., Any]) -> RewardSignature:
 
 def check_params(
     name: str,
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | None,
     params: Mapping[str, Any],
     key: str,
     valid: Collection[str] | None = None,
 ) -> None:
     """Refuse a parameter ``fn`` would never see: ``key`` is where it was configured
-    (``online.rewards[0].params``); ``valid`` overrides the accepted names."""
-    sig = signature_of(fn)
-    if valid is None and sig.extra == "read":
-        return  # a named **kwargs may read anything
-    accepted = list(valid) if valid is not None else [*sig.named]
-    shown = list(valid) if valid is not None else list(sig.settings)
+    (``online.rewards[0].params``); ``valid`` overrides the accepted names (and is needed when
+    ``fn`` is None: a reward the caller computes itself, with no function to read)."""
+    if valid is None:
+        assert fn is not None, "check_params: a reward without a function needs `valid`"
+        sig = signature_of(fn)
+        if sig.extra == "read":
+            return  # a named **kwargs may read anything
+        accepted, shown = [*sig.named], list(sig.settings)
+    else:
+        accepted = shown = list(valid)
     for param in params:
         if param not in accepted:
             raise RewardError(

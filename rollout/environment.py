@@ -43,6 +43,7 @@ from alignlib.rollout.base import (
 from alignlib.rollout.environments import (
     EpisodeError,
     available_environments,
+    gives_rewards,
     register_environment,
     resolve_environment,
 )
@@ -171,7 +172,7 @@ class EpisodeRunner:
     @property
     def rewards(self) -> bool:
         """Whether the environment gives each episode its own reward (``get_reward``)."""
-        return callable(getattr(self.factory, "get_reward", None))
+        return gives_rewards(self.factory)
 
     def new_environment(self, row: Mapping[str, Any], where: str) -> Any:
         """A fresh environment, reset to ``row``."""

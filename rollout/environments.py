@@ -9,7 +9,13 @@ from typing import Any
 
 from alignlib.imports import import_attr
 
-__all__ = ["EpisodeError", "available_environments", "register_environment", "resolve_environment"]
+__all__ = [
+    "EpisodeError",
+    "available_environments",
+    "gives_rewards",
+    "register_environment",
+    "resolve_environment",
+]
 
 
 class EpisodeError(ValueError):
@@ -56,3 +62,8 @@ def resolve_environment(spec: str, where: str = "online.environment.name") -> Ca
             "(and reset(**row), optionally get_reward()); see alignlib.rollout.environment"
         )
     return factory
+
+
+def gives_rewards(factory: Callable[..., Any]) -> bool:
+    """Whether an environment class rewards its episodes itself (defines ``get_reward``)."""
+    return callable(getattr(factory, "get_reward", None))

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from closed_forms_frontier import advantages
+from test_online import make_config
 
 from alignlib.algorithms import get as get_preset
 from alignlib.cli import main
@@ -282,33 +283,18 @@ def test_episode_logprobs_are_the_trainers_on_a_real_model() -> None:
 
 # ------------------------------------------------------------------------------- training
 def write_config(tmp: Path, environment: dict[str, Any], **online: Any) -> Path:
-    data = tmp / "prompts.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
-            for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)] * 4
-        )
-    )
-    cfg = {
-        "output_dir": str(tmp / "run"),
-        "model": {"name_or_path": "tiny:llama"},
-        "data": {"path": str(data)},
-        "algorithm": {"name": "grpo"},
-        "optim": {"lr": 1e-2, "warmup_ratio": 0.0, "schedule": "constant"},
-        "train": {"max_steps": 2, "seed": 0},
-        "logging": {"progress": False, "tensorboard": False, "plot": False},
-        "rollout": {"n": 8, "max_new_tokens": 12},
-        "online": {
+    """test_online's tiny GRPO run, with episodes rewarded by the environment."""
+    return make_config(
+        tmp,
+        rollout={"n": 8, "max_new_tokens": 12},
+        online={
             "prompts_per_step": 8,
             "micro_batch_size": 64,
             "rewards": [{"name": "environment"}],
             "environment": environment,
             **online,
         },
-    }
-    path = tmp / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    )
 
 
 def test_grpo_learns_a_reward_only_the_turn_after_the_observation_earns(tmp_path: Path) -> None:

@@ -39,3 +39,7 @@ class EnvironmentConfig(Section):
     max_turn_tokens: int | None = Field(None, gt=0)
     """Tokens per model turn at most (the environment still answers a turn cut here); null:
     only rollout.max_new_tokens, the whole episode's budget, bounds a turn."""
+
+    def episode_settings(self) -> dict[str, Any]:
+        """The fields of `alignlib.rollout.environment.EpisodeSettings` (all but name, params)."""
+        return self.model_dump(exclude={"name", "params"})

@@ -235,8 +235,7 @@ def _sampler(
     tokenizer = tokenizer or getattr(engine, "tokenizer", None)
     if tokenizer is None:
         raise ValueError(_WORKERS_KEEP_TOKENIZER)
-    settings = spec.model_dump(exclude={"name", "params"})
-    runner = EpisodeRunner.named(spec.name, spec.params, tokenizer, **settings)
+    runner = EpisodeRunner.named(spec.name, spec.params, tokenizer, **spec.episode_settings())
     if runner.tools and not config.chat_template:
         raise ValueError(
             "eval.environment: its tools are shown by the chat template, and chat_template "

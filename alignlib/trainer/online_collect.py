@@ -37,8 +37,7 @@ def episode_runner(config: EnvironmentConfig | None, tokenizer: Any) -> EpisodeR
     """The multi-turn episodes of ``online.environment``, or None: one turn per completion."""
     if config is None:
         return None
-    settings = config.model_dump(exclude={"name", "params"})
-    return EpisodeRunner.named(config.name, config.params, tokenizer, **settings)
+    return EpisodeRunner.named(config.name, config.params, tokenizer, **config.episode_settings())
 
 
 class RolloutCollector:

@@ -35,11 +35,6 @@ def with_answer_field(rows: list[dict[str, Any]], field: str) -> list[dict[str, 
     return [{**row, "answer": row.get(field)} for row in rows]
 
 
-def _environment_reward(completion: str) -> float:
-    """Stands in for the `environment` reward in signature checks (it reads no column)."""
-    raise NotImplementedError
-
-
 class RewardModel:
     """The weighted sum of the configured reward functions; `math` is graded in one batch.
 
@@ -58,17 +53,20 @@ class RewardModel:
         self.specs = list(specs)
         self.threshold = threshold
         self.allow_nonfinite = allow_nonfinite
-        self.functions: list[Callable[..., float]] = []
+        # None stands for the environment reward: read from the episodes, it has no function.
+        self.functions: list[Callable[..., float] | None] = []
         for index, spec in enumerate(self.specs):
             fn = self._function(index, spec, environment_rewards)
-            valid = MATH_PARAMS if fn is math_reward else () if fn is _environment_reward else None
+            valid = MATH_PARAMS if fn is math_reward else () if fn is None else None
             check_params(spec.name, fn, spec.params, f"online.rewards[{index}].params", valid)
             self.functions.append(fn)
         math_params = [s.params for s in self.specs if s.name == "math"]
         self.math_timeout = float(math_params[0].get("timeout_s", 5.0)) if math_params else 5.0
 
     @staticmethod
-    def _function(index: int, spec: RewardSpec, environment_rewards: bool) -> Callable[..., float]:
+    def _function(
+        index: int, spec: RewardSpec, environment_rewards: bool
+    ) -> Callable[..., float] | None:
         if spec.name == "math":
             return math_reward
         if spec.name == ENVIRONMENT:
@@ -78,7 +76,7 @@ class RewardModel:
                     "multi-turn environment (its get_reward()); set online.environment to a "
                     "class that defines get_reward, or remove this reward"
                 )
-            return _environment_reward
+            return None
         try:
             return resolve_reward(spec.name)
         except (TypeError, ValueError) as exc:
@@ -87,7 +85,7 @@ class RewardModel:
     def check(self, row: dict[str, Any], where: str) -> None:
         """``row`` must hold every column a reward needs (math: a non-null `answer`)."""
         for spec, fn in zip(self.specs, self.functions, strict=True):
-            missing = missing_columns(fn, spec.params, row)
+            missing = [] if fn is None else missing_columns(fn, spec.params, row)
             if missing:
                 raise RewardError(
                     f"{where}: reward {spec.name!r} needs field {missing[0]!r}, which this row "
@@ -123,7 +121,7 @@ class RewardModel:
                     self.check_rows(rows, "online data")  # raises, naming a row without answer
                 assert verdicts is not None
                 values = verdicts.to(torch.float64)
-            elif fn is _environment_reward:
+            elif fn is None:
                 values = torch.tensor(environment_values(environment, len(texts)))
             else:
                 # Any form (alignlib, TRL's batched, verl's compute_score; async concurrently).

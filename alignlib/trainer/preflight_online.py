@@ -92,7 +92,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
 def check_environment(config: RunConfig) -> bool:
     """``online.environment``: the class resolves and takes its params, and its own reward is
     used exactly when `rewards` lists `environment`. Returns whether it gives rewards."""
-    from alignlib.rollout.environment import resolve_environment
+    from alignlib.rollout.environments import gives_rewards, resolve_environment
     from alignlib.trainer.online_rewards import ENVIRONMENT
 
     spec = config.online.environment
@@ -110,14 +110,14 @@ def check_environment(config: RunConfig) -> bool:
         ) from None
     except ValueError:  # a builtin without a signature: nothing to check
         pass
-    gives_rewards = callable(getattr(factory, "get_reward", None))
+    rewards = gives_rewards(factory)
     listed = any(r.name == ENVIRONMENT for r in config.online.rewards)
-    if gives_rewards and not listed:
+    if rewards and not listed:
         raise ConfigError(
             f"online.environment: {spec.name} defines get_reward(), which no reward reads; add "
             "{name: environment} to online.rewards (weight 0 to ignore it)"
         )
-    return gives_rewards
+    return rewards
 
 
 def check_prompt_count(config: RunConfig, count: int, source: str) -> None:
