@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from alignlib.rewards.basic import format_reward, length_penalty, soft_overlong_penalty
 from alignlib.rewards.calling import RewardError, call_reward, check_params
-from alignlib.rewards.forms import detect_form, missing_columns, score_batch
+from alignlib.rewards.forms import detect_form, missing_columns, reads_environments, score_batch
 from alignlib.rewards.math_grader import (
     configure_pool,
     extract_boxed,
@@ -49,6 +49,7 @@ __all__ = [
     "math_reward",
     "missing_columns",
     "normalize_answer",
+    "reads_environments",
     "register_reward",
     "resolve_reward",
     "score_batch",

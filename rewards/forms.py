@@ -12,10 +12,12 @@ Three calling conventions are accepted, so a user's existing file works without 
   one call per completion; a dict contributes its ``"score"``. The ground truth is the row's
   ``reward_model.ground_truth`` (verl's layout), else ``ground_truth``, else ``answer``.
 
-The form is read from the signature (TRL's first parameter is ``completions``, verl's
-``data_source``); ``online.rewards[].form`` forces one. A function that returns awaitables
-(``async def``: an LLM judge behind an HTTP client) has all its calls of a batch awaited together
-on one long-lived event loop, so clients bound to that loop keep working across steps.
+The form is read from the signature (TRL's first parameter is ``completions``, ``prompts``,
+``completion_ids`` or ``environments``: the episodes' environment instances in a multi-turn run;
+verl's ``data_source``); ``online.rewards[].form`` forces one. A function that returns
+awaitables (``async def``: an LLM judge behind an HTTP client) has all its calls of a batch
+awaited together on one long-lived event loop, so clients bound to that loop keep working across
+steps.
 """
 
 from __future__ import annotations
@@ -39,18 +41,20 @@ __all__ = [
     "detect_form",
     "ground_truth",
     "missing_columns",
+    "reads_environments",
     "resolve_form",
     "score_batch",
     "supplied_names",
 ]
 
 Form = Literal["alignlib", "trl", "verl"]
-TRL_FIRST = ("completions", "prompts", "completion_ids")
+TRL_FIRST = ("completions", "prompts", "completion_ids", "environments")
 """TRL passes everything by keyword; its rewards start with one of these."""
 TRL_SUPPLIED = (
     "prompts",
     "completions",
     "completion_ids",
+    "environments",
     "trainer_state",
     "log_extra",
     "log_metric",
@@ -91,6 +95,11 @@ def supplied_names(fn: Callable[..., Any], form: str = "auto") -> tuple[str, ...
     """Parameters the caller fills in for ``fn``'s form (never data columns)."""
     chosen = resolve_form(fn, form)
     return {"trl": TRL_SUPPLIED, "verl": VERL_SUPPLIED}.get(chosen, ())
+
+
+def reads_environments(fn: Callable[..., Any], form: str = "auto") -> bool:
+    """A TRL reward that reads the episodes' environment instances (``environments``)."""
+    return resolve_form(fn, form) == "trl" and "environments" in _parameter_names(fn)
 
 
 def missing_columns(
@@ -147,9 +156,11 @@ def _trl_kwargs(
     rows: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     token_ids: Sequence[Sequence[int]] | None,
+    environments: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """What TRL's GRPOTrainer passes: prompts, completions, completion_ids, every other column
-    as a list, trainer_state and its logging hooks (no-ops here), then the user's params."""
+    as a list, the episodes' environments (multi-turn runs), trainer_state and its logging
+    hooks (no-ops here), then the user's params."""
     keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in NOT_COLUMNS]
     chat = _conversational(rows)
     completions: list[Any] = [[{"role": "assistant", "content": t}] if chat else t for t in texts]
@@ -158,6 +169,7 @@ def _trl_kwargs(
         "completions": completions,
         "completion_ids": [list(ids) for ids in token_ids] if token_ids is not None else None,
         **{k: [row.get(k) for row in rows] for k in keys},
+        **({"environments": list(environments)} if environments is not None else {}),
         "trainer_state": None,
         "log_extra": lambda *args, **kwargs: None,
         "log_metric": lambda *args, **kwargs: None,
@@ -172,9 +184,10 @@ def _score_trl(
     rows: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
     token_ids: Sequence[Sequence[int]] | None,
+    environments: Sequence[Any] | None,
 ) -> list[Any]:
     """One batched call; its list must hold one value per completion."""
-    kwargs = _accepted(fn, _trl_kwargs(texts, rows, params, token_ids))
+    kwargs = _accepted(fn, _trl_kwargs(texts, rows, params, token_ids, environments))
     values = _call_each([lambda: fn(**kwargs)], name, rows[:1])[0]
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise RewardError(
@@ -234,16 +247,18 @@ def score_batch(
     form: str = "auto",
     token_ids: Sequence[Sequence[int]] | None = None,
     allow_nonfinite: bool = False,
+    environments: Sequence[Any] | None = None,
 ) -> list[float]:
     """The reward of each completion ``texts[i]`` of ``rows[i]``, whatever ``fn``'s form: a
     finite float each (``allow_nonfinite`` passes NaN/inf through), 0.0 where a TRL reward
-    returned None (no opinion), or one line naming the reward and the row."""
+    returned None (no opinion), or one line naming the reward and the row. ``environments``:
+    each completion's episode environment, for TRL rewards that read them."""
     chosen = resolve_form(fn, form)
     if not texts:
         return []
     counts = list(num_tokens) if num_tokens is not None else [None] * len(texts)
     if chosen == "trl":
-        values = _score_trl(fn, name, texts, rows, params, token_ids)
+        values = _score_trl(fn, name, texts, rows, params, token_ids, environments)
     elif chosen == "verl":
         calls = [_verl_call(fn, t, r, params) for t, r in zip(texts, rows, strict=True)]
         values = [_verl_score(v, name) for v in _call_each(calls, name, rows)]

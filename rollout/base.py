@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 
@@ -105,6 +105,9 @@ class Generation:
     """Model turns in this completion (more than 1 only in multi-turn episodes)."""
     environment_reward: float | None = None
     """The environment's own reward for the episode (its `get_reward()`), or None."""
+    environment: Any = field(default=None, repr=False, compare=False)
+    """The episode's environment instance (the user's object), for TRL rewards that read
+    `environments`; None for one-turn completions. Lives in the process that ran the episode."""
 
 
 RolloutOutput = Generation

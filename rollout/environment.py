@@ -9,6 +9,7 @@ An environment is any class whose instances have
                                    observation to show the model next (a list of strings: one
                                    message each, e.g. one per tool call), or None to end it
     get_reward() -> float          optional: the episode's own reward, read once at its end
+                                   (may be `async def`: an LLM judge)
 
 and optionally the attributes `stop` (strings that end a model turn, e.g. a tool call's closing
 tag) and `tools` (callables or JSON schemas the chat template lists in the prompt, read from one
@@ -17,7 +18,8 @@ probe instance; the built-in `tools` environment).
 One instance is built per episode (`factory(**params)`), so episodes never share state. `step`
 may be `async def` (a sandbox behind an HTTP client): the steps of one turn are then awaited
 concurrently. This is TRL's `environment_factory` contract (`reset(**row)`, `get_reward()`) with
-a text step, the form OpenRLHF's agent executors and verl's interactions also take.
+a text step, the form OpenRLHF's agent executors and verl's interactions also take; a TRL class
+without `step`, whose public methods are its tools, runs as it is (`rollout.tools`).
 
 Token in, token out: each turn continues the exact token ids of the episode so far (prompt,
 earlier turns, observations) through `RolloutEngine.generate`, so every engine (transformers,
@@ -160,11 +162,12 @@ class EpisodeRunner:
     @property
     def tools(self) -> list[Any]:
         """The tools an environment offers the model (its ``tools`` attribute: callables or JSON
-        schemas, shown in the prompt by the chat template), read from one probe instance."""
+        schemas, shown in the prompt by the chat template), read from one probe instance, built
+        but not reset (as TRL probes an environment_factory)."""
         if not hasattr(self.factory, "tools"):
             return []
         if self._tools is None:
-            self._tools = list(self.new_environment({}, "its tool list").tools or [])
+            self._tools = list(self._build("its tool list").tools or [])  # not reset
             if self._tools:
                 check_renders_tools(self.tokenizer, self._tools)
         return self._tools
@@ -174,12 +177,15 @@ class EpisodeRunner:
         """Whether the environment gives each episode its own reward (``get_reward``)."""
         return gives_rewards(self.factory)
 
-    def new_environment(self, row: Mapping[str, Any], where: str) -> Any:
-        """A fresh environment, reset to ``row``."""
+    def _build(self, where: str) -> Any:
         try:
-            environment = self.factory(**self.params)
+            return self.factory(**self.params)
         except Exception as exc:  # user code: one line naming the environment
             raise self._failure(exc, "building it", where) from exc
+
+    def new_environment(self, row: Mapping[str, Any], where: str) -> Any:
+        """A fresh environment, reset to ``row``."""
+        environment = self._build(where)
         try:
             first = getattr(environment, "reset", lambda **_: None)(**row)
         except Exception as exc:
@@ -239,9 +245,31 @@ class EpisodeRunner:
             outputs = engine.generate([e.prompt + e.tokens for e in continuing], follow)
             pending = [(e, out[0]) for e, out in zip(continuing, outputs, strict=True)]
             turn += 1
+        rewards = iter(self._rewards([e for eps in episodes for e in eps]))
         return [
-            [self._generation(e, p, s) for s, e in enumerate(eps)] for p, eps in enumerate(episodes)
+            [self._generation(e, p, s, next(rewards)) for s, e in enumerate(eps)]
+            for p, eps in enumerate(episodes)
         ]
+
+    def _rewards(self, episodes: list[_Episode]) -> list[float | None]:
+        """Each episode's get_reward() (None without one); async ones are awaited together."""
+        if not self.rewards:
+            return [None] * len(episodes)
+        calls = []
+        for episode in episodes:
+            try:
+                calls.append(episode.environment.get_reward())
+            except Exception as exc:  # user code
+                raise self._failure(exc, "get_reward", episode.where) from exc
+        values: list[float | None] = []
+        for episode, value in zip(episodes, resolve_awaitables(calls), strict=True):
+            try:
+                if isinstance(value, BaseException):
+                    raise value
+                values.append(float(value))
+            except Exception as exc:  # user code, or a value that is not a number
+                raise self._failure(exc, "get_reward", episode.where) from exc
+        return values
 
     def _take_turns(
         self, pending: list[tuple[_Episode, Generation]], budget: int
@@ -285,14 +313,9 @@ class EpisodeRunner:
         episode.add_observation(ids)
         return True
 
-    def _generation(self, episode: _Episode, prompt: int, sample: int) -> Generation:
-        reward = None
-        get_reward = getattr(episode.environment, "get_reward", None)
-        if callable(get_reward):
-            try:
-                reward = float(get_reward())
-            except Exception as exc:  # user code
-                raise self._failure(exc, "get_reward", episode.where) from exc
+    def _generation(
+        self, episode: _Episode, prompt: int, sample: int, reward: float | None
+    ) -> Generation:
         return Generation(
             prompt_index=prompt,
             prompt_ids=list(episode.prompt),
@@ -304,6 +327,8 @@ class EpisodeRunner:
             loss_mask=episode.mask,
             turns=episode.turns,
             environment_reward=reward,
+            # A TRL class runs inside an adapter (rollout.tools); rewards read the user's object.
+            environment=getattr(episode.environment, "wrapped_environment", episode.environment),
         )
 
     def _failure(self, exc: BaseException, method: str, where: str) -> EpisodeError:

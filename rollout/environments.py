@@ -1,5 +1,6 @@
 """The environments a config can name: built-ins registered by name (`calculator`, `tools`), or
-any class given as ``"package.module:Class"`` (alignlib.rollout.environment runs them)."""
+any class given as ``"package.module:Class"`` (alignlib.rollout.environment runs them): one with
+a ``step(turn)`` method, or a TRL ``environment_factory`` class whose public methods are tools."""
 
 from __future__ import annotations
 
@@ -56,12 +57,18 @@ def resolve_environment(spec: str, where: str = "online.environment.name") -> Ca
                 "or give your own class as 'package.module:Class'"
             )
         factory = _ENVIRONMENTS[spec]
-    if not callable(factory) or not callable(getattr(factory, "step", None)):
-        raise EpisodeError(
-            f"{where}: {spec!r} is not an environment class: it needs a step(turn) method "
-            "(and reset(**row), optionally get_reward()); see alignlib.rollout.environment"
-        )
-    return factory
+    if callable(factory) and callable(getattr(factory, "step", None)):
+        return factory
+    if isinstance(factory, type) and callable(getattr(factory, "reset", None)):
+        from alignlib.rollout.tools import methods_as_tools, tool_method_names
+
+        if tool_method_names(factory):
+            return methods_as_tools(factory)
+    raise EpisodeError(
+        f"{where}: {spec!r} is not an environment class: it needs a step(turn) method, or (TRL's "
+        "environment_factory form) public methods that are its tools; and reset(**row), "
+        "optionally get_reward(); see alignlib.rollout.environment"
+    )
 
 
 def gives_rewards(factory: Callable[..., Any]) -> bool:

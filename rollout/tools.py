@@ -11,14 +11,19 @@ Each call of a turn is run (an `async def` function is awaited) and its result b
 transformers' `get_json_schema` reads them) are shown to the model in the prompt through the
 template's tool list, as TRL's `tools=[...]` does. A failing call answers with
 {"error": "..."} (the model can recover, as in TRL); a turn without a call ends the episode.
+
+A TRL `environment_factory` class runs unchanged (`methods_as_tools`): it has `reset(**row)`, no
+`step`, and its public methods are the tools, called on the episode's own instance; its
+`get_reward()` (which may be `async def`) is the episode's reward.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from alignlib.awaiting import resolve_awaitables
 from alignlib.imports import import_attr
@@ -60,9 +65,12 @@ def _content(value: Any) -> str:
 @register_environment("tools")
 class FunctionTools:
     """Calls the model's tool calls on ``functions`` (callables or ``"module:function"``
-    strings); at most ``max_calls`` calls per episode, then the episode ends."""
+    strings); at most ``max_calls`` calls per episode (None: no limit but `max_turns` and the
+    token budget), then the episode ends."""
 
-    def __init__(self, functions: Sequence[str | Callable[..., Any]], max_calls: int = 8) -> None:
+    def __init__(
+        self, functions: Sequence[str | Callable[..., Any]], max_calls: int | None = 8
+    ) -> None:
         if not functions:
             raise ValueError("give at least one function, e.g. {functions: ['my_tools:search']}")
         resolved = [
@@ -85,9 +93,10 @@ class FunctionTools:
 
     def step(self, turn: str) -> list[str] | None:
         calls = parse_tool_calls(turn)
-        if not calls or self.calls >= self.max_calls:
+        left = len(calls) if self.max_calls is None else self.max_calls - self.calls
+        if not calls or left <= 0:
             return None
-        calls = calls[: self.max_calls - self.calls]
+        calls = calls[:left]
         self.calls += len(calls)
         results = resolve_awaitables([self._call(call) for call in calls])
         return [
@@ -106,3 +115,48 @@ class FunctionTools:
             return function(**call["arguments"])
         except Exception as exc:  # the model's arguments, or the tool itself: the model reads it
             return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def tool_method_names(environment_class: type) -> list[str]:
+    """The tools of a TRL environment class, as TRL picks them: its methods except `reset`,
+    `get_reward` and names starting with '_' (read on the class: no property is evaluated)."""
+    return [
+        name
+        for name, _ in inspect.getmembers(environment_class, predicate=inspect.isfunction)
+        if name not in ("reset", "get_reward") and not name.startswith("_")
+    ]
+
+
+class MethodTools(FunctionTools):
+    """An episode of a TRL-style environment: one instance of ``environment_class`` built with
+    the config's params (``wrapped_environment``: what TRL rewards read as `environments`), its
+    public methods called as tools (no limit on calls)."""
+
+    environment_class: ClassVar[type]
+
+    def __init__(self, **params: Any) -> None:
+        self.wrapped_environment = self.environment_class(**params)
+        methods = [
+            getattr(self.wrapped_environment, name)
+            for name in tool_method_names(self.environment_class)
+        ]
+        super().__init__(methods, max_calls=None)
+
+    def reset(self, **row: Any) -> Any:
+        super().reset(**row)
+        return self.wrapped_environment.reset(**row)
+
+
+def methods_as_tools(environment_class: type) -> type[MethodTools]:
+    """A `MethodTools` class for ``environment_class``: defines `get_reward` and `stop` only
+    when that class does, so asking the class whether episodes are rewarded stays truthful."""
+    namespace: dict[str, Any] = {
+        "environment_class": environment_class,
+        "__doc__": environment_class.__doc__,
+        "__module__": environment_class.__module__,
+    }
+    if callable(getattr(environment_class, "get_reward", None)):
+        namespace["get_reward"] = lambda self: self.wrapped_environment.get_reward()
+    if hasattr(environment_class, "stop"):
+        namespace["stop"] = environment_class.stop
+    return type(environment_class.__name__, (MethodTools,), namespace)

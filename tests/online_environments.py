@@ -101,3 +101,68 @@ async def lookup(key: str) -> str:
     """
     await asyncio.sleep(0.01)
     return f"value of {key}"
+
+
+class TrlAdder:
+    """A TRL `environment_factory` class, as TRL's docs write them: no step, its public methods
+    are the tools; `get_reward` is async (an LLM judge would be)."""
+
+    built = 0
+
+    def __init__(self, target_field: str = "answer") -> None:
+        type(self).built += 1
+        self.target_field = target_field
+        self.sums: list[int] = []
+        self.target = 0
+
+    def reset(self, **kwargs: Any) -> None:
+        self.sums = []
+        self.target = int(kwargs[self.target_field])
+
+    def add(self, a: int, b: int) -> int:
+        """Add two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        self.sums.append(a + b)
+        return a + b
+
+    async def get_reward(self) -> float:
+        return float(self.target in self.sums)
+
+    @property
+    def last(self) -> int:
+        raise AssertionError("a property is not a tool and is never evaluated")
+
+    def _private(self) -> None:
+        raise AssertionError("a private method is not a tool")
+
+
+class TrlAdderUnrewarded:
+    """TRL form without get_reward."""
+
+    def reset(self, **kwargs: Any) -> None:
+        pass
+
+    def add(self, a: int, b: int) -> int:
+        """Add two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        return a + b
+
+
+class NoTools:
+    """Neither step nor a public method: not an environment."""
+
+    def reset(self, **kwargs: Any) -> None:
+        pass
+
+
+def sums_seen(environments: list[TrlAdder], **kwargs: Any) -> list[float]:
+    """A TRL reward that reads the episodes' environments (TRL's `environments` keyword)."""
+    return [float(len(environment.sums)) for environment in environments]

@@ -15,6 +15,7 @@ import yaml
 
 from alignlib.cli import main
 from alignlib.data.collate import prompt_ids
+from alignlib.rewards import RewardError
 from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner, EpisodeSettings
 from alignlib.rollout.observations import ObservationError
@@ -208,3 +209,81 @@ def test_eval_with_tools_shows_them_and_needs_the_chat_template(
     refused = config.model_copy(update={"chat_template": False})
     with pytest.raises(ValueError, match="chat_template is false"):
         evaluate(refused, engine=ReplayEngine(tokenizer, [CALL]))
+
+
+def test_a_trl_environment_class_runs_unchanged(tokenizer: Any) -> None:
+    """TRL's environment_factory form: the class's public methods are the tools, called on each
+    episode's own instance; its async get_reward is the episode's reward."""
+    from alignlib.rollout.environments import EpisodeError, gives_rewards, resolve_environment
+
+    factory = resolve_environment("online_environments:TrlAdder")
+    assert gives_rewards(factory)
+    assert not gives_rewards(resolve_environment("online_environments:TrlAdderUnrewarded"))
+    with pytest.raises(EpisodeError, match="public methods that are its tools"):
+        resolve_environment("online_environments:NoTools")
+    answer = "The answer is \\boxed{5}."
+    engine = ReplayEngine(tokenizer, [CALL, answer])
+    runner = EpisodeRunner.named(
+        "online_environments:TrlAdder", {}, tokenizer, observation_format="chat"
+    )
+    assert [tool.__name__ for tool in runner.tools] == ["add"]
+    built = envs.TrlAdder.built
+    rows = [{"prompt": "p", "answer": "5"}, {"prompt": "q", "answer": "6"}]
+    gens = runner.run(engine, ["What is 2 + 3?", "What is 3 + 3?"], rows, SamplingParams(n=2))
+    assert envs.TrlAdder.built - built == 4  # one instance per episode
+    first_prompt = tokenizer.decode(engine.prompts[0][0])
+    assert '"description": "Add two integers."' in first_prompt and '"last"' not in first_prompt
+    for gen in gens[0] + gens[1]:
+        assert gen.turns == 2 and "<tool_response>\n5\n</tool_response>" in tokenizer.decode(
+            gen.token_ids
+        )
+    # The row's answer reached reset: only the first prompt's episodes summed to their target.
+    assert [g.environment_reward for g in gens[0] + gens[1]] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_a_trl_environment_in_a_training_config(tokenizer: Any, tmp_path: Path) -> None:
+    """Named in `online.environment`, a TRL class shows its methods in every prompt and its
+    get_reward is the `environment` reward of each rollout."""
+    from types import SimpleNamespace
+
+    from alignlib.algorithms import get as get_preset
+    from alignlib.algorithms import router_for
+    from alignlib.config import load_config
+    from alignlib.trainer.online_collect import RolloutCollector
+
+    data = tmp_path / "rows.jsonl"
+    rows = [
+        {"prompt": "What is 2 + 3?", "answer": "5"},
+        {"prompt": "What is 1 + 1?", "answer": "2"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data), "shuffle": False},
+        "rollout": {"n": 2, "max_new_tokens": 64},
+        "online": {
+            "prompts_per_step": 2,
+            "rewards": [
+                {"name": "environment"},
+                {"name": "online_environments:sums_seen", "weight": 0.5},
+            ],
+            "environment": {"name": "online_environments:TrlAdder", "observation_format": "chat"},
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = load_config(path)
+    collector = RolloutCollector(run, tokenizer, router_for(get_preset("grpo"), run.online))
+    engine = ReplayEngine(tokenizer, [CALL, "So \\boxed{5}."])
+    rollouts, _, _ = collector.rollout_and_score(SimpleNamespace(engine=engine), 0, 0)  # type: ignore[arg-type]
+    assert '"name": "add"' in tokenizer.decode(engine.prompts[0][0])
+    # get_reward (1 where the sum hit the row's answer) + 0.5 · one call read from the instance
+    assert rollouts.rewards.tolist() == [[1.5, 1.5], [0.5, 0.5]]
+    config["online"].pop("environment")  # type: ignore[attr-defined]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(RewardError, match=r"rewards\[0\].name: environment is the episode"):
+        RolloutCollector(load_config(path), tokenizer, router_for(get_preset("grpo"), run.online))
+    config["online"]["rewards"] = config["online"]["rewards"][1:]  # type: ignore[index]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(RewardError, match="reads `environments`"):
+        RolloutCollector(load_config(path), tokenizer, router_for(get_preset("grpo"), run.online))

@@ -18,7 +18,9 @@ class EnvironmentConfig(Section):
     or your class as `package.module:Class` with
     `reset(**row)`, `step(turn)` returning the observation (a str) or None to end the episode
     (may be `async def`), and optionally `get_reward()` returning a float (TRL's
-    environment_factory contract with a text step). One instance per episode."""
+    environment_factory contract with a text step). A TRL environment_factory class without
+    `step` runs as it is: its public methods are the tools (Hermes tool calls; needs a chat
+    template that lists tools). One instance per episode."""
     params: dict[str, Any] = {}  # noqa: RUF012 (pydantic copies defaults per instance)
     """Keyword arguments for the class (e.g. {max_calls: 4} for `calculator`)."""
     max_turns: int = Field(4, ge=1)

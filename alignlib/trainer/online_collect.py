@@ -64,6 +64,7 @@ class RolloutCollector:
             self.online.correct_threshold,
             allow_nonfinite=config.train.nonfinite == "skip",
             environment_rewards=self.episodes is not None and self.episodes.rewards,
+            episodes=self.episodes is not None,
         )
         self.rewards.check(self.rows[0], where)
         if router.needs_demonstrations:

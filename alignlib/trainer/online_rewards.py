@@ -17,6 +17,7 @@ from alignlib.rewards import (
     grade_many,
     math_reward,
     missing_columns,
+    reads_environments,
     resolve_reward,
     score_batch,
 )
@@ -40,8 +41,9 @@ class RewardModel:
 
     Parameters are checked against each function's signature when this is built, so a
     misspelled one is refused instead of swallowed; every value must be a finite number unless
-    ``allow_nonfinite`` (`train.nonfinite: skip`). ``environment_rewards``: the episodes carry
-    an environment's reward, so the `environment` name may be listed."""
+    ``allow_nonfinite`` (`train.nonfinite: skip`). ``episodes``: completions are multi-turn
+    episodes, so TRL rewards may read their `environments`; ``environment_rewards``: the
+    episodes carry an environment's reward, so the `environment` name may be listed."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class RewardModel:
         threshold: float,
         allow_nonfinite: bool = False,
         environment_rewards: bool = False,
+        episodes: bool = False,
     ) -> None:
         self.specs = list(specs)
         self.threshold = threshold
@@ -59,6 +62,12 @@ class RewardModel:
             fn = self._function(index, spec, environment_rewards)
             valid = MATH_PARAMS if fn is math_reward else () if fn is None else None
             check_params(spec.name, fn, spec.params, f"online.rewards[{index}].params", valid)
+            if fn is not None and not episodes and reads_environments(fn, spec.form):
+                raise RewardError(
+                    f"online.rewards[{index}].name: {spec.name} reads `environments` (TRL's "
+                    "episode environments), which only multi-turn episodes have; set "
+                    "online.environment, or use a reward that reads the completions"
+                )
             self.functions.append(fn)
         math_params = [s.params for s in self.specs if s.name == "math"]
         self.math_timeout = float(math_params[0].get("timeout_s", 5.0)) if math_params else 5.0
@@ -105,10 +114,12 @@ class RewardModel:
         rows: list[dict[str, Any]],
         token_ids: list[list[int]] | None = None,
         environment: Sequence[float | None] | None = None,
+        environments: Sequence[Any] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i
         (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids;
-        ``environment``: each episode's environment reward)."""
+        ``environment``: each episode's environment reward; ``environments``: each episode's
+        environment instance, for TRL rewards that read them)."""
         verdicts = None
         if all(row.get("answer") is not None for row in rows):
             # One call: normalization in-process, math-verify spread over the time-limited pool.
@@ -135,6 +146,7 @@ class RewardModel:
                     form=spec.form,
                     token_ids=token_ids,
                     allow_nonfinite=self.allow_nonfinite,
+                    environments=environments,
                 )
                 values = torch.tensor(scored, dtype=torch.float64)
             total += spec.weight * values

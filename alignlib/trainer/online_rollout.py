@@ -117,6 +117,7 @@ def score_rollouts(
         [rows[p] for p, _ in flat],
         [list(g.token_ids) for _, g in flat],
         [g.environment_reward for _, g in flat],
+        [g.environment for _, g in flat],
     )
     shape = (len(generations), len(generations[0]) if generations else 0)
     return Rollouts(rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds)

@@ -51,7 +51,10 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     rows = with_answer_field(rows, data.answer_field)
     environment_rewards = check_environment(config)
     RewardModel(
-        online.rewards, online.correct_threshold, environment_rewards=environment_rewards
+        online.rewards,
+        online.correct_threshold,
+        environment_rewards=environment_rewards,
+        episodes=online.environment is not None,
     ).check_rows(rows, source)
     try:
         router = router_for(estimator, online)
