@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alignlib.estimator import Advantage, Registry, RegistryError, Role, Rows, UnifiedEstimator
-from alignlib.estimator.registry import closest
+from alignlib.suggest import did_you_mean
 
 Preset = Callable[..., UnifiedEstimator]
 
@@ -48,7 +48,7 @@ def get(name: str, **overrides: Any) -> UnifiedEstimator:
     for key in overrides:
         if key not in valid:
             raise RegistryError(
-                f"algorithm {name!r} has no parameter {key!r}{closest(key, list(valid))}; "
+                f"algorithm {name!r} has no parameter {key!r}{did_you_mean(key, valid)}; "
                 f"valid: {', '.join(valid) or '(none)'}"
             )
     return PRESETS.get(name)(**overrides)

@@ -8,7 +8,6 @@ SmolLM2 and the random `tiny:` models.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.util
 import json
 import os
@@ -26,6 +25,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from alignlib.suggest import did_you_mean
 
 BUNDLED_PREFIX = "bundled:"
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -211,8 +212,7 @@ def _with_score_head(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 
 def _named_models(name: str) -> str:
     valid = [*TINY_MODELS, BUNDLED_PREFIX + SMOLLM2_NAME]
-    close = difflib.get_close_matches(name, valid, n=1)
-    return ", ".join(valid) + (f" (did you mean {close[0]}?)" if close else "")
+    return ", ".join(valid) + did_you_mean(name, valid)
 
 
 def model_folder(path: Path, key: str = "model.name_or_path", adapters: bool = False) -> Path:

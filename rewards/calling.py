@@ -13,12 +13,13 @@ without a catch-all can be written with exactly the parameters it reads.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from alignlib.suggest import did_you_mean
 
 __all__ = [
     "RewardError",
@@ -35,12 +36,6 @@ SUPPLIED = ("num_tokens",)
 """Keywords the caller fills in itself (never a data column or a user parameter)."""
 NOT_COLUMNS = ("prompt", "completion")
 """Row fields that are not passed as columns (the completion is the first argument)."""
-
-
-def closest(name: str, valid: list[str]) -> str:
-    """' (did you mean X?)' for the closest valid name, or ''."""
-    match = difflib.get_close_matches(name, valid, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 class RewardError(ValueError):
@@ -106,7 +101,7 @@ def check_params(
         if param not in accepted:
             raise RewardError(
                 f"{key}.{param}: not a parameter of reward {name!r}"
-                f"{closest(param, shown or accepted)}; valid: {', '.join(shown) or '(none)'}"
+                f"{did_you_mean(param, shown or accepted)}; valid: {', '.join(shown) or '(none)'}"
             )
 
 

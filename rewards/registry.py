@@ -6,11 +6,11 @@ the dataset row's other fields (e.g. ``answer``).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import TypeVar
 
 from alignlib.imports import import_attr
+from alignlib.suggest import did_you_mean
 
 __all__ = ["RewardFn", "get_reward", "list_rewards", "register_reward", "resolve_reward"]
 
@@ -59,10 +59,9 @@ def get_reward(name: str) -> RewardFn:
     fn = _REGISTRY.get(name)
     if fn is not None:
         return fn
-    close = difflib.get_close_matches(name, _REGISTRY, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(
-        f"unknown reward {name!r}.{hint} Registered rewards: {', '.join(list_rewards())}; "
+        f"unknown reward {name!r}{did_you_mean(name, _REGISTRY)}; registered rewards: "
+        f"{', '.join(list_rewards())}; "
         "or give a function as 'package.module:function'."
     )
 

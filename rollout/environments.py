@@ -4,11 +4,11 @@ a ``step(turn)`` method, or a TRL ``environment_factory`` class whose public met
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
 from alignlib.imports import import_attr
+from alignlib.suggest import did_you_mean
 
 __all__ = [
     "EpisodeError",
@@ -50,10 +50,9 @@ def resolve_environment(spec: str, where: str = "online.environment.name") -> Ca
     else:
         names = available_environments()
         if spec not in _ENVIRONMENTS:
-            close = difflib.get_close_matches(spec, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise EpisodeError(
-                f"{where}: unknown environment {spec!r}.{hint} Registered: {', '.join(names)}; "
+                f"{where}: unknown environment {spec!r}{did_you_mean(spec, names)}; "
+                f"registered: {', '.join(names)}; "
                 "or give your own class as 'package.module:Class'"
             )
         factory = _ENVIRONMENTS[spec]

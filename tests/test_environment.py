@@ -196,7 +196,7 @@ def test_environment_names_resolve_with_clear_errors() -> None:
     assert resolve_environment("calculator") is Calculator
     assert resolve_environment("online_environments:Fixed") is envs.Fixed
     with pytest.raises(
-        EpisodeError, match=r"unknown environment 'calculater'\. Did you mean 'calculator'"
+        EpisodeError, match=r"unknown environment 'calculater' \(did you mean 'calculator'"
     ):
         resolve_environment("calculater")
     with pytest.raises(ValueError, match="has no attribute 'Nope'; check the class name"):

@@ -51,7 +51,7 @@ def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError) as info:
         load_benchmark("math5000")
     message = str(info.value)
-    assert "Did you mean 'math500'?" in message
+    assert "(did you mean 'math500'?)" in message
     assert all(name in message for name in EXPECTED_LINES)
 
 

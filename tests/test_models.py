@@ -148,7 +148,7 @@ def test_model_name_errors_start_with_the_key(tmp_path, capsys):
     with pytest.raises(
         ValueError,
         match=r"^model.name_or_path: unknown model 'tiny:llamma'; "
-        r"valid: tiny:llama, bundled:smollm2-135m-instruct \(did you mean tiny",
+        r"valid: tiny:llama, bundled:smollm2-135m-instruct \(did you mean 'tiny",
     ):
         load_model_and_tokenizer("tiny:llamma")
     empty = tmp_path / "emptymodel"

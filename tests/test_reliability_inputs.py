@@ -154,7 +154,7 @@ BEFORE_MODEL = [
     pytest.param(on(**rewards({"name": "math", "params": {"length_penalty": 1}})), "online.rewards[0].params.length_penalty: not a parameter of reward 'math'; valid: timeout_s", id="math-unknown-param"),  # noqa: E501
     pytest.param(on(**rewards({"name": "math"}, PENALTY_TYPO)), "online.rewards[1].params.target_lenght: not a parameter of reward 'length_penalty' (did you mean 'target_length'?)", id="length-penalty-typo"),  # noqa: E501
     pytest.param(on(**rewards({"name": NAN, "params": {"scale": 2}})), f"params.scale: not a parameter of reward '{NAN}'; valid: (none)", id="param-swallowed-by-catch-all"),  # noqa: E501
-    pytest.param(on(**rewards({"name": "mth"})), "online.rewards[0].name: unknown reward 'mth'. Did you mean 'math'?", id="reward-name-typo"),  # noqa: E501
+    pytest.param(on(**rewards({"name": "mth"})), "online.rewards[0].name: unknown reward 'mth' (did you mean 'math'?)", id="reward-name-typo"),  # noqa: E501
     pytest.param(on(**algo("hpt")), "data.jsonl row 1: online.routing needs a demonstration", id="hpt-no-demonstration"),  # noqa: E501
     pytest.param(on(**algo("dpo")), "algorithm dpo is not an online RL method", id="offline-method-online"),  # noqa: E501
     pytest.param(lambda t: online(t, online={"heldout": {"data": jsonl(t / "held.jsonl", [{"prompt": "Hi"}])}}), "held.jsonl row 1: held-out rows need an 'answer'", id="heldout-no-answer"),  # noqa: E501

@@ -48,7 +48,7 @@ def test_unknown_name_lists_valid_names_and_closest() -> None:
     with pytest.raises(ValueError) as info:
         resolve_reward("fromat")
     message = str(info.value)
-    assert "Did you mean 'format'?" in message
+    assert "(did you mean 'format'?)" in message
     for name in ("format", "length_penalty", "math"):
         assert name in message
     assert "\n" not in message

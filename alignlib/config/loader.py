@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from alignlib.config.schema import RunConfig
+from alignlib.suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -39,8 +39,7 @@ def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         valid = _section_fields(RunConfig, loc[:-1])
-        match = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f" (did you mean '{match[0]}'?)" if match else ""
+        hint = did_you_mean(loc[-1], valid)
         return f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
     if error["type"] == "missing" and loc and isinstance(loc[-1], int):  # a list too short
         parent = ".".join(str(p) for p in loc[:-1])
@@ -237,10 +236,9 @@ def check_names(config: RunConfig, where: str) -> None:
             fail("algorithm.name", exc)
         for key in algo.params:
             if key not in valid:
-                match = difflib.get_close_matches(key, list(valid), n=1)
-                hint = f" (did you mean '{match[0]}'?)" if match else ""
                 raise ConfigError(
-                    f"{where}: algorithm.params.{key}: not a parameter of {algo.name}{hint}; "
+                    f"{where}: algorithm.params.{key}: not a parameter of {algo.name}"
+                    f"{did_you_mean(key, valid)}; "
                     f"valid: {', '.join(valid)}"
                 )
         check_preset_values(config, where)

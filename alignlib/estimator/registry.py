@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import numbers
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, Generic, TypeVar
+
+from alignlib.suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -72,16 +73,10 @@ def check_number(
 def check_choice(owner: str, param: str, value: object, choices: Collection[str]) -> None:
     """Refuse a value that is not one of ``choices`` (with a did-you-mean)."""
     if value not in choices:
-        hint = closest(str(value), list(choices)) if isinstance(value, str) else ""
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
         raise ParameterError(
             owner, param, f"must be one of {', '.join(choices)}, got {value!r}{hint}"
         )
-
-
-def closest(name: str, valid: list[str]) -> str:
-    """' (did you mean X?)' for the closest valid name, or '' when nothing is close."""
-    match = difflib.get_close_matches(name, valid, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 class Registry(Generic[T]):
@@ -111,7 +106,8 @@ class Registry(Generic[T]):
         if name not in self._items:
             valid = sorted(self._items)
             raise RegistryError(
-                f"unknown {self.kind} {name!r}{closest(name, valid)}; valid: {', '.join(valid)}"
+                f"unknown {self.kind} {name!r}{did_you_mean(name, valid)}; "
+                f"valid: {', '.join(valid)}"
             )
         return self._items[name]
 
@@ -123,8 +119,8 @@ class Registry(Generic[T]):
             for key in params:
                 if key not in fields:
                     raise RegistryError(
-                        f"{self.kind} {name!r} has no parameter {key!r}{closest(key, fields)}; "
-                        f"valid: {', '.join(fields) or '(none)'}"
+                        f"{self.kind} {name!r} has no parameter {key!r}"
+                        f"{did_you_mean(key, fields)}; valid: {', '.join(fields) or '(none)'}"
                     )
         return cls(**params)
 

@@ -66,8 +66,8 @@ from alignlib.estimator.registry import (
     RegistryError,
     check_choice,
     check_number,
-    closest,
 )
+from alignlib.suggest import did_you_mean
 
 MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "geometric_mask")
 ALIASES = {
@@ -241,7 +241,7 @@ def rollout_correction(spec: Mapping[str, Any] | None) -> RolloutCorrection | No
     for key in spec:
         if key not in fields:
             raise RegistryError(
-                f"rollout correction has no parameter {key!r}{closest(key, fields)}; "
+                f"rollout correction has no parameter {key!r}{did_you_mean(key, fields)}; "
                 f"valid: {', '.join(fields)}"
             )
     return RolloutCorrection(**spec)

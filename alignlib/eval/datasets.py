@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -10,6 +9,8 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from alignlib.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -32,10 +33,9 @@ BENCHMARKS: Mapping[str, str] = MappingProxyType(
 def benchmark_file(name: str) -> Traversable:
     """The packaged jsonl file of benchmark ``name``; an unknown name's error lists valid ones."""
     if name not in BENCHMARKS:
-        close = difflib.get_close_matches(name, BENCHMARKS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"unknown benchmark {name!r}.{hint} Valid names: {', '.join(BENCHMARKS)}; "
+            f"unknown benchmark {name!r}{did_you_mean(name, BENCHMARKS)}; valid names: "
+            f"{', '.join(BENCHMARKS)}; "
             "or pass the path of a .jsonl file"
         )
     return resources.files("alignlib.eval").joinpath("benchmarks", BENCHMARKS[name])
