@@ -10,6 +10,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     aot_unpaired,
     apo_down,
     apo_zero,
+    apo_zero_unpaired,
     bco_pair,
     bvpo,
     cispo,

@@ -110,6 +110,26 @@ def closed_kto(b: Batch, beta: float = 0.1, w_d: float = 1.0, w_u: float = 1.0) 
     return losses.mean()
 
 
+def unpaired_batch(seed: int = 0) -> Batch:
+    """KTO rows without KL rows (what the data builds for APO-zero-unpaired): each example's
+    completion, desirable (CHOSEN) or not (REJECTED), one per pair id."""
+    b = kto_batch(seed)
+    main = (b.role_codes() != int(Role.KL)).nonzero().flatten()
+    return b.select(main).replace(logprobs=leaf(b.logprobs.detach()[main]))
+
+
+def closed_apo_zero_unpaired(
+    b: Batch, beta: float = 0.1, w_d: float = 1.0, w_u: float = 1.0
+) -> Tensor:
+    """Mean over the examples of λ_D(1 − σ(β·r)) (desirable) or λ_U·σ(β·r) (undesirable),
+    r = Σ_t (log π − log π_ref), written from the APO paper's Eq. 7 without a reference
+    point."""
+    r = ((b.logprobs - b.ref_logprobs) * b.mask).sum(-1)
+    good, bad = r[_rows(b, Role.CHOSEN)], r[_rows(b, Role.REJECTED)]
+    losses = torch.cat([w_d * (1 - torch.sigmoid(beta * good)), w_u * torch.sigmoid(beta * bad)])
+    return losses.mean()
+
+
 def score_pairs(seed: int = 0) -> Batch:
     """Reward-model rows: each row's score at its last completion token, 0 on its others."""
     b = pair_batch(seed=seed)

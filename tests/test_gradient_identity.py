@@ -23,6 +23,7 @@ from closed_forms_frontier import (
     closed_sapo,
 )
 from closed_forms_pairs import (
+    closed_apo_zero_unpaired,
     closed_cpo,
     closed_kto,
     closed_orpo,
@@ -33,6 +34,7 @@ from closed_forms_pairs import (
     likely_pairs,
     prompted_pairs,
     score_pairs,
+    unpaired_batch,
 )
 from torch import Tensor
 
@@ -257,6 +259,12 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
         lambda b: closed_kto(b, beta=0.5, w_d=1.3, w_u=0.8),
         {"beta": 0.5, "desirable_weight": 1.3, "undesirable_weight": 0.8},
     ),
+    "apo_zero_unpaired": (unpaired_batch, closed_apo_zero_unpaired, {}),
+    "apo_zero_unpaired_weighted": (
+        unpaired_batch,
+        lambda b: closed_apo_zero_unpaired(b, beta=0.5, w_d=1.3, w_u=0.8),
+        {"beta": 0.5, "desirable_weight": 1.3, "undesirable_weight": 0.8},
+    ),
     "inpo": (pair_batch, closed_inpo, {}),
     "bvpo": (pair_batch, closed_bvpo, {}),
     "ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_ppo, {}),
@@ -289,6 +297,7 @@ VARIANTS = {
     "orpo_likely": "orpo",
     "orpo_prompt_loss": "orpo",
     "kto_clamped": "kto",
+    "apo_zero_unpaired_weighted": "apo_zero_unpaired",
     "reward_model_centred": "reward_model",
 }
 CASES |= closed_forms_dpo_family.CASES

@@ -182,3 +182,32 @@ def test_the_label_mix_is_checked_against_the_papers_advice(
         assert warnings == [], warnings
     else:
         assert len(warnings) == 1 and f"alignlib: warning: {data}: {expected}" in warnings[0], err
+
+
+def test_apo_zero_unpaired_builds_no_kl_rows_and_learns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With z₀ fixed at 0 no KL row is built or scored (KTO scores one per example), the run is
+    the same over any micro-batching, and desirable completions rise against undesirable."""
+    seen: list[int] = []
+    original = LogprobKernel.__call__
+
+    def spy(self, rows, indices, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(len(indices))
+        return original(self, rows, indices, **kwargs)
+
+    monkeypatch.setattr(LogprobKernel, "__call__", spy)
+    algorithm = {"name": "apo_zero_unpaired", "params": {"beta": 0.5}}
+    whole = run(tmp_path, "apo", algorithm=algorithm, train={"max_steps": 4})
+    assert set(seen) == {len(ROWS)}  # reference, no-grad and gradient passes: the 8 examples
+    seen.clear()
+    run(tmp_path, "kto", train={"max_steps": 1})
+    assert max(seen) == 2 * len(ROWS)  # KTO scores each example's KL row too
+    split = run(
+        tmp_path, "apo_split", algorithm=algorithm, train={"max_steps": 4, "micro_batch_size": 2}
+    )
+    for want, got in zip(whole, split, strict=True):
+        for key in ("loss", "apo_zero_unpaired/margin", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    assert whole[-1]["apo_zero_unpaired/kl"] == 0
+    assert whole[-1]["apo_zero_unpaired/margin"] > whole[0]["apo_zero_unpaired/margin"]

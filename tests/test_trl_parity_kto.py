@@ -1,8 +1,8 @@
-"""KTO's loss and gradient equal TRL 1.16's ``KTOTrainer._compute_loss`` (its loss is inline in
-that private method), called with a stand-in ``self`` and a stand-in model that returns fixed
-per-token log-probs for the completions and for the mismatched KL completions. One micro-batch
-and one process, where TRL's per-micro-batch reference point z₀ is alignlib's per-mini-batch
-one."""
+"""KTO's and APO-zero-unpaired's loss and gradient equal TRL 1.16's
+``KTOTrainer._compute_loss`` (its loss is inline in that private method), called with a
+stand-in ``self`` and a stand-in model that returns fixed per-token log-probs for the
+completions and for the mismatched KL completions. One micro-batch and one process, where TRL's
+per-micro-batch reference point z₀ is alignlib's per-mini-batch one."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def make_inputs(seed: int, kl_shift: float) -> dict[str, torch.Tensor]:
     }
 
 
-def theirs(data: dict, beta: float, w_d: float, w_u: float):
+def theirs(data: dict, beta: float, w_d: float, w_u: float, loss_type: str = "kto"):
     leaf = data["values"].clone().requires_grad_(True)
     main, kl = leaf[:EXAMPLES], leaf[EXAMPLES:]
     masks = data["masks"]
@@ -76,10 +76,10 @@ def theirs(data: dict, beta: float, w_d: float, w_u: float):
     stub = SimpleNamespace(
         model=SimpleNamespace(training=True),
         accelerator=accelerator,
-        calculate_KL=True,
+        calculate_KL=loss_type == "kto",
         precompute_ref_logps=True,
         aux_loss_enabled=False,
-        loss_type="kto",
+        loss_type=loss_type,
         beta=beta,
         desirable_weight=w_d,
         undesirable_weight=w_u,
@@ -92,7 +92,7 @@ def theirs(data: dict, beta: float, w_d: float, w_u: float):
     return loss.detach(), torch.autograd.grad(loss, leaf)[0], stub._metrics["train"]["kl"][0]
 
 
-def ours(data: dict, beta: float, w_d: float, w_u: float):
+def ours(data: dict, beta: float, w_d: float, w_u: float, preset: str = "kto"):
     leaf = data["values"].clone().requires_grad_(True)
     scored = data["scored"]
     ref_tokens = torch.zeros_like(scored)  # each row's reference sum on its first token
@@ -105,9 +105,17 @@ def ours(data: dict, beta: float, w_d: float, w_u: float):
         roles=torch.cat([main, torch.full((EXAMPLES,), int(Role.KL))]),
         pair_ids=torch.arange(EXAMPLES).repeat(2),
     )
-    estimator = algorithms.get("kto", beta=beta, desirable_weight=w_d, undesirable_weight=w_u)
+    if preset != "kto":  # no KL rows: the data builds none for a fixed reference point
+        batch = batch.select(torch.arange(EXAMPLES))
+        leaf_rows = leaf[:EXAMPLES]
+        batch = batch.replace(logprobs=leaf_rows)
+    estimator = algorithms.get(preset, beta=beta, desirable_weight=w_d, undesirable_weight=w_u)
     out = estimator(batch)
-    return out.loss.detach(), torch.autograd.grad(out.loss, leaf)[0], float(out.metrics["kto/kl"])
+    return (
+        out.loss.detach(),
+        torch.autograd.grad(out.loss, leaf)[0],
+        float(out.metrics[f"{preset}/kl"]),
+    )
 
 
 @pytest.mark.parametrize(
@@ -126,3 +134,19 @@ def test_kto_matches_trl(beta: float, w_d: float, w_u: float, kl_shift: float) -
         assert (got_grad - want_grad).norm() / want_grad.norm() < 1e-12
         assert abs(got_kl - want_kl) < 1e-12
         assert (want_kl > 0) == (kl_shift > 0)  # both sides of the clamp are exercised
+
+
+@pytest.mark.parametrize(("beta", "w_d", "w_u"), [(0.1, 1.0, 1.0), (0.5, 1.33, 0.8)])
+def test_apo_zero_unpaired_matches_trl(beta: float, w_d: float, w_u: float) -> None:
+    """TRL's loss_type="apo_zero_unpaired": no KL term, z₀ = 0; alignlib's batch has no KL
+    rows at all."""
+    for seed in range(3):
+        data = make_inputs(seed, kl_shift=0.3)  # a KL shift TRL must not read
+        want_loss, want_grad, want_kl = theirs(data, beta, w_d, w_u, "apo_zero_unpaired")
+        got_loss, got_grad, got_kl = ours(data, beta, w_d, w_u, "apo_zero_unpaired")
+        assert abs(float(got_loss) - float(want_loss)) < 1e-12
+        want_grad = (want_grad * data["scored"])[:EXAMPLES]
+        assert (got_grad[:EXAMPLES] - want_grad).norm() / want_grad.norm() < 1e-12
+        assert got_kl == want_kl == 0.0
+        kto_loss = ours(data, beta, w_d, w_u)[0]
+        assert abs(float(kto_loss) - float(got_loss)) > 1e-8  # z₀ > 0 would change it

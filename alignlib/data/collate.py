@@ -196,8 +196,9 @@ def encode_example(
     if fmt not in SEQUENCE_FIELDS:
         raise DataError(f"format {fmt!r} has no completions to train on offline")
     fields = SEQUENCE_FIELDS[fmt]
-    if fmt == "kto" and not row["label"]:
-        fields = [("completion", Role.REJECTED), *fields[1:]]
+    if fmt == "kto":
+        main = ("completion", Role.CHOSEN if row["label"] else Role.REJECTED)
+        fields = [main, *fields[1:]] if "kl_completion" in row else [main]  # no KL rows asked
     values = [row[field] for field, _ in fields]
     if chat and getattr(tokenizer, "chat_template", None):
         prompt, completions = _chat_sequences(tokenizer, row["prompt"], values, whole_turns)

@@ -41,7 +41,7 @@ def _selected(term: Any, given: frozenset[Role]) -> frozenset[Role]:
     advantage = getattr(term, "advantage", None)
     if isinstance(advantage, PairwiseAdvantage):
         roles |= PAIR
-    if isinstance(advantage, KTOWeights):
+    if getattr(advantage, "needs_kl_rows", False):
         roles |= {Role.KL}  # its reference point is estimated on mismatched pairs
     return roles
 

@@ -182,9 +182,12 @@ def unpaired(rows: list[dict[str, Any]], fmt: str, source: str) -> tuple[list[di
     return unpair_rows(rows), "kto"
 
 
-def with_derived_fields(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
-    """The rows with the fields their format derives from other rows (kto's KL completions)."""
-    return with_kl_completions(rows) if fmt == "kto" else rows
+def with_derived_fields(
+    rows: list[dict[str, Any]], fmt: str, kl_rows: bool = True
+) -> list[dict[str, Any]]:
+    """The rows with the fields their format derives from other rows (kto's KL completions,
+    when the algorithm reads ``kl_rows``)."""
+    return with_kl_completions(rows) if fmt == "kto" and kl_rows else rows
 
 
 def identical_pairs(rows: list[dict[str, Any]], fmt: str) -> list[int]:

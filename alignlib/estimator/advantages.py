@@ -46,6 +46,9 @@ class Advantage(ABC):
     distills: ClassVar[bool] = False
     """Â compares the policy with a teacher held in ``ref_logprobs``: a run must name the
     teacher (the initial policy as π_ref would make Â = 0)."""
+    needs_kl_rows: ClassVar[bool] = False
+    """Â reads KL rows (Role.KL: mismatched prompt/completion pairs, KTO's z₀ estimate): the
+    data builds them only then."""
 
     @abstractmethod
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:

@@ -147,6 +147,14 @@ class UnifiedEstimator:
             isinstance(term, PolicyGradientTerm) and term.advantage.distills for term in self.terms
         )
 
+    def needs_kl_rows(self) -> bool:
+        """True when a term's advantage estimates KTO's reference point on KL rows (mismatched
+        prompt/completion pairs): the data builds them only then."""
+        return any(
+            isinstance(term, PolicyGradientTerm) and term.advantage.needs_kl_rows
+            for term in self.terms
+        )
+
     def scores_sequences(self) -> bool:
         """True when a term's likelihood is a scalar head's score (a reward model): the
         trainer then loads a one-output sequence scorer instead of a language model."""

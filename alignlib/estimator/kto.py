@@ -13,6 +13,10 @@ z₀ is a statistic of the whole mini-batch, so the weights are computed once, i
 from the present log-probs of every row (a no-grad pass), which keeps the gradient independent
 of micro-batching. TRL estimates z₀ per device micro-batch instead (equal with one micro-batch
 per step and one process).
+
+``reference_point="zero"`` fixes z₀ = 0 and needs no KL rows: desirable rows then lose
+1 − σ(βr) and undesirable ones 1 − σ(−βr) = σ(βr), APO-zero's loss (D'Oosterlinck et al. 2024)
+on unpaired rows (TRL KTOTrainer's ``loss_type="apo_zero_unpaired"``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import Tensor
 from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
 from alignlib.estimator.batch import Batch, BatchError, Role
 from alignlib.estimator.preferences import check_beta
-from alignlib.estimator.registry import check_number
+from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Likelihood
 
 
@@ -46,9 +50,17 @@ class KTOWeights(Advantage):
     examples."""
     undesirable_weight: float = 1.0
     """λ_U."""
+    reference_point: Literal["kl", "zero"] = "kl"
+    """z₀: `kl`, max(0, mean implicit reward of the KL rows) (KTO); `zero`: 0, no KL rows
+    (APO-zero on unpaired rows, TRL's apo_zero_unpaired)."""
+
+    @property
+    def needs_kl_rows(self) -> bool:  # type: ignore[override]
+        return self.reference_point == "kl"
 
     def __post_init__(self) -> None:
         check_beta(self, self.beta)
+        check_choice("KTOWeights", "reference_point", self.reference_point, ("kl", "zero"))
         for name in ("desirable_weight", "undesirable_weight"):
             check_number("KTOWeights", name, getattr(self, name), gt=0, why="weighs its rows' loss")
 
@@ -72,8 +84,10 @@ class KTOWeights(Advantage):
             f"undesirable_weight in [{low_u * 3 / 4:.2f}, {low_u:.2f}] (not both)"
         )
 
-    def reference_point(self, batch: Batch, rewards: Tensor) -> Tensor:
-        """z₀ = max(0, mean implicit reward of the KL rows), detached."""
+    def estimate_z0(self, batch: Batch, rewards: Tensor) -> Tensor:
+        """z₀ = max(0, mean implicit reward of the KL rows), detached (0 for `zero`)."""
+        if not self.needs_kl_rows:
+            return rewards.new_zeros(())
         kl_rows = batch.role_codes() == int(Role.KL)
         if not bool(kl_rows.any()):
             raise BatchError(
@@ -88,7 +102,7 @@ class KTOWeights(Advantage):
         rewards = likelihood.sequence(batch.logprobs.detach(), batch.mask) - likelihood.sequence(
             batch.ref_logprobs.detach(), batch.mask
         )
-        z0 = self.reference_point(batch, rewards)
+        z0 = self.estimate_z0(batch, rewards)
         codes = batch.role_codes()
         desirable = rows & (codes == int(Role.CHOSEN))
         undesirable = rows & (codes == int(Role.REJECTED))

@@ -241,9 +241,11 @@ class Trainer:
         from alignlib.trainer.offline_heldout import split_heldout
 
         scorer = self.estimator.scores_sequences()  # rows rendered as a scorer reads them
+        kl_rows = self.estimator.needs_kl_rows()
 
         def load(data: DataConfig) -> tuple[list[Example], str]:
-            return load_examples(data, self.tokenizer, config.model.chat_template, scorer)
+            chat = config.model.chat_template
+            return load_examples(data, self.tokenizer, chat, scorer, kl_rows)
 
         examples, heldout = split_heldout(config, *load(config.data), load)
         source = OfflineSource(config, examples, heldout=heldout)

@@ -34,10 +34,15 @@ and so may be prompt positions: only what a completion mask can select is comput
 
 
 def load_examples(
-    config: DataConfig, tokenizer: PreTrainedTokenizerBase, chat: bool, whole_turns: bool = False
+    config: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    chat: bool,
+    whole_turns: bool = False,
+    kl_rows: bool = True,
 ) -> tuple[list[Example], str]:
     """Read, validate and tokenize the training rows; returns the examples and the format.
-    ``whole_turns``: completions as the chat template writes them (a reward model's rows)."""
+    ``whole_turns``: completions as the chat template writes them (a reward model's rows);
+    ``kl_rows``: kto rows get their KL row (another row's completion; KTO's z₀ reads them)."""
     rows = load_rows(config.path, config.split, config.limit)
     if not rows:
         raise ValueError(f"data.path {config.path} has no rows")
@@ -45,7 +50,7 @@ def load_examples(
     check_rows(rows, fmt, config.path)
     if config.unpair:
         rows, fmt = unpaired(rows, fmt, config.path)
-    rows = with_derived_fields(rows, fmt)
+    rows = with_derived_fields(rows, fmt, kl_rows)
     examples = [
         encode_example(
             tokenizer,
