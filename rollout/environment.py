@@ -173,6 +173,14 @@ class EpisodeRunner:
         return self._tools
 
     @property
+    def has_tools(self) -> bool:
+        return bool(self.tools)
+
+    def tools_for(self, row: Mapping[str, Any]) -> list[Any]:
+        """The tools shown in ``row``'s prompt: this environment's, whatever the row."""
+        return self.tools
+
+    @property
     def rewards(self) -> bool:
         """Whether the environment gives each episode its own reward (``get_reward``)."""
         return gives_rewards(self.factory)

@@ -154,6 +154,8 @@ def methods_as_tools(environment_class: type) -> type[MethodTools]:
         "environment_class": environment_class,
         "__doc__": environment_class.__doc__,
         "__module__": environment_class.__module__,
+        # The config's params are the user's class's: checked against its signature.
+        "__signature__": inspect.signature(environment_class),
     }
     if callable(getattr(environment_class, "get_reward", None)):
         namespace["get_reward"] = lambda self: self.wrapped_environment.get_reward()

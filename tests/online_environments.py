@@ -166,3 +166,13 @@ class NoTools:
 def sums_seen(environments: list[TrlAdder], **kwargs: Any) -> list[float]:
     """A TRL reward that reads the episodes' environments (TRL's `environments` keyword)."""
     return [float(len(environment.sums)) for environment in environments]
+
+
+class Recording(Fixed):
+    """Fixed, recording every instance (the rows its reset saw)."""
+
+    instances: list[Recording] = []  # noqa: RUF012 (a test's shared record)
+
+    def __init__(self, observation: str = " result: 7 ") -> None:
+        super().__init__(observation)
+        type(self).instances.append(self)

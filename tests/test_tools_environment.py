@@ -5,6 +5,7 @@ the functions' schemas shown in the prompt; a template without a tool list is re
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,7 @@ def test_a_trl_environment_class_runs_unchanged(tokenizer: Any) -> None:
 
     factory = resolve_environment("online_environments:TrlAdder")
     assert gives_rewards(factory)
+    assert list(inspect.signature(factory).parameters) == ["target_field"]  # params checked
     assert not gives_rewards(resolve_environment("online_environments:TrlAdderUnrewarded"))
     with pytest.raises(EpisodeError, match="public methods that are its tools"):
         resolve_environment("online_environments:NoTools")

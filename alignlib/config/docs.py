@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import get_origin
+
 from pydantic import BaseModel
 
 from alignlib.config.schema import RunConfig
 
 
 def _section_type(annotation: object) -> type[BaseModel] | None:
+    """The section a field holds (itself, or optional); a mapping of sections is one key."""
+    if get_origin(annotation) is dict:
+        return None
     for candidate in (annotation, *getattr(annotation, "__args__", ())):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate

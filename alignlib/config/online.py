@@ -260,6 +260,14 @@ class OnlineConfig(Section):
     reward (get_reward) enters as the reward named `environment` in `rewards`. Null: one turn.
     Held-out accuracy runs the same episodes; `eval:` benchmarks run them with
     eval.environment."""
+    environments: dict[str, EnvironmentConfig] = {}  # noqa: RUF012 (pydantic copies it)
+    """Several environments in one run (TRL's dict environment_factory), by a name of your
+    choosing, each with the keys of `online.environment`: {wordle: {name: my_envs:Wordle},
+    calc: {name: calculator}}; each row names its own in the column `environment_field` (not
+    passed to reset), and only its tools are shown in its prompt. An environment without get_reward gives its episodes 0 as the
+    `environment` reward when another one has get_reward. Instead of `environment`."""
+    environment_field: str = "environment"
+    """The row column that names the row's environment (with `environments`)."""
 
     @field_validator("rewards")
     @classmethod
@@ -272,6 +280,21 @@ class OnlineConfig(Section):
                 "give at least one reward a non-zero weight"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_environment(self) -> OnlineConfig:
+        if self.environment is not None and self.environments:
+            raise ValueError(
+                "online.environment and online.environments are both set; use environment for "
+                "one environment, environments for several (each row names its own)"
+            )
+        return self
+
+    def episode_sections(self) -> dict[str, EnvironmentConfig]:
+        """Every environment section by name (`environment` alone is named by its class)."""
+        if self.environment is not None:
+            return {self.environment.name: self.environment}
+        return dict(self.environments)
 
     @model_validator(mode="after")
     def _mini_batches_of_whole_groups(self) -> OnlineConfig:

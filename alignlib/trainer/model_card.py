@@ -101,8 +101,7 @@ def _training_rows(config: RunConfig, steps: int) -> list[tuple[str, str]]:
     if config.rollout is not None:
         rewards = ", ".join(f"{r.name}×{r.weight:g}" for r in config.online.rewards)
         rows.append(("online", f"{config.rollout.n} samples/prompt, rewards {rewards}"))
-        environment = config.online.environment
-        if environment is not None:
+        for environment in config.online.episode_sections().values():
             rows.append(("environment", f"{environment.name}, up to {environment.max_turns} turns"))
     rows.append(("alignlib", __version__))
     return rows

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from alignlib.config.environment import EnvironmentConfig
+from alignlib.config.online import OnlineConfig
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
@@ -17,6 +18,7 @@ from alignlib.estimator.routing import Router
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner
+from alignlib.rollout.episode_router import EpisodeRouter
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
 from alignlib.trainer.online_rewards import RewardModel, with_answer_field
@@ -33,11 +35,19 @@ from alignlib.trainer.online_rollout import (
 )
 
 
-def episode_runner(config: EnvironmentConfig | None, tokenizer: Any) -> EpisodeRunner | None:
-    """The multi-turn episodes of ``online.environment``, or None: one turn per completion."""
-    if config is None:
-        return None
-    return EpisodeRunner.named(config.name, config.params, tokenizer, **config.episode_settings())
+def episode_runner(online: OnlineConfig, tokenizer: Any) -> EpisodeRunner | EpisodeRouter | None:
+    """The multi-turn episodes of ``online.environment`` (or of each row's environment in
+    ``online.environments``), or None: one turn per completion."""
+
+    def runner(spec: EnvironmentConfig) -> EpisodeRunner:
+        return EpisodeRunner.named(spec.name, spec.params, tokenizer, **spec.episode_settings())
+
+    if online.environment is not None:
+        return runner(online.environment)
+    if online.environments:
+        runners = {name: runner(spec) for name, spec in online.environments.items()}
+        return EpisodeRouter(runners, online.environment_field)
+    return None
 
 
 class RolloutCollector:
@@ -53,8 +63,8 @@ class RolloutCollector:
         )
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"{where}: online training needs rows with 'prompt'")
-        self.episodes = episode_runner(self.online.environment, tokenizer)
-        if self.episodes is not None and self.episodes.tools and not config.model.chat_template:
+        self.episodes = episode_runner(self.online, tokenizer)
+        if self.episodes is not None and self.episodes.has_tools and not config.model.chat_template:
             raise ValueError(
                 "online.environment: its tools are shown to the model by the chat template, and "
                 "model.chat_template is false; set it to true"
@@ -122,7 +132,7 @@ class RolloutCollector:
         return metrics
 
     def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
-        tools = self.episodes.tools if self.episodes is not None else None
+        tools = self.episodes.tools_for(row) if self.episodes is not None else None
         ids = encode_prompt(self.tokenizer, row["prompt"], self.config.model.chat_template, tools)
         limit = self.online.max_prompt_length
         if tools and len(ids) > limit:  # the start is cut, and the tool list is at the start

@@ -48,7 +48,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "online.rollout_correction corrects rollouts by the engine's log-probs, and this run "
             "samples none (no rollout: section); remove the key, or add rollout: to train online"
         )
-    if config.rollout is None and config.online.environment is not None:
+    if config.rollout is None and config.online.episode_sections():
         raise ConfigError(
             "online.environment plays episodes with rollouts, and this run samples none (no "
             "rollout: section); add rollout: to train online, or remove the key"

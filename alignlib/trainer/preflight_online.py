@@ -8,6 +8,7 @@ import inspect
 import re
 from typing import Any
 
+from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.loader import ConfigError
 from alignlib.config.schema import RunConfig
 from alignlib.console import warn
@@ -49,12 +50,12 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     check_prompts(rows, source)
     check_answer_field(rows, source, data.answer_field)
     rows = with_answer_field(rows, data.answer_field)
-    environment_rewards = check_environment(config)
+    environment_rewards = check_environments(config, rows, source)
     RewardModel(
         online.rewards,
         online.correct_threshold,
         environment_rewards=environment_rewards,
-        episodes=online.environment is not None,
+        episodes=bool(online.episode_sections()),
     ).check_rows(rows, source)
     try:
         router = router_for(estimator, online)
@@ -92,35 +93,49 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
 
 
-def check_environment(config: RunConfig) -> bool:
-    """``online.environment``: the class resolves and takes its params, and its own reward is
-    used exactly when `rewards` lists `environment`. Returns whether it gives rewards."""
-    from alignlib.rollout.environments import gives_rewards, resolve_environment
+def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: str) -> bool:
+    """``online.environment`` (or each of ``online.environments``, and every row's choice of
+    one): the class resolves and takes its params, and an environment's own reward is used
+    exactly when `rewards` lists `environment`. Returns whether some environment rewards."""
+    from alignlib.rollout.episode_router import check_row_environment
     from alignlib.trainer.online_rewards import ENVIRONMENT
 
-    spec = config.online.environment
-    if spec is None:
-        return False
+    online = config.online
+    sections = {f"online.environments.{name}": s for name, s in online.environments.items()}
+    if online.environment is not None:
+        sections = {"online.environment": online.environment}
+    rewarding = [(key, s.name) for key, s in sections.items() if environment_rewards(s, key)]
+    if rewarding and not any(r.name == ENVIRONMENT for r in online.rewards):
+        key, name = rewarding[0]
+        raise ConfigError(
+            f"{key}: {name} defines get_reward(), which no reward reads; add "
+            "{name: environment} to online.rewards (weight 0 to ignore it)"
+        )
+    for index, row in enumerate(rows if online.environments else [], start=1):
+        try:
+            check_row_environment(row, list(online.environments), online.environment_field)
+        except ValueError as exc:
+            raise DataError(f"{source} row {index}: {exc}") from None
+    return bool(rewarding)
+
+
+def environment_rewards(spec: EnvironmentConfig, key: str) -> bool:
+    """The section's class resolves and takes its params; whether it defines get_reward."""
+    from alignlib.rollout.environments import gives_rewards, resolve_environment
+
     try:
-        factory = resolve_environment(spec.name)
+        factory = resolve_environment(spec.name, f"{key}.name")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:
         inspect.signature(factory).bind(**spec.params)
     except TypeError as exc:
         raise ConfigError(
-            f"online.environment.params: {spec.name} does not take {sorted(spec.params)} ({exc})"
+            f"{key}.params: {spec.name} does not take {sorted(spec.params)} ({exc})"
         ) from None
     except ValueError:  # a builtin without a signature: nothing to check
         pass
-    rewards = gives_rewards(factory)
-    listed = any(r.name == ENVIRONMENT for r in config.online.rewards)
-    if rewards and not listed:
-        raise ConfigError(
-            f"online.environment: {spec.name} defines get_reward(), which no reward reads; add "
-            "{name: environment} to online.rewards (weight 0 to ignore it)"
-        )
-    return rewards
+    return gives_rewards(factory)
 
 
 def check_prompt_count(config: RunConfig, count: int, source: str) -> None:

@@ -1,0 +1,86 @@
+"""Several environments in one run (TRL's dict `environment_factory`; verl's per-sample
+interaction name): each data row names its environment in one column, and each environment's
+episodes run through its own `EpisodeRunner` (its stop strings, observation format, tools)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from alignlib.rollout.base import Generation, Prompts, RolloutEngine, SamplingParams
+from alignlib.rollout.environment import EpisodeRunner
+from alignlib.rollout.environments import EpisodeError
+from alignlib.suggest import did_you_mean
+
+__all__ = ["EpisodeRouter", "check_row_environment"]
+
+
+def check_row_environment(row: Mapping[str, Any], names: Sequence[str], field: str) -> str:
+    """The environment ``row`` names in column ``field``; one line when it is not in
+    ``names``."""
+    name = row.get(field)
+    if name not in names:
+        hint = did_you_mean(name, names) if isinstance(name, str) else ""
+        raise EpisodeError(
+            f"column {field!r} is {name!r}{hint}, not one of the environments of "
+            f"online.environments ({', '.join(names)}); give every row one of them "
+            "(online.environment_field names the column)"
+        )
+    return name  # type: ignore[return-value]
+
+
+class EpisodeRouter:
+    """Runs each row's episodes with the runner its ``field`` column names.
+
+    The column is a control field: it is not passed to the environment's ``reset`` (as in
+    TRL). When some environment rewards its episodes and another does not, the other's
+    episodes get an environment reward of 0 (TRL: no opinion)."""
+
+    def __init__(self, runners: Mapping[str, EpisodeRunner], field: str = "environment") -> None:
+        if not runners:
+            raise EpisodeError("give at least one environment")
+        self.runners, self.field = dict(runners), field
+
+    @property
+    def rewards(self) -> bool:
+        """Whether some environment rewards its episodes (``get_reward``)."""
+        return any(runner.rewards for runner in self.runners.values())
+
+    @property
+    def has_tools(self) -> bool:
+        return any(runner.has_tools for runner in self.runners.values())
+
+    def runner_for(self, row: Mapping[str, Any], where: str) -> EpisodeRunner:
+        """The runner of the environment ``row`` names; one line when it names none."""
+        try:
+            return self.runners[check_row_environment(row, list(self.runners), self.field)]
+        except EpisodeError as exc:
+            raise EpisodeError(f"{where}: {exc}") from None
+
+    def tools_for(self, row: Mapping[str, Any]) -> list[Any]:
+        """The tools the row's environment shows in its prompt."""
+        return self.runner_for(row, "a row").tools_for(row)
+
+    def run(
+        self,
+        engine: RolloutEngine,
+        prompts: Prompts,
+        rows: Sequence[Mapping[str, Any]],
+        sampling: SamplingParams,
+    ) -> list[list[Generation]]:
+        """`sampling.n` episodes per prompt, in prompt order; each environment's prompts go
+        through its runner together."""
+        groups: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            self.runner_for(row, f"prompt {index}")
+            groups.setdefault(row[self.field], []).append(index)
+        out: list[list[Generation]] = [[] for _ in rows]
+        for name, indices in groups.items():
+            runner = self.runners[name]
+            own_rows = [{k: v for k, v in rows[i].items() if k != self.field} for i in indices]
+            generations = runner.run(engine, [prompts[i] for i in indices], own_rows, sampling)
+            reward = {"environment_reward": 0.0} if self.rewards and not runner.rewards else {}
+            for index, gens in zip(indices, generations, strict=True):
+                out[index] = [replace(g, prompt_index=index, **reward) for g in gens]
+        return out
