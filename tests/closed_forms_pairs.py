@@ -138,8 +138,17 @@ def score_pairs(seed: int = 0) -> Batch:
     return b.replace(logprobs=leaf(scores), ref_logprobs=None, prev_logprobs=None)
 
 
+def score_pairs_with_margins(seed: int = 0) -> Batch:
+    """score_pairs with a per-pair margin column (on both rows of each pair, as collated)."""
+    b = score_pairs(seed)
+    per_pair = torch.linspace(-1.0, 2.0, int(b.pair_ids.max()) + 1, dtype=torch.float64)
+    return b.replace(margins=per_pair[b.pair_ids])
+
+
 def closed_reward_model(b: Batch, margin: float = 0.0, center: float | None = None) -> Tensor:
-    """Bradley-Terry: −log σ(r_w − r_l − m) averaged over pairs (+ c·mean((r_w + r_l)²))."""
+    """Bradley-Terry: −log σ(r_w − r_l − m) averaged over pairs (+ c·mean((r_w + r_l)²)), m the
+    constant plus each pair's margin column when the batch has one."""
     r_w, r_l = _per_row(b, mean=False)
-    loss = -F.logsigmoid(r_w - r_l - margin).mean()
+    m = margin if b.margins is None else margin + b.margins[_rows(b, Role.CHOSEN)]
+    loss = -F.logsigmoid(r_w - r_l - m).mean()
     return loss if center is None else loss + center * ((r_w + r_l) ** 2).mean()

@@ -34,6 +34,7 @@ from closed_forms_pairs import (
     likely_pairs,
     prompted_pairs,
     score_pairs,
+    score_pairs_with_margins,
     unpaired_batch,
 )
 from torch import Tensor
@@ -254,6 +255,11 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
         lambda b: closed_reward_model(b, margin=0.5, center=0.01),
         {"margin": 0.5, "center_coef": 0.01},
     ),
+    "reward_model_row_margins": (
+        score_pairs_with_margins,
+        lambda b: closed_reward_model(b, margin=0.25),
+        {"margin": 0.25},
+    ),
     "kto_clamped": (
         lambda seed=0: kto_batch(seed, kl_shift=-0.6),
         lambda b: closed_kto(b, beta=0.5, w_d=1.3, w_u=0.8),
@@ -299,6 +305,7 @@ VARIANTS = {
     "kto_clamped": "kto",
     "apo_zero_unpaired_weighted": "apo_zero_unpaired",
     "reward_model_centred": "reward_model",
+    "reward_model_row_margins": "reward_model",
 }
 CASES |= closed_forms_dpo_family.CASES
 VARIANTS |= closed_forms_dpo_family.VARIANTS

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 trl = pytest.importorskip("trl")
 
 
-def trl_reward_loss(scores: torch.Tensor, margin: float | None, center: float | None):
+def trl_reward_loss(scores: torch.Tensor, margin: torch.Tensor | None, center: float | None):
     """TRL's loss for scores laid out [chosen; rejected], from a stand-in model."""
     from trl.trainer.reward_trainer import RewardTrainer
 
@@ -44,7 +45,7 @@ def trl_reward_loss(scores: torch.Tensor, margin: float | None, center: float | 
     pairs = scores.shape[0] // 2
     inputs = {"attention_mask": torch.ones(2 * pairs, 3, dtype=torch.long)}
     if margin is not None:
-        inputs["margin"] = torch.full((pairs,), margin, dtype=scores.dtype)
+        inputs["margin"] = margin
 
     def forward(**_: object) -> SimpleNamespace:
         return SimpleNamespace(logits=scores.unsqueeze(-1))
@@ -53,8 +54,12 @@ def trl_reward_loss(scores: torch.Tensor, margin: float | None, center: float | 
 
 
 @pytest.mark.skipif(trl.__version__ != "1.16.0", reason="the harness targets trl 1.16.0")
-@pytest.mark.parametrize(("margin", "center"), [(None, None), (0.5, None), (None, 0.01)])
-def test_loss_and_gradient_equal_trl_reward_trainer(margin: float | None, center: float | None):
+@pytest.mark.parametrize(
+    ("margin", "center"), [(None, None), (0.5, None), (None, 0.01), ("column", 0.01)]
+)
+def test_loss_and_gradient_equal_trl_reward_trainer(margin: Any, center: float | None):
+    """A constant margin is the preset's `margin`; TRL's per-row `margin` column is the rows'
+    ``margins`` (the data's column)."""
     gen = torch.Generator().manual_seed(0)
     pairs, width = 5, 7
     scores = (2 * torch.randn(2 * pairs, generator=gen, dtype=torch.float64)).requires_grad_()
@@ -64,15 +69,18 @@ def test_loss_and_gradient_equal_trl_reward_trainer(margin: float | None, center
     logprobs = torch.zeros(2 * pairs, width, dtype=torch.float64).index_put(
         (rows, lengths - 1), scores
     )  # the kernel's layout: r at each row's last token
+    column = torch.randn(pairs, generator=gen, dtype=torch.float64)
     batch = Batch(
         logprobs=logprobs,
         mask=mask,
         roles=torch.tensor([int(Role.CHOSEN)] * pairs + [int(Role.REJECTED)] * pairs),
         pair_ids=torch.arange(pairs).repeat(2),
+        margins=column.repeat(2) if margin == "column" else None,
     )
-    params = {"margin": margin or 0.0, "center_coef": center}
-    ours = algorithms.get("reward_model", **params)(batch).loss
-    theirs = trl_reward_loss(scores, margin, center)
+    constant = margin if isinstance(margin, float) else 0.0
+    ours = algorithms.get("reward_model", margin=constant, center_coef=center)(batch).loss
+    per_pair = {None: None, "column": column}.get(margin, torch.full((pairs,), constant))
+    theirs = trl_reward_loss(scores, per_pair, center)
     assert abs(float(ours) - float(theirs)) < 1e-12
     got, want = (torch.autograd.grad(loss, scores)[0] for loss in (ours, theirs))
     assert rel_error(got, want) < 1e-12
@@ -155,3 +163,35 @@ def test_what_a_reward_model_cannot_do_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("alignlib: error:") and len(err.splitlines()) == 1, err
     assert expected in err and "trains a reward model" in err
+
+
+def test_a_margin_column_reaches_every_pair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rows' `margin` column is each pair's m: a column of one value c trains exactly as the
+    preset's constant margin c, a varying one trains the same over any micro-batching, and a
+    missing or non-numeric value is refused in one line."""
+    from test_trainer import write_jsonl
+
+    def losses(rows: list[dict[str, Any]], name: str, *overrides: str) -> list[float]:
+        data = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        folder = tmp_path / name
+        folder.mkdir()
+        config = config_file(folder, data, "reward_model", train={"max_steps": 3})
+        return [h["loss"] for h in Trainer(load_config(config, list(overrides))).train().history]
+
+    constant = losses(PAIRS, "constant", "algorithm.params.margin=1.5")
+    column = losses([{**p, "margin": 1.5} for p in PAIRS], "column")
+    assert column == pytest.approx(constant, rel=1e-6)
+    varying = [{**p, "margin": float(i)} for i, p in enumerate(PAIRS)]
+    whole = losses(varying, "whole", "train.micro_batch_size=4")
+    split = losses(varying, "split", "train.micro_batch_size=1")
+    assert split == pytest.approx(whole, rel=1e-5)
+    assert whole[0] != pytest.approx(constant[0], rel=1e-3)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**PAIRS[0], "margin": "high"}, *PAIRS[1:]])
+    (tmp_path / "bad").mkdir()
+    capsys.readouterr()  # the runs' own output
+    assert main(["train", str(config_file(tmp_path / "bad", bad, "reward_model"))]) == 2
+    err = capsys.readouterr().err
+    assert "row 1: field 'margin' must be a finite number on every row" in err, err
+    assert len(err.strip().splitlines()) == 1, err

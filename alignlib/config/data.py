@@ -45,7 +45,8 @@ class DataConfig(Section):
     `builtin:arithmetic_prompts`, `builtin:calculator_prompts`: products to solve with the
     calculator environment), or a hub data set name."""
     format: DataFormat = "auto"
-    """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected};
+    """Row format: sft {prompt, completion} or {messages}; preference {prompt, chosen, rejected}
+    (optionally a numeric `margin`, the pair's target margin for reward_model, as in TRL);
     tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;
     kto {prompt, completion, label} (label true: desirable, false: undesirable);
     prompts {prompt, answer} (online methods). `auto` infers it from the first row's fields."""

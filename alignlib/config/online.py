@@ -264,8 +264,9 @@ class OnlineConfig(Section):
     """Several environments in one run (TRL's dict environment_factory), by a name of your
     choosing, each with the keys of `online.environment`: {wordle: {name: my_envs:Wordle},
     calc: {name: calculator}}; each row names its own in the column `environment_field` (not
-    passed to reset), and only its tools are shown in its prompt. An environment without get_reward gives its episodes 0 as the
-    `environment` reward when another one has get_reward. Instead of `environment`."""
+    passed to reset), and only its tools are shown in its prompt. An environment without
+    get_reward gives its episodes 0 as the `environment` reward when another one has
+    get_reward. Instead of `environment`."""
     environment_field: str = "environment"
     """The row column that names the row's environment (with `environments`)."""
 

@@ -50,6 +50,8 @@ class Example:
     """The prompt was longer than ``max_prompt_length`` (its start was cut)."""
     cut_completions: int = 0
     """How many completions were longer than ``max_completion_length`` (their middle cut)."""
+    margin: float | None = None
+    """The pair's target margin (a preference row's `margin` column), or None."""
 
 
 def _text(value: Any) -> str:
@@ -215,7 +217,8 @@ def encode_example(
         starts.append(len(prompt))
         roles.append(role)
     trace = bool(row["trace"]) if fmt == "bvpo" else None
-    return Example(index, sequences, starts, roles, trace, cut_prompt, cut_completions)
+    margin = float(row["margin"]) if row.get("margin") is not None and fmt != "kto" else None
+    return Example(index, sequences, starts, roles, trace, cut_prompt, cut_completions, margin)
 
 
 @dataclass
@@ -228,6 +231,8 @@ class Collated:
     roles: Tensor
     pair_ids: Tensor
     trace: Tensor | None
+    margins: Tensor | None
+    """[R] the margin of each row's pair, when the examples have one."""
     example_of_row: Tensor
     """[R] position of each row's example in the list given to ``collate``."""
     num_tokens: int
@@ -253,6 +258,7 @@ def collate(examples: list[Example], pad_id: int) -> Collated:
         prompt[r, 1:start] = 1
     example_of_row = torch.tensor([i for i, _, _, _ in rows], device=HOST)
     has_trace = any(ex.trace is not None for ex in examples)
+    has_margin = any(ex.margin is not None for ex in examples)
     return Collated(
         input_ids=input_ids,
         attention_mask=attention,
@@ -263,6 +269,11 @@ def collate(examples: list[Example], pad_id: int) -> Collated:
         trace=(
             torch.tensor([bool(examples[i].trace) for i, _, _, _ in rows], device=HOST)
             if has_trace
+            else None
+        ),
+        margins=(
+            torch.tensor([examples[i].margin or 0.0 for i, _, _, _ in rows], device=HOST)
+            if has_margin
             else None
         ),
         example_of_row=example_of_row,

@@ -3,6 +3,7 @@ hub sets through `datasets`), with errors that name the file and row."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,21 @@ def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
             check_messages(row["messages"], f"{source} row {index}")
         else:
             check_value_types(row, f"{source} row {index}", required)
+    if "chosen" in required and any("margin" in row for row in rows):
+        check_margins(rows, source)
+
+
+def check_margins(rows: list[dict[str, Any]], source: str) -> None:
+    """A `margin` column (a pair's target margin, TRL's RewardTrainer) is a finite number on
+    every row: a row without one would silently get 0."""
+    for index, row in enumerate(rows, start=1):
+        value = row.get("margin")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):  # type: ignore[arg-type]
+            raise DataError(
+                f"{source} row {index}: field 'margin' must be a finite number on every row "
+                f"when some row has one, got {value!r:.40}"
+            )
 
 
 def check_messages(messages: Any, where: str) -> None:

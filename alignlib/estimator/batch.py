@@ -41,7 +41,7 @@ TOKEN_FIELDS = (
     "entropy",
     "behaviour_logprobs",
 )
-ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace")
+ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
 
 
 @dataclass
@@ -86,6 +86,9 @@ class Batch:
     """[R] integer id linking the chosen, rejected (and gold) rows of one preference pair."""
     trace: Tensor | None = None
     """[R] bool, BVPO: True when the response carries a reasoning trace, False for empty-trace."""
+    margins: Tensor | None = None
+    """[R] the target margin m of each row's pair (the data's `margin` column, as TRL's
+    RewardTrainer reads it; read by the reward model's weights), on both rows of the pair."""
     advantages: Tensor | None = None
     """[R] or [R, T] advantages computed elsewhere (read by the ``given`` advantage)."""
     prepared: dict[str, Tensor] = field(default_factory=dict)

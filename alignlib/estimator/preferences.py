@@ -35,6 +35,8 @@ class Pairs:
     prev_l: Tensor | None
     len_w: Tensor
     len_l: Tensor
+    margins: Tensor | None = None
+    """Each pair's target margin from the data (batch.margins), or None."""
 
     @property
     def log_ratios(self) -> tuple[Tensor, Tensor]:
@@ -125,6 +127,7 @@ class PairwiseAdvantage(Advantage):
             *sequences(batch.prev_logprobs),
             len_w=lengths[chosen],
             len_l=lengths[rejected],
+            margins=None if batch.margins is None else batch.margins[chosen].to(policy_w.dtype),
         )
         out = self.weights(pairs)
         values = batch.logprobs.new_zeros(batch.num_rows)

@@ -51,6 +51,9 @@ class TPOLWeights(PairwiseAdvantage):
     beta: float = 0.01
     gamma: float = 0.5
     """Target reward margin γ."""
+    row_margins: bool = False
+    """Also subtract each pair's own margin m from the data's `margin` column (batch.margins;
+    0 without one): −log σ(β(l_w − l_l) − γ − m), TRL RewardTrainer's per-row margin."""
 
     def __post_init__(self) -> None:
         check_beta(self, self.beta)
@@ -58,6 +61,8 @@ class TPOLWeights(PairwiseAdvantage):
 
     def weights(self, pairs: Pairs) -> PairWeights:
         logits = self.beta * (pairs.policy_w - pairs.policy_l) - self.gamma
+        if self.row_margins and pairs.margins is not None:
+            logits = logits - pairs.margins
         return sigmoid_pair(
             self.beta, logits, self.beta * pairs.policy_w, self.beta * pairs.policy_l
         )

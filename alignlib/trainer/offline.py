@@ -200,6 +200,7 @@ def offline_minibatch(
         roles=col.roles,
         pair_ids=col.pair_ids,
         trace=col.trace,
+        margins=col.margins,
     )
     trained = torch.ones(rows, dtype=torch.bool, device=HOST)
     if trained_roles is not None:
