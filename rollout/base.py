@@ -25,6 +25,8 @@ import torch
 if TYPE_CHECKING:  # keeps `import alignlib.rollout.base` free of the transformers import cost
     from transformers import PreTrainedTokenizerBase
 
+Prompt: TypeAlias = str | Sequence[int]
+"""One prompt: text (the engine applies its chat template) or token ids."""
 Prompts: TypeAlias = Sequence[str] | Sequence[Sequence[int]]
 """Either text prompts or already-tokenised prompts (lists of token ids); not mixed."""
 

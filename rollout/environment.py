@@ -4,7 +4,9 @@ tokens are masked out of training (`Generation.loss_mask`).
 
 An environment is any class whose instances have
 
-    reset(**row) -> None           the episode's data row (its columns as keywords); called once
+    reset(**row) -> str | None     the episode's data row (its columns as keywords); called once,
+                                   before turn 1; a str returned is appended to the episode's
+                                   prompt (TRL: to the last user message), e.g. a game's board
     step(turn: str) -> str | None  the model's last turn, decoded (stop string included); the
                                    observation to show the model next (a list of strings: one
                                    message each, e.g. one per tool call), or None to end it
@@ -31,13 +33,13 @@ included (TRL's `max_completion_length`); an observation that does not fit ends 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from alignlib.awaiting import resolve_awaitables
 from alignlib.rollout.base import (
-    FinishReason,
     Generation,
+    Prompt,
     Prompts,
     RolloutEngine,
     SamplingParams,
@@ -49,6 +51,7 @@ from alignlib.rollout.environments import (
     register_environment,
     resolve_environment,
 )
+from alignlib.rollout.episode import Episode, PromptEncoder, first_turns, openings
 from alignlib.rollout.observations import (
     ObservationEncoder,
     ObservationFormat,
@@ -89,42 +92,6 @@ class EpisodeSettings:
 
     def __post_init__(self) -> None:  # a config's list of stop strings is kept as a tuple
         object.__setattr__(self, "stop", tuple(self.stop))
-
-
-# ------------------------------------------------------------------------------- episodes
-@dataclass
-class _Episode:
-    """One prompt's sample as it grows: completion tokens, their log-probs and loss mask."""
-
-    prompt: list[int]
-    environment: Any
-    where: str
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    mask: list[int] = field(default_factory=list)
-    turns: int = 0
-    finish: FinishReason = "stop"
-
-    def add_turn(self, generation: Generation, budget: int) -> list[int]:
-        """Append the model's turn, cut to what is left of the budget; returns its tokens."""
-        room = budget - len(self.tokens)
-        ids = generation.token_ids[:room]
-        self.tokens += ids
-        self.logprobs += generation.logprobs[:room]
-        self.mask += [1] * len(ids)
-        self.turns += 1
-        cut = len(generation.token_ids) > room
-        self.finish = "length" if cut else generation.finish_reason
-        return ids
-
-    def full(self, budget: int) -> bool:
-        """No room left for another turn."""
-        return len(self.tokens) >= budget
-
-    def add_observation(self, ids: list[int]) -> None:
-        self.tokens += ids
-        self.logprobs += [0.0] * len(ids)
-        self.mask += [0] * len(ids)
 
 
 class EpisodeRunner:
@@ -191,20 +158,20 @@ class EpisodeRunner:
         except Exception as exc:  # user code: one line naming the environment
             raise self._failure(exc, "building it", where) from exc
 
-    def new_environment(self, row: Mapping[str, Any], where: str) -> Any:
-        """A fresh environment, reset to ``row``."""
+    def new_environment(self, row: Mapping[str, Any], where: str) -> tuple[Any, str | None]:
+        """A fresh environment, reset to ``row``, and the first observation its reset returned
+        (appended to the episode's prompt; None: the prompt alone)."""
         environment = self._build(where)
         try:
             first = getattr(environment, "reset", lambda **_: None)(**row)
         except Exception as exc:
             raise self._failure(exc, "reset", where) from exc
-        if first is not None:
+        if first is not None and not isinstance(first, str):
             raise EpisodeError(
-                f"environment {self.name!r}: reset returned {type(first).__name__}, not None; "
-                "an episode starts from the row's prompt, so put a first observation in the "
-                "prompt column"
+                f"environment {self.name!r}: reset returned {type(first).__name__} for {where}; "
+                "return None, or a first observation as a str (appended to the prompt)"
             )
-        return environment
+        return environment, first
 
     @classmethod
     def named(
@@ -220,22 +187,34 @@ class EpisodeRunner:
         prompts: Prompts,
         rows: Sequence[Mapping[str, Any]],
         sampling: SamplingParams,
+        encode: PromptEncoder | None = None,
     ) -> list[list[Generation]]:
         """`sampling.n` finished episodes per prompt, in prompt order, as Generations (text
-        prompts go through the engine's chat template once; later turns continue its ids)."""
+        prompts go through the engine's chat template once; later turns continue its ids).
+        ``encode``: how a row becomes token-id prompts, for a reset that returns a first
+        observation (text prompts need none)."""
         stop = tuple(dict.fromkeys([*sampling.stop, *self.stop]))
         budget = sampling.max_new_tokens
         cap = min(budget, self.settings.max_turn_tokens or budget)
         turn_sampling = replace(sampling, stop=stop, max_new_tokens=cap)
-        if self.tools and all(isinstance(p, str) for p in prompts):  # the tool list in the prompt
-            prompts = [chat_prompt_ids(self.tokenizer, p, self.tools) for p in prompts]  # type: ignore[arg-type]
-        first = engine.generate(prompts, turn_sampling)
+        started = [
+            [self.new_environment(row, f"prompt {p}") for _ in range(sampling.n)]
+            for p, row in enumerate(rows)
+        ]
+        firsts = [[first for _, first in per_prompt] for per_prompt in started]
+        try:
+            own = openings(prompts, rows, firsts, encode) or [[p] * sampling.n for p in prompts]
+        except EpisodeError as exc:
+            raise EpisodeError(f"environment {self.name!r}: {exc}") from None
+        if self.tools:  # text prompts: the tool list in the prompt
+            own = [[self._with_tools(p) for p in per_prompt] for per_prompt in own]
+        first = first_turns(engine, own, turn_sampling)
         episodes = [
             [
-                _Episode(g.prompt_ids, self.new_environment(rows[p], f"prompt {p}"), f"prompt {p}")
-                for g in gens
+                Episode(g.prompt_ids, env, f"prompt {p}")
+                for g, (env, _) in zip(gens, envs, strict=True)
             ]
-            for p, gens in enumerate(first)
+            for p, (gens, envs) in enumerate(zip(first, started, strict=True))
         ]
         pending = [
             (e, g)
@@ -259,7 +238,7 @@ class EpisodeRunner:
             for p, eps in enumerate(episodes)
         ]
 
-    def _rewards(self, episodes: list[_Episode]) -> list[float | None]:
+    def _rewards(self, episodes: list[Episode]) -> list[float | None]:
         """Each episode's get_reward() (None without one); async ones are awaited together."""
         if not self.rewards:
             return [None] * len(episodes)
@@ -279,9 +258,15 @@ class EpisodeRunner:
                 raise self._failure(exc, "get_reward", episode.where) from exc
         return values
 
-    def _take_turns(
-        self, pending: list[tuple[_Episode, Generation]], budget: int
-    ) -> list[_Episode]:
+    def _with_tools(self, prompt: Prompt) -> Prompt:
+        """A text prompt as chat-template ids with the tool list; token ids as they are."""
+        return (
+            chat_prompt_ids(self.tokenizer, prompt, self.tools)
+            if isinstance(prompt, str)
+            else prompt
+        )
+
+    def _take_turns(self, pending: list[tuple[Episode, Generation]], budget: int) -> list[Episode]:
         """Append each model turn, let the environments answer; the episodes that go on."""
         turns = [episode.add_turn(generation, budget) for episode, generation in pending]
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
@@ -301,7 +286,7 @@ class EpisodeRunner:
                 continuing.append(episode)
         return continuing
 
-    def _goes_on(self, episode: _Episode, answer: object, budget: int) -> bool:
+    def _goes_on(self, episode: Episode, answer: object, budget: int) -> bool:
         """Append the observation when the episode can take another turn after it."""
         messages = [answer] if isinstance(answer, str) else answer
         if answer is not None and not (
@@ -322,7 +307,7 @@ class EpisodeRunner:
         return True
 
     def _generation(
-        self, episode: _Episode, prompt: int, sample: int, reward: float | None
+        self, episode: Episode, prompt: int, sample: int, reward: float | None
     ) -> Generation:
         return Generation(
             prompt_index=prompt,

@@ -11,6 +11,7 @@ from typing import Any
 from alignlib.rollout.base import Generation, Prompts, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner
 from alignlib.rollout.environments import EpisodeError
+from alignlib.rollout.episode import PromptEncoder
 from alignlib.suggest import did_you_mean
 
 __all__ = ["EpisodeRouter", "check_row_environment"]
@@ -62,15 +63,20 @@ class EpisodeRouter:
         """The tools the row's environment shows in its prompt."""
         return self.runner_for(row, "a row").tools_for(row)
 
+    def _encoder(self, encode: PromptEncoder, name: str) -> PromptEncoder:
+        """``encode`` for rows that lost their environment column (reset never sees it)."""
+        return lambda row: encode({**row, self.field: name})
+
     def run(
         self,
         engine: RolloutEngine,
         prompts: Prompts,
         rows: Sequence[Mapping[str, Any]],
         sampling: SamplingParams,
+        encode: PromptEncoder | None = None,
     ) -> list[list[Generation]]:
         """`sampling.n` episodes per prompt, in prompt order; each environment's prompts go
-        through its runner together."""
+        through its runner together (``encode``: as `EpisodeRunner.run` takes it)."""
         groups: dict[str, list[int]] = {}
         for index, row in enumerate(rows):
             self.runner_for(row, f"prompt {index}")
@@ -79,7 +85,9 @@ class EpisodeRouter:
         for name, indices in groups.items():
             runner = self.runners[name]
             own_rows = [{k: v for k, v in rows[i].items() if k != self.field} for i in indices]
-            generations = runner.run(engine, [prompts[i] for i in indices], own_rows, sampling)
+            own_encode = None if encode is None else self._encoder(encode, name)
+            own_prompts = [prompts[i] for i in indices]
+            generations = runner.run(engine, own_prompts, own_rows, sampling, own_encode)
             reward = {"environment_reward": 0.0} if self.rewards and not runner.rewards else {}
             for index, gens in zip(indices, generations, strict=True):
                 out[index] = [replace(g, prompt_index=index, **reward) for g in gens]

@@ -83,6 +83,27 @@ class ResetSpeaks(Fixed):
         return "first observation"
 
 
+class ResetReturnsNumber(Fixed):
+    def reset(self, **row: Any) -> Any:
+        return 3
+
+
+class Board(Fixed):
+    """TRL's form of a game: reset returns the board (from the row: every sample alike, or,
+    with ``deal``, a different one per instance), which the episode's prompt ends with."""
+
+    dealt = 0
+
+    def __init__(self, deal: bool = False) -> None:
+        super().__init__(" ok ")
+        self.deal = deal
+
+    def reset(self, **row: Any) -> str:
+        super().reset(**row)
+        type(self).dealt += 1
+        return f" board {row['k']}" + (f" deal {type(self).dealt}" if self.deal else "")
+
+
 def add(a: int, b: int) -> int:
     """Add two integers.
 

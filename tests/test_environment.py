@@ -181,7 +181,12 @@ def test_async_steps_of_a_turn_are_awaited_together() -> None:
             "environment 'test-env': step returned int for prompt 0; return "
             "the observation as a str (or a list of str), or None to end the episode",
         ),
-        (envs.ResetSpeaks, "environment 'test-env': reset returned str, not None"),
+        (
+            envs.ResetSpeaks,
+            "environment 'test-env': an environment's reset returned a first observation, and "
+            "these prompts are token ids with no way to re-encode them",
+        ),
+        (envs.ResetReturnsNumber, "environment 'test-env': reset returned int for prompt 0"),
     ],
 )
 def test_environment_failures_are_one_line(factory: Any, message: str) -> None:

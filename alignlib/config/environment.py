@@ -16,7 +16,8 @@ class EnvironmentConfig(Section):
     answered with <result>…</result>; `tools`: Python functions called as the model's
     <tool_call> JSON, their schemas in the prompt, params {functions: [module:function, ...]})
     or your class as `package.module:Class` with
-    `reset(**row)`, `step(turn)` returning the observation (a str) or None to end the episode
+    `reset(**row)` (a str it returns is appended to the episode's prompt, as in TRL),
+    `step(turn)` returning the observation (a str) or None to end the episode
     (may be `async def`), and optionally `get_reward()` returning a float (TRL's
     environment_factory contract with a text step). A TRL environment_factory class without
     `step` runs as it is: its public methods are the tools (Hermes tool calls; needs a chat

@@ -108,7 +108,7 @@ class RolloutCollector:
         if self.episodes is None:
             generations = engine.generate(prompt_ids, sampling)
         else:
-            generations = self.episodes.run(engine, prompt_ids, rows, sampling)
+            generations = self.episodes.run(engine, prompt_ids, rows, sampling, self.prompt_tokens)
         return generations, time.perf_counter() - began
 
     def heldout_accuracy(

@@ -143,7 +143,8 @@ def build_rows(
     rollouts: Rollouts, plan: RowPlan, demos: Callable[[dict[str, Any]], list[int]]
 ) -> TrainRows:
     """The rows the preset's router planned, in its order: rollout ``s`` of prompt ``p`` (its
-    sampled token ids and engine log-probs), or the prompt's demonstration when ``s`` is −1."""
+    prompt as sampled, with what an environment's reset appended; its sampled token ids and
+    engine log-probs), or the prompt's demonstration when ``s`` is −1."""
     out = TrainRows()
     rows = zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True)
     for (p, s), role, reward in zip(rows, plan.roles.tolist(), plan.rewards.tolist(), strict=True):
@@ -152,7 +153,8 @@ def build_rows(
             out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward)
         else:
             gen = rollouts.generations[p][s]
-            out.add(prompt, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask)
+            own = gen.prompt_ids or prompt
+            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask)
     return out
 
 
