@@ -122,12 +122,21 @@ def test_a_run_trains_on_several_environments(
             {"online": {"environment_field": "game"}},
             "row 1: column 'game' is None, not one of the environments",
         ),
+        (
+            {"online": {"heldout": {"data": "HELDOUT"}}},
+            "heldout.jsonl row 1: column 'environment' is None",
+        ),
     ],
 )
 def test_misconfigured_environments_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], message: str
 ) -> None:
-    path = write_config(tmp_path, change.get("rows", ROWS), **change.get("online", {}))
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n")
+    online = change.get("online", {})
+    if "heldout" in online:
+        online = {**online, "heldout": {"data": str(heldout)}}
+    path = write_config(tmp_path, change.get("rows", ROWS), **online)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err

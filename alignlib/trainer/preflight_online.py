@@ -10,6 +10,7 @@ from typing import Any
 
 from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.loader import ConfigError
+from alignlib.config.online import OnlineConfig
 from alignlib.config.schema import RunConfig
 from alignlib.console import warn
 from alignlib.data import DataError, load_rows
@@ -77,14 +78,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     if router.needs_demonstrations:
         check_demonstrations(rows, source, online.demonstration_field, data.answer_field)
     if online.heldout.data is not None:
-        heldout = load_rows(online.heldout.data, "train", online.heldout.size)
-        check_prompts(heldout, online.heldout.data)
-        for index, row in enumerate(with_answer_field(heldout, data.answer_field), start=1):
-            if row.get("answer") is None:
-                raise DataError(
-                    f"{online.heldout.data} row {index}: held-out rows need an "
-                    f"'{data.answer_field}' (it would be graded against the string 'None')"
-                )
+        check_heldout(config, online.heldout.data)
     check_prompt_count(config, len(rows), source)  # after the errors: a warning, mostly
     rollout = config.rollout
     if rollout.num_workers > 0 and rollout.ray_address is not None:
@@ -93,11 +87,38 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
 
 
+def check_heldout(config: RunConfig, source: str) -> None:
+    """Held-out rows: a prompt, an answer to grade against, and (with several environments)
+    the environment each plays."""
+    from alignlib.trainer.online_rewards import with_answer_field
+
+    online, answer_field = config.online, config.data.answer_field
+    rows = load_rows(source, "train", online.heldout.size)
+    check_prompts(rows, source)
+    for index, row in enumerate(with_answer_field(rows, answer_field), start=1):
+        if row.get("answer") is None:
+            raise DataError(
+                f"{source} row {index}: held-out rows need an '{answer_field}' (it would be "
+                "graded against the string 'None')"
+            )
+    check_rows_environments(rows, online, source)
+
+
+def check_rows_environments(rows: list[dict[str, Any]], online: OnlineConfig, source: str) -> None:
+    """With several environments, every row names one of them (one line naming the row)."""
+    from alignlib.rollout.episode_router import check_row_environment
+
+    for index, row in enumerate(rows if online.environments else [], start=1):
+        try:
+            check_row_environment(row, list(online.environments), online.environment_field)
+        except ValueError as exc:
+            raise DataError(f"{source} row {index}: {exc}") from None
+
+
 def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: str) -> bool:
     """``online.environment`` (or each of ``online.environments``, and every row's choice of
     one): the class resolves and takes its params, and an environment's own reward is used
     exactly when `rewards` lists `environment`. Returns whether some environment rewards."""
-    from alignlib.rollout.episode_router import check_row_environment
     from alignlib.trainer.online_rewards import ENVIRONMENT
 
     online = config.online
@@ -111,11 +132,7 @@ def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: st
             f"{key}: {name} defines get_reward(), which no reward reads; add "
             "{name: environment} to online.rewards (weight 0 to ignore it)"
         )
-    for index, row in enumerate(rows if online.environments else [], start=1):
-        try:
-            check_row_environment(row, list(online.environments), online.environment_field)
-        except ValueError as exc:
-            raise DataError(f"{source} row {index}: {exc}") from None
+    check_rows_environments(rows, online, source)
     return bool(rewarding)
 
 
