@@ -242,6 +242,37 @@ def test_the_earlier_section_name_inpo_is_read_as_iterative(tmp_path: Path) -> N
     assert config.iterative.oracle == ITERATIVE["oracle"]
 
 
+def test_an_iteration_whose_prompts_all_tie_samples_the_next_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Online DPO on prompts whose K samples all tie gives no pair: the iteration samples the
+    next prompts (a new seed each round) up to iterative.max_tries, then stops in one line."""
+    rows = [{"prompt": p["prompt"], "tie": i < 2} for i, p in enumerate(PAIRS)]
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    section = {
+        **ITERATIVE,
+        "oracle": "oracles_for_tests:shortest_unless_tie",
+        "prompts_per_iteration": 1,
+        "iterations": 1,
+    }
+    path = config_file(
+        tmp_path,
+        data,
+        "dpo",
+        train={"max_steps": 1, "batch_size": 1, "micro_batch_size": 1},
+        iterative=section,
+    )
+    out = Path(Trainer(load_config(path, ["iterative.max_tries=3"])).train().output_dir)
+    (record,) = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    assert record["rounds"] == 3 and record["pairs"] == 1  # rows 1 and 2 tie, row 3 pairs
+    capsys.readouterr()
+    fresh = f"output_dir={tmp_path / 'second'}"
+    assert main(["train", str(path), "iterative.max_tries=2", fresh]) == 2
+    err = capsys.readouterr().err
+    assert "no prompt had a best response that beat its worst in 2 rounds" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("optimizer", ["fresh", "continue"])
 def test_iterations_restart_or_continue_the_optimizer(tmp_path: Path, optimizer: str) -> None:
     """A linear decay restarts with each iteration's fresh optimizer, and spans the whole run

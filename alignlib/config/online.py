@@ -328,6 +328,10 @@ class IterativeConfig(Section):
     `reward_model:PATH` (a sequence-classification model)."""
     prompts_per_iteration: int | None = Field(None, gt=0)
     """Fresh prompts per iteration (null: the whole prompt set every iteration)."""
+    max_tries: int = Field(4, ge=1)
+    """Rounds of sampling an iteration may take while no prompt gives a pair (its K samples all
+    tie under the oracle: prompts too easy or too hard): each further round samples the next
+    prompts with a new seed; after the last the run stops with one line."""
     reference: Literal["initial", "previous"] = "initial"
     """π_ref of iteration t: the `initial` policy (INPO's π_ref; the KL-regularized objective
     of Xiong et al. 2024) or the `previous` iterate π_t (RLHFlow's iterative-DPO scripts,

@@ -103,32 +103,43 @@ class IterativeSource:
     def start_iteration(self, t: int) -> None:
         """Sample from π_t, rank, cache log π_ref and log π_t; a fresh optimizer and schedule
         unless one continues over the whole run."""
-        iterative, train = self.iterative, self.config.train
-        first = ((t - 1) * self.per_iteration) % len(self.rows)
-        prompts = (self.rows + self.rows)[first : first + self.per_iteration]
-        sampling = SamplingParams(
-            n=iterative.samples_per_prompt,
-            temperature=iterative.temperature,
-            max_new_tokens=iterative.max_new_tokens,
-            seed=train.seed + t,
-        )
-        world, device = self.state.world, self.kernel.device
-        ranked = (
-            sample_and_rank(self.engine, prompts, self.oracle, sampling) if world.is_main else None
-        )
-        pairs, self.stats = world.broadcast(ranked, device)
-        if not pairs:
-            raise ValueError(
-                f"iterative: iteration {t}: no prompt had a best response that beat its worst "
-                f"(all {iterative.samples_per_prompt} samples scored the same); raise "
-                "iterative.samples_per_prompt or iterative.temperature, or use a finer oracle"
-            )
+        train = self.config.train
+        pairs = self.sample_pairs(t)
         self.examples = pairs_to_examples(pairs)
         self.ref_cache, self.prev_cache = self.cache_pairs_logprobs()
         self.sampler = Sampler(len(self.examples), train.batch_size, train.seed + t, True)
         if self.fresh_optimizer:
             self.state.reset_optimizer(self.steps_per_iteration)
         self.position.iteration = t
+
+    def sample_pairs(self, t: int) -> list[Any]:
+        """Iteration t's (best, worst) pairs from π_t; while no prompt gives one (all samples
+        tie), up to `iterative.max_tries` rounds, each on the next prompts with its own seed.
+        Seeded by (t, round): a resumed run samples the same pairs."""
+        iterative, seed = self.iterative, self.config.train.seed
+        world, device = self.state.world, self.kernel.device
+        for attempt in range(iterative.max_tries):
+            first = ((t - 1 + attempt) * self.per_iteration) % len(self.rows)
+            prompts = (self.rows + self.rows)[first : first + self.per_iteration]
+            sampling = SamplingParams(
+                n=iterative.samples_per_prompt,
+                temperature=iterative.temperature,
+                max_new_tokens=iterative.max_new_tokens,
+                seed=seed + t + 7919 * attempt,
+            )
+            ranked = None
+            if world.is_main:
+                ranked = sample_and_rank(self.engine, prompts, self.oracle, sampling)
+            pairs, self.stats = world.broadcast(ranked, device)
+            if pairs:
+                self.stats["rounds"] = attempt + 1
+                return pairs
+        raise ValueError(
+            f"iterative: iteration {t}: no prompt had a best response that beat its worst in "
+            f"{iterative.max_tries} rounds (all {iterative.samples_per_prompt} samples of each "
+            "scored the same); raise iterative.max_tries, samples_per_prompt or temperature, or "
+            "use a finer oracle"
+        )
 
     def cache_pairs_logprobs(self) -> tuple[LogprobCache | None, LogprobCache | None]:
         """log π_ref and log π_t of the iteration's pairs, each only when the method reads it
