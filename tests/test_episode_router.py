@@ -101,7 +101,12 @@ def test_a_run_trains_on_several_environments(
 ) -> None:
     seen = spy(monkeypatch)
     path = write_config(tmp_path, ROWS)
-    Trainer(load_config(path, ["data.shuffle=false"])).train()
+    history = Trainer(load_config(path, ["data.shuffle=false"])).train().history
+    for step in history:  # each environment's own statistics
+        assert step["rollout/plain/reward_mean"] == 0.0 and step["rollout/plain/turns"] == 3
+        assert step["rollout/score/turns"] == 2
+        both = (step["rollout/plain/reward_mean"] + step["rollout/score/reward_mean"]) / 2
+        assert both == pytest.approx(step["rollout/reward_mean"])  # two prompts each
     for rollouts in seen["rollouts"]:
         for row, gens, rewards in zip(
             rollouts.rows, rollouts.generations, rollouts.rewards, strict=True

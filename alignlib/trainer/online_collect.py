@@ -27,6 +27,7 @@ from alignlib.trainer.online_rollout import (
     TrainRows,
     build_rows,
     demonstration_ids,
+    environment_metrics,
     informative_groups,
     rollout_metrics,
     sampling_params,
@@ -194,6 +195,8 @@ class RolloutCollector:
                 "rollout.n, or check the reward"
             )
         metrics = rollout_metrics(all_rollouts, plans)
+        if self.online.environments:  # several: each one's own statistics too
+            metrics |= environment_metrics(all_rollouts, self.online.environment_field)
         if dynamic.enabled:
             metrics["rollout/filtered_frac"] = 1 - groups_kept / max(1, groups_seen)
             metrics["rollout/rounds"] = float(len(all_rollouts))

@@ -232,6 +232,26 @@ def episode_metrics(generations: list[Generation]) -> dict[str, float]:
     }
 
 
+def environment_metrics(rollouts: list[Rollouts], field: str) -> dict[str, float]:
+    """Reward, accuracy and turns of each environment's rollouts (several environments, each
+    row naming its own in ``field``), as `rollout/<name>/...`."""
+    by_name: dict[str, list[tuple[float, float, int]]] = {}
+    for r in rollouts:
+        for row, gens, rewards, correct in zip(
+            r.rows, r.generations, r.rewards, r.correct, strict=True
+        ):
+            seen = by_name.setdefault(str(row.get(field)), [])
+            for g, reward, right in zip(gens, rewards.tolist(), correct.tolist(), strict=True):
+                seen.append((reward, float(right), g.turns))
+    out: dict[str, float] = {}
+    for name, values in by_name.items():
+        count = len(values)
+        out[f"rollout/{name}/reward_mean"] = sum(v[0] for v in values) / count
+        out[f"rollout/{name}/accuracy"] = sum(v[1] for v in values) / count
+        out[f"rollout/{name}/turns"] = sum(v[2] for v in values) / count
+    return out
+
+
 def router_metrics(plans: list[RowPlan]) -> dict[str, float]:
     values: dict[str, list[Tensor]] = {}
     for plan in plans:
