@@ -53,7 +53,7 @@ def openings(
             if first is None:
                 own.append(prompt)
             elif isinstance(prompt, str):
-                own.append(prompt + first)
+                own.append(with_observation(prompt, first))
             elif encode is not None and "prompt" in row:
                 own.append(encode({**row, "prompt": with_observation(row["prompt"], first)}))
             else:

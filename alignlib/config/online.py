@@ -292,10 +292,11 @@ class OnlineConfig(Section):
         return self
 
     def episode_sections(self) -> dict[str, EnvironmentConfig]:
-        """Every environment section by name (`environment` alone is named by its class)."""
+        """Every environment section by its config key (`online.environment`, or
+        `online.environments.<name>` each); empty for one-turn completions."""
         if self.environment is not None:
-            return {self.environment.name: self.environment}
-        return dict(self.environments)
+            return {"online.environment": self.environment}
+        return {f"online.environments.{name}": s for name, s in self.environments.items()}
 
     @model_validator(mode="after")
     def _mini_batches_of_whole_groups(self) -> OnlineConfig:

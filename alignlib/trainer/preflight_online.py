@@ -108,7 +108,9 @@ def check_rows_environments(rows: list[dict[str, Any]], online: OnlineConfig, so
     """With several environments, every row names one of them (one line naming the row)."""
     from alignlib.rollout.episode_router import check_row_environment
 
-    for index, row in enumerate(rows if online.environments else [], start=1):
+    if not online.environments:
+        return
+    for index, row in enumerate(rows, start=1):
         try:
             check_row_environment(row, list(online.environments), online.environment_field)
         except ValueError as exc:
@@ -122,9 +124,7 @@ def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: st
     from alignlib.trainer.online_rewards import ENVIRONMENT
 
     online = config.online
-    sections = {f"online.environments.{name}": s for name, s in online.environments.items()}
-    if online.environment is not None:
-        sections = {"online.environment": online.environment}
+    sections = online.episode_sections()
     rewarding = [(key, s.name) for key, s in sections.items() if environment_rewards(s, key)]
     if rewarding and not any(r.name == ENVIRONMENT for r in online.rewards):
         key, name = rewarding[0]
