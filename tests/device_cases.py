@@ -1,8 +1,8 @@
-"""One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes,
-online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their old-log-prob passes, OPD's from a named
-teacher) on a chosen device, returning the loss metrics and the parameter gradients — shared by
-the CPU device-audit tests and the GPU parity tests, so the GPU tests run code the CPU suite
-already exercises."""
+"""One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes, a
+reward model's Bradley-Terry step, online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their
+old-log-prob passes, OPD's from a named teacher) on a chosen device, returning the loss metrics
+and the parameter gradients — shared by the CPU device-audit tests and the GPU parity tests, so
+the GPU tests run code the CPU suite already exercises."""
 
 from __future__ import annotations
 
@@ -30,7 +30,14 @@ PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1} or so"}
     for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
 ]
-OFFLINE = {"dpo": "preference", "sft": "sft", "tpo": "tpo", "kto": "kto", "aot": "preference"}
+OFFLINE = {
+    "dpo": "preference",
+    "sft": "sft",
+    "tpo": "tpo",
+    "kto": "kto",
+    "aot": "preference",
+    "reward_model": "preference",  # a score head on the decoder, no LM head
+}
 ONLINE = {
     "grpo": {},
     "hpt": {},

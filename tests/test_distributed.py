@@ -1,6 +1,7 @@
-"""Data-parallel training on 2 Ray workers (gloo, CPU) equals one process: DPO, GRPO, HPT and
-Clip-Cov leave the same parameters and log the same metrics; a 2-worker checkpoint resumes on 1
-and on 2 workers and continues exactly; a killed worker ends the run with one line naming it."""
+"""Data-parallel training on 2 Ray workers (gloo, CPU) equals one process: DPO, a reward model,
+GRPO, HPT and Clip-Cov leave the same parameters and log the same metrics; a 2-worker checkpoint
+resumes on 1 and on 2 workers and continues exactly; a killed worker ends the run with one line
+naming it."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ EXACT = 1e-6
 
 
 def write(tmp: Path, name: str, workers: int, method: str, **sections: Any) -> Path:
-    online = method not in ("dpo", "sft")
+    online = method not in ("dpo", "sft", "reward_model")
     data = tmp / f"{'prompts' if online else 'pairs'}.jsonl"  # shared: resume checks data.path
     data.write_text("".join(json.dumps(r) + "\n" for r in (PROMPTS if online else PAIRS)))
     cfg: dict[str, Any] = {
@@ -93,7 +94,13 @@ def ray_session() -> Any:
 
 @pytest.mark.parametrize(
     ("algorithm", "params"),
-    [("dpo", {}), ("grpo", {}), ("hpt", {"max_response_length": 5}), ("clip_cov", {"ratio": 0.2})],
+    [
+        ("dpo", {}),
+        ("reward_model", {}),
+        ("grpo", {}),
+        ("hpt", {"max_response_length": 5}),
+        ("clip_cov", {"ratio": 0.2}),
+    ],
 )
 def test_two_workers_train_exactly_like_one_process(
     tmp_path: Path, algorithm: str, params: dict[str, Any]
@@ -215,6 +222,30 @@ def test_lora_with_dropout_trains_exactly_like_one_process(tmp_path: Path, strat
         # GRPO's loss sums advantage-weighted terms that nearly cancel (|loss| ~1e-3 of terms of
         # ~1e-1), so float32 rounding of the merged rollout weights shows as ~1e-8 absolute.
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-7), got["step"]
+
+
+def test_fsdp2_trains_a_packed_lora_reward_model_like_one_padded_process(tmp_path: Path) -> None:
+    """A reward model's shards (LoRA on the decoder, the score head trained whole) packed with
+    the block-diagonal mask train like one padded process, and merged/ (gathered from the
+    shards) is the same sequence classifier the one process merges."""
+    from transformers import AutoModelForSequenceClassification
+
+    lora = {"enabled": True, "r": 4, "dropout": 0.0, "save_merged": True}
+    extra: dict[str, Any] = {"algorithm": {"name": "reward_model"}, "lora": lora}
+    one = Trainer(load_config(write(tmp_path, "one", 0, "reward_model", **extra))).train()
+    fsdp2 = {"strategy": "fsdp2"}
+    packed = {**extra, "train": {"packing": True, "max_tokens_per_micro_batch": 48}}
+    path = write(tmp_path, "two", 2, "reward_model", **packed, distributed=fsdp2)
+    two = Trainer(load_config(path)).train()
+    for want, got in zip(one.history, two.history, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), got["step"]
+    a, b = (load_file(run.output_dir / "merged" / "model.safetensors") for run in (one, two))
+    assert a.keys() == b.keys() and "score.weight" in a
+    for key in a:
+        moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
+        assert moved < 10 * EXACT, f"{key}: relative difference {moved:.2e}"
+    merged = AutoModelForSequenceClassification.from_pretrained(two.output_dir / "merged")
+    assert torch.equal(merged.score.weight.detach(), b["score.weight"])
 
 
 def test_fsdp2_online_keeps_a_sharded_kl_reference_and_evaluates_through_the_engine(

@@ -1,9 +1,9 @@
 """Data-parallel exactness in float64: two gloo ranks, each preparing the whole mini-batch and
 running its share of the micro-batches, then summing gradients, give the one-process gradient
-of every step kind (DPO, SFT, TPO with its reference pass; GRPO, HPT, Clip-Cov, GRPO+KL, OPD with
-their old-log-prob passes, also split between the ranks; and the offline kinds with FSDP2's
-sharded parameters) to 1e-12 — so any end-to-end
-difference in fp32 is reduction-order rounding, not a different method."""
+of every step kind (DPO, SFT, TPO with its reference pass, KTO, AOT, a reward model; GRPO, HPT,
+Clip-Cov, GRPO+KL, OPD with their old-log-prob passes, also split between the ranks; and the
+offline kinds with FSDP2's sharded parameters) to 1e-12 — so any end-to-end difference in fp32
+is reduction-order rounding, not a different method."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.testing import build_tiny_model, build_tokenizer
-from alignlib.trainer.online_engine import AdapterFolders, EngineHandle, save_rollout_model
+from alignlib.trainer.online_engine import AdapterFolders, EngineHandle
+from alignlib.trainer.weights import save_plain_model
 
 
 class RecordingEngine(RolloutEngine):
@@ -55,7 +56,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def test_base_folder_holds_the_model_without_its_adapter(policy, tmp_path: Path) -> None:
-    folder = save_rollout_model(policy, build_tokenizer(), tmp_path / "base", base_only=True)
+    folder = save_plain_model(policy, build_tokenizer(), tmp_path / "base", base_only=True)
     base = AutoModelForCausalLM.from_pretrained(folder)
     with policy.disable_adapter():
         want = logits(policy)
@@ -65,7 +66,7 @@ def test_base_folder_holds_the_model_without_its_adapter(policy, tmp_path: Path)
 
 
 def test_each_sync_writes_an_adapter_that_reproduces_the_policy(policy, tmp_path: Path) -> None:
-    folder = save_rollout_model(policy, build_tokenizer(), tmp_path / "base", base_only=True)
+    folder = save_plain_model(policy, build_tokenizer(), tmp_path / "base", base_only=True)
     engine = RecordingEngine()
     handle = EngineHandle(engine, AdapterFolders(tmp_path / "adapter"))
     for step in range(3):

@@ -298,7 +298,7 @@ def test_lora_weights_reach_an_engine_merged_under_plain_names(adapted_only: boo
     from alignlib.config.schema import LoRAConfig
     from alignlib.testing import build_tiny_model, build_tokenizer
     from alignlib.trainer.model import apply_lora, frozen_copy
-    from alignlib.trainer.online_engine import policy_weights
+    from alignlib.trainer.weights import policy_weights
 
     policy = apply_lora(build_tiny_model(build_tokenizer()), LoRAConfig(enabled=True))
     with torch.no_grad():  # a trained adapter: B is zero at initialisation

@@ -23,6 +23,8 @@ from alignlib.estimator import Batch, Role
 from alignlib.models import load_model_and_tokenizer
 from alignlib.rewards import RewardModelScorer
 from alignlib.trainer.loop import Trainer
+from alignlib.trainer.packing import pack, unpack
+from alignlib.trainer.scores import packed_sequence_scores
 from alignlib.trainer.step import HostRows, LogprobKernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,6 +103,60 @@ def test_the_kernel_reads_the_score_where_the_classifier_does() -> None:
     assert (out.logprobs != 0).sum() == len(texts)  # one score per row, at its last token
 
 
+@pytest.mark.parametrize("route", ["rows", "block-mask"])
+def test_packed_scores_and_gradients_equal_the_padded_ones(route: str) -> None:
+    """Packed (padding-free) rows give each row's score at its last token, as padded rows do,
+    with the same gradient (float64): one row at a time through the kernel (the CPU's route),
+    and one call with transformers' block-diagonal mask (the GPU's and FSDP2's)."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer("tiny:llama", head="score")
+    model.double()
+    texts = ["What is 2 + 3? 5", "Hi there", "A longer row of several words here", "7"]
+    tokenizer.padding_side = "right"  # as the collators write training rows
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    attention = encoded["attention_mask"]
+    scored = attention.clone()
+    scored[:-1, :1] = 0  # a prompt column (no row ends there); "7" is one token, scored
+    rows = HostRows(encoded["input_ids"], attention, scored)
+    order = torch.tensor([2, 0, 3, 1])
+    weights = torch.randn(len(texts), dtype=torch.float64)
+
+    def scores_and_grads(packing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), packing=packing)
+        if route == "block-mask" and packing:
+            taken = (rows.input_ids[order], rows.attention[order], rows.scored[order])
+            packed = pack(*taken, first_scored=True)
+            values = packed_sequence_scores(
+                model, packed.input_ids, packed.position_ids, packed.scored
+            )
+            logprobs = unpack(values, packed, packed.max_length)
+        else:
+            assert kernel.pack_mode == ("rows" if packing else None)
+            logprobs = kernel(rows, order).logprobs
+        (logprobs.sum(-1) * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logprobs.detach(), grads
+
+    (padded, padded_grads), (packed, packed_grads) = scores_and_grads(False), scores_and_grads(True)
+    assert padded.shape == packed.shape and (packed != 0).sum(-1).eq(1).all()
+    torch.testing.assert_close(packed, padded, rtol=1e-12, atol=1e-12)
+    assert padded_grads.keys() == packed_grads.keys() and "score.weight" in padded_grads
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_a_packed_reward_model_run_trains_as_a_padded_one(tmp_path: Path) -> None:
+    data = datasets(tmp_path)["preference"]
+    losses = []
+    for packing in (False, True):
+        extra = {"train": {"max_steps": 3, "packing": packing, "max_tokens_per_micro_batch": 60}}
+        (tmp_path / str(packing)).mkdir()
+        config = config_file(tmp_path / str(packing), data, "reward_model", **extra)
+        losses.append([h["loss"] for h in Trainer(load_config(config)).train().history])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and len(losses[0]) == 3
+
+
 def test_a_trained_reward_model_ranks_its_pairs_and_serves_as_a_reward(tmp_path: Path) -> None:
     data = datasets(tmp_path)["preference"]
     config = config_file(
@@ -150,7 +206,6 @@ def test_a_resumed_reward_model_run_equals_the_uninterrupted_one(tmp_path: Path)
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({"train": {"packing": True}}, "set train.packing: false"),
         ({"eval": {"benchmarks": ["gsm8k"]}}, "remove the eval: section"),
     ],
 )

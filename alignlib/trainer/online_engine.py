@@ -23,8 +23,8 @@ from transformers import PreTrainedTokenizerBase
 from alignlib.config.online import RolloutConfig
 from alignlib.device import Placement
 from alignlib.rollout.base import RolloutEngine
-from alignlib.trainer.checkpoint import atomic_directory_write, save_model
-from alignlib.trainer.model import frozen_copy
+from alignlib.trainer.checkpoint import atomic_directory_write
+from alignlib.trainer.weights import is_peft, plain_weights, policy_weights, save_plain_model
 
 Gathered = dict[str, Tensor] | None
 """A sharded (FSDP2) policy's full state dict under its module names, gathered by the caller;
@@ -102,84 +102,6 @@ class EngineHandle:
         self.engine.shutdown()
 
 
-def is_peft(model: nn.Module) -> bool:
-    return hasattr(model, "merge_adapter") and hasattr(model, "get_base_model")
-
-
-def policy_weights(model: nn.Module, adapted_only: bool = True) -> dict[str, Tensor]:
-    """The policy's weights under plain Hugging Face names.
-
-    With LoRA the adapter is merged for the copy and unmerged again; ``adapted_only`` keeps just
-    the adapted layers (the rest of the base model never changes).
-    """
-    if not is_peft(model):
-        return {name: p.detach() for name, p in model.named_parameters()}
-    model.merge_adapter()
-    try:
-        return {
-            name.replace(".base_layer", ""): p.detach().clone()
-            for name, p in model.get_base_model().named_parameters()
-            if "lora_" not in name and (".base_layer." in name or not adapted_only)
-        }
-    finally:
-        model.unmerge_adapter()
-
-
-def plain_weights(
-    model: nn.Module, gathered: dict[str, Tensor], merge: bool, adapted_only: bool = False
-) -> dict[str, Tensor]:
-    """A gathered state dict under plain Hugging Face names. With LoRA: the adapter merged into
-    each adapted layer (W + scaling · B A, peft's merge) or, with ``merge`` False, the base
-    weights alone; ``adapted_only`` keeps just the adapted layers."""
-    if not is_peft(model):
-        return gathered
-    prefix = "base_model.model."
-    plain: dict[str, Tensor] = {}
-    for name, module in model.get_base_model().named_modules():
-        scaling = getattr(module, "scaling", None)
-        if not isinstance(scaling, dict) or not hasattr(module, "base_layer"):
-            continue
-        weight = gathered[f"{prefix}{name}.base_layer.weight"]
-        if merge:
-            for adapter, scale in scaling.items():
-                a = gathered[f"{prefix}{name}.lora_A.{adapter}.weight"]
-                b = gathered[f"{prefix}{name}.lora_B.{adapter}.weight"]
-                delta = (b.to(torch.float64) @ a.to(torch.float64)) * scale
-                delta = delta.T if getattr(module, "fan_in_fan_out", False) else delta
-                weight = (weight.to(torch.float64) + delta).to(weight.dtype)
-        plain[f"{name}.weight"] = weight
-        bias = gathered.get(f"{prefix}{name}.base_layer.bias")
-        if bias is not None:
-            plain[f"{name}.bias"] = bias
-    if adapted_only:
-        return plain
-    rest = {
-        k.removeprefix(prefix): v
-        for k, v in gathered.items()
-        if "lora_" not in k and ".base_layer." not in k
-    }
-    return rest | plain
-
-
-def save_rollout_model(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    target: Path,
-    base_only: bool = False,
-    weights: dict[str, Tensor] | None = None,
-) -> Path:
-    """The current policy (LoRA merged in, or with `base_only` the frozen base model without the
-    adapter) as a Hugging Face folder the engines load from; ``weights``: the full state dict
-    of a sharded (FSDP2) policy, gathered by the caller."""
-    plain = model
-    if is_peft(model) and weights is not None:  # sharded: the names say what is what
-        plain, weights = model.get_base_model(), plain_weights(model, weights, not base_only)
-    elif is_peft(model):
-        copy = frozen_copy(model)
-        plain = copy.unload() if base_only else copy.merge_and_unload()
-    return atomic_directory_write(target, lambda tmp: save_model(tmp, plain, tokenizer, weights))
-
-
 def build_engine(
     config: RolloutConfig,
     model: nn.Module,
@@ -201,7 +123,7 @@ def build_engine(
     dtype = placement.engine_dtype
     adapter = is_peft(model) and config.engine == "vllm" and _adapter_sync(config.vllm.lora_sync)
     target = output_dir / "rollout_model"
-    folder = str(save_rollout_model(model, tokenizer, target, adapter, weights))
+    folder = str(save_plain_model(model, tokenizer, target, adapter, weights))
     options = vllm_kwargs(config)
     if adapter:
         options["max_lora_rank"] = model.peft_config["default"].r  # type: ignore[index]

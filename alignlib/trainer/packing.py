@@ -63,10 +63,13 @@ class PackedRows:
         return self.cu_seq_lens.numel() - 1
 
 
-def pack(input_ids: Tensor, attention: Tensor, scored: Tensor) -> PackedRows:
+def pack(
+    input_ids: Tensor, attention: Tensor, scored: Tensor, first_scored: bool = False
+) -> PackedRows:
     """Pack the [r, W] padded rows of one micro-batch (right- or left-padded: each row's real
     tokens must be contiguous, as a collator writes them); ``scored`` marks the output
-    positions that will be read."""
+    positions that will be read. ``first_scored``: a row's first token may be read too (a
+    sequence scorer reads each row's last token, the first of a one-token row)."""
     real = attention.ne(0)
     lengths = real.sum(-1)
     position = real.cumsum(-1) - 1
@@ -76,7 +79,7 @@ def pack(input_ids: Tensor, attention: Tensor, scored: Tensor) -> PackedRows:
         raise ValueError("pack: a row's real tokens are not contiguous (padding inside a row)")
     flat_positions = position[real]
     rows, columns = real.nonzero(as_tuple=True)
-    after_first = flat_positions.gt(0)
+    after_first = flat_positions.ge(0) if first_scored else flat_positions.gt(0)
     wanted = scored.ne(0)[real] & after_first
     if not bool(wanted.any()):
         wanted = after_first
@@ -149,7 +152,7 @@ def head_is_hooked(model: nn.Module) -> bool:
     return bool(head is None or head._forward_hooks or head._forward_pre_hooks)
 
 
-def _decode(
+def decode_packed(
     model: nn.Module,
     input_ids: Tensor,
     position_ids: Tensor,
@@ -198,7 +201,7 @@ def packed_token_logprobs(
         chunk_size: Positions per LM-head chunk (the packed row is one long [1, S] row).
         row_lengths: Run the decoder on each row of these lengths on its own (``rows`` mode).
     """
-    hidden = _decode(model, input_ids, position_ids, row_lengths, attention)
+    hidden = decode_packed(model, input_ids, position_ids, row_lengths, attention)
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     if scored.numel() == 0:
         empty = hidden.new_zeros(0, dtype=dtype)

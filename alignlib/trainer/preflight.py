@@ -134,8 +134,9 @@ def check_reference_model(config: RunConfig, estimator: UnifiedEstimator) -> Non
 
 
 def check_reward_model(config: RunConfig, estimator: UnifiedEstimator) -> None:
-    """A reward model is trained offline, in one process, on preference pairs: the model has a
-    score head and no LM head, so nothing may generate with it or read its log-probs."""
+    """A reward model is trained offline on preference pairs (in one process or on Ray workers,
+    packed or padded): the model has a score head and no LM head, so nothing may generate with
+    it or read its log-probs."""
     name = config.algorithm.name or "(components)"
     terms = [t for t in estimator.terms if isinstance(t, PolicyGradientTerm)]
     if not all(t.likelihood.scalar_head for t in terms):
@@ -147,14 +148,12 @@ def check_reward_model(config: RunConfig, estimator: UnifiedEstimator) -> None:
         (config.rollout is not None, "rollout", "remove the rollout: section"),
         (config.iterative is not None, "iterative", "remove the iterative: section"),
         (config.eval is not None, "eval", "remove the eval: section"),
-        (config.train.packing, "train.packing", "set train.packing: false"),
-        (config.distributed.num_workers > 0, "distributed", "set distributed.num_workers: 0"),
     ]
     for present, key, fix in refused:
         if present:
             raise ConfigError(
                 f"{key}: algorithm {name} trains a reward model (a score head, no text "
-                f"generation) offline on preference pairs in one process; {fix}"
+                f"generation) offline on preference pairs; {fix}"
             )
 
 

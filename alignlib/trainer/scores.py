@@ -1,11 +1,16 @@
 """A one-output sequence scorer (a Bradley-Terry reward model) in the kernel's layout: each
 row's score r(x, y) sits where its last token's log-prob would, 0 on every other column, so the
-estimator's ``score`` likelihood (a sequence sum) reads r and its gradient is ∇r."""
+estimator's ``score`` likelihood (a sequence sum) reads r and its gradient is ∇r. Padded rows
+and packed ones (``train.packing``) give the same layout."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+from alignlib.trainer.packing import decode_packed
 
 
 def scalar_head(model: nn.Module) -> nn.Module | None:
@@ -35,3 +40,29 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
     dtype = torch.promote_types(scores.dtype, torch.float32)  # as the log-prob path's output
     out = torch.zeros(input_ids.shape, dtype=dtype, device=hidden.device)
     return out.index_put((rows, last), scores.to(dtype))
+
+
+def packed_sequence_scores(
+    model: nn.Module,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    scored: Tensor,
+    *,
+    row_lengths: list[int] | None = None,
+    **attention: Any,
+) -> Tensor:
+    """[S] values at the ``scored`` positions of a packed sequence (``packing.pack``): r(x, y) at
+    each row's last token, 0 at the others, so that ``unpack`` gives :func:`sequence_scores`'s
+    padded layout. A row ends where the next position restarts at 0 (or the sequence ends);
+    ``row_lengths`` / ``attention`` choose the decoder route as for packed log-probs."""
+    head = scalar_head(model)
+    assert head is not None, "packed_sequence_scores needs a sequence classifier"
+    hidden = decode_packed(model, input_ids, position_ids, row_lengths, attention)
+    positions = position_ids[0]
+    row_end = torch.ones_like(positions, dtype=torch.bool)
+    row_end[:-1] = positions[1:].eq(0)
+    at_end = row_end[scored]
+    scores = head(hidden[0, scored[at_end]]).squeeze(-1)
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    out = torch.zeros(scored.shape, dtype=dtype, device=hidden.device)
+    return out.masked_scatter(at_end, scores.to(dtype))

@@ -15,10 +15,11 @@ from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint, save_model
-from alignlib.trainer.model import frozen_copy, load_policy, load_reference, reference_policy
+from alignlib.trainer.model import load_policy, load_reference, reference_policy
 from alignlib.trainer.model_card import write_model_card
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
 from alignlib.trainer.step import Context, LogprobKernel, OptimizerStep
+from alignlib.trainer.weights import save_plain_model
 from alignlib.trainer.world import SINGLE, World
 
 
@@ -189,8 +190,5 @@ class TrainState:
             out_dir / "final", lambda tmp: save_model(tmp, self.model, self.tokenizer, weights)
         )
         if self.config.lora.enabled and self.config.lora.save_merged:
-            merged = frozen_copy(self.model).merge_and_unload()
-            atomic_directory_write(
-                out_dir / "merged", lambda tmp: save_model(tmp, merged, self.tokenizer)
-            )
+            save_plain_model(self.model, self.tokenizer, out_dir / "merged", weights=weights)
         write_model_card(out_dir, self.config)  # final/README.md (and merged/): the Hub's card

@@ -40,7 +40,7 @@ from alignlib.trainer.packing import (
     packing_mode,
     unpack,
 )
-from alignlib.trainer.scores import scalar_head, sequence_scores
+from alignlib.trainer.scores import packed_sequence_scores, scalar_head, sequence_scores
 from alignlib.trainer.world import SINGLE, World
 
 Context = Callable[[], AbstractContextManager]
@@ -100,9 +100,15 @@ class PolicyLogprobs(nn.Module):
         scored: Tensor | None = None,
         **attention: object,
     ) -> tuple[Tensor, Tensor | None]:
-        if scalar_head(self.model) is not None:  # a reward model: its score, padded rows
+        packed = position_ids is not None and scored is not None  # [S] values, not [B, T]
+        if scalar_head(self.model) is not None:  # a reward model: its score at each row's end
+            if packed:
+                values = packed_sequence_scores(
+                    self.model, input_ids, position_ids, scored, **attention
+                )
+                return values, None
             return sequence_scores(self.model, input_ids, attention_mask), None
-        if position_ids is not None and scored is not None:  # packed: [S] values
+        if packed:
             return packed_token_logprobs(
                 self.model,
                 input_ids,
@@ -151,10 +157,12 @@ class LogprobKernel:
     @property
     def pack_mode(self) -> PackingMode | None:
         """How micro-batches run packed (``packing.packing_mode``), or None for padded: not
-        asked for, not supported (one warning), a hook on the LM head reads the padded
-        layout (the kept-mass pass: padded, silently), or a reward model (preflight refuses
-        packing there)."""
-        if not self.packing or head_is_hooked(self.model) or scalar_head(self.model) is not None:
+        asked for, not supported (one warning), or a hook on the LM head reads the padded
+        layout (the kept-mass pass: padded, silently). A reward model has no LM head: it
+        packs as a language model does."""
+        if not self.packing:
+            return None
+        if scalar_head(self.model) is None and head_is_hooked(self.model):
             return None
         mode, why = packing_mode(self.model, self.device, self.module is not None)
         if mode is None and why not in _WARNED:
@@ -208,7 +216,10 @@ class LogprobKernel:
         with_entropy: bool,
     ) -> MicroLogprobs:
         """The rows as one padding-free [1, Σ lengths] sequence, unpacked to [r, w]."""
-        packed = pack(rows.input_ids[indices], rows.attention[indices], rows.scored[indices])
+        scorer = scalar_head(self.model) is not None
+        packed = pack(
+            rows.input_ids[indices], rows.attention[indices], rows.scored[indices], scorer
+        )
         ids, positions, scored = (
             t.to(self.device, non_blocking=True)
             for t in (packed.input_ids, packed.position_ids, packed.scored)
