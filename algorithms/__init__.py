@@ -34,6 +34,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     opd,
     orpo,
     ppo,
+    ppo_gae,
     reward_model,
     robust,
     rpo,

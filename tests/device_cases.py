@@ -1,8 +1,9 @@
 """One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes, a
 reward model's Bradley-Terry step, online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their
-old-log-prob passes, OPD's from a named teacher) on a chosen device, returning the loss metrics
-and the parameter gradients — shared by the CPU device-audit tests and the GPU parity tests, so
-the GPU tests run code the CPU suite already exercises."""
+old-log-prob passes, OPD's from a named teacher, PPO-GAE with its critic's pass and step) on a
+chosen device, returning the loss metrics and the parameter gradients — shared by the CPU
+device-audit tests and the GPU parity tests, so the GPU tests run code the CPU suite already
+exercises."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from alignlib.config import load_config
 from alignlib.estimator import Role
 from alignlib.testing import build_tiny_model, build_tokenizer
+from alignlib.trainer.critic import train_critic
 from alignlib.trainer.loop import Trainer
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
@@ -44,6 +46,7 @@ ONLINE = {
     "clip_cov": {"ratio": 0.2},  # high enough that the tiny batch drops some tokens
     "grpo_kl": {"kl_coef": 0.1},
     "opd": {"iw_gamma": 0.5},  # π_ref is a named teacher (model.reference_name_or_path)
+    "ppo_gae": {},  # a critic's values pass and its own step, then GAE (KL in the reward)
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
@@ -168,6 +171,9 @@ def run_case(
             old, _ = policy_logprobs(kernel, tensors, every, 3)
             ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
             batch = online_minibatch(tensors, every, old, ref, old, 3)
+            if state.critic is not None:  # V_old and the critic's step, as the online source
+                values = state.critic.values(tensors.host, 3)
+                batch = train_critic(state.critic, state.estimator, batch, values, 1)
             metrics, entropy = accumulate(kernel, state.estimator, batch)
         world.sync_gradients(trainer.model)
         assert entropy is not None

@@ -18,3 +18,8 @@ def has_digit(completion: str, **_: object) -> float:
 def constant_or_digit(completion: str, mode: str = "vary", **_: object) -> float:
     """Rows with mode 'const' always score 1.0 (an all-equal group); others score has_digit."""
     return 1.0 if mode == "const" else has_digit(completion)
+
+
+def one(completion: str, **_: object) -> float:
+    """1.0 for every completion: every state's value is known (a critic's fixed point)."""
+    return 1.0

@@ -1,7 +1,7 @@
 """Data-parallel training on 2 Ray workers (gloo, CPU) equals one process: DPO, a reward model,
-GRPO, HPT and Clip-Cov leave the same parameters and log the same metrics; a 2-worker checkpoint
-resumes on 1 and on 2 workers and continues exactly; a killed worker ends the run with one line
-naming it."""
+GRPO, PPO with its critic, HPT and Clip-Cov leave the same parameters (a critic's too) and log
+the same metrics; a 2-worker checkpoint resumes on 1 and on 2 workers and continues exactly; a
+killed worker ends the run with one line naming it."""
 
 from __future__ import annotations
 
@@ -70,11 +70,13 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_training(one: Any, two: Any) -> None:
-    a, b = weights(one.output_dir), weights(two.output_dir)
-    assert a.keys() == b.keys()
-    for key in a:
-        moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
-        assert moved < EXACT, f"{key}: relative difference {moved:.2e}"
+    folders = ["final"] + (["critic"] if (one.output_dir / "critic").is_dir() else [])
+    for folder in folders:  # the policy, and a critic trained beside it
+        a, b = (load_file(run.output_dir / folder / "model.safetensors") for run in (one, two))
+        assert a.keys() == b.keys()
+        for key in a:
+            moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
+            assert moved < EXACT, f"{folder} {key}: relative difference {moved:.2e}"
     for want, got in zip(one.history, two.history, strict=True):
         for key, value in want.items():
             if key.startswith("time/") or "per_s" in key:
@@ -98,6 +100,7 @@ def ray_session() -> Any:
         ("dpo", {}),
         ("reward_model", {}),
         ("grpo", {}),
+        ("ppo_gae", {}),
         ("hpt", {"max_response_length": 5}),
         ("clip_cov", {"ratio": 0.2}),
     ],

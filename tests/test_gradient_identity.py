@@ -13,7 +13,7 @@ import closed_forms_dpo_family
 import pytest
 import torch
 import torch.nn.functional as F
-from batches import gspo_batch, hybrid_batch, luffy_batch, pair_batch, rel_error, rl_batch
+from batches import DTYPE, gspo_batch, hybrid_batch, luffy_batch, pair_batch, rel_error, rl_batch
 from closed_forms_frontier import (
     closed_cispo,
     closed_dapo,
@@ -37,6 +37,7 @@ from closed_forms_pairs import (
     score_pairs_with_margins,
     unpaired_batch,
 )
+from test_critic_math import loop_gae
 from torch import Tensor
 
 from alignlib import algorithms
@@ -175,6 +176,20 @@ def closed_ppo(b: Batch) -> Tensor:
     return token_mean(loss, b.mask)
 
 
+def critic_rl_batch(seed: int = 0) -> Batch:
+    """RL rows with a critic's values of every token."""
+    batch = rl_batch(spread=0.8, seed=seed)
+    gen = torch.Generator().manual_seed(100 + seed)
+    return batch.replace(values=torch.randn(batch.logprobs.shape, generator=gen, dtype=DTYPE))
+
+
+def closed_ppo_gae(b: Batch) -> Tensor:
+    # GAE (γ 1, λ 0.95, β 0.05 k1 in the reward) by a per-row loop, whitened; PPO clip 0.2.
+    adv = loop_gae(b, gamma=1.0, lam=0.95, kl_coef=0.05)[2]
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    return token_mean(torch.maximum(-ratio * adv, -ratio.clamp(0.8, 1.2) * adv), b.mask)
+
+
 def closed_grpo(b: Batch) -> Tensor:
     adv = group_advantage(b, all_rows(b), std=True)
     return seq_mean_token_mean(ppo_token_loss(b, adv, 0.2), b.mask)
@@ -274,6 +289,7 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "inpo": (pair_batch, closed_inpo, {}),
     "bvpo": (pair_batch, closed_bvpo, {}),
     "ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_ppo, {}),
+    "ppo_gae": (critic_rl_batch, closed_ppo_gae, {}),
     "grpo": (rl_batch, closed_grpo, {}),
     "dr_grpo": (rl_batch, closed_dr_grpo, {}),
     "kl_cov": (rl_batch, lambda b: closed_kl_cov(b, ratio=0.05), {"ratio": 0.05}),

@@ -140,6 +140,26 @@ class OptimConfig(Section):
     """Clip the global gradient norm to this value; null disables clipping."""
 
 
+class CriticOptimConfig(OptimConfig):
+    lr: float = Field(1e-5, gt=0)
+    """Peak learning rate (AdamW) of the critic (verl's 1e-5; OpenRLHF's 9e-6)."""
+    schedule: Literal["cosine", "constant", "linear", "inverse_sqrt"] = "constant"
+    """Learning-rate schedule after warm-up (as `optim.schedule`)."""
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    """Fraction of the steps spent warming up linearly from 0."""
+
+
+class CriticConfig(Section):
+    name_or_path: str | None = None
+    """The value model's starting weights, for a method whose advantage reads a critic's
+    values (`ppo_gae`): a trained reward model's folder (OpenRLHF's choice), any causal LM (a
+    new one-output head on its decoder), or null: the policy's `model.name_or_path`. It is
+    trained beside the policy (with the run's `lora` settings when LoRA is on) and saved to
+    critic/ in every checkpoint and in the run folder."""
+    optim: CriticOptimConfig = CriticOptimConfig()
+    """The critic's own AdamW and schedule."""
+
+
 class TrainConfig(Section):
     batch_size: int = Field(8, gt=0)
     """Examples (pairs for preference data) per optimizer step."""
@@ -297,6 +317,8 @@ class RunConfig(Section):
     """Online RL steps: prompts per step, rewards, HPT/LUFFY routing (used with `rollout`)."""
     distributed: DistributedConfig = DistributedConfig()
     """Data-parallel training on Ray workers (`num_workers` > 0)."""
+    critic: CriticConfig = CriticConfig()
+    """The value model of a method that trains one (`ppo_gae`); unused otherwise."""
 
     @model_validator(mode="before")
     @classmethod

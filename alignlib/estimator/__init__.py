@@ -28,6 +28,7 @@ from alignlib.estimator.aggregation import (
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.core import EstimatorInputError, EstimatorOutput, UnifiedEstimator
 from alignlib.estimator.cov_masks import ClipCov, KLCov, token_covariance
+from alignlib.estimator.critic import GAE, ValueLoss
 from alignlib.estimator.distillation import TeacherLogRatio
 from alignlib.estimator.dpo_losses import (
     AOTWeights,
@@ -99,6 +100,7 @@ __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
     "ALL_ROWS",
+    "GAE",
     "LIKELIHOODS",
     "MASKS",
     "NLL",
@@ -179,6 +181,7 @@ __all__ = [
     "TokenLikelihood",
     "TokenMean",
     "UnifiedEstimator",
+    "ValueLoss",
     "kept_log_mass",
     "plan_rows",
     "rollout_correction",

@@ -57,6 +57,11 @@ class Advantage(ABC):
     def requirements(self) -> dict[str, str]:
         return dict(self.needs)
 
+    def returns(self, batch: Batch, rows: Tensor) -> Tensor | None:
+        """[R, T] the targets a critic regresses on, when Â comes from a critic's values
+        (GAE); None for every advantage that needs no critic."""
+        return None
+
     def min_group_rows(self) -> int:
         """Fewest rows a group needs for Â to be other than 0 (a group baseline of one row is
         that row's own reward): an online run with fewer rollouts per prompt trains nothing."""

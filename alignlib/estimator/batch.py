@@ -40,6 +40,8 @@ TOKEN_FIELDS = (
     "prev_logprobs",
     "entropy",
     "behaviour_logprobs",
+    "values",
+    "returns",
 )
 ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
 
@@ -76,6 +78,11 @@ class Batch:
     engine's ``processed`` log-probs of a top-k/top-p truncated distribution are ℓ − log S_t and
     need log S_t added first (:func:`~alignlib.estimator.rollout_correction.kept_log_mass`).
     Values on padding and on non-SAMPLE rows are ignored."""
+    values: Tensor | None = None
+    """[R, T] a critic's value V(s_t) of each completion token, from the no-grad pass over the
+    rollout (V_old; read by GAE and by the critic's clipped value loss)."""
+    returns: Tensor | None = None
+    """[R, T] the critic's regression targets (GAE's A + V), read by its value loss."""
     rewards: Tensor | None = None
     """[R] scalar reward of each row (online RL)."""
     group_ids: Tensor | None = None

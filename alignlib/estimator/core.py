@@ -11,6 +11,7 @@ from torch import Tensor
 from alignlib.estimator.advantages import ADVANTAGES, Advantage
 from alignlib.estimator.aggregation import AGGREGATIONS, Aggregation
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
+from alignlib.estimator.critic import ValueLoss
 from alignlib.estimator.masks import MASKS, Mask
 from alignlib.estimator.references import REFERENCES, Reference
 from alignlib.estimator.regularizers import REGULARIZERS
@@ -70,6 +71,7 @@ class UnifiedEstimator:
         *,
         terms: Sequence[Term] | None = None,
         router: Router | None = None,
+        value_loss: ValueLoss | None = None,
     ) -> None:
         if terms is None:
             terms = [
@@ -91,6 +93,13 @@ class UnifiedEstimator:
         self.router = router
         """The preset's data side online (HPT's gate, LUFFY's demonstrations): how rollouts
         become training rows (``alignlib.estimator.routing``); None keeps every rollout."""
+        self.value_loss = value_loss
+        """How a critic is trained beside the policy when an advantage reads its values (GAE);
+        None: :class:`ValueLoss`'s defaults."""
+
+    def _like(self, terms: Sequence[Term], router: Router | None) -> UnifiedEstimator:
+        """An estimator of ``terms`` that keeps this one's critic loss."""
+        return UnifiedEstimator(terms=terms, router=router, value_loss=self.value_loss)
 
     @classmethod
     def from_terms(cls, *terms: Term) -> UnifiedEstimator:
@@ -98,7 +107,7 @@ class UnifiedEstimator:
 
     def with_router(self, router: Router | None) -> UnifiedEstimator:
         """The same terms, with ``router`` building the training rows online."""
-        return UnifiedEstimator(terms=self.terms, router=router)
+        return self._like(self.terms, router)
 
     def __add__(self, other: UnifiedEstimator) -> UnifiedEstimator:
         router = self.router if other.router is None else other.router
@@ -107,16 +116,21 @@ class UnifiedEstimator:
                 "both estimators of the sum route rows (router): a mixture has one data side; "
                 "keep one with .with_router(...)"
             )
-        return UnifiedEstimator(terms=[*self.terms, *other.terms], router=router)
+        if None not in (self.value_loss, other.value_loss) and self.value_loss != other.value_loss:
+            raise ValueError("both estimators of the sum set a critic loss (value_loss); keep one")
+        value_loss = self.value_loss if other.value_loss is None else other.value_loss
+        return UnifiedEstimator(
+            terms=[*self.terms, *other.terms], router=router, value_loss=value_loss
+        )
 
     def __mul__(self, factor: float) -> UnifiedEstimator:
-        return UnifiedEstimator(terms=[t.scaled(factor) for t in self.terms], router=self.router)
+        return self._like([t.scaled(factor) for t in self.terms], self.router)
 
     __rmul__ = __mul__
 
     def renamed(self, name: str) -> UnifiedEstimator:
         """The same estimator with its terms' metrics under ``name`` (for mixtures)."""
-        return UnifiedEstimator(terms=[t.renamed(name) for t in self.terms], router=self.router)
+        return self._like([t.renamed(name) for t in self.terms], self.router)
 
     def __repr__(self) -> str:
         return "UnifiedEstimator(\n" + "".join(f"  {t!r},\n" for t in self.terms) + ")"
@@ -162,6 +176,32 @@ class UnifiedEstimator:
             isinstance(term, PolicyGradientTerm) and term.likelihood.scalar_head
             for term in self.terms
         )
+
+    def reads_old_in_prepare(self) -> bool:
+        """True when an advantage (computed once per mini-batch, before any forward) reads
+        π_old (GAE's KL penalty in the reward): a trainer computes them by a no-grad pass
+        even where the update's own forward would otherwise give them."""
+        return any(
+            isinstance(term, PolicyGradientTerm) and "old_logprobs" in term.advantage.requirements()
+            for term in self.terms
+        )
+
+    def critic_loss(self) -> ValueLoss | None:
+        """The loss a critic trains on when a term's advantage reads its values (GAE): the
+        preset's, or the defaults; None when no term needs a critic."""
+        if "values" not in self.requirements():
+            return None
+        return self.value_loss if self.value_loss is not None else ValueLoss()
+
+    def value_targets(self, batch: Batch) -> Tensor | None:
+        """[R, T] the returns the critic regresses on, from the first term whose advantage
+        comes from the critic's values; None when no term's does."""
+        for term in self.terms:
+            if isinstance(term, PolicyGradientTerm):
+                targets = term.advantage.returns(batch, term.rows.select(batch))
+                if targets is not None:
+                    return targets
+        return None
 
     def trained_roles(self) -> frozenset[Role] | None:
         """The roles some term trains on; None when a term takes every row."""
@@ -232,7 +272,7 @@ class UnifiedEstimator:
             else t
             for t in self.terms
         ]
-        return UnifiedEstimator(terms=terms, router=self.router)
+        return self._like(terms, self.router)
 
     def __call__(self, batch: Batch) -> EstimatorOutput:
         """The loss of one mini-batch, or of one micro-batch of a prepared mini-batch."""

@@ -146,12 +146,15 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
     weights: dict[str, torch.Tensor] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """checkpoints/step-N with the model, tokenizer and trainer state; prunes old ones only
-    after the new one is complete."""
+    """checkpoints/step-N with the model, tokenizer and trainer state (and whatever ``extra``
+    writes into the folder: a critic); prunes old ones only after the new one is complete."""
 
     def write(tmp: Path) -> None:
         save_model(tmp, model, tokenizer, weights)
+        if extra is not None:
+            extra(tmp)
         write_state(tmp / STATE_FILE, state)
 
     path = atomic_directory_write(output_dir / "checkpoints" / f"step-{step:07d}", write)

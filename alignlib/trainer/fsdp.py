@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from alignlib.device import Placement
-from alignlib.trainer.step import PolicyLogprobs
+from alignlib.trainer.forward import PolicyLogprobs
 from alignlib.trainer.world import World
 
 PREFIX = "model."  # the wrapper's own attribute in front of every Hugging Face name

@@ -21,6 +21,7 @@ from alignlib.config.schema import RunConfig
 from alignlib.device import HOST
 from alignlib.estimator import Role, UnifiedEstimator, rollout_correction
 from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ahead
+from alignlib.trainer.critic import train_critic
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_collect import RolloutCollector
@@ -77,6 +78,7 @@ class OnlineSource:
             or self.live
             or self.kept_mass
             or (self.correction is not None and self.correction.needs_old_in_prepare)
+            or self.estimator.reads_old_in_prepare()
         )
         self.heldout = self.collector.heldout_set()
         self.engine: EngineHandle | None = None
@@ -145,9 +147,11 @@ class OnlineSource:
             self.engine.release_memory(self.online.empty_cache)  # vLLM sleep mode, if set
         logprob_began = time.perf_counter()
         old, ref, behaviour = self.behaviour_logprobs(tensors)
+        size = self.online.micro_batch_size
+        critic = self.state.critic
+        values = None if critic is None else critic.values(tensors.host, size)
         self.timing = {"rollout": logprob_began - began, "logprob": 0.0}
         self.timing["logprob"] = time.perf_counter() - logprob_began
-        size = self.online.micro_batch_size
         device = self.kernel.device
         self.parts: list[torch.Tensor] = []  # the rows of each mini-batch, for finish_step
         for j, indices in enumerate(minibatch_rows(tensors.group_ids, self.online.mini_batches)):
@@ -161,7 +165,10 @@ class OnlineSource:
             engine = None if behaviour is None else behaviour[on_device]
             self.parts.append(indices)
             split = self.kernel.batching(size)  # rows, or the token budget
-            yield online_minibatch(tensors, indices, old_part, ref_part, current, split, engine)
+            batch = online_minibatch(tensors, indices, old_part, ref_part, current, split, engine)
+            if critic is not None and values is not None:  # V_old → GAE; the critic's step
+                batch = train_critic(critic, self.state.estimator, batch, values[on_device], step)
+            yield batch
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float

@@ -26,6 +26,7 @@ ONLINE_FIELDS = {
     "rewards",
     "group_ids",
     "roles",
+    "values",  # a critic's, trained beside the policy (alignlib.trainer.critic)
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alignlib.config.distributed import DistributedConfig
 from alignlib.config.loader import ConfigError, check_output_dir
-from alignlib.config.schema import RunConfig
+from alignlib.config.schema import CriticConfig, RunConfig
 from alignlib.console import warn
 from alignlib.data import DataError, infer_format, load_rows
 from alignlib.data.collate import SEQUENCE_FIELDS
@@ -59,6 +59,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "iterations track held-out accuracy with online.heldout: move it there"
         )
     note_ignored_distributed(config)
+    check_critic(config, estimator)
     check_machine(config)
     check_reference_model(config, estimator)
     if estimator.scores_sequences():
@@ -71,6 +72,24 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
         return {}
     check_offline_estimator(config, estimator)
     return check_offline_data(config, estimator)
+
+
+def check_critic(config: RunConfig, estimator: UnifiedEstimator) -> None:
+    """A `critic:` section without a method that trains one changes nothing (one warning); a
+    critic is not sharded by FSDP2 yet (one line)."""
+    name = config.algorithm.name or "(components)"
+    if estimator.critic_loss() is None:
+        if config.critic != CriticConfig():
+            warn(
+                f"critic: has no effect: algorithm {name} trains no critic (an advantage that "
+                "reads a value model's values does, e.g. ppo_gae's gae); remove the section"
+            )
+        return
+    if config.distributed.num_workers > 0 and config.distributed.strategy == "fsdp2":
+        raise ConfigError(
+            f"distributed.strategy fsdp2: algorithm {name} trains a critic beside the policy, "
+            "and a critic is not sharded yet; use distributed.strategy: ddp"
+        )
 
 
 def check_machine(config: RunConfig) -> None:

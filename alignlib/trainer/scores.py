@@ -66,3 +66,41 @@ def packed_sequence_scores(
     dtype = torch.promote_types(scores.dtype, torch.float32)
     out = torch.zeros(scored.shape, dtype=dtype, device=hidden.device)
     return out.masked_scatter(at_end, scores.to(dtype))
+
+
+def token_values(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_scored_position: int = 1
+) -> Tensor:
+    """[B, T] a value model's V(s_t) of each token t, read from the state before it (the
+    prompt and the tokens before t, as the LM head reads log π of t there), from column
+    ``first_scored_position`` on; 0 on the columns before (no state precedes column 0)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = scalar_head(model)
+    assert head is not None, "token_values needs a one-output head (a critic)"
+    decoder = getattr(base, base.base_model_prefix)
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
+    first = max(first_scored_position, 1)
+    values = head(hidden[:, first - 1 : -1]).squeeze(-1)
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    out = torch.zeros(input_ids.shape, dtype=dtype, device=hidden.device)
+    return torch.cat([out[:, :first], values.to(dtype)], dim=1)
+
+
+def packed_token_values(
+    model: nn.Module,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    scored: Tensor,
+    *,
+    row_lengths: list[int] | None = None,
+    **attention: Any,
+) -> Tensor:
+    """[S] V(s_t) at the ``scored`` positions of a packed sequence (none a row's first), each
+    from the state before it, as :func:`token_values` in the padded layout."""
+    head = scalar_head(model)
+    assert head is not None, "packed_token_values needs a one-output head (a critic)"
+    hidden = decode_packed(model, input_ids, position_ids, row_lengths, attention)
+    values = head(hidden[0, scored - 1]).squeeze(-1)
+    return values.to(torch.promote_types(values.dtype, torch.float32))

@@ -15,6 +15,7 @@ from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint, save_model
+from alignlib.trainer.critic import Critic
 from alignlib.trainer.model import load_policy, load_reference, reference_policy
 from alignlib.trainer.model_card import write_model_card
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
@@ -45,6 +46,8 @@ class TrainState:
     """The data-parallel workers this process trains with (one: itself)."""
     shards: nn.Module | None = None
     """With FSDP2: the sharded PolicyLogprobs wrapper of ``model`` the kernel calls."""
+    critic: Critic | None = None
+    """The value model trained beside the policy, when an advantage reads one (GAE)."""
 
     @classmethod
     def create(
@@ -70,7 +73,11 @@ class TrainState:
             skip_grad_norm,
             config.train.nonfinite,
         )
-        return cls(config, model, tokenizer, estimator, placement, step, world, shards)
+        loss = estimator.critic_loss()
+        critic = None
+        if loss is not None:
+            critic = Critic.build(config, loss, placement, total_optimizer_steps, world)
+        return cls(config, model, tokenizer, estimator, placement, step, world, shards, critic)
 
     def reset_optimizer(self, total_optimizer_steps: int) -> None:
         """A fresh optimizer and schedule over the same parameters (INPO's iterations)."""
@@ -160,8 +167,20 @@ class TrainState:
         )
         if optimizer is not None:
             state["optimizer"] = optimizer
+        critic = self.critic
+        if critic is not None:
+            state["critic"] = critic.state_dict()
         keep = self.config.checkpoint.keep_last
-        save_checkpoint(out_dir, step, self.model, self.tokenizer, state, keep, weights)
+        save_checkpoint(
+            out_dir,
+            step,
+            self.model,
+            self.tokenizer,
+            state,
+            keep,
+            weights,
+            extra=critic.save if critic is not None else None,
+        )
 
     def restore(self, out_dir: Path, position: Position) -> int:
         """The newest loadable checkpoint of this run (config checked, changes applied);
@@ -175,6 +194,7 @@ class TrainState:
             position,
             self.estimator,
             self.shards,
+            self.critic,
         )
 
     def save_final(self, out_dir: Path) -> None:
@@ -191,4 +211,6 @@ class TrainState:
         )
         if self.config.lora.enabled and self.config.lora.save_merged:
             save_plain_model(self.model, self.tokenizer, out_dir / "merged", weights=weights)
+        if self.critic is not None:
+            self.critic.save_final(out_dir)
         write_model_card(out_dir, self.config)  # final/README.md (and merged/): the Hub's card

@@ -29,18 +29,20 @@ from torch import Tensor, nn
 
 from alignlib.console import warn
 from alignlib.device import HOST, Placement
-from alignlib.trainer.logprobs import first_masked_position, token_logprobs
+from alignlib.trainer.forward import PolicyLogprobs
+from alignlib.trainer.logprobs import first_masked_position
 from alignlib.trainer.packing import (
     MicroBatching,
     PackingMode,
     decoder_kwargs,
     head_is_hooked,
     pack,
-    packed_token_logprobs,
     packing_mode,
     unpack,
 )
-from alignlib.trainer.scores import packed_sequence_scores, scalar_head, sequence_scores
+from alignlib.trainer.scores import (
+    scalar_head,
+)
 from alignlib.trainer.world import SINGLE, World
 
 Context = Callable[[], AbstractContextManager]
@@ -77,59 +79,6 @@ class MicroLogprobs:
     """w: the longest row of the micro-batch (all its tokens fit)."""
 
 
-class PolicyLogprobs(nn.Module):
-    """The policy as one module whose forward is :func:`token_logprobs` (decoder, then the LM
-    head in chunks), or :func:`packed_token_logprobs` when given packed ``position_ids``.
-    Wrappers keyed on module forwards — FSDP2's all-gather of the embedding, final norm and LM
-    head before, their gradient reduce-scatter after — then see the whole computation, which
-    calls the decoder and the head separately."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        chunk_size: int,
-        with_entropy: bool,
-        temperature: float,
-        first_scored_position: int,
-        position_ids: Tensor | None = None,
-        scored: Tensor | None = None,
-        **attention: object,
-    ) -> tuple[Tensor, Tensor | None]:
-        packed = position_ids is not None and scored is not None  # [S] values, not [B, T]
-        if scalar_head(self.model) is not None:  # a reward model: its score at each row's end
-            if packed:
-                values = packed_sequence_scores(
-                    self.model, input_ids, position_ids, scored, **attention
-                )
-                return values, None
-            return sequence_scores(self.model, input_ids, attention_mask), None
-        if packed:
-            return packed_token_logprobs(
-                self.model,
-                input_ids,
-                position_ids,
-                scored,
-                chunk_size=chunk_size,
-                with_entropy=with_entropy,
-                temperature=temperature,
-                **attention,
-            )
-        return token_logprobs(
-            self.model,
-            input_ids,
-            attention_mask,
-            chunk_size=chunk_size,
-            with_entropy=with_entropy,
-            temperature=temperature,
-            first_scored_position=first_scored_position,
-        )
-
-
 @dataclass(frozen=True)
 class LogprobKernel:
     """Log-probs (and entropy) of a policy over micro-batches of host rows."""
@@ -149,6 +98,8 @@ class LogprobKernel:
     (else padded, with one warning)."""
     max_tokens: int | None = None
     """Tokens per no-grad pass (``train.max_tokens_per_micro_batch``) instead of a row count."""
+    values: bool = False
+    """``model`` is a critic: its one-output head's V(s_t) of every token, in place of log π."""
 
     @property
     def device(self) -> torch.device:
@@ -193,7 +144,9 @@ class LogprobKernel:
             context() if context is not None else nullcontext(),
             self.placement.autocast(),
         ):
-            forward = self.module if self.module is not None else PolicyLogprobs(self.model)
+            forward = (
+                self.module if self.module is not None else PolicyLogprobs(self.model, self.values)
+            )
             mode = self.pack_mode
             if mode is not None:
                 return self._packed(forward, mode, rows, indices, with_entropy)
@@ -216,7 +169,7 @@ class LogprobKernel:
         with_entropy: bool,
     ) -> MicroLogprobs:
         """The rows as one padding-free [1, Σ lengths] sequence, unpacked to [r, w]."""
-        scorer = scalar_head(self.model) is not None
+        scorer = scalar_head(self.model) is not None and not self.values  # reads row ends
         packed = pack(
             rows.input_ids[indices], rows.attention[indices], rows.scored[indices], scorer
         )
