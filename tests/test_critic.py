@@ -2,8 +2,9 @@
 transformers' own classifier would score the prefix before token t, packed as padded; a run
 learns and its critic fits the returns; micro-batching changes neither model; a checkpoint
 holds the critic and resumes exactly; the run folder's critic/ is a plain sequence classifier
-the next run starts from; what cannot run is one line. (Two workers = one process:
-test_distributed.py; the step's device audit and float64 DDP exactness: device_cases.py.)"""
+the next run starts from; a bad setting is one line. (Two DDP workers and FSDP2 shards = one
+process: test_distributed.py; the step's device audit and float64 DDP exactness:
+device_cases.py.)"""
 
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def test_the_run_folder_critic_starts_the_next_run(tmp_path: Path) -> None:
     ("overrides", "expected"),
     [
         (["algorithm.params.lam=1.5"], "lam"),
-        (["distributed.num_workers=2", "distributed.strategy=fsdp2"], "a critic is not sharded"),
+        (["algorithm.params.value_clip=0"], "clip"),
         (["critic.name_or_path=/no/such/critic"], "critic.name_or_path"),
     ],
 )

@@ -72,6 +72,14 @@ def test_gae_equals_the_per_row_recursion(gamma: float, lam: float, kl_coef: flo
     got = component.compute(b, rows, None).values  # type: ignore[arg-type]
     torch.testing.assert_close(got, want_whitened, rtol=1e-10, atol=1e-12)
     assert bool(advantages[0, 3:5].eq(0).all()) and bool(advantages[-1].eq(0).all())
+    # The reward's KL, as the estimator reports it: the token mean of log π_old − log π_ref.
+    estimator = UnifiedEstimator(mask="ppo_clip", reference="old", advantage=component)
+    metrics = estimator(b).metrics
+    if kl_coef:
+        want_kl = float((kl * b.mask).sum() / b.mask.sum())
+        assert abs(float(metrics["pg/reward_kl"]) - want_kl) < 1e-12
+    else:
+        assert "pg/reward_kl" not in metrics
 
 
 def test_gae_limits() -> None:

@@ -193,6 +193,29 @@ def test_fsdp2_trains_online_with_a_rollout_worker_like_one_process(tmp_path: Pa
     assert_same_training(one, Trainer(load_config(path)).train())
 
 
+def test_fsdp2_shards_a_critic_like_the_policy_and_resumes_it(tmp_path: Path) -> None:
+    """PPO with a critic: both models sharded train like one process; the sharded checkpoint
+    (the critic gathered into critic/) resumes on one FSDP2 worker and continues exactly."""
+    extra = {
+        "rollout": {"n": 4, "max_new_tokens": 5, "num_workers": 1, "timeout_s": 120},
+        "train": {"max_steps": 4},
+        "checkpoint": {"every": 2},
+    }
+    one = Trainer(load_config(write(tmp_path, "one", 0, "ppo_gae", **extra))).train()
+    fsdp2 = {"strategy": "fsdp2"}
+    path = write(tmp_path, "sharded", 2, "ppo_gae", **extra, distributed=fsdp2)
+    sharded = Trainer(load_config(path)).train()
+    assert_same_training(one, sharded)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(sharded.output_dir / "checkpoints", resumed_dir / "checkpoints")
+    path = write(tmp_path, "resumed", 1, "ppo_gae", **extra, distributed=fsdp2)
+    resumed = Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+    for want, got in zip(one.history[2:], resumed.history, strict=True):
+        for key in ("loss", "critic/value_loss", "critic/values"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (key, got["step"])
+
+
 def test_fsdp2_refuses_what_it_cannot_shard_yet(tmp_path: Path) -> None:
     path = write(tmp_path, "online", 2, "grpo", distributed={"strategy": "fsdp2"})
     with pytest.raises(ValueError, match="a rollout engine cannot share a sharded policy"):

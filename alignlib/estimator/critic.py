@@ -23,7 +23,7 @@ its own model and optimizer. Everything here is tensor math; the trainer runs th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -89,6 +89,7 @@ class GAE(Advantage):
         "values": "GAE reads the critic's value of every completion token (a critic is trained "
         "beside the policy)",
     }
+    metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "unit"
     gamma: float = 1.0
     """Discount per token (1: RLHF's undiscounted episode)."""
     lam: float = 0.95
@@ -117,17 +118,24 @@ class GAE(Advantage):
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         advantages, _ = self._gae(batch, rows)
         valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
-        return AdvantageResult(whiten(advantages, valid) if self.whiten else advantages)
+        result = AdvantageResult(whiten(advantages, valid) if self.whiten else advantages)
+        kl = self._kl(batch)
+        if kl is not None:  # `reward_kl`: the mean k1 the reward's penalty charges per token
+            result.row_metrics["reward_kl"] = (kl.to(valid.dtype) * valid).sum(-1)
+        return result
+
+    def _kl(self, batch: Batch) -> Tensor | None:
+        """[R, T] log π_old − log π_ref when the reward carries the KL penalty."""
+        if not self.kl_coef:
+            return None
+        assert batch.old_logprobs is not None and batch.ref_logprobs is not None
+        return (batch.old_logprobs - batch.ref_logprobs).detach()
 
     def _gae(self, batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor]:
         assert batch.rewards is not None and batch.values is not None
         dtype = batch.logprobs.dtype
         valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
-        kl = None
-        if self.kl_coef:
-            assert batch.old_logprobs is not None and batch.ref_logprobs is not None
-            kl = (batch.old_logprobs - batch.ref_logprobs).detach()
-        rewards = token_rewards(batch.rewards.to(dtype), valid, kl, self.kl_coef)
+        rewards = token_rewards(batch.rewards.to(dtype), valid, self._kl(batch), self.kl_coef)
         return gae(rewards, batch.values.detach().to(dtype), valid, self.gamma, self.lam)
 
 

@@ -23,8 +23,8 @@ from alignlib.config.schema import RunConfig
 from alignlib.device import Placement
 from alignlib.estimator import Batch, UnifiedEstimator, ValueLoss
 from alignlib.trainer.build import build_optimizer
-from alignlib.trainer.checkpoint import CheckpointError, load_weights, save_model
-from alignlib.trainer.model import apply_lora
+from alignlib.trainer.checkpoint import CheckpointError, load_weights, read_weights, save_model
+from alignlib.trainer.model import apply_lora, load_policy
 from alignlib.trainer.step import HostRows, LogprobKernel, OptimizerStep
 from alignlib.trainer.update import MiniBatch, update
 from alignlib.trainer.weights import save_plain_model
@@ -46,6 +46,8 @@ class Critic:
     tokenizer: PreTrainedTokenizerBase
     seed: int = 0
     """The run's seed: dropout masks are drawn per micro-batch from (seed, step, rows)."""
+    shards: nn.Module | None = None
+    """With FSDP2: the sharded wrapper of ``model`` the kernel calls."""
 
     @classmethod
     def build(
@@ -58,27 +60,25 @@ class Critic:
     ) -> Critic:
         """Load ``critic.name_or_path`` (default: the policy's) under a one-output head, with
         the run's LoRA settings, and its own optimizer over ``total_optimizer_steps``."""
-        from alignlib.models import load_model_and_tokenizer
-
         name = config.critic.name_or_path or config.model.name_or_path
         key = "critic.name_or_path" if config.critic.name_or_path else "model.name_or_path"
-        model, tokenizer = load_model_and_tokenizer(
-            name,
-            dtype=placement.param_dtype,
-            device=placement.device,
-            attn_implementation=config.model.attn_implementation,
-            key=key,
-            head="score",
-        )
+        source = config.model.model_copy(update={"name_or_path": name})
+        model, tokenizer = load_policy(source, placement, head="score", key=key)
         if config.lora.enabled:
             model = apply_lora(model, config.lora)
         model.train()
+        shards = None
+        if world.sharded:  # FSDP2, as the policy: the optimizer then holds the shards
+            from alignlib.trainer.fsdp import shard
+
+            shards = shard(model, world, placement, values=True)
         train = config.train
         kernel = LogprobKernel(
             model,
             placement,
             train.logprob_chunk_size,
             world=world,
+            module=shards,
             packing=train.packing,
             max_tokens=train.max_tokens_per_micro_batch,
             values=True,
@@ -88,7 +88,7 @@ class Critic:
         optimizer, scheduler = build_optimizer(params, optim, total_optimizer_steps)
         step = OptimizerStep(params, optimizer, scheduler, optim.grad_clip, None, train.nonfinite)
         estimator = UnifiedEstimator(terms=[loss])
-        return cls(model, kernel, estimator, step, tokenizer, train.seed)
+        return cls(model, kernel, estimator, step, tokenizer, train.seed, shards)
 
     def values(self, rows: HostRows, micro_batch_size: int) -> Tensor:
         """[R, W] V_old of every token of ``rows`` (no gradient), on the device."""
@@ -104,30 +104,54 @@ class Critic:
         named.pop("critic/loss", None)  # the value loss, already critic/value_loss
         return named
 
-    def state_dict(self) -> dict[str, Any]:
-        """Its optimizer and schedule, for the trainer state (the weights go to critic/)."""
-        step = self.optimizer_step
-        return {"optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict()}
+    def gather(self, optimizer: bool = True) -> tuple[dict[str, Tensor] | None, Any]:
+        """(full weights, full optimizer state) of a sharded critic — a collective: every rank
+        calls it, rank 0 gets the tensors — or (None, None) when it is whole."""
+        if self.shards is None:
+            return None, None
+        from alignlib.trainer.fsdp import full_optimizer_state, full_weights
 
-    def save(self, checkpoint: Path) -> None:
-        """Its weights (the adapter alone with LoRA) into ``checkpoint``/critic."""
-        save_model(checkpoint / FOLDER, self.model, self.tokenizer)
+        weights = full_weights(self.shards)
+        if not optimizer:
+            return weights, None
+        return weights, full_optimizer_state(self.shards, self.optimizer_step.optimizer)
+
+    def state_dict(self, optimizer_state: Any = None) -> dict[str, Any]:
+        """Its optimizer (``optimizer_state``: a sharded one's, gathered) and schedule, for the
+        trainer state; the weights go to critic/."""
+        step = self.optimizer_step
+        optimizer = optimizer_state if optimizer_state is not None else step.optimizer.state_dict()
+        return {"optimizer": optimizer, "scheduler": step.scheduler.state_dict()}
+
+    def save(self, checkpoint: Path, weights: dict[str, Tensor] | None = None) -> None:
+        """Its weights (the adapter alone with LoRA; ``weights``: gathered shards) into
+        ``checkpoint``/critic."""
+        save_model(checkpoint / FOLDER, self.model, self.tokenizer, weights)
 
     def load(self, checkpoint: Path, state: dict[str, Any]) -> None:
-        """Weights from ``checkpoint``/critic, optimizer and schedule from its state."""
+        """Weights from ``checkpoint``/critic, optimizer and schedule from its state (every
+        rank: a sharded critic takes its shards of them)."""
         folder = checkpoint / FOLDER
         if "critic" not in state or not folder.is_dir():
             raise CheckpointError(
                 f"checkpoint {checkpoint} holds no critic (its run trained none): resume it "
                 "with the algorithm it ran, or start this run afresh (checkpoint.resume: false)"
             )
-        load_weights(self.model, folder)
-        self.optimizer_step.optimizer.load_state_dict(state["critic"]["optimizer"])
+        optimizer = self.optimizer_step.optimizer
+        if self.shards is not None:
+            from alignlib.trainer.fsdp import load_full_state
+
+            weights = read_weights(folder)[0]
+            load_full_state(self.shards, optimizer, weights, state["critic"]["optimizer"])
+        else:
+            load_weights(self.model, folder)
+            optimizer.load_state_dict(state["critic"]["optimizer"])
         self.optimizer_step.scheduler.load_state_dict(state["critic"]["scheduler"])
 
-    def save_final(self, out_dir: Path) -> None:
-        """The run folder's critic/: a plain sequence classifier (LoRA merged in)."""
-        save_plain_model(self.model, self.tokenizer, out_dir / FOLDER)
+    def save_final(self, out_dir: Path, weights: dict[str, Tensor] | None = None) -> None:
+        """The run folder's critic/: a plain sequence classifier (LoRA merged in; ``weights``:
+        gathered shards)."""
+        save_plain_model(self.model, self.tokenizer, out_dir / FOLDER, weights=weights)
 
 
 def train_critic(

@@ -25,8 +25,11 @@ PREFIX = "model."  # the wrapper's own attribute in front of every Hugging Face 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def shard(model: nn.Module, world: World, placement: Placement) -> PolicyLogprobs:
-    """Shard ``model`` over the world's ranks; returns the wrapper the kernel calls."""
+def shard(
+    model: nn.Module, world: World, placement: Placement, values: bool = False
+) -> PolicyLogprobs:
+    """Shard ``model`` over the world's ranks; returns the wrapper the kernel calls (``values``:
+    a critic's, giving V(s_t))."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -40,7 +43,7 @@ def shard(model: nn.Module, world: World, placement: Placement) -> PolicyLogprob
         )
     for layer in layers:
         fully_shard(layer, mesh=mesh)
-    wrapper = PolicyLogprobs(model)
+    wrapper = PolicyLogprobs(model, values)
     fully_shard(wrapper, mesh=mesh)
     return wrapper
 

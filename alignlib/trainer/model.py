@@ -20,11 +20,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_policy(
-    config: ModelConfig, placement: Placement, head: Literal["lm", "score"] = "lm"
+    config: ModelConfig,
+    placement: Placement,
+    head: Literal["lm", "score"] = "lm",
+    key: str = "model.name_or_path",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model named by ``config.name_or_path`` (``tiny:llama`` is a random tiny model), on
     ``placement.device`` with parameters in ``placement.param_dtype``; ``head="score"`` puts
-    a one-output sequence-classification head on it (a reward model to train)."""
+    a one-output sequence-classification head on it (a reward model or a critic to train);
+    ``key``: the setting errors name."""
     from alignlib.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(
@@ -32,6 +36,7 @@ def load_policy(
         dtype=placement.param_dtype,
         device=placement.device,
         attn_implementation=config.attn_implementation,
+        key=key,
         head=head,
     )
     if config.gradient_checkpointing:

@@ -75,20 +75,12 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
 
 
 def check_critic(config: RunConfig, estimator: UnifiedEstimator) -> None:
-    """A `critic:` section without a method that trains one changes nothing (one warning); a
-    critic is not sharded by FSDP2 yet (one line)."""
-    name = config.algorithm.name or "(components)"
-    if estimator.critic_loss() is None:
-        if config.critic != CriticConfig():
-            warn(
-                f"critic: has no effect: algorithm {name} trains no critic (an advantage that "
-                "reads a value model's values does, e.g. ppo_gae's gae); remove the section"
-            )
-        return
-    if config.distributed.num_workers > 0 and config.distributed.strategy == "fsdp2":
-        raise ConfigError(
-            f"distributed.strategy fsdp2: algorithm {name} trains a critic beside the policy, "
-            "and a critic is not sharded yet; use distributed.strategy: ddp"
+    """A `critic:` section without a method that trains one changes nothing: one warning."""
+    if estimator.critic_loss() is None and config.critic != CriticConfig():
+        warn(
+            f"critic: has no effect: algorithm {config.algorithm.name or '(components)'} trains "
+            "no critic (an advantage that reads a value model's values does, e.g. ppo_gae's "
+            "gae); remove the section"
         )
 
 

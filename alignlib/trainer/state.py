@@ -3,6 +3,7 @@ estimator's state and the RNGs — everything the loop advances and a resume res
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,6 +161,8 @@ class TrainState:
 
             weights = full_weights(self.shards)
             optimizer = full_optimizer_state(self.shards, self.optimizer)
+        critic = self.critic
+        critic_weights, critic_optimizer = critic.gather() if critic else (None, None)
         if not self.world.is_main:
             return
         state = checkpoint_state(
@@ -167,19 +170,13 @@ class TrainState:
         )
         if optimizer is not None:
             state["optimizer"] = optimizer
-        critic = self.critic
+        extra = None
         if critic is not None:
-            state["critic"] = critic.state_dict()
+            state["critic"] = critic.state_dict(critic_optimizer)
+            extra = functools.partial(critic.save, weights=critic_weights)
         keep = self.config.checkpoint.keep_last
         save_checkpoint(
-            out_dir,
-            step,
-            self.model,
-            self.tokenizer,
-            state,
-            keep,
-            weights,
-            extra=critic.save if critic is not None else None,
+            out_dir, step, self.model, self.tokenizer, state, keep, weights, extra=extra
         )
 
     def restore(self, out_dir: Path, position: Position) -> int:
@@ -204,6 +201,7 @@ class TrainState:
             from alignlib.trainer.fsdp import full_weights
 
             weights = full_weights(self.shards)
+        critic_weights = self.critic.gather(optimizer=False)[0] if self.critic else None
         if not self.world.is_main:
             return
         atomic_directory_write(
@@ -212,5 +210,5 @@ class TrainState:
         if self.config.lora.enabled and self.config.lora.save_merged:
             save_plain_model(self.model, self.tokenizer, out_dir / "merged", weights=weights)
         if self.critic is not None:
-            self.critic.save_final(out_dir)
+            self.critic.save_final(out_dir, critic_weights)
         write_model_card(out_dir, self.config)  # final/README.md (and merged/): the Hub's card
