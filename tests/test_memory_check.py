@@ -82,5 +82,18 @@ def test_check_fits_refuses_warns_or_passes(
     memory.check_fits(tiny, "m", fake_gpu(monkeypatch, need * 6 // 10), World(0, 2, True))
 
 
+def test_a_critic_must_fit_beside_its_policy(
+    tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need = memory.state_bytes(tiny)
+    gpu = fake_gpu(monkeypatch, need * 3 // 2)
+    memory.check_fits(tiny, "m", gpu, SINGLE, "critic.name_or_path")  # alone it fits
+    with pytest.raises(ValueError) as error:
+        memory.check_fits(tiny, "c", gpu, SINGLE, "critic.name_or_path", beside=tiny)
+    line = str(error.value)
+    assert line.startswith("critic.name_or_path c:") and "beside the policy's" in line
+    assert "\n" not in line
+
+
 def test_nothing_is_checked_on_a_cpu(tiny: torch.nn.Module) -> None:
     memory.check_fits(tiny, "m", Placement(torch.device("cpu"), "fp32"), SINGLE)

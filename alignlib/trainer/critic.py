@@ -24,6 +24,7 @@ from alignlib.device import Placement
 from alignlib.estimator import Batch, UnifiedEstimator, ValueLoss
 from alignlib.trainer.build import build_optimizer
 from alignlib.trainer.checkpoint import CheckpointError, load_weights, read_weights, save_model
+from alignlib.trainer.memory import check_fits
 from alignlib.trainer.model import apply_lora, load_policy
 from alignlib.trainer.step import HostRows, LogprobKernel, OptimizerStep
 from alignlib.trainer.update import MiniBatch, update
@@ -57,15 +58,18 @@ class Critic:
         placement: Placement,
         total_optimizer_steps: int,
         world: World = SINGLE,
+        policy: nn.Module | None = None,
     ) -> Critic:
         """Load ``critic.name_or_path`` (default: the policy's) under a one-output head, with
-        the run's LoRA settings, and its own optimizer over ``total_optimizer_steps``."""
+        the run's LoRA settings, and its own optimizer over ``total_optimizer_steps``; on a GPU
+        its training state must fit beside the ``policy``'s."""
         name = config.critic.name_or_path or config.model.name_or_path
         key = "critic.name_or_path" if config.critic.name_or_path else "model.name_or_path"
         source = config.model.model_copy(update={"name_or_path": name})
         model, tokenizer = load_policy(source, placement, head="score", key=key)
         if config.lora.enabled:
             model = apply_lora(model, config.lora)
+        check_fits(model, name, placement, world, key, beside=policy)
         model.train()
         shards = None
         if world.sharded:  # FSDP2, as the policy: the optimizer then holds the shards

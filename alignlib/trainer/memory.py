@@ -34,34 +34,52 @@ def state_bytes(model: nn.Module, shards: int = 1) -> int:
     return total // shards
 
 
-def memory_problem(model: nn.Module, name: str, device_bytes: int, shards: int = 1) -> str | None:
-    """One line saying why the state cannot fit ``device_bytes``, or None when it can."""
+def memory_problem(
+    model: nn.Module,
+    name: str,
+    device_bytes: int,
+    shards: int = 1,
+    key: str = "model.name_or_path",
+    beside: int = 0,
+) -> str | None:
+    """One line saying why the state cannot fit ``device_bytes`` (beside ``beside`` bytes
+    another model's state already holds: the policy's, for a critic), or None when it can."""
     need = state_bytes(model, shards)
-    if need <= device_bytes:
+    if need + beside <= device_bytes:
         return None
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     spread = f", sharded over {shards} ranks" if shards > 1 else ""
+    others = f" beside the policy's {beside / GIB:.1f} GiB" if beside else ""
     return (
-        f"model.name_or_path {name}: its weights, gradients and AdamW state alone need "
+        f"{key} {name}: its weights, gradients and AdamW state alone need "
         f"{need / GIB:.1f} GiB per GPU ({params / 1e9:.2f} B parameters, {trainable / 1e9:.2f} B "
-        f"trainable{spread}), more than the GPU's {device_bytes / GIB:.0f} GiB; train an adapter "
-        "(lora.enabled: true), shard the model over more GPUs (distributed: {num_workers: N, "
-        "strategy: fsdp2, use_gpu: true}), or keep bf16 weights and optimizer state "
-        "(model.precision: bf16)"
+        f"trainable{spread}){others}, more than the GPU's {device_bytes / GIB:.0f} GiB; "
+        "train an adapter (lora.enabled: true), shard the model over more GPUs (distributed: "
+        "{num_workers: N, strategy: fsdp2, use_gpu: true}), or keep bf16 weights and optimizer "
+        "state (model.precision: bf16)"
     )
 
 
-def check_fits(model: nn.Module, name: str, placement: Placement, world: World) -> None:
+def check_fits(
+    model: nn.Module,
+    name: str,
+    placement: Placement,
+    world: World,
+    key: str = "model.name_or_path",
+    beside: nn.Module | None = None,
+) -> None:
     """Refuse (ValueError) a run whose training state exceeds its GPU; warn when it leaves under
-    10% of it. Nothing to check on a CPU, whose memory the operating system extends."""
+    10% of it. ``beside``: a model trained on the same GPU (a critic's policy). Nothing to
+    check on a CPU, whose memory the operating system extends."""
     if placement.device.type != "cuda":
         return
     device_bytes = torch.cuda.get_device_properties(placement.device).total_memory
     shards = world.size if world.sharded else 1
-    need = state_bytes(model, shards)
+    held = 0 if beside is None else state_bytes(beside, shards)
+    need = state_bytes(model, shards) + held
     if need > device_bytes:
-        raise ValueError(memory_problem(model, name, device_bytes, shards))
+        raise ValueError(memory_problem(model, name, device_bytes, shards, key, held))
     if need > TIGHT * device_bytes:
         warnings.warn(
             f"the training state takes {need / GIB:.1f} of the GPU's {device_bytes / GIB:.0f} "

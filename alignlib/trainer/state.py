@@ -77,7 +77,7 @@ class TrainState:
         loss = estimator.critic_loss()
         critic = None
         if loss is not None:
-            critic = Critic.build(config, loss, placement, total_optimizer_steps, world)
+            critic = Critic.build(config, loss, placement, total_optimizer_steps, world, model)
         return cls(config, model, tokenizer, estimator, placement, step, world, shards, critic)
 
     def reset_optimizer(self, total_optimizer_steps: int) -> None:
