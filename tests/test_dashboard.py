@@ -87,6 +87,25 @@ def test_online_panels_lead_with_heldout_reward_loss_signal_entropy_length() -> 
     assert not any(p.keys[0].startswith("time/") for p in panels)
 
 
+def test_a_critic_s_value_loss_and_explained_variance_follow_the_method_s_signal() -> None:
+    records = [
+        {
+            "step": s,
+            "loss": 1.0 / s,
+            "ppo/clipfrac": 0.01 * s,
+            "critic/value_loss": 0.5 / s,
+            "critic/explained_variance": -1.0 + 0.2 * s,
+            "critic/values": 0.3 * s,
+            "rollout/reward_mean": 0.1 * s,
+            "entropy/mean": 2.0 / s,
+        }
+        for s in range(1, 5)
+    ]
+    order = [p.keys[0] for p in dashboard_panels(records)[0]]
+    assert order[:4] == ["rollout/reward_mean", "loss", "ppo/clipfrac", "critic/value_loss"]
+    assert order[4:] == ["critic/explained_variance", "entropy/mean", "critic/values"]
+
+
 def test_plot_run_writes_the_png(tmp_path: Path) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in online_records())
     (tmp_path / "metrics.jsonl").write_text(lines)

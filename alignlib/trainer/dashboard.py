@@ -1,11 +1,12 @@
 """training_curves.png as a dashboard: what a user of the method watches comes first.
 
 Order: reward and accuracy (held-out first), loss, the method's own signal (HPT's SFT
-fraction, Clip-Cov / KL-Cov covariance, DPO's margin and chosen/rejected log-likelihood),
-entropy, response length (these even when flat: a reward stuck at 0 is news); then every other
-varying metric alphabetically. Other metrics that never change (epoch, a constant lr,
-skipped_steps all zero) get no panel: they are listed at the bottom. Timings (`time/*`) are
-left out unless nothing else was logged; a series identical to one drawn is drawn once.
+fraction, Clip-Cov / KL-Cov covariance, a critic's value loss and explained variance, DPO's
+margin and chosen/rejected log-likelihood), entropy, response length (these even when flat: a
+reward stuck at 0 is news); then every other varying metric alphabetically. Other metrics that
+never change (epoch, a constant lr, skipped_steps all zero) get no panel: they are listed at the
+bottom. Timings (`time/*`) are left out unless nothing else was logged; a series identical to
+one drawn is drawn once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ LEADING: tuple[tuple[str, str], ...] = (
     (r"^hpt/sft_frac$", "HPT: fraction of prompts trained by SFT"),
     (r"(^|/)(cov_mean|token_covariance)$", "Covariance (Clip-Cov / KL-Cov)"),
     (r"(^|/)(cov_dropped|kl_cov_selected|clipfrac)$", ""),
+    (r"^critic/value_loss$", "Critic: value loss"),
+    (r"^critic/explained_variance$", "Critic: explained variance of the returns"),
     (r"(^|/)margin$", "Margin (chosen − rejected implicit reward)"),
     (r"(^|/)chosen_logp$", "Log-likelihood: chosen vs rejected"),
     (r"(^|/)chosen_reward$", "Implicit reward: chosen vs rejected"),
