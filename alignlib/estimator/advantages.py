@@ -91,6 +91,17 @@ def group_statistics(values: Tensor, group_ids: Tensor, rows: Tensor) -> tuple[T
     return total[inverse], count[inverse], mean[inverse], std[inverse]
 
 
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, unbiased: bool = False) -> Tensor:
+    """(x − mean) · rsqrt(var + eps) over the masked entries, 0 elsewhere; ``unbiased``: the
+    variance over count − 1 (verl's ``masked_whiten``, GAE) instead of count (REINFORCE++)."""
+    valid = mask.to(values.dtype)
+    count = valid.sum()
+    mean = (values * valid).sum() / count.clamp(min=1)
+    divisor = (count - 1).clamp(min=1) if unbiased else count.clamp(min=1)
+    var = ((values - mean) ** 2 * valid).sum() / divisor
+    return (values - mean) * torch.rsqrt(var + eps) * valid
+
+
 @ADVANTAGES.register("constant")
 @dataclass(frozen=True)
 class ConstantAdvantage(Advantage):
@@ -196,7 +207,4 @@ class BatchNormalized(Advantage):
             rewards = rewards - group_statistics(rewards, batch.group_ids, rows)[2]
         valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
         tokens = rewards.unsqueeze(-1) * valid
-        count = valid.sum().clamp(min=1)
-        mean = tokens.sum() / count
-        var = ((tokens - mean) ** 2 * valid).sum() / count
-        return AdvantageResult((tokens - mean) * torch.rsqrt(var + self.eps) * valid)
+        return AdvantageResult(whiten(tokens, valid, self.eps))

@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
+from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult, whiten
 from alignlib.estimator.aggregation import Aggregation, TokenMean
 from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
 from alignlib.estimator.registry import check_number
@@ -36,7 +36,9 @@ from alignlib.estimator.term import Term, TermOutput, masked_weights
 from alignlib.estimator.units import Likelihood
 
 
-def token_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0):
+def token_rewards(
+    rewards: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0
+) -> Tensor:
     """[R, T] per-token rewards: each row's reward on its last masked token, minus
     ``kl_coef`` · ``kl`` on every masked token (``kl``: [R, T] log π_old − log π_ref)."""
     valid = mask > 0
@@ -67,15 +69,6 @@ def gae(
         next_value = values[:, t] * m + next_value * (1 - m)
         next_advantage = here * m + next_advantage * (1 - m)
     return advantages, (advantages + values) * valid
-
-
-def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """(x − mean) · rsqrt(var + eps) over the masked entries (unbiased variance), 0 elsewhere."""
-    valid = mask.to(values.dtype)
-    count = valid.sum()
-    mean = (values * valid).sum() / count.clamp(min=1)
-    var = ((values - mean) ** 2 * valid).sum() / (count - 1).clamp(min=1)
-    return (values - mean) * torch.rsqrt(var + eps) * valid
 
 
 @ADVANTAGES.register("gae")
@@ -118,7 +111,8 @@ class GAE(Advantage):
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         advantages, _ = self._gae(batch, rows)
         valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
-        result = AdvantageResult(whiten(advantages, valid) if self.whiten else advantages)
+        whitened = whiten(advantages, valid, unbiased=True) if self.whiten else advantages
+        result = AdvantageResult(whitened)
         kl = self._kl(batch)
         if kl is not None:  # `reward_kl`: the mean k1 the reward's penalty charges per token
             result.row_metrics["reward_kl"] = (kl.to(valid.dtype) * valid).sum(-1)

@@ -97,8 +97,8 @@ def token_values(
     first = max(first_scored_position, 1)
     values = head(hidden[:, first - 1 : -1]).squeeze(-1)
     dtype = torch.promote_types(values.dtype, torch.float32)
-    out = torch.zeros(input_ids.shape, dtype=dtype, device=hidden.device)
-    return torch.cat([out[:, :first], values.to(dtype)], dim=1)
+    before = torch.zeros(input_ids.shape[0], first, dtype=dtype, device=hidden.device)
+    return torch.cat([before, values.to(dtype)], dim=1)
 
 
 def packed_token_values(

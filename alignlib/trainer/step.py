@@ -40,9 +40,7 @@ from alignlib.trainer.packing import (
     packing_mode,
     unpack,
 )
-from alignlib.trainer.scores import (
-    scalar_head,
-)
+from alignlib.trainer.scores import scalar_head
 from alignlib.trainer.world import SINGLE, World
 
 Context = Callable[[], AbstractContextManager]
