@@ -106,7 +106,12 @@ class Generation:
     turns: int = 1
     """Model turns in this completion (more than 1 only in multi-turn episodes)."""
     environment_reward: float | None = None
-    """The environment's own reward for the episode (its `get_reward()`), or None."""
+    """The environment's own reward for the episode (its `get_reward()` plus its turn rewards),
+    or None."""
+    turn_rewards: list[float] | None = None
+    """Per entry of `token_ids`, the reward an environment's `step` gave for a turn, on that
+    turn's last sampled token, 0 elsewhere (included in `environment_reward`); None: no step
+    gave one."""
     environment: Any = field(default=None, repr=False, compare=False)
     """The episode's environment instance (the user's object), for TRL rewards that read
     `environments`; None for one-turn completions. Lives in the process that ran the episode."""

@@ -9,9 +9,16 @@ An environment is any class whose instances have
                                    prompt (TRL: to the last user message), e.g. a game's board
     step(turn: str) -> str | None  the model's last turn, decoded (stop string included); the
                                    observation to show the model next (a list of strings: one
-                                   message each, e.g. one per tool call), or None to end it
+                                   message each, e.g. one per tool call), or None to end it;
+                                   or a pair (observation, reward): the reward for this turn
     get_reward() -> float          optional: the episode's own reward, read once at its end
                                    (may be `async def`: an LLM judge)
+
+The episode's environment reward (the `environment` reward of `online.rewards`) is its
+get_reward() plus the sum of its turn rewards. A turn reward also keeps its place: it sits on
+that turn's last sampled token (`Generation.turn_rewards`), where GAE (`ppo_gae`) credits it to
+the tokens before it, as a gym environment's per-step reward; methods with one advantage per
+completion (GRPO and the like) see the sum.
 
 and optionally the attributes `stop` (strings that end a model turn, e.g. a tool call's closing
 tag) and `tools` (callables or JSON schemas the chat template lists in the prompt, read from one
@@ -32,6 +39,7 @@ included (TRL's `max_completion_length`); an observation that does not fit ends 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -282,9 +290,28 @@ class EpisodeRunner:
             if isinstance(answer, BaseException):
                 where = f"{episode.where}, turn {episode.turns}"
                 raise self._failure(answer, "step", where) from answer
-            if self._goes_on(episode, answer, budget):
+            if self._goes_on(episode, self._take_reward(episode, answer), budget):
                 continuing.append(episode)
         return continuing
+
+    def _take_reward(self, episode: Episode, answer: object) -> object:
+        """The observation of a step's answer; a turn reward it carries (a pair (observation,
+        reward)) goes to the episode."""
+        if not isinstance(answer, tuple):
+            return answer
+        reward = answer[1] if len(answer) == 2 else None
+        if (
+            isinstance(reward, bool)
+            or not isinstance(reward, int | float)
+            or not math.isfinite(reward)
+        ):
+            raise EpisodeError(
+                f"environment {self.name!r}: step returned a tuple for {episode.where}, turn "
+                f"{episode.turns}, that is not (observation, reward) with a finite number "
+                f"(got {answer!r:.80}); return the observation alone, or the pair"
+            )
+        episode.add_reward(float(reward))
+        return answer[0]
 
     def _goes_on(self, episode: Episode, answer: object, budget: int) -> bool:
         """Append the observation when the episode can take another turn after it."""
@@ -295,7 +322,7 @@ class EpisodeRunner:
             raise EpisodeError(
                 f"environment {self.name!r}: step returned {type(answer).__name__} for "
                 f"{episode.where}; return the observation as a str (or a list of str), or None "
-                "to end the episode"
+                "to end the episode (either may come with a turn reward: (observation, reward))"
             )
         if not messages or episode.full(budget) or episode.turns >= self.settings.max_turns:
             return False
@@ -309,6 +336,8 @@ class EpisodeRunner:
     def _generation(
         self, episode: Episode, prompt: int, sample: int, reward: float | None
     ) -> Generation:
+        if episode.rewarded:  # the environment's reward: get_reward() + the turn rewards
+            reward = (reward or 0.0) + episode.turn_reward
         return Generation(
             prompt_index=prompt,
             prompt_ids=list(episode.prompt),
@@ -320,6 +349,7 @@ class EpisodeRunner:
             loss_mask=episode.mask,
             turns=episode.turns,
             environment_reward=reward,
+            turn_rewards=list(episode.rewards) if episode.rewarded else None,
             # A TRL class runs inside an adapter (rollout.tools); rewards read the user's object.
             environment=getattr(episode.environment, "wrapped_environment", episode.environment),
         )

@@ -93,6 +93,13 @@ class Episode:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    """Per completion token, the turn reward the environment gave on it (a turn's reward sits
+    on that turn's last sampled token); 0 elsewhere."""
+    rewarded: bool = False
+    """Whether a step returned a turn reward (then the episode carries `rewards`)."""
+    turn_reward: float = 0.0
+    """The sum of the turn rewards, including one given before any token was sampled."""
     turns: int = 0
     finish: FinishReason = "stop"
 
@@ -103,6 +110,7 @@ class Episode:
         self.tokens += ids
         self.logprobs += generation.logprobs[:room]
         self.mask += [1] * len(ids)
+        self.rewards += [0.0] * len(ids)
         self.turns += 1
         cut = len(generation.token_ids) > room
         self.finish = "length" if cut else generation.finish_reason
@@ -116,3 +124,13 @@ class Episode:
         self.tokens += ids
         self.logprobs += [0.0] * len(ids)
         self.mask += [0] * len(ids)
+        self.rewards += [0.0] * len(ids)
+
+    def add_reward(self, value: float) -> None:
+        """The environment's reward for the turn just taken, on its last sampled token (the
+        last one the policy sampled so far, if the turn was cut to nothing)."""
+        self.rewarded = True
+        self.turn_reward += value
+        sampled = [t for t, m in enumerate(self.mask) if m]
+        if sampled:  # else only the episode's total carries it
+            self.rewards[sampled[-1]] += value

@@ -35,8 +35,9 @@ class EpisodeRouter:
     """Runs each row's episodes with the runner its ``field`` column names.
 
     The column is a control field: it is not passed to the environment's ``reset`` (as in
-    TRL). When some environment rewards its episodes and another does not, the other's
-    episodes get an environment reward of 0 (TRL: no opinion)."""
+    TRL). When some environment rewards its episodes (get_reward, or a step's turn reward)
+    and another does not, the other's episodes get an environment reward of 0 (TRL: no
+    opinion)."""
 
     def __init__(self, runners: Mapping[str, EpisodeRunner], field: str = "environment") -> None:
         if not runners:
@@ -88,7 +89,15 @@ class EpisodeRouter:
             own_encode = None if encode is None else self._encoder(encode, name)
             own_prompts = [prompts[i] for i in indices]
             generations = runner.run(engine, own_prompts, own_rows, sampling, own_encode)
-            reward = {"environment_reward": 0.0} if self.rewards and not runner.rewards else {}
             for index, gens in zip(indices, generations, strict=True):
-                out[index] = [replace(g, prompt_index=index, **reward) for g in gens]
+                out[index] = [replace(g, prompt_index=index) for g in gens]
+        flat = [g for gens in out for g in gens]
+        if self.rewards or any(g.environment_reward is not None for g in flat):
+            out = [  # episodes of an environment that gave no reward get 0
+                [
+                    g if g.environment_reward is not None else replace(g, environment_reward=0.0)
+                    for g in gens
+                ]
+                for gens in out
+            ]
         return out

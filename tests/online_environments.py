@@ -197,3 +197,41 @@ class Recording(Fixed):
     def __init__(self, observation: str = " result: 7 ") -> None:
         super().__init__(observation)
         type(self).instances.append(self)
+
+
+class TurnRewards(Fixed):
+    """Turn k earns k/2 (a pair (observation, reward) from step); the third turn ends it."""
+
+    def step(self, turn: str) -> Any:
+        self.turns.append(turn)
+        k = len(self.turns)
+        return (self.observation if k < 3 else None, k / 2)
+
+
+class TurnRewardsAndOwn(TurnRewards):
+    """TurnRewards with a get_reward of its own, added to the turn rewards."""
+
+    def get_reward(self) -> float:
+        return 10.0
+
+
+class BadTurnReward(Fixed):
+    def step(self, turn: str) -> Any:
+        return (self.observation, "high")
+
+
+def digit_share(text: str) -> float:
+    text = text.strip()
+    return sum(c.isdigit() for c in text) / max(1, len(text))
+
+
+class DigitTurns:
+    """Two turns, no get_reward: each turn earns the share of digits in it as its turn reward,
+    so only turn rewards teach."""
+
+    def reset(self, **row: Any) -> None:
+        self.turns = 0
+
+    def step(self, turn: str) -> Any:
+        self.turns += 1
+        return (" 7 " if self.turns == 1 else None, digit_share(turn))

@@ -18,7 +18,9 @@ class EnvironmentConfig(Section):
     or your class as `package.module:Class` with
     `reset(**row)` (a str it returns is appended to the episode's prompt, as in TRL),
     `step(turn)` returning the observation (a str) or None to end the episode
-    (may be `async def`), and optionally `get_reward()` returning a float (TRL's
+    (may be `async def`), or the pair (observation, reward) to reward the turn (gym's
+    per-step reward: GAE credits it to the turn's tokens), and optionally `get_reward()`
+    returning a float (TRL's
     environment_factory contract with a text step). A TRL environment_factory class without
     `step` runs as it is: its public methods are the tools (Hermes tool calls; needs a chat
     template that lists tools). One instance per episode."""

@@ -257,16 +257,17 @@ class OnlineConfig(Section):
     environment: EnvironmentConfig | None = None
     """Multi-turn episodes: an environment answers each model turn (a tool's result, a game's
     state) until it ends the episode; its tokens are never trained on (loss mask 0). Its own
-    reward (get_reward) enters as the reward named `environment` in `rewards`. Null: one turn.
+    reward (get_reward, plus the turn rewards its steps gave) enters as the reward named
+    `environment` in `rewards`. Null: one turn.
     Held-out accuracy runs the same episodes; `eval:` benchmarks run them with
     eval.environment."""
     environments: dict[str, EnvironmentConfig] = {}  # noqa: RUF012 (pydantic copies it)
     """Several environments in one run (TRL's dict environment_factory), by a name of your
     choosing, each with the keys of `online.environment`: {wordle: {name: my_envs:Wordle},
     calc: {name: calculator}}; each row names its own in the column `environment_field` (not
-    passed to reset), and only its tools are shown in its prompt. An environment without
-    get_reward gives its episodes 0 as the `environment` reward when another one has
-    get_reward. Instead of `environment`."""
+    passed to reset), and only its tools are shown in its prompt. An environment that gives
+    no reward (no get_reward, no turn rewards) gives its episodes 0 as the `environment`
+    reward when another one does. Instead of `environment`."""
     environment_field: str = "environment"
     """The row column that names the row's environment (with `environments`)."""
 

@@ -42,6 +42,7 @@ TOKEN_FIELDS = (
     "behaviour_logprobs",
     "values",
     "returns",
+    "turn_rewards",
 )
 ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
 
@@ -83,8 +84,12 @@ class Batch:
     rollout (V_old; read by GAE and by the critic's clipped value loss)."""
     returns: Tensor | None = None
     """[R, T] the critic's regression targets (GAE's A + V), read by its value loss."""
+    turn_rewards: Tensor | None = None
+    """[R, T] the part of each row's reward a multi-turn environment gave turn by turn, each
+    turn's reward on that turn's last sampled token, 0 elsewhere (``rewards`` includes it);
+    read by GAE, which credits each to the tokens before it. None: all of it at the end."""
     rewards: Tensor | None = None
-    """[R] scalar reward of each row (online RL)."""
+    """[R] scalar reward of each row (online RL; an episode's turn rewards included)."""
     group_ids: Tensor | None = None
     """[R] integer id of the prompt a row answers; rows of one prompt form a group."""
     roles: Tensor | None = None

@@ -4,9 +4,11 @@ PPO as RLHF runs it (Ouyang et al. 2022; verl's ``gae`` estimator, OpenRLHF's de
 each completion token with a value model V(s_t), s_t the prompt and the tokens before t. The
 reward is per token: the sequence's reward R on its last token, minus β · (log π_old − log π_ref)
 on every token when the KL penalty sits in the reward (k1, as verl's ``use_kl_in_reward`` and
-OpenRLHF's ``init_kl_coef``). Then, over each row's completion tokens in order (tokens outside
-the mask, e.g. a tool's output inside an episode, are skipped and carry the recursion through,
-as verl's multi-turn GAE does):
+OpenRLHF's ``init_kl_coef``). A multi-turn environment's turn rewards (``batch.turn_rewards``,
+part of R) stay on the last token of their turn, and the last token gets the rest of R, so
+each turn's reward is credited to the tokens before it. Then, over each row's completion
+tokens in order (tokens outside the mask, e.g. a tool's output inside an episode, are skipped
+and carry the recursion through, as verl's multi-turn GAE does):
 
     δ_t = r_t + γ V_{t+1} − V_t          (V after the last token: 0)
     A_t = δ_t + γλ A_{t+1}                returns_t = A_t + V_t
@@ -37,16 +39,27 @@ from alignlib.estimator.units import Likelihood
 
 
 def token_rewards(
-    rewards: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0
+    rewards: Tensor,
+    mask: Tensor,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    turns: Tensor | None = None,
 ) -> Tensor:
     """[R, T] per-token rewards: each row's reward on its last masked token, minus
-    ``kl_coef`` · ``kl`` on every masked token (``kl``: [R, T] log π_old − log π_ref)."""
+    ``kl_coef`` · ``kl`` on every masked token (``kl``: [R, T] log π_old − log π_ref). With
+    ``turns`` ([R, T] the turn rewards a multi-turn environment gave, part of ``rewards``),
+    each stays on its own token and the last token gets the rest of the reward, so a row's
+    rewards still sum to its reward."""
     valid = mask > 0
     columns = torch.arange(mask.shape[1], device=mask.device)
     last = (valid * columns).argmax(-1)  # a row without tokens gets no reward anywhere
     rows = torch.arange(mask.shape[0], device=mask.device)
     out = torch.zeros(mask.shape, dtype=rewards.dtype, device=mask.device)
-    out[rows, last] = rewards * valid.any(-1).to(rewards.dtype)
+    rest = rewards
+    if turns is not None:
+        out = turns.to(out.dtype) * valid.to(out.dtype)
+        rest = rewards - out.sum(-1)
+    out[rows, last] += rest * valid.any(-1).to(rewards.dtype)
     if kl is not None and kl_coef:
         out = out - kl_coef * kl.to(out.dtype) * valid.to(out.dtype)
     return out
@@ -129,7 +142,9 @@ class GAE(Advantage):
         assert batch.rewards is not None and batch.values is not None
         dtype = batch.logprobs.dtype
         valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
-        rewards = token_rewards(batch.rewards.to(dtype), valid, self._kl(batch), self.kl_coef)
+        rewards = token_rewards(
+            batch.rewards.to(dtype), valid, self._kl(batch), self.kl_coef, batch.turn_rewards
+        )
         return gae(rewards, batch.values.detach().to(dtype), valid, self.gamma, self.lam)
 
 

@@ -74,7 +74,7 @@ class RolloutCollector:
             self.online.rewards,
             self.online.correct_threshold,
             allow_nonfinite=config.train.nonfinite == "skip",
-            environment_rewards=self.episodes is not None and self.episodes.rewards,
+            environment_rewards=self.episodes is not None,  # get_reward or turn rewards
             episodes=self.episodes is not None,
         )
         self.rewards.check(self.rows[0], where)

@@ -1,6 +1,7 @@
 """The reward of each completion in an online run: the weighted sum of `online.rewards`. Two
 names are built in: `math` (graded in one batch against the row's answer) and `environment`
-(the episode's own reward from a multi-turn environment's get_reward)."""
+(the episode's own reward from a multi-turn environment: its get_reward() plus the rewards its
+steps gave turn by turn)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from alignlib.rewards import (
 MATH_PARAMS = ("timeout_s",)
 """What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
 ENVIRONMENT = "environment"
-"""The reward name that reads each episode's environment reward (Generation.environment_reward)."""
+"""The reward name that reads each episode's environment reward (Generation.environment_reward,
+which includes its turn rewards)."""
 
 
 def with_answer_field(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
@@ -43,7 +45,8 @@ class RewardModel:
     misspelled one is refused instead of swallowed; every value must be a finite number unless
     ``allow_nonfinite`` (`train.nonfinite: skip`). ``episodes``: completions are multi-turn
     episodes, so TRL rewards may read their `environments`; ``environment_rewards``: the
-    episodes carry an environment's reward, so the `environment` name may be listed."""
+    episodes may carry an environment's reward (get_reward, or turn rewards from its steps),
+    so the `environment` name may be listed."""
 
     def __init__(
         self,
@@ -72,6 +75,11 @@ class RewardModel:
         math_params = [s.params for s in self.specs if s.name == "math"]
         self.math_timeout = float(math_params[0].get("timeout_s", 5.0)) if math_params else 5.0
 
+    @property
+    def environment_weight(self) -> float:
+        """The weight of the environment's reward in the total (that of its turn rewards)."""
+        return sum(s.weight for s in self.specs if s.name == ENVIRONMENT)
+
     @staticmethod
     def _function(
         index: int, spec: RewardSpec, environment_rewards: bool
@@ -82,8 +90,8 @@ class RewardModel:
             if not environment_rewards:
                 raise RewardError(
                     f"online.rewards[{index}].name: environment is the episode reward of a "
-                    "multi-turn environment (its get_reward()); set online.environment to a "
-                    "class that defines get_reward, or remove this reward"
+                    "multi-turn environment (its get_reward() and turn rewards); set "
+                    "online.environment to a class that gives one, or remove this reward"
                 )
             return None
         try:
@@ -120,6 +128,8 @@ class RewardModel:
         (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids;
         ``environment``: each episode's environment reward; ``environments``: each episode's
         environment instance, for TRL rewards that read them)."""
+        if environment is not None:
+            self.check_unread(environment)
         verdicts = None
         if all(row.get("answer") is not None for row in rows):
             # One call: normalization in-process, math-verify spread over the time-limited pool.
@@ -153,6 +163,18 @@ class RewardModel:
         correct = verdicts if verdicts is not None else total > self.threshold
         return total, correct
 
+    def check_unread(self, environment: Sequence[float | None]) -> None:
+        """An environment's reward that no listed reward reads is refused (a get_reward class
+        is refused before the run; a step's turn rewards show only in its episodes)."""
+        if any(v is not None for v in environment) and not any(
+            s.name == ENVIRONMENT for s in self.specs
+        ):
+            raise RewardError(
+                "online.rewards: the environment gave its episodes rewards (turn rewards: step "
+                "returned (observation, reward)), which no reward reads; add "
+                "{name: environment} to online.rewards (weight 0 to ignore them)"
+            )
+
 
 def environment_values(rewards: Sequence[float | None] | None, count: int) -> list[float]:
     """The episodes' environment rewards as floats; one line when an episode has none."""
@@ -161,7 +183,8 @@ def environment_values(rewards: Sequence[float | None] | None, count: int) -> li
         if value is None or not torch.isfinite(torch.tensor(float(value))):
             raise RewardError(
                 f"reward 'environment': completion {index} has no finite environment reward "
-                f"({value!r}); its environment's get_reward() must return a finite number "
+                f"({value!r}); its environment must define get_reward() returning a finite "
+                "number, or give turn rewards (step returning (observation, reward)) "
                 "(demonstrations have none: do not combine it with HPT/LUFFY routing)"
             )
     return [float(v) for v in values]  # type: ignore[arg-type]

@@ -33,6 +33,8 @@ class Rollouts:
     """[P, n] bool: correct per the math grader (rows with `answer`), else reward > threshold."""
     seconds: float = 0.0
     """Wall time of generation alone."""
+    turn_weight: float = 1.0
+    """The weight of the environment's reward in ``rewards``: its turn rewards' scale."""
 
     @property
     def num_tokens(self) -> int:
@@ -60,6 +62,9 @@ class TrainRows:
     loss_masks: list[list[int] | None] = field(default_factory=list)
     """Per completion token, 1 to train on it and 0 for tokens an environment inserted
     (``Generation.loss_mask``); None: every completion token trains."""
+    turn_rewards: list[list[float] | None] = field(default_factory=list)
+    """Per completion token, the weighted turn reward an environment gave on it (part of the
+    row's reward; ``Generation.turn_rewards``); None: none."""
 
     def add(
         self,
@@ -70,6 +75,7 @@ class TrainRows:
         reward: float,
         logprobs: list[float] | None = None,
         loss_mask: list[int] | None = None,
+        turn_rewards: list[float] | None = None,
     ) -> None:
         self.sequences.append(list(prompt) + list(completion))
         self.starts.append(len(prompt))
@@ -78,6 +84,7 @@ class TrainRows:
         self.rewards.append(float(reward))
         self.behaviour.append(None if logprobs is None else list(logprobs))
         self.loss_masks.append(None if loss_mask is None else list(loss_mask))
+        self.turn_rewards.append(None if turn_rewards is None else list(turn_rewards))
 
     def extend(self, other: TrainRows, group_offset: int) -> None:
         self.sequences += other.sequences
@@ -87,6 +94,7 @@ class TrainRows:
         self.rewards += other.rewards
         self.behaviour += other.behaviour
         self.loss_masks += other.loss_masks
+        self.turn_rewards += other.turn_rewards
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -120,7 +128,15 @@ def score_rollouts(
         [g.environment for _, g in flat],
     )
     shape = (len(generations), len(generations[0]) if generations else 0)
-    return Rollouts(rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds)
+    return Rollouts(
+        rows,
+        prompt_ids,
+        generations,
+        total.view(shape),
+        correct.view(shape),
+        seconds,
+        rewards.environment_weight,
+    )
 
 
 # ------------------------------------------------------------------------------------- routing
@@ -153,8 +169,9 @@ def build_rows(
             out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward)
         else:
             gen = rollouts.generations[p][s]
-            own = gen.prompt_ids or prompt
-            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask)
+            own, weight = gen.prompt_ids or prompt, rollouts.turn_weight
+            turns = None if gen.turn_rewards is None else [weight * r for r in gen.turn_rewards]
+            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask, turns)
     return out
 
 
@@ -190,6 +207,7 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     rows.rewards[i],
                     rows.behaviour[i],
                     rows.loss_masks[i],
+                    rows.turn_rewards[i],
                 )
     return out
 
@@ -220,16 +238,20 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
 
 
 def episode_metrics(generations: list[Generation]) -> dict[str, float]:
-    """Turns per completion and tokens an environment inserted, when completions are
-    multi-turn episodes (an environment's loss masks); nothing otherwise."""
+    """Turns per completion, tokens an environment inserted and the turn rewards its steps gave,
+    when completions are multi-turn episodes (an environment's loss masks); nothing otherwise."""
     masks = [g.loss_mask for g in generations if g.loss_mask is not None]
     if not masks:
         return {}
     count = len(generations)
-    return {
+    out = {
         "rollout/turns": sum(g.turns for g in generations) / count,
         "rollout/observation_tokens": sum(len(m) - sum(m) for m in masks) / count,
     }
+    turn_rewards = [sum(g.turn_rewards) for g in generations if g.turn_rewards is not None]
+    if turn_rewards:  # the sum per episode, as the environment gave it (before weighting)
+        out["rollout/turn_reward"] = sum(turn_rewards) / count
+    return out
 
 
 def environment_metrics(rollouts: list[Rollouts], field: str) -> dict[str, float]:

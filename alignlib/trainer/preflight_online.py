@@ -119,8 +119,9 @@ def check_rows_environments(rows: list[dict[str, Any]], online: OnlineConfig, so
 
 def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: str) -> bool:
     """``online.environment`` (or each of ``online.environments``, and every row's choice of
-    one): the class resolves and takes its params, and an environment's own reward is used
-    exactly when `rewards` lists `environment`. Returns whether some environment rewards."""
+    one): the class resolves and takes its params, and an environment's get_reward is used
+    exactly when `rewards` lists `environment`. Returns whether episodes carry an environment's
+    reward (get_reward, or turn rewards: those show only when the episodes run)."""
     from alignlib.trainer.online_rewards import ENVIRONMENT
 
     online = config.online
@@ -133,7 +134,8 @@ def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: st
             "{name: environment} to online.rewards (weight 0 to ignore it)"
         )
     check_rows_environments(rows, online, source)
-    return bool(rewarding)
+    listed = any(r.name == ENVIRONMENT for r in online.rewards)
+    return bool(sections) and listed
 
 
 def environment_rewards(spec: EnvironmentConfig, key: str) -> bool:
