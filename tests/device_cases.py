@@ -39,6 +39,7 @@ OFFLINE = {
     "kto": "kto",
     "aot": "preference",
     "reward_model": "preference",  # a score head on the decoder, no LM head
+    "dpo_wpo": "preference",  # WPO's no-grad pass through a hooked head; LD-DPO's likelihood
 }
 ONLINE = {
     "grpo": {},
@@ -75,7 +76,7 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         ]
     data = tmp / f"{case}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    name = "grpo" if case == "grpo_kl" else case
+    name = {"grpo_kl": "grpo", "dpo_wpo": "dpo"}.get(case, case)
     cfg: dict[str, Any] = {
         "output_dir": str(tmp / f"run-{case}-{device}"),
         "model": {"name_or_path": "tiny:llama", "device": device, "precision": precision},
@@ -86,6 +87,8 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
     }
     if case == "tpo":
         cfg["train"]["reference"] = "none"
+    if case == "dpo_wpo":
+        cfg["algorithm"] |= {"wpo": True, "ld_alpha": 0.5}
     if case == "opd":
         cfg["model"]["reference_name_or_path"] = str(save_teacher(tmp / "teacher"))
     if not offline:

@@ -64,6 +64,7 @@ def test_every_kind_has_its_registry() -> None:
         "sequence-mean",
         "sequence-mean-token",
         "score",
+        "length-desensitized",
     }
     assert set(AGGREGATIONS.names()) >= {
         "token-mean",

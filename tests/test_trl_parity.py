@@ -25,9 +25,19 @@ from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 PAIRS, WIDTH = 5, 10
 
 
-def trl_loss(log_probs: torch.Tensor, completion_mask: torch.Tensor, ref: torch.Tensor, **cfg):
-    """TRL's loss for per-token log-probs [2B, T-1] laid out [chosen; rejected]."""
+def trl_loss(
+    log_probs: torch.Tensor,
+    completion_mask: torch.Tensor,
+    ref: torch.Tensor,
+    log_sum_sq_probs: torch.Tensor | None = None,
+    **cfg,
+):
+    """TRL's loss for per-token log-probs [2B, T-1] laid out [chosen; rejected]. ``ref``: the
+    reference's sequence sums [2B] (precomputed), or its per-token log-probs [2B, T-1], which
+    a stand-in reference model returns to TRL's own reference pass (which applies ld_alpha).
+    ``log_sum_sq_probs``: what the policy's fused head returns for WPO (default zeros)."""
     rows = log_probs.shape[0]
+    per_token = ref.dim() == 2
     metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
     accelerator = SimpleNamespace(
         device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x
@@ -36,26 +46,29 @@ def trl_loss(log_probs: torch.Tensor, completion_mask: torch.Tensor, ref: torch.
         "f_divergence_type": "reverse_kl",
         "f_alpha_divergence_coef": 1.0,
         "label_smoothing": 0.0,
-        "args": SimpleNamespace(discopop_tau=cfg.pop("discopop_tau", 0.05)),
+        "args": SimpleNamespace(
+            discopop_tau=cfg.pop("discopop_tau", 0.05), gradient_checkpointing_kwargs=None
+        ),
     }
+    model = torch.nn.Module()  # in training mode; TRL asks whether it is a peft model
+    model.is_gradient_checkpointing = False
     stub = SimpleNamespace(
-        model=SimpleNamespace(training=True),
+        model=model,
+        ref_model=lambda **_: SimpleNamespace(log_probs=ref),
         accelerator=accelerator,
         aux_loss_enabled=False,
-        ld_alpha=None,
-        precompute_ref_logps=True,
-        use_weighting=False,
+        precompute_ref_logps=not per_token,
         _metrics=metrics,
         _total_train_tokens=0,
         _tp_size=1,
-        **(settings | cfg),
+        **({"ld_alpha": None, "use_weighting": False} | settings | cfg),
     )
     zeros = torch.zeros_like(log_probs)
     outputs = SimpleNamespace(
         log_probs=log_probs,
         entropy=zeros,
         mean_logits=zeros,
-        log_sum_sq_probs=zeros,
+        log_sum_sq_probs=zeros if log_sum_sq_probs is None else log_sum_sq_probs,
         is_top1=torch.zeros_like(log_probs, dtype=torch.bool),
         aux_loss=None,
     )
@@ -63,9 +76,9 @@ def trl_loss(log_probs: torch.Tensor, completion_mask: torch.Tensor, ref: torch.
         "input_ids": torch.ones(rows, WIDTH, dtype=torch.long),
         "attention_mask": torch.ones(rows, WIDTH, dtype=torch.long),
         "completion_mask": completion_mask,
-        "ref_chosen_logps": ref[: rows // 2],
-        "ref_rejected_logps": ref[rows // 2 :],
     }
+    if not per_token:
+        inputs |= {"ref_chosen_logps": ref[: rows // 2], "ref_rejected_logps": ref[rows // 2 :]}
     return DPOTrainer._compute_loss(stub, lambda **_: outputs, inputs, return_outputs=False)
 
 

@@ -20,6 +20,7 @@ from alignlib.estimator import (
     REGULARIZERS,
     UnifiedEstimator,
 )
+from alignlib.estimator.pair_options import length_desensitized, wpo_weighted
 
 
 def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
@@ -27,7 +28,17 @@ def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
 
 
 def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
-    """A preset with overrides, or an estimator assembled from named components."""
+    """A preset with overrides, or an estimator assembled from named components; then the
+    pairwise options (LD-DPO's ``ld_alpha``, WPO's weights) when set."""
+    estimator = _named_or_composed(config)
+    if config.ld_alpha is not None:
+        estimator = length_desensitized(estimator, config.ld_alpha)
+    if config.wpo:
+        estimator = wpo_weighted(estimator)
+    return estimator
+
+
+def _named_or_composed(config: AlgorithmConfig) -> UnifiedEstimator:
     if config.name is not None:
         return get_preset(config.name, **config.params)
     parts = config.components

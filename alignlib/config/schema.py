@@ -116,6 +116,17 @@ class AlgorithmConfig(Section):
     """Overrides of the preset's hyperparameters (e.g. {beta: 0.05})."""
     components: ComponentsConfig | None = None
     """Build the estimator from components instead of a preset."""
+    ld_alpha: float | None = Field(None, ge=0, le=1)
+    """LD-DPO (Liu et al. 2024; TRL's `ld_alpha`) for the preference-pair losses (the DPO
+    family): the tokens of a response beyond the length its pair shares count α in its
+    log-likelihood, so the longer response's verbose tail weighs less (1: plain DPO; 0: not at
+    all; the paper's best values lie between 0.3 and 0.8 by model). Null: off."""
+    wpo: bool = False
+    """WPO (Zhou et al. 2024; TRL's `use_weighting`) for the preference-pair losses: each
+    pair's loss times w(y_w)·w(y_l), w(y) = exp(mean_t(log π(y_t) − log Σ_v π(v)²)), the
+    present policy's aligned probability of the response (no gradient through w), so pairs
+    the policy would itself produce count more. Costs one no-grad pass per step that reads the
+    LM head's logits (padded)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AlgorithmConfig:

@@ -88,6 +88,7 @@ from alignlib.estimator.routing import AllRollouts, Router, RowPlan, plan_rows
 from alignlib.estimator.term import PolicyGradientTerm, Term, TermOutput
 from alignlib.estimator.units import (
     LIKELIHOODS,
+    LengthDesensitized,
     Likelihood,
     SequenceMean,
     SequenceMeanPerToken,
@@ -140,6 +141,7 @@ __all__ = [
     "KLPenalty",
     "KTOWeights",
     "LeaveOneOut",
+    "LengthDesensitized",
     "Likelihood",
     "Mask",
     "NCAPairWeights",

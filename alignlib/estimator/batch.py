@@ -43,6 +43,7 @@ TOKEN_FIELDS = (
     "values",
     "returns",
     "turn_rewards",
+    "log_sum_sq_probs",
 )
 ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
 
@@ -84,6 +85,9 @@ class Batch:
     rollout (V_old; read by GAE and by the critic's clipped value loss)."""
     returns: Tensor | None = None
     """[R, T] the critic's regression targets (GAE's A + V), read by its value loss."""
+    log_sum_sq_probs: Tensor | None = None
+    """[R, T] log Σ_v π(v | x, y_<t)² of the present policy at each completion token (its
+    collision probability), no gradient; read by WPO's weights."""
     turn_rewards: Tensor | None = None
     """[R, T] the part of each row's reward a multi-turn environment gave turn by turn, each
     turn's reward on that turn's last sampled token, 0 elsewhere (``rewards`` includes it);

@@ -105,6 +105,10 @@ class UnifiedEstimator:
     def from_terms(cls, *terms: Term) -> UnifiedEstimator:
         return cls(terms=terms)
 
+    def with_terms(self, terms: Sequence[Term]) -> UnifiedEstimator:
+        """The same estimator (router, critic loss) with ``terms`` instead of its own."""
+        return self._like(terms, self.router)
+
     def with_router(self, router: Router | None) -> UnifiedEstimator:
         """The same terms, with ``router`` building the training rows online."""
         return self._like(self.terms, router)

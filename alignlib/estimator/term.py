@@ -109,15 +109,16 @@ class PolicyGradientTerm(Term):
     def units(self, batch: Batch, rows: Tensor, detach: bool = False) -> Units:
         logprobs = batch.logprobs.detach() if detach else batch.logprobs
         old = batch.old_logprobs
+        likelihood = self.likelihood.for_batch(batch)
         return Units(
-            logp=self.likelihood.units(logprobs, batch.mask),
-            old=None if old is None else self.likelihood.units(old.detach(), batch.mask),
-            mask=self.likelihood.unit_mask(batch.mask) * rows.to(batch.mask.dtype).unsqueeze(-1),
+            logp=likelihood.units(logprobs, batch.mask),
+            old=None if old is None else likelihood.units(old.detach(), batch.mask),
+            mask=likelihood.unit_mask(batch.mask) * rows.to(batch.mask.dtype).unsqueeze(-1),
             roles=batch.role_codes(),
         )
 
     def advantages(self, batch: Batch, rows: Tensor) -> AdvantageResult:
-        return self.advantage.compute(batch, rows, self.likelihood)
+        return self.advantage.compute(batch, rows, self.likelihood.for_batch(batch))
 
     def per_unit(self, values: Tensor) -> Tensor:
         if values.dim() == 1:

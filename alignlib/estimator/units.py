@@ -8,12 +8,14 @@ weights are per row and the same for every likelihood.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
-from alignlib.estimator.registry import Registry
+from alignlib.estimator.batch import Batch, BatchError, Role
+from alignlib.estimator.registry import Registry, check_number
 
 
 @dataclass
@@ -50,6 +52,11 @@ class Likelihood(ABC):
         """[R] the completion's log-likelihood as preference margins use it."""
         units = self.units(logprobs, mask)
         return units.sum(-1)
+
+    def for_batch(self, batch: Batch) -> Likelihood:
+        """This likelihood for ``batch``'s rows (one that reads more than a row's own tokens,
+        e.g. its pair partner's length, binds it here); most need nothing."""
+        return self
 
 
 LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
@@ -132,3 +139,63 @@ class SequenceMeanPerToken(Likelihood):
 
     def unit_mask(self, mask: Tensor) -> Tensor:
         return mask
+
+
+@LIKELIHOODS.register("length-desensitized")
+@dataclass(frozen=True)
+class LengthDesensitized(Likelihood):
+    """LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference Optimization"):
+    the log-likelihood of a pair's response counts its first s tokens whole and the rest
+    by α, s = min(|y_w|, |y_l|) the length the pair's two responses share,
+
+        l(y) = Σ_{t ≤ s} ℓ_t + α Σ_{t > s} ℓ_t          (TRL's ``ld_alpha``),
+
+    so the longer response's verbose tail weighs α (1: DPO's sum; 0: the tail not at all).
+    ``mean`` divides by |y| (with ``sequence-mean`` methods, IPO). A row outside a pair (a
+    demonstration) keeps its plain sum. Reads ``batch.pair_ids``, bound by :meth:`for_batch`.
+    """
+
+    per_sequence: ClassVar[bool] = True
+    alpha: float = 0.5
+    """α, the weight of the tokens beyond the shared length (in [0, 1])."""
+    mean: bool = False
+    """Divide by the response's length (as ``sequence-mean``)."""
+    weights: Tensor | None = field(default=None, repr=False, compare=False)
+    """[R, T] the bound batch's token weights (1, or α past the shared length)."""
+
+    def __post_init__(self) -> None:
+        check_number("LengthDesensitized", "alpha", self.alpha, ge=0, le=1)
+
+    def for_batch(self, batch: Batch) -> LengthDesensitized:
+        return replace(self, weights=shared_length_weights(batch, self.alpha))
+
+    def units(self, logprobs: Tensor, mask: Tensor) -> Tensor:
+        if self.weights is None or self.weights.shape != mask.shape:
+            raise BatchError(
+                "the length-desensitized likelihood reads each pair's shared length: bind it to "
+                "the batch first (likelihood.for_batch(batch); the estimator does)"
+            )
+        total = (_masked(logprobs, mask) * self.weights.to(logprobs.dtype)).sum(-1, keepdim=True)
+        return total / mask.sum(-1, keepdim=True).clamp(min=1) if self.mean else total
+
+    def unit_mask(self, mask: Tensor) -> Tensor:
+        return (mask.sum(-1, keepdim=True) > 0).to(mask.dtype)
+
+
+def shared_length_weights(batch: Batch, alpha: float) -> Tensor:
+    """[R, T] 1 on each response's first s completion tokens (s: the shorter length of its
+    pair's chosen and rejected response) and α after them; 1 on rows outside a pair."""
+    mask = batch.mask
+    lengths = mask.sum(-1)
+    shared = torch.full_like(lengths, float("inf"))
+    codes = batch.role_codes()
+    paired = (codes == int(Role.CHOSEN)) | (codes == int(Role.REJECTED))
+    if batch.pair_ids is not None and bool(paired.any()):
+        ids = batch.pair_ids[paired]
+        size = int(ids.max()) + 1
+        shortest = lengths.new_full((size,), float("inf"))
+        shortest = shortest.scatter_reduce(0, ids, lengths[paired], reduce="amin")
+        shared[paired] = shortest[ids]
+    position = (mask > 0).cumsum(-1).to(lengths.dtype)  # the t of each completion token
+    beyond = position > shared.unsqueeze(-1)
+    return torch.where(beyond, torch.full_like(mask, alpha), torch.ones_like(mask))

@@ -21,6 +21,7 @@ from alignlib.data.formats import check_rows, unpaired, with_derived_fields
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
+from alignlib.trainer.head_hooks import with_log_sum_sq_probs
 from alignlib.trainer.model import adapter_context
 from alignlib.trainer.offline_heldout import heldout_due, heldout_metrics
 from alignlib.trainer.packing import MicroBatching
@@ -316,6 +317,8 @@ class OfflineSource:
         )
         if estimator.reads_present_logprobs():  # KTO's weights: from the policy as it is now
             batch = with_present_logprobs(self.kernel, batch, train.micro_batch_size * 2)
+        if "log_sum_sq_probs" in estimator.requirements():  # WPO's weights
+            batch = with_log_sum_sq_probs(self.kernel, batch, train.micro_batch_size * 2)
         return batch
 
     def heldout_metrics(self) -> dict[str, float]:

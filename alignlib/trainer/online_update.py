@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from alignlib.device import HOST
-from alignlib.estimator import Batch, Role, UnifiedEstimator, kept_log_mass
+from alignlib.estimator import Batch, Role, UnifiedEstimator
 from alignlib.estimator.aggregation import PairMean
+from alignlib.trainer.head_hooks import kept_mass, logprobs_and_statistic
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
@@ -198,55 +199,13 @@ def online_minibatch(
     return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)
 
 
-class KeptMassHook:
-    """A forward hook on the LM head that records log S_t (:func:`kept_log_mass`) of every
-    chunk of logits the head computes, in order. A hooked head is called per chunk of positions
-    (``token_logprobs``' module path), so the chunks concatenate to the scored positions."""
-
-    def __init__(self, temperature: float, top_k: int, top_p: float) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.parts: list[Tensor] = []
-
-    def __call__(self, module: torch.nn.Module, inputs: object, logits: Tensor) -> None:
-        flat = logits.detach().reshape(-1, logits.shape[-1])
-        step = max(1, (1 << 22) // logits.shape[-1])  # bounded [positions, V] sort buffers
-        mass = [
-            kept_log_mass(flat[i : i + step], self.temperature, self.top_k, self.top_p)
-            for i in range(0, flat.shape[0], step)
-        ]
-        self.parts.append(torch.cat(mass).reshape(logits.shape[:-1]).float())
-
-
-@torch.no_grad()
 def old_logprobs_and_kept_mass(
     kernel: LogprobKernel, rows: RowTensors, micro_batch_size: int, top_k: int, top_p: float
 ) -> tuple[Tensor, Tensor]:
-    """([R, W] old log-probs, [R, W] log S_t) in one no-grad pass over every row (eval mode,
-    shared among data-parallel ranks as ``LogprobKernel.all_rows`` does): S_t is the tempered
-    mass the engine's top-k/top-p kept at position t, read from the same logits."""
-    host, model = rows.host, kernel.model
-    old = torch.zeros(host.input_ids.shape, device=kernel.device)
-    mass = torch.zeros_like(old)
-    hook = KeptMassHook(kernel.temperature, top_k, top_p)
-    handle = model.get_output_embeddings().register_forward_hook(hook)  # type: ignore[operator]
-    was_training = model.training
-    model.eval()
-    chunks = kernel.passes(host, micro_batch_size)  # the hook is on: padded passes
-    try:
-        for chunk in kernel.world.share(chunks):
-            hook.parts = []
-            out = kernel(host, chunk, grad=False)
-            target = chunk.to(kernel.device)
-            old[target, : out.width] = out.logprobs.float()
-            if hook.parts:  # positions from the first scored one to the row end
-                kept = torch.cat(hook.parts, dim=1)
-                mass[target, out.width - kept.shape[1] : out.width] = kept
-    finally:
-        handle.remove()
-        model.train(was_training)
-    kernel.world.sum_(old)
-    kernel.world.sum_(mass)
-    return old, mass
+    """([R, W] old log-probs, [R, W] log S_t) in one no-grad pass over every row: S_t is the
+    tempered mass the engine's top-k/top-p kept at position t, read from the same logits."""
+    reduce = kept_mass(kernel.temperature, top_k, top_p)
+    return logprobs_and_statistic(kernel, rows.host, micro_batch_size, reduce)
 
 
 def engine_logprobs(rows: RowTensors, kept_mass: Tensor | None, device: torch.device) -> Tensor:

@@ -34,6 +34,7 @@ OFFLINE_FIELDS = {
     "roles",
     "pair_ids",
     "trace",
+    "log_sum_sq_probs",  # WPO's, from a no-grad pass (trainer.head_hooks)
 }
 """Batch fields an offline step fills (prev_logprobs only inside the preference iterations)."""
 
