@@ -5,7 +5,10 @@
 `kto` against `KTOTrainer` on the pairs unpaired (`--pairs` counts examples there; both sides
 add a no-grad pass over the mismatched KL completions; the plain loop is skipped), `aot`
 against `DPOTrainer(loss_type="aot")` (alignlib adds a no-grad pass over the mini-batch, which
-its sort reads; TRL sorts each micro-batch, so the two losses differ, the work is the same).
+its sort reads; TRL sorts each micro-batch, so the two losses differ, the work is the same),
+`wpo` DPO with WPO's weights against `DPOTrainer(use_weighting=True)` (alignlib adds a no-grad
+pass that reads log Σπ² off the LM head; TRL's fused head computes it in the training forward;
+the plain loop is skipped).
 Both trainers run full fine-tuning with AdamW, with DPO's reference log-probs precomputed once,
 for the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,
@@ -51,6 +54,7 @@ PARAMS = {
     "orpo": {"beta": 0.1},
     "kto": {"beta": 0.1},
     "aot": {"beta": BETA},
+    "wpo": {"beta": BETA},
 }
 """Each method's hyperparameters, the same on both sides (the presets' defaults)."""
 
@@ -80,7 +84,11 @@ def alignlib_step_times(model_name: str, steps: int, workdir: Path) -> Run:
             "max_prompt_length": MAX_LENGTH - 32,
             "max_completion_length": 32,
         },
-        "algorithm": {"name": METHOD, "params": PARAMS[METHOD]},
+        "algorithm": {
+            "name": "dpo" if METHOD == "wpo" else METHOD,
+            "params": PARAMS[METHOD],
+            "wpo": METHOD == "wpo",
+        },
         "optim": {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "grad_clip": None},
         "train": {
             "batch_size": BATCH,
@@ -111,7 +119,7 @@ def load_model(model_name: str):  # type: ignore[no-untyped-def]
 
 def trl_classes() -> tuple[type, type]:
     """TRL's config and trainer classes for ``METHOD``."""
-    if METHOD in ("dpo", "aot"):
+    if METHOD in ("dpo", "aot", "wpo"):
         from trl import DPOConfig, DPOTrainer
 
         return DPOConfig, DPOTrainer
@@ -131,8 +139,10 @@ def trl_classes() -> tuple[type, type]:
 def trl_settings() -> dict[str, object]:
     """The method's hyperparameters under TRL's names."""
     params = PARAMS[METHOD]
-    if METHOD in ("dpo", "kto", "aot"):
+    if METHOD in ("dpo", "kto", "aot", "wpo"):
         settings = {"beta": params["beta"], "precompute_ref_log_probs": True}
+        if METHOD == "wpo":
+            settings["use_weighting"] = True
         return settings | ({"loss_type": ["aot"]} if METHOD == "aot" else {})
     if METHOD == "simpo":
         return {
@@ -268,7 +278,7 @@ def main() -> None:
             "alignlib": with_peak_memory(DEVICE, alignlib_step_times, *common),
             "TRL 1.16": with_peak_memory(DEVICE, trl_step_times, *common),
         }
-        if METHOD != "kto":  # the plain loop is a pair step
+        if METHOD not in ("kto", "wpo"):  # the plain loop is a DPO pair step
             runs["plain"] = with_peak_memory(DEVICE, plain_step_times, *common)
     print(
         f"{METHOD}: model {args.model}, {BATCH} {'examples' if METHOD == 'kto' else 'pairs'}/step "

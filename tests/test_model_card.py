@@ -53,7 +53,13 @@ def test_final_has_a_model_card_with_method_data_steps_metrics_and_config(traine
     assert "pairs.jsonl" in card and f"| alignlib | {__version__} |" in card
     assert "## Final metrics" in card and "| loss |" in card
     config = yaml.safe_load(card.split("```yaml")[1].split("```")[0])
-    assert config["algorithm"] == {"name": "dpo", "params": {"beta": 0.2}, "components": None}
+    assert config["algorithm"] == {
+        "name": "dpo",
+        "params": {"beta": 0.2},
+        "components": None,
+        "ld_alpha": None,
+        "wpo": False,
+    }
 
 
 def test_push_dry_run_lists_the_upload_without_network(trained: Path, capsys) -> None:

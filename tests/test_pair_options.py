@@ -180,6 +180,9 @@ def test_dpo_with_the_options_trains(tmp_path: Path, options: dict[str, Any]) ->
     result = Trainer(load_config(config_file(tmp_path, data, "dpo"), overrides)).train()
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] - 1e-3, losses
+    card = (result.output_dir / "final" / "README.md").read_text()
+    assert ("WPO weights" in card) == bool(options.get("wpo"))
+    assert ("LD-DPO α=" in card) == ("ld_alpha" in options)
     if options.get("wpo"):
         weights = [h["dpo/wpo_weight"] for h in result.history]
         assert all(0 < w < math.inf for w in weights) and len(set(weights)) > 1, weights

@@ -32,17 +32,18 @@ def base_model(name: str) -> str | None:
 
 
 def method(config: RunConfig) -> str:
-    """`dpo (beta=0.1)`, or the components of a composed estimator."""
+    """`dpo (beta=0.1)`, or the components of a composed estimator; then the pairwise options
+    (`, LD-DPO α=0.5`, `, WPO weights`) when set."""
     algo = config.algorithm
+    options = (f", LD-DPO α={algo.ld_alpha}" if algo.ld_alpha is not None else "") + (
+        ", WPO weights" if algo.wpo else ""
+    )
     if algo.name is not None:
         params = ", ".join(f"{k}={v}" for k, v in sorted(algo.params.items()))
-        return f"{algo.name} ({params})" if params else algo.name
-    return (
-        "composed estimator: "
-        + yaml.safe_dump(
-            algo.model_dump(mode="json")["components"], default_flow_style=True, width=1000
-        ).strip()
-    )
+        return (f"{algo.name} ({params})" if params else algo.name) + options
+    components = algo.model_dump(mode="json")["components"]
+    text = yaml.safe_dump(components, default_flow_style=True, width=1000).strip()
+    return f"composed estimator: {text}{options}"
 
 
 def final_metrics(run_dir: Path) -> tuple[int, dict[str, float]]:
