@@ -6,9 +6,8 @@
 add a no-grad pass over the mismatched KL completions; the plain loop is skipped), `aot`
 against `DPOTrainer(loss_type="aot")` (alignlib adds a no-grad pass over the mini-batch, which
 its sort reads; TRL sorts each micro-batch, so the two losses differ, the work is the same),
-`wpo` DPO with WPO's weights against `DPOTrainer(use_weighting=True)` (alignlib adds a no-grad
-pass that reads log Σπ² off the LM head; TRL's fused head computes it in the training forward;
-the plain loop is skipped).
+`wpo` DPO with WPO's weights against `DPOTrainer(use_weighting=True)` (both read log Σπ² off
+the LM head in the training forward; the plain loop is skipped).
 Both trainers run full fine-tuning with AdamW, with DPO's reference log-probs precomputed once,
 for the same number of optimizer steps over the same GSM8K-derived pairs. On CPU in fp32; on a GPU
 (`--device cuda`) in bf16 mixed precision on both sides (fp32 master weights and AdamW state,

@@ -148,6 +148,7 @@ def test_equals_the_papers_formulas_and_does_not_depend_on_micro_batching(
 
 
 def test_the_trainers_log_sum_sq_is_the_models_own() -> None:
+    """From a no-grad pass and from the training forward itself (chunked: a hooked head)."""
     from alignlib.device import Placement
     from alignlib.trainer.step import HostRows, LogprobKernel
 
@@ -160,15 +161,47 @@ def test_the_trainers_log_sum_sq_is_the_models_own() -> None:
     mask[:, 4:] = 1
     mask[2, 6:] = 0
     kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), chunk_size=3)
-    _, got = logprobs_and_statistic(
-        kernel, HostRows(ids, attention, mask), 2, log_sum_sq_probs(1.0)
-    )
+    rows, reduce = HostRows(ids, attention, mask), log_sum_sq_probs(1.0)
+    _, passed = logprobs_and_statistic(kernel, rows, 2, reduce)
+    trained = kernel(rows, torch.arange(3), grad=True, statistic=reduce)
+    assert trained.logprobs.requires_grad and trained.statistic is not None
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attention).logits.double()
     want = torch.logsumexp(2 * torch.log_softmax(logits, -1), -1)[:, :-1]  # position t scores t+1
-    torch.testing.assert_close(
-        got[:, 1:][mask[:, 1:] > 0].double(), want[mask[:, 1:] > 0], rtol=1e-5, atol=1e-6
-    )
+    scored = mask[:, 1:] > 0
+    for got in (passed, trained.statistic):
+        torch.testing.assert_close(got[:, 1:][scored].double(), want[scored], rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_step_weighs_pairs_by_the_models_own_wpo_weights(tmp_path: Path) -> None:
+    from alignlib.trainer.update import accumulate
+
+    data = datasets(tmp_path)["preference"]
+    path = config_file(tmp_path, data, "dpo")
+    trainer = Trainer(load_config(path, ["algorithm.wpo=true", "train.micro_batch_size=1"]))
+    source = trainer.source()
+    state = trainer.state(source)
+    source.prepare(state)
+    batch = next(iter(source.batches(1)))
+    metrics, _ = accumulate(source.kernel, state.estimator, batch)
+    rows, fields = batch.rows, batch.fields
+    with torch.no_grad():
+        logits = trainer.model(input_ids=rows.input_ids, attention_mask=rows.attention).logits
+    logp = torch.log_softmax(logits.double(), -1)
+    chosen = logp[:, :-1].gather(-1, rows.input_ids[:, 1:, None]).squeeze(-1)
+    sq = torch.logsumexp(2 * logp[:, :-1], -1)
+    mask = fields.mask[:, 1:].double()
+    w = torch.exp(((chosen - sq) * mask).sum(-1) / mask.sum(-1))
+    roles, ids = fields.roles, fields.pair_ids
+    pairs = [
+        float(
+            w[(roles == int(Role.CHOSEN)) & (ids == p)]
+            * w[(roles == int(Role.REJECTED)) & (ids == p)]
+        )
+        for p in ids.unique().tolist()
+    ]
+    assert metrics["dpo/wpo_weight"] == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
+    assert len(set(pairs)) > 1
 
 
 @pytest.mark.parametrize(

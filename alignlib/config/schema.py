@@ -125,8 +125,8 @@ class AlgorithmConfig(Section):
     """WPO (Zhou et al. 2024; TRL's `use_weighting`) for the preference-pair losses: each
     pair's loss times w(y_w)·w(y_l), w(y) = exp(mean_t(log π(y_t) − log Σ_v π(v)²)), the
     present policy's aligned probability of the response (no gradient through w), so pairs
-    the policy would itself produce count more. Costs one no-grad pass per step that reads the
-    LM head's logits (padded)."""
+    the policy would itself produce count more. log Σ_v π(v)² is read off the LM head's logits
+    in the training forward itself (it then runs padded, not packed)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AlgorithmConfig:

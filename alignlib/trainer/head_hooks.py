@@ -1,20 +1,23 @@
-"""Per-position statistics of the LM head's logits, read by a forward hook during one no-grad
-pass over every row: the log-mass a top-k/top-p engine kept (a rollout correction's log S_t)
-and log Σ_v π(v)² (WPO's weights). A hooked head is called per chunk of positions
-(``token_logprobs``' module path, padded: ``LogprobKernel.pack_mode``), so the chunks
-concatenate to the scored positions, and no [T, V] logits tensor is kept."""
+"""Per-position statistics of the LM head's logits, read by a forward hook as the kernel runs:
+the log-mass a top-k/top-p engine kept (a rollout correction's log S_t) and log Σ_v π(v)²
+(WPO's weights, from the training forward itself, as TRL's fused head gives them). A hooked
+head is called per chunk of positions (``token_logprobs``' module path, padded:
+``LogprobKernel.pack_mode``), so the chunks concatenate to the scored positions, and no [T, V]
+logits tensor is kept."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from alignlib.estimator import kept_log_mass
-from alignlib.trainer.step import HostRows, LogprobKernel
-from alignlib.trainer.update import MiniBatch
+
+if TYPE_CHECKING:
+    from alignlib.trainer.step import HostRows, LogprobKernel
 
 Reduce = Callable[[Tensor], Tensor]
 """[n, V] logits → [n] a statistic of each position's distribution."""
@@ -33,6 +36,26 @@ class HeadHook:
         step = max(1, (1 << 22) // logits.shape[-1])
         values = [self.reduce(flat[i : i + step]) for i in range(0, flat.shape[0], step)]
         self.parts.append(torch.cat(values).reshape(logits.shape[:-1]).float())
+
+    def columns(self, rows: int, width: int, device: torch.device) -> Tensor:
+        """[rows, width] what the forward's chunks recorded, right-aligned (they cover the
+        positions from the first scored one to the row end), 0 before."""
+        out = torch.zeros(rows, width, device=device)
+        if self.parts:
+            values = torch.cat(self.parts, dim=1)
+            out[:, width - values.shape[1] :] = values
+        return out
+
+
+@contextmanager
+def hooked(model: nn.Module, reduce: Reduce) -> Iterator[HeadHook]:
+    """``model``'s LM head hooked with ``reduce`` for the duration."""
+    hook = HeadHook(reduce)
+    handle = model.get_output_embeddings().register_forward_hook(hook)  # type: ignore[operator]
+    try:
+        yield hook
+    finally:
+        handle.remove()
 
 
 def kept_mass(temperature: float, top_k: int, top_p: float) -> Reduce:
@@ -60,24 +83,18 @@ def logprobs_and_statistic(
     model = kernel.model
     logprobs = torch.zeros(host.input_ids.shape, device=kernel.device)
     statistic = torch.zeros_like(logprobs)
-    hook = HeadHook(reduce)
-    handle = model.get_output_embeddings().register_forward_hook(hook)  # type: ignore[operator]
     was_training = model.training
     model.eval()
-    chunks = kernel.passes(host, micro_batch_size)  # the hook is on: padded passes
     try:
-        for chunk, real in kernel.world.padded_share(chunks):
-            hook.parts = []
-            out = kernel(host, chunk, grad=False)
+        for chunk, real in kernel.world.padded_share(kernel.passes(host, micro_batch_size)):
+            out = kernel(host, chunk, grad=False, statistic=reduce)
             if not real:  # a sharded model needs every rank in every forward
                 continue
+            assert out.statistic is not None
             target = chunk.to(kernel.device)
             logprobs[target, : out.width] = out.logprobs.float()
-            if hook.parts:  # positions from the first scored one to the row end
-                values = torch.cat(hook.parts, dim=1)
-                statistic[target, out.width - values.shape[1] : out.width] = values
+            statistic[target, : out.width] = out.statistic
     finally:
-        handle.remove()
         model.train(was_training)
         reshard = getattr(kernel.module, "reshard", None)
         if reshard is not None:  # as all_rows: a forward without a backward leaves it gathered
@@ -85,13 +102,3 @@ def logprobs_and_statistic(
     kernel.world.sum_(logprobs)
     kernel.world.sum_(statistic)
     return logprobs, statistic
-
-
-def with_log_sum_sq_probs(kernel: LogprobKernel, batch: MiniBatch, rows_per_pass: int) -> MiniBatch:
-    """The mini-batch with the present policy's log Σ_v π(v)² at every position (WPO's
-    weights): one no-grad pass before the update, whose policy is the update's own (its
-    weights change only after the mini-batch's last micro-batch)."""
-    _, statistic = logprobs_and_statistic(
-        kernel, batch.rows, rows_per_pass, log_sum_sq_probs(kernel.temperature)
-    )
-    return dataclasses.replace(batch, fields=batch.fields.replace(log_sum_sq_probs=statistic))

@@ -21,7 +21,6 @@ from alignlib.data.formats import check_rows, unpaired, with_derived_fields
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
-from alignlib.trainer.head_hooks import with_log_sum_sq_probs
 from alignlib.trainer.model import adapter_context
 from alignlib.trainer.offline_heldout import heldout_due, heldout_metrics
 from alignlib.trainer.packing import MicroBatching
@@ -198,6 +197,10 @@ def offline_minibatch(
         ref_logprobs=_reference(ref_cache, examples, width, needs, "ref_logprobs"),
         prev_logprobs=_reference(prev_cache, examples, width, needs, "prev_logprobs"),
         entropy=torch.zeros(rows, width, device=HOST) if "entropy" in needs else None,
+        # WPO's: each micro-batch's forward gives it (update.accumulate); read per call.
+        log_sum_sq_probs=torch.zeros(rows, width, device=HOST)
+        if "log_sum_sq_probs" in needs
+        else None,
         roles=col.roles,
         pair_ids=col.pair_ids,
         trace=col.trace,
@@ -317,8 +320,6 @@ class OfflineSource:
         )
         if estimator.reads_present_logprobs():  # KTO's weights: from the policy as it is now
             batch = with_present_logprobs(self.kernel, batch, train.micro_batch_size * 2)
-        if "log_sum_sq_probs" in estimator.requirements():  # WPO's weights
-            batch = with_log_sum_sq_probs(self.kernel, batch, train.micro_batch_size * 2)
         return batch
 
     def heldout_metrics(self) -> dict[str, float]:

@@ -17,6 +17,7 @@ hold at most that many tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from alignlib.console import warn
 from alignlib.device import HOST, Placement
 from alignlib.trainer.forward import PolicyLogprobs
+from alignlib.trainer.head_hooks import Reduce, hooked
 from alignlib.trainer.logprobs import first_masked_position
 from alignlib.trainer.packing import (
     MicroBatching,
@@ -75,6 +77,9 @@ class MicroLogprobs:
     """[r, w] entropy per position, when asked for."""
     width: int
     """w: the longest row of the micro-batch (all its tokens fit)."""
+    statistic: Tensor | None = None
+    """[r, w] a statistic of the LM head's logits at each scored position (no gradient), when
+    asked for (``head_hooks``: WPO's log Σπ², a rollout correction's log S_t)."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +136,29 @@ class LogprobKernel:
         with_entropy: bool = False,
         grad: bool = True,
         context: Context | None = None,
+        statistic: Reduce | None = None,
     ) -> MicroLogprobs:
         """Forward the rows ``indices`` ([r] host long tensor) of ``rows`` as one micro-batch.
 
         ``grad=False`` runs without autograd (old, reference and cached log-probs);
-        ``context`` runs the model as another policy (adapter off).
+        ``context`` runs the model as another policy (adapter off); ``statistic`` also reads
+        that of the LM head's logits at each position (a hooked head: padded).
         """
+        if statistic is None:
+            return self._forward(rows, indices, with_entropy, grad, context)
+        with hooked(self.model, statistic) as hook:
+            out = self._forward(rows, indices, with_entropy, grad, context)
+        columns = hook.columns(out.logprobs.shape[0], out.width, self.device)
+        return dataclasses.replace(out, statistic=columns)
+
+    def _forward(
+        self,
+        rows: HostRows,
+        indices: Tensor,
+        with_entropy: bool,
+        grad: bool,
+        context: Context | None,
+    ) -> MicroLogprobs:
         with (
             torch.set_grad_enabled(grad),
             context() if context is not None else nullcontext(),

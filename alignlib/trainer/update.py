@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from alignlib.estimator import Batch, UnifiedEstimator
-from alignlib.trainer.step import Context, HostRows, LogprobKernel, OptimizerStep
+from alignlib.trainer.head_hooks import log_sum_sq_probs
+from alignlib.trainer.step import Context, HostRows, LogprobKernel, MicroLogprobs, OptimizerStep
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ def accumulate(
     full = batch.fields.to(kernel.device)
     prepared = estimator.prepare(full)
     with_entropy = batch.with_entropy or "entropy" in needs
+    # WPO's log Σπ² from the training forward itself, as TRL's fused head gives it.
+    stat = log_sum_sq_probs(kernel.temperature) if "log_sum_sq_probs" in needs else None
     live = torch.zeros_like(full.mask)
     entropies = torch.zeros_like(full.mask) if with_entropy else None
     totals: dict[str, float] = {}
@@ -96,13 +99,11 @@ def accumulate(
         # any number of workers draws the masks one process would.
         key = (*dropout_key, world.rank + i * world.size, int(batch.rows.input_ids[rows].sum()))
         with micro_batch_rng(key, kernel.device) if stochastic else nullcontext():
-            out = kernel(batch.rows, rows, with_entropy=with_entropy, grad=train)
+            out = kernel(batch.rows, rows, with_entropy=with_entropy, grad=train, statistic=stat)
         on_device = rows.to(kernel.device)
-        micro = prepared.select(on_device).narrow(out.width).replace(logprobs=out.logprobs)
+        micro = live_fields(prepared.select(on_device).narrow(out.width), out, needs)
         if batch.on_policy:
             micro = micro.replace(old_logprobs=out.logprobs.detach())
-        if out.entropy is not None and "entropy" in needs:
-            micro = micro.replace(entropy=out.entropy)
         if batch.live_reference is not None and "ref_logprobs" in needs:
             ref = kernel(batch.rows, rows, grad=False, context=batch.live_reference)
             micro = micro.replace(ref_logprobs=ref.logprobs)
@@ -124,6 +125,17 @@ def accumulate(
         prepared = estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
     totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
     return totals | batch.metrics, entropies
+
+
+def live_fields(micro: Batch, out: MicroLogprobs, needs: dict[str, str]) -> Batch:
+    """The micro-batch with what its forward gave: log-probs, and entropy and log Σπ² when
+    the estimator reads them."""
+    micro = micro.replace(logprobs=out.logprobs)
+    if out.entropy is not None and "entropy" in needs:
+        micro = micro.replace(entropy=out.entropy)
+    if out.statistic is not None:
+        micro = micro.replace(log_sum_sq_probs=out.statistic)
+    return micro
 
 
 def has_dropout(model: nn.Module) -> bool:
