@@ -238,3 +238,21 @@ def test_misuse_is_one_line(
     assert main(["train", str(path), *overrides]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and message in err[0], err
+
+
+def test_wpo_with_packing_trains_padded_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = datasets(tmp_path)["preference"]
+    path = config_file(tmp_path, data, "dpo")
+    runs = []
+    for packing in ("false", "true"):
+        overrides = ["algorithm.wpo=true", f"train.packing={packing}", "train.max_steps=2"]
+        overrides.append(f"output_dir={tmp_path / f'packing-{packing}'}")
+        runs.append(Trainer(load_config(path, overrides)).train().history)
+    assert "WPO reads log Σπ² off the LM head" in capsys.readouterr().err
+    for padded, packed in zip(*runs, strict=True):
+        assert (
+            packed["loss"] == padded["loss"]
+            and packed["dpo/wpo_weight"] == padded["dpo/wpo_weight"]
+        )

@@ -210,6 +210,11 @@ def check_offline_estimator(config: RunConfig, estimator: UnifiedEstimator) -> N
             f"algorithm {name} needs the previous iterate's log-probs, which only the preference "
             "iterations compute: add an iterative: section"
         )
+    if "log_sum_sq_probs" in needs and config.train.packing:
+        warn(
+            "train.packing: WPO reads log Σπ² off the LM head in the training forward, which "
+            "runs padded rows; this run trains padded"
+        )
     if "ref_logprobs" not in needs:
         return
     reference = config.train.reference

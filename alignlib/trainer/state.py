@@ -119,6 +119,8 @@ class TrainState:
         ``module``: the FSDP2 wrapper of ``model`` to call (the policy's own by default)."""
         train = self.config.train
         policy = model is None or model is self.model
+        # A statistic of the LM head read in the training forward (WPO) needs padded rows.
+        reads_head = "log_sum_sq_probs" in self.estimator.requirements()
         return LogprobKernel(
             model or self.model,
             self.placement,
@@ -126,7 +128,7 @@ class TrainState:
             temperature,
             self.world,
             module or (self.shards if policy else None),
-            packing=train.packing,
+            packing=train.packing and not reads_head,
             max_tokens=train.max_tokens_per_micro_batch,
         )
 
