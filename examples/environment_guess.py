@@ -5,7 +5,8 @@ turns run out, and rewards the episode by how fast it found the number. The clas
 writes (TRL's environment_factory contract with a text step):
 
     reset(**row)            a fresh instance per episode, given the data row (here its `secret`)
-    step(turn) -> str|None  the observation appended to the episode, or None to end it
+    step(turn) -> str|None  the observation appended to the episode, or None to end it; or the
+                            pair (observation, reward) to reward the turn (GuessWithTurnRewards)
     get_reward() -> float   optional: the episode's reward, read as {name: environment}
 
     python examples/environment_guess.py
@@ -47,6 +48,25 @@ class GuessTheNumber:
         return 1.0 / self.guesses if self.found else 0.0
 
 
+class GuessWithTurnRewards(GuessTheNumber):
+    """The same game, rewarding each turn too: 0.1 for a guess closer to the secret than the
+    previous one, −0.1 for a turn without a number. The episode's `environment` reward is
+    get_reward() plus these; PPO with a critic (`ppo_gae`) credits each to its own turn."""
+
+    def reset(self, secret: int, **row: Any) -> None:
+        super().reset(secret, **row)
+        self.distance: int | None = None
+
+    def step(self, turn: str) -> tuple[str | None, float]:
+        observation = super().step(turn)
+        numbers = re.findall(r"-?\d+", turn)
+        if not numbers:
+            return observation, -0.1
+        distance, before = abs(int(numbers[-1]) - self.secret), self.distance
+        self.distance = distance
+        return observation, 0.1 if before is not None and distance < before else 0.0
+
+
 ROWS = [{"prompt": "Guess my number between 1 and 9.", "secret": s} for s in (3, 7)]
 
 if __name__ == "__main__":
@@ -68,3 +88,6 @@ if __name__ == "__main__":
     }
     metrics = train_with({"name": "environment"}, ROWS * 2, environment=environment)
     print("trained 2 steps:", {k: round(v, 3) for k, v in metrics.items() if "rollout/" in k})
+    environment["name"] = f"{Path(__file__).stem}:GuessWithTurnRewards"
+    metrics = train_with({"name": "environment"}, ROWS * 2, environment=environment)
+    print("with turn rewards:", {k: round(v, 3) for k, v in metrics.items() if "turn" in k})

@@ -509,6 +509,7 @@ def test_the_guessing_game_example_plays_and_trains() -> None:
     folder = Path(__file__).parents[1] / "examples"
     sys.path.insert(0, str(folder))
     try:
+        import environment_guess as envs_guess
         from environment_guess import GuessTheNumber
     finally:
         sys.path.remove(str(folder))
@@ -520,8 +521,17 @@ def test_the_guessing_game_example_plays_and_trains() -> None:
         " Say a number.\n",
     ]
     assert game.step("it is 7") is None and game.get_reward() == 0.25
+    hinted = envs_guess.GuessWithTurnRewards()
+    hinted.reset(prompt="Guess.", secret=7)
+    assert [hinted.step("2"), hinted.step("9"), hinted.step("hmm"), hinted.step("8")] == [
+        (" higher\n", 0.0),
+        (" lower\n", 0.1),  # 9 is closer to 7 than 2 was
+        (" Say a number.\n", -0.1),
+        (" lower\n", 0.1),
+    ]
     done = subprocess.run(
         [sys.executable, "environment_guess.py"], cwd=folder, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "environment tokens" in done.stdout and "trained 2 steps" in done.stdout
+    assert "rollout/turn_reward" in done.stdout
