@@ -460,7 +460,17 @@ def test_eval_answers_each_problem_in_episodes(tmp_path: Path) -> None:
     for record in records:
         for gen in [record["greedy"], *record["samples"]]:
             assert gen["turns"] == 2 and gen["num_tokens"] > observation
-            assert "result: 7" in gen["text"]
+            assert "result: 7" in gen["text"] and "environment_reward" not in gen
+    # An environment's reward (here turn rewards: turn k earns k/2) is kept in the records.
+    rewarded = EvalConfig(
+        benchmarks=[str(bench)],
+        n=1,
+        max_new_tokens=20,
+        environment={**environment, "name": "online_environments:TurnRewards"},
+        seed=1,
+    )
+    (records,) = evaluate(rewarded, model, TOKENIZER).records.values()
+    assert all(r["greedy"]["environment_reward"] == 1.5 for r in records)  # 0.5 + 1.0
 
 
 def test_eval_refuses_an_unknown_environment_before_loading(

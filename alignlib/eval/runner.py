@@ -334,4 +334,6 @@ def _record(gen: Generation, correct: bool) -> dict[str, Any]:
     }
     if gen.loss_mask is not None:  # an episode: how many turns the model took
         record["turns"] = gen.turns
+    if gen.environment_reward is not None:  # its get_reward() plus its turn rewards
+        record["environment_reward"] = gen.environment_reward
     return record
