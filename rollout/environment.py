@@ -39,7 +39,6 @@ included (TRL's `max_completion_length`); an observation that does not fit ends 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -290,28 +289,9 @@ class EpisodeRunner:
             if isinstance(answer, BaseException):
                 where = f"{episode.where}, turn {episode.turns}"
                 raise self._failure(answer, "step", where) from answer
-            if self._goes_on(episode, self._take_reward(episode, answer), budget):
+            if self._goes_on(episode, episode.observation_of(answer, self.name), budget):
                 continuing.append(episode)
         return continuing
-
-    def _take_reward(self, episode: Episode, answer: object) -> object:
-        """The observation of a step's answer; a turn reward it carries (a pair (observation,
-        reward)) goes to the episode."""
-        if not isinstance(answer, tuple):
-            return answer
-        reward = answer[1] if len(answer) == 2 else None
-        if (
-            isinstance(reward, bool)
-            or not isinstance(reward, int | float)
-            or not math.isfinite(reward)
-        ):
-            raise EpisodeError(
-                f"environment {self.name!r}: step returned a tuple for {episode.where}, turn "
-                f"{episode.turns}, that is not (observation, reward) with a finite number "
-                f"(got {answer!r:.80}); return the observation alone, or the pair"
-            )
-        episode.add_reward(float(reward))
-        return answer[0]
 
     def _goes_on(self, episode: Episode, answer: object, budget: int) -> bool:
         """Append the observation when the episode can take another turn after it."""

@@ -4,6 +4,7 @@ turn 1 sampled from the openings, and the completion as it grows turn by turn.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -125,6 +126,25 @@ class Episode:
         self.logprobs += [0.0] * len(ids)
         self.mask += [0] * len(ids)
         self.rewards += [0.0] * len(ids)
+
+    def observation_of(self, answer: object, environment: str) -> object:
+        """The observation of a step's answer; a turn reward it carries (a pair (observation,
+        reward)) goes to the episode (``environment``: how errors name it)."""
+        if not isinstance(answer, tuple):
+            return answer
+        reward = answer[1] if len(answer) == 2 else None
+        if (
+            isinstance(reward, bool)
+            or not isinstance(reward, int | float)
+            or not math.isfinite(reward)
+        ):
+            raise EpisodeError(
+                f"environment {environment!r}: step returned a tuple for {self.where}, turn "
+                f"{self.turns}, that is not (observation, reward) with a finite number "
+                f"(got {answer!r:.80}); return the observation alone, or the pair"
+            )
+        self.add_reward(float(reward))
+        return answer[0]
 
     def add_reward(self, value: float) -> None:
         """The environment's reward for the turn just taken, on its last sampled token (the

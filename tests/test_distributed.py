@@ -163,6 +163,15 @@ def test_a_killed_worker_ends_the_run_with_one_line(
         Trainer(load_config(path)).train()
 
 
+def resumed_on_one_fsdp2_worker(tmp: Path, run: Any, algorithm: str, extra: dict[str, Any]) -> Any:
+    """A run on one FSDP2 worker resumed from a copy of ``run``'s checkpoints."""
+    folder = tmp / "resumed"
+    folder.mkdir()
+    shutil.copytree(run.output_dir / "checkpoints", folder / "checkpoints")
+    path = write(tmp, "resumed", 1, algorithm, **extra, distributed={"strategy": "fsdp2"})
+    return Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+
+
 def test_fsdp2_shards_train_like_one_process_and_resume_on_fewer(tmp_path: Path) -> None:
     extra = {"train": {"max_steps": 4}, "checkpoint": {"every": 2}}
     fsdp2 = {"strategy": "fsdp2", "num_workers": 2}
@@ -171,11 +180,7 @@ def test_fsdp2_shards_train_like_one_process_and_resume_on_fewer(tmp_path: Path)
     sharded = Trainer(load_config(path)).train()
     assert_same_training(one, sharded)
     # Its checkpoint is one full Hugging Face folder: it resumes on one FSDP2 worker ...
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(sharded.output_dir / "checkpoints", resumed_dir / "checkpoints")
-    path = write(tmp_path, "resumed", 1, "dpo", **extra, distributed={"strategy": "fsdp2"})
-    resumed = Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+    resumed = resumed_on_one_fsdp2_worker(tmp_path, sharded, "dpo", extra)
     for want, got in zip(one.history[2:], resumed.history, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), got["step"]
     # ... but not under another strategy, whose optimizer state is keyed differently.
@@ -206,11 +211,7 @@ def test_fsdp2_shards_a_critic_like_the_policy_and_resumes_it(tmp_path: Path) ->
     path = write(tmp_path, "sharded", 2, "ppo_gae", **extra, distributed=fsdp2)
     sharded = Trainer(load_config(path)).train()
     assert_same_training(one, sharded)
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copytree(sharded.output_dir / "checkpoints", resumed_dir / "checkpoints")
-    path = write(tmp_path, "resumed", 1, "ppo_gae", **extra, distributed=fsdp2)
-    resumed = Trainer(load_config(path, ["checkpoint.resume=true"])).train()
+    resumed = resumed_on_one_fsdp2_worker(tmp_path, sharded, "ppo_gae", extra)
     for want, got in zip(one.history[2:], resumed.history, strict=True):
         for key in ("loss", "critic/value_loss", "critic/values"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (key, got["step"])

@@ -20,7 +20,7 @@ from alignlib.config.estimator import build_estimator
 from alignlib.config.schema import AlgorithmConfig
 from alignlib.estimator import Batch, Role, UnifiedEstimator
 from alignlib.testing import build_tiny_model, build_tokenizer
-from alignlib.trainer.head_hooks import log_sum_sq_probs, logprobs_and_statistic
+from alignlib.trainer.head_hooks import log_sum_sq_probs
 from alignlib.trainer.loop import Trainer
 
 pytest.importorskip("trl")
@@ -162,13 +162,14 @@ def test_the_trainers_log_sum_sq_is_the_models_own() -> None:
     mask[2, 6:] = 0
     kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), chunk_size=3)
     rows, reduce = HostRows(ids, attention, mask), log_sum_sq_probs(1.0)
-    _, passed = logprobs_and_statistic(kernel, rows, 2, reduce)
+    passed = kernel.every_row(rows, 2, statistic=reduce).statistic
     trained = kernel(rows, torch.arange(3), grad=True, statistic=reduce)
     assert trained.logprobs.requires_grad and trained.statistic is not None
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attention).logits.double()
     want = torch.logsumexp(2 * torch.log_softmax(logits, -1), -1)[:, :-1]  # position t scores t+1
     scored = mask[:, 1:] > 0
+    assert passed is not None
     for got in (passed, trained.statistic):
         torch.testing.assert_close(got[:, 1:][scored].double(), want[scored], rtol=1e-5, atol=1e-6)
 

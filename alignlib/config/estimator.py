@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignlib.algorithms import get as get_preset
-from alignlib.config.schema import AlgorithmConfig, ComponentSpec
+from alignlib.config.algorithm import AlgorithmConfig, ComponentSpec
 from alignlib.estimator import (
     ADVANTAGES,
     AGGREGATIONS,

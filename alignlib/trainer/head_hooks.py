@@ -1,23 +1,19 @@
-"""Per-position statistics of the LM head's logits, read by a forward hook as the kernel runs:
-the log-mass a top-k/top-p engine kept (a rollout correction's log S_t) and log Σ_v π(v)²
-(WPO's weights, from the training forward itself, as TRL's fused head gives them). A hooked
-head is called per chunk of positions (``token_logprobs``' module path, padded:
-``LogprobKernel.pack_mode``), so the chunks concatenate to the scored positions, and no [T, V]
-logits tensor is kept."""
+"""Per-position statistics of the LM head's logits, read by a forward hook as the kernel runs
+(``LogprobKernel.__call__(statistic=...)``): the log-mass a top-k/top-p engine kept (a rollout
+correction's log S_t, in the no-grad old pass) and log Σ_v π(v)² (WPO's weights, from the
+training forward itself, as TRL's fused head gives them). A hooked head is called per chunk of
+positions (``token_logprobs``' module path, padded: ``LogprobKernel.pack_mode``), so the
+chunks concatenate to the scored positions, and no [T, V] logits tensor is kept."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from alignlib.estimator import kept_log_mass
-
-if TYPE_CHECKING:
-    from alignlib.trainer.step import HostRows, LogprobKernel
 
 Reduce = Callable[[Tensor], Tensor]
 """[n, V] logits → [n] a statistic of each position's distribution."""
@@ -71,34 +67,3 @@ def log_sum_sq_probs(temperature: float) -> Reduce:
         return torch.logsumexp(2 * torch.log_softmax(tempered, dim=-1), dim=-1)
 
     return reduce
-
-
-@torch.no_grad()
-def logprobs_and_statistic(
-    kernel: LogprobKernel, host: HostRows, micro_batch_size: int, reduce: Reduce
-) -> tuple[Tensor, Tensor]:
-    """([R, W] log-probs, [R, W] ``reduce`` of the logits at each scored position) of every row
-    in one no-grad pass (eval mode, shared among data-parallel ranks as
-    ``LogprobKernel.all_rows`` does), on the kernel's device."""
-    model = kernel.model
-    logprobs = torch.zeros(host.input_ids.shape, device=kernel.device)
-    statistic = torch.zeros_like(logprobs)
-    was_training = model.training
-    model.eval()
-    try:
-        for chunk, real in kernel.world.padded_share(kernel.passes(host, micro_batch_size)):
-            out = kernel(host, chunk, grad=False, statistic=reduce)
-            if not real:  # a sharded model needs every rank in every forward
-                continue
-            assert out.statistic is not None
-            target = chunk.to(kernel.device)
-            logprobs[target, : out.width] = out.logprobs.float()
-            statistic[target, : out.width] = out.statistic
-    finally:
-        model.train(was_training)
-        reshard = getattr(kernel.module, "reshard", None)
-        if reshard is not None:  # as all_rows: a forward without a backward leaves it gathered
-            reshard()
-    kernel.world.sum_(logprobs)
-    kernel.world.sum_(statistic)
-    return logprobs, statistic

@@ -12,7 +12,7 @@ from torch import Tensor
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Role, UnifiedEstimator
 from alignlib.estimator.aggregation import PairMean
-from alignlib.trainer.head_hooks import kept_mass, logprobs_and_statistic
+from alignlib.trainer.head_hooks import kept_mass
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
@@ -205,7 +205,9 @@ def old_logprobs_and_kept_mass(
     """([R, W] old log-probs, [R, W] log S_t) in one no-grad pass over every row: S_t is the
     tempered mass the engine's top-k/top-p kept at position t, read from the same logits."""
     reduce = kept_mass(kernel.temperature, top_k, top_p)
-    return logprobs_and_statistic(kernel, rows.host, micro_batch_size, reduce)
+    out = kernel.every_row(rows.host, micro_batch_size, statistic=reduce)
+    assert out.statistic is not None
+    return out.logprobs, out.statistic
 
 
 def engine_logprobs(rows: RowTensors, kept_mass: Tensor | None, device: torch.device) -> Tensor:

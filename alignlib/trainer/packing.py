@@ -146,8 +146,8 @@ def packing_mode(
 
 
 def head_is_hooked(model: nn.Module) -> bool:
-    """A hook on the LM head (the kept-mass hook) reads the padded [r, positions] layout of
-    the logits it sees, so such a pass runs padded."""
+    """A hook on the LM head (``head_hooks``: the kept mass, WPO's log Σπ²) reads the padded
+    [r, positions] layout of the logits it sees, so such a pass runs padded."""
     head = model.get_output_embeddings()
     return bool(head is None or head._forward_hooks or head._forward_pre_hooks)
 

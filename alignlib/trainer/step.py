@@ -216,23 +216,42 @@ class LogprobKernel:
         with_entropy: bool = False,
         context: Context | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """[R, W] log-probs (and entropy) of every row, no gradient, in eval mode (no dropout:
-        the behaviour policy is the deterministic one that sampled), on the device."""
+        """([R, W] log-probs, entropy when asked for) of every row: :meth:`every_row`'s."""
+        out = self.every_row(rows, micro_batch_size, with_entropy=with_entropy, context=context)
+        return out.logprobs, out.entropy
+
+    def every_row(
+        self,
+        rows: HostRows,
+        micro_batch_size: int,
+        *,
+        with_entropy: bool = False,
+        context: Context | None = None,
+        statistic: Reduce | None = None,
+    ) -> MicroLogprobs:
+        """[R, W] log-probs of every row, and its entropy and ``statistic`` of the LM head's
+        logits when asked for, no gradient, in eval mode (no dropout: the behaviour policy is
+        the deterministic one that sampled), on the device; each rank its share, summed."""
         shape = rows.input_ids.shape
         logprobs = torch.zeros(shape, device=self.device)
         entropy = torch.zeros(shape, device=self.device) if with_entropy else None
+        stat = torch.zeros(shape, device=self.device) if statistic is not None else None
         was_training = self.model.training
         self.model.eval()
         chunks = self.passes(rows, micro_batch_size)
         try:
-            for chunk, real in self.world.padded_share(chunks):  # each rank its share, summed
-                out = self(rows, chunk, with_entropy=with_entropy, grad=False, context=context)
+            for chunk, real in self.world.padded_share(chunks):
+                out = self(
+                    rows, chunk, with_entropy=with_entropy, grad=False, context=context,
+                    statistic=statistic,
+                )  # fmt: skip
                 if not real:  # a sharded model needs every rank in every forward
                     continue
                 target = chunk.to(self.device)
                 logprobs[target, : out.width] = out.logprobs.float()
-                if entropy is not None and out.entropy is not None:
-                    entropy[target, : out.width] = out.entropy.float()
+                for whole, part in ((entropy, out.entropy), (stat, out.statistic)):
+                    if whole is not None and part is not None:
+                        whole[target, : out.width] = part.float()
         finally:
             self.model.train(was_training)
             # FSDP2 keeps the root unit gathered after a forward (a backward would reshard it):
@@ -241,10 +260,10 @@ class LogprobKernel:
             reshard = getattr(self.module, "reshard", None)
             if reshard is not None:
                 reshard()
-        self.world.sum_(logprobs)
-        if entropy is not None:
-            self.world.sum_(entropy)
-        return logprobs, entropy
+        for tensor in (logprobs, entropy, stat):
+            if tensor is not None:
+                self.world.sum_(tensor)
+        return MicroLogprobs(logprobs, entropy, shape[1], stat)
 
     def passes(self, rows: HostRows, micro_batch_size: int) -> list[Tensor]:
         """Row indices of each no-grad pass over every row: ``micro_batch_size`` rows at a

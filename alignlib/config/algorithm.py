@@ -1,0 +1,62 @@
+"""The `algorithm:` section: a preset with overrides, or named components, and the two options
+every preference-pair loss takes (LD-DPO, WPO)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from alignlib.config.section import Section
+
+
+class ComponentSpec(Section):
+    name: str
+    """Registered component name."""
+    params: dict[str, Any] = {}
+    """Keyword arguments of the component."""
+
+
+class ComponentsConfig(Section):
+    mask: list[str | ComponentSpec] = []
+    """Stabilization masks, applied in order (`ppo_clip`, `clip_cov`, `kl_cov`, `group_filter`,
+    ...)."""
+    reference: str | ComponentSpec = "current"
+    """Reference denominator: `current`, `old`, `constant`, `shaped`."""
+    advantage: str | ComponentSpec = "constant"
+    """Advantage: `constant`, `grpo`, `rloo`, `reinforce_pp`, or a preference weight (`dpo`,
+    ...)."""
+    likelihood: str | ComponentSpec = "token"
+    """`token`, `sequence-sum`, `sequence-mean`, `sequence-mean-token`, `score` or
+    `length-desensitized` (LD-DPO, params {alpha})."""
+    aggregation: str | ComponentSpec = "token-mean"
+    """`token-mean`, `seq-mean-token-sum`, `seq-mean-token-mean`, `seq-mean-token-sum-norm`,
+    `pair-mean`."""
+    regularizers: list[str | ComponentSpec] = []
+    """Extra terms: `kl`, `entropy`, `nll`."""
+
+
+class AlgorithmConfig(Section):
+    name: str | None = "dpo"
+    """A preset from `alignlib.algorithms.available()`; set to null to use `components` instead."""
+    params: dict[str, Any] = {}
+    """Overrides of the preset's hyperparameters (e.g. {beta: 0.05})."""
+    components: ComponentsConfig | None = None
+    """Build the estimator from components instead of a preset."""
+    ld_alpha: float | None = Field(None, ge=0, le=1)
+    """LD-DPO (Liu et al. 2024; TRL's `ld_alpha`) for the preference-pair losses (the DPO
+    family): the tokens of a response beyond the length its pair shares count α in its
+    log-likelihood, so the longer response's verbose tail weighs less (1: plain DPO; 0: not at
+    all; the paper's best values lie between 0.3 and 0.8 by model). Null: off."""
+    wpo: bool = False
+    """WPO (Zhou et al. 2024; TRL's `use_weighting`) for the preference-pair losses: each
+    pair's loss times w(y_w)·w(y_l), w(y) = exp(mean_t(log π(y_t) − log Σ_v π(v)²)), the
+    present policy's aligned probability of the response (no gradient through w), so pairs
+    the policy would itself produce count more. log Σ_v π(v)² is read off the LM head's logits
+    in the training forward itself (it then runs padded, not packed)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AlgorithmConfig:
+        if (self.name is None) == (self.components is None):
+            raise ValueError("set exactly one of algorithm.name and algorithm.components")
+        return self
