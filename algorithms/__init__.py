@@ -22,6 +22,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     dr_grpo,
     exo_pair,
     grpo,
+    grpo_process,
     gspo,
     hinge,
     hpt,

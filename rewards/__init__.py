@@ -5,7 +5,9 @@ fields (``answer`` for math). TRL's batched ``fn(completions, **columns) -> list
 and verl's ``compute_score(data_source, solution_str, ground_truth, extra_info)`` work unchanged
 (``score_batch``; see ``forms``), and async rewards run concurrently. Registered names:
 ``math``, ``format``, ``length_penalty``, ``soft_overlong`` (DAPO's soft overlong punishment).
-``call_reward`` calls one with a row and configured parameters and checks its result.
+Learned ones: ``RewardModelScorer`` (one score per completion) and
+``ProcessRewardScorer`` (one per reasoning step, TRL's PRM layout). ``call_reward`` calls one
+with a row and configured parameters and checks its result.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from alignlib.rewards.math_grader import (
     normalize_answer,
     shutdown_pool,
 )
+from alignlib.rewards.process_reward import ProcessRewardScorer, Step, split_steps
 from alignlib.rewards.registry import (
     RewardFn,
     get_reward,
@@ -32,9 +35,11 @@ from alignlib.rewards.registry import (
 from alignlib.rewards.reward_model import RewardModelScorer
 
 __all__ = [
+    "ProcessRewardScorer",
     "RewardError",
     "RewardFn",
     "RewardModelScorer",
+    "Step",
     "call_reward",
     "check_params",
     "configure_pool",
@@ -55,4 +60,5 @@ __all__ = [
     "score_batch",
     "shutdown_pool",
     "soft_overlong_penalty",
+    "split_steps",
 ]

@@ -53,17 +53,20 @@ class RewardModelScorer:
         self.batch_size = batch_size
         self.max_length = max_length
 
-    def render(self, prompt: str, completion: str) -> str:
-        """The text the model sees for one pair."""
+    def render(self, prompt: str | Sequence[dict[str, Any]], completion: str) -> str:
+        """The text the model sees for one pair; a conversational prompt (a message list) is
+        its messages, the completion the assistant's turn after them."""
         if getattr(self.tokenizer, "chat_template", None):
-            messages = [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion},
-            ]
+            turns = (
+                [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            )
+            messages = [*turns, {"role": "assistant", "content": completion}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        if not isinstance(prompt, str):
+            prompt = "\n".join(str(m.get("content", "")) for m in prompt)
         return prompt + completion
 
-    def _encode(self, prompt: str, completion: str) -> list[int]:
+    def _encode(self, prompt: str | Sequence[dict[str, Any]], completion: str) -> list[int]:
         chat = bool(getattr(self.tokenizer, "chat_template", None))
         # The chat template already writes its own special tokens.
         ids = self.tokenizer(self.render(prompt, completion), add_special_tokens=not chat)
@@ -72,7 +75,9 @@ class RewardModelScorer:
             raise ValueError("RewardModelScorer: a (prompt, completion) pair encoded to 0 tokens")
         return ids[-self.max_length :] if self.max_length else ids
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[str | Sequence[dict[str, Any]]], completions: Sequence[str]
+    ) -> list[float]:
         """One float score per (prompt, completion) pair."""
         import torch
 

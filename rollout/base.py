@@ -112,6 +112,9 @@ class Generation:
     """Per entry of `token_ids`, the reward an environment's `step` gave for a turn, on that
     turn's last sampled token, 0 elsewhere (included in `environment_reward`); None: no step
     gave one."""
+    turn_ends: list[int] | None = None
+    """The entries of `token_ids` a turn reward sits on, in order (one of 0 included: a turn
+    rewarded 0 is still a step); None when `turn_rewards` is."""
     environment: Any = field(default=None, repr=False, compare=False)
     """The episode's environment instance (the user's object), for TRL rewards that read
     `environments`; None for one-turn completions. Lives in the process that ran the episode."""

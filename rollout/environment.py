@@ -330,6 +330,7 @@ class EpisodeRunner:
             turns=episode.turns,
             environment_reward=reward,
             turn_rewards=list(episode.rewards) if episode.rewarded else None,
+            turn_ends=list(episode.reward_ends) if episode.rewarded else None,
             # A TRL class runs inside an adapter (rollout.tools); rewards read the user's object.
             environment=getattr(episode.environment, "wrapped_environment", episode.environment),
         )

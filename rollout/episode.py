@@ -99,6 +99,8 @@ class Episode:
     on that turn's last sampled token); 0 elsewhere."""
     rewarded: bool = False
     """Whether a step returned a turn reward (then the episode carries `rewards`)."""
+    reward_ends: list[int] = field(default_factory=list)
+    """The tokens a turn reward sits on, in order (one of 0 included)."""
     turn_reward: float = 0.0
     """The sum of the turn rewards, including one given before any token was sampled."""
     turns: int = 0
@@ -154,3 +156,5 @@ class Episode:
         sampled = [t for t, m in enumerate(self.mask) if m]
         if sampled:  # else only the episode's total carries it
             self.rewards[sampled[-1]] += value
+            if sampled[-1] not in self.reward_ends:
+                self.reward_ends.append(sampled[-1])

@@ -112,7 +112,7 @@ def test_gae_credits_each_turn_reward_to_the_tokens_before_it(gamma: float, lam:
     gen = torch.Generator().manual_seed(5)
     turns = torch.randn(b.mask.shape, generator=gen, dtype=b.values.dtype)
     turns = turns * b.mask * (torch.rand(b.mask.shape, generator=gen) < 0.3)  # a few turn ends
-    b = b.replace(turn_rewards=turns, rewards=b.rewards + turns.sum(-1))  # R includes them
+    b = b.replace(step_rewards=turns, rewards=b.rewards + turns.sum(-1))  # R includes them
     rows = torch.ones(b.num_rows, dtype=torch.bool)
     component = GAE(gamma=gamma, lam=lam, whiten=False)
     want = loop_turn_gae(turns, b, gamma, lam)
@@ -120,7 +120,7 @@ def test_gae_credits_each_turn_reward_to_the_tokens_before_it(gamma: float, lam:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(component.returns(b, rows), (want + b.values) * b.mask)
     # Where the rewards sit matters to GAE (λ < 1 or γ < 1), not to their sum at λ = γ = 1.
-    at_end = component.compute(b.replace(turn_rewards=None), rows, None).values  # type: ignore[arg-type]
+    at_end = component.compute(b.replace(step_rewards=None), rows, None).values  # type: ignore[arg-type]
     if gamma == lam == 1.0:
         first = b.mask.argmax(-1)
         rows_idx = torch.arange(b.num_rows)
@@ -128,7 +128,7 @@ def test_gae_credits_each_turn_reward_to_the_tokens_before_it(gamma: float, lam:
     else:
         assert not torch.allclose(got, at_end)
     # Zero turn rewards are no turn rewards.
-    zeros = b.replace(turn_rewards=torch.zeros_like(turns))
+    zeros = b.replace(step_rewards=torch.zeros_like(turns))
     torch.testing.assert_close(component.compute(zeros, rows, None).values, at_end)  # type: ignore[arg-type]
 
 
@@ -139,7 +139,7 @@ def test_one_advantage_per_completion_sees_the_sum() -> None:
     turns = b.mask * 0.25
     grpo = get_preset("grpo")
     plain = grpo(b.replace(old_logprobs=b.logprobs.detach())).loss
-    placed = grpo(b.replace(old_logprobs=b.logprobs.detach(), turn_rewards=turns)).loss
+    placed = grpo(b.replace(old_logprobs=b.logprobs.detach(), step_rewards=turns)).loss
     assert torch.equal(plain, placed)
 
 
@@ -161,8 +161,10 @@ def test_rows_carry_the_weighted_turn_rewards(
         assert gen.turn_rewards is not None
         assert reward == pytest.approx(2 * sum(gen.turn_rewards))
     by_tokens = {tuple(g.token_ids): g for g in gens}
-    for seq, start, turns in zip(rows.sequences, rows.starts, rows.turn_rewards, strict=True):
-        assert turns == [2 * r for r in by_tokens[tuple(seq[start:])].turn_rewards]
+    for seq, start, steps in zip(rows.sequences, rows.starts, rows.step_rewards, strict=True):
+        gen = by_tokens[tuple(seq[start:])]
+        assert gen.turn_ends and steps == {t: 2 * gen.turn_rewards[t] for t in gen.turn_ends}
+        assert all(gen.turn_rewards[t] == 0 for t in range(len(gen.token_ids)) if t not in steps)
     metric = sum(sum(g.turn_rewards) for g in gens) / len(gens)
     assert result.history[0]["rollout/turn_reward"] == pytest.approx(metric)
 

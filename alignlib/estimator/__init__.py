@@ -60,6 +60,7 @@ from alignlib.estimator.preferences import (
     PairwiseAdvantage,
     RPOWeights,
 )
+from alignlib.estimator.process import ProcessGroupNormalized
 from alignlib.estimator.ratio_weights import ClippedISWeight, SoftGate
 from alignlib.estimator.reference_free import ORPOWeights, TPOLWeights, TPOWeights
 from alignlib.estimator.references import (
@@ -153,6 +154,7 @@ __all__ = [
     "PerRole",
     "PerRoleMask",
     "PolicyGradientTerm",
+    "ProcessGroupNormalized",
     "RPOWeights",
     "Reference",
     "Registry",

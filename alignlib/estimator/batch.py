@@ -42,7 +42,8 @@ TOKEN_FIELDS = (
     "behaviour_logprobs",
     "values",
     "returns",
-    "turn_rewards",
+    "step_rewards",
+    "step_ends",
     "log_sum_sq_probs",
 )
 ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
@@ -88,10 +89,14 @@ class Batch:
     log_sum_sq_probs: Tensor | None = None
     """[R, T] log Σ_v π(v | x, y_<t)² of the present policy at each completion token (its
     collision probability), no gradient; read by WPO's weights."""
-    turn_rewards: Tensor | None = None
-    """[R, T] the part of each row's reward a multi-turn environment gave turn by turn, each
-    turn's reward on that turn's last sampled token, 0 elsewhere (``rewards`` includes it);
-    read by GAE, which credits each to the tokens before it. None: all of it at the end."""
+    step_rewards: Tensor | None = None
+    """[R, T] the part of each row's reward given step by step, each on its step's last token,
+    0 elsewhere (``rewards`` includes it): a multi-turn environment's turn rewards, a process
+    reward model's step scores. Read by GAE, which credits each to the tokens before it, and by
+    process-supervised GRPO. None: all of the reward at the end."""
+    step_ends: Tensor | None = None
+    """[R, T] 1 on the last token of each step that carries a step reward (one of 0 included),
+    0 elsewhere; given with ``step_rewards``."""
     rewards: Tensor | None = None
     """[R] scalar reward of each row (online RL; an episode's turn rewards included)."""
     group_ids: Tensor | None = None

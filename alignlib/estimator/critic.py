@@ -4,7 +4,7 @@ PPO as RLHF runs it (Ouyang et al. 2022; verl's ``gae`` estimator, OpenRLHF's de
 each completion token with a value model V(s_t), s_t the prompt and the tokens before t. The
 reward is per token: the sequence's reward R on its last token, minus β · (log π_old − log π_ref)
 on every token when the KL penalty sits in the reward (k1, as verl's ``use_kl_in_reward`` and
-OpenRLHF's ``init_kl_coef``). A multi-turn environment's turn rewards (``batch.turn_rewards``,
+OpenRLHF's ``init_kl_coef``). A multi-turn environment's turn rewards (``batch.step_rewards``,
 part of R) stay on the last token of their turn, and the last token gets the rest of R, so
 each turn's reward is credited to the tokens before it. Then, over each row's completion
 tokens in order (tokens outside the mask, e.g. a tool's output inside an episode, are skipped
@@ -143,7 +143,7 @@ class GAE(Advantage):
         dtype = batch.logprobs.dtype
         valid = batch.mask * rows.to(batch.mask.dtype).unsqueeze(-1)
         rewards = token_rewards(
-            batch.rewards.to(dtype), valid, self._kl(batch), self.kl_coef, batch.turn_rewards
+            batch.rewards.to(dtype), valid, self._kl(batch), self.kl_coef, batch.step_rewards
         )
         return gae(rewards, batch.values.detach().to(dtype), valid, self.gamma, self.lam)
 

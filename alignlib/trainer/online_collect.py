@@ -13,6 +13,7 @@ from alignlib.config.online import OnlineConfig
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
+from alignlib.device import resolve_device
 from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
 from alignlib.rewards import extract_boxed, grade_many
@@ -76,6 +77,7 @@ class RolloutCollector:
             allow_nonfinite=config.train.nonfinite == "skip",
             environment_rewards=self.episodes is not None,  # get_reward or turn rewards
             episodes=self.episodes is not None,
+            device=resolve_device(config.model.device),  # where learned reward models load
         )
         self.rewards.check(self.rows[0], where)
         if router.needs_demonstrations:
@@ -159,7 +161,9 @@ class RolloutCollector:
         seed = (self.config.train.seed * 1_000_003 + step * 101 + attempt) & 0x7FFF_FFFF
         sampling = sampling_params(self.rollout, seed)
         generations, seconds = self.sample(engine.engine, prompt_ids, prompts, sampling)
-        rollouts = score_rollouts(self.rewards, prompts, prompt_ids, generations, seconds)
+        rollouts = score_rollouts(
+            self.rewards, prompts, prompt_ids, generations, seconds, self.tokenizer
+        )
         demo_rewards = None
         if self.router.scores_demonstrations:
             demos = [self.demo_tokens(r) for r in prompts]

@@ -1,7 +1,8 @@
-"""The reward of each completion in an online run: the weighted sum of `online.rewards`. Two
-names are built in: `math` (graded in one batch against the row's answer) and `environment`
-(the episode's own reward from a multi-turn environment: its get_reward() plus the rewards its
-steps gave turn by turn)."""
+"""The reward of each completion in an online run: the weighted sum of `online.rewards`. Built
+in: `math` (graded in one batch against the row's answer), `environment` (the episode's own
+reward from a multi-turn environment: its get_reward() plus the rewards its steps gave turn by
+turn), and the learned `reward_model` and `process_reward_model` (scored in batches on the
+run's device; a PRM with `reduce: steps` also places each step's score on the step)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ from alignlib.rewards import (
     resolve_reward,
     score_batch,
 )
+from alignlib.rewards.learned import PARAMS as LEARNED_PARAMS
+from alignlib.rewards.learned import LearnedReward
+
+StepScores = list[list[list[tuple[int, float]]]]
+"""Per completion, per process reward model with `reduce: steps`, its weighted (character
+offset where a step ends, score) pairs."""
 
 MATH_PARAMS = ("timeout_s",)
 """What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
@@ -46,7 +53,8 @@ class RewardModel:
     ``allow_nonfinite`` (`train.nonfinite: skip`). ``episodes``: completions are multi-turn
     episodes, so TRL rewards may read their `environments`; ``environment_rewards``: the
     episodes may carry an environment's reward (get_reward, or turn rewards from its steps),
-    so the `environment` name may be listed."""
+    so the `environment` name may be listed. Learned reward models load onto ``device`` when
+    they first score."""
 
     def __init__(
         self,
@@ -55,16 +63,28 @@ class RewardModel:
         allow_nonfinite: bool = False,
         environment_rewards: bool = False,
         episodes: bool = False,
+        device: torch.device | None = None,
     ) -> None:
         self.specs = list(specs)
         self.threshold = threshold
         self.allow_nonfinite = allow_nonfinite
         # None stands for the environment reward: read from the episodes, it has no function.
-        self.functions: list[Callable[..., float] | None] = []
+        self.functions: list[Callable[..., float] | LearnedReward | None] = []
         for index, spec in enumerate(self.specs):
+            key = f"online.rewards[{index}].params"
+            if spec.name in LEARNED_PARAMS:
+                check_params(spec.name, None, spec.params, key, LEARNED_PARAMS[spec.name])
+                learned = LearnedReward.checked(spec.name, spec.params, key, device)
+                if learned.per_step and episodes:
+                    raise RewardError(
+                        f"{key}.reduce: steps places a PRM's step scores in a one-turn "
+                        "completion; multi-turn episodes take min, last, mean or product"
+                    )
+                self.functions.append(learned)
+                continue
             fn = self._function(index, spec, environment_rewards)
             valid = MATH_PARAMS if fn is math_reward else () if fn is None else None
-            check_params(spec.name, fn, spec.params, f"online.rewards[{index}].params", valid)
+            check_params(spec.name, fn, spec.params, key, valid)
             if fn is not None and not episodes and reads_environments(fn, spec.form):
                 raise RewardError(
                     f"online.rewards[{index}].name: {spec.name} reads `environments` (TRL's "
@@ -102,7 +122,8 @@ class RewardModel:
     def check(self, row: dict[str, Any], where: str) -> None:
         """``row`` must hold every column a reward needs (math: a non-null `answer`)."""
         for spec, fn in zip(self.specs, self.functions, strict=True):
-            missing = [] if fn is None else missing_columns(fn, spec.params, row)
+            plain = fn is None or isinstance(fn, LearnedReward)  # these read no columns
+            missing = [] if plain else missing_columns(fn, spec.params, row)
             if missing:
                 raise RewardError(
                     f"{where}: reward {spec.name!r} needs field {missing[0]!r}, which this row "
@@ -128,6 +149,23 @@ class RewardModel:
         (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids;
         ``environment``: each episode's environment reward; ``environments``: each episode's
         environment instance, for TRL rewards that read them)."""
+        total, correct, _ = self.score_steps(
+            texts, num_tokens, rows, token_ids, environment, environments
+        )
+        return total, correct
+
+    def score_steps(
+        self,
+        texts: list[str],
+        num_tokens: list[int],
+        rows: list[dict[str, Any]],
+        token_ids: list[list[int]] | None = None,
+        environment: Sequence[float | None] | None = None,
+        environments: Sequence[Any] | None = None,
+    ) -> tuple[Tensor, Tensor, StepScores]:
+        """As :meth:`score`, with each completion's weighted step scores from the process
+        reward models that place them (`reduce: steps`; included in the rewards)."""
+        steps: StepScores = [[] for _ in texts]
         if environment is not None:
             self.check_unread(environment)
         verdicts = None
@@ -144,6 +182,12 @@ class RewardModel:
                 values = verdicts.to(torch.float64)
             elif fn is None:
                 values = torch.tensor(environment_values(environment, len(texts)))
+            elif isinstance(fn, LearnedReward):
+                scored, placed = fn.score([row.get("prompt", "") for row in rows], texts)
+                values = torch.tensor(scored, dtype=torch.float64)
+                self.check_finite(spec.name, values)
+                for mine, pairs in zip(steps, placed or [], strict=False):
+                    mine.append([(end, spec.weight * value) for end, value in pairs])
             else:
                 # Any form (alignlib, TRL's batched, verl's compute_score; async concurrently).
                 scored = score_batch(
@@ -161,7 +205,17 @@ class RewardModel:
                 values = torch.tensor(scored, dtype=torch.float64)
             total += spec.weight * values
         correct = verdicts if verdicts is not None else total > self.threshold
-        return total, correct
+        return total, correct, steps
+
+    def check_finite(self, name: str, values: Tensor) -> None:
+        """A learned reward's NaN / inf score stops the run in one line (unless
+        `train.nonfinite: skip`, whose step guard then drops the step)."""
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        if bad and not self.allow_nonfinite:
+            raise RewardError(
+                f"reward {name!r}: completion {bad[0]} scored {float(values[bad[0]])} (not "
+                "finite); check the model's dtype (params.dtype: float32) and its inputs"
+            )
 
     def check_unread(self, environment: Sequence[float | None]) -> None:
         """An environment's reward that no listed reward reads is refused (a get_reward class

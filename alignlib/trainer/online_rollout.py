@@ -17,6 +17,7 @@ from alignlib.config.online import OnlineConfig, RolloutConfig
 from alignlib.estimator import Role, RowPlan
 from alignlib.rollout.base import Generation, SamplingParams
 from alignlib.trainer.online_rewards import RewardModel
+from alignlib.trainer.step_rewards import StepRewards, place_steps
 
 
 @dataclass
@@ -33,8 +34,10 @@ class Rollouts:
     """[P, n] bool: correct per the math grader (rows with `answer`), else reward > threshold."""
     seconds: float = 0.0
     """Wall time of generation alone."""
-    turn_weight: float = 1.0
-    """The weight of the environment's reward in ``rewards``: its turn rewards' scale."""
+    step_rewards: list[list[StepRewards | None]] = field(default_factory=list)
+    """[P][n] the weighted rewards each completion's steps carry, by token (part of
+    ``rewards``: an environment's turn rewards, a PRM's step scores); None, or no list at
+    all: none."""
 
     @property
     def num_tokens(self) -> int:
@@ -62,9 +65,9 @@ class TrainRows:
     loss_masks: list[list[int] | None] = field(default_factory=list)
     """Per completion token, 1 to train on it and 0 for tokens an environment inserted
     (``Generation.loss_mask``); None: every completion token trains."""
-    turn_rewards: list[list[float] | None] = field(default_factory=list)
-    """Per completion token, the weighted turn reward an environment gave on it (part of the
-    row's reward; ``Generation.turn_rewards``); None: none."""
+    step_rewards: list[StepRewards | None] = field(default_factory=list)
+    """The weighted rewards on the row's steps, by completion token (part of the row's reward;
+    ``Rollouts.step_rewards``); None: none."""
 
     def add(
         self,
@@ -75,7 +78,7 @@ class TrainRows:
         reward: float,
         logprobs: list[float] | None = None,
         loss_mask: list[int] | None = None,
-        turn_rewards: list[float] | None = None,
+        step_rewards: StepRewards | None = None,
     ) -> None:
         self.sequences.append(list(prompt) + list(completion))
         self.starts.append(len(prompt))
@@ -84,7 +87,7 @@ class TrainRows:
         self.rewards.append(float(reward))
         self.behaviour.append(None if logprobs is None else list(logprobs))
         self.loss_masks.append(None if loss_mask is None else list(loss_mask))
-        self.turn_rewards.append(None if turn_rewards is None else list(turn_rewards))
+        self.step_rewards.append(None if step_rewards is None else dict(step_rewards))
 
     def extend(self, other: TrainRows, group_offset: int) -> None:
         self.sequences += other.sequences
@@ -94,7 +97,7 @@ class TrainRows:
         self.rewards += other.rewards
         self.behaviour += other.behaviour
         self.loss_masks += other.loss_masks
-        self.turn_rewards += other.turn_rewards
+        self.step_rewards += other.step_rewards
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -117,9 +120,12 @@ def score_rollouts(
     prompt_ids: list[list[int]],
     generations: list[list[Generation]],
     seconds: float,
+    tokenizer: Any,
 ) -> Rollouts:
+    """The completions' rewards, and where their step rewards sit (``tokenizer``: the
+    policy's, to find a PRM step's last token)."""
     flat = [(p, g) for p, gens in enumerate(generations) for g in gens]
-    total, correct = rewards.score(
+    total, correct, scored = rewards.score_steps(
         [g.text for _, g in flat],
         [len(g.token_ids) for _, g in flat],
         [rows[p] for p, _ in flat],
@@ -128,14 +134,13 @@ def score_rollouts(
         [g.environment for _, g in flat],
     )
     shape = (len(generations), len(generations[0]) if generations else 0)
+    placed = iter(scored)
+    weight = rewards.environment_weight
+    steps = [
+        [place_steps(g, weight, next(placed), tokenizer) for g in gens] for gens in generations
+    ]
     return Rollouts(
-        rows,
-        prompt_ids,
-        generations,
-        total.view(shape),
-        correct.view(shape),
-        seconds,
-        rewards.environment_weight,
+        rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds, steps
     )
 
 
@@ -169,9 +174,9 @@ def build_rows(
             out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward)
         else:
             gen = rollouts.generations[p][s]
-            own, weight = gen.prompt_ids or prompt, rollouts.turn_weight
-            turns = None if gen.turn_rewards is None else [weight * r for r in gen.turn_rewards]
-            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask, turns)
+            steps = rollouts.step_rewards[p][s] if rollouts.step_rewards else None
+            own = gen.prompt_ids or prompt
+            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask, steps)
     return out
 
 
@@ -207,7 +212,7 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     rows.rewards[i],
                     rows.behaviour[i],
                     rows.loss_masks[i],
-                    rows.turn_rewards[i],
+                    rows.step_rewards[i],
                 )
     return out
 

@@ -46,9 +46,11 @@ class RowTensors:
     behaviour: Tensor
     """[R, W] the engine's log-prob of each sampled completion token, aligned with ``mask``
     (as the engine returned it: the processed distribution); 0 on demonstration rows."""
-    turn_rewards: Tensor | None = None
-    """[R, W] the weighted turn rewards an environment gave, each on its turn's last sampled
-    token (already part of ``rewards``); None when no row has any."""
+    step_rewards: Tensor | None = None
+    """[R, W] the weighted step rewards (an environment's turn rewards, a PRM's step scores),
+    each on its step's last token (already part of ``rewards``); None when no row has any."""
+    step_ends: Tensor | None = None
+    """[R, W] 1 on the tokens a step reward sits on (one of 0 included); with step_rewards."""
 
     @property
     def num_rows(self) -> int:
@@ -67,7 +69,8 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
     attention = torch.zeros(count, width, dtype=torch.long, device=HOST)
     mask = torch.zeros(count, width, device=HOST)
     behaviour = torch.zeros(count, width, device=HOST)
-    turns = torch.zeros(count, width, device=HOST)
+    steps = torch.zeros(count, width, device=HOST)
+    ends = torch.zeros(count, width, device=HOST)
     for r, (seq, start) in enumerate(zip(rows.sequences, rows.starts, strict=True)):
         input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
@@ -81,11 +84,11 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         if logprobs is not None:  # one per completion token: position t scores token t
             assert len(logprobs) == len(seq) - start, "engine log-probs must match the tokens"
             behaviour[r, start : len(seq)] = torch.tensor(logprobs, device=HOST)
-        rewards = rows.turn_rewards[r] if rows.turn_rewards else None
-        if rewards is not None:
-            assert len(rewards) == len(seq) - start, "turn rewards must match the tokens"
-            turns[r, start : len(seq)] = torch.tensor(rewards, device=HOST)
-    has_turns = any(t is not None for t in rows.turn_rewards)
+        for position, reward in (rows.step_rewards[r] or {}).items():
+            assert 0 <= position < len(seq) - start, "a step reward must sit on a completion token"
+            steps[r, start + position] = reward
+            ends[r, start + position] = 1.0
+    has_steps = any(t is not None for t in rows.step_rewards)
     return RowTensors(
         input_ids,
         attention,
@@ -94,7 +97,8 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         torch.tensor(rows.group_ids, device=HOST),
         torch.tensor(rows.rewards, dtype=torch.float32, device=HOST),
         behaviour,
-        turns if has_turns else None,
+        steps if has_steps else None,
+        ends if has_steps else None,
     )
 
 
@@ -190,7 +194,8 @@ def online_minibatch(
         behaviour_logprobs=behaviour,
         entropy=placeholder,
         rewards=rows.rewards[indices],
-        turn_rewards=None if rows.turn_rewards is None else rows.turn_rewards[indices],
+        step_rewards=None if rows.step_rewards is None else rows.step_rewards[indices],
+        step_ends=None if rows.step_ends is None else rows.step_ends[indices],
         group_ids=rows.group_ids[indices],
         roles=rows.roles[indices],
     )

@@ -8,94 +8,26 @@ exactly what INPO's knockout tournament returns under a Bradley–Terry preferen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignlib.data import Example
 from alignlib.estimator import Role
+from alignlib.rewards.learned import SEQUENCE_HEAD, check_model_folder
 from alignlib.rollout.base import RolloutEngine, SamplingParams
 
 Oracle = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[float]]
 """(prompts, completions, rows) → one score per completion; higher is preferred."""
 
 
-_SEQ_CLS = "ForSequenceClassification"
-
-
-def _architectures(config_file: Path) -> list[str]:
-    """The ``architectures`` names in a model's config.json."""
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"iterative.oracle: cannot read {config_file}: {exc}") from None
-    architectures = config.get("architectures") if isinstance(config, dict) else None
-    return [a for a in architectures or [] if isinstance(a, str)]
-
-
 def check_reward_model_folder(path: str) -> str:
     """``path`` if it is a sequence-classification model folder or Hub id (read from its
     config.json, before any weights load); otherwise a one-line ValueError naming
     ``iterative.oracle``."""
-    folder = Path(path).expanduser()
-    what = "reward models are sequence-classification models (AutoModelForSequenceClassification)"
-    if not path:
-        raise ValueError(
-            "iterative.oracle: reward_model: needs a folder, e.g. reward_model:/path/rm"
-        )
-    if not folder.exists():
-        hub_id = not folder.is_absolute() and path.count("/") == 1 and path[0] not in ".~"
-        if not hub_id:
-            raise ValueError(f"iterative.oracle: {path} does not exist; give a reward model folder")
-        names = _hub_architectures(path)
-    else:
-        names = _local_architectures(folder, path, what)
-    if not any(name.endswith(_SEQ_CLS) for name in names):
-        kind = f"a {names[0]}" if names else "a model with no 'architectures' in its config.json"
-        raise ValueError(
-            f"iterative.oracle: {path} is {kind}, not a sequence-classification reward model (its "
-            "score head would be random); give a reward model folder or a reward name"
-        )
-    return path if not folder.exists() else str(folder)
-
-
-def _hub_architectures(model_id: str) -> list[str]:
-    """A Hub reward model's ``architectures``, from its config alone (no weights)."""
-    from transformers import AutoConfig
-
-    try:
-        return list(getattr(AutoConfig.from_pretrained(model_id), "architectures", None) or [])
-    except Exception as exc:  # offline, unknown repo, gated: all mean "cannot use it"
-        raise ValueError(
-            f"iterative.oracle: {model_id} is not a local folder and its Hub config could not be "
-            f"read ({type(exc).__name__}); give a reward model folder"
-        ) from None
-
-
-def _local_architectures(folder: Path, path: str, what: str) -> list[str]:
-    if not folder.is_dir():
-        raise ValueError(f"iterative.oracle: {path} is a file; give a reward model folder")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        if (folder / "final" / "config.json").is_file():
-            final = folder / "final"
-            if any(name.endswith(_SEQ_CLS) for name in _architectures(final / "config.json")):
-                raise ValueError(
-                    f"iterative.oracle: {path} is a run folder; give its model: "
-                    f"reward_model:{final}"
-                )
-            raise ValueError(
-                f"iterative.oracle: {path} is a training run folder (its model, {final}, is a "
-                f"causal LM); {what}: give a reward model folder or a reward name"
-            )
-        raise ValueError(
-            f"iterative.oracle: {path} has no config.json, so it is not a model folder; {what}"
-        )
-    return _architectures(config_file)
+    return check_model_folder(path, "iterative.oracle", SEQUENCE_HEAD, prefix="reward_model:")
 
 
 def resolve_oracle(spec: str, device: torch.device | None = None) -> Oracle:

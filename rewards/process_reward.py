@@ -1,0 +1,145 @@
+"""Score each reasoning step of a completion with a process reward model (PRM).
+
+The layout is the one TRL's ``PRMTrainer`` trains on (stepwise-supervision rows {prompt,
+completions: [step, ...], labels: [bool, ...]}), so a PRM trained there scores here unchanged:
+``[bos] + prompt + Σ_k (step_k + separator)``, no other special tokens, each step's label on the
+last token of its separator. A completion is cut into steps at ``step_separator``; pieces that
+are only whitespace are not steps.
+
+torch is imported lazily (only when a scorer is used), so ``import alignlib.rewards`` stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ProcessRewardScorer", "Step", "split_steps"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a completion: its text and where it ends (a character offset into the
+    completion, one past its last character)."""
+
+    text: str
+    end: int
+
+
+def split_steps(completion: str, separator: str) -> list[Step]:
+    """The completion's steps in order; an empty (or all-whitespace) completion is one empty
+    step at offset 0, so every completion gets a score."""
+    if not separator:
+        raise ValueError("split_steps: the step separator must be a non-empty string")
+    steps, start = [], 0
+    for piece in completion.split(separator):
+        if piece.strip():
+            steps.append(Step(piece, start + len(piece)))
+        start += len(piece) + len(separator)
+    return steps or [Step("", 0)]
+
+
+def prompt_text(prompt: str | Sequence[dict[str, Any]]) -> str:
+    """A conversational prompt (a message list) as the text of its messages, one per line."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(str(message.get("content", "")) for message in prompt)
+
+
+class ProcessRewardScorer:
+    """Per-step scores from a transformers ``AutoModelForTokenClassification``.
+
+    A two-label model (TRL's PRM: label 1 = the step is correct) scores a step by the softmax
+    probability of label 1 at the step's last separator token; a one-label model gives its raw
+    output there (a regression PRM). Rows are right-padded, so a score does not depend on the
+    batch it is in.
+
+    Args:
+        model: The PRM; put in eval mode here.
+        tokenizer: Its tokenizer (its pad token, else eos, pads batches).
+        step_separator: Where a completion is cut into steps, and what follows each step in the
+            PRM's input (TRL's ``step_separator``, default ``"\\n"``).
+        batch_size: Completions per forward pass.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, step_separator: str = "\n", batch_size: int = 8
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"ProcessRewardScorer: batch_size must be >= 1, got {batch_size}")
+        labels = getattr(model.config, "num_labels", 2)
+        if labels not in (1, 2):
+            raise ValueError(
+                f"ProcessRewardScorer: the model has num_labels={labels}; a PRM has 2 labels "
+                "(TRL's PRMTrainer: step wrong / right) or 1 (a regression score)"
+            )
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.eos_token_id
+        if pad_id is None:
+            raise ValueError(
+                "ProcessRewardScorer: the tokenizer has neither a pad nor an eos token; "
+                "set tokenizer.pad_token first"
+            )
+        self.separator_ids = tokenizer.encode(step_separator, add_special_tokens=False)
+        if not self.separator_ids:
+            raise ValueError(
+                f"ProcessRewardScorer: step_separator {step_separator!r} encodes to no tokens"
+            )
+        self.model, self.tokenizer, self.pad_id = model.eval(), tokenizer, int(pad_id)
+        self.step_separator, self.batch_size, self.two_labels = (
+            step_separator,
+            batch_size,
+            labels == 2,
+        )
+
+    def encode(
+        self, prompt: str | Sequence[dict[str, Any]], steps: Sequence[Step]
+    ) -> tuple[list[int], list[int]]:
+        """(input ids, the position of each step's score) in TRL's PRM layout."""
+        ids = self.tokenizer(prompt_text(prompt), add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        ids = ([bos] if bos is not None else []) + list(ids)
+        positions = []
+        for step in steps:
+            ids += self.tokenizer(step.text, add_special_tokens=False)["input_ids"]
+            ids += self.separator_ids
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    def steps(self, completion: str) -> list[Step]:
+        return split_steps(completion, self.step_separator)
+
+    def __call__(
+        self, prompts: Sequence[str | Sequence[dict[str, Any]]], completions: Sequence[str]
+    ) -> list[list[float]]:
+        """For each (prompt, completion), the score of each of its steps, in order."""
+        import torch
+
+        if len(prompts) != len(completions):
+            raise ValueError(
+                f"ProcessRewardScorer: got {len(prompts)} prompts but {len(completions)} "
+                "completions; pass one prompt per completion (repeat prompts if needed)"
+            )
+        encoded = [self.encode(p, self.steps(c)) for p, c in zip(prompts, completions, strict=True)]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        device = next(self.model.parameters()).device
+        scores: list[list[float]] = [[] for _ in encoded]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(encoded[i][0]) for i in idx)
+            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                input_ids[row, : len(encoded[i][0])] = torch.tensor(encoded[i][0])
+                mask[row, : len(encoded[i][0])] = 1
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device)
+                ).logits
+            logits = logits.float()
+            values = logits.softmax(-1)[..., 1] if self.two_labels else logits[..., 0]
+            for row, i in enumerate(idx):
+                scores[i] = values[row, encoded[i][1]].tolist()
+        return scores
