@@ -101,3 +101,32 @@ def test_eval_runs_on_cuda_like_on_cpu(tmp_path: Path) -> None:
         greedy[side] = [json.dumps(r["greedy"], sort_keys=True) for r in records]
     same = sum(a == b for a, b in zip(greedy["cpu"], greedy["accelerator"], strict=True))
     assert same >= 3, "greedy decoding on the GPU should match the CPU's (fp32) but for a rare tie"
+
+
+def test_learned_rewards_score_on_cuda_as_on_cpu(tmp_path: Path) -> None:
+    from test_process_rewards import tiny_head_model
+    from transformers import LlamaForSequenceClassification, LlamaForTokenClassification
+
+    from alignlib.rewards.learned import LearnedReward
+
+    prompts = ["What is 2 + 3?", "Add 4 and 4."]
+    completions = ["2 + 3 = 5\nso \\boxed{5}", "4 + 4 = 8\n\\boxed{8}"]
+    for name, kind, labels, extra in (
+        ("reward_model", LlamaForSequenceClassification, 1, {}),
+        ("process_reward_model", LlamaForTokenClassification, 2, {"reduce": "steps"}),
+    ):
+        params = {"path": str(tiny_head_model(tmp_path, kind, labels)), **extra}
+        scores = {}
+        for device, dtype in (("cpu", "float32"), (ACCELERATOR, "float32"), (ACCELERATOR, "auto")):
+            reward = LearnedReward.checked(
+                name, {**params, "dtype": dtype}, "test", torch.device(device)
+            )
+            scores[device, dtype] = reward.score(prompts, completions)
+            assert next(reward.load().model.parameters()).device.type == device
+        cpu, same = scores["cpu", "float32"], scores[ACCELERATOR, "float32"]
+        assert same[0] == pytest.approx(cpu[0], rel=1e-4, abs=1e-5), name
+        for steps, want in zip(same[1] or [], cpu[1] or [], strict=True):  # PRM steps
+            assert [end for end, _ in steps] == [end for end, _ in want]
+            assert [v for _, v in steps] == pytest.approx([v for _, v in want], abs=1e-5)
+        auto = scores[ACCELERATOR, "auto"][0]  # bfloat16 on CUDA: close, not equal
+        assert auto == pytest.approx(cpu[0], abs=0.05), name

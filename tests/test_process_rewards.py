@@ -176,6 +176,31 @@ def test_reward_model_scores_each_completion(
     assert all(s is None for gens in rollouts.step_rewards for s in gens)
 
 
+def test_each_rewards_own_values_are_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = spy(monkeypatch)
+    folder = tiny_head_model(tmp_path, LlamaForSequenceClassification, labels=1)
+    rewards = [
+        {"name": "online_rewards:digit_share", "weight": 2.0},
+        {"name": "reward_model", "weight": 0.5, "params": {"path": str(folder)}},
+        {"name": "online_rewards:digit_share", "weight": -1.0},
+    ]
+    path = make_config(tmp_path, online={"rewards": rewards})
+    result = Trainer(load_config(path, ["train.max_steps=1"])).train()
+    (rollouts,) = seen["rollouts"]
+    parts = rollouts.parts
+    assert list(parts) == ["digit_share", "reward_model", "digit_share_3"]
+    total = 2 * parts["digit_share"] + 0.5 * parts["reward_model"] - parts["digit_share_3"]
+    torch.testing.assert_close(rollouts.rewards, total)
+    for label, values in parts.items():
+        logged = result.history[0][f"rollout/reward/{label}/mean"]
+        assert logged == pytest.approx(float(values.mean()))
+        assert result.history[0][f"rollout/reward/{label}/std"] == pytest.approx(
+            float(values.std())
+        )
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [

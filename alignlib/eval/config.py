@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -15,6 +15,18 @@ from alignlib.eval.datasets import BENCHMARKS, benchmark_file
 DEFAULT_PROMPT_TEMPLATE = (
     "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
+
+
+class VerifierConfig(Section):
+    """A learned verifier that picks one of the n samples (best@k)."""
+
+    name: Literal["reward_model", "process_reward_model"]
+    """`reward_model` (a sequence-classification model: one score per sample) or
+    `process_reward_model` (a token-classification PRM in TRL's layout, its step scores made one
+    by `params.reduce`: min, the default, last, mean or product)."""
+    params: dict[str, Any] = {}
+    """As for the online reward of the same name: {path, batch_size, ...}; loaded onto
+    `eval.device` for each evaluation."""
 
 
 class EvalConfig(Section):
@@ -76,6 +88,26 @@ class EvalConfig(Section):
     evaluated with its tool; the same section as online.environment, e.g. {name:
     calculator}); its tokens count toward max_new_tokens. Needs the tokenizer in this process
     (num_workers: 0, or evaluation during training). null: one turn."""
+
+    verifier: VerifierConfig | None = None
+    """Score every sample with a learned verifier and report best@k: the accuracy of the sample
+    it scores highest among the first k (Qwen2.5-Math's RM@k; a PRM: Math-Shepherd's
+    verification). Needs n >= 2. null: none."""
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_needs_samples(
+        cls, value: VerifierConfig | None, info: ValidationInfo
+    ) -> VerifierConfig | None:
+        n = info.data.get("n")
+        if value is not None and n is not None and n < 2:
+            raise ValueError(f"a verifier picks among the n samples; set n >= 2 (got n={n})")
+        if value is not None and value.params.get("reduce") == "steps":
+            raise ValueError(
+                "params.reduce: steps places step rewards for training; best@k needs one score "
+                "per sample: min, last, mean or product"
+            )
+        return value
 
     @field_validator("benchmarks")
     @classmethod

@@ -1,4 +1,5 @@
-"""Sampling metrics for k answers per problem: pass@k, avg@k, maj@k, and confidence intervals."""
+"""Sampling metrics for k answers per problem: pass@k, avg@k, maj@k, best-of-k by a verifier's
+scores, and confidence intervals."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["avg_at_k", "maj_at_k", "mean_with_ci", "pass_at_k"]
+__all__ = ["avg_at_k", "best_of_k", "maj_at_k", "mean_with_ci", "pass_at_k"]
 
 
 def _check_int(name: str, value: object) -> int:
@@ -73,6 +74,21 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int | No
         if answer is not None and votes[answer] == top:
             return bool(correct[i])
     raise AssertionError("unreachable: some answer has the top vote count")
+
+
+def best_of_k(scores: Sequence[float], correct: Sequence[bool], k: int) -> bool:
+    """Whether the sample a verifier scores highest among the first ``k`` is correct (best-of-k,
+    Qwen2.5-Math's RM@k); a tie goes to the first of the tied samples."""
+    if len(scores) != len(correct):
+        raise ValueError(
+            f"best_of_k: got {len(scores)} scores but {len(correct)} correctness flags; "
+            "pass one score per sample"
+        )
+    k = _check_int("k", k)
+    if not 1 <= k <= len(scores):
+        raise ValueError(f"best_of_k: k must be in [1, {len(scores)}] (the samples), got {k}")
+    best = max(range(k), key=lambda i: (scores[i], -i))
+    return bool(correct[best])
 
 
 def mean_with_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from alignlib.console import notice
 from alignlib.eval.config import EvalConfig
-from alignlib.eval.metrics import avg_at_k, maj_at_k, mean_with_ci, pass_at_k
+from alignlib.eval.metrics import avg_at_k, best_of_k, maj_at_k, mean_with_ci, pass_at_k
 from alignlib.rewards import normalize_answer
 
 AVERAGE = "average"
@@ -21,7 +21,8 @@ AVERAGE = "average"
 
 
 def benchmark_metrics(records: Sequence[dict[str, Any]], config: EvalConfig) -> dict[str, Any]:
-    """pass@1 (greedy), avg@n, pass@k, maj@k with 95% CIs for one benchmark's graded records."""
+    """pass@1 (greedy), avg@n, pass@k, maj@k with 95% CIs for one benchmark's graded records,
+    and best@k (the sample the verifier scores highest) with `eval.verifier`."""
     if not records:
         raise ValueError("benchmark_metrics: no records (the benchmark has no problems?)")
     out: dict[str, Any] = {"num_problems": len(records)}
@@ -44,6 +45,13 @@ def benchmark_metrics(records: Sequence[dict[str, Any]], config: EvalConfig) -> 
             for ss in samples
         ]
         out[f"maj@{k}"] = _mean([float(v) for v in votes])
+    if config.verifier is not None:
+        for k in config.resolved_ks():
+            picks = [
+                best_of_k([s["verifier"] for s in ss], [s["correct"] for s in ss], k)
+                for ss in samples
+            ]
+            out[f"best@{k}"] = _mean([float(v) for v in picks])
     out["truncated"] = _mean([float(g["finish_reason"] == "length") for g in gens])
     return out
 
@@ -122,7 +130,9 @@ class EvalReport:
         config = self.config
         ks = config.resolved_ks()
         columns = ["pass@1"] + ([f"avg@{config.n}"] if config.sampled else [])
-        columns += [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks] + ["truncated"]
+        columns += [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+        columns += [f"best@{k}" for k in ks] if config.verifier is not None else []
+        columns += ["truncated"]
         title = f"{self.model}: pass@1 " + ("greedy" if config.greedy_pass1 else "sampled")
         if config.sampled:
             title += f"; {config.n} samples, T={config.temperature}, top-p={config.top_p}"

@@ -20,6 +20,7 @@ from alignlib.eval.config import EvalConfig, resolved_dtype
 from alignlib.eval.datasets import load_benchmark
 from alignlib.eval.loading import hf_folder_for, load_eval_model, model_label, resolve_model_dir
 from alignlib.eval.report import AVERAGE, EvalReport, average_metrics, benchmark_metrics
+from alignlib.eval.verifier import build_verifier, score_samples
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner, resolve_environment
@@ -73,6 +74,7 @@ def evaluate(
     if out_dir is not None:  # refused before the model loads, not after generation
         check_output_dir(Path(out_dir), "--output-dir")
     label = model_label(config.model) if config.model else "<in-memory model>"
+    verifier = build_verifier(config, model)  # its folder is checked before the model loads
 
     records: dict[str, list[dict[str, Any]]] = {}
     with _engine(config, model, tokenizer, engine) as (gen, chunk):
@@ -80,6 +82,8 @@ def evaluate(
         for bench, rows in problems.items():
             prompts = [config.prompt_template.replace("{problem}", r["problem"]) for r in rows]
             records[bench] = _run_benchmark(config, bench, rows, prompts, sample, chunk, progress)
+            if verifier is not None:
+                score_samples(verifier, records[bench])
     metrics = {bench: benchmark_metrics(recs, config) for bench, recs in records.items()}
     metrics[AVERAGE] = average_metrics(metrics)
     report = EvalReport(config, metrics, records, label, time.perf_counter() - began)

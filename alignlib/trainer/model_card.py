@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from alignlib.config.online import RewardSpec
 from alignlib.config.schema import RunConfig
 from alignlib.trainer.logs import METRICS_FILE, read_metrics
 from alignlib.version import __version__
@@ -100,7 +101,7 @@ def _training_rows(config: RunConfig, steps: int) -> list[tuple[str, str]]:
     if config.lora.enabled:
         rows.append(("LoRA", f"r {config.lora.r}, alpha {config.lora.alpha}"))
     if config.rollout is not None:
-        rewards = ", ".join(f"{r.name}×{r.weight:g}" for r in config.online.rewards)
+        rewards = ", ".join(f"{reward_label(r)}×{r.weight:g}" for r in config.online.rewards)
         rows.append(("online", f"{config.rollout.n} samples/prompt, rewards {rewards}"))
         for environment in config.online.episode_sections().values():
             rows.append(("environment", f"{environment.name}, up to {environment.max_turns} turns"))
@@ -218,3 +219,9 @@ def push(
         repo_id, operations, commit_message=f"alignlib {__version__}: {Path(run_dir).name}"
     )
     return [*lines, f"pushed to {info.commit_url}"]
+
+
+def reward_label(spec: RewardSpec) -> str:
+    """A reward as the card names it: a learned one with its model's folder."""
+    path = spec.params.get("path")
+    return f"{spec.name}({path})" if isinstance(path, str) else spec.name

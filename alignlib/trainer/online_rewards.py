@@ -7,6 +7,7 @@ run's device; a PRM with `reduce: steps` also places each step's score on the st
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +30,30 @@ from alignlib.rewards.learned import LearnedReward
 StepScores = list[list[list[tuple[int, float]]]]
 """Per completion, per process reward model with `reduce: steps`, its weighted (character
 offset where a step ends, score) pairs."""
+
+
+@dataclass
+class Scores:
+    """N completions scored."""
+
+    total: Tensor
+    """[N] the weighted sum of the rewards."""
+    correct: Tensor
+    """[N] bool: the math grader's verdict (rows with `answer`), else total > threshold."""
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    """Each reward's own value ([N], before its weight), by its label (``reward_labels``)."""
+    steps: StepScores = field(default_factory=list)
+
+
+def reward_labels(specs: Sequence[RewardSpec]) -> list[str]:
+    """A short, unique name per reward for its metrics: `math`, a function's own name for
+    `module:function` (TRL logs `rewards/<function>`), `_2`, `_3`... for repeats."""
+    labels: list[str] = []
+    for spec in specs:
+        label = spec.name.rpartition(":")[2] or spec.name
+        labels.append(label if label not in labels else f"{label}_{len(labels) + 1}")
+    return labels
+
 
 MATH_PARAMS = ("timeout_s",)
 """What `{name: math, params: ...}` may set: math is graded in one batch, not called per row."""
@@ -66,6 +91,7 @@ class RewardModel:
         device: torch.device | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.labels = reward_labels(self.specs)
         self.threshold = threshold
         self.allow_nonfinite = allow_nonfinite
         # None stands for the environment reward: read from the episodes, it has no function.
@@ -149,10 +175,8 @@ class RewardModel:
         (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids;
         ``environment``: each episode's environment reward; ``environments``: each episode's
         environment instance, for TRL rewards that read them)."""
-        total, correct, _ = self.score_steps(
-            texts, num_tokens, rows, token_ids, environment, environments
-        )
-        return total, correct
+        scores = self.score_steps(texts, num_tokens, rows, token_ids, environment, environments)
+        return scores.total, scores.correct
 
     def score_steps(
         self,
@@ -162,10 +186,12 @@ class RewardModel:
         token_ids: list[list[int]] | None = None,
         environment: Sequence[float | None] | None = None,
         environments: Sequence[Any] | None = None,
-    ) -> tuple[Tensor, Tensor, StepScores]:
-        """As :meth:`score`, with each completion's weighted step scores from the process
-        reward models that place them (`reduce: steps`; included in the rewards)."""
+    ) -> Scores:
+        """As :meth:`score`, with each reward's own values and each completion's weighted step
+        scores from the process reward models that place them (`reduce: steps`; included in
+        the rewards)."""
         steps: StepScores = [[] for _ in texts]
+        parts: dict[str, Tensor] = {}
         if environment is not None:
             self.check_unread(environment)
         verdicts = None
@@ -174,7 +200,7 @@ class RewardModel:
             answers = [str(r["answer"]) for r in rows]
             verdicts = torch.tensor(grade_many(texts, answers, timeout_s=self.math_timeout))
         total = torch.zeros(len(texts), dtype=torch.float64)
-        for spec, fn in zip(self.specs, self.functions, strict=True):
+        for label, spec, fn in zip(self.labels, self.specs, self.functions, strict=True):
             if fn is math_reward:
                 if verdicts is None:
                     self.check_rows(rows, "online data")  # raises, naming a row without answer
@@ -203,9 +229,10 @@ class RewardModel:
                     environments=environments,
                 )
                 values = torch.tensor(scored, dtype=torch.float64)
+            parts[label] = values
             total += spec.weight * values
         correct = verdicts if verdicts is not None else total > self.threshold
-        return total, correct, steps
+        return Scores(total, correct, parts, steps)
 
     def check_finite(self, name: str, values: Tensor) -> None:
         """A learned reward's NaN / inf score stops the run in one line (unless

@@ -34,6 +34,8 @@ class Rollouts:
     """[P, n] bool: correct per the math grader (rows with `answer`), else reward > threshold."""
     seconds: float = 0.0
     """Wall time of generation alone."""
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    """[P, n] each reward's own value (before its weight), by its label: `rollout/reward/...`."""
     step_rewards: list[list[StepRewards | None]] = field(default_factory=list)
     """[P][n] the weighted rewards each completion's steps carry, by token (part of
     ``rewards``: an environment's turn rewards, a PRM's step scores); None, or no list at
@@ -125,7 +127,7 @@ def score_rollouts(
     """The completions' rewards, and where their step rewards sit (``tokenizer``: the
     policy's, to find a PRM step's last token)."""
     flat = [(p, g) for p, gens in enumerate(generations) for g in gens]
-    total, correct, scored = rewards.score_steps(
+    scores = rewards.score_steps(
         [g.text for _, g in flat],
         [len(g.token_ids) for _, g in flat],
         [rows[p] for p, _ in flat],
@@ -134,14 +136,14 @@ def score_rollouts(
         [g.environment for _, g in flat],
     )
     shape = (len(generations), len(generations[0]) if generations else 0)
-    placed = iter(scored)
+    placed = iter(scores.steps)
     weight = rewards.environment_weight
     steps = [
         [place_steps(g, weight, next(placed), tokenizer) for g in gens] for gens in generations
     ]
-    return Rollouts(
-        rows, prompt_ids, generations, total.view(shape), correct.view(shape), seconds, steps
-    )
+    parts = {label: values.view(shape) for label, values in scores.parts.items()}
+    total, correct = scores.total.view(shape), scores.correct.view(shape)
+    return Rollouts(rows, prompt_ids, generations, total, correct, seconds, parts, steps)
 
 
 # ------------------------------------------------------------------------------------- routing
@@ -239,7 +241,21 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
             "time/rollout_s": seconds,
         }
         | router_metrics(plans)
+        | reward_part_metrics(rollouts)
     )
+
+
+def reward_part_metrics(rollouts: list[Rollouts]) -> dict[str, float]:
+    """Each reward's own mean and std over the step's completions (TRL's `rewards/<name>`),
+    NaN ("no opinion" of a TRL reward) left out."""
+    out: dict[str, float] = {}
+    for label in rollouts[0].parts if rollouts else {}:
+        values = torch.cat([r.parts[label].flatten() for r in rollouts])
+        values = values[~values.isnan()]
+        if values.numel():
+            out[f"rollout/reward/{label}/mean"] = float(values.mean())
+            out[f"rollout/reward/{label}/std"] = float(values.std()) if values.numel() > 1 else 0.0
+    return out
 
 
 def episode_metrics(generations: list[Generation]) -> dict[str, float]:

@@ -1,0 +1,41 @@
+"""`eval.verifier`: a learned reward model (or PRM) scores every sample, so that best@k can pick
+the one it rates highest. Checked from its config.json before the policy loads; loaded onto the
+device the evaluated model runs on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from alignlib.device import resolve_device
+from alignlib.eval.config import EvalConfig
+from alignlib.rewards.calling import check_params
+from alignlib.rewards.learned import PARAMS, LearnedReward
+
+
+def build_verifier(config: EvalConfig, model: Any | None = None) -> LearnedReward | None:
+    """The configured verifier (not loaded yet), on ``model``'s device when evaluating an
+    in-memory model, else on ``eval.device``; None without one."""
+    spec = config.verifier
+    if spec is None:
+        return None
+    parameters = next(iter(model.parameters()), None) if model is not None else None
+    device = parameters.device if parameters is not None else resolve_device(config.device)
+    check_params(spec.name, None, spec.params, "eval.verifier.params", PARAMS[spec.name])
+    return LearnedReward.checked(spec.name, spec.params, "eval.verifier.params", device)
+
+
+def score_samples(verifier: LearnedReward, records: list[dict[str, Any]]) -> None:
+    """Each sampled record gets `verifier`: its score (one batched pass per benchmark)."""
+    samples = [(r["prompt"], s) for r in records for s in r["samples"]]
+    if not samples:
+        return
+    scores, _ = verifier.score([p for p, _ in samples], [s["text"] for _, s in samples])
+    for (_, sample), score in zip(samples, scores, strict=True):
+        if not torch.isfinite(torch.tensor(score)):
+            raise ValueError(
+                f"eval.verifier: a sample scored {score} (not finite); check the model and "
+                "params.dtype (float32)"
+            )
+        sample["verifier"] = float(score)
