@@ -24,7 +24,12 @@ from alignlib.rewards.math_grader import (
     normalize_answer,
     shutdown_pool,
 )
-from alignlib.rewards.process_reward import ProcessRewardScorer, Step, split_steps
+from alignlib.rewards.process_reward import (
+    ProcessRewardScorer,
+    Step,
+    TaggedProcessRewardScorer,
+    split_steps,
+)
 from alignlib.rewards.registry import (
     RewardFn,
     get_reward,
@@ -40,6 +45,7 @@ __all__ = [
     "RewardFn",
     "RewardModelScorer",
     "Step",
+    "TaggedProcessRewardScorer",
     "call_reward",
     "check_params",
     "configure_pool",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from alignlib.rewards.calling import RewardError
-from alignlib.rewards.process_reward import ProcessRewardScorer, Step
+from alignlib.rewards.process_reward import ProcessRewardScorer, Step, TaggedProcessRewardScorer
 from alignlib.rewards.reward_model import RewardModelScorer
 
 SEQUENCE_HEAD = "ForSequenceClassification"
@@ -31,8 +31,15 @@ every step is right), or `steps`: each step's score is a reward on the step's la
 (process supervision; the completion's reward is their sum)."""
 PARAMS = {
     "reward_model": ("path", "batch_size", "max_length", "dtype"),
-    "process_reward_model": ("path", "batch_size", "step_separator", "reduce", "dtype"),
+    "process_reward_model": (
+        *("path", "batch_size", "step_separator", "reduce", "dtype"),
+        *("format", "step_tag", "good_token", "bad_token"),
+    ),
 }
+FORMATS = {"trl": "ForTokenClassification", "math_shepherd": "ForCausalLM"}
+"""A PRM's layout, and the architecture its folder must have: `trl` (a token-classification
+model, TRL's PRMTrainer) or `math_shepherd` (a causal LM rating a step tag with a good and a
+bad token: Math-Shepherd's PRMs, OpenRLHF's train_prm)."""
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -71,7 +78,8 @@ def check_model_folder(path: str, where: str, head: str = SEQUENCE_HEAD, prefix:
 
 
 def _kind(head: str) -> str:
-    return "sequence-classification" if head == SEQUENCE_HEAD else "token-classification"
+    kinds = {SEQUENCE_HEAD: "sequence-classification", TOKEN_HEAD: "token-classification"}
+    return kinds.get(head, "causal-LM")
 
 
 def _hub_architectures(model_id: str, where: str) -> list[str]:
@@ -122,13 +130,17 @@ class LearnedReward:
         missing or wrong value."""
         if not isinstance(params.get("path"), str):
             raise RewardError(f"{key}.path: {name} needs the model's folder, e.g. path: ./rm")
-        head = TOKEN_HEAD if name == "process_reward_model" else SEQUENCE_HEAD
+        settings = {k: v for k, v in params.items() if k != "path"}
+        _check_settings(settings, key)
+        head = SEQUENCE_HEAD
+        if name == "process_reward_model":
+            head = FORMATS[settings.get("format", "trl")]
         try:
             path = check_model_folder(params["path"], f"{key}.path", head)
         except ValueError as exc:
             raise RewardError(str(exc)) from None
-        settings = {k: v for k, v in params.items() if k != "path"}
-        _check_settings(settings, key)
+        if head == FORMATS["math_shepherd"]:
+            _check_rating_tokens(path, settings, key)
         return cls(name, path, settings, device)
 
     @property
@@ -148,11 +160,7 @@ class LearnedReward:
         tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         batch_size = int(self.settings.get("batch_size", 8))
         if self.name == "process_reward_model":
-            model = transformers.AutoModelForTokenClassification.from_pretrained(
-                self.path, torch_dtype=dtype
-            )
-            separator = self.settings.get("step_separator", "\n")
-            self.scorer = ProcessRewardScorer(model.to(device), tokenizer, separator, batch_size)
+            self.scorer = self._process_scorer(tokenizer, dtype, device, batch_size)
         else:
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 self.path, num_labels=1, torch_dtype=dtype
@@ -160,6 +168,27 @@ class LearnedReward:
             max_length = self.settings.get("max_length")
             self.scorer = RewardModelScorer(model.to(device), tokenizer, batch_size, max_length)
         return self.scorer
+
+    def _process_scorer(
+        self, tokenizer: Any, dtype: torch.dtype, device: torch.device, batch_size: int
+    ) -> ProcessRewardScorer:
+        import transformers
+
+        separator = self.settings.get("step_separator", "\n")
+        if self.settings.get("format", "trl") == "trl":
+            model = transformers.AutoModelForTokenClassification.from_pretrained(
+                self.path, torch_dtype=dtype
+            )
+            return ProcessRewardScorer(model.to(device), tokenizer, separator, batch_size)
+        model = transformers.AutoModelForCausalLM.from_pretrained(self.path, torch_dtype=dtype)
+        tokens = {
+            k: self.settings[k]
+            for k in ("step_tag", "good_token", "bad_token")
+            if k in self.settings
+        }
+        return TaggedProcessRewardScorer(
+            model.to(device), tokenizer, separator, batch_size, **tokens
+        )
 
     def score(
         self, prompts: Sequence[Any], completions: Sequence[str]
@@ -210,6 +239,25 @@ def _check_settings(settings: Mapping[str, Any], key: str) -> None:
         raise RewardError(
             f"{key}.reduce: expected one of {', '.join(REDUCTIONS)}, got {settings['reduce']!r}"
         )
-    separator = settings.get("step_separator", "\n")
-    if not isinstance(separator, str) or not separator:
-        raise RewardError(f"{key}.step_separator: expected a non-empty string, got {separator!r}")
+    if settings.get("format", "trl") not in FORMATS:
+        raise RewardError(
+            f"{key}.format: expected one of {', '.join(FORMATS)}, got {settings['format']!r}"
+        )
+    strings = {"step_separator": "\n", "step_tag": "ки", "good_token": "+", "bad_token": "-"}
+    for name, default in strings.items():
+        value = settings.get(name, default)
+        if not isinstance(value, str) or not value:
+            raise RewardError(f"{key}.{name}: expected a non-empty string, got {value!r}")
+
+
+def _check_rating_tokens(path: str, settings: Mapping[str, Any], key: str) -> None:
+    """A tagged PRM's good and bad tokens must each be one token of its vocabulary (read from
+    its tokenizer, before any weights load)."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    for name, default in (("good_token", "+"), ("bad_token", "-")):
+        try:
+            TaggedProcessRewardScorer.token_id(tokenizer, settings.get(name, default))
+        except ValueError as exc:
+            raise RewardError(f"{key}.{name}: {str(exc).split(': ', 1)[1]}") from None

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ProcessRewardScorer", "Step", "split_steps"]
+__all__ = ["ProcessRewardScorer", "Step", "TaggedProcessRewardScorer", "split_steps"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ProcessRewardScorer:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"ProcessRewardScorer: batch_size must be >= 1, got {batch_size}")
-        labels = getattr(model.config, "num_labels", 2)
+        labels = self.check_model(model)
         if labels not in (1, 2):
             raise ValueError(
                 f"ProcessRewardScorer: the model has num_labels={labels}; a PRM has 2 labels "
@@ -94,6 +94,11 @@ class ProcessRewardScorer:
             labels == 2,
         )
 
+    @staticmethod
+    def check_model(model: Any) -> int:
+        """The model's label count (a subclass checks its own kind of model)."""
+        return int(getattr(model.config, "num_labels", 2))
+
     def encode(
         self, prompt: str | Sequence[dict[str, Any]], steps: Sequence[Step]
     ) -> tuple[list[int], list[int]]:
@@ -110,6 +115,10 @@ class ProcessRewardScorer:
 
     def steps(self, completion: str) -> list[Step]:
         return split_steps(completion, self.step_separator)
+
+    def read(self, logits: Any) -> Any:
+        """[B, T] the score each position would give a step ending there."""
+        return logits.softmax(-1)[..., 1] if self.two_labels else logits[..., 0]
 
     def __call__(
         self, prompts: Sequence[str | Sequence[dict[str, Any]]], completions: Sequence[str]
@@ -138,8 +147,72 @@ class ProcessRewardScorer:
                 logits = self.model(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device)
                 ).logits
-            logits = logits.float()
-            values = logits.softmax(-1)[..., 1] if self.two_labels else logits[..., 0]
+            values = self.read(logits.float())
             for row, i in enumerate(idx):
                 scores[i] = values[row, encoded[i][1]].tolist()
         return scores
+
+
+class TaggedProcessRewardScorer(ProcessRewardScorer):
+    """Per-step scores from a causal LM that rates a step tag with two tokens: Math-Shepherd's
+    PRMs and OpenRLHF's ``train_prm`` (placeholder ``ки``, reward tokens ``+`` / ``-``).
+
+    The input is ``[bos] prompt + " " + step₁ + " " + tag + "\n" + step₂ + " " + tag …``
+    (Math-Shepherd's ``f"{question} {output}"`` with each step ending in the tag), and a
+    step's score is softmax(logit(good), logit(bad))[good] at its tag's last token.
+
+    Args:
+        step_tag: The tag that closes each step.
+        good_token, bad_token: Tokens (each one token of the vocabulary) whose logits rate it.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        step_separator: str = "\n",
+        batch_size: int = 8,
+        step_tag: str = "ки",
+        good_token: str = "+",
+        bad_token: str = "-",
+    ) -> None:
+        super().__init__(model, tokenizer, step_separator, batch_size)
+        if not step_tag:
+            raise ValueError("TaggedProcessRewardScorer: step_tag must be a non-empty string")
+        self.step_tag = step_tag
+        self.candidates = [self.token_id(tokenizer, t) for t in (good_token, bad_token)]
+
+    @staticmethod
+    def check_model(model: Any) -> int:
+        return 2  # a causal LM: two of its vocabulary's logits rate a step
+
+    @staticmethod
+    def token_id(tokenizer: Any, token: str) -> int:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"TaggedProcessRewardScorer: {token!r} encodes to {len(ids)} tokens; the good "
+                "and bad tokens must each be one token of the PRM's vocabulary"
+            )
+        return int(ids[0])
+
+    def encode(
+        self, prompt: str | Sequence[dict[str, Any]], steps: Sequence[Step]
+    ) -> tuple[list[int], list[int]]:
+        """(input ids, the position of each step's tag's last token): the whole text tokenized
+        at once, with the tokenizer's own special tokens, as Math-Shepherd's example does."""
+        text, ends = prompt_text(prompt) + " ", []
+        for k, step in enumerate(steps):
+            text += ("\n" if k else "") + f"{step.text} {self.step_tag}"
+            ends.append(len(text))
+        encoded = self.tokenizer(text, return_offsets_mapping=True)
+        spans = encoded["offset_mapping"]
+        # A step's score sits on the last real token that begins before its tag ends.
+        positions = [
+            max(t for t, (start, stop) in enumerate(spans) if stop > start and start < end)
+            for end in ends
+        ]
+        return list(encoded["input_ids"]), positions
+
+    def read(self, logits: Any) -> Any:
+        return logits[..., self.candidates].softmax(-1)[..., 0]

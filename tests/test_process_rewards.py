@@ -24,9 +24,14 @@ from transformers import (
 from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.estimator import ADVANTAGES, Batch
-from alignlib.rewards import ProcessRewardScorer, RewardModelScorer, split_steps
+from alignlib.rewards import (
+    ProcessRewardScorer,
+    RewardModelScorer,
+    TaggedProcessRewardScorer,
+    split_steps,
+)
 from alignlib.rewards.learned import reduce_steps
-from alignlib.testing import build_tokenizer
+from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.loop import Trainer
 from alignlib.trainer.step_rewards import token_positions
 
@@ -85,6 +90,27 @@ def test_prm_scores_each_steps_separator_in_trls_layout(tmp_path: Path) -> None:
         assert len(scores) == len(pieces)
     one = ProcessRewardScorer(model, tokenizer, "\n", batch_size=1)(prompts, completions)
     assert one == [pytest.approx(s, abs=1e-5) for s in got]  # batch invariant
+
+
+def test_tagged_prm_reads_the_good_token_at_each_tag_as_math_shepherd_does(
+    tmp_path: Path,
+) -> None:
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, init_std=0.2)
+    prompts = ["What is 2 + 3?", "Add 4 and 4.", "Hi"]
+    completions = ["2 + 3 = 5\nSo 5", "4 + 4 = 8", "Step one\n\nStep two\nthree"]
+    got = TaggedProcessRewardScorer(model, tokenizer, "\n", batch_size=2)(prompts, completions)
+    good, bad = (tokenizer.encode(t, add_special_tokens=False)[0] for t in ("+", "-"))
+    tag_id = tokenizer.encode("ки", add_special_tokens=False)[-1]
+    for prompt, completion, scores in zip(prompts, completions, got, strict=True):
+        # Math-Shepherd's example: f"{question} {output}", each step ending in " ки".
+        steps = [line for line in completion.split("\n") if line.strip()]
+        text = f"{prompt} " + "\n".join(f"{step} ки" for step in steps)
+        ids = torch.tensor([tokenizer.encode(text)])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[..., [good, bad]].double()
+        want = logits.softmax(-1)[..., 0][ids == tag_id].tolist()
+        assert scores == pytest.approx(want, abs=1e-5) and len(scores) == len(steps)
 
 
 def test_reductions() -> None:
@@ -210,6 +236,12 @@ def test_each_rewards_own_values_are_logged(
         ({"path": "TOK", "batch_size": 0}, "batch_size: expected a whole number >= 1"),
         ({"path": "TOK", "temperature": 1}, "temperature: not a parameter of reward"),
         ({"path": "TOK", "step_separator": ""}, "step_separator: expected a non-empty string"),
+        ({"path": "TOK", "format": "math_shepherd"}, "not a causal-LM reward model"),
+        (
+            {"path": "LM", "format": "math_shepherd", "good_token": "good"},
+            "good_token: 'good' encodes to",
+        ),
+        ({"path": "LM", "format": "shepherd"}, "format: expected one of trl, math_shepherd"),
     ],
 )
 def test_misconfigured_reward_models_are_one_line(
@@ -217,7 +249,11 @@ def test_misconfigured_reward_models_are_one_line(
 ) -> None:
     sequence = tiny_head_model(tmp_path, LlamaForSequenceClassification, labels=1)
     token = tiny_head_model(tmp_path, LlamaForTokenClassification, labels=2)
-    spelled = {k: {"SEQ": str(sequence), "TOK": str(token)}.get(v, v) for k, v in params.items()}
+    lm = tmp_path / "lm"
+    build_tiny_model(build_tokenizer()).save_pretrained(lm)
+    build_tokenizer().save_pretrained(lm)
+    folders = {"SEQ": str(sequence), "TOK": str(token), "LM": str(lm)}
+    spelled = {k: folders.get(v, v) for k, v in params.items()}
     rewards = [{"name": "process_reward_model", "params": spelled}]
     path = make_config(tmp_path, online={"rewards": rewards})
     capsys.readouterr()  # saving the models above wrote progress bars

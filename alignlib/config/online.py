@@ -111,10 +111,13 @@ class RewardSpec(Section):
     name: str
     """A registered reward (`math`, `format`, `length_penalty`), a learned one (`reward_model`:
     a sequence-classification model, params {path, batch_size, max_length, dtype};
-    `process_reward_model`: a token-classification PRM in TRL's layout, params {path,
-    batch_size, step_separator (default "\\n"), reduce: min | last | mean | product | steps,
-    dtype}; `steps` puts each step's score on its last token, for GAE and `grpo_process`;
-    dtype auto = bfloat16 on CUDA, float32 elsewhere), or `package.module:function`
+    `process_reward_model`: a PRM, params {path, batch_size, step_separator (default "\\n"),
+    reduce: min | last | mean | product | steps, dtype, format: trl (a token-classification
+    model in TRL's PRMTrainer layout) | math_shepherd (a causal LM rating each step's
+    `step_tag`, default "ки", by the logits of `good_token` "+" and `bad_token` "-", as
+    Math-Shepherd and OpenRLHF's train_prm)}; `steps` puts each step's score on its last
+    token, for GAE and `grpo_process`; dtype auto = bfloat16 on CUDA, float32 elsewhere), or
+    `package.module:function`
     (a TRL reward function or a verl compute_score file work unchanged: see `form`; a module of
     your own must be importable, e.g. `PYTHONPATH=<its folder>`, even beside the config); an
     alignlib-form reward is called as fn(completion, **columns) with the row's columns it names
