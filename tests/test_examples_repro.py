@@ -89,6 +89,17 @@ def test_entropy_law_fit_recovers_a_known_curve() -> None:
     assert fit_entropy_law([0.5, 1.0], [0.2, 0.2])["r2"] is None  # constant R: undefined
 
 
+def test_process_vs_outcome_quick(tmp_path: Path) -> None:
+    results = run_quick("process_vs_outcome.py", tmp_path)
+    assert (tmp_path / "process_vs_outcome.png").stat().st_size > 10_000
+    runs = results["per_step"]["0"]
+    assert set(runs) == set(results["summary"]) == {"outcome (grpo)", "process (grpo_process)"}
+    curves = [run["turn_reward"] for run in runs.values()]
+    assert all(len(c) == results["setting"]["steps"] for c in curves)
+    assert curves[0][0] == curves[1][0]  # the same initial model and first rollouts
+    assert all(0.0 <= r <= 3.0 for c in curves for r in c)
+
+
 def test_entropy_mechanism_quick(tmp_path: Path) -> None:
     results = run_quick("entropy_mechanism.py", tmp_path)
     for png in ("entropy_reward.png", "entropy_fit.png"):
