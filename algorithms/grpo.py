@@ -5,11 +5,10 @@ then the mean over sequences. Checked against TRL's ``loss_type="grpo"`` (``GRPO
 ``compute_policy_loss_vanilla`` + ``agg_loss``. TRL's mean counts every row; here a row with no
 valid token is not counted (rollouts always have at least one)."""
 
-from alignlib.algorithms.registry import preset
+from alignlib.algorithms.registry import kl_regularizers, preset
 from alignlib.estimator import (
     AGGREGATIONS,
     GroupNormalized,
-    KLPenalty,
     PPOClip,
     UnifiedEstimator,
 )
@@ -31,16 +30,11 @@ def grpo(
     PPO's dual clip c (> 1: the loss of a token with Â < 0 is capped at −c·Â): verl applies it
     to GRPO (c = 3; 10 in its DAPO recipe), the paper and TRL do not, so it is off (None)."""
     agg = AGGREGATIONS.resolve(aggregation)
-    regularizers = (
-        [KLPenalty(coef=kl_coef, estimator=kl_estimator, aggregation=agg)]  # type: ignore[arg-type]
-        if kl_coef
-        else []
-    )
     return UnifiedEstimator(
         mask=PPOClip(eps_low=eps_low, eps_high=eps_high, dual_clip=clip_c),
         reference="old",
         advantage=GroupNormalized(std=True),
         aggregation=agg,
-        regularizers=regularizers,
+        regularizers=kl_regularizers(kl_coef, kl_estimator, agg),
         name="grpo",
     )

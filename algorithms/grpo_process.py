@@ -5,10 +5,9 @@ step rewards of its group. Step rewards come from a process reward model
 environment's turn rewards; what no step carries (a verifier's outcome) joins the last step,
 so without step rewards this is outcome GRPO."""
 
-from alignlib.algorithms.registry import preset
+from alignlib.algorithms.registry import kl_regularizers, preset
 from alignlib.estimator import (
     AGGREGATIONS,
-    KLPenalty,
     PPOClip,
     ProcessGroupNormalized,
     UnifiedEstimator,
@@ -27,16 +26,11 @@ def grpo_process(
     """GRPO's defaults (ε = 0.2, per-sequence token mean, KL off) with the process advantage;
     ``std=False`` only centres the step rewards (Dr. GRPO's choice)."""
     agg = AGGREGATIONS.resolve(aggregation)
-    regularizers = (
-        [KLPenalty(coef=kl_coef, estimator=kl_estimator, aggregation=agg)]  # type: ignore[arg-type]
-        if kl_coef
-        else []
-    )
     return UnifiedEstimator(
         mask=PPOClip(eps_low=eps_low, eps_high=eps_high),
         reference="old",
         advantage=ProcessGroupNormalized(std=std),
         aggregation=agg,
-        regularizers=regularizers,
+        regularizers=kl_regularizers(kl_coef, kl_estimator, agg),
         name="grpo_process",
     )

@@ -6,7 +6,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from alignlib.estimator import Advantage, Registry, RegistryError, Role, Rows, UnifiedEstimator
+from alignlib.estimator import (
+    Advantage,
+    Aggregation,
+    KLPenalty,
+    Registry,
+    RegistryError,
+    Role,
+    Rows,
+    Term,
+    UnifiedEstimator,
+)
 from alignlib.suggest import did_you_mean
 
 Preset = Callable[..., UnifiedEstimator]
@@ -24,6 +34,14 @@ def pairwise(weights: Advantage, name: str, likelihood: str = "sequence-sum") ->
     return UnifiedEstimator(
         advantage=weights, likelihood=likelihood, aggregation="pair-mean", rows=PAIR_ROWS, name=name
     )
+
+
+def kl_regularizers(coef: float, estimator: str, aggregation: Aggregation) -> list[Term]:
+    """GRPO's KL penalty to π_ref (none at coef 0), aggregated exactly like the clipped term
+    (with a per-sequence mean, inside each sequence's token mean, as DeepSeekMath eq. 3)."""
+    if not coef:
+        return []
+    return [KLPenalty(coef=coef, estimator=estimator, aggregation=aggregation)]  # type: ignore[arg-type]
 
 
 def preset(name: str) -> Callable[[Preset], Preset]:

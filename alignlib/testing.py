@@ -11,7 +11,7 @@ import os
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from alignlib.rollout.base import Generation, NamedTensors, Prompts, RolloutEngine, SamplingParams
 
@@ -114,9 +114,23 @@ def build_tiny_model(
         init_std: Std of the normal init. The HF default 0.02 gives near-uniform next-token
             distributions; larger values give peakier ones, which makes sampling tests sharper.
     """
+    config = tiny_config(tokenizer, hidden, layers, init_std)
+    # fork_rng so building a fixture never perturbs the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.to(dtype).eval()
+
+
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast, hidden: int = 32, layers: int = 2, init_std: float = 0.02
+) -> LlamaConfig:
+    """The tiny Llama shape every test model shares (4 heads, 2 KV heads, untied head)."""
     if hidden % 4:
-        raise ValueError(f"build_tiny_model: hidden={hidden} must be divisible by 4 (4 heads).")
-    config = LlamaConfig(
+        raise ValueError(f"tiny_config: hidden={hidden} must be divisible by 4 (4 heads).")
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -130,13 +144,19 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    # fork_rng so building a fixture never perturbs the caller's random stream.
+
+
+def build_tiny_classifier(
+    tokenizer: PreTrainedTokenizerFast, head: type[PreTrainedModel], num_labels: int, seed: int = 0
+) -> PreTrainedModel:
+    """A randomly initialised tiny Llama under a classification head (``head``: e.g.
+    ``LlamaForSequenceClassification`` for a reward model, ``LlamaForTokenClassification`` for
+    a PRM) with ``num_labels`` outputs; the global RNG state is left untouched."""
+    config = tiny_config(tokenizer)
+    config.num_labels = num_labels
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.to(dtype).eval()
+        return head(config).eval()
 
 
 def tiny_engine(

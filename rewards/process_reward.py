@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alignlib.rewards.reward_model import pad_token_id
+
 __all__ = ["ProcessRewardScorer", "Step", "TaggedProcessRewardScorer", "split_steps"]
 
 
@@ -74,14 +76,7 @@ class ProcessRewardScorer:
                 f"ProcessRewardScorer: the model has num_labels={labels}; a PRM has 2 labels "
                 "(TRL's PRMTrainer: step wrong / right) or 1 (a regression score)"
             )
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.eos_token_id
-        if pad_id is None:
-            raise ValueError(
-                "ProcessRewardScorer: the tokenizer has neither a pad nor an eos token; "
-                "set tokenizer.pad_token first"
-            )
+        pad_id = pad_token_id(tokenizer, "ProcessRewardScorer")
         self.separator_ids = tokenizer.encode(step_separator, add_special_tokens=False)
         if not self.separator_ids:
             raise ValueError(

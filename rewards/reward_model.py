@@ -8,7 +8,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["RewardModelScorer"]
+__all__ = ["RewardModelScorer", "pad_token_id"]
+
+
+def pad_token_id(tokenizer: Any, who: str) -> int:
+    """The id batched scoring pads with: the tokenizer's pad token, else its eos token."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError(
+            f"{who}: the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token "
+            "first"
+        )
+    return int(pad_id)
 
 
 class RewardModelScorer:
@@ -37,14 +50,7 @@ class RewardModelScorer:
                 f"RewardModelScorer: the model has num_labels={model.config.num_labels}; a reward "
                 "model needs num_labels=1 (AutoModelForSequenceClassification(..., num_labels=1))"
             )
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.eos_token_id
-        if pad_id is None:
-            raise ValueError(
-                "RewardModelScorer: the tokenizer has neither a pad nor an eos token; "
-                "set tokenizer.pad_token first"
-            )
+        pad_id = pad_token_id(tokenizer, "RewardModelScorer")
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_id
         self.pad_id = int(model.config.pad_token_id)

@@ -16,7 +16,6 @@ from test_online import make_config, spy
 from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
-    LlamaConfig,
     LlamaForSequenceClassification,
     LlamaForTokenClassification,
 )
@@ -31,7 +30,7 @@ from alignlib.rewards import (
     split_steps,
 )
 from alignlib.rewards.learned import reduce_steps
-from alignlib.testing import build_tiny_model, build_tokenizer
+from alignlib.testing import build_tiny_classifier, build_tiny_model, build_tokenizer
 from alignlib.trainer.loop import Trainer
 from alignlib.trainer.step_rewards import token_positions
 
@@ -41,19 +40,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_head_model(tmp: Path, kind: type, labels: int, seed: int = 0) -> Path:
     """A random tiny Llama with a classification head, saved with the offline tokenizer."""
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=labels,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
     folder = tmp / kind.__name__
-    kind(config).save_pretrained(folder)
+    build_tiny_classifier(tokenizer, kind, labels, seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -278,7 +278,7 @@ def test_reward_parameters_reach_the_function() -> None:
 
     def penalty(target: int) -> list[float]:
         spec = RewardSpec(name="length_penalty", params={"target_length": target})
-        return RewardModel([spec], 0.5).score(texts, tokens, rows)[0].tolist()
+        return RewardModel([spec], 0.5).score(texts, tokens, rows).total.tolist()
 
     assert penalty(10) == [-1.0, -1.0] and penalty(40) == [0.0, 0.0]
 

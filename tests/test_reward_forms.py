@@ -102,7 +102,7 @@ def test_trl_none_is_left_out_of_the_weighted_sum() -> None:
         RewardSpec(name="test_reward_forms:trl_no_opinion", weight=1.0),
         RewardSpec(name="test_reward_forms:plain", weight=0.5),
     ]
-    total, _ = RewardModel(specs, threshold=0.5).score(TEXTS, [3, 4], ROWS)
+    total = RewardModel(specs, threshold=0.5).score(TEXTS, [3, 4], ROWS).total
     assert total.tolist() == [2.0 + 0.5, 0.0 + 0.0]
     assert not any(math.isnan(v) for v in total.tolist())
 
@@ -166,7 +166,7 @@ def test_reward_model_takes_every_form_from_config() -> None:
     ]
     model = RewardModel(specs, threshold=0.5)
     model.check_rows(ROWS, "data")  # TRL/verl inputs are supplied, `solution` is a column
-    total, _ = model.score(TEXTS, [3, 4], ROWS)
+    total = model.score(TEXTS, [3, 4], ROWS).total
     assert total.tolist() == [1.0 + 2.0 + 1.0, 0.0 - 2.0 + 0.0]
 
 

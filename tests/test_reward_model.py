@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
 
 from alignlib.rewards import RewardModelScorer
-from alignlib.testing import build_tokenizer
+from alignlib.testing import build_tiny_classifier, build_tokenizer
 
 PROMPTS = [
     "What is 12 + 30?",
@@ -30,19 +29,7 @@ COMPLETIONS = [
 @pytest.fixture(scope="module")
 def scorer_parts() -> tuple[LlamaForSequenceClassification, object]:
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForSequenceClassification(config)
+    model = build_tiny_classifier(tokenizer, LlamaForSequenceClassification, num_labels=1)
     return model, tokenizer
 
 

@@ -168,7 +168,7 @@ class RolloutCollector:
         if self.router.scores_demonstrations:
             demos = [self.demo_tokens(r) for r in prompts]
             texts = [self.tokenizer.decode(d, skip_special_tokens=True) for d in demos]
-            demo_rewards, _ = self.rewards.score(texts, [len(d) for d in demos], prompts)
+            demo_rewards = self.rewards.score(texts, [len(d) for d in demos], prompts).total
         plan = self.router.route(rollouts.rewards, rollouts.correct, demo_rewards)
         return rollouts, build_rows(rollouts, plan, self.demo_tokens), plan
 

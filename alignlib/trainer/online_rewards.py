@@ -170,26 +170,13 @@ class RewardModel:
         token_ids: list[list[int]] | None = None,
         environment: Sequence[float | None] | None = None,
         environments: Sequence[Any] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """([N] rewards, [N] correct) for N completions, ``rows[i]`` the data row of text i
-        (``token_ids``: the completions' tokens, for TRL rewards that read completion_ids;
-        ``environment``: each episode's environment reward; ``environments``: each episode's
-        environment instance, for TRL rewards that read them)."""
-        scores = self.score_steps(texts, num_tokens, rows, token_ids, environment, environments)
-        return scores.total, scores.correct
-
-    def score_steps(
-        self,
-        texts: list[str],
-        num_tokens: list[int],
-        rows: list[dict[str, Any]],
-        token_ids: list[list[int]] | None = None,
-        environment: Sequence[float | None] | None = None,
-        environments: Sequence[Any] | None = None,
     ) -> Scores:
-        """As :meth:`score`, with each reward's own values and each completion's weighted step
-        scores from the process reward models that place them (`reduce: steps`; included in
-        the rewards)."""
+        """N completions scored, ``rows[i]`` the data row of text i (``token_ids``: the
+        completions' tokens, for TRL rewards that read completion_ids; ``environment``: each
+        episode's environment reward; ``environments``: each episode's environment instance,
+        for TRL rewards that read them): the weighted total, each reward's own values, and each
+        completion's weighted step scores from the process reward models that place them
+        (`reduce: steps`; included in the total)."""
         steps: StepScores = [[] for _ in texts]
         parts: dict[str, Tensor] = {}
         if environment is not None:

@@ -127,7 +127,7 @@ def score_rollouts(
     """The completions' rewards, and where their step rewards sit (``tokenizer``: the
     policy's, to find a PRM step's last token)."""
     flat = [(p, g) for p, gens in enumerate(generations) for g in gens]
-    scores = rewards.score_steps(
+    scores = rewards.score(
         [g.text for _, g in flat],
         [len(g.token_ids) for _, g in flat],
         [rows[p] for p, _ in flat],
