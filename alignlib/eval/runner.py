@@ -82,8 +82,7 @@ def evaluate(
         for bench, rows in problems.items():
             prompts = [config.prompt_template.replace("{problem}", r["problem"]) for r in rows]
             records[bench] = _run_benchmark(config, bench, rows, prompts, sample, chunk, progress)
-            if verifier is not None:
-                score_samples(verifier, records[bench])
+            score_samples(verifier, records[bench])
     metrics = {bench: benchmark_metrics(recs, config) for bench, recs in records.items()}
     metrics[AVERAGE] = average_metrics(metrics)
     report = EvalReport(config, metrics, records, label, time.perf_counter() - began)

@@ -26,10 +26,11 @@ def build_verifier(config: EvalConfig, model: Any | None = None) -> LearnedRewar
     return LearnedReward.checked(spec.name, spec.params, "eval.verifier.params", device)
 
 
-def score_samples(verifier: LearnedReward, records: list[dict[str, Any]]) -> None:
-    """Each sampled record gets `verifier`: its score (one batched pass per benchmark)."""
+def score_samples(verifier: LearnedReward | None, records: list[dict[str, Any]]) -> None:
+    """Each sampled record gets `verifier`: its score (one batched pass per benchmark); nothing
+    without a verifier."""
     samples = [(r["prompt"], s) for r in records for s in r["samples"]]
-    if not samples:
+    if verifier is None or not samples:
         return
     scores, _ = verifier.score([p for p, _ in samples], [s["text"] for _, s in samples])
     for (_, sample), score in zip(samples, scores, strict=True):

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from alignlib.config.online import RewardSpec
+from alignlib.config.rewards import RewardSpec
 from alignlib.config.schema import RunConfig
 from alignlib.trainer.logs import METRICS_FILE, read_metrics
 from alignlib.version import __version__

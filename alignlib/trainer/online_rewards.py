@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alignlib.config.online import RewardSpec
+from alignlib.config.rewards import RewardSpec
 from alignlib.rewards import (
     RewardError,
     check_params,
