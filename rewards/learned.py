@@ -256,6 +256,12 @@ def _check_rating_tokens(path: str, settings: Mapping[str, Any], key: str) -> No
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "is_fast", False):  # steps are found by character offsets
+        raise RewardError(
+            f"{key}.path: {path}'s tokenizer is a slow (Python) one; the math_shepherd format "
+            "finds each step's tag by character offsets, which needs a fast tokenizer "
+            "(tokenizer.json)"
+        )
     for name, default in (("good_token", "+"), ("bad_token", "-")):
         try:
             TaggedProcessRewardScorer.token_id(tokenizer, settings.get(name, default))

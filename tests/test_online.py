@@ -171,6 +171,16 @@ def test_informative_groups_keep_hpt_sft_rows() -> None:
     assert informative_groups(rows) == [2]
 
 
+def test_informative_groups_see_step_rewards_when_the_advantage_reads_them() -> None:
+    """Equal sums on different steps: zero advantage for GRPO, not for process supervision."""
+    rows = TrainRows()
+    for group, steps in enumerate([[{0: 1.0}, {1: 1.0}], [{0: 1.0}, {0: 1.0}], [None, None]]):
+        for placed in steps:
+            rows.add([1], [2, 3], Role.SAMPLE, group, 1.0, step_rewards=placed)
+    assert informative_groups(rows) == []
+    assert informative_groups(rows, steps=True) == [0]
+
+
 def test_luffy_replaces_the_last_rollout_of_every_group_with_the_demonstration() -> None:
     from alignlib.algorithms.luffy import LuffyDemonstrations
     from alignlib.rollout.base import Generation

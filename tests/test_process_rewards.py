@@ -140,8 +140,7 @@ def test_prm_step_scores_sit_on_the_steps_last_tokens(
 ) -> None:
     seen = spy(monkeypatch)
     config = load_config(prm_config(tmp_path), ["train.max_steps=1"])
-    trainer = Trainer(config)
-    trainer.train()
+    history = Trainer(config).train().history
     (rollouts,), (rows,) = seen["rollouts"], seen["rows"]
     folder = config.online.rewards[0].params["path"]
     scorer = ProcessRewardScorer(
@@ -168,6 +167,8 @@ def test_prm_step_scores_sit_on_the_steps_last_tokens(
             by_tokens[tuple(gen.token_ids)] = steps
     for seq, start, steps in zip(rows.sequences, rows.starts, rows.step_rewards, strict=True):
         assert steps == by_tokens[tuple(seq[start:])]
+    counts = [len(s) for gens in rollouts.step_rewards for s in gens]
+    assert history[0]["rollout/steps"] == pytest.approx(sum(counts) / len(counts))
 
 
 def test_reward_model_scores_each_completion(

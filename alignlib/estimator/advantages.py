@@ -46,6 +46,10 @@ class Advantage(ABC):
     distills: ClassVar[bool] = False
     """Â compares the policy with a teacher held in ``ref_logprobs``: a run must name the
     teacher (the initial policy as π_ref would make Â = 0)."""
+    reads_steps: ClassVar[bool] = False
+    """Â tells apart rows whose rewards sum alike but sit on different steps (process
+    supervision): dynamic sampling then keeps a group unless its rows share the whole
+    step-reward profile, not only the sum."""
     needs_kl_rows: ClassVar[bool] = False
     """Â reads KL rows (Role.KL: mismatched prompt/completion pairs, KTO's z₀ estimate): the
     data builds them only then."""

@@ -181,6 +181,13 @@ class UnifiedEstimator:
             for term in self.terms
         )
 
+    def reads_steps(self) -> bool:
+        """True when an advantage reads where a row's step rewards sit, not only their sum."""
+        return any(
+            isinstance(term, PolicyGradientTerm) and term.advantage.reads_steps
+            for term in self.terms
+        )
+
     def reads_old_in_prepare(self) -> bool:
         """True when an advantage (computed once per mini-batch, before any forward) reads
         π_old (GAE's KL penalty in the reward): a trainer computes them by a no-grad pass

@@ -37,6 +37,7 @@ class ProcessGroupNormalized(Advantage):
         "rewards": "process supervision puts the reward no step carries on the last step",
         "group_ids": "step rewards are normalized within the group of each prompt",
     }
+    reads_steps: ClassVar[bool] = True
     std: bool = True
     """Divide by the group's unbiased standard deviation of its step rewards (False: only
     subtract the mean, Dr. GRPO's choice)."""

@@ -59,7 +59,7 @@ class OnlineSource:
                 f"{type(router).__name__} needs rollout.n >= {router.min_samples} "
                 f"(it has {self.rollout.n})"
             )
-        self.collector = RolloutCollector(config, tokenizer, router)
+        self.collector = RolloutCollector(config, tokenizer, router, estimator.reads_steps())
         self.sampler = self.collector.sampler
         train = config.train
         self.total_steps = train.max_steps or train.epochs * self.sampler.steps_per_epoch()

@@ -55,10 +55,14 @@ def episode_runner(online: OnlineConfig, tokenizer: Any) -> EpisodeRunner | Epis
 class RolloutCollector:
     """The rows of each step from the prompt set (``data``), the rewards and the router."""
 
-    def __init__(self, config: RunConfig, tokenizer: Any, router: Router) -> None:
+    def __init__(
+        self, config: RunConfig, tokenizer: Any, router: Router, reads_steps: bool = False
+    ) -> None:
+        """``reads_steps``: the advantage reads where step rewards sit (dynamic sampling keeps
+        a group whose rows differ there)."""
         assert config.rollout is not None
         self.config, self.rollout, self.online = config, config.rollout, config.online
-        self.tokenizer, self.router = tokenizer, router
+        self.tokenizer, self.router, self.reads_steps = tokenizer, router, reads_steps
         data, where = config.data, f"data.path {config.data.path}"
         self.rows = with_answer_field(
             load_rows(data.path, data.split, data.limit), data.answer_field
@@ -184,7 +188,8 @@ class RolloutCollector:
             plans.append(plan)
             groups = sorted(set(rows.group_ids))
             if dynamic.enabled:
-                groups = informative_groups(rows, set(plan.keep.nonzero().flatten().tolist()))
+                keep = set(plan.keep.nonzero().flatten().tolist())
+                groups = informative_groups(rows, keep, self.reads_steps)
             groups_seen += len(rollouts.rows)
             room = wanted - groups_kept
             take = groups[:room] if dynamic.enabled else groups

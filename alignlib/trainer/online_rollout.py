@@ -183,9 +183,12 @@ def build_rows(
 
 
 # ---------------------------------------------------------------------------- dynamic sampling
-def informative_groups(rows: TrainRows, always: Collection[int] = ()) -> list[int]:
+def informative_groups(
+    rows: TrainRows, always: Collection[int] = (), steps: bool = False
+) -> list[int]:
     """Group ids that can carry gradient: those the router keeps whatever their rewards
-    (``RowPlan.keep``: HPT's SFT rows), or rewards that are not all equal.
+    (``RowPlan.keep``: HPT's SFT rows), or rewards that are not all equal (``steps``: nor
+    their step rewards, for an advantage that reads them).
 
     A group whose policy-gradient rows all share one reward has zero advantage under every
     group baseline, so DAPO's dynamic sampling drops it and samples more prompts instead.
@@ -193,10 +196,15 @@ def informative_groups(rows: TrainRows, always: Collection[int] = ()) -> list[in
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(rows.group_ids):
         by_group.setdefault(g, []).append(i)
+
+    def profile(i: int) -> object:
+        placed = sorted((rows.step_rewards[i] or {}).items()) if steps else ()
+        return rows.rewards[i], tuple(placed)
+
     return [
         g
         for g, members in by_group.items()
-        if g in always or len({rows.rewards[i] for i in members}) > 1
+        if g in always or len({profile(i) for i in members}) > 1
     ]
 
 
@@ -242,7 +250,17 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
         }
         | router_metrics(plans)
         | reward_part_metrics(rollouts)
+        | step_metrics(rollouts)
     )
+
+
+def step_metrics(rollouts: list[Rollouts]) -> dict[str, float]:
+    """Steps per completion that carry a step reward (a PRM's steps, rewarded turns), when
+    any completion has them; nothing otherwise."""
+    steps = [s for r in rollouts for gens in r.step_rewards for s in gens]
+    if not any(s is not None for s in steps):
+        return {}
+    return {"rollout/steps": sum(len(s or {}) for s in steps) / len(steps)}
 
 
 def reward_part_metrics(rollouts: list[Rollouts]) -> dict[str, float]:
