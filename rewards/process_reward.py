@@ -17,7 +17,13 @@ from typing import Any
 
 from alignlib.rewards.reward_model import pad_token_id
 
-__all__ = ["ProcessRewardScorer", "Step", "TaggedProcessRewardScorer", "split_steps"]
+__all__ = [
+    "ProcessRewardScorer",
+    "Step",
+    "TaggedProcessRewardScorer",
+    "split_steps",
+    "tagged_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -194,20 +200,29 @@ class TaggedProcessRewardScorer(ProcessRewardScorer):
     def encode(
         self, prompt: str | Sequence[dict[str, Any]], steps: Sequence[Step]
     ) -> tuple[list[int], list[int]]:
-        """(input ids, the position of each step's tag's last token): the whole text tokenized
-        at once, with the tokenizer's own special tokens, as Math-Shepherd's example does."""
-        text, ends = prompt_text(prompt) + " ", []
-        for k, step in enumerate(steps):
-            text += ("\n" if k else "") + f"{step.text} {self.step_tag}"
-            ends.append(len(text))
-        encoded = self.tokenizer(text, return_offsets_mapping=True)
-        spans = encoded["offset_mapping"]
-        # A step's score sits on the last real token that begins before its tag ends.
-        positions = [
-            max(t for t, (start, stop) in enumerate(spans) if stop > start and start < end)
-            for end in ends
-        ]
-        return list(encoded["input_ids"]), positions
+        """(input ids, the position of each step's tag's last token)."""
+        return tagged_ids(self.tokenizer, prompt, [s.text for s in steps], self.step_tag)
 
     def read(self, logits: Any) -> Any:
         return logits[..., self.candidates].softmax(-1)[..., 0]
+
+
+def tagged_ids(
+    tokenizer: Any, prompt: str | Sequence[dict[str, Any]], steps: Sequence[str], tag: str
+) -> tuple[list[int], list[int]]:
+    """(input ids, the position of each step's tag's last token) of Math-Shepherd's layout,
+    ``f"{question} {step₁} {tag}\n{step₂} {tag}…"``, the whole text tokenized at once with the
+    tokenizer's own special tokens as their example does: what a tagged PRM scores and what
+    alignlib trains one on (format `stepwise`)."""
+    text, ends = prompt_text(prompt) + " ", []
+    for k, step in enumerate(steps):
+        text += ("\n" if k else "") + f"{step} {tag}"
+        ends.append(len(text))
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    spans = encoded["offset_mapping"]
+    # A step's score sits on the last real token that begins before its tag ends.
+    positions = [
+        max(t for t, (start, stop) in enumerate(spans) if stop > start and start < end)
+        for end in ends
+    ]
+    return list(encoded["input_ids"]), positions

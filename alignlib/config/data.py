@@ -34,7 +34,20 @@ class DataHeldoutConfig(Section):
         return self
 
 
-DataFormat = Literal["auto", "sft", "preference", "tpo", "bvpo", "kto", "prompts"]
+DataFormat = Literal["auto", "sft", "preference", "tpo", "bvpo", "kto", "prompts", "stepwise"]
+
+
+class StepwiseConfig(Section):
+    """How `stepwise` rows (TRL's stepwise supervision) train a process reward model in
+    Math-Shepherd's layout: each step is followed by `step_tag`, and the model learns to
+    predict `good_token` after the tag of a right step and `bad_token` after a wrong one."""
+
+    step_tag: str = Field("ки", min_length=1)
+    """The tag that closes each step (Math-Shepherd's and OpenRLHF's placeholder)."""
+    good_token: str = Field("+", min_length=1)
+    """The token predicted after a right step's tag (one token of the vocabulary)."""
+    bad_token: str = Field("-", min_length=1)
+    """The token predicted after a wrong step's tag (one token of the vocabulary)."""
 
 
 class DataConfig(Section):
@@ -49,7 +62,9 @@ class DataConfig(Section):
     (optionally a numeric `margin`, the pair's target margin for reward_model, as in TRL);
     tpo {prompt, reference, chosen, rejected}; bvpo preference rows with a boolean `trace`;
     kto {prompt, completion, label} (label true: desirable, false: undesirable);
-    prompts {prompt, answer} (online methods). `auto` infers it from the first row's fields."""
+    prompts {prompt, answer} (online methods); stepwise {prompt, completions: [step, ...],
+    labels: [bool, ...]} (TRL's stepwise supervision: `algorithm: sft` trains a process reward
+    model on it, see `stepwise`). `auto` infers it from the first row's fields."""
     unpair: bool = False
     """Train KTO on preference rows: each {prompt, chosen, rejected} row becomes the kto rows
     {prompt, completion: chosen, label: true} and {prompt, completion: rejected, label: false}
@@ -67,6 +82,8 @@ class DataConfig(Section):
     heldout: DataHeldoutConfig | None = None
     """Held-out rows scored by the run's loss and metrics, e.g. {size: 64, every: 10}; null:
     none (offline runs)."""
+    stepwise: StepwiseConfig = StepwiseConfig()
+    """The process reward model layout of `stepwise` rows."""
     answer_field: str = "answer"
     """Column holding the gold final answer of online rows and held-out rows (what the `math`
     reward grades against and rewards receive as `answer`). TRL data sets call it `solution`:

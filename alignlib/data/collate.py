@@ -30,6 +30,8 @@ label is true (desirable) and REJECTED when false; its KL row is another row's c
 def roles_of(fmt: str) -> frozenset[Role]:
     """The roles of the sequences rows of format ``fmt`` give (a kto completion is chosen or
     rejected by its label: ``encode_example``)."""
+    if fmt == "stepwise":  # one sequence per row, trained as a demonstration (SFT)
+        return frozenset({Role.DEMO})
     roles = frozenset(role for _, role in SEQUENCE_FIELDS.get(fmt, []))
     return roles | {Role.REJECTED} if fmt == "kto" else roles
 
@@ -52,6 +54,12 @@ class Example:
     """How many completions were longer than ``max_completion_length`` (their middle cut)."""
     margin: float | None = None
     """The pair's target margin (a preference row's `margin` column), or None."""
+    scored: list[list[int]] | None = None
+    """Each sequence's scored positions when they are not its whole completion (a stepwise
+    row: the position after each step's tag), or None."""
+    targets: list[list[int]] | None = None
+    """Each sequence's target token at every position when it is not the input token (a
+    stepwise row: the label token after each tag), or None."""
 
 
 def _text(value: Any) -> str:
@@ -236,6 +244,8 @@ class Collated:
     example_of_row: Tensor
     """[R] position of each row's example in the list given to ``collate``."""
     num_tokens: int
+    targets: Tensor | None = None
+    """[R, W] the token each position is scored against, when an example gives its own."""
 
 
 def collate(examples: list[Example], pad_id: int) -> Collated:
@@ -256,6 +266,7 @@ def collate(examples: list[Example], pad_id: int) -> Collated:
         attention[r, : len(seq)] = 1
         completion[r, start : len(seq)] = 1
         prompt[r, 1:start] = 1
+    targets = _explicit(examples, rows, input_ids, completion)
     example_of_row = torch.tensor([i for i, _, _, _ in rows], device=HOST)
     has_trace = any(ex.trace is not None for ex in examples)
     has_margin = any(ex.margin is not None for ex in examples)
@@ -278,4 +289,25 @@ def collate(examples: list[Example], pad_id: int) -> Collated:
         ),
         example_of_row=example_of_row,
         num_tokens=int(attention.sum()),
+        targets=targets,
     )
+
+
+def _explicit(
+    examples: list[Example], rows: list[tuple[int, Any, int, Any]], ids: Tensor, scored: Tensor
+) -> Tensor | None:
+    """[R, W] targets when an example gives its own, else None; an example's own scored
+    positions replace its completion mask in ``scored`` (in place)."""
+    if not any(ex.targets is not None or ex.scored is not None for ex in examples):
+        return None
+    targets = ids.clone()
+    seen: dict[int, int] = {}
+    for r, (i, _, _, _) in enumerate(rows):
+        k = seen[i] = seen.get(i, -1) + 1  # the k-th sequence of example i
+        ex = examples[i]
+        if ex.scored is not None:
+            scored[r] = 0
+            scored[r, ex.scored[k]] = 1
+        if ex.targets is not None:
+            targets[r, : len(ex.targets[k])] = torch.tensor(ex.targets[k], device=HOST)
+    return targets

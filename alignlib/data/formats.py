@@ -19,6 +19,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "bvpo": ("prompt", "chosen", "rejected", "trace"),
     "prompts": ("prompt", "answer"),
     "kto": ("prompt", "completion", "label"),
+    "stepwise": ("prompt", "completions", "labels"),
 }
 
 
@@ -28,7 +29,7 @@ def infer_format(row: dict[str, Any], source: str | None = None) -> str:
     keys = set(row)
     if "messages" in keys:
         return "sft"
-    for name in ("tpo", "bvpo", "preference", "kto", "sft", "prompts"):
+    for name in ("tpo", "bvpo", "preference", "kto", "stepwise", "sft", "prompts"):
         if set(FORMAT_FIELDS[name]) <= keys:
             return name
     raise DataError(
@@ -126,10 +127,33 @@ def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
                 )
         if required == ("messages",):
             check_messages(row["messages"], f"{source} row {index}")
+        elif fmt == "stepwise":
+            check_steps(row, f"{source} row {index}")
         else:
             check_value_types(row, f"{source} row {index}", required)
     if "chosen" in required and any("margin" in row for row in rows):
         check_margins(rows, source)
+
+
+def check_steps(row: dict[str, Any], where: str) -> None:
+    """A stepwise row: a text prompt, a list of step strings and one boolean label per step."""
+    steps, labels = row["completions"], row["labels"]
+    if _text_problem(row["prompt"]) is not None:
+        raise DataError(f"{where}: field 'prompt' must be a string, got {row['prompt']!r:.40}")
+    if not isinstance(steps, list) or not all(isinstance(s, str) and s.strip() for s in steps):
+        raise DataError(
+            f"{where}: field 'completions' must be a list of non-empty step strings, got "
+            f"{steps!r:.60}"
+        )
+    if not isinstance(labels, list) or not all(isinstance(v, bool) for v in labels):
+        raise DataError(
+            f"{where}: field 'labels' must be a list of true/false (JSON booleans), one per step, "
+            f"got {labels!r:.60}"
+        )
+    if len(labels) != len(steps):
+        raise DataError(
+            f"{where}: {len(steps)} steps but {len(labels)} labels; give one label per step"
+        )
 
 
 def check_margins(rows: list[dict[str, Any]], source: str) -> None:

@@ -40,6 +40,7 @@ class PolicyLogprobs(nn.Module):
         first_scored_position: int,
         position_ids: Tensor | None = None,
         scored: Tensor | None = None,
+        targets: Tensor | None = None,
         **attention: object,
     ) -> tuple[Tensor, Tensor | None]:
         packed = position_ids is not None and scored is not None  # [S] values, not [B, T]
@@ -65,6 +66,7 @@ class PolicyLogprobs(nn.Module):
                 chunk_size=chunk_size,
                 with_entropy=with_entropy,
                 temperature=temperature,
+                targets=targets,
                 **attention,
             )
         return token_logprobs(
@@ -75,4 +77,5 @@ class PolicyLogprobs(nn.Module):
             with_entropy=with_entropy,
             temperature=temperature,
             first_scored_position=first_scored_position,
+            targets=targets,
         )

@@ -159,6 +159,7 @@ def token_logprobs(
     with_entropy: bool = False,
     temperature: float = 1.0,
     first_scored_position: int = 0,
+    targets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(log π(x_t | x_<t), entropy) for every position t ≥ 1, shape [B, T] (column 0 is 0).
 
@@ -171,6 +172,9 @@ def token_logprobs(
             as 0 (log-probs and entropy): the LM head only runs from here on. Pass the first
             column of the completion mask (``first_masked_position``) to skip the prompt.
             0 or 1 computes every position; T or more computes none.
+        targets: [B, T] the token each position t is scored against, when it is not the
+            input token x_t (a process reward model learns its label token at a step's tag,
+            while the input keeps the text); None: ``input_ids``.
     """
     if first_scored_position < 0:
         raise ValueError(
@@ -182,14 +186,15 @@ def token_logprobs(
     ).last_hidden_state
     # Output position t reads hidden[t - 1] and scores input_ids[t]; column 0 is never scored.
     skipped = min(max(first_scored_position, 1), input_ids.shape[1])
-    hidden, targets = hidden[:, skipped - 1 : -1], input_ids[:, skipped:]
+    goals = input_ids if targets is None else targets
+    hidden, goals = hidden[:, skipped - 1 : -1], goals[:, skipped:]
     dtype = torch.promote_types(hidden.dtype, torch.float32)  # that of the chunks' outputs
     pad = hidden.new_zeros(input_ids.shape[0], skipped, dtype=dtype)
     if hidden.shape[1] == 0:
         logps = ents = pad[:, :0]
     else:
         head = model.get_output_embeddings()
-        logps, ents = head_logprobs(hidden, head, targets, chunk_size, with_entropy, temperature)
+        logps, ents = head_logprobs(hidden, head, goals, chunk_size, with_entropy, temperature)
     logprobs = torch.cat([pad, logps.to(dtype)], dim=1)
     entropy = torch.cat([pad, ents.to(dtype)], dim=1) if with_entropy else None
     return logprobs, entropy

@@ -18,6 +18,7 @@ from alignlib.console import warn
 from alignlib.data import Example, collate, encode_example, infer_format, load_rows
 from alignlib.data.collate import Collated
 from alignlib.data.formats import check_rows, unpaired, with_derived_fields
+from alignlib.data.stepwise import encode_stepwise
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
@@ -51,6 +52,13 @@ def load_examples(
     if config.unpair:
         rows, fmt = unpaired(rows, fmt, config.path)
     rows = with_derived_fields(rows, fmt, kl_rows)
+    if fmt == "stepwise":  # a process reward model's rows: one sequence, labels as targets
+        limit = config.max_prompt_length + config.max_completion_length
+        spec = config.stepwise
+        tokens = (spec.step_tag, spec.good_token, spec.bad_token)
+        stepwise = [encode_stepwise(tokenizer, r, i, tokens, limit) for i, r in enumerate(rows)]
+        warn_cut(stepwise, config)
+        return stepwise, fmt
     examples = [
         encode_example(
             tokenizer,
@@ -136,7 +144,7 @@ def host_rows(col: Collated, with_prompt: bool = False) -> HostRows:
     """The rows to forward; ``with_prompt``: the prompt's tokens are scored too (their
     log-probs computed, not only the completion's)."""
     scored = col.completion_mask + col.prompt_mask if with_prompt else col.completion_mask
-    return HostRows(col.input_ids, col.attention_mask, scored)
+    return HostRows(col.input_ids, col.attention_mask, scored, col.targets)
 
 
 @torch.no_grad()

@@ -57,6 +57,9 @@ class PackedRows:
     """[r + 1] int32 cumulative row lengths (FlashAttention's varlen boundaries)."""
     max_length: int
     """The longest row: the padded layout's width."""
+    targets: Tensor | None = None
+    """[1, N] the token each position is scored against, packed as ``input_ids``; None: the
+    input tokens."""
 
     @property
     def num_rows(self) -> int:
@@ -64,7 +67,11 @@ class PackedRows:
 
 
 def pack(
-    input_ids: Tensor, attention: Tensor, scored: Tensor, first_scored: bool = False
+    input_ids: Tensor,
+    attention: Tensor,
+    scored: Tensor,
+    first_scored: bool = False,
+    targets: Tensor | None = None,
 ) -> PackedRows:
     """Pack the [r, W] padded rows of one micro-batch (right- or left-padded: each row's real
     tokens must be contiguous, as a collator writes them); ``scored`` marks the output
@@ -94,6 +101,7 @@ def pack(
         columns=columns[picked],
         cu_seq_lens=cu_seq_lens,
         max_length=int(lengths.max()) if lengths.numel() else 0,
+        targets=None if targets is None else targets[real].unsqueeze(0),
     )
 
 
@@ -187,6 +195,7 @@ def packed_token_logprobs(
     with_entropy: bool = False,
     temperature: float = 1.0,
     row_lengths: list[int] | None = None,
+    targets: Tensor | None = None,
     **attention: Any,
 ) -> tuple[Tensor, Tensor | None]:
     """(log π, entropy) of the ``scored`` tokens of a packed sequence, shape [S] each.
@@ -200,6 +209,8 @@ def packed_token_logprobs(
             from hidden state k - 1, which is then in the same row).
         chunk_size: Positions per LM-head chunk (the packed row is one long [1, S] row).
         row_lengths: Run the decoder on each row of these lengths on its own (``rows`` mode).
+        targets: [1, N] the token each position is scored against, packed as ``input_ids``;
+            None: ``input_ids`` (see :func:`~alignlib.trainer.logprobs.token_logprobs`).
     """
     hidden = decode_packed(model, input_ids, position_ids, row_lengths, attention)
     dtype = torch.promote_types(hidden.dtype, torch.float32)
@@ -207,9 +218,10 @@ def packed_token_logprobs(
         empty = hidden.new_zeros(0, dtype=dtype)
         return empty, empty if with_entropy else None
     # Only the scored positions reach the head: no prompt or padding column is computed.
-    states, targets = hidden[:, scored - 1], input_ids[:, scored]
+    goals = (input_ids if targets is None else targets)[:, scored]
+    states = hidden[:, scored - 1]
     head = model.get_output_embeddings()
-    logps, ents = head_logprobs(states, head, targets, chunk_size, with_entropy, temperature)
+    logps, ents = head_logprobs(states, head, goals, chunk_size, with_entropy, temperature)
     return logps[0].to(dtype), ents[0].to(dtype) if with_entropy else None
 
 

@@ -236,7 +236,7 @@ def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[s
     data = config.data
     rows = load_rows(data.path, data.split, data.limit)
     fmt = infer_format(rows[0], data.path) if data.format == "auto" else data.format
-    if fmt not in SEQUENCE_FIELDS:
+    if fmt not in SEQUENCE_FIELDS and fmt != "stepwise":  # stepwise: a PRM's labelled steps
         raise DataError(
             f"{data.path}: format '{fmt}' has prompts but no completions to train on offline; "
             "add a rollout: section for online RL, or give {prompt, completion} rows"

@@ -60,6 +60,9 @@ class HostRows:
     scored: Tensor
     """[R, W] 1 where a log-prob will be read (completion tokens): the LM head starts at the
     first such column of each micro-batch."""
+    targets: Tensor | None = None
+    """[R, W] the token each position is scored against where it is not the input token (a
+    process reward model's label at a step's tag); None: the input tokens."""
 
     @property
     def num_rows(self) -> int:
@@ -175,9 +178,13 @@ class LogprobKernel:
             attention = rows.attention[indices, :width].to(self.device, non_blocking=True)
             # Read on the host: no device sync, and the prompt columns skip the LM head.
             first = first_masked_position(rows.scored[indices, :width])
+            targets = None
+            if rows.targets is not None:
+                targets = rows.targets[indices, :width].to(self.device, non_blocking=True)
             logprobs, entropy = forward(
-                ids, attention, self.chunk_size, with_entropy, self.temperature, first
-            )
+                ids, attention, self.chunk_size, with_entropy, self.temperature, first,
+                targets=targets,
+            )  # fmt: skip
         return MicroLogprobs(logprobs, entropy, width)
 
     def _packed(
@@ -190,8 +197,9 @@ class LogprobKernel:
     ) -> MicroLogprobs:
         """The rows as one padding-free [1, Σ lengths] sequence, unpacked to [r, w]."""
         scorer = scalar_head(self.model) is not None and not self.values  # reads row ends
+        targets = None if rows.targets is None else rows.targets[indices]
         packed = pack(
-            rows.input_ids[indices], rows.attention[indices], rows.scored[indices], scorer
+            rows.input_ids[indices], rows.attention[indices], rows.scored[indices], scorer, targets
         )
         ids, positions, scored = (
             t.to(self.device, non_blocking=True)
@@ -200,6 +208,8 @@ class LogprobKernel:
         # As many LM-head positions per chunk as the padded path's chunk of every row.
         chunk = self.chunk_size * packed.num_rows
         extra = decoder_kwargs(mode, packed, self.device)
+        if packed.targets is not None:
+            extra["targets"] = packed.targets.to(self.device, non_blocking=True)
         logps, ents = forward(
             ids, None, chunk, with_entropy, self.temperature, 0, positions, scored, **extra
         )
