@@ -1,9 +1,9 @@
 """One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes, a
-reward model's Bradley-Terry step, online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their
-old-log-prob passes, OPD's from a named teacher, PPO-GAE with its critic's pass and step) on a
-chosen device, returning the loss metrics and the parameter gradients — shared by the CPU
-device-audit tests and the GPU parity tests, so the GPU tests run code the CPU suite already
-exercises."""
+reward model's Bradley-Terry step, a process reward model's with label tokens as targets,
+online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their old-log-prob passes, OPD's from a named
+teacher, PPO-GAE with its critic's pass and step) on a chosen device, returning the loss
+metrics and the parameter gradients — shared by the CPU device-audit tests and the GPU parity
+tests, so the GPU tests run code the CPU suite already exercises."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ OFFLINE = {
     "aot": "preference",
     "reward_model": "preference",  # a score head on the decoder, no LM head
     "dpo_wpo": "preference",  # WPO's no-grad pass through a hooked head; LD-DPO's likelihood
+    "prm": "stepwise",  # a process reward model: SFT on label tokens given as targets
 }
 ONLINE = {
     "grpo": {},
@@ -69,6 +70,15 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
             for p in PAIRS
             for key in ("chosen", "rejected")
         ]
+    elif case == "prm":  # each sum a step, labelled right or wrong
+        rows = [
+            {
+                "prompt": p["prompt"],
+                "completions": [p["chosen"], p["rejected"]],
+                "labels": [True, False],
+            }
+            for p in PAIRS
+        ]
     elif not offline:
         rows = [
             {"prompt": p["prompt"], "answer": p["chosen"], "solution": f"It is {p['chosen']}"}
@@ -76,7 +86,7 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         ]
     data = tmp / f"{case}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    name = {"grpo_kl": "grpo", "dpo_wpo": "dpo"}.get(case, case)
+    name = {"grpo_kl": "grpo", "dpo_wpo": "dpo", "prm": "sft"}.get(case, case)
     cfg: dict[str, Any] = {
         "output_dir": str(tmp / f"run-{case}-{device}"),
         "model": {"name_or_path": "tiny:llama", "device": device, "precision": precision},
@@ -89,6 +99,8 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         cfg["train"]["reference"] = "none"
     if case == "dpo_wpo":
         cfg["algorithm"] |= {"wpo": True, "ld_alpha": 0.5}
+    if case == "prm":
+        cfg["data"]["format"] = "stepwise"
     if case == "opd":
         cfg["model"]["reference_name_or_path"] = str(save_teacher(tmp / "teacher"))
     if not offline:
