@@ -163,7 +163,7 @@ class LearnedReward:
             self.scorer = self._process_scorer(tokenizer, dtype, device, batch_size)
         else:
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                self.path, num_labels=1, torch_dtype=dtype
+                self.path, num_labels=1, dtype=dtype
             )
             max_length = self.settings.get("max_length")
             self.scorer = RewardModelScorer(model.to(device), tokenizer, batch_size, max_length)
@@ -177,10 +177,10 @@ class LearnedReward:
         separator = self.settings.get("step_separator", "\n")
         if self.settings.get("format", "trl") == "trl":
             model = transformers.AutoModelForTokenClassification.from_pretrained(
-                self.path, torch_dtype=dtype
+                self.path, dtype=dtype
             )
             return ProcessRewardScorer(model.to(device), tokenizer, separator, batch_size)
-        model = transformers.AutoModelForCausalLM.from_pretrained(self.path, torch_dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         tokens = {
             k: self.settings[k]
             for k in ("step_tag", "good_token", "bad_token")
