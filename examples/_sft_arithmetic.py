@@ -9,10 +9,13 @@ preference stage are problems the SFT stage never saw.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,26 @@ def one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def example_args(argv: list[str] | None, doc: str, name: str) -> argparse.Namespace:
+    """--out (default examples/results/<name>) and --quick, the flags every example takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("examples/results") / name)
+    parser.add_argument("--quick", action="store_true", help="a plumbing check, seconds")
+    return parser.parse_args(argv)
+
+
+def run_seeds(
+    run_seed: Callable[[int, Any, Path], dict[str, Any]], scale: Any
+) -> tuple[dict[int, dict[str, Any]], float]:
+    """``run_seed(seed, scale, folder)`` for each of ``scale.seeds``, each in its own temporary
+    folder on one torch thread; (the runs by seed, their wall-clock seconds)."""
+    one_thread()
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {s: run_seed(s, scale, Path(tmp) / f"seed{s}") for s in scale.seeds}
+    return runs, time.perf_counter() - began
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -13,7 +13,7 @@ prompts, batch (8 prompts × 8 samples, one mini-batch) and learning rate (3e-3)
 logged `rollout/turn_reward` (the episode's summed turn rewards, of 3) is the curve.
 
     python examples/process_vs_outcome.py            # ~2 min on 2 CPU cores (6 seeds)
-    python examples/process_vs_outcome.py --quick    # plumbing check, ~10 s
+    python examples/process_vs_outcome.py --quick    # plumbing check, ~7 s
 
 Writes results.json and process_vs_outcome.png to --out (default
 examples/results/process_vs_outcome).
@@ -21,10 +21,7 @@ examples/results/process_vs_outcome).
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sft_arithmetic import one_thread, train, write_jsonl, write_results
+from _sft_arithmetic import example_args, run_seeds, train, write_jsonl, write_results
 
 from alignlib.config.schema import RunConfig
 
@@ -144,15 +141,9 @@ def plot(runs: dict[int, dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("examples/results/process_vs_outcome"))
-    parser.add_argument("--quick", action="store_true", help="a plumbing check, seconds")
-    args = parser.parse_args(argv)
+    args = example_args(argv, __doc__, "process_vs_outcome")
     scale = QUICK if args.quick else FULL
-    one_thread()
-    began = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {s: run_seed(s, scale, Path(tmp) / f"seed{s}") for s in scale.seeds}
+    runs, seconds = run_seeds(run_seed, scale)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out / "process_vs_outcome.png")
     results = {
@@ -168,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "summary": summary(runs),
         "per_step": {str(s): runs[s] for s in runs},
-        "seconds_total": time.perf_counter() - began,
+        "seconds_total": seconds,
     }
     print(f"wrote {write_results(args.out, results)} and {args.out / 'process_vs_outcome.png'}")
 

@@ -22,11 +22,8 @@ Writes results.json and rpo_vs_dpo.png to --out (default examples/results/rpo_vs
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sft_arithmetic import (
     SFT_PROBLEMS,
+    example_args,
     offline_config,
-    one_thread,
     problems,
+    run_seeds,
     sft_tiny,
     train,
     write_jsonl,
@@ -168,15 +166,9 @@ def plot(runs: dict[int, dict[str, Any]], path: Path, seeds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("examples/results/rpo_vs_dpo"))
-    parser.add_argument("--quick", action="store_true", help="a plumbing check, < 1 min")
-    args = parser.parse_args(argv)
+    args = example_args(argv, __doc__, "rpo_vs_dpo")
     scale = QUICK if args.quick else FULL
-    one_thread()
-    began = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {s: run_seed(s, scale, Path(tmp) / f"seed{s}") for s in scale.seeds}
+    runs, seconds = run_seeds(run_seed, scale)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out / "rpo_vs_dpo.png", len(scale.seeds))
     results = {
@@ -194,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "start_end": start_end(runs),
         "per_step": {str(s): {m: runs[s][m] for m in METHODS} for s in runs},
-        "seconds_total": time.perf_counter() - began,
+        "seconds_total": seconds,
     }
     print(f"wrote {write_results(args.out, results)} and {args.out / 'rpo_vs_dpo.png'}")
 
