@@ -49,6 +49,11 @@ class StepwiseConfig(Section):
     bad_token: str = Field("-", min_length=1)
     """The token predicted after a wrong step's tag (one token of the vocabulary)."""
 
+    @property
+    def tokens(self) -> tuple[str, str, str]:
+        """(step tag, good token, bad token)."""
+        return self.step_tag, self.good_token, self.bad_token
+
 
 class DataConfig(Section):
     path: str = "builtin:gsm8k_pairs"

@@ -68,3 +68,13 @@ def encode_stepwise(
         scored=[scored],
         targets=[targets],
     )
+
+
+def stepwise_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    tokens: tuple[str, str, str],
+    max_length: int,
+) -> list[Example]:
+    """Every stepwise row as its example (:func:`encode_stepwise`)."""
+    return [encode_stepwise(tokenizer, r, i, tokens, max_length) for i, r in enumerate(rows)]

@@ -237,7 +237,8 @@ class Trainer:
             from alignlib.trainer.iterative import IterativeSource
 
             return IterativeSource(config)
-        from alignlib.trainer.offline import OfflineSource, load_examples
+        from alignlib.trainer.examples import load_examples
+        from alignlib.trainer.offline import OfflineSource
         from alignlib.trainer.offline_heldout import split_heldout
 
         scorer = self.estimator.scores_sequences()  # rows rendered as a scorer reads them

@@ -11,14 +11,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
-from alignlib.config.schema import DataConfig, RunConfig
+from alignlib.config.schema import RunConfig
 from alignlib.console import warn
-from alignlib.data import Example, collate, encode_example, infer_format, load_rows
+from alignlib.data import Example, collate
 from alignlib.data.collate import Collated
-from alignlib.data.formats import check_rows, unpaired, with_derived_fields
-from alignlib.data.stepwise import encode_stepwise
 from alignlib.device import HOST
 from alignlib.estimator import Batch, Role
 from alignlib.trainer.evaluation import in_loop_eval
@@ -32,68 +29,6 @@ from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
 LogprobCache = dict[tuple[int, int], Tensor]
 """(example index, sequence index) → per-position log-probs of that sequence (position 0 is 0,
 and so may be prompt positions: only what a completion mask can select is computed)."""
-
-
-def load_examples(
-    config: DataConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    chat: bool,
-    whole_turns: bool = False,
-    kl_rows: bool = True,
-) -> tuple[list[Example], str]:
-    """Read, validate and tokenize the training rows; returns the examples and the format.
-    ``whole_turns``: completions as the chat template writes them (a reward model's rows);
-    ``kl_rows``: kto rows get their KL row (another row's completion; KTO's z₀ reads them)."""
-    rows = load_rows(config.path, config.split, config.limit)
-    if not rows:
-        raise ValueError(f"data.path {config.path} has no rows")
-    fmt = infer_format(rows[0], config.path) if config.format == "auto" else config.format
-    check_rows(rows, fmt, config.path)
-    if config.unpair:
-        rows, fmt = unpaired(rows, fmt, config.path)
-    rows = with_derived_fields(rows, fmt, kl_rows)
-    if fmt == "stepwise":  # a process reward model's rows: one sequence, labels as targets
-        limit = config.max_prompt_length + config.max_completion_length
-        spec = config.stepwise
-        tokens = (spec.step_tag, spec.good_token, spec.bad_token)
-        stepwise = [encode_stepwise(tokenizer, r, i, tokens, limit) for i, r in enumerate(rows)]
-        warn_cut(stepwise, config)
-        return stepwise, fmt
-    examples = [
-        encode_example(
-            tokenizer,
-            row,
-            fmt,
-            index=i,
-            chat=chat,
-            max_prompt_length=config.max_prompt_length,
-            max_completion_length=config.max_completion_length,
-            whole_turns=whole_turns,
-        )
-        for i, row in enumerate(rows)
-    ]
-    warn_cut(examples, config)
-    return examples, fmt
-
-
-def warn_cut(examples: list[Example], config: DataConfig) -> None:
-    """One line when rows were longer than the limits: a cut silently changes what trains."""
-    prompts = sum(e.cut_prompt for e in examples)
-    completions = sum(e.cut_completions for e in examples)
-    total = sum(len(e.sequences) for e in examples)
-    cuts = []
-    if prompts:
-        cuts.append(
-            f"{prompts} of {len(examples)} prompts to their last {config.max_prompt_length} "
-            "tokens (data.max_prompt_length)"
-        )
-    if completions:
-        cuts.append(
-            f"{completions} of {total} completions to {config.max_completion_length} tokens "
-            "(data.max_completion_length)"
-        )
-    if cuts:
-        warn(f"{config.path}: cut {' and '.join(cuts)}; raise the limits to train them whole")
 
 
 @dataclass
