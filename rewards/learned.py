@@ -11,6 +11,7 @@ and loaded once, onto the run's device, when it first scores. Not imported by
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from alignlib.rewards.calling import RewardError
+from alignlib.rewards.calling import RewardError, check_params
 from alignlib.rewards.process_reward import ProcessRewardScorer, Step, TaggedProcessRewardScorer
 from alignlib.rewards.reward_model import RewardModelScorer
 
@@ -126,8 +127,9 @@ class LearnedReward:
     def checked(
         cls, name: str, params: Mapping[str, Any], key: str, device: torch.device | None = None
     ) -> LearnedReward:
-        """The reward from its ``params`` (``key``: where they are configured); one line for a
-        missing or wrong value."""
+        """The reward from its ``params`` (``key``: where they are configured); one line for an
+        unknown, missing or wrong value."""
+        check_params(name, None, params, key, PARAMS[name])
         if not isinstance(params.get("path"), str):
             raise RewardError(f"{key}.path: {name} needs the model's folder, e.g. path: ./rm")
         settings = {k: v for k, v in params.items() if k != "path"}
@@ -191,14 +193,21 @@ class LearnedReward:
         )
 
     def score(
-        self, prompts: Sequence[Any], completions: Sequence[str]
+        self, prompts: Sequence[Any], completions: Sequence[str], allow_nonfinite: bool = False
     ) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
         """(one reward per completion, and with `reduce: steps` each completion's (character
-        offset where a step ends, its score) pairs; else None)."""
+        offset where a step ends, its score) pairs; else None). A NaN / inf score, of a
+        completion or of any of its steps, is one RewardError unless ``allow_nonfinite``
+        (`train.nonfinite: skip`, whose step guard then drops the step)."""
         scorer = self.load()
         if isinstance(scorer, RewardModelScorer):
-            return scorer(prompts, completions), None
-        scores = scorer(prompts, completions)
+            scores = [[value] for value in scorer(prompts, completions)]
+        else:
+            scores = scorer(prompts, completions)
+        if not allow_nonfinite:
+            self.check_finite(scores)
+        if isinstance(scorer, RewardModelScorer):
+            return [values[0] for values in scores], None
         reduce = self.settings.get("reduce", "min")
         rewards = [reduce_steps(s, reduce) for s in scores]
         if reduce != "steps":
@@ -209,6 +218,17 @@ class LearnedReward:
             for row, values in zip(steps, scores, strict=True)
         ]
         return rewards, placed
+
+    def check_finite(self, scores: Sequence[Sequence[float]]) -> None:
+        """One line naming the first completion with a NaN / inf score (a NaN step would slip
+        through `min`, which passes over NaN)."""
+        for index, values in enumerate(scores):
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                raise RewardError(
+                    f"reward {self.name!r}: completion {index} scored {bad[0]} (not finite); "
+                    "check the model's dtype (params.dtype: float32) and its inputs"
+                )
 
 
 def reduce_steps(scores: Sequence[float], reduce: str) -> float:

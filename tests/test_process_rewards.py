@@ -306,3 +306,27 @@ def test_process_grpo_learns_from_turn_rewards(tmp_path: Path) -> None:
     earned = [h["rollout/turn_reward"] for h in result.history if "rollout/turn_reward" in h]
     first, last = sum(earned[:3]) / 3, sum(earned[-3:]) / 3
     assert last > 1.5 * first and last > first + 0.15, earned
+
+
+class NaNStepScorer:
+    """A PRM stand-in whose second step of the second completion scores NaN."""
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
+        return [[0.9, 0.8], [0.7, float("nan")]]
+
+    def steps(self, completion: str) -> list[Any]:
+        return split_steps(completion, "\n")
+
+
+def test_a_nan_step_score_is_one_line_even_under_min(tmp_path: Path) -> None:
+    """min() passes over NaN, so the check reads every step's score, not the reduced one."""
+    from alignlib.rewards import RewardError
+    from alignlib.rewards.learned import LearnedReward
+
+    folder = tiny_head_model(tmp_path, LlamaForTokenClassification, labels=2)
+    reward = LearnedReward.checked("process_reward_model", {"path": str(folder)}, "k")
+    reward.scorer = NaNStepScorer()  # type: ignore[assignment]
+    with pytest.raises(RewardError, match=r"'process_reward_model': completion 1 scored nan"):
+        reward.score(["p", "p"], ["a\nb", "c\nd"])
+    rewards, _ = reward.score(["p", "p"], ["a\nb", "c\nd"], allow_nonfinite=True)
+    assert rewards[0] == pytest.approx(0.8)

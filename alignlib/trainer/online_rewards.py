@@ -99,7 +99,6 @@ class RewardModel:
         for index, spec in enumerate(self.specs):
             key = f"online.rewards[{index}].params"
             if spec.name in LEARNED_PARAMS:
-                check_params(spec.name, None, spec.params, key, LEARNED_PARAMS[spec.name])
                 learned = LearnedReward.checked(spec.name, spec.params, key, device)
                 if learned.per_step and episodes:
                     raise RewardError(
@@ -196,9 +195,9 @@ class RewardModel:
             elif fn is None:
                 values = torch.tensor(environment_values(environment, len(texts)))
             elif isinstance(fn, LearnedReward):
-                scored, placed = fn.score([row.get("prompt", "") for row in rows], texts)
+                prompts = [row.get("prompt", "") for row in rows]
+                scored, placed = fn.score(prompts, texts, self.allow_nonfinite)
                 values = torch.tensor(scored, dtype=torch.float64)
-                self.check_finite(spec.name, values)
                 for mine, pairs in zip(steps, placed or [], strict=False):
                     mine.append([(end, spec.weight * value) for end, value in pairs])
             else:
@@ -220,16 +219,6 @@ class RewardModel:
             total += spec.weight * values
         correct = verdicts if verdicts is not None else total > self.threshold
         return Scores(total, correct, parts, steps)
-
-    def check_finite(self, name: str, values: Tensor) -> None:
-        """A learned reward's NaN / inf score stops the run in one line (unless
-        `train.nonfinite: skip`, whose step guard then drops the step)."""
-        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
-        if bad and not self.allow_nonfinite:
-            raise RewardError(
-                f"reward {name!r}: completion {bad[0]} scored {float(values[bad[0]])} (not "
-                "finite); check the model's dtype (params.dtype: float32) and its inputs"
-            )
 
     def check_unread(self, environment: Sequence[float | None]) -> None:
         """An environment's reward that no listed reward reads is refused (a get_reward class
