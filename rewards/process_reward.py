@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignlib.rewards.reward_model import pad_token_id
+from alignlib.rewards.reward_model import forward_in_batches, pad_token_id, same_count
 
 __all__ = [
     "ProcessRewardScorer",
@@ -125,30 +125,12 @@ class ProcessRewardScorer:
         self, prompts: Sequence[str | Sequence[dict[str, Any]]], completions: Sequence[str]
     ) -> list[list[float]]:
         """For each (prompt, completion), the score of each of its steps, in order."""
-        import torch
-
-        if len(prompts) != len(completions):
-            raise ValueError(
-                f"ProcessRewardScorer: got {len(prompts)} prompts but {len(completions)} "
-                "completions; pass one prompt per completion (repeat prompts if needed)"
-            )
+        same_count(type(self).__name__, prompts, completions)
         encoded = [self.encode(p, self.steps(c)) for p, c in zip(prompts, completions, strict=True)]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-        device = next(self.model.parameters()).device
+        sequences = [ids for ids, _ in encoded]
         scores: list[list[float]] = [[] for _ in encoded]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = max(len(encoded[i][0]) for i in idx)
-            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, : len(encoded[i][0])] = torch.tensor(encoded[i][0])
-                mask[row, : len(encoded[i][0])] = 1
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=input_ids.to(device), attention_mask=mask.to(device)
-                ).logits
-            values = self.read(logits.float())
+        for idx, logits in forward_in_batches(self.model, sequences, self.batch_size, self.pad_id):
+            values = self.read(logits)
             for row, i in enumerate(idx):
                 scores[i] = values[row, encoded[i][1]].tolist()
         return scores

@@ -5,7 +5,7 @@ torch is imported lazily (only when a scorer is used), so ``import alignlib.rewa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["RewardModelScorer", "pad_token_id"]
@@ -85,28 +85,43 @@ class RewardModelScorer:
         self, prompts: Sequence[str | Sequence[dict[str, Any]]], completions: Sequence[str]
     ) -> list[float]:
         """One float score per (prompt, completion) pair."""
-        import torch
 
-        if len(prompts) != len(completions):
-            raise ValueError(
-                f"RewardModelScorer: got {len(prompts)} prompts but {len(completions)} "
-                "completions; pass one prompt per completion (repeat prompts if needed)"
-            )
+        same_count("RewardModelScorer", prompts, completions)
         encoded = [self._encode(p, c) for p, c in zip(prompts, completions, strict=True)]
-        # Longest first, so each batch pads little and an out-of-memory shows up at once.
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        device = next(self.model.parameters()).device
         scores = [0.0] * len(encoded)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
-            with torch.inference_mode():
-                out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-            for row, value in zip(idx, out.logits[:, 0].float().tolist(), strict=True):
+        for idx, logits in forward_in_batches(self.model, encoded, self.batch_size, self.pad_id):
+            for row, value in zip(idx, logits[:, 0].tolist(), strict=True):
                 scores[row] = value
         return scores
+
+
+def same_count(who: str, prompts: Sequence[Any], completions: Sequence[str]) -> None:
+    """One prompt per completion, or one line saying so."""
+    if len(prompts) != len(completions):
+        raise ValueError(
+            f"{who}: got {len(prompts)} prompts but {len(completions)} completions; pass one "
+            "prompt per completion (repeat prompts if needed)"
+        )
+
+
+def forward_in_batches(
+    model: Any, sequences: list[list[int]], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], Any]]:
+    """(the sequences' indices, the model's float logits for them) for batches of right-padded
+    sequences, longest first (each batch pads little and an out-of-memory shows up at once),
+    without gradient, on the model's device."""
+    import torch
+
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, : len(sequences[i])] = 1
+        with torch.inference_mode():
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+        yield idx, out.logits.float()
