@@ -8,8 +8,9 @@ three data-side pieces:
   drops any such group that is left (after max_tries, or without dynamic sampling) from the loss
   **and** the token-mean denominator, singleton groups included (the paper's 0 < #correct < G);
 - **overlong filtering** — truncated samples (finish_reason "length") leave the loss and its
-  denominator: done where rows are built (their completion mask set to 0), not in this preset;
-  it has no YAML key yet (proposed: ``online.overlong_filter: true``);
+  denominator: done where rows are built (their completion mask set to 0), not in this preset:
+  ``online.overlong_filter: true`` (TRL's ``mask_truncated_completions``; verl's DAPO recipe
+  leaves it off and keeps only the soft punishment);
 - **soft overlong punishment** (eq. 13) — a reward: ``online.rewards: [{name: math},
   {name: soft_overlong, params: {max_length: 20480, cache_length: 4096}}]``
   (:func:`alignlib.rewards.soft_overlong_penalty`).

@@ -206,6 +206,12 @@ class OnlineConfig(Section):
     no `answer` column, when its reward exceeds this."""
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     """DAPO's dynamic sampling (off by default)."""
+    overlong_filter: bool = False
+    """DAPO's overlong filtering (TRL's `mask_truncated_completions`): a completion cut at
+    rollout.max_new_tokens (finish reason `length`; an episode cut at its token budget) trains
+    on none of its tokens, so it leaves the loss and every normalizer, and a truncated answer is
+    not punished as if it were wrong. Its reward still counts in its group's baseline, as in
+    TRL. `rollout/truncated_frac` says how many were cut."""
     skip_grad_norm: float | None = Field(None, gt=0)
     """Skip the optimizer step when the pre-clip gradient norm exceeds this (any online method;
     HPT's released code uses 80). Steps with a non-finite norm follow `train.nonfinite`."""

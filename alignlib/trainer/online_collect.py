@@ -174,7 +174,8 @@ class RolloutCollector:
             texts = [self.tokenizer.decode(d, skip_special_tokens=True) for d in demos]
             demo_rewards = self.rewards.score(texts, [len(d) for d in demos], prompts).total
         plan = self.router.route(rollouts.rewards, rollouts.correct, demo_rewards)
-        return rollouts, build_rows(rollouts, plan, self.demo_tokens), plan
+        rows = build_rows(rollouts, plan, self.demo_tokens, self.online.overlong_filter)
+        return rollouts, rows, plan
 
     def collect(self, engine: EngineHandle, step: int) -> tuple[TrainRows, dict[str, float]]:
         """Rollouts for one step; with dynamic sampling, more rounds until enough groups."""

@@ -163,11 +163,16 @@ def demonstration_ids(
 
 
 def build_rows(
-    rollouts: Rollouts, plan: RowPlan, demos: Callable[[dict[str, Any]], list[int]]
+    rollouts: Rollouts,
+    plan: RowPlan,
+    demos: Callable[[dict[str, Any]], list[int]],
+    drop_truncated: bool = False,
 ) -> TrainRows:
     """The rows the preset's router planned, in its order: rollout ``s`` of prompt ``p`` (its
     prompt as sampled, with what an environment's reset appended; its sampled token ids and
-    engine log-probs), or the prompt's demonstration when ``s`` is −1."""
+    engine log-probs), or the prompt's demonstration when ``s`` is −1. ``drop_truncated``
+    (DAPO's overlong filtering): a rollout cut at the length limit keeps its row and reward
+    (its group's baseline still sees it) but trains on none of its tokens."""
     out = TrainRows()
     rows = zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True)
     for (p, s), role, reward in zip(rows, plan.roles.tolist(), plan.rewards.tolist(), strict=True):
@@ -178,7 +183,10 @@ def build_rows(
             gen = rollouts.generations[p][s]
             steps = rollouts.step_rewards[p][s] if rollouts.step_rewards else None
             own = gen.prompt_ids or prompt
-            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, gen.loss_mask, steps)
+            loss_mask = gen.loss_mask
+            if drop_truncated and gen.finish_reason == "length":
+                loss_mask = [0] * len(gen.token_ids)
+            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, loss_mask, steps)
     return out
 
 
