@@ -77,9 +77,9 @@ def test_without_the_kept_mass_the_ratio_is_biased_by_it(
 ) -> None:
     real = online.old_logprobs_and_kept_mass
 
-    def no_mass(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        old, mass = real(*args)
-        return old, torch.zeros_like(mass)
+    def no_mass(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        old, entropy, mass = real(*args)
+        return old, entropy, torch.zeros_like(mass)
 
     monkeypatch.setattr(online, "old_logprobs_and_kept_mass", no_mass)
     history = corrected_run(tmp_path, {"mode": "tis"}, rollout={"top_p": 0.7})
@@ -103,7 +103,7 @@ def test_kept_mass_comes_from_the_same_positions_as_the_old_logprobs() -> None:
     mask[1, 7:] = 0
     rows = RowTensors(ids, attention, mask, torch.zeros(3), torch.zeros(3), torch.zeros(3), mask)
     kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), chunk_size=2, temperature=0.8)
-    old, mass = old_logprobs_and_kept_mass(kernel, rows, 2, 0, 0.6)
+    old, entropy, mass = old_logprobs_and_kept_mass(kernel, rows, 2, 0, 0.6)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attention).logits
     want = torch.zeros(3, 9)
@@ -111,6 +111,11 @@ def test_kept_mass_comes_from_the_same_positions_as_the_old_logprobs() -> None:
     torch.testing.assert_close(mass * mask, want * mask, atol=1e-5, rtol=0)
     tempered = torch.log_softmax(logits[:, :-1] / 0.8, -1).gather(-1, ids[:, 1:, None])[..., 0]
     torch.testing.assert_close(old[:, 1:] * mask[:, 1:], tempered * mask[:, 1:], atol=1e-5, rtol=0)
+    probs = torch.softmax(logits[:, :-1] / 0.8, -1)
+    spread = -(probs * probs.log()).sum(-1)  # the tempered distribution's entropy
+    torch.testing.assert_close(
+        entropy[:, 1:] * mask[:, 1:], spread * mask[:, 1:], atol=1e-5, rtol=0
+    )
     assert (want * mask).min() < -0.01  # top-p really dropped mass here
 
 

@@ -1,5 +1,6 @@
-"""The `algorithm:` section: a preset with overrides, or named components, and the two options
-every preference-pair loss takes (LD-DPO, WPO)."""
+"""The `algorithm:` section: a preset with overrides, or named components, the two options
+every preference-pair loss takes (LD-DPO, WPO), and the high-entropy token mask any
+policy-gradient method takes."""
 
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ class AlgorithmConfig(Section):
     present policy's aligned probability of the response (no gradient through w), so pairs
     the policy would itself produce count more. log Σ_v π(v)² is read off the LM head's logits
     in the training forward itself (it then runs padded, not packed)."""
+
+    high_entropy: dict[str, Any] | None = None
+    """Train on the forking tokens only (Wang et al. 2025, "Beyond the 80/20 Rule"; the
+    reference code's `entropy_top_ratio`, TRL's `top_entropy_quantile`): the `high_entropy`
+    mask added to every policy-gradient term that trains on rollouts, so only the top-ρ tokens
+    by the present policy's entropy pass gradient. Its params: `ratio` (ρ, default 0.2),
+    `select` (`top_k`: the ⌈ρN⌉ highest, the reference code; `quantile`: H ≥ the
+    (1 − ρ)-quantile, the paper's threshold, TRL's), `denominator` (`selected`: the loss is
+    averaged over the kept tokens, the reference code; `all`: over every token, the paper's
+    objective, TRL's), `scope` (`global`: one selection per mini-batch; `per_microbatch`: per
+    forward pass, as both references do). `{}`: the defaults; null: off."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AlgorithmConfig:

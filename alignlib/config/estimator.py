@@ -20,7 +20,12 @@ from alignlib.estimator import (
     REGULARIZERS,
     UnifiedEstimator,
 )
-from alignlib.estimator.pair_options import length_desensitized, wpo_weighted
+from alignlib.estimator.pair_options import (
+    AlgorithmOptionError,
+    length_desensitized,
+    wpo_weighted,
+)
+from alignlib.estimator.registry import RegistryError
 
 
 def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
@@ -29,8 +34,11 @@ def component_spec(spec: str | ComponentSpec) -> tuple[str, dict[str, Any]]:
 
 def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
     """A preset with overrides, or an estimator assembled from named components; then the
-    pairwise options (LD-DPO's ``ld_alpha``, WPO's weights) when set."""
+    pairwise options (LD-DPO's ``ld_alpha``, WPO's weights) and the high-entropy mask when
+    set."""
     estimator = _named_or_composed(config)
+    if config.high_entropy is not None:
+        estimator = with_high_entropy(estimator, config.high_entropy)
     if config.ld_alpha is not None:
         estimator = length_desensitized(estimator, config.ld_alpha)
     if config.wpo:
@@ -56,3 +64,12 @@ def _named_or_composed(config: AlgorithmConfig) -> UnifiedEstimator:
         aggregation=make(AGGREGATIONS, parts.aggregation),
         regularizers=[make(REGULARIZERS, r) for r in parts.regularizers],
     )
+
+
+def with_high_entropy(estimator: UnifiedEstimator, params: dict[str, Any]) -> UnifiedEstimator:
+    """``estimator`` with the high-entropy mask on every term that trains on rollouts; a bad
+    parameter, or no such term, is one line naming algorithm.high_entropy."""
+    try:
+        return estimator.with_sample_mask(MASKS.build("high_entropy", **params))
+    except (RegistryError, ValueError) as exc:
+        raise AlgorithmOptionError(f"algorithm.high_entropy: {exc}") from None

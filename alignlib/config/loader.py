@@ -244,11 +244,11 @@ def check_names(config: RunConfig, where: str) -> None:
         check_preset_values(config, where)
     if algo.components is not None:
         from alignlib.config.estimator import build_estimator
-        from alignlib.estimator.pair_options import PairOptionError
+        from alignlib.estimator.pair_options import AlgorithmOptionError
 
         try:
             build_estimator(config.algorithm)
-        except PairOptionError as exc:  # names its own key
+        except AlgorithmOptionError as exc:  # names its own key
             raise ConfigError(f"{where}: {exc}") from None
         except (component_registry.RegistryError, TypeError, ValueError) as exc:
             fail("algorithm.components", exc)
@@ -258,13 +258,13 @@ def check_preset_values(config: RunConfig, where: str) -> None:
     """Build the preset, so a value its components refuse (β ≤ 0, `beta: high`) is one line
     naming algorithm.params.KEY before anything loads."""
     from alignlib.config.estimator import build_estimator
-    from alignlib.estimator.pair_options import PairOptionError
+    from alignlib.estimator.pair_options import AlgorithmOptionError
     from alignlib.estimator.registry import ParameterError, RegistryError
 
     params = config.algorithm.params
     try:
         build_estimator(config.algorithm)
-    except PairOptionError as exc:  # names its own key
+    except AlgorithmOptionError as exc:  # names its own key
         raise ConfigError(f"{where}: {exc}") from None
     except ParameterError as exc:
         if exc.param in params:

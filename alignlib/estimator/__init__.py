@@ -41,6 +41,7 @@ from alignlib.estimator.dpo_losses import (
     RobustDPOWeights,
     SPPOHardWeights,
 )
+from alignlib.estimator.entropy_masks import HighEntropyTokens
 from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.masks import (
     MASKS,
@@ -135,6 +136,7 @@ __all__ = [
     "GivenAdvantage",
     "GroupFilter",
     "GroupNormalized",
+    "HighEntropyTokens",
     "HingeWeights",
     "INPOWeights",
     "IPOWeights",

@@ -277,10 +277,30 @@ class UnifiedEstimator:
         if correction is None:
             return self
         terms = [
-            dataclasses.replace(t, correction=correction)
-            if isinstance(t, PolicyGradientTerm)
-            and (t.rows.roles is None or Role.SAMPLE in t.rows.roles)
-            else t
+            dataclasses.replace(t, correction=correction) if _trains_on_samples(t) else t
+            for t in self.terms
+        ]
+        return self._like(terms, self.router)
+
+    def with_sample_mask(self, mask: Mask) -> UnifiedEstimator:
+        """The same estimator with ``mask`` added after the masks of every policy-gradient
+        term that can train on SAMPLE rows (the high-entropy mask on any online preset); a
+        term on demonstrations only (HPT's SFT rows) is left as it is."""
+        for term in self.terms:
+            if mask.token_level and _trains_on_samples(term) and term.likelihood.per_sequence:
+                raise ValueError(
+                    f"{type(mask).__name__} selects single tokens and term {term.name!r} scores "
+                    f"whole sequences ({getattr(term.likelihood, 'registered_name', '?')!r} "
+                    "likelihood); use it with a per-token method"
+                )
+        if not any(_trains_on_samples(t) for t in self.terms):
+            raise ValueError(
+                f"{type(mask).__name__}: none of this estimator's terms "
+                f"({', '.join(t.name for t in self.terms)}) is a policy-gradient term that "
+                "trains on sampled rows, so there is nothing to add it to"
+            )
+        terms = [
+            dataclasses.replace(t, masks=(*t.masks, mask)) if _trains_on_samples(t) else t
             for t in self.terms
         ]
         return self._like(terms, self.router)
@@ -327,6 +347,13 @@ class UnifiedEstimator:
                 key = f"{index}.mask{m_index}"
                 if key in state and hasattr(mask, "load_state_dict"):
                     mask.load_state_dict(state[key])
+
+
+def _trains_on_samples(term: Term) -> bool:
+    """A policy-gradient term whose rows can include the policy's own samples."""
+    return isinstance(term, PolicyGradientTerm) and (
+        term.rows.roles is None or Role.SAMPLE in term.rows.roles
+    )
 
 
 def _unique_names(terms: list[Term]) -> list[Term]:

@@ -39,6 +39,9 @@ class Mask(ABC):  # noqa: B024  (every method has a working default)
     """A stabilization mask. The completion mask is always applied; masks narrow it further."""
 
     needs: ClassVar[dict[str, str]] = {}
+    token_level: ClassVar[bool] = False
+    """True for a mask that selects single tokens: it refuses a term whose units are whole
+    sequences."""
 
     def prepare(self, batch: Batch, units: Units, adv: Tensor) -> dict[str, Tensor]:
         """Per-row tensors computed over the whole mini-batch (default: nothing)."""
@@ -47,6 +50,12 @@ class Mask(ABC):  # noqa: B024  (every method has a working default)
     def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
         """Edit ``terms`` for one (micro-)batch; ``adv`` is [R, U], ``prepared`` this mask's."""
         return terms
+
+    def counted(self, prepared: dict[str, Tensor]) -> Tensor | None:
+        """[R, T] the tokens that still count in the term's normalizers, from what ``prepare``
+        returned, when this mask narrows them (the high-entropy mask's kept tokens); None: it
+        zeroes losses without touching any denominator (default)."""
+        return None
 
     def requirements(self) -> dict[str, str]:
         return dict(self.needs)

@@ -20,8 +20,9 @@ from alignlib.estimator.term import PolicyGradientTerm
 from alignlib.estimator.units import LengthDesensitized, Likelihood, SequenceMean, SequenceSum
 
 
-class PairOptionError(ValueError):
-    """A pairwise option set for an estimator it cannot apply to (the message names the key)."""
+class AlgorithmOptionError(ValueError):
+    """An `algorithm:` option (LD-DPO, WPO, the high-entropy mask) set for an estimator it
+    cannot apply to, or with a value it refuses (the message names the key)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _pair_terms(estimator: UnifiedEstimator, option: str) -> list[int]:
         if isinstance(term, PolicyGradientTerm) and isinstance(term.advantage, PairwiseAdvantage)
     ]
     if not found:
-        raise PairOptionError(
+        raise AlgorithmOptionError(
             f"{option}: applies to preference-pair losses (the DPO family), and this algorithm "
             "has none; remove it"
         )
@@ -82,7 +83,7 @@ def length_desensitized(estimator: UnifiedEstimator, alpha: float) -> UnifiedEst
         term = terms[index]
         assert isinstance(term, PolicyGradientTerm)
         if type(term.likelihood) not in (SequenceSum, SequenceMean):
-            raise PairOptionError(
+            raise AlgorithmOptionError(
                 f"algorithm.ld_alpha: term {term.name!r} scores a completion by "
                 f"{getattr(term.likelihood, 'registered_name', term.likelihood)!r}; LD-DPO "
                 "reweights a summed (or length-averaged) log-likelihood"
@@ -100,7 +101,7 @@ def wpo_weighted(estimator: UnifiedEstimator) -> UnifiedEstimator:
         term = terms[index]
         assert isinstance(term, PolicyGradientTerm)
         if isinstance(term.advantage, AOTWeights):
-            raise PairOptionError(
+            raise AlgorithmOptionError(
                 "algorithm.wpo: AOT sorts margins across the mini-batch, so a pair has no loss "
                 "of its own to weight (TRL refuses use_weighting with aot too)"
             )

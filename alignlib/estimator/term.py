@@ -135,10 +135,10 @@ class PolicyGradientTerm(Term):
         roles = batch.role_codes()
         units = self.units(batch, rows, detach=True)
         prepared = {
-            "w": self.aggregation.row_weights(batch.mask, rows, roles),
             "w_unit": unit_mean_weights(units.mask),
             "w_pair": PairMean().row_weights(batch.mask, rows, roles),
         }
+        counted = batch.mask  # the tokens the aggregation's normalizers count
         metrics: dict[str, Tensor] = {}
         if self.correction is not None:
             metrics |= self.correction.statistics(batch, rows)
@@ -152,13 +152,17 @@ class PolicyGradientTerm(Term):
                 prepared |= _stored(result)
             unit_adv = self.per_unit(adv)
             for i, mask in enumerate(self.masks):
-                for key, value in mask.prepare(batch, units, unit_adv).items():
-                    prepared[f"mask{i}.{key}"] = value
+                own = mask.prepare(batch, units, unit_adv)
+                prepared |= {f"mask{i}.{key}": value for key, value in own.items()}
+                narrowed = mask.counted(own)
+                if narrowed is not None:
+                    counted = counted * narrowed.to(counted.dtype)
             reward_based = bool(self.advantage.requirements().keys() & {"rewards", "advantages"})
             if reward_based and not self.likelihood.per_sequence and bool(units.mask.any()):
                 # Cov(log π, Â) drives entropy change (Entropy Mechanism paper): log it always.
                 cov = token_covariance(units.logp, unit_adv, units.mask)[units.mask > 0]
                 metrics |= {"cov_mean": cov.mean(), "cov_max": cov.max(), "cov_min": cov.min()}
+        prepared["w"] = self.aggregation.row_weights(counted, rows, roles)
         return prepared, metrics
 
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:

@@ -166,11 +166,13 @@ def offline_minibatch(
 
 
 def with_present_logprobs(kernel: LogprobKernel, batch: MiniBatch, rows_per_pass: int) -> MiniBatch:
-    """The mini-batch with the present policy's log-probs of every row (a no-grad pass), for an
-    estimator whose ``prepare`` reads them; an adapter-off reference is computed for every row
-    here too, since ``prepare`` reads it before any micro-batch would fill it."""
-    present, _ = kernel.all_rows(batch.rows, rows_per_pass)
-    fields = batch.fields.replace(logprobs=present)
+    """The mini-batch with the present policy's log-probs of every row (a no-grad pass), and
+    their entropy where the batch carries one, for an estimator whose ``prepare`` reads them;
+    an adapter-off reference is computed for every row here too, since ``prepare`` reads it
+    before any micro-batch would fill it."""
+    wants_entropy = batch.fields.entropy is not None
+    present, entropy = kernel.all_rows(batch.rows, rows_per_pass, with_entropy=wants_entropy)
+    fields = batch.fields.replace(logprobs=present, entropy=entropy)
     if batch.live_reference is not None and fields.ref_logprobs is not None:
         reference, _ = kernel.all_rows(batch.rows, rows_per_pass, context=batch.live_reference)
         fields = fields.replace(ref_logprobs=reference)

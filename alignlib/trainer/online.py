@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from alignlib.algorithms import router_for
 from alignlib.config.schema import RunConfig
@@ -146,7 +147,7 @@ class OnlineSource:
         if self.engine is not None:
             self.engine.release_memory(self.online.empty_cache)  # vLLM sleep mode, if set
         logprob_began = time.perf_counter()
-        old, ref, behaviour = self.behaviour_logprobs(tensors)
+        old, entropy, ref, behaviour = self.behaviour_logprobs(tensors)
         size = self.online.micro_batch_size
         critic = self.state.critic
         values = None if critic is None else critic.values(tensors.host, size)
@@ -157,15 +158,19 @@ class OnlineSource:
         for j, indices in enumerate(minibatch_rows(tensors.group_ids, self.online.mini_batches)):
             on_device = indices.to(device)
             current = None if old is None else old[on_device]
+            present_entropy = None if entropy is None else entropy[on_device]
             if self.live and j > 0:
-                # Clip-Cov/KL-Cov select tokens from the present policy, which has moved.
-                current, _ = policy_logprobs(self.kernel, tensors, indices, size)
+                # Clip-Cov/KL-Cov (the high-entropy mask) select tokens from the present
+                # policy's log-probs (entropy), and it has moved.
+                current, present_entropy = policy_logprobs(self.kernel, tensors, indices, size)
             old_part = None if old is None else old[on_device]
             ref_part = None if ref is None else ref[on_device]
             engine = None if behaviour is None else behaviour[on_device]
             self.parts.append(indices)
             split = self.kernel.batching(size)  # rows, or the token budget
-            batch = online_minibatch(tensors, indices, old_part, ref_part, current, split, engine)
+            batch = online_minibatch(
+                tensors, indices, old_part, ref_part, current, split, engine, present_entropy
+            )
             if critic is not None and values is not None:  # V_old → GAE; the critic's step
                 batch = train_critic(critic, self.state.estimator, batch, values[on_device], step)
             yield batch
@@ -263,22 +268,21 @@ class OnlineSource:
             self.engine.shutdown()
             self.engine = None
 
-    def behaviour_logprobs(
-        self, tensors: RowTensors
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """old ← policy (no grad) over all rows, unless on-policy (one mini-batch, no token
-        selection from live log-probs, no rollout correction that needs π_old early or log S_t:
-        the update's own forward gives them for free); ref ← π_ref when the estimator needs it;
-        the engine's log-probs on the trainer's scale when a rollout correction reads them."""
+    def behaviour_logprobs(self, tensors: RowTensors) -> tuple[Tensor | None, ...]:
+        """(old, its entropy, ref, engine). old ← policy (no grad) over all rows, unless
+        on-policy (one mini-batch, no token selection from live log-probs, no rollout
+        correction that needs π_old early or log S_t: the update's own forward gives them for
+        free); ref ← π_ref when the estimator needs it; the engine's log-probs on the trainer's
+        scale when a rollout correction reads them."""
         every = torch.arange(tensors.num_rows, device=HOST)
         size = self.online.micro_batch_size
-        old = mass = None
+        old = entropy = mass = None
         if self.kept_mass:  # log S_t from the same logits as π_old
-            old, mass = old_logprobs_and_kept_mass(
+            old, entropy, mass = old_logprobs_and_kept_mass(
                 self.kernel, tensors, size, 0, self.rollout.top_p
             )
         elif self.old_pass:
-            old, _ = policy_logprobs(self.kernel, tensors, every, size)
+            old, entropy = policy_logprobs(self.kernel, tensors, every, size)
         ref = None
         if self.reference is not None:
             kernel, context = self.reference
@@ -286,4 +290,4 @@ class OnlineSource:
         engine = None
         if self.correction is not None:
             engine = engine_logprobs(tensors, mass, self.kernel.device)
-        return old, ref, engine
+        return old, entropy, ref, engine

@@ -177,10 +177,12 @@ def online_minibatch(
     current: Tensor | None,
     micro_batch_size: int | MicroBatching,
     behaviour: Tensor | None = None,
+    entropy: Tensor | None = None,
 ) -> MiniBatch:
     """The rows ``indices`` as one optimizer mini-batch. ``old`` / ``ref`` / ``current``
     ([len(indices), W], from no-grad passes) are the behaviour, reference and present
-    log-probs; ``old`` None means on-policy (the update's own forward gives them).
+    log-probs (``entropy``: the present policy's, from the same pass, for a mask that selects
+    tokens by it); ``old`` None means on-policy (the update's own forward gives them).
     ``behaviour`` ([len(indices), W]): the engine's log-probs on the trainer's scale
     (:func:`engine_logprobs`), read by a rollout correction. Micro-batches hold
     ``micro_batch_size`` rows, or as many as a :class:`MicroBatching`'s token budget holds."""
@@ -192,7 +194,7 @@ def online_minibatch(
         old_logprobs=old if old is not None else placeholder,
         ref_logprobs=ref,
         behaviour_logprobs=behaviour,
-        entropy=placeholder,
+        entropy=entropy if entropy is not None else placeholder,
         rewards=rows.rewards[indices],
         step_rewards=None if rows.step_rewards is None else rows.step_rewards[indices],
         step_ends=None if rows.step_ends is None else rows.step_ends[indices],
@@ -206,13 +208,14 @@ def online_minibatch(
 
 def old_logprobs_and_kept_mass(
     kernel: LogprobKernel, rows: RowTensors, micro_batch_size: int, top_k: int, top_p: float
-) -> tuple[Tensor, Tensor]:
-    """([R, W] old log-probs, [R, W] log S_t) in one no-grad pass over every row: S_t is the
-    tempered mass the engine's top-k/top-p kept at position t, read from the same logits."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """([R, W] old log-probs, their entropy, [R, W] log S_t) in one no-grad pass over every
+    row: S_t is the tempered mass the engine's top-k/top-p kept at position t, read from the
+    same logits."""
     reduce = kept_mass(kernel.temperature, top_k, top_p)
-    out = kernel.every_row(rows.host, micro_batch_size, statistic=reduce)
-    assert out.statistic is not None
-    return out.logprobs, out.statistic
+    out = kernel.every_row(rows.host, micro_batch_size, with_entropy=True, statistic=reduce)
+    assert out.statistic is not None and out.entropy is not None
+    return out.logprobs, out.entropy, out.statistic
 
 
 def engine_logprobs(rows: RowTensors, kept_mass: Tensor | None, device: torch.device) -> Tensor:
