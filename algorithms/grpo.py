@@ -21,12 +21,15 @@ def grpo(
     aggregation: str = "seq-mean-token-mean",
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    kl_importance_weighted: bool = False,
     clip_c: float | None = None,
 ) -> UnifiedEstimator:
     """The paper's per-sequence token mean; ε = 0.2 (DAPO's clip-higher: eps_high=0.28).
     The paper's KL penalty (k3, β = 0.04) is off by default, as in current practice; when on it
     needs ``ref_logprobs`` and is aggregated exactly like the clipped term (same ``aggregation``,
-    so with the default it sits inside each sequence's token mean, as eq. 3). ``clip_c`` is
+    so with the default it sits inside each sequence's token mean, as eq. 3);
+    ``kl_importance_weighted`` makes it DeepSeek-V3.2's unbiased estimate (each token's k3
+    times π_θ/π_old, TRL's ``use_bias_correction_kl``, on by default there). ``clip_c`` is
     PPO's dual clip c (> 1: the loss of a token with Â < 0 is capped at −c·Â): verl applies it
     to GRPO (c = 3; 10 in its DAPO recipe), the paper and TRL do not, so it is off (None)."""
     agg = AGGREGATIONS.resolve(aggregation)
@@ -35,6 +38,6 @@ def grpo(
         reference="old",
         advantage=GroupNormalized(std=True),
         aggregation=agg,
-        regularizers=kl_regularizers(kl_coef, kl_estimator, agg),
+        regularizers=kl_regularizers(kl_coef, kl_estimator, agg, kl_importance_weighted),
         name="grpo",
     )

@@ -21,6 +21,7 @@ def grpo_process(
     aggregation: str = "seq-mean-token-mean",
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    kl_importance_weighted: bool = False,
     std: bool = True,
 ) -> UnifiedEstimator:
     """GRPO's defaults (ε = 0.2, per-sequence token mean, KL off) with the process advantage;
@@ -31,6 +32,6 @@ def grpo_process(
         reference="old",
         advantage=ProcessGroupNormalized(std=std),
         aggregation=agg,
-        regularizers=kl_regularizers(kl_coef, kl_estimator, agg),
+        regularizers=kl_regularizers(kl_coef, kl_estimator, agg, kl_importance_weighted),
         name="grpo_process",
     )

@@ -36,12 +36,21 @@ def pairwise(weights: Advantage, name: str, likelihood: str = "sequence-sum") ->
     )
 
 
-def kl_regularizers(coef: float, estimator: str, aggregation: Aggregation) -> list[Term]:
+def kl_regularizers(
+    coef: float, estimator: str, aggregation: Aggregation, importance_weighted: bool = False
+) -> list[Term]:
     """GRPO's KL penalty to π_ref (none at coef 0), aggregated exactly like the clipped term
-    (with a per-sequence mean, inside each sequence's token mean, as DeepSeekMath eq. 3)."""
+    (with a per-sequence mean, inside each sequence's token mean, as DeepSeekMath eq. 3);
+    ``importance_weighted``: DeepSeek-V3.2's unbiased estimate (each token's times π_θ/π_old)."""
     if not coef:
         return []
-    return [KLPenalty(coef=coef, estimator=estimator, aggregation=aggregation)]  # type: ignore[arg-type]
+    kl = KLPenalty(
+        coef=coef,
+        estimator=estimator,  # type: ignore[arg-type]
+        aggregation=aggregation,
+        importance_weighted=importance_weighted,
+    )
+    return [kl]
 
 
 def preset(name: str) -> Callable[[Preset], Preset]:

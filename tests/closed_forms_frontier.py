@@ -1,4 +1,5 @@
-"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO and GRPO + KL (METHODS.md §3b),
+"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO and GRPO + KL (METHODS.md §3b;
+the KL also importance-weighted, DeepSeek-V3.2),
 written from the papers' formulas with plain autograd, for test_gradient_identity.py."""
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def closed_grpo_kl(b: Batch, beta: float = 0.04, eps: float = 0.2) -> Tensor:
     ratio = torch.exp(b.logprobs - b.old_logprobs)
     per_token = clipped(ratio, advantages(b).unsqueeze(-1), 1 - eps, 1 + eps) + beta * k3(b)
     return per_seq_token_mean(per_token, b.mask)
+
+
+def closed_grpo_kl_weighted(b: Batch, beta: float = 0.04, eps: float = 0.2) -> Tensor:
+    """DeepSeek-V3.2's unbiased KL: each token's k3 times π_θ/π_old (with its gradient), inside
+    the same per-sequence token mean as the clip."""
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    clip = clipped(ratio, advantages(b).unsqueeze(-1), 1 - eps, 1 + eps)
+    return per_seq_token_mean(clip + beta * ratio * k3(b), b.mask)
 
 
 def closed_grpo_dual(b: Batch, c: float = 3.0, eps: float = 0.2) -> Tensor:

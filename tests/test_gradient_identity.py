@@ -20,6 +20,7 @@ from closed_forms_frontier import (
     closed_dapo,
     closed_grpo_dual,
     closed_grpo_kl,
+    closed_grpo_kl_weighted,
     closed_gspo,
     closed_sapo,
 )
@@ -298,6 +299,11 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "hpt_paper": (hybrid_batch, closed_hpt_paper, {}),
     "luffy": (luffy_batch, closed_luffy, {}),
     "grpo_kl": (rl_batch, closed_grpo_kl, {"kl_coef": 0.04}),
+    "grpo_kl_weighted": (
+        lambda seed=0: rl_batch(spread=0.8, seed=seed),
+        closed_grpo_kl_weighted,
+        {"kl_coef": 0.04, "kl_importance_weighted": True},
+    ),
     "grpo_dual_clip": (
         lambda seed=0: rl_batch(spread=0.8, seed=seed),
         closed_grpo_dual,
@@ -314,6 +320,7 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
 VARIANTS = {
     "hinge_both_regions": "hinge",
     "grpo_kl": "grpo",
+    "grpo_kl_weighted": "grpo",
     "grpo_dual_clip": "grpo",
     "gspo_sequence": "gspo",
     "simpo_nll": "simpo",

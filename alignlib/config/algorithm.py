@@ -1,6 +1,6 @@
 """The `algorithm:` section: a preset with overrides, or named components, the two options
-every preference-pair loss takes (LD-DPO, WPO), and the high-entropy token mask any
-policy-gradient method takes."""
+every preference-pair loss takes (LD-DPO, WPO), and the two masks any policy-gradient method
+takes (forking tokens, off-policy sequence masking)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,13 @@ class AlgorithmConfig(Section):
     averaged over the kept tokens, the reference code; `all`: over every token, the paper's
     objective, TRL's), `scope` (`global`: one selection per mini-batch; `per_microbatch`: per
     forward pass, as both references do). `{}`: the defaults; null: off."""
+
+    off_policy_mask: dict[str, Any] | None = None
+    """Off-policy sequence masking (DeepSeek-V3.2, eq. 9; TRL's `off_policy_mask_threshold`):
+    a sampled sequence with a negative advantage whose mean log π_behaviour − log π_θ over its
+    tokens exceeds `delta` passes no gradient (it still counts in the normalizers). Added to
+    every policy-gradient term that trains on rollouts; π_behaviour is the engine's log-probs
+    (put on the trainer's scale, as a rollout correction does). E.g. {delta: 0.5}; null: off."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AlgorithmConfig:

@@ -37,8 +37,10 @@ def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
     pairwise options (LD-DPO's ``ld_alpha``, WPO's weights) and the high-entropy mask when
     set."""
     estimator = _named_or_composed(config)
-    if config.high_entropy is not None:
-        estimator = with_high_entropy(estimator, config.high_entropy)
+    for key, mask in SAMPLE_MASK_OPTIONS.items():
+        params = getattr(config, key)
+        if params is not None:
+            estimator = with_sample_mask(estimator, key, mask, params)
     if config.ld_alpha is not None:
         estimator = length_desensitized(estimator, config.ld_alpha)
     if config.wpo:
@@ -66,10 +68,16 @@ def _named_or_composed(config: AlgorithmConfig) -> UnifiedEstimator:
     )
 
 
-def with_high_entropy(estimator: UnifiedEstimator, params: dict[str, Any]) -> UnifiedEstimator:
-    """``estimator`` with the high-entropy mask on every term that trains on rollouts; a bad
-    parameter, or no such term, is one line naming algorithm.high_entropy."""
+SAMPLE_MASK_OPTIONS = {"high_entropy": "high_entropy", "off_policy_mask": "off_policy_sequence"}
+"""`algorithm:` keys that add a registered mask to every term on rollouts, with its params."""
+
+
+def with_sample_mask(
+    estimator: UnifiedEstimator, key: str, mask: str, params: dict[str, Any]
+) -> UnifiedEstimator:
+    """``estimator`` with the mask ``mask`` on every term that trains on rollouts; a bad
+    parameter, or no such term, is one line naming algorithm.KEY."""
     try:
-        return estimator.with_sample_mask(MASKS.build("high_entropy", **params))
+        return estimator.with_sample_mask(MASKS.build(mask, **params))
     except (RegistryError, ValueError) as exc:
-        raise AlgorithmOptionError(f"algorithm.high_entropy: {exc}") from None
+        raise AlgorithmOptionError(f"algorithm.{key}: {exc}") from None

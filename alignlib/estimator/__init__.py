@@ -53,6 +53,7 @@ from alignlib.estimator.masks import (
     PPOClip,
     RowFilter,
 )
+from alignlib.estimator.off_policy_masks import OffPolicySequenceMask
 from alignlib.estimator.preferences import (
     DPOWeights,
     HingeWeights,
@@ -149,6 +150,7 @@ __all__ = [
     "Mask",
     "NCAPairWeights",
     "ORPOWeights",
+    "OffPolicySequenceMask",
     "OldPolicy",
     "PPOClip",
     "PairMean",

@@ -158,6 +158,15 @@ class UnifiedEstimator:
                 return True
         return False
 
+    def reads_behaviour(self) -> bool:
+        """True when a component reads the sampling engine's log-probs (a rollout correction,
+        off-policy sequence masking): an online trainer puts them on its own scale."""
+        return any(
+            isinstance(term, PolicyGradientTerm)
+            and (term.correction is not None or any(m.reads_behaviour for m in term.masks))
+            for term in self.terms
+        )
+
     def distills(self) -> bool:
         """True when a term's advantage compares the policy with a teacher held in
         ``ref_logprobs`` (on-policy distillation): the run must name that teacher."""

@@ -42,6 +42,9 @@ class Mask(ABC):  # noqa: B024  (every method has a working default)
     token_level: ClassVar[bool] = False
     """True for a mask that selects single tokens: it refuses a term whose units are whole
     sequences."""
+    reads_behaviour: ClassVar[bool] = False
+    """True for a mask that reads the sampling engine's log-probs when the batch has them
+    (``Units.behaviour``): the online trainer then provides them."""
 
     def prepare(self, batch: Batch, units: Units, adv: Tensor) -> dict[str, Tensor]:
         """Per-row tensors computed over the whole mini-batch (default: nothing)."""

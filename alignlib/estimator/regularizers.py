@@ -52,13 +52,20 @@ class KLPenalty(Term):
     rows: Rows = ALL_ROWS
     aggregation: Aggregation = field(default_factory=TokenMean)
     name: str = "kl"
+    importance_weighted: bool = False
+    """DeepSeek-V3.2's unbiased KL estimate (TRL's `use_bias_correction_kl`): each token's
+    estimate times ρ = π_θ/π_old (with its gradient; log ρ clamped at ±20), since the tokens
+    were sampled from π_old, not π_θ. Needs ``old_logprobs``."""
 
     def __post_init__(self) -> None:
         check_number("KLPenalty", "coef", self.coef, ge=0, why="a negative KL weight rewards drift")
         check_choice("KLPenalty", "estimator", self.estimator, ("k1", "k2", "k3"))
 
     def requirements(self) -> dict[str, str]:
-        return {"ref_logprobs": f"the KL penalty compares with the reference policy ({self.name})"}
+        needs = {"ref_logprobs": f"the KL penalty compares with the reference policy ({self.name})"}
+        if self.importance_weighted:
+            needs["old_logprobs"] = f"the importance-weighted KL divides by π_old ({self.name})"
+        return needs
 
     def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return {"w": masked_weights(batch, self.rows, self.aggregation)[0]}, {}
@@ -68,7 +75,12 @@ class KLPenalty(Term):
         _, mask = masked_weights(batch, self.rows, self.aggregation)
         logp = zero_where_masked(batch.logprobs, mask)
         ref = zero_where_masked(batch.ref_logprobs.detach(), mask)
-        kl = (prepared["w"].unsqueeze(-1) * _kl_estimate(logp, ref, self.estimator) * mask).sum()
+        estimate = _kl_estimate(logp, ref, self.estimator)
+        if self.importance_weighted:
+            assert batch.old_logprobs is not None
+            old = zero_where_masked(batch.old_logprobs.detach(), mask)
+            estimate = estimate * (logp - old).clamp(-20.0, 20.0).exp()
+        kl = (prepared["w"].unsqueeze(-1) * estimate * mask).sum()
         loss = self.coef * kl
         return TermOutput(loss, loss.detach(), {"loss": loss.detach(), "kl": kl.detach()})
 

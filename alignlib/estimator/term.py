@@ -108,13 +108,17 @@ class PolicyGradientTerm(Term):
 
     def units(self, batch: Batch, rows: Tensor, detach: bool = False) -> Units:
         logprobs = batch.logprobs.detach() if detach else batch.logprobs
-        old = batch.old_logprobs
         likelihood = self.likelihood.for_batch(batch)
+
+        def detached(values: Tensor | None) -> Tensor | None:
+            return None if values is None else likelihood.units(values.detach(), batch.mask)
+
         return Units(
             logp=likelihood.units(logprobs, batch.mask),
-            old=None if old is None else likelihood.units(old.detach(), batch.mask),
+            old=detached(batch.old_logprobs),
             mask=likelihood.unit_mask(batch.mask) * rows.to(batch.mask.dtype).unsqueeze(-1),
             roles=batch.role_codes(),
+            behaviour=detached(batch.behaviour_logprobs),
         )
 
     def advantages(self, batch: Batch, rows: Tensor) -> AdvantageResult:

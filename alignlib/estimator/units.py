@@ -30,6 +30,8 @@ class Units:
     """[R, U] 1 on valid units of the term's rows."""
     roles: Tensor
     """[R] row roles."""
+    behaviour: Tensor | None = None
+    """[R, U] the same under the sampling engine, when the batch has ``behaviour_logprobs``."""
 
 
 class Likelihood(ABC):

@@ -72,8 +72,10 @@ class OnlineSource:
         # Clip-Cov/KL-Cov select tokens in prepare from the present log-probs: later
         # mini-batches need a fresh no-grad pass before they are prepared.
         self.live = estimator.reads_present_logprobs()
-        truncated = self.rollout.top_p < 1  # the engine's log-probs then need log S_t added
-        self.kept_mass = self.correction is not None and truncated
+        # The engine's log-probs, for a rollout correction or off-policy sequence masking,
+        # need log S_t added when the engine truncated its distribution (top-p).
+        self.reads_engine = self.estimator.reads_behaviour()
+        self.kept_mass = self.reads_engine and self.rollout.top_p < 1
         self.old_pass = (
             self.online.mini_batches > 1
             or self.live
@@ -288,6 +290,6 @@ class OnlineSource:
             kernel, context = self.reference
             ref, _ = policy_logprobs(kernel, tensors, every, size, context)
         engine = None
-        if self.correction is not None:
+        if self.reads_engine:
             engine = engine_logprobs(tensors, mass, self.kernel.device)
         return old, entropy, ref, engine
