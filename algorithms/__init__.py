@@ -45,6 +45,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     sppo_hard,
     tpo,
     tpo_l,
+    vespo,
 )
 from alignlib.algorithms.registry import PRESETS, available, describe, get, parameters, preset
 from alignlib.algorithms.routing import ROUTERS, router_for

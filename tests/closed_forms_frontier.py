@@ -1,8 +1,10 @@
-"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO and GRPO + KL (METHODS.md §3b;
+"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO, VESPO and GRPO + KL (METHODS.md §3b;
 the KL also importance-weighted, DeepSeek-V3.2),
 written from the papers' formulas with plain autograd, for test_gradient_identity.py."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -89,6 +91,22 @@ def closed_grpo_kl_weighted(b: Batch, beta: float = 0.04, eps: float = 0.2) -> T
     ratio = torch.exp(b.logprobs - b.old_logprobs)
     clip = clipped(ratio, advantages(b).unsqueeze(-1), 1 - eps, 1 + eps)
     return per_seq_token_mean(clip + beta * ratio * k3(b), b.mask)
+
+
+def closed_vespo(
+    b: Batch, k_pos: float = 2.0, lam_pos: float = 3.0, k_neg: float = 3.0, lam_neg: float = 2.0
+) -> Tensor:
+    """VESPO: token-mean of −sg[φ(w)]·A·log π, w = Π_t π/π_old over the row (log-ratios
+    clamped at ±20, log w to [log 1e-8, 20]), φ(w) = e^λ·w^k·e^(−λw) written directly."""
+    m = b.mask
+    log_w = ((b.logprobs - b.old_logprobs).clamp(-20, 20) * m).sum(-1)
+    w = torch.exp(log_w.clamp(math.log(1e-8), 20.0)).detach()
+    adv = advantages(b)
+    k = torch.where(adv >= 0, k_pos, k_neg).to(w.dtype)
+    lam = torch.where(adv >= 0, lam_pos, lam_neg).to(w.dtype)
+    phi = math.e**lam * w**k * torch.exp(-lam * w)
+    loss = -phi.unsqueeze(-1) * adv.unsqueeze(-1) * b.logprobs
+    return (loss * m).sum() / m.sum()
 
 
 def closed_grpo_dual(b: Batch, c: float = 3.0, eps: float = 0.2) -> Tensor:

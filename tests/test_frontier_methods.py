@@ -110,3 +110,45 @@ def test_soft_overlong_penalty_options_and_registration() -> None:
     assert soft_overlong_penalty("x", num_tokens=20000, factor=0.5) < 0
     with pytest.raises(ValueError, match="cache_length"):
         soft_overlong_penalty("x", max_length=10, cache_length=20)
+
+
+def vespo_phi(batch) -> torch.Tensor:
+    """[R] the weight VESPO's mask puts on each row (read off its unit weights)."""
+    from alignlib.estimator.masks import UnitTerms
+
+    term = algorithms.get("vespo").terms[0]
+    units = term.units(batch, torch.ones(batch.num_rows, dtype=torch.bool), detach=True)
+    adv = term.per_unit(advantages(batch))
+    terms = UnitTerms(weight=torch.ones_like(units.mask), value=torch.zeros_like(units.mask))
+    return term.masks[0].apply(units, adv, terms, {}).weight[:, 0]
+
+
+@pytest.mark.parametrize("engine", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_vespo_weights_equal_trls_gamma_weights(seed: int, engine: bool) -> None:
+    from trl import GRPOTrainer
+
+    b = rl_batch(seed=seed, spread=0.4)
+    m = b.mask
+    ratio = None
+    if engine:  # the engine sampled from a third policy: w is measured against it
+        gen = torch.Generator().manual_seed(seed)
+        sampler = b.old_logprobs + 0.2 * torch.randn(m.shape, generator=gen, dtype=m.dtype)
+        b = b.replace(behaviour_logprobs=sampler)
+        ratio = torch.exp((b.old_logprobs - sampler) * m)  # TRL's π_old/π_sampler, 1 off-mask
+    theirs = GRPOTrainer.get_gamma_weights(
+        advantages=advantages(b).unsqueeze(-1),
+        log_ratio_per_token=(b.logprobs - b.old_logprobs).detach(),
+        mask=m,
+        importance_sampling_ratio=ratio,
+    ).flatten()
+    ours = vespo_phi(b)
+    assert rel_error(ours, theirs) < 1e-12
+    assert float(ours.min()) < 0.5 < 0.9 < float(ours.max())  # the kernel really reshapes
+
+
+def test_vespo_refuses_a_second_rollout_correction() -> None:
+    from alignlib.estimator import rollout_correction
+
+    with pytest.raises(ValueError, match=r"already weighs each sequence.*rollout_correction"):
+        algorithms.get("vespo").with_rollout_correction(rollout_correction({"mode": "tis"}))

@@ -23,6 +23,7 @@ from closed_forms_frontier import (
     closed_grpo_kl_weighted,
     closed_gspo,
     closed_sapo,
+    closed_vespo,
 )
 from closed_forms_pairs import (
     closed_apo_zero_unpaired,
@@ -314,6 +315,7 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "cispo": (rl_batch, closed_cispo, {}),
     "dapo": (rl_batch, closed_dapo, {}),
     "sapo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_sapo, {}),
+    "vespo": (lambda seed=0: rl_batch(spread=0.4, seed=seed), closed_vespo, {}),
 }
 
 # Extra cases of one preset: case name -> preset name.

@@ -260,6 +260,8 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
         ("luffy", {}, False),
         ("grpo", {"kl_coef": 0.04}, False),
         ("grpo", {"kl_coef": 0.04}, True),
+        ("grpo", {"kl_coef": 0.04, "kl_importance_weighted": True}, False),
+        ("vespo", {}, False),
     ],
 )
 def test_online_presets_train_with_two_mini_batches(
@@ -284,6 +286,8 @@ def test_online_presets_train_with_two_mini_batches(
         assert last["clip_cov/cov_dropped"] > 0
     if algorithm == "grpo":
         assert last["kl/kl"] > 0  # π has left π_ref (frozen copy, or the adapter switched off)
+    if algorithm == "vespo":  # the second mini-batch's rows are weighed by w ≠ 1
+        assert abs(last["vespo/log_w"]) > 0 and last["vespo/phi"] != 1
 
 
 def test_heldout_accuracy_and_benchmarks_are_logged_when_due(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ from alignlib.estimator.preferences import (
     RPOWeights,
 )
 from alignlib.estimator.process import ProcessGroupNormalized
-from alignlib.estimator.ratio_weights import ClippedISWeight, SoftGate
+from alignlib.estimator.ratio_weights import ClippedISWeight, GammaWeight, SoftGate
 from alignlib.estimator.reference_free import ORPOWeights, TPOLWeights, TPOWeights
 from alignlib.estimator.references import (
     REFERENCES,
@@ -134,6 +134,7 @@ __all__ = [
     "EntropyBonus",
     "EstimatorInputError",
     "EstimatorOutput",
+    "GammaWeight",
     "GivenAdvantage",
     "GroupFilter",
     "GroupNormalized",

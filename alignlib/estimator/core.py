@@ -285,6 +285,14 @@ class UnifiedEstimator:
         (KL, entropy, NLL) are not weighted."""
         if correction is None:
             return self
+        for term in self.terms:
+            for mask in getattr(term, "masks", ()):
+                if mask.folds_behaviour:
+                    raise ValueError(
+                        f"term {term.name!r}: {type(mask).__name__} already weighs each "
+                        "sequence by the engine's ratio π_old/π_engine (as its reference code "
+                        "folds the correction in); remove online.rollout_correction"
+                    )
         terms = [
             dataclasses.replace(t, correction=correction) if _trains_on_samples(t) else t
             for t in self.terms

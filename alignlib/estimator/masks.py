@@ -45,6 +45,9 @@ class Mask(ABC):  # noqa: B024  (every method has a working default)
     reads_behaviour: ClassVar[bool] = False
     """True for a mask that reads the sampling engine's log-probs when the batch has them
     (``Units.behaviour``): the online trainer then provides them."""
+    folds_behaviour: ClassVar[bool] = False
+    """True for a mask whose weight already includes the engine/trainer ratio (VESPO): a
+    rollout correction on top would count it twice, so it is refused."""
 
     def prepare(self, batch: Batch, units: Units, adv: Tensor) -> dict[str, Tensor]:
         """Per-row tensors computed over the whole mini-batch (default: nothing)."""

@@ -1,13 +1,17 @@
-"""Importance-ratio weights that replace PPO's hard clip: CISPO's clipped IS weight and SAPO's
-soft gate. Both are masks in the UPGE sense: a detached per-unit factor on Â·∇s.
+"""Importance-ratio weights that replace PPO's hard clip: CISPO's clipped IS weight, SAPO's
+soft gate and VESPO's gamma kernel. All are masks in the UPGE sense: a detached per-unit factor
+on Â·∇s.
 
 clipped_is  (CISPO, reference ``current``):  loss −sg[clip(ρ, 1−ε_low, 1+ε_high)]·Â·ℓ_t
 sapo_gate   (SAPO, reference ``old``):       loss −f(ρ)·Â,  f(x) = σ(τ(x − 1))·4/τ,
             gradient −f'(ρ)·Â·∇ρ with f'(x) = 4σ(τ(x − 1))(1 − σ(τ(x − 1))), τ = τ_pos if Â > 0
+gamma_is    (VESPO, reference ``current``):  loss −sg[φ(w)]·Â·ℓ_t, w = Π_t ρ_t the row's
+            sequence ratio, φ(w) = e^λ·w^k·e^(−λw) (φ(1) = 1), (k, λ) by the sign of Â
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -84,4 +88,59 @@ class SoftGate(Mask):
         terms.indicators["gate_grad"] = 4 * gate * (1 - gate)
         assert units.old is not None
         terms.indicators["ppo_kl"] = (units.old - units.logp).detach()
+        return terms
+
+
+LOG_W_FLOOR = math.log(1e-8)
+"""Lower bound on log w (VESPO's reference code floors w at 1e-8, TRL likewise)."""
+
+
+def sequence_log_weight(units: Units) -> Tensor:
+    """[R, 1] log w = Σ_t log π_θ/π_old over each row's valid units, each log-ratio clamped at
+    ±20, plus Σ_t log π_old/π_engine when the batch has the engine's log-probs (the reference
+    code adds its rollout-correction weights the same way); the sum clamped to [log 1e-8, 20].
+    No gradient."""
+    assert units.old is not None
+    mask = units.mask
+    total = ((units.logp.detach() - units.old).clamp(-20.0, 20.0) * mask).sum(-1)
+    if units.behaviour is not None:
+        total = total + ((units.old - units.behaviour).clamp(-20.0, 20.0) * mask).sum(-1)
+    return total.clamp(LOG_W_FLOOR, 20.0).unsqueeze(-1)
+
+
+@MASKS.register("gamma_is")
+@dataclass(frozen=True)
+class GammaWeight(Mask):
+    """VESPO (Shen et al. 2026, arXiv 2602.10693): each sampled row's tokens weighted by
+    sg[φ(w)], φ(w) = e^λ·w^k·e^(−λw) of the row's sequence importance weight w (a product of
+    token ratios, not their geometric mean), k and λ chosen by the sign of Â (Â ≥ 0: k_pos,
+    λ_pos); use it with the ``current`` reference (loss −φ(w)·Â·ℓ_t, as the reference code and
+    TRL report it). φ(1) = 1 and φ → 0 as w → 0 or ∞: no hard clip, and no token left
+    without gradient inside a kept sequence."""
+
+    needs: ClassVar[dict[str, str]] = {"old_logprobs": "VESPO's weight is π_θ/π_old per row"}
+    reads_behaviour: ClassVar[bool] = True
+    folds_behaviour: ClassVar[bool] = True
+    k_pos: float = 2.0
+    """Power k for Â ≥ 0: how fast the weight falls as w → 0."""
+    lambda_pos: float = 3.0
+    """Decay λ for Â ≥ 0: how fast the weight falls as w grows."""
+    k_neg: float = 3.0
+    lambda_neg: float = 2.0
+
+    def __post_init__(self) -> None:
+        for key in ("k_pos", "lambda_pos", "k_neg", "lambda_neg"):
+            check_number("GammaWeight", key, getattr(self, key), ge=0)
+
+    def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
+        log_w = sequence_log_weight(units)
+        nonnegative = adv.detach() >= 0
+        k = torch.where(nonnegative, self.k_pos, self.k_neg).to(log_w.dtype)
+        lam = torch.where(nonnegative, self.lambda_pos, self.lambda_neg).clamp(min=1e-4)
+        lam = lam.to(log_w.dtype)
+        phi = torch.exp(lam + k * log_w - lam * log_w.exp()).nan_to_num(0.0, 0.0, 0.0)
+        terms.weight = terms.weight * phi
+        terms.value = terms.value * phi
+        terms.indicators["phi"] = phi.expand_as(terms.weight)
+        terms.indicators["log_w"] = log_w.expand_as(terms.weight)
         return terms

@@ -217,7 +217,11 @@ def check_rollout_correction(
     except ParameterError as exc:
         raise ConfigError(f"online.rollout_correction.{exc.param}: {exc.detail}") from None
     assert correction is not None
-    for term in estimator.with_rollout_correction(correction).terms:
+    try:
+        corrected = estimator.with_rollout_correction(correction)
+    except ValueError as exc:  # a method that folds the engine's ratio in itself (VESPO)
+        raise ConfigError(f"online.rollout_correction: {exc}") from None
+    for term in corrected.terms:
         likelihood = getattr(term, "likelihood", None)
         per_sequence = getattr(likelihood, "per_sequence", False)
         if getattr(term, "correction", None) and per_sequence and not correction.per_sequence:
