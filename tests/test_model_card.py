@@ -59,6 +59,8 @@ def test_final_has_a_model_card_with_method_data_steps_metrics_and_config(traine
         "components": None,
         "ld_alpha": None,
         "wpo": False,
+        "high_entropy": None,
+        "off_policy_mask": None,
     }
 
 
@@ -99,3 +101,24 @@ def test_push_refuses_a_bad_repo_id_even_in_a_dry_run(tmp_path: Path, repo_id: s
     assert f"repo_id {repo_id!r} is not a Hub repository id: expected OWNER/NAME" in err
     assert main(["push", str(tmp_path), "me/x_y.v2", "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("would upload to https://huggingface.co/me/x_y.v2:")
+
+
+def test_the_method_line_names_every_option_set() -> None:
+    from alignlib.config.schema import RunConfig
+    from alignlib.trainer.model_card import method
+
+    config = RunConfig.model_validate(
+        {
+            "model": {"name_or_path": "tiny:llama"},
+            "data": {"path": "x.jsonl"},
+            "algorithm": {
+                "name": "grpo",
+                "high_entropy": {"ratio": 0.2},
+                "off_policy_mask": {"delta": 0.5},
+            },
+        }
+    )
+    line = method(config)
+    assert line == (
+        "grpo, high-entropy tokens {'ratio': 0.2}, off-policy sequence mask {'delta': 0.5}"
+    )

@@ -33,12 +33,19 @@ def base_model(name: str) -> str | None:
 
 
 def method(config: RunConfig) -> str:
-    """`dpo (beta=0.1)`, or the components of a composed estimator; then the pairwise options
-    (`, LD-DPO α=0.5`, `, WPO weights`) when set."""
+    """`dpo (beta=0.1)`, or the components of a composed estimator; then the options
+    (`, LD-DPO α=0.5`, `, WPO weights`, `, high-entropy tokens {'ratio': 0.2}`, `, off-policy
+    sequence mask {'delta': 0.5}`) when set."""
     algo = config.algorithm
     options = (f", LD-DPO α={algo.ld_alpha}" if algo.ld_alpha is not None else "") + (
         ", WPO weights" if algo.wpo else ""
     )
+    for label, params in (
+        ("high-entropy tokens", algo.high_entropy),
+        ("off-policy sequence mask", algo.off_policy_mask),
+    ):
+        if params is not None:
+            options += f", {label} {params}"
     if algo.name is not None:
         params = ", ".join(f"{k}={v}" for k, v in sorted(algo.params.items()))
         return (f"{algo.name} ({params})" if params else algo.name) + options
