@@ -30,6 +30,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     ipo,
     kl_cov,
     kto,
+    lite_ppo,
     luffy,
     nca_pair,
     opd,

@@ -1,6 +1,6 @@
-"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO, VESPO and GRPO + KL (METHODS.md §3b;
-the KL also importance-weighted, DeepSeek-V3.2),
-written from the papers' formulas with plain autograd, for test_gradient_identity.py."""
+"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO, VESPO, Lite PPO and GRPO + KL
+(METHODS.md §3b; the KL also importance-weighted, DeepSeek-V3.2), written from the papers'
+formulas with plain autograd, for test_gradient_identity.py."""
 
 from __future__ import annotations
 
@@ -107,6 +107,18 @@ def closed_vespo(
     phi = math.e**lam * w**k * torch.exp(-lam * w)
     loss = -phi.unsqueeze(-1) * adv.unsqueeze(-1) * b.logprobs
     return (loss * m).sum() / m.sum()
+
+
+def closed_lite_ppo(b: Batch, eps: float = 0.2) -> Tensor:
+    """Lite PPO: Â = (R − group mean) / (std of every reward in the batch + 1e-6), the clipped
+    loss averaged over every token of the batch."""
+    means = torch.zeros_like(b.rewards)
+    for g in b.group_ids.unique():
+        members = b.group_ids == g
+        means[members] = b.rewards[members].mean() if int(members.sum()) > 1 else b.rewards[members]
+    adv = ((b.rewards - means) / (b.rewards.std() + 1e-6)).unsqueeze(-1)
+    loss = clipped(torch.exp(b.logprobs - b.old_logprobs), adv, 1 - eps, 1 + eps)
+    return (loss * b.mask).sum() / b.mask.sum()
 
 
 def closed_grpo_dual(b: Batch, c: float = 3.0, eps: float = 0.2) -> Tensor:

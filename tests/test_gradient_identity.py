@@ -22,6 +22,7 @@ from closed_forms_frontier import (
     closed_grpo_kl,
     closed_grpo_kl_weighted,
     closed_gspo,
+    closed_lite_ppo,
     closed_sapo,
     closed_vespo,
 )
@@ -316,6 +317,7 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "dapo": (rl_batch, closed_dapo, {}),
     "sapo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_sapo, {}),
     "vespo": (lambda seed=0: rl_batch(spread=0.4, seed=seed), closed_vespo, {}),
+    "lite_ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_lite_ppo, {}),
 }
 
 # Extra cases of one preset: case name -> preset name.

@@ -137,18 +137,24 @@ class GivenAdvantage(Advantage):
 @ADVANTAGES.register("grpo")
 @dataclass(frozen=True)
 class GroupNormalized(Advantage):
-    """GRPO: (R − mean_group) / (std_group + ε); with ``std=False`` it is Dr. GRPO's R − mean."""
+    """GRPO: (R − mean_group) / (std_group + ε); with ``std=False`` it is Dr. GRPO's R − mean,
+    with ``std_over="batch"`` Lite PPO's (R − mean_group) / (std_batch + ε)."""
 
     needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
     std: bool = True
-    """Divide by the group's unbiased standard deviation (False: Dr. GRPO / HPT code)."""
+    """Divide by an unbiased standard deviation of the rewards (False: Dr. GRPO / HPT code)."""
     eps: float = 1e-6
     singleton: Literal["zero", "raw"] = "zero"
     """A group of one row: 'zero' advantage, or 'raw' = verl's mean 0 / std 1 (Â ≈ R)."""
+    std_over: Literal["group", "batch"] = "group"
+    """Whose standard deviation: the row's group's (GRPO), or every row's of the mini-batch
+    (Lite PPO, TRL's ``scale_rewards="batch"``, which takes its whole generation batch: the
+    same with one mini-batch per rollout batch)."""
 
     def __post_init__(self) -> None:
         check_number("GroupNormalized", "eps", self.eps, ge=0)
         check_choice("GroupNormalized", "singleton", self.singleton, ("zero", "raw"))
+        check_choice("GroupNormalized", "std_over", self.std_over, ("group", "batch"))
 
     def min_group_rows(self) -> int:
         return 2 if self.singleton == "zero" else 1
@@ -161,7 +167,10 @@ class GroupNormalized(Advantage):
         mean = mean.where(~alone, mean.new_zeros(()))
         std = std.where(~alone, std.new_ones(()))
         adv = rewards - mean
-        if self.std:
+        if self.std and self.std_over == "batch":
+            everyone = torch.zeros_like(batch.group_ids)  # one group: the whole mini-batch
+            adv = adv / (group_statistics(rewards, everyone, rows)[3] + self.eps)
+        elif self.std:
             adv = adv / (std + self.eps)
         if self.singleton == "zero":
             adv = adv.where(~alone, adv.new_zeros(()))
