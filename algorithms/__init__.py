@@ -21,6 +21,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     dpo,
     dr_grpo,
     exo_pair,
+    gdpo,
     grpo,
     grpo_process,
     gspo,

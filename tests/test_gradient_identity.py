@@ -26,6 +26,7 @@ from closed_forms_frontier import (
     closed_sapo,
     closed_vespo,
 )
+from closed_forms_multi_reward import closed_gdpo, multi_reward_batch
 from closed_forms_pairs import (
     closed_apo_zero_unpaired,
     closed_cpo,
@@ -318,6 +319,7 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "sapo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_sapo, {}),
     "vespo": (lambda seed=0: rl_batch(spread=0.4, seed=seed), closed_vespo, {}),
     "lite_ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_lite_ppo, {}),
+    "gdpo": (multi_reward_batch, closed_gdpo, {}),
 }
 
 # Extra cases of one preset: case name -> preset name.

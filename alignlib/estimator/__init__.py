@@ -53,6 +53,7 @@ from alignlib.estimator.masks import (
     PPOClip,
     RowFilter,
 )
+from alignlib.estimator.multi_reward import DecoupledGroupNormalized
 from alignlib.estimator.off_policy_masks import OffPolicySequenceMask
 from alignlib.estimator.preferences import (
     DPOWeights,
@@ -128,6 +129,7 @@ __all__ = [
     "ConstantReference",
     "CurrentPolicy",
     "DPOWeights",
+    "DecoupledGroupNormalized",
     "DifficultyBand",
     "DiscoPOPWeights",
     "EXOPairWeights",

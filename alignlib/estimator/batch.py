@@ -47,6 +47,8 @@ TOKEN_FIELDS = (
     "log_sum_sq_probs",
 )
 ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
+# Per-row fields with a second axis of their own (one column per reward function).
+ROW_MATRIX_FIELDS = ("reward_parts", "reward_weights")
 
 
 @dataclass
@@ -110,6 +112,12 @@ class Batch:
     margins: Tensor | None = None
     """[R] the target margin m of each row's pair (the data's `margin` column, as TRL's
     RewardTrainer reads it; read by the reward model's weights), on both rows of the pair."""
+    reward_parts: Tensor | None = None
+    """[R, K] each of the K reward functions' own value for the row, before its weight (NaN:
+    the function gave no opinion), read by GDPO, which normalizes each one separately."""
+    reward_weights: Tensor | None = None
+    """[R, K] the weight of each reward function (the same on every row): ``rewards`` is the
+    weighted sum of ``reward_parts``."""
     advantages: Tensor | None = None
     """[R] or [R, T] advantages computed elsewhere (read by the ``given`` advantage)."""
     prepared: dict[str, Tensor] = field(default_factory=dict)
@@ -141,6 +149,13 @@ class Batch:
                 raise BatchError(
                     f"batch.{name} has shape {tuple(value.shape)}, expected ({shape[0]},): "
                     "one entry per row"
+                )
+        for name in ROW_MATRIX_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (value.dim() != 2 or value.shape[0] != shape[0]):
+                raise BatchError(
+                    f"batch.{name} has shape {tuple(value.shape)}, expected ({shape[0]}, K): "
+                    "one row of K values per row"
                 )
         if self.advantages is not None and self.advantages.shape not in (shape, shape[:1]):
             raise BatchError(
@@ -176,7 +191,7 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """The same batch with every tensor (prepared ones included) on ``device``."""
         changes: dict[str, object] = {}
-        for name in (*TOKEN_FIELDS, *ROW_FIELDS, "advantages"):
+        for name in (*TOKEN_FIELDS, *ROW_FIELDS, *ROW_MATRIX_FIELDS, "advantages"):
             value = getattr(self, name)
             if value is not None:
                 changes[name] = value.to(device, non_blocking=True)
@@ -187,7 +202,7 @@ class Batch:
     def select(self, rows: Tensor) -> Batch:
         """The sub-batch of the given row indices; prepared per-row tensors are sliced with it."""
         changes: dict[str, object] = {}
-        for name in (*TOKEN_FIELDS, *ROW_FIELDS, "advantages"):
+        for name in (*TOKEN_FIELDS, *ROW_FIELDS, *ROW_MATRIX_FIELDS, "advantages"):
             value = getattr(self, name)
             if value is not None:
                 changes[name] = value[rows]

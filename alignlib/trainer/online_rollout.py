@@ -40,6 +40,12 @@ class Rollouts:
     """[P][n] the weighted rewards each completion's steps carry, by token (part of
     ``rewards``: an environment's turn rewards, a PRM's step scores); None, or no list at
     all: none."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Each reward's weight in ``rewards``, by the labels of ``parts``."""
+
+    def parts_of(self, p: int, s: int) -> list[float] | None:
+        """Completion ``s`` of prompt ``p``: each reward's own value, in ``weights``' order."""
+        return [float(self.parts[label][p, s]) for label in self.weights] or None
 
     @property
     def num_tokens(self) -> int:
@@ -70,6 +76,11 @@ class TrainRows:
     step_rewards: list[StepRewards | None] = field(default_factory=list)
     """The weighted rewards on the row's steps, by completion token (part of the row's reward;
     ``Rollouts.step_rewards``); None: none."""
+    reward_parts: list[list[float] | None] = field(default_factory=list)
+    """Each reward's own value for the row (``Rollouts.parts``, in ``reward_weights``' order);
+    None for a demonstration."""
+    reward_weights: list[float] = field(default_factory=list)
+    """Each reward's weight (the same for every row)."""
 
     def add(
         self,
@@ -81,6 +92,7 @@ class TrainRows:
         logprobs: list[float] | None = None,
         loss_mask: list[int] | None = None,
         step_rewards: StepRewards | None = None,
+        parts: list[float] | None = None,
     ) -> None:
         self.sequences.append(list(prompt) + list(completion))
         self.starts.append(len(prompt))
@@ -90,6 +102,7 @@ class TrainRows:
         self.behaviour.append(None if logprobs is None else list(logprobs))
         self.loss_masks.append(None if loss_mask is None else list(loss_mask))
         self.step_rewards.append(None if step_rewards is None else dict(step_rewards))
+        self.reward_parts.append(parts)
 
     def extend(self, other: TrainRows, group_offset: int) -> None:
         self.sequences += other.sequences
@@ -100,6 +113,8 @@ class TrainRows:
         self.behaviour += other.behaviour
         self.loss_masks += other.loss_masks
         self.step_rewards += other.step_rewards
+        self.reward_parts += other.reward_parts
+        self.reward_weights = self.reward_weights or other.reward_weights
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -143,7 +158,8 @@ def score_rollouts(
     ]
     parts = {label: values.view(shape) for label, values in scores.parts.items()}
     total, correct = scores.total.view(shape), scores.correct.view(shape)
-    return Rollouts(rows, prompt_ids, generations, total, correct, seconds, parts, steps)
+    weights = dict(zip(rewards.labels, (spec.weight for spec in rewards.specs), strict=True))
+    return Rollouts(rows, prompt_ids, generations, total, correct, seconds, parts, steps, weights)
 
 
 # ------------------------------------------------------------------------------------- routing
@@ -173,7 +189,7 @@ def build_rows(
     engine log-probs), or the prompt's demonstration when ``s`` is −1. ``drop_truncated``
     (DAPO's overlong filtering): a rollout cut at the length limit keeps its row and reward
     (its group's baseline still sees it) but trains on none of its tokens."""
-    out = TrainRows()
+    out = TrainRows(reward_weights=list(rollouts.weights.values()))
     rows = zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True)
     for (p, s), role, reward in zip(rows, plan.roles.tolist(), plan.rewards.tolist(), strict=True):
         prompt = rollouts.prompt_ids[p]
@@ -186,7 +202,10 @@ def build_rows(
             loss_mask = gen.loss_mask
             if drop_truncated and gen.finish_reason == "length":
                 loss_mask = [0] * len(gen.token_ids)
-            out.add(own, gen.token_ids, Role(role), p, reward, gen.logprobs, loss_mask, steps)
+            parts = rollouts.parts_of(p, s)
+            out.add(
+                own, gen.token_ids, Role(role), p, reward, gen.logprobs, loss_mask, steps, parts
+            )
     return out
 
 
@@ -218,7 +237,7 @@ def informative_groups(
 
 def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
     """The rows of ``groups``, renumbered 0..len(groups)−1 in that order."""
-    out = TrainRows()
+    out = TrainRows(reward_weights=rows.reward_weights)
     for new, g in enumerate(groups):
         for i, gid in enumerate(rows.group_ids):
             if gid == g:
@@ -231,6 +250,7 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     rows.behaviour[i],
                     rows.loss_masks[i],
                     rows.step_rewards[i],
+                    rows.reward_parts[i],
                 )
     return out
 

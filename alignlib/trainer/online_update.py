@@ -20,6 +20,8 @@ from alignlib.trainer.update import MiniBatch
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
 ONLINE_FIELDS = {
+    "reward_parts",
+    "reward_weights",
     "old_logprobs",
     "ref_logprobs",
     "behaviour_logprobs",
@@ -51,6 +53,10 @@ class RowTensors:
     each on its step's last token (already part of ``rewards``); None when no row has any."""
     step_ends: Tensor | None = None
     """[R, W] 1 on the tokens a step reward sits on (one of 0 included); with step_rewards."""
+    reward_parts: Tensor | None = None
+    """[R, K] each reward's own value per row (NaN on a demonstration); None without rewards."""
+    reward_weights: Tensor | None = None
+    """[K] each reward's weight."""
 
     @property
     def num_rows(self) -> int:
@@ -89,6 +95,11 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
             steps[r, start + position] = reward
             ends[r, start + position] = 1.0
     has_steps = any(t is not None for t in rows.step_rewards)
+    parts = weights = None
+    if rows.reward_weights:
+        nan = [float("nan")] * len(rows.reward_weights)
+        parts = torch.tensor([p if p is not None else nan for p in rows.reward_parts], device=HOST)
+        weights = torch.tensor(rows.reward_weights, device=HOST)
     return RowTensors(
         input_ids,
         attention,
@@ -99,6 +110,8 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         behaviour,
         steps if has_steps else None,
         ends if has_steps else None,
+        parts,
+        weights,
     )
 
 
@@ -198,6 +211,10 @@ def online_minibatch(
         rewards=rows.rewards[indices],
         step_rewards=None if rows.step_rewards is None else rows.step_rewards[indices],
         step_ends=None if rows.step_ends is None else rows.step_ends[indices],
+        reward_parts=None if rows.reward_parts is None else rows.reward_parts[indices],
+        reward_weights=None
+        if rows.reward_weights is None
+        else rows.reward_weights.expand(indices.numel(), -1),
         group_ids=rows.group_ids[indices],
         roles=rows.roles[indices],
     )
