@@ -72,7 +72,7 @@ def test_every_kind_has_its_registry() -> None:
         "seq-mean-token-mean",
         "seq-mean-token-sum-norm",
     }
-    assert set(REGULARIZERS.names()) == {"kl", "entropy", "nll", "score_center"}
+    assert set(REGULARIZERS.names()) == {"kl", "entropy", "adaptive_entropy", "nll", "score_center"}
 
 
 def test_duplicate_name_is_refused() -> None:

@@ -61,6 +61,7 @@ def test_final_has_a_model_card_with_method_data_steps_metrics_and_config(traine
         "wpo": False,
         "high_entropy": None,
         "off_policy_mask": None,
+        "adaptive_entropy": None,
     }
 
 

@@ -74,6 +74,13 @@ class AlgorithmConfig(Section):
     every policy-gradient term that trains on rollouts; π_behaviour is the engine's log-probs
     (put on the trainer's scale, as a rollout correction does). E.g. {delta: 0.5}; null: off."""
 
+    adaptive_entropy: dict[str, Any] | None = None
+    """Skywork-OR1's adaptive entropy control (TRL's `use_adaptive_entropy`), added to any
+    method: an entropy bonus −c·H that acts only while the token-mean entropy H is at or
+    below `target`, c rising by `delta` after each optimizer step that ends there and falling
+    otherwise, within [`coef_min`, `coef_max`], from `coef` (0). Logged: `entropy/mean`,
+    `entropy/coef`. E.g. {target: 0.5}; null: off."""
+
     @model_validator(mode="after")
     def _one_source(self) -> AlgorithmConfig:
         if (self.name is None) == (self.components is None):

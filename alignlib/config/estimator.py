@@ -37,6 +37,8 @@ def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
     pairwise options (LD-DPO's ``ld_alpha``, WPO's weights) and the high-entropy mask when
     set."""
     estimator = _named_or_composed(config)
+    if config.adaptive_entropy is not None:
+        estimator = with_adaptive_entropy(estimator, config.adaptive_entropy)
     for key, mask in SAMPLE_MASK_OPTIONS.items():
         params = getattr(config, key)
         if params is not None:
@@ -81,3 +83,13 @@ def with_sample_mask(
         return estimator.with_sample_mask(MASKS.build(mask, **params))
     except (RegistryError, ValueError) as exc:
         raise AlgorithmOptionError(f"algorithm.{key}: {exc}") from None
+
+
+def with_adaptive_entropy(estimator: UnifiedEstimator, params: dict[str, Any]) -> UnifiedEstimator:
+    """``estimator`` plus Skywork-OR1's adaptive entropy bonus; a bad parameter is one line
+    naming algorithm.adaptive_entropy."""
+    try:
+        bonus = REGULARIZERS.build("adaptive_entropy", **params)
+    except (RegistryError, ValueError) as exc:
+        raise AlgorithmOptionError(f"algorithm.adaptive_entropy: {exc}") from None
+    return estimator + UnifiedEstimator(terms=[bonus])

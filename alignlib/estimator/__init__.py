@@ -79,6 +79,7 @@ from alignlib.estimator.registry import Registry, RegistryError
 from alignlib.estimator.regularizers import (
     NLL,
     REGULARIZERS,
+    AdaptiveEntropyBonus,
     EntropyBonus,
     KLPenalty,
     ScoreCentering,
@@ -114,6 +115,7 @@ __all__ = [
     "AOTWeights",
     "APODownWeights",
     "APOZeroWeights",
+    "AdaptiveEntropyBonus",
     "Advantage",
     "AdvantageResult",
     "Aggregation",

@@ -13,6 +13,7 @@ from alignlib.estimator.aggregation import AGGREGATIONS, Aggregation
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.critic import ValueLoss
 from alignlib.estimator.masks import MASKS, Mask
+from alignlib.estimator.queries import EstimatorQueries
 from alignlib.estimator.references import REFERENCES, Reference
 from alignlib.estimator.regularizers import REGULARIZERS
 from alignlib.estimator.rollout_correction import RolloutCorrection
@@ -45,7 +46,7 @@ def _masks(spec: MaskSpec) -> tuple[Mask, ...]:
     return tuple(MASKS.resolve(m) for m in spec)
 
 
-class UnifiedEstimator:
+class UnifiedEstimator(EstimatorQueries):
     """gradient = mask · (1/π_ref) · Â · ∇π, aggregated, plus regularizers.
 
     Components are instances or registered names (built with their defaults)::
@@ -138,100 +139,6 @@ class UnifiedEstimator:
 
     def __repr__(self) -> str:
         return "UnifiedEstimator(\n" + "".join(f"  {t!r},\n" for t in self.terms) + ")"
-
-    def requirements(self) -> dict[str, str]:
-        """Every batch field some term reads, each with the reason."""
-        needs: dict[str, str] = {}
-        for term in self.terms:
-            for key, why in term.requirements().items():
-                needs.setdefault(key, why)
-        return needs
-
-    def reads_present_logprobs(self) -> bool:
-        """True when ``prepare`` reads ``batch.logprobs`` (Clip-Cov / KL-Cov token selection,
-        KTO's weights): a trainer fills them with the present policy's, by a no-grad pass."""
-        for term in self.terms:
-            if isinstance(term, PolicyGradientTerm) and (
-                term.advantage.reads_logprobs
-                or any(type(m).prepare is not Mask.prepare for m in term.masks)
-            ):
-                return True
-        return False
-
-    def reads_behaviour(self) -> bool:
-        """True when a component reads the sampling engine's log-probs (a rollout correction,
-        off-policy sequence masking): an online trainer puts them on its own scale."""
-        return any(
-            isinstance(term, PolicyGradientTerm)
-            and (term.correction is not None or any(m.reads_behaviour for m in term.masks))
-            for term in self.terms
-        )
-
-    def distills(self) -> bool:
-        """True when a term's advantage compares the policy with a teacher held in
-        ``ref_logprobs`` (on-policy distillation): the run must name that teacher."""
-        return any(
-            isinstance(term, PolicyGradientTerm) and term.advantage.distills for term in self.terms
-        )
-
-    def needs_kl_rows(self) -> bool:
-        """True when a term's advantage estimates KTO's reference point on KL rows (mismatched
-        prompt/completion pairs): the data builds them only then."""
-        return any(
-            isinstance(term, PolicyGradientTerm) and term.advantage.needs_kl_rows
-            for term in self.terms
-        )
-
-    def scores_sequences(self) -> bool:
-        """True when a term's likelihood is a scalar head's score (a reward model): the
-        trainer then loads a one-output sequence scorer instead of a language model."""
-        return any(
-            isinstance(term, PolicyGradientTerm) and term.likelihood.scalar_head
-            for term in self.terms
-        )
-
-    def reads_steps(self) -> bool:
-        """True when an advantage reads where a row's step rewards sit, not only their sum."""
-        return any(
-            isinstance(term, PolicyGradientTerm) and term.advantage.reads_steps
-            for term in self.terms
-        )
-
-    def reads_old_in_prepare(self) -> bool:
-        """True when an advantage (computed once per mini-batch, before any forward) reads
-        π_old (GAE's KL penalty in the reward): a trainer computes them by a no-grad pass
-        even where the update's own forward would otherwise give them."""
-        return any(
-            isinstance(term, PolicyGradientTerm) and "old_logprobs" in term.advantage.requirements()
-            for term in self.terms
-        )
-
-    def critic_loss(self) -> ValueLoss | None:
-        """The loss a critic trains on when a term's advantage reads its values (GAE): the
-        preset's, or the defaults; None when no term needs a critic."""
-        if "values" not in self.requirements():
-            return None
-        return self.value_loss if self.value_loss is not None else ValueLoss()
-
-    def value_targets(self, batch: Batch) -> Tensor | None:
-        """[R, T] the returns the critic regresses on, from the first term whose advantage
-        comes from the critic's values; None when no term's does."""
-        for term in self.terms:
-            if isinstance(term, PolicyGradientTerm):
-                targets = term.advantage.returns(batch, term.rows.select(batch))
-                if targets is not None:
-                    return targets
-        return None
-
-    def trained_roles(self) -> frozenset[Role] | None:
-        """The roles some term trains on; None when a term takes every row."""
-        roles: set[Role] = set()
-        for term in self.terms:
-            selector = getattr(term, "rows", ALL_ROWS)
-            if selector.roles is None:
-                return None
-            roles |= selector.roles
-        return frozenset(roles)
 
     def check(self, batch: Batch) -> None:
         """Raise one clear error per missing batch field."""
@@ -349,10 +256,20 @@ class UnifiedEstimator:
         metrics["loss"] = value.detach()
         return EstimatorOutput(loss, metrics)
 
+    def observe(self, metrics: dict[str, float]) -> None:
+        """After each optimizer step, with the step's metrics (summed over micro-batches and
+        ranks): components that adapt between steps (adaptive entropy control) update."""
+        for term in self.terms:
+            if hasattr(term, "observe"):
+                term.observe(metrics)
+
     def state_dict(self) -> dict[str, object]:
-        """Random-generator states of stochastic masks (Clip-Cov), for exact resume."""
+        """Random-generator states of stochastic masks (Clip-Cov) and adaptive terms'
+        coefficients, for exact resume."""
         state: dict[str, object] = {}
         for index, term in enumerate(self.terms):
+            if hasattr(term, "state_dict"):
+                state[f"{index}.term"] = term.state_dict()
             for m_index, mask in enumerate(getattr(term, "masks", ())):
                 if hasattr(mask, "state_dict"):
                     state[f"{index}.mask{m_index}"] = mask.state_dict()
@@ -360,6 +277,8 @@ class UnifiedEstimator:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         for index, term in enumerate(self.terms):
+            if f"{index}.term" in state and hasattr(term, "load_state_dict"):
+                term.load_state_dict(state[f"{index}.term"])
             for m_index, mask in enumerate(getattr(term, "masks", ())):
                 key = f"{index}.mask{m_index}"
                 if key in state and hasattr(mask, "load_state_dict"):

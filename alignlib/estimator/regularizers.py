@@ -113,6 +113,86 @@ class EntropyBonus(Term):
         return TermOutput(loss, loss.detach(), {"loss": loss.detach(), "mean": mean.detach()})
 
 
+@REGULARIZERS.register("adaptive_entropy")
+@dataclass
+class AdaptiveEntropyBonus(Term):
+    """Skywork-OR1's adaptive entropy control (arXiv 2505.22312, §3.2; TRL's
+    ``use_adaptive_entropy``): −c_k·𝟙[H_{k−1} ≤ target]·H, with H the token-mean entropy, and
+    after each optimizer step c_{k+1} = c_k + Δ if that step's H ≤ target, else c_k − Δ,
+    clipped to [coef_min, coef_max]. The bonus so only acts while entropy sits at or below
+    the target and grows while it stays there. The step's H is the term's own logged `mean`
+    (summed over micro-batches and data-parallel ranks), handed over by the trainer through
+    :meth:`observe`; c and the last H are checkpointed."""
+
+    coef: float = 0.0
+    """c₀, the initial coefficient (Skywork-OR1 starts at 0)."""
+    target: float = 0.2
+    """Target token-mean entropy in nats (Skywork-OR1's and TRL's default): set it near the
+    entropy the run starts with (`rollout/entropy`) for the control to engage."""
+    delta: float = 0.005
+    """Δ, the coefficient's change per optimizer step."""
+    coef_min: float = 0.0
+    coef_max: float = 1.0
+    rows: Rows = ALL_ROWS
+    aggregation: Aggregation = field(default_factory=TokenMean)
+    name: str = "entropy"
+    _current: float | None = field(default=None, init=False, repr=False, compare=False)
+    _last_entropy: float = field(default=float("inf"), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        owner = "AdaptiveEntropyBonus"
+        check_number(owner, "target", self.target, ge=0, why="an entropy in nats")
+        check_number(owner, "delta", self.delta, ge=0)
+        check_number(owner, "coef_min", self.coef_min, ge=0)
+        check_number(owner, "coef_max", self.coef_max, ge=self.coef_min, why="above coef_min")
+        check_number(owner, "coef", self.coef, ge=self.coef_min, le=self.coef_max)
+
+    @property
+    def current(self) -> float:
+        """c_k, the coefficient of this step (before its gate)."""
+        return self.coef if self._current is None else self._current
+
+    @property
+    def applied(self) -> float:
+        """c_k·𝟙[H_{k−1} ≤ target], what the loss uses (0 before any step was observed)."""
+        return self.current if self._last_entropy <= self.target else 0.0
+
+    def requirements(self) -> dict[str, str]:
+        return {"entropy": f"the entropy bonus needs per-token entropy with gradient ({self.name})"}
+
+    def prepare(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        weights, mask = masked_weights(batch, self.rows, self.aggregation)
+        tokens = mask.sum(-1)
+        return {"w": weights, "share": tokens / tokens.sum().clamp(min=1)}, {}
+
+    def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
+        assert batch.entropy is not None
+        _, mask = masked_weights(batch, self.rows, self.aggregation)
+        entropy = zero_where_masked(batch.entropy, mask)
+        mean = (prepared["w"].unsqueeze(-1) * entropy * mask).sum()
+        loss = -self.applied * mean
+        # Each micro-batch reports its share of c, so the mini-batch's metric is c itself.
+        coef = self.current * prepared["share"].sum()
+        return TermOutput(
+            loss, loss.detach(), {"loss": loss.detach(), "mean": mean.detach(), "coef": coef}
+        )
+
+    def observe(self, metrics: dict[str, float]) -> None:
+        """After an optimizer step: move c by ±Δ from the step's entropy ``{name}/mean``."""
+        entropy = metrics.get(f"{self.name}/mean")
+        if entropy is None:
+            return
+        step = self.delta if entropy <= self.target else -self.delta
+        self._current = min(self.coef_max, max(self.coef_min, self.current + step))
+        self._last_entropy = entropy
+
+    def state_dict(self) -> dict[str, float]:
+        return {"coef": self.current, "last_entropy": self._last_entropy}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._current, self._last_entropy = float(state["coef"]), float(state["last_entropy"])
+
+
 NLL_NORMALIZATIONS: dict[str, Aggregation] = {
     "sum": SeqMeanTokenSum(),
     "seq_mean": SeqMeanTokenMean(),

@@ -60,6 +60,7 @@ def update(
     ``seed`` (the run's): dropout masks are drawn per micro-batch from (seed, step, rows)."""
     metrics, entropy = accumulate(kernel, estimator, batch, (seed, step))
     kernel.world.sync_gradients(kernel.model)  # data-parallel workers: per-rank parts add up
+    estimator.observe(metrics)  # the same summed metrics on every rank: the same adaptation
     return UpdateResult(metrics | optimizer_step(step), entropy)
 
 
@@ -117,14 +118,22 @@ def accumulate(
             entropies[on_device, : out.width] = out.entropy.detach().to(entropies.dtype)
         for key, value in result.metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value)
-    totals = world.sum_metrics(totals, kernel.device)
-    world.sum_(live)
-    if entropies is not None:
-        world.sum_(entropies)
+    totals = summed_over_ranks(kernel, totals, live, entropies)
     if batch.on_policy:  # statistics of the live log-probs, now that they are known
         prepared = estimator.prepare(full.replace(logprobs=live, old_logprobs=live))
     totals |= {k: float(v) for k, v in prepared.prepared_metrics.items()}
     return totals | batch.metrics, entropies
+
+
+def summed_over_ranks(
+    kernel: LogprobKernel, totals: dict[str, float], live: Tensor, entropies: Tensor | None
+) -> dict[str, float]:
+    """Each rank's metrics, live log-probs and entropies (in place) summed over the ranks."""
+    world = kernel.world
+    world.sum_(live)
+    if entropies is not None:
+        world.sum_(entropies)
+    return world.sum_metrics(totals, kernel.device)
 
 
 def live_fields(micro: Batch, out: MicroLogprobs, needs: dict[str, str]) -> Batch:
