@@ -1,9 +1,10 @@
 """One training step of each kind (offline DPO / SFT / TPO / KTO with their reference passes, a
 reward model's Bradley-Terry step, a process reward model's with label tokens as targets,
 online GRPO / HPT / Clip-Cov / GRPO+KL / OPD with their old-log-prob passes, OPD's from a named
-teacher, PPO-GAE with its critic's pass and step) on a chosen device, returning the loss
-metrics and the parameter gradients — shared by the CPU device-audit tests and the GPU parity
-tests, so the GPU tests run code the CPU suite already exercises."""
+teacher, PPO-GAE with its critic's pass and step, GRPO on forking tokens, GDPO) on a chosen
+device, returning the loss metrics and the parameter gradients — shared by the CPU
+device-audit tests and the GPU parity tests, so the GPU tests run code the CPU suite already
+exercises."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ ONLINE = {
     "grpo_kl": {"kl_coef": 0.1},
     "opd": {"iw_gamma": 0.5},  # π_ref is a named teacher (model.reference_name_or_path)
     "ppo_gae": {},  # a critic's values pass and its own step, then GAE (KL in the reward)
+    "grpo_forking": {},  # the high-entropy mask: entropies of the old pass, selected globally
+    "gdpo": {},  # each reward normalized in its group, then over the batch
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
@@ -86,7 +89,9 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         ]
     data = tmp / f"{case}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    name = {"grpo_kl": "grpo", "dpo_wpo": "dpo", "prm": "sft"}.get(case, case)
+    name = {"grpo_kl": "grpo", "dpo_wpo": "dpo", "prm": "sft", "grpo_forking": "grpo"}.get(
+        case, case
+    )
     cfg: dict[str, Any] = {
         "output_dir": str(tmp / f"run-{case}-{device}"),
         "model": {"name_or_path": "tiny:llama", "device": device, "precision": precision},
@@ -99,6 +104,8 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         cfg["train"]["reference"] = "none"
     if case == "dpo_wpo":
         cfg["algorithm"] |= {"wpo": True, "ld_alpha": 0.5}
+    if case == "grpo_forking":
+        cfg["algorithm"]["high_entropy"] = {"ratio": 0.4}
     if case == "prm":
         cfg["data"]["format"] = "stepwise"
     if case == "opd":
@@ -126,17 +133,19 @@ def save_teacher(folder: Path) -> Path:
 
 
 def online_rows(vocab: int, with_demo: bool, seed: int = 0) -> TrainRows:
-    """Two groups of four rows of random tokens, unequal lengths, one group all-equal rewards;
-    with ``with_demo`` the first row of group 0 is an SFT (demonstration) row, as HPT routes."""
+    """Two groups of four rows of random tokens, unequal lengths, one group all-equal rewards
+    (two rewards' own values, weighted 1 and 0.5, for GDPO); with ``with_demo`` the first row
+    of group 0 is an SFT (demonstration) row, as HPT routes."""
     gen = torch.Generator().manual_seed(seed)
-    rows = TrainRows()
+    rows = TrainRows(reward_weights=[1.0, 0.5])
     for group in range(2):
         prompt = torch.randint(3, vocab, (5 + group,), generator=gen).tolist()
         for i in range(4):
             completion = torch.randint(3, vocab, (3 + i,), generator=gen).tolist()
             role = Role.DEMO if with_demo and group == 0 and i == 0 else Role.SAMPLE
             reward = float(i % 2) if group == 0 else 1.0
-            rows.add(prompt, completion, role, group, reward)
+            parts = [reward, float(i) / 4]  # the second reward differs within both groups
+            rows.add(prompt, completion, role, group, reward + 0.5 * parts[1], parts=parts)
     return rows
 
 
@@ -183,9 +192,9 @@ def run_case(
         with guard:
             tensors = collate_rows(rows, state.pad_id)
             every = torch.arange(tensors.num_rows, device="cpu")
-            old, _ = policy_logprobs(kernel, tensors, every, 3)
+            old, entropy = policy_logprobs(kernel, tensors, every, 3)
             ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
-            batch = online_minibatch(tensors, every, old, ref, old, 3)
+            batch = online_minibatch(tensors, every, old, ref, old, 3, entropy=entropy)
             if state.critic is not None:  # V_old and the critic's step, as the online source
                 values = state.critic.values(tensors.host, 3)
                 batch = train_critic(state.critic, state.estimator, batch, values, 1)
