@@ -101,6 +101,15 @@ def grads(batch: Batch, loss: Tensor) -> tuple[Tensor, Tensor | None]:
     return out[0], g_entropy
 
 
+def split_gradient(estimator, batch: Batch, parts: int) -> Tensor:
+    """d loss / d logprobs of ``batch`` prepared once and run as ``parts`` micro-batches."""
+    prepared = estimator.prepare(batch)
+    total = torch.zeros_like(batch.logprobs)
+    for micro in prepared.split(parts):
+        total += torch.autograd.grad(estimator(micro).loss, batch.logprobs)[0]
+    return total
+
+
 def rel_error(a: Tensor, b: Tensor) -> float:
     scale = b.abs().max().clamp(min=1e-300)
     return float((a - b).abs().max() / scale)

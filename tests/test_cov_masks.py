@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from batches import rel_error, rl_batch
+from batches import rel_error, rl_batch, split_gradient
 
 from alignlib import algorithms
 from alignlib.estimator import (
@@ -187,14 +187,7 @@ def test_global_selection_ignores_microbatch_size(name: str) -> None:
     batch = rl_batch(num_groups=8, group_size=4, width=16)
     batch = batch.replace(old_logprobs=batch.logprobs.detach() + 0.1)
     overrides = {"ratio": 0.05} if name == "kl_cov" else {"ratio": 0.05, "cov_low": -9.0}
-    grads = []
-    for num_micro in (1, 4, 8):
-        estimator = algorithms.get(name, **overrides)
-        prepared = estimator.prepare(batch)
-        total = torch.zeros_like(batch.logprobs)
-        for micro in prepared.split(num_micro):
-            total += torch.autograd.grad(estimator(micro).loss, batch.logprobs)[0]
-        grads.append(total)
+    grads = [split_gradient(algorithms.get(name, **overrides), batch, n) for n in (1, 4, 8)]
     assert rel_error(grads[1], grads[0]) < 1e-12
     assert rel_error(grads[2], grads[0]) < 1e-12
 
@@ -203,12 +196,6 @@ def test_per_microbatch_scope_depends_on_split() -> None:
     """The reference code's behaviour, kept for parity runs: selection changes with the split."""
     batch = rl_batch(num_groups=8, group_size=4, width=16)
     batch = batch.replace(old_logprobs=batch.logprobs.detach() + 0.1)
-    grads = []
-    for num_micro in (1, 8):
-        estimator = algorithms.get("kl_cov", ratio=0.02, scope="per_microbatch")
-        prepared = estimator.prepare(batch)
-        total = torch.zeros_like(batch.logprobs)
-        for micro in prepared.split(num_micro):
-            total += torch.autograd.grad(estimator(micro).loss, batch.logprobs)[0]
-        grads.append(total)
+    estimator = algorithms.get("kl_cov", ratio=0.02, scope="per_microbatch")
+    grads = [split_gradient(estimator, batch, n) for n in (1, 8)]
     assert rel_error(grads[1], grads[0]) > 1e-6

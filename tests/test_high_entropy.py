@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from batches import rel_error, rl_batch
+from batches import rel_error, rl_batch, split_gradient
 
 from alignlib.config import load_config
 from alignlib.config.algorithm import AlgorithmConfig
@@ -131,13 +131,7 @@ def test_gradient_equals_the_closed_form(denominator: str, select: str, seed: in
 def test_global_selection_ignores_the_micro_batch_split(denominator: str) -> None:
     batch = batch_with_entropy(3)
     estimator = dapo_with(HighEntropyTokens(ratio=0.25, denominator=denominator))  # type: ignore[arg-type]
-    totals = []
-    for parts in (1, 4, 8):
-        prepared = estimator.prepare(batch)
-        total = torch.zeros_like(batch.logprobs)
-        for micro in prepared.split(parts):
-            total += torch.autograd.grad(estimator(micro).loss, batch.logprobs)[0]
-        totals.append(total)
+    totals = [split_gradient(estimator, batch, parts) for parts in (1, 4, 8)]
     assert rel_error(totals[1], totals[0]) < 1e-12
     assert rel_error(totals[2], totals[0]) < 1e-12
 
@@ -147,34 +141,18 @@ def test_per_micro_batch_scope_selects_within_each_micro_batch() -> None:
     batch = batch_with_entropy(3)
     mask = HighEntropyTokens(ratio=0.25, denominator="all", scope="per_microbatch")
     estimator = dapo_with(mask)
-    prepared = estimator.prepare(batch)
-    total = torch.zeros_like(batch.logprobs)
     kept = torch.zeros_like(batch.mask, dtype=torch.bool)
     for rows in torch.arange(batch.mask.shape[0]).tensor_split(4):
         kept[rows] = top_k_tokens(batch.entropy[rows], batch.mask[rows] > 0, 0.25)
-    for micro in prepared.split(4):
-        total += torch.autograd.grad(estimator(micro).loss, batch.logprobs)[0]
+    total = split_gradient(estimator, batch, 4)
     want = torch.autograd.grad(clipped_closed_form(batch, kept, "all"), batch.logprobs)[0]
     assert rel_error(total, want) < 1e-10
 
 
-def test_the_option_reaches_every_term_on_rollouts_and_refuses_misuse(tmp_path: Path) -> None:
+def test_the_option_reaches_every_term_on_rollouts() -> None:
     hpt = build_estimator(AlgorithmConfig(name="hpt", high_entropy={"ratio": 0.2}))
     masks = {t.name: [type(m).__name__ for m in getattr(t, "masks", ())] for t in hpt.terms}
     assert masks["rl"] == ["HighEntropyTokens"] and masks["sft"] == []  # SFT rows untouched
-    cases = {
-        "{name: dpo, high_entropy: {}}": "no.*policy-gradient term that trains on sampled rows",
-        "{name: grpo, high_entropy: {ratio: 0}}": "ratio must be > 0",
-        "{name: grpo, high_entropy: {rato: 0.2}}": "did you mean 'ratio'",
-        "{name: grpo, high_entropy: {scope: per_microbatch}}": "needs denominator 'all'",
-    }
-    base = Path("configs/grpo.yaml").read_text()
-    for algorithm, message in cases.items():
-        path = tmp_path / "run.yaml"
-        path.write_text(base + f"\nalgorithm: {algorithm}\n")
-        with pytest.raises(ValueError, match=f"algorithm.high_entropy: .*{message}") as info:
-            load_config(path)
-        assert "\n" not in str(info.value)
 
 
 def test_sequence_level_terms_are_refused() -> None:

@@ -106,20 +106,6 @@ def test_only_sampled_rows_with_negative_advantage_are_masked() -> None:
     assert bool(((grad.abs() * demos.mask).sum(-1) > 0)[adv != 0].all())
 
 
-def test_the_option_needs_a_method_on_rollouts(tmp_path: Path) -> None:
-    base = Path("configs/grpo.yaml").read_text()
-    cases = {
-        "{name: dpo, off_policy_mask: {}}": "trains on sampled rows",
-        "{name: grpo, off_policy_mask: {delta: -1}}": "delta must be >= 0",
-        "{name: grpo, off_policy_mask: {threshold: 1}}": "valid: delta",
-    }
-    for algorithm, message in cases.items():
-        path = tmp_path / "run.yaml"
-        path.write_text(base + f"\nalgorithm: {algorithm}\n")
-        with pytest.raises(ValueError, match=f"algorithm.off_policy_mask: .*{message}"):
-            load_config(path)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
 def test_an_online_run_gives_it_the_engines_logprobs_on_the_trainers_scale(
