@@ -123,12 +123,30 @@ def test_hpt_routes_rows_exactly_as_the_gate_says(
     assert routed["sft"] > 0 and routed["rl"] > 0, routed  # both branches were exercised
 
 
-def test_grpo_raises_the_reward_of_a_tiny_model(tmp_path: Path) -> None:
+NEWER = [
+    {"name": "vespo"},
+    {"name": "lite_ppo"},
+    {"name": "gdpo"},
+    {"name": "grpo", "high_entropy": {"ratio": 0.5}},
+    {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
+    {"name": "grpo", "adaptive_entropy": {"target": 100.0, "coef": 0.001}},
+]
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [{"name": "grpo"}, *NEWER],
+    ids=lambda a: "+".join(str(v) if k == "name" else k for k, v in a.items()),
+)
+def test_grpo_raises_the_reward_of_a_tiny_model(tmp_path: Path, algorithm: dict) -> None:
+    """GRPO, and the newer methods and options, on the same task and budget (two
+    mini-batches per step, so the ratio-based ones see π ≠ π_old)."""
     config = make_config(
         tmp_path,
+        algorithm=algorithm,
         train={"max_steps": 16},
         rollout={"n": 8, "max_new_tokens": 4},
-        online={"prompts_per_step": 8, "micro_batch_size": 64},
+        online={"prompts_per_step": 8, "micro_batch_size": 64, "mini_batches": 2},
     )
     result = Trainer(load_config(config)).train()
     rewards = [h["rollout/reward_mean"] for h in result.history]
