@@ -41,7 +41,7 @@ def top_k_tokens(entropy: Tensor, valid: Tensor, ratio: float) -> Tensor:
     flat_valid = valid.flatten().nonzero().flatten()
     chosen = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device)
     if flat_valid.numel():
-        k = min(kept_count(ratio, flat_valid.numel()), flat_valid.numel())
+        k = kept_count(ratio, flat_valid.numel())  # ≤ N, as ρ ≤ 1
         values = entropy.detach().flatten()[flat_valid].float()
         order = values.sort(descending=True, stable=True).indices[:k]
         chosen[flat_valid[order]] = True

@@ -85,6 +85,17 @@ class KLPenalty(Term):
         return TermOutput(loss, loss.detach(), {"loss": loss.detach(), "kl": kl.detach()})
 
 
+def aggregated_entropy(
+    batch: Batch, weights: Tensor, rows: Rows, aggregation: Aggregation
+) -> Tensor:
+    """The policy's entropy over the selected rows' tokens, aggregated with the per-row
+    ``weights`` ``prepare`` computed (a token mean by default), with its gradient."""
+    assert batch.entropy is not None
+    _, mask = masked_weights(batch, rows, aggregation)
+    entropy = zero_where_masked(batch.entropy, mask)
+    return (weights.unsqueeze(-1) * entropy * mask).sum()
+
+
 @REGULARIZERS.register("entropy")
 @dataclass(frozen=True)
 class EntropyBonus(Term):
@@ -105,10 +116,7 @@ class EntropyBonus(Term):
         return {"w": masked_weights(batch, self.rows, self.aggregation)[0]}, {}
 
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
-        assert batch.entropy is not None
-        _, mask = masked_weights(batch, self.rows, self.aggregation)
-        entropy = zero_where_masked(batch.entropy, mask)
-        mean = (prepared["w"].unsqueeze(-1) * entropy * mask).sum()
+        mean = aggregated_entropy(batch, prepared["w"], self.rows, self.aggregation)
         loss = -self.coef * mean
         return TermOutput(loss, loss.detach(), {"loss": loss.detach(), "mean": mean.detach()})
 
@@ -166,10 +174,7 @@ class AdaptiveEntropyBonus(Term):
         return {"w": weights, "share": tokens / tokens.sum().clamp(min=1)}, {}
 
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
-        assert batch.entropy is not None
-        _, mask = masked_weights(batch, self.rows, self.aggregation)
-        entropy = zero_where_masked(batch.entropy, mask)
-        mean = (prepared["w"].unsqueeze(-1) * entropy * mask).sum()
+        mean = aggregated_entropy(batch, prepared["w"], self.rows, self.aggregation)
         loss = -self.applied * mean
         # Each micro-batch reports its share of c, so the mini-batch's metric is c itself.
         coef = self.current * prepared["share"].sum()

@@ -275,7 +275,8 @@ class OnlineSource:
         on-policy (one mini-batch, no token selection from live log-probs, no rollout
         correction that needs π_old early or log S_t: the update's own forward gives them for
         free); ref ← π_ref when the estimator needs it; the engine's log-probs on the trainer's
-        scale when a rollout correction reads them."""
+        scale when a component reads them (a rollout correction, off-policy sequence masking,
+        VESPO's weight)."""
         every = torch.arange(tensors.num_rows, device=HOST)
         size = self.online.micro_batch_size
         old = entropy = mass = None
