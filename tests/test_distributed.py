@@ -172,8 +172,17 @@ def resumed_on_one_fsdp2_worker(tmp: Path, run: Any, algorithm: str, extra: dict
     return Trainer(load_config(path, ["checkpoint.resume=true"])).train()
 
 
-def test_fsdp2_shards_train_like_one_process_and_resume_on_fewer(tmp_path: Path) -> None:
-    extra = {"train": {"max_steps": 4}, "checkpoint": {"every": 2}}
+MOVING_REFERENCE = {"reference": "live", "reference_sync": {"every": 1, "alpha": 0.5}}
+
+
+@pytest.mark.parametrize("reference", ["fixed", "moving"])
+def test_fsdp2_shards_train_like_one_process_and_resume_on_fewer(
+    tmp_path: Path, reference: str
+) -> None:
+    """DPO's reference precomputed, or moving toward the policy (TR-DPO) as shards that are
+    gathered into each checkpoint and resharded on resume."""
+    train = {"max_steps": 4, **(MOVING_REFERENCE if reference == "moving" else {})}
+    extra = {"train": train, "checkpoint": {"every": 2}}
     fsdp2 = {"strategy": "fsdp2", "num_workers": 2}
     one = Trainer(load_config(write(tmp_path, "one", 0, "dpo", **extra))).train()
     path = write(tmp_path, "sharded", 2, "dpo", **extra, distributed=fsdp2)

@@ -117,9 +117,11 @@ def test_the_method_line_names_every_option_set() -> None:
                 "high_entropy": {"ratio": 0.2},
                 "off_policy_mask": {"delta": 0.5},
             },
+            "train": {"reference_sync": {"alpha": 1.0}},
         }
     )
     line = method(config)
     assert line == (
-        "grpo, high-entropy tokens {'ratio': 0.2}, off-policy sequence mask {'delta': 0.5}"
+        "grpo, high-entropy tokens {'ratio': 0.2}, off-policy sequence mask {'delta': 0.5}, "
+        "reference synced every 512 steps (α=1.0)"
     )

@@ -121,6 +121,17 @@ class CriticConfig(Section):
     """The critic's own AdamW and schedule."""
 
 
+class ReferenceSyncConfig(Section):
+    """TR-DPO's moving reference (Gorbatovski et al. 2024; TRL's `sync_ref_model`)."""
+
+    every: int = Field(512, gt=0)
+    """Optimizer steps between two updates of π_ref (TRL's `ref_model_sync_steps`; online
+    each of a step's `online.mini_batches` updates counts)."""
+    alpha: float = Field(0.6, gt=0, le=1)
+    """Weight of the policy in π_ref ← α·π_θ + (1 − α)·π_ref, parameter by parameter (TRL's
+    `ref_model_mixup_alpha`); 1: a hard update, π_ref ← π_θ (TR-DPO's τ variant)."""
+
+
 class TrainConfig(Section):
     batch_size: int = Field(8, gt=0)
     """Examples (pairs for preference data) per optimizer step."""
@@ -133,10 +144,18 @@ class TrainConfig(Section):
     """Stop after this many optimizer steps."""
     seed: int = 0
     """Seed for Python, NumPy, torch and data order."""
-    reference: Literal["precompute", "adapter", "none"] = "precompute"
+    reference: Literal["precompute", "live", "adapter", "none"] = "precompute"
     """Reference log-probs: `precompute` once with the frozen initial model and cache them;
-    `adapter` computes them on the fly with the LoRA adapter disabled; `none` for reference-free
-    methods (TPO)."""
+    `live` computes them on the fly with a frozen copy (one more model in memory and one more
+    no-grad pass per step; what `reference_sync` needs); `adapter` computes them on the fly with
+    the LoRA adapter disabled; `none` for reference-free methods (TPO)."""
+    reference_sync: ReferenceSyncConfig | None = None
+    """Move π_ref toward the policy during training (TR-DPO, Gorbatovski et al. 2024; TRL's
+    `sync_ref_model`), for any method that reads a reference: offline with `reference: live`,
+    online with a KL term. The reference is saved in every checkpoint (checkpoints/step-N/
+    reference/), so a resumed run continues with the moved one. Not with LoRA (the adapter-off
+    reference is the base model itself) nor with the preference iterations (`iterative.reference:
+    previous` is their moving reference). `{}`: TRL's defaults; null: a fixed reference."""
     logprob_chunk_size: int = Field(256, gt=0)
     """Positions per LM-head chunk when computing log-probs (no full fp32 [T, V] tensor)."""
     max_tokens_per_micro_batch: int | None = Field(None, gt=0)

@@ -16,7 +16,7 @@ import pickle
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,15 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
     weights: dict[str, torch.Tensor] | None = None,
-    extra: Callable[[Path], None] | None = None,
+    extras: Sequence[Callable[[Path], None]] = (),
 ) -> Path:
-    """checkpoints/step-N with the model, tokenizer and trainer state (and whatever ``extra``
-    writes into the folder: a critic); prunes old ones only after the new one is complete."""
+    """checkpoints/step-N with the model, tokenizer and trainer state (and whatever each of
+    ``extras`` writes into the folder: a critic, a moving reference); prunes old ones only
+    after the new one is complete."""
 
     def write(tmp: Path) -> None:
         save_model(tmp, model, tokenizer, weights)
-        if extra is not None:
+        for extra in extras:
             extra(tmp)
         write_state(tmp / STATE_FILE, state)
 

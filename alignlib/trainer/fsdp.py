@@ -76,6 +76,18 @@ def load_full_state(
     optimizer_state: dict[str, Any],
 ) -> None:
     """Each rank takes its shards of a full checkpoint (weights and optimizer state)."""
+    load_full_weights(wrapper, weights)
+    options = StateDictOptions(full_state_dict=True)
+    if "state" not in optimizer_state or any(isinstance(k, int) for k in optimizer_state["state"]):
+        raise ValueError(
+            "checkpoint: its optimizer state comes from a run without FSDP2 (keyed by position, "
+            "not parameter name); resume it with distributed.strategy: ddp"
+        )
+    set_optimizer_state_dict(wrapper, optimizer, optimizer_state, options=options)
+
+
+def load_full_weights(wrapper: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Each rank takes its shards of full weights (Hugging Face names), in place."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     wrapper.reshard()  # the sharded parameters are the ones the optimizer holds
@@ -88,10 +100,3 @@ def load_full_state(
             if isinstance(param, DTensor):  # this rank's shard of the full tensor
                 full = distribute_tensor(full, param.device_mesh, param.placements)
             param.copy_(full)
-    options = StateDictOptions(full_state_dict=True)
-    if "state" not in optimizer_state or any(isinstance(k, int) for k in optimizer_state["state"]):
-        raise ValueError(
-            "checkpoint: its optimizer state comes from a run without FSDP2 (keyed by position, "
-            "not parameter name); resume it with distributed.strategy: ddp"
-        )
-    set_optimizer_state_dict(wrapper, optimizer, optimizer_state, options=options)

@@ -7,6 +7,7 @@ hands the loop each step's mini-batches; the loop updates, logs, evaluates and c
     for step in start+1 .. total:
         for batch in source.batches(step):       # 1 offline; k mini-batches of whole groups online
             update(state, batch)                 # prepare → micro-batch backward → clip → step
+            state.after_update()                 # a moving reference (TR-DPO) follows when due
         metrics ← source.finish_step(...)        # online: weights → engine
         metrics |= source.evaluate(step); log; checkpoint when due
 """
@@ -106,6 +107,7 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
                 results.append(
                     update(source.kernel, state.estimator, state.optimizer_step, batch, step, seed)
                 )
+                state.after_update()  # TR-DPO: π_ref moves toward the policy when due
             metrics = source.finish_step(step, results, time.perf_counter() - began)
             metrics |= {
                 "lr": lrs[0] if lrs else state.scheduler.get_last_lr()[0],

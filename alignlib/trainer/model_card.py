@@ -35,7 +35,7 @@ def base_model(name: str) -> str | None:
 def method(config: RunConfig) -> str:
     """`dpo (beta=0.1)`, or the components of a composed estimator; then the options
     (`, LD-DPO α=0.5`, `, WPO weights`, `, high-entropy tokens {'ratio': 0.2}`, `, off-policy
-    sequence mask {'delta': 0.5}`) when set."""
+    sequence mask {'delta': 0.5}`, `, reference synced every 512 steps (α=0.6)`) when set."""
     algo = config.algorithm
     options = (f", LD-DPO α={algo.ld_alpha}" if algo.ld_alpha is not None else "") + (
         ", WPO weights" if algo.wpo else ""
@@ -47,6 +47,9 @@ def method(config: RunConfig) -> str:
     ):
         if params is not None:
             options += f", {label} {params}"
+    sync = config.train.reference_sync
+    if sync is not None:  # TR-DPO: the model trained against a moving reference
+        options += f", reference synced every {sync.every} steps (α={sync.alpha})"
     if algo.name is not None:
         params = ", ".join(f"{k}={v}" for k, v in sorted(algo.params.items()))
         return (f"{algo.name} ({params})" if params else algo.name) + options

@@ -24,7 +24,7 @@ from alignlib.trainer.offline_heldout import heldout_due, heldout_metrics
 from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, HostRows, LogprobKernel
-from alignlib.trainer.update import MiniBatch, UpdateResult, merge_results
+from alignlib.trainer.update import LiveReference, MiniBatch, UpdateResult, merge_results
 
 LogprobCache = dict[tuple[int, int], Tensor]
 """(example index, sequence index) → per-position log-probs of that sequence (position 0 is 0,
@@ -123,7 +123,7 @@ def offline_minibatch(
     micro_batch_size: int | MicroBatching,
     ref_cache: LogprobCache | None = None,
     prev_cache: LogprobCache | None = None,
-    live_reference: Context | None = None,
+    live_reference: LiveReference | None = None,
     trained_roles: frozenset[Role] | None = None,
 ) -> MiniBatch:
     """The rows of ``examples`` (every sequence of each) as one optimizer mini-batch; micro
@@ -174,7 +174,8 @@ def with_present_logprobs(kernel: LogprobKernel, batch: MiniBatch, rows_per_pass
     present, entropy = kernel.all_rows(batch.rows, rows_per_pass, with_entropy=wants_entropy)
     fields = batch.fields.replace(logprobs=present, entropy=entropy)
     if batch.live_reference is not None and fields.ref_logprobs is not None:
-        reference, _ = kernel.all_rows(batch.rows, rows_per_pass, context=batch.live_reference)
+        live = batch.live_reference
+        reference, _ = live.kernel.all_rows(batch.rows, rows_per_pass, context=live.context)
         fields = fields.replace(ref_logprobs=reference)
     return dataclasses.replace(batch, fields=fields, live_reference=None)
 
@@ -218,7 +219,7 @@ class OfflineSource:
         self.total_steps = train.max_steps or train.epochs * self.position.steps_per_epoch()
         self.optimizer_steps = self.total_steps
         self.prev_cache, self.ref_cache = prev_cache, ref_cache
-        self.live_reference: Context | None = None
+        self.live_reference: LiveReference | None = None
         self.extra_metrics: dict[str, float] = {}
 
     def prepare(self, state: TrainState) -> None:
@@ -238,7 +239,9 @@ class OfflineSource:
                     pad = state.pad_id
                     self.heldout_cache = cache_logprobs(kernel, self.heldout, pad, batch, context)
             elif config.train.reference == "adapter":
-                self.live_reference = context
+                self.live_reference = LiveReference(self.kernel, context)
+            elif config.train.reference == "live":
+                self.live_reference = LiveReference(*state.reference_kernel())
 
     def begin(self, out_dir: Path, start: int) -> dict[str, float]:
         """The held-out metrics of the untrained policy, for comparison."""

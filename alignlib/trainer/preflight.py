@@ -24,6 +24,7 @@ from alignlib.data.fit import check_fit, label_balance
 from alignlib.data.formats import FORMAT_FIELDS, check_rows, identical_pairs, unpaired
 from alignlib.estimator import PairwiseAdvantage, PolicyGradientTerm, UnifiedEstimator
 from alignlib.trainer.preflight_online import check_online, check_prompts
+from alignlib.trainer.reference_sync import check_reference_sync
 
 OFFLINE_FIELDS = {
     "logprobs",
@@ -63,6 +64,7 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
     check_critic(config, estimator)
     check_machine(config)
     check_reference_model(config, estimator)
+    check_reference_sync(config, estimator)
     if estimator.scores_sequences():
         check_reward_model(config, estimator)
     if config.rollout is not None:

@@ -229,12 +229,13 @@ def resume_from_checkpoint(
     sampler,
     estimator,
     shards: Any = None,
-    critic: Any = None,
+    beside: tuple[Any, ...] = (),
 ) -> int:
     """Load the newest loadable checkpoint of this run into everything; return its step
     (0 when there is none). ``shards``: the FSDP2 module, whose weights and optimizer state
     load from the full (unsharded) checkpoint through torch.distributed.checkpoint;
-    ``critic``: a value model trained beside the policy (``load(folder, state)``)."""
+    ``beside``: what the checkpoint folder holds beside the policy (a critic, a moving
+    reference: each ``load(folder, state)``; None when the run has none)."""
     chosen = config.checkpoint.resume
     loaded = load_checkpoint(Path(chosen)) if isinstance(chosen, str) else load_newest(out_dir)
     if loaded is None:
@@ -249,8 +250,9 @@ def resume_from_checkpoint(
     else:
         apply_weights(model, loaded)
         optimizer.load_state_dict(state["optimizer"])
-    if critic is not None:
-        critic.load(loaded.path, state)
+    for part in beside:
+        if part is not None:
+            part.load(loaded.path, state)
     scheduler.load_state_dict(state["scheduler"])
     if any(_under(change.split(" ", 1)[0], SCHEDULE) for change in changes):
         apply_optim(optimizer, scheduler, config.optim)

@@ -19,6 +19,7 @@ from alignlib.trainer.checkpoint import atomic_directory_write, save_checkpoint,
 from alignlib.trainer.critic import Critic
 from alignlib.trainer.model import load_policy, load_reference, reference_policy
 from alignlib.trainer.model_card import write_model_card
+from alignlib.trainer.reference_sync import ReferenceSync
 from alignlib.trainer.resume import checkpoint_state, resume_from_checkpoint
 from alignlib.trainer.step import Context, LogprobKernel, OptimizerStep
 from alignlib.trainer.weights import save_plain_model
@@ -49,6 +50,8 @@ class TrainState:
     """With FSDP2: the sharded PolicyLogprobs wrapper of ``model`` the kernel calls."""
     critic: Critic | None = None
     """The value model trained beside the policy, when an advantage reads one (GAE)."""
+    reference_sync: ReferenceSync | None = None
+    """π_ref and its moves toward the policy (`train.reference_sync`), once it is built."""
 
     @classmethod
     def create(
@@ -148,11 +151,26 @@ class TrainState:
                 else load_policy(model_config, self.placement)[0]
             )
             reference, wrapper = frozen_shards(loaded, self.world, self.placement)
+            self.follow(reference, wrapper)
             return self.kernel(reference, temperature, wrapper), None
         model, context = reference_policy(
             self.model, model_config, self.config.lora.enabled, self.placement, self.tokenizer
         )
+        self.follow(model)
         return self.kernel(model, temperature), context
+
+    def follow(self, reference: nn.Module, wrapper: nn.Module | None = None) -> None:
+        """With `train.reference_sync`, ``reference`` (``wrapper``: its FSDP2 wrapper) moves
+        toward the policy during the run (TR-DPO)."""
+        sync = self.config.train.reference_sync
+        if sync is not None:
+            wrappers = (self.shards, wrapper)
+            self.reference_sync = ReferenceSync(sync, self.model, reference, wrappers)
+
+    def after_update(self) -> None:
+        """After each optimizer step: π_ref moves when due (`train.reference_sync`)."""
+        if self.reference_sync is not None:
+            self.reference_sync.after_update()
 
     def save(self, out_dir: Path, step: int, position: Position) -> None:
         """checkpoints/step-N: weights plus a weights_only-safe state with the config. Rank 0
@@ -163,8 +181,9 @@ class TrainState:
 
             weights = full_weights(self.shards)
             optimizer = full_optimizer_state(self.shards, self.optimizer)
-        critic = self.critic
+        critic, sync = self.critic, self.reference_sync
         critic_weights, critic_optimizer = critic.gather() if critic else (None, None)
+        reference_weights = sync.gather() if sync else None
         if not self.world.is_main:
             return
         state = checkpoint_state(
@@ -172,13 +191,18 @@ class TrainState:
         )
         if optimizer is not None:
             state["optimizer"] = optimizer
-        extra = None
+        extras = []  # what else the checkpoint folder holds
         if critic is not None:
             state["critic"] = critic.state_dict(critic_optimizer)
-            extra = functools.partial(critic.save, weights=critic_weights)
+            extras.append(functools.partial(critic.save, weights=critic_weights))
+        if sync is not None:
+            state["reference_sync"] = sync.state_dict()
+            extras.append(
+                functools.partial(sync.save, tokenizer=self.tokenizer, weights=reference_weights)
+            )
         keep = self.config.checkpoint.keep_last
         save_checkpoint(
-            out_dir, step, self.model, self.tokenizer, state, keep, weights, extra=extra
+            out_dir, step, self.model, self.tokenizer, state, keep, weights, extras=extras
         )
 
     def restore(self, out_dir: Path, position: Position) -> int:
@@ -193,7 +217,7 @@ class TrainState:
             position,
             self.estimator,
             self.shards,
-            self.critic,
+            (self.critic, self.reference_sync),
         )
 
     def save_final(self, out_dir: Path) -> None:

@@ -17,6 +17,19 @@ from alignlib.trainer.step import Context, HostRows, LogprobKernel, MicroLogprob
 
 
 @dataclass(frozen=True)
+class LiveReference:
+    """π_ref computed per micro-batch rather than cached: ``kernel`` (a frozen copy's, or the
+    policy's own) under ``context`` (the policy with its LoRA adapter off)."""
+
+    kernel: LogprobKernel
+    context: Context | None = None
+
+    def __call__(self, rows: HostRows, selected: Tensor) -> Tensor:
+        """[r, w] log π_ref of the ``selected`` rows (no gradient)."""
+        return self.kernel(rows, selected, grad=False, context=self.context).logprobs
+
+
+@dataclass(frozen=True)
 class MiniBatch:
     """The rows of one optimizer step, as a source hands them to :func:`update`."""
 
@@ -32,9 +45,8 @@ class MiniBatch:
     on_policy: bool = False
     """The behaviour log-probs are the update's own, detached: no separate no-grad pass was
     made (one mini-batch, no token selection from live log-probs; verl does the same)."""
-    live_reference: Context | None = None
-    """The reference is the policy under this context (LoRA adapter off), computed per
-    micro-batch rather than cached."""
+    live_reference: LiveReference | None = None
+    """The reference, computed per micro-batch rather than cached."""
     with_entropy: bool = False
     """Compute the per-token entropy even when the estimator does not need it (a metric)."""
     metrics: dict[str, float] = field(default_factory=dict)
@@ -106,8 +118,7 @@ def accumulate(
         if batch.on_policy:
             micro = micro.replace(old_logprobs=out.logprobs.detach())
         if batch.live_reference is not None and "ref_logprobs" in needs:
-            ref = kernel(batch.rows, rows, grad=False, context=batch.live_reference)
-            micro = micro.replace(ref_logprobs=ref.logprobs)
+            micro = micro.replace(ref_logprobs=batch.live_reference(batch.rows, rows))
         result = estimator(micro)
         if train:
             (result.loss * (scale if real else 0.0)).backward()
