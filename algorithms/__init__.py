@@ -33,6 +33,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     kto,
     lite_ppo,
     luffy,
+    mpo,
     nca_pair,
     opd,
     orpo,

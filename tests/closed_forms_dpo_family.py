@@ -75,6 +75,16 @@ def closed_bco_pair(b: Batch, beta: float = 0.1) -> Tensor:
     return (-torch.log(torch.sigmoid(beta * u_w)) - torch.log(1 - torch.sigmoid(beta * u_l))).mean()
 
 
+def closed_mpo(b: Batch, beta: float = 0.1, weights: tuple = (0.8, 0.2, 1.0)) -> Tensor:
+    """Wang et al. (2024): w_p·L_DPO + w_q·L_BCO + w_g·(token-mean NLL of the chosen rows)."""
+    u_w, u_l = log_ratios(b)
+    preference = -F.logsigmoid(beta * (u_w - u_l)).mean()
+    chosen = b.roles == int(Role.CHOSEN)
+    generation = -(b.logprobs[chosen] * b.mask[chosen]).sum() / b.mask[chosen].sum()
+    w_p, w_q, w_g = weights
+    return w_p * preference + w_q * closed_bco_pair(b, beta) + w_g * generation
+
+
 def closed_sppo_hard(b: Batch, beta: float = 1e-3) -> Tensor:
     """Wu et al. (2024), Eq. 4.7 with η = 1/β and P̂ = 1 (winner), 0 (loser)."""
     u_w, u_l = log_ratios(b)
@@ -153,6 +163,12 @@ CASES = {
     "nca_pair": (_pairs, closed_nca, {}),
     "nca_pair_steep": (_pairs, lambda b: closed_nca(b, 0.5), {"beta": 0.5}),
     "bco_pair": (_pairs, closed_bco_pair, {}),
+    "mpo": (_pairs, closed_mpo, {}),
+    "mpo_reweighted": (
+        _pairs,
+        lambda b: closed_mpo(b, 0.3, (1.0, 0.5, 0.1)),
+        {"beta": 0.3, "preference_weight": 1.0, "quality_weight": 0.5, "generation_weight": 0.1},
+    ),
     "sppo_hard": (_pairs, closed_sppo_hard, {}),
     "sppo_hard_trl": (_pairs, lambda b: closed_sppo_hard(b, 0.1), {"beta": 0.1}),
     "apo_zero": (_pairs, closed_apo_zero, {}),
@@ -183,4 +199,5 @@ VARIANTS = {
     "sppo_hard_trl": "sppo_hard",
     "discopop_soft_blend": "discopop",
     "aot_smoothed": "aot",
+    "mpo_reweighted": "mpo",
 }

@@ -57,6 +57,7 @@ def test_final_has_a_model_card_with_method_data_steps_metrics_and_config(traine
         "name": "dpo",
         "params": {"beta": 0.2},
         "components": None,
+        "mix": None,
         "ld_alpha": None,
         "wpo": False,
         "high_entropy": None,
@@ -125,3 +126,18 @@ def test_the_method_line_names_every_option_set() -> None:
         "grpo, high-entropy tokens {'ratio': 0.2}, off-policy sequence mask {'delta': 0.5}, "
         "reference synced every 512 steps (α=1.0)"
     )
+
+
+def test_a_mix_is_named_entry_by_entry() -> None:
+    from alignlib.config.schema import RunConfig
+    from alignlib.trainer.model_card import method
+
+    mix = [{"name": "dpo", "weight": 0.8}, {"name": "sft", "params": {"rows": "chosen"}}]
+    config = RunConfig.model_validate(
+        {
+            "model": {"name_or_path": "tiny:llama"},
+            "data": {"path": "x.jsonl"},
+            "algorithm": {"mix": mix},
+        }
+    )
+    assert method(config) == "mix: 0.8·dpo + 1·sft (rows=chosen)"

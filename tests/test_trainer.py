@@ -355,7 +355,7 @@ BAD_CONFIGS = [
     ({"optim": {"betas": [0.9]}}, "optim.betas: too few values, got [0.9]"),
     ({"output_dir": {"foo": 1}}, "output_dir has no sub-keys: set it to a value"),
     ({"data": {"format": "pairs"}}, "data.format: Input should be 'auto', 'sft', 'preference'"),
-    ({"algorithm": {"name": None}}, "set exactly one of algorithm.name and algorithm.components"),
+    ({"algorithm": {"name": None}}, "set exactly one of algorithm.name, algorithm.components and"),
     (
         {"algorithm": {"name": None, "components": {"advantage": "grop"}}},
         "unknown advantage 'grop' (did you mean 'grpo'?)",

@@ -192,6 +192,7 @@ CASES = {
     "discopop": (same_loss("discopop", tau=0.3), ["discopop"], [1.0], {"discopop_tau": 0.3}),
     "aot": (same_loss("aot", label_smoothing=0.1), ["aot"], [1.0], {"label_smoothing": 0.1}),
     "aot_unpaired": (same_loss("aot_unpaired"), ["aot_unpaired"], [1.0], {}),
+    "mpo": (same_loss("mpo"), ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], {}),
     "mpo_mix": (  # MPO-style mixture in TRL's loss_weights: 0.8·sigmoid + 0.2·bco_pair
         lambda beta: (
             0.8 * algorithms.get("dpo", beta=beta) + 0.2 * algorithms.get("bco_pair", beta=beta)

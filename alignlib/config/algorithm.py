@@ -37,6 +37,15 @@ class ComponentsConfig(Section):
     """Extra terms: `kl`, `entropy`, `nll`."""
 
 
+class MixEntry(Section):
+    name: str
+    """A preset from `alignlib.algorithms.available()`."""
+    params: dict[str, Any] = {}
+    """Overrides of its hyperparameters."""
+    weight: float = Field(1.0, allow_inf_nan=False)
+    """Its loss's weight in the sum (TRL's `loss_weights`)."""
+
+
 class AlgorithmConfig(Section):
     name: str | None = "dpo"
     """A preset from `alignlib.algorithms.available()`; set to null to use `components` instead."""
@@ -44,6 +53,11 @@ class AlgorithmConfig(Section):
     """Overrides of the preset's hyperparameters (e.g. {beta: 0.05})."""
     components: ComponentsConfig | None = None
     """Build the estimator from components instead of a preset."""
+    mix: list[MixEntry] | None = None
+    """A weighted sum of presets on the same rows instead of one (TRL's `loss_type` list with
+    `loss_weights`), each entry {name, params, weight}: e.g. [{name: dpo, weight: 0.8}, {name:
+    bco_pair, weight: 0.2}, {name: sft, params: {rows: chosen}}] is MPO (the `mpo` preset).
+    Each entry's metrics are logged under its name (a repeated one gets `_2`)."""
     ld_alpha: float | None = Field(None, ge=0, le=1)
     """LD-DPO (Liu et al. 2024; TRL's `ld_alpha`) for the preference-pair losses (the DPO
     family): the tokens of a response beyond the length its pair shares count α in its
@@ -83,6 +97,20 @@ class AlgorithmConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> AlgorithmConfig:
-        if (self.name is None) == (self.components is None):
-            raise ValueError("set exactly one of algorithm.name and algorithm.components")
+        others = self.components is not None or self.mix is not None
+        if others and "name" not in self.model_fields_set:
+            self.name = None  # the default preset gives way to components or a mix
+        given = [k for k in ("name", "components", "mix") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of algorithm.name, algorithm.components and algorithm.mix"
+                + (f" (given: {', '.join(given)})" if given else "")
+            )
+        if self.mix is not None and self.params:
+            raise ValueError(
+                "algorithm.params overrides algorithm.name's preset; with algorithm.mix give "
+                "each entry its own params"
+            )
+        if self.mix == []:
+            raise ValueError("algorithm.mix is empty: list at least one preset")
         return self

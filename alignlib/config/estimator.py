@@ -7,6 +7,8 @@ depends on the estimator and the presets, never on the trainer.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 from alignlib.algorithms import get as get_preset
@@ -53,6 +55,15 @@ def build_estimator(config: AlgorithmConfig) -> UnifiedEstimator:
 def _named_or_composed(config: AlgorithmConfig) -> UnifiedEstimator:
     if config.name is not None:
         return get_preset(config.name, **config.params)
+    if config.mix is not None:
+        parts = [entry.weight * get_preset(entry.name, **entry.params) for entry in config.mix]
+        routing = [e.name for e, part in zip(config.mix, parts, strict=True) if part.router]
+        if len(routing) > 1:
+            raise AlgorithmOptionError(
+                f"algorithm.mix: {routing[0]} and {routing[1]} each decide how rollouts become "
+                "training rows, and a mix trains on one set of rows; keep one of them"
+            )
+        return functools.reduce(operator.add, parts)
     parts = config.components
     assert parts is not None
 

@@ -230,19 +230,18 @@ def check_names(config: RunConfig, where: str) -> None:
 
     algo = config.algorithm
     if algo.name is not None:
-        try:
-            valid = algorithms.parameters(algo.name)
-        except component_registry.RegistryError as exc:
-            fail("algorithm.name", exc)
-        for key in algo.params:
-            if key not in valid:
-                raise ConfigError(
-                    f"{where}: algorithm.params.{key}: not a parameter of {algo.name}"
-                    f"{did_you_mean(key, valid)}; "
-                    f"valid: {', '.join(valid)}"
-                )
+        check_preset_params(algo.name, algo.params, "algorithm", where)
         check_preset_values(config, where)
-    if algo.components is not None:
+    for i, entry in enumerate(algo.mix or []):
+        key = f"algorithm.mix[{i}]"
+        check_preset_params(entry.name, entry.params, key, where)
+        try:
+            algorithms.get(entry.name, **entry.params)
+        except component_registry.ParameterError as exc:
+            raise ConfigError(f"{where}: {key}.params.{exc.param}: {exc.detail}") from None
+        except (component_registry.RegistryError, TypeError, ValueError) as exc:
+            fail(f"{key}.params", exc)
+    if algo.name is None:
         from alignlib.config.estimator import build_estimator
         from alignlib.estimator.pair_options import AlgorithmOptionError
 
@@ -251,7 +250,24 @@ def check_names(config: RunConfig, where: str) -> None:
         except AlgorithmOptionError as exc:  # names its own key
             raise ConfigError(f"{where}: {exc}") from None
         except (component_registry.RegistryError, TypeError, ValueError) as exc:
-            fail("algorithm.components", exc)
+            fail("algorithm.components" if algo.mix is None else "algorithm.mix", exc)
+
+
+def check_preset_params(name: str, params: dict[str, Any], key: str, where: str) -> None:
+    """``key``.name must be a preset and each of ``key``.params one of its parameters."""
+    import alignlib.algorithms as algorithms
+    from alignlib.estimator.registry import RegistryError
+
+    try:
+        valid = algorithms.parameters(name)
+    except RegistryError as exc:
+        raise ConfigError(f"{where}: {key}.name: {exc}") from None
+    for param in params:
+        if param not in valid:
+            raise ConfigError(
+                f"{where}: {key}.params.{param}: not a parameter of {name}"
+                f"{did_you_mean(param, valid)}; valid: {', '.join(valid)}"
+            )
 
 
 def check_preset_values(config: RunConfig, where: str) -> None:

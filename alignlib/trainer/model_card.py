@@ -51,11 +51,19 @@ def method(config: RunConfig) -> str:
     if sync is not None:  # TR-DPO: the model trained against a moving reference
         options += f", reference synced every {sync.every} steps (α={sync.alpha})"
     if algo.name is not None:
-        params = ", ".join(f"{k}={v}" for k, v in sorted(algo.params.items()))
-        return (f"{algo.name} ({params})" if params else algo.name) + options
+        return _preset(algo.name, algo.params) + options
+    if algo.mix is not None:
+        parts = [f"{entry.weight:g}·{_preset(entry.name, entry.params)}" for entry in algo.mix]
+        return "mix: " + " + ".join(parts) + options
     components = algo.model_dump(mode="json")["components"]
     text = yaml.safe_dump(components, default_flow_style=True, width=1000).strip()
     return f"composed estimator: {text}{options}"
+
+
+def _preset(name: str, params: dict[str, Any]) -> str:
+    """`dpo (beta=0.1)`: a preset with its overrides."""
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{name} ({shown})" if shown else name
 
 
 def final_metrics(run_dir: Path) -> tuple[int, dict[str, float]]:
