@@ -1,5 +1,5 @@
-"""Independent float64 closed forms of GSPO, CISPO, DAPO, SAPO, VESPO, Lite PPO and GRPO + KL
-(METHODS.md §3b; the KL also importance-weighted, DeepSeek-V3.2), written from the papers'
+"""Independent float64 closed forms of GSPO, LUSPO, GMPO, CISPO, DAPO, SAPO, VESPO, Lite PPO and
+GRPO + KL (METHODS.md §3b; the KL also importance-weighted, DeepSeek-V3.2), written from the papers'
 formulas with plain autograd, for test_gradient_identity.py."""
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def closed_gspo(b: Batch, eps_low: float = 3e-4, eps_high: float = 4e-4) -> Tens
     m = b.mask
     s = torch.exp(((b.logprobs - b.old_logprobs) * m).sum(-1) / m.sum(-1))
     return clipped(s, advantages(b), 1 - eps_low, 1 + eps_high).mean()
+
+
+def closed_luspo(b: Batch, eps_low: float = 3e-4, eps_high: float = 4e-4) -> Tensor:
+    """LUSPO: GSPO's per-sequence loss times the sequence's length, mean over sequences."""
+    m = b.mask
+    s = torch.exp(((b.logprobs - b.old_logprobs) * m).sum(-1) / m.sum(-1))
+    return (m.sum(-1) * clipped(s, advantages(b), 1 - eps_low, 1 + eps_high)).mean()
 
 
 def closed_cispo(b: Batch, eps_high: float = 0.2) -> Tensor:
@@ -107,6 +114,24 @@ def closed_vespo(
     phi = math.e**lam * w**k * torch.exp(-lam * w)
     loss = -phi.unsqueeze(-1) * adv.unsqueeze(-1) * b.logprobs
     return (loss * m).sum() / m.sum()
+
+
+def closed_gmpo(b: Batch, eps_low: float = 0.4, eps_high: float = 0.4, beta: float = 0.0) -> Tensor:
+    """GMPO, eq. 3: mean over rows of −A·Π_t (clipped ρ_t)^(1/|y|), written as a product of
+    powers; the clip one-sided by the sign of A (A > 0: ρ ≤ e^ε_high, else ρ ≥ e^−ε_low), plus
+    β times each row's mean k3 KL."""
+    adv = advantages(b)
+    losses = []
+    for i in range(b.num_rows):
+        keep = b.mask[i] > 0
+        ratio = torch.exp(b.logprobs[i, keep] - b.old_logprobs[i, keep])
+        if adv[i] > 0:
+            ratio = torch.minimum(ratio, torch.tensor(math.exp(eps_high), dtype=ratio.dtype))
+        else:
+            ratio = torch.maximum(ratio, torch.tensor(math.exp(-eps_low), dtype=ratio.dtype))
+        geometric = torch.prod(ratio ** (1.0 / int(keep.sum())))
+        losses.append(-adv[i] * geometric + beta * k3(b)[i, keep].mean())
+    return torch.stack(losses).mean()
 
 
 def closed_lite_ppo(b: Batch, eps: float = 0.2) -> Tensor:

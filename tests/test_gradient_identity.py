@@ -18,11 +18,13 @@ from batches import DTYPE, gspo_batch, hybrid_batch, luffy_batch, pair_batch, re
 from closed_forms_frontier import (
     closed_cispo,
     closed_dapo,
+    closed_gmpo,
     closed_grpo_dual,
     closed_grpo_kl,
     closed_grpo_kl_weighted,
     closed_gspo,
     closed_lite_ppo,
+    closed_luspo,
     closed_sapo,
     closed_vespo,
 )
@@ -314,11 +316,18 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     ),
     "gspo": (gspo_batch, closed_gspo, {}),
     "gspo_sequence": (gspo_batch, closed_gspo, {"level": "sequence"}),
+    "luspo": (gspo_batch, closed_luspo, {}),
     "cispo": (rl_batch, closed_cispo, {}),
     "dapo": (rl_batch, closed_dapo, {}),
     "sapo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_sapo, {}),
     "vespo": (lambda seed=0: rl_batch(spread=0.4, seed=seed), closed_vespo, {}),
     "lite_ppo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_lite_ppo, {}),
+    "gmpo": (lambda seed=0: rl_batch(spread=0.6, seed=seed), closed_gmpo, {}),
+    "gmpo_tight_kl": (
+        lambda seed=0: rl_batch(spread=0.6, seed=seed),
+        lambda b: closed_gmpo(b, 0.1, 0.2, beta=0.04),
+        {"eps_low": 0.1, "eps_high": 0.2, "kl_coef": 0.04},
+    ),
     "gdpo": (multi_reward_batch, closed_gdpo, {}),
 }
 
@@ -328,6 +337,7 @@ VARIANTS = {
     "grpo_kl": "grpo",
     "grpo_kl_weighted": "grpo",
     "grpo_dual_clip": "grpo",
+    "gmpo_tight_kl": "gmpo",
     "gspo_sequence": "gspo",
     "simpo_nll": "simpo",
     "orpo_likely": "orpo",

@@ -64,7 +64,12 @@ from alignlib.estimator.preferences import (
     RPOWeights,
 )
 from alignlib.estimator.process import ProcessGroupNormalized
-from alignlib.estimator.ratio_weights import ClippedISWeight, GammaWeight, SoftGate
+from alignlib.estimator.ratio_weights import (
+    ClippedISWeight,
+    GammaWeight,
+    GeometricMeanClip,
+    SoftGate,
+)
 from alignlib.estimator.reference_free import ORPOWeights, TPOLWeights, TPOWeights
 from alignlib.estimator.references import (
     REFERENCES,
@@ -139,6 +144,7 @@ __all__ = [
     "EstimatorInputError",
     "EstimatorOutput",
     "GammaWeight",
+    "GeometricMeanClip",
     "GivenAdvantage",
     "GroupFilter",
     "GroupNormalized",

@@ -7,6 +7,9 @@ sapo_gate   (SAPO, reference ``old``):       loss −f(ρ)·Â,  f(x) = σ(τ(x 
             gradient −f'(ρ)·Â·∇ρ with f'(x) = 4σ(τ(x − 1))(1 − σ(τ(x − 1))), τ = τ_pos if Â > 0
 gamma_is    (VESPO, reference ``current``):  loss −sg[φ(w)]·Â·ℓ_t, w = Π_t ρ_t the row's
             sequence ratio, φ(w) = e^λ·w^k·e^(−λw) (φ(1) = 1), (k, λ) by the sign of Â
+geo_mean_clip (GMPO, reference ``current``): loss −s·Â per row, s = exp(mean_t c_t) the
+            geometric mean of the token ratios clipped one-sidedly in log space; gradient
+            −s·Â·∇ℓ_t/|y| on every token whose log-ratio the clip leaves alone
 """
 
 from __future__ import annotations
@@ -143,4 +146,45 @@ class GammaWeight(Mask):
         terms.value = terms.value * phi
         terms.indicators["phi"] = phi.expand_as(terms.weight)
         terms.indicators["log_w"] = log_w.expand_as(terms.weight)
+        return terms
+
+
+@MASKS.register("geo_mean_clip")
+@dataclass(frozen=True)
+class GeometricMeanClip(Mask):
+    """GMPO (Zhao et al. 2025, "Geometric-Mean Policy Optimization", arXiv 2507.20673): a row's
+    importance weight is the geometric mean of its token ratios, each clipped first in log
+    space and one-sidedly by the sign of Â (PPO's trust region: c_t = min(δ_t, ε_high) for
+    Â > 0, max(δ_t, −ε_low) otherwise, δ_t = ℓ_t − ℓ_old,t), s = exp(mean_t c_t). The loss is
+    −s·Â per row, so with the ``current`` reference every token whose log-ratio is unclipped
+    gets the detached weight s (its gradient is −s·Â·∇ℓ_t/|y| under seq-mean-token-mean) and
+    a clipped one none. As verl's ``geo_mean`` loss and TRL's GMPOTrainer."""
+
+    needs: ClassVar[dict[str, str]] = {"old_logprobs": "GMPO's ratios are π_θ/π_old per token"}
+    token_level: ClassVar[bool] = True
+    eps_low: float = 0.4
+    """Lower clip on the token log-ratio (ratio floor e^−ε_low); the paper's 0.4."""
+    eps_high: float = 0.4
+    """Upper clip on the token log-ratio (ratio cap e^ε_high); the paper's 0.4."""
+
+    def __post_init__(self) -> None:
+        check_number("GeometricMeanClip", "eps_low", self.eps_low, ge=0)
+        check_number("GeometricMeanClip", "eps_high", self.eps_high, ge=0)
+
+    def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
+        assert units.old is not None
+        delta = units.logp.detach() - units.old
+        positive = adv.detach() > 0
+        clipped = torch.where(positive, delta > self.eps_high, delta < -self.eps_low)
+        bounded = torch.where(
+            positive, delta.clamp(max=self.eps_high), delta.clamp(min=-self.eps_low)
+        )
+        mask = units.mask
+        mean = (bounded * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        ratio = mean.exp()
+        terms.weight = terms.weight * ratio * (~clipped).to(ratio.dtype)
+        terms.value = -adv * ratio * mask
+        terms.indicators["clipfrac"] = clipped.to(ratio.dtype)
+        terms.indicators["geo_ratio"] = ratio.expand_as(terms.weight)
+        terms.indicators["ppo_kl"] = -delta
         return terms
