@@ -42,6 +42,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     ppo,
     ppo_gae,
     reward_model,
+    rloo,
     robust,
     rpo,
     sapo,

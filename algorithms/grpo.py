@@ -31,7 +31,8 @@ def grpo(
     ``kl_importance_weighted`` makes it DeepSeek-V3.2's unbiased estimate (each token's k3
     times π_θ/π_old, TRL's ``use_bias_correction_kl``, on by default there). ``clip_c`` is
     PPO's dual clip c (> 1: the loss of a token with Â < 0 is capped at −c·Â): verl applies it
-    to GRPO (c = 3; 10 in its DAPO recipe), the paper and TRL do not, so it is off (None)."""
+    to GRPO (c = 3; 10 in its DAPO recipe), the paper does not, so it is off (None); TRL's
+    ``delta`` (INTELLECT-2's two-sided clip, ρ capped at δ) is the same loss and gradient."""
     agg = AGGREGATIONS.resolve(aggregation)
     return UnifiedEstimator(
         mask=PPOClip(eps_low=eps_low, eps_high=eps_high, dual_clip=clip_c),

@@ -1,6 +1,6 @@
-"""Independent float64 closed forms of GSPO, LUSPO, GMPO, CISPO, DAPO, SAPO, VESPO, Lite PPO and
-GRPO + KL (METHODS.md §3b; the KL also importance-weighted, DeepSeek-V3.2), written from the papers'
-formulas with plain autograd, for test_gradient_identity.py."""
+"""Independent float64 closed forms of RLOO, GSPO, LUSPO, GMPO, CISPO, DAPO, SAPO, VESPO, Lite
+PPO and GRPO + KL (METHODS.md §3b; the KL also importance-weighted, DeepSeek-V3.2), written from
+the papers' formulas with plain autograd, for test_gradient_identity.py."""
 
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ def closed_luspo(b: Batch, eps_low: float = 3e-4, eps_high: float = 4e-4) -> Ten
     m = b.mask
     s = torch.exp(((b.logprobs - b.old_logprobs) * m).sum(-1) / m.sum(-1))
     return (m.sum(-1) * clipped(s, advantages(b), 1 - eps_low, 1 + eps_high)).mean()
+
+
+def rloo_advantages(b: Batch, beta: float = 0.05, normalize: bool = False) -> Tensor:
+    """TRL's RLOOTrainer: r − β·Σ_t (ℓ_old − ℓ_ref), minus the mean of the group's others,
+    then optionally (A − mean)/(unbiased std + 1e-4) over the batch; by explicit loops."""
+    rewards = b.rewards - beta * ((b.old_logprobs - b.ref_logprobs) * b.mask).sum(-1)
+    adv = torch.zeros_like(rewards)
+    for i in range(b.num_rows):
+        others = [j for j in range(b.num_rows) if b.group_ids[j] == b.group_ids[i] and j != i]
+        adv[i] = rewards[i] - rewards[others].mean() if others else 0.0
+    return (adv - adv.mean()) / (adv.std() + 1e-4) if normalize else adv
+
+
+def closed_rloo(b: Batch, beta: float = 0.05, eps: float = 0.2, normalize: bool = False) -> Tensor:
+    """Mean over sequences of the clipped loss of the whole-sequence ratio."""
+    ratio = torch.exp(((b.logprobs - b.old_logprobs) * b.mask).sum(-1))
+    return clipped(ratio, rloo_advantages(b, beta, normalize), 1 - eps, 1 + eps).mean()
 
 
 def closed_cispo(b: Batch, eps_high: float = 0.2) -> Tensor:

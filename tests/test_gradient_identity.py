@@ -25,6 +25,7 @@ from closed_forms_frontier import (
     closed_gspo,
     closed_lite_ppo,
     closed_luspo,
+    closed_rloo,
     closed_sapo,
     closed_vespo,
 )
@@ -317,6 +318,12 @@ CASES: dict[str, tuple[Callable[..., Batch], Callable[[Batch], Tensor], dict]] =
     "gspo": (gspo_batch, closed_gspo, {}),
     "gspo_sequence": (gspo_batch, closed_gspo, {"level": "sequence"}),
     "luspo": (gspo_batch, closed_luspo, {}),
+    "rloo": (lambda seed=0: rl_batch(spread=0.05, seed=seed), closed_rloo, {}),
+    "rloo_normalized": (
+        lambda seed=0: rl_batch(spread=0.05, seed=seed),
+        lambda b: closed_rloo(b, 0.1, 0.3, normalize=True),
+        {"kl_coef": 0.1, "eps_low": 0.3, "eps_high": 0.3, "normalize_advantages": True},
+    ),
     "cispo": (rl_batch, closed_cispo, {}),
     "dapo": (rl_batch, closed_dapo, {}),
     "sapo": (lambda seed=0: rl_batch(spread=0.8, seed=seed), closed_sapo, {}),
@@ -338,6 +345,7 @@ VARIANTS = {
     "grpo_kl_weighted": "grpo",
     "grpo_dual_clip": "grpo",
     "gmpo_tight_kl": "gmpo",
+    "rloo_normalized": "rloo",
     "gspo_sequence": "gspo",
     "simpo_nll": "simpo",
     "orpo_likely": "orpo",

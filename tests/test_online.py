@@ -129,6 +129,7 @@ NEWER = [
     {"name": "gdpo"},
     {"name": "gmpo"},
     {"name": "luspo"},
+    {"name": "rloo"},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "adaptive_entropy": {"target": 100.0, "coef": 0.001}},

@@ -1,7 +1,8 @@
 """The GRPO family's loss and gradient equal TRL 1.16's own ``GRPOTrainer._compute_loss`` (every
 `loss_type` it has: grpo, bnpo, dr_grpo, dapo, cispo, sapo, vespo, luspo; GSPO's sequence-level
-ratio; the KL term plain and importance-weighted), called in float64 with a stand-in ``self``
-whose model returns fixed per-token log-probs, given the advantages our estimator computes."""
+ratio; the KL term plain and importance-weighted), and RLOO's ``RLOOTrainer._compute_loss``,
+each called in float64 with a stand-in ``self`` whose model returns fixed per-token log-probs,
+given the advantages TRL's formula gives (written out in closed_forms_frontier.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from batches import leaf, rl_batch
-from closed_forms_frontier import advantages
+from closed_forms_frontier import advantages, rloo_advantages
 
 from alignlib import algorithms
 from alignlib.estimator import Batch
@@ -23,7 +24,7 @@ if trl.__version__ != "1.16.0":
         f"the harness targets trl 1.16.0's GRPOTrainer; found {trl.__version__}",
         allow_module_level=True,
     )
-from trl import GRPOTrainer  # noqa: E402
+from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
 
 WIDTH, ROWS = 9, 16  # rl_batch's: 4 groups of 4
 
@@ -41,7 +42,7 @@ def trl_loss(b: Batch, adv: torch.Tensor, **settings: Any) -> tuple[torch.Tensor
     } | settings
     args = SimpleNamespace(
         use_bias_correction_kl=options.pop("use_bias_correction_kl", False),
-        delta=None,
+        delta=options.pop("delta", None),
         sapo_temperature_pos=1.0,
         sapo_temperature_neg=1.05,
         vespo_k_pos=2.0,
@@ -95,6 +96,8 @@ CASES: dict[str, tuple[str, dict, dict]] = {
         {"kl_coef": 0.04, "kl_importance_weighted": True},
         {"beta": 0.04, "use_bias_correction_kl": True},
     ),
+    # TRL's two-sided clip (INTELLECT-2's δ) is PPO's dual clip c: ρ capped at δ for Â < 0.
+    "grpo_dual_clip": ("grpo", {"clip_c": 1.5}, {"delta": 1.5}),
     "bnpo": ("grpo", {"aggregation": "token-mean"}, {"loss_type": "bnpo"}),
     # verl's Σ/L over the mini-batch; TRL's Σ/(B·L): the preset's docstring says pass B·L.
     "dr_grpo": ("dr_grpo", {"max_response_length": ROWS * WIDTH}, {"loss_type": "dr_grpo"}),
@@ -136,3 +139,58 @@ def test_loss_and_gradient_equal_trls(case: str, seed: int) -> None:
     loss, theirs = trl_loss(b, advantages(b, std=name != "dr_grpo"), **settings)
     assert float(out.loss) == pytest.approx(float(loss), rel=1e-10, abs=1e-14)
     assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-14), (ours - theirs).abs().max()
+
+
+def trl_rloo_loss(b: Batch, adv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logprobs = leaf(b.logprobs.detach())
+    accelerator = SimpleNamespace(reduce=lambda x, reduction: x, gather=lambda x: x)
+    stub = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (
+            logprobs,
+            torch.zeros_like(logprobs),
+            None,
+        ),
+        aux_loss_enabled=False,
+        epsilon_low=eps,
+        epsilon_high=eps,
+        model=SimpleNamespace(training=True),
+        accelerator=accelerator,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
+    ids = torch.zeros_like(b.mask, dtype=torch.long)
+    inputs = {
+        "prompt_ids": ids[:, :1],
+        "prompt_mask": torch.ones_like(ids[:, :1]),
+        "completion_ids": ids,
+        "completion_mask": b.mask,
+        "advantages": adv,
+        "old_logps": (b.old_logprobs * b.mask).sum(-1),
+    }
+    loss = RLOOTrainer._compute_loss(stub, None, inputs)
+    return loss, torch.autograd.grad(loss, logprobs)[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    ("params", "beta", "eps", "normalize"),
+    [
+        ({}, 0.05, 0.2, False),
+        (
+            {"kl_coef": 0.2, "eps_low": 0.1, "eps_high": 0.1, "normalize_advantages": True},
+            0.2,
+            0.1,
+            True,
+        ),
+    ],
+)
+def test_rloo_equals_trls(
+    seed: int, params: dict, beta: float, eps: float, normalize: bool
+) -> None:
+    b = rl_batch(spread=0.1, seed=seed)
+    estimator = algorithms.get("rloo", **params)
+    out = estimator(estimator.prepare(b))
+    ours = torch.autograd.grad(out.loss, b.logprobs)[0]
+    loss, theirs = trl_rloo_loss(b, rloo_advantages(b, beta, normalize), eps)
+    assert float(out.loss) == pytest.approx(float(loss), rel=1e-10, abs=1e-14)
+    assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-14), (ours - theirs).abs().max()
+    assert ours.abs().sum() > 0

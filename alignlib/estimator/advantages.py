@@ -180,9 +180,26 @@ class GroupNormalized(Advantage):
 @ADVANTAGES.register("rloo")
 @dataclass(frozen=True)
 class LeaveOneOut(Advantage):
-    """RLOO: R_i − mean of the other rows' rewards in its group (a group of one gets 0)."""
+    """RLOO: R_i − mean of the other rows' rewards in its group (a group of one gets 0); with
+    ``kl_coef`` the reward first pays β·Σ_t (ℓ_old,t − ℓ_ref,t), the sequence's k1 KL to π_ref
+    (Ahmadian et al. 2024; TRL's RLOOTrainer)."""
 
     needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
+    metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "unit"
+    kl_coef: float = 0.0
+    """β of the KL penalty in the reward; 0: none."""
+    normalize: bool = False
+    """Whiten the advantages over the term's rows of the mini-batch, (A − mean)/(std + 1e-4)
+    with the unbiased std (TRL's ``normalize_advantages``, over its generation batch)."""
+
+    def __post_init__(self) -> None:
+        check_number("LeaveOneOut", "kl_coef", self.kl_coef, ge=0, why="a negative β rewards drift")
+
+    def requirements(self) -> dict[str, str]:
+        if not self.kl_coef:
+            return dict(self.needs)
+        why = "RLOO's KL penalty in the reward compares π_old with the reference policy"
+        return dict(self.needs) | {"old_logprobs": why, "ref_logprobs": why}
 
     def min_group_rows(self) -> int:
         return 2
@@ -190,10 +207,24 @@ class LeaveOneOut(Advantage):
     def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
         assert batch.rewards is not None and batch.group_ids is not None
         rewards = batch.rewards.to(batch.logprobs.dtype)
+        kl = None
+        if self.kl_coef:
+            assert batch.old_logprobs is not None and batch.ref_logprobs is not None
+            kl = ((batch.old_logprobs - batch.ref_logprobs).detach() * batch.mask).sum(-1)
+            rewards = rewards - self.kl_coef * kl.to(rewards.dtype)
         total, count, _, _ = group_statistics(rewards, batch.group_ids, rows)
         others = (total - rewards) / (count - 1).clamp(min=1)
         adv = (rewards - others).where(count > 1, rewards.new_zeros(()))
-        return AdvantageResult(adv * rows.to(adv.dtype))
+        selected = rows.to(adv.dtype)
+        if self.normalize:
+            n = selected.sum()
+            mean = (adv * selected).sum() / n.clamp(min=1)
+            std = (((adv - mean) ** 2 * selected).sum() / (n - 1).clamp(min=1)).sqrt()
+            adv = (adv - mean) / (std + 1e-4)
+        result = AdvantageResult(adv * selected)
+        if kl is not None:  # `reward_kl`: the sequence KL the reward was charged
+            result.row_metrics["reward_kl"] = kl * selected
+        return result
 
 
 @ADVANTAGES.register("reinforce_pp")
