@@ -42,6 +42,7 @@ OFFLINE = {
     "reward_model": "preference",  # a score head on the decoder, no LM head
     "dpo_wpo": "preference",  # WPO's no-grad pass through a hooked head; LD-DPO's likelihood
     "prm": "stepwise",  # a process reward model: SFT on label tokens given as targets
+    "dpo_live": "preference",  # π_ref a frozen copy scored per micro-batch (train.reference: live)
 }
 ONLINE = {
     "grpo": {},
@@ -52,6 +53,8 @@ ONLINE = {
     "ppo_gae": {},  # a critic's values pass and its own step, then GAE (KL in the reward)
     "grpo_forking": {},  # the high-entropy mask: entropies of the old pass, selected globally
     "gdpo": {},  # each reward normalized in its group, then over the batch
+    "rloo": {},  # whole-sequence units; the KL in the reward reads π_old and π_ref in prepare
+    "gmpo": {},  # a row's geometric mean of clipped token ratios, inside the mask
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
@@ -89,9 +92,8 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
         ]
     data = tmp / f"{case}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    name = {"grpo_kl": "grpo", "dpo_wpo": "dpo", "prm": "sft", "grpo_forking": "grpo"}.get(
-        case, case
-    )
+    aliases = {"grpo_kl": "grpo", "dpo_wpo": "dpo", "dpo_live": "dpo", "prm": "sft"}
+    name = (aliases | {"grpo_forking": "grpo"}).get(case, case)
     cfg: dict[str, Any] = {
         "output_dir": str(tmp / f"run-{case}-{device}"),
         "model": {"name_or_path": "tiny:llama", "device": device, "precision": precision},
@@ -102,6 +104,8 @@ def write_config(tmp: Path, case: str, device: str, precision: str = "fp32") -> 
     }
     if case == "tpo":
         cfg["train"]["reference"] = "none"
+    if case == "dpo_live":
+        cfg["train"]["reference"] = "live"
     if case == "dpo_wpo":
         cfg["algorithm"] |= {"wpo": True, "ld_alpha": 0.5}
     if case == "grpo_forking":

@@ -48,8 +48,8 @@ def check_reference_sync(config: RunConfig, estimator: UnifiedEstimator) -> None
         ),
         (
             config.rollout is None and config.train.reference != "live",
-            f"train.reference: {config.train.reference} caches π_ref's log-probs once, and "
-            "a moving reference needs them computed as it moves; set train.reference: live",
+            f"train.reference: {config.train.reference} does not score a moving π_ref as it "
+            "moves (precompute caches its log-probs once); set train.reference: live",
         ),
     ]
     for refused, why in refusals:
