@@ -5,14 +5,13 @@ term; an outlier token ratio moves the row's weight only by its |y|-th root; it 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from batches import leaf, rl_batch
 from closed_forms_frontier import advantages
+from trl_stubs import trl_compute_loss
 
 from alignlib import algorithms
 from alignlib.config import load_config
@@ -24,39 +23,16 @@ trl = pytest.importorskip("trl")
 
 
 def trl_gmpo(b: Batch, adv: torch.Tensor, eps: tuple[float, float], beta: float):
-    """TRL's GMPO loss and d loss / d log π for the batch's rows (log-probs laid out as its
-    per-token completion log-probs)."""
+    """TRL's GMPO loss and d loss / d log π for the batch's rows."""
     from trl.experimental.gmpo.gmpo_trainer import GMPOTrainer
 
-    logprobs = leaf(b.logprobs.detach())
-    identity = SimpleNamespace(reduce=lambda x, reduction: x, gather=lambda x: x)
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (
-            logprobs,
-            torch.zeros_like(logprobs),
-            None,
-        ),
-        top_entropy_quantile=1.0,
-        epsilon_low=eps[0],
-        epsilon_high=eps[1],
-        beta=beta,
-        model=SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-        accelerator=identity,
-    )
-    ids = torch.zeros_like(b.mask, dtype=torch.long)
     inputs = {
-        "prompt_ids": ids[:, :1],
-        "prompt_mask": torch.ones_like(ids[:, :1]),
-        "completion_ids": ids,
-        "completion_mask": b.mask,
         "advantages": adv,
         "old_per_token_logps": b.old_logprobs,
         "ref_per_token_logps": b.ref_logprobs,
     }
-    loss = GMPOTrainer._compute_loss(stub, None, inputs)
-    return loss, torch.autograd.grad(loss, logprobs)[0]
+    settings = {"top_entropy_quantile": 1.0, "epsilon_low": eps[0], "epsilon_high": eps[1]}
+    return trl_compute_loss(GMPOTrainer._compute_loss, b, inputs, beta=beta, **settings)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

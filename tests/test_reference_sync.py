@@ -20,7 +20,7 @@ from alignlib.trainer.loop import Trainer
 from alignlib.trainer.model import load_policy
 from alignlib.trainer.reference_sync import ReferenceSync, matched_parameters, mix_into
 from tests.test_online import make_config as online_config
-from tests.test_trainer import config_file, datasets
+from tests.test_trainer import config_file, datasets, interrupted_then_resumed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = Placement.resolve("cpu", "fp32")
@@ -128,21 +128,7 @@ def test_resume_continues_with_the_moved_reference(
     sync = {"reference": "live", "reference_sync": {"every": 2, "alpha": 0.5}, "max_steps": 6}
     straight = Trainer(load_config(dpo_run(tmp_path, "a", sync, checkpoint={"every": 3}))).train()
     config = dpo_run(tmp_path, "b", sync, checkpoint={"every": 3})
-    import alignlib.trainer.loop as loop
-
-    original, calls = loop.update, {"n": 0}
-
-    def crash_on_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "update", crash_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(load_config(config)).train()
-    monkeypatch.setattr(loop, "update", original)
-    Trainer(load_config(config, ["checkpoint.resume=true"])).train()
+    interrupted_then_resumed(config, monkeypatch, at_update=4)
     lines = (tmp_path / "b" / "run-dpo" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]

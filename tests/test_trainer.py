@@ -13,7 +13,7 @@ import yaml
 from alignlib.cli import main
 from alignlib.config import ConfigError, load_config
 from alignlib.data import DataError
-from alignlib.trainer.loop import Trainer
+from alignlib.trainer.loop import Trainer, TrainResult
 
 PAIRS = [
     {
@@ -104,6 +104,29 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path, algorithm: str) -> None
     assert len((result.output_dir / "metrics.jsonl").read_text().splitlines()) == 5
 
 
+def interrupted_then_resumed(
+    config: Path, monkeypatch: pytest.MonkeyPatch, at_update: int
+) -> TrainResult:
+    """Run ``config`` until a simulated interruption at its ``at_update``-th optimizer update
+    (no final/ written), then resume it from its newest checkpoint to the end."""
+    import alignlib.trainer.loop as loop
+
+    calls, original = {"n": 0}, loop.update
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_update:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(load_config(config)).train()
+    monkeypatch.setattr(loop, "update", original)
+    assert not (Path(load_config(config).output_dir) / "final").exists()
+    return Trainer(load_config(config, ["checkpoint.resume=true"])).train()
+
+
 def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = datasets(tmp_path)["preference"]
     extra = {
@@ -115,23 +138,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
     straight = Trainer(load_config(config_file(tmp_path / "a", data, "dpo", **extra))).train()
     (tmp_path / "b").mkdir()
     cfg_b = config_file(tmp_path / "b", data, "dpo", **extra)
-    import alignlib.trainer.loop as loop
-
-    calls = {"n": 0}
-    original = loop.update
-
-    def crash_on_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "update", crash_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(load_config(cfg_b)).train()
-    monkeypatch.setattr(loop, "update", original)
-    assert not (tmp_path / "b" / "run-dpo" / "final").exists()
-    resumed = Trainer(load_config(cfg_b, ["checkpoint.resume=true"])).train()
+    resumed = interrupted_then_resumed(cfg_b, monkeypatch, at_update=4)
     lines = (tmp_path / "b" / "run-dpo" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]

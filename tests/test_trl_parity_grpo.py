@@ -6,14 +6,14 @@ given the advantages TRL's formula gives (written out in closed_forms_frontier.p
 
 from __future__ import annotations
 
-from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from batches import leaf, rl_batch
+from batches import rl_batch
 from closed_forms_frontier import advantages, rloo_advantages
+from trl_stubs import trl_compute_loss
 
 from alignlib import algorithms
 from alignlib.estimator import Batch
@@ -31,8 +31,6 @@ WIDTH, ROWS = 9, 16  # rl_batch's: 4 groups of 4
 
 def trl_loss(b: Batch, adv: torch.Tensor, **settings: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """TRL's loss and its gradient d loss / d log π for the batch's rows as completions."""
-    logprobs = leaf(b.logprobs.detach())
-    entropies = torch.zeros_like(logprobs)
     options = {
         "loss_type": "grpo",
         "importance_sampling_level": "token",
@@ -51,39 +49,26 @@ def trl_loss(b: Batch, adv: torch.Tensor, **settings: Any) -> tuple[torch.Tensor
         vespo_lambda_neg=2.0,
         steps_per_generation=1,
     )
-    accelerator = SimpleNamespace(
-        num_processes=1, reduce=lambda x, reduction: x, gather=lambda x: x, sync_gradients=True
-    )
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, entropies, None),
-        aux_loss_enabled=False,
-        top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None,
-        get_gamma_weights=GRPOTrainer.get_gamma_weights,
-        use_vllm=False,
-        vllm_importance_sampling_correction=False,
-        current_gradient_accumulation_steps=1,
-        accelerator=accelerator,
-        max_completion_length=WIDTH,
-        model=SimpleNamespace(training=True),
-        _entropy_bonus_enabled=False,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-        args=args,
-        **options,
-    )
-    ids = torch.zeros_like(b.mask, dtype=torch.long)
     inputs = {
-        "prompt_ids": ids[:, :1],
-        "prompt_mask": torch.ones_like(ids[:, :1]),
-        "completion_ids": ids,
-        "completion_mask": b.mask,
         "advantages": adv,
         "old_per_token_logps": b.old_logprobs,
         "ref_per_token_logps": b.ref_logprobs,
         "num_items_in_batch": b.mask.sum(),
     }
-    loss = GRPOTrainer._compute_loss(stub, None, inputs)
-    return loss, torch.autograd.grad(loss, logprobs)[0]
+    return trl_compute_loss(
+        GRPOTrainer._compute_loss,
+        b,
+        inputs,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        get_gamma_weights=GRPOTrainer.get_gamma_weights,
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        max_completion_length=WIDTH,
+        _entropy_bonus_enabled=False,
+        args=args,
+        **options,
+    )
 
 
 # case -> (preset, its params, TRL's settings, whether the batch may hold all-equal groups)
@@ -142,32 +127,8 @@ def test_loss_and_gradient_equal_trls(case: str, seed: int) -> None:
 
 
 def trl_rloo_loss(b: Batch, adv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    logprobs = leaf(b.logprobs.detach())
-    accelerator = SimpleNamespace(reduce=lambda x, reduction: x, gather=lambda x: x)
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (
-            logprobs,
-            torch.zeros_like(logprobs),
-            None,
-        ),
-        aux_loss_enabled=False,
-        epsilon_low=eps,
-        epsilon_high=eps,
-        model=SimpleNamespace(training=True),
-        accelerator=accelerator,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-    )
-    ids = torch.zeros_like(b.mask, dtype=torch.long)
-    inputs = {
-        "prompt_ids": ids[:, :1],
-        "prompt_mask": torch.ones_like(ids[:, :1]),
-        "completion_ids": ids,
-        "completion_mask": b.mask,
-        "advantages": adv,
-        "old_logps": (b.old_logprobs * b.mask).sum(-1),
-    }
-    loss = RLOOTrainer._compute_loss(stub, None, inputs)
-    return loss, torch.autograd.grad(loss, logprobs)[0]
+    inputs = {"advantages": adv, "old_logps": (b.old_logprobs * b.mask).sum(-1)}
+    return trl_compute_loss(RLOOTrainer._compute_loss, b, inputs, epsilon_low=eps, epsilon_high=eps)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
