@@ -181,6 +181,12 @@ class OnlineConfig(Section):
     mini_batches: int = Field(1, gt=0)
     """Optimizer steps per rollout batch: the batch is split by whole groups into this many
     mini-batches (KL-Cov only acts with more than one)."""
+    ppo_epochs: int = Field(1, gt=0)
+    """Passes over each rollout batch (verl's `ppo_epochs`, TRL's `num_iterations`, GRPO's μ):
+    each pass takes the `mini_batches` optimizer steps again, on the same rows in the same
+    order, against the same π_old (the policy that sampled them) and the same advantages, so
+    a step takes ppo_epochs × mini_batches updates. A critic (GAE) takes as many, regressing on
+    the same value targets."""
     micro_batch_size: int = Field(8, gt=0)
     """Rows per forward/backward pass; gradients accumulate exactly over a mini-batch."""
     rewards: list[RewardSpec] = [RewardSpec(name="math")]  # noqa: RUF012

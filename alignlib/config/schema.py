@@ -126,7 +126,7 @@ class ReferenceSyncConfig(Section):
 
     every: int = Field(512, gt=0)
     """Optimizer steps between two updates of π_ref (TRL's `ref_model_sync_steps`; online
-    each of a step's `online.mini_batches` updates counts)."""
+    each of a step's `online.mini_batches` × `online.ppo_epochs` updates counts)."""
     alpha: float = Field(0.6, gt=0, le=1)
     """Weight of the policy in π_ref ← α·π_θ + (1 − α)·π_ref, parameter by parameter (TRL's
     `ref_model_mixup_alpha`); 1: a hard update, π_ref ← π_θ (TR-DPO's τ variant)."""

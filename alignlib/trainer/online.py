@@ -68,7 +68,8 @@ class OnlineSource:
         self.position: Sampler | ConsumedPosition = (
             self.sampler if self.ahead is None else self.ahead.position
         )
-        self.optimizer_steps = self.total_steps * self.online.mini_batches
+        self.updates_per_step = self.online.mini_batches * self.online.ppo_epochs
+        self.optimizer_steps = self.total_steps * self.updates_per_step
         # Clip-Cov/KL-Cov select tokens in prepare from the present log-probs: later
         # mini-batches need a fresh no-grad pass before they are prepared.
         self.live = estimator.reads_present_logprobs()
@@ -77,7 +78,7 @@ class OnlineSource:
         self.reads_engine = self.estimator.reads_behaviour()
         self.kept_mass = self.reads_engine and self.rollout.top_p < 1
         self.old_pass = (
-            self.online.mini_batches > 1
+            self.updates_per_step > 1
             or self.live
             or self.kept_mass
             or (self.correction is not None and self.correction.needs_old_in_prepare)
@@ -132,8 +133,9 @@ class OnlineSource:
         return self.ahead.lock if self.ahead is not None else nullcontext()
 
     def batches(self, step: int) -> Iterator[MiniBatch]:
-        """Rollouts, rewards and routing; old/ref log-probs; then the k mini-batches, each
-        built when the loop asks for it (after the previous one's update)."""
+        """Rollouts, rewards and routing; old/ref log-probs; then the k mini-batches (again
+        for each of `online.ppo_epochs` passes), each built when the loop asks for it (after
+        the previous one's update)."""
         began = time.perf_counter()
         world = self.state.world
         collected = None
@@ -156,19 +158,21 @@ class OnlineSource:
         self.timing = {"rollout": logprob_began - began, "logprob": 0.0}
         self.timing["logprob"] = time.perf_counter() - logprob_began
         device = self.kernel.device
-        self.parts: list[torch.Tensor] = []  # the rows of each mini-batch, for finish_step
-        for j, indices in enumerate(minibatch_rows(tensors.group_ids, self.online.mini_batches)):
+        # The rows of each mini-batch of the first pass, for finish_step.
+        self.parts = minibatch_rows(tensors.group_ids, self.online.mini_batches)
+        epochs = range(self.online.ppo_epochs)
+        for epoch, j in [(epoch, j) for epoch in epochs for j in range(len(self.parts))]:
+            indices = self.parts[j]
             on_device = indices.to(device)
             current = None if old is None else old[on_device]
             present_entropy = None if entropy is None else entropy[on_device]
-            if self.live and j > 0:
+            if self.live and (epoch, j) != (0, 0):
                 # Clip-Cov/KL-Cov (the high-entropy mask) select tokens from the present
                 # policy's log-probs (entropy), and it has moved.
                 current, present_entropy = policy_logprobs(self.kernel, tensors, indices, size)
             old_part = None if old is None else old[on_device]
             ref_part = None if ref is None else ref[on_device]
             engine = None if behaviour is None else behaviour[on_device]
-            self.parts.append(indices)
             split = self.kernel.batching(size)  # rows, or the token budget
             batch = online_minibatch(
                 tensors, indices, old_part, ref_part, current, split, engine, present_entropy
@@ -197,7 +201,7 @@ class OnlineSource:
         if samples.any():  # the policy's entropy on its own samples (entropy collapse)
             weighted = sum(
                 float((r.entropy * samples[rows].to(r.entropy.device)).sum())
-                for r, rows in zip(results, self.parts, strict=True)
+                for r, rows in zip(results, self.parts, strict=False)  # the first pass
                 if r.entropy is not None
             )
             metrics["rollout/entropy"] = float(weighted / samples.sum())
