@@ -89,6 +89,10 @@ def test_a_yaml_mix_trains_with_each_entry_under_its_name(tmp_path: Path) -> Non
         ({"name": "dpo", "mix": MPO}, "set exactly one of .* \\(given: name, mix\\)"),
         ({"mix": MPO, "params": {"beta": 0.1}}, "with algorithm.mix give each entry its own"),
         ({"mix": []}, "algorithm.mix is empty"),
+        (
+            {"mix": [{"name": "dpo", "wieght": 2}]},
+            r"mix.0.wieght: unknown key \(did you mean 'weight'\?\); valid keys here: name",
+        ),
         ({"mix": [{"name": "hpt"}, {"name": "luffy"}]}, "hpt and luffy each decide how rollouts"),
         ({"mix": [{"name": "dpo", "weight": float("nan")}]}, "weight"),
     ],

@@ -170,3 +170,11 @@ def test_misuse_is_one_line(tmp_path: Path, changes: dict, message: str) -> None
     with pytest.raises(ConfigError, match=message) as raised:
         Trainer(load_config(config_file(tmp_path / "a", data, algorithm, **sections)))
     assert "\n" not in str(raised.value)
+
+
+def test_true_is_trls_switch_and_false_is_off() -> None:
+    from alignlib.config.schema import TrainConfig
+
+    assert TrainConfig(reference_sync=True).reference_sync == ReferenceSyncConfig()
+    assert TrainConfig(reference_sync=False).reference_sync is None
+    assert TrainConfig(reference_sync={"every": 3}).reference_sync == ReferenceSyncConfig(every=3)

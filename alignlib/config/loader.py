@@ -21,17 +21,26 @@ def _section_fields(model: type[BaseModel], path: tuple[str | int, ...]) -> list
     """Field names valid at ``path`` inside ``model`` (for did-you-mean suggestions)."""
     current: Any = model
     for part in path:
-        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if isinstance(part, int):  # an entry of a list: the list's key found its item model
+            continue
+        field = current.model_fields.get(part)
         if field is None:
             return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
+        current = _model_in(field.annotation)
         if current is None:
             return []
     return list(current.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model an annotation holds: itself, or inside `X | None`, `list[X]`, ..."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -155,7 +155,8 @@ class TrainConfig(Section):
     online with a KL term. The reference is saved in every checkpoint (checkpoints/step-N/
     reference/), so a resumed run continues with the moved one. Not with LoRA (the adapter-off
     reference is the base model itself) nor with the preference iterations (`iterative.reference:
-    previous` is their moving reference). `{}`: TRL's defaults; null: a fixed reference."""
+    previous` is their moving reference). `{}` or `true`: TRL's defaults; null or `false`: a
+    fixed reference."""
     logprob_chunk_size: int = Field(256, gt=0)
     """Positions per LM-head chunk when computing log-probs (no full fp32 [T, V] tensor)."""
     max_tokens_per_micro_batch: int | None = Field(None, gt=0)
@@ -184,6 +185,14 @@ class TrainConfig(Section):
     run with one line naming the step (the latest checkpoint stays); `skip` drops that step
     with a warning and counts it (`skipped_steps`). A run in which every step was skipped fails
     instead of saving an untrained model."""
+
+    @field_validator("reference_sync", mode="before")
+    @classmethod
+    def _sync_switch(cls, value: Any) -> Any:
+        """`reference_sync: true` as TRL's `sync_ref_model: true` (the defaults)."""
+        if isinstance(value, bool):
+            return {} if value else None
+        return value
 
     @model_validator(mode="after")
     def _divisible(self) -> TrainConfig:
