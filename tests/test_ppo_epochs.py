@@ -14,7 +14,7 @@ import torch
 import alignlib.trainer.loop as loop
 from alignlib.config import load_config
 from alignlib.trainer.loop import Trainer
-from tests.test_online import make_config
+from tests.test_online import assert_reward_rises, make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,13 +75,4 @@ def test_a_critic_takes_a_step_with_every_policy_update(tmp_path: Path) -> None:
 
 
 def test_grpo_learns_with_two_passes(tmp_path: Path) -> None:
-    config = make_config(
-        tmp_path,
-        train={"max_steps": 16},
-        rollout={"n": 8, "max_new_tokens": 4},
-        online={"prompts_per_step": 8, "micro_batch_size": 64, "ppo_epochs": 2},
-    )
-    result = Trainer(load_config(config)).train()
-    rewards = [h["rollout/reward_mean"] for h in result.history]
-    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > 2 * first and last > first + 0.15, rewards
+    assert_reward_rises(tmp_path, {"name": "grpo"}, ppo_epochs=2)

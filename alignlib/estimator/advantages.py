@@ -216,10 +216,9 @@ class LeaveOneOut(Advantage):
         others = (total - rewards) / (count - 1).clamp(min=1)
         adv = (rewards - others).where(count > 1, rewards.new_zeros(()))
         selected = rows.to(adv.dtype)
-        if self.normalize:
-            n = selected.sum()
-            mean = (adv * selected).sum() / n.clamp(min=1)
-            std = (((adv - mean) ** 2 * selected).sum() / (n - 1).clamp(min=1)).sqrt()
+        if self.normalize:  # one group: the whole mini-batch
+            everyone = torch.zeros_like(batch.group_ids)
+            _, _, mean, std = group_statistics(adv, everyone, rows)
             adv = (adv - mean) / (std + 1e-4)
         result = AdvantageResult(adv * selected)
         if kl is not None:  # `reward_kl`: the sequence KL the reward was charged

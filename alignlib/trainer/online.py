@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,8 @@ class OnlineSource:
         self.position: Sampler | ConsumedPosition = (
             self.sampler if self.ahead is None else self.ahead.position
         )
-        self.updates_per_step = self.online.mini_batches * self.online.ppo_epochs
-        self.optimizer_steps = self.total_steps * self.updates_per_step
+        updates_per_step = self.online.mini_batches * self.online.ppo_epochs
+        self.optimizer_steps = self.total_steps * updates_per_step
         # Clip-Cov/KL-Cov select tokens in prepare from the present log-probs: later
         # mini-batches need a fresh no-grad pass before they are prepared.
         self.live = estimator.reads_present_logprobs()
@@ -78,7 +79,7 @@ class OnlineSource:
         self.reads_engine = self.estimator.reads_behaviour()
         self.kept_mass = self.reads_engine and self.rollout.top_p < 1
         self.old_pass = (
-            self.updates_per_step > 1
+            updates_per_step > 1
             or self.live
             or self.kept_mass
             or (self.correction is not None and self.correction.needs_old_in_prepare)
@@ -160,9 +161,7 @@ class OnlineSource:
         device = self.kernel.device
         # The rows of each mini-batch of the first pass, for finish_step.
         self.parts = minibatch_rows(tensors.group_ids, self.online.mini_batches)
-        epochs = range(self.online.ppo_epochs)
-        for epoch, j in [(epoch, j) for epoch in epochs for j in range(len(self.parts))]:
-            indices = self.parts[j]
+        for epoch, (j, indices) in product(range(self.online.ppo_epochs), enumerate(self.parts)):
             on_device = indices.to(device)
             current = None if old is None else old[on_device]
             present_entropy = None if entropy is None else entropy[on_device]
