@@ -10,8 +10,8 @@ finds sufficient, and nothing else (no KL, no dynamic sampling, no overlong filt
 
 ε = 0.2 on both sides. As ROLL's LitePPO (``norm_mean_type: group``, ``norm_std_type:
 batch``, ``token_level_loss``) and TRL's ``scale_rewards="batch"`` with ``loss_type="dapo"``
-(TRL takes the std over its whole generation batch, alignlib over the optimizer mini-batch: the
-same with one mini-batch per rollout batch)."""
+(both take the std over the whole rollout batch, however many optimizer mini-batches it is
+split into)."""
 
 from alignlib.algorithms.registry import preset
 from alignlib.estimator import GroupNormalized, PPOClip, UnifiedEstimator

@@ -1,6 +1,6 @@
 """PPO with a learned critic (Schulman et al. 2017; RLHF's PPO, Ouyang et al. 2022): per token
 −min(ρÂ, clip(ρ, 1−ε, 1+ε)Â), token-mean, with Â from GAE over a value model's V(s_t) and the
-per-token reward R·[t = last] − β(log π_old − log π_ref), whitened over the mini-batch. The
+per-token reward R·[t = last] − β(log π_old − log π_ref), whitened over the rollout batch. The
 critic trains beside the policy on the returns Â + V with the clipped value loss
 ½·max((V − G)², (clip(V, V_old ± ε_v) − G)²). Defaults are TRL's PPOTrainer (β = 0.05 k1 in
 the reward, γ = 1, λ = 0.95, ε = ε_v = 0.2, no dual clip); verl's differ (λ = 1, ε_v = 0.5,

@@ -8,7 +8,8 @@ the reward,
 
 as TRL's RLOOTrainer (β = 0.05, ε = 0.2, the ratio of whole sequences; on one on-policy update
 ρ = 1 and this is the paper's REINFORCE exactly). ``normalize_advantages`` whitens Â over the
-mini-batch (TRL's option). Checked against TRL's ``RLOOTrainer._compute_loss``."""
+rollout batch (TRL's option, over its generation batch). Checked against TRL's
+``RLOOTrainer._compute_loss``."""
 
 from alignlib.algorithms.registry import preset
 from alignlib.estimator import LeaveOneOut, PPOClip, UnifiedEstimator

@@ -137,7 +137,10 @@ def test_micro_batching_changes_neither_model(tmp_path: Path) -> None:
             assert a.keys() == b.keys()
             for key in a:
                 moved = (a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)
-                assert moved < 1e-6, f"{other}: {folder} {key}: {moved:.2e}"
+                # fp32 summation order moves them by ≤ 6e-6 (AdamW turns a near-zero gradient
+                # coordinate's noise into a step of up to ±lr); normalizers taken per
+                # micro-batch instead of per mini-batch moved them by 5e-3 to 8e-2.
+                assert moved < 5e-5, f"{other}: {folder} {key}: {moved:.2e}"
 
 
 def test_a_checkpoint_holds_the_critic_and_resumes_exactly(

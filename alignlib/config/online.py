@@ -180,7 +180,9 @@ class OnlineConfig(Section):
     steps."""
     mini_batches: int = Field(1, gt=0)
     """Optimizer steps per rollout batch: the batch is split by whole groups into this many
-    mini-batches (KL-Cov only acts with more than one)."""
+    mini-batches (KL-Cov only acts with more than one). Advantages are computed once over the
+    whole rollout batch, so a batch std or whitening (Lite PPO, RLOO's normalization, GDPO,
+    REINFORCE++, GAE) spans all of its rows, as TRL's generation batch and verl's do."""
     ppo_epochs: int = Field(1, gt=0)
     """Passes over each rollout batch (verl's `ppo_epochs`, TRL's `num_iterations`, GRPO's μ):
     each pass takes the `mini_batches` optimizer steps again, on the same rows in the same

@@ -1,7 +1,9 @@
 """Advantage components computed from rewards (online RL) and the common advantage interface.
 
-Reward-based advantages are computed once per mini-batch in ``prepare`` (they need whole groups);
-the preference weights in :mod:`alignlib.estimator.preferences` are computed per call from the
+Reward-based advantages are computed once per mini-batch in ``prepare`` (they need whole groups),
+or once over the rollout batch a source splits into mini-batches (``UnifiedEstimator.precompute``:
+a statistic across groups, a batch std or whitening, then spans the rollout batch); the
+preference weights in :mod:`alignlib.estimator.preferences` are computed per call from the
 live log-probs (they need whole pairs).
 """
 
@@ -147,9 +149,9 @@ class GroupNormalized(Advantage):
     singleton: Literal["zero", "raw"] = "zero"
     """A group of one row: 'zero' advantage, or 'raw' = verl's mean 0 / std 1 (Â ≈ R)."""
     std_over: Literal["group", "batch"] = "group"
-    """Whose standard deviation: the row's group's (GRPO), or every row's of the mini-batch
-    (Lite PPO, TRL's ``scale_rewards="batch"``, which takes its whole generation batch: the
-    same with one mini-batch per rollout batch)."""
+    """Whose standard deviation: the row's group's (GRPO), or every row's of the batch (Lite
+    PPO, TRL's ``scale_rewards="batch"``): online, the whole rollout batch, however many
+    mini-batches it is split into (TRL's generation batch)."""
 
     def __post_init__(self) -> None:
         check_number("GroupNormalized", "eps", self.eps, ge=0)
@@ -168,7 +170,7 @@ class GroupNormalized(Advantage):
         std = std.where(~alone, std.new_ones(()))
         adv = rewards - mean
         if self.std and self.std_over == "batch":
-            everyone = torch.zeros_like(batch.group_ids)  # one group: the whole mini-batch
+            everyone = torch.zeros_like(batch.group_ids)  # one group: the whole batch
             adv = adv / (group_statistics(rewards, everyone, rows)[3] + self.eps)
         elif self.std:
             adv = adv / (std + self.eps)
@@ -189,8 +191,9 @@ class LeaveOneOut(Advantage):
     kl_coef: float = 0.0
     """β of the KL penalty in the reward; 0: none."""
     normalize: bool = False
-    """Whiten the advantages over the term's rows of the mini-batch, (A − mean)/(std + 1e-4)
-    with the unbiased std (TRL's ``normalize_advantages``, over its generation batch)."""
+    """Whiten the advantages over the term's rows of the batch, (A − mean)/(std + 1e-4) with
+    the unbiased std (TRL's ``normalize_advantages``); online over the whole rollout batch
+    (TRL's generation batch)."""
 
     def __post_init__(self) -> None:
         check_number("LeaveOneOut", "kl_coef", self.kl_coef, ge=0, why="a negative β rewards drift")
@@ -216,7 +219,7 @@ class LeaveOneOut(Advantage):
         others = (total - rewards) / (count - 1).clamp(min=1)
         adv = (rewards - others).where(count > 1, rewards.new_zeros(()))
         selected = rows.to(adv.dtype)
-        if self.normalize:  # one group: the whole mini-batch
+        if self.normalize:  # one group: the whole batch
             everyone = torch.zeros_like(batch.group_ids)
             _, _, mean, std = group_statistics(adv, everyone, rows)
             adv = (adv - mean) / (std + 1e-4)

@@ -120,6 +120,10 @@ class Batch:
     weighted sum of ``reward_parts``."""
     advantages: Tensor | None = None
     """[R] or [R, T] advantages computed elsewhere (read by the ``given`` advantage)."""
+    precomputed: dict[str, Tensor] = field(default_factory=dict)
+    """Per-row tensors the estimator computed over a larger batch this one was taken from: the
+    terms' advantages over a whole rollout batch (``UnifiedEstimator.precompute``), which
+    ``prepare`` then uses instead of computing them over this batch alone."""
     prepared: dict[str, Tensor] = field(default_factory=dict)
     """Per-row tensors the estimator computed once over the whole mini-batch (see ``prepare``)."""
     prepared_metrics: dict[str, Tensor] = field(default_factory=dict)
@@ -195,6 +199,7 @@ class Batch:
             value = getattr(self, name)
             if value is not None:
                 changes[name] = value.to(device, non_blocking=True)
+        changes["precomputed"] = {k: v.to(device) for k, v in self.precomputed.items()}
         changes["prepared"] = {k: v.to(device) for k, v in self.prepared.items()}
         changes["prepared_metrics"] = {k: v.to(device) for k, v in self.prepared_metrics.items()}
         return self.replace(**changes)
@@ -206,6 +211,7 @@ class Batch:
             value = getattr(self, name)
             if value is not None:
                 changes[name] = value[rows]
+        changes["precomputed"] = {key: value[rows] for key, value in self.precomputed.items()}
         changes["prepared"] = {key: value[rows] for key, value in self.prepared.items()}
         return self.replace(**changes)
 
@@ -220,10 +226,11 @@ class Batch:
                 changes[name] = value[:, :width]
         if self.advantages is not None and self.advantages.dim() == 2:
             changes["advantages"] = self.advantages[:, :width]
-        changes["prepared"] = {
-            key: value[:, :width] if value.dim() == 2 and value.shape[1] == self.width else value
-            for key, value in self.prepared.items()
-        }
+        for name in ("precomputed", "prepared"):
+            changes[name] = {
+                key: value[:, :width] if _spans(value, self.width) else value
+                for key, value in getattr(self, name).items()
+            }
         return self.replace(**changes)
 
     def split(self, num_micro_batches: int) -> list[Batch]:
@@ -327,3 +334,8 @@ class Rows:
 
 
 ALL_ROWS = Rows()
+
+
+def _spans(value: Tensor, width: int) -> bool:
+    """A per-token tensor of the batch's width (not a per-row one)."""
+    return value.dim() == 2 and value.shape[1] == width

@@ -18,7 +18,7 @@ from alignlib.estimator.references import REFERENCES, Reference
 from alignlib.estimator.regularizers import REGULARIZERS
 from alignlib.estimator.rollout_correction import RolloutCorrection
 from alignlib.estimator.routing import Router
-from alignlib.estimator.term import PolicyGradientTerm, Term
+from alignlib.estimator.term import PolicyGradientTerm, Term, advantage_entries, entries_under
 from alignlib.estimator.units import LIKELIHOODS, Likelihood
 
 
@@ -168,10 +168,32 @@ class UnifiedEstimator(EstimatorQueries):
         metrics |= rejected
         prepared: dict[str, Tensor] = {}
         for index, term in enumerate(self.terms):
-            tensors, term_metrics = term.prepare(batch)
+            # Each term sees its own precomputed entries (its advantages over a rollout batch).
+            own = entries_under(batch.precomputed, f"{index}.")
+            tensors, term_metrics = term.prepare(batch.replace(precomputed=own))
             prepared |= {f"{index}.{key}": value for key, value in tensors.items()}
             metrics |= {f"{term.name}/{key}": value.detach() for key, value in term_metrics.items()}
         return batch.replace(prepared=prepared, prepared_metrics=metrics, was_prepared=True)
+
+    def precompute(self, batch: Batch) -> dict[str, Tensor]:
+        """Each term's advantages over every row of ``batch``, a rollout batch that a source
+        then splits into several optimizer mini-batches (keyed as ``prepare`` keys them).
+
+        Handed back with each mini-batch (``Batch.precomputed``, sliced to its rows), they take
+        the place of the advantages the term would compute over the mini-batch alone: a
+        statistic across groups (Lite PPO's batch std, RLOO's and GDPO's normalization,
+        REINFORCE++'s and GAE's whitening) then spans the whole rollout batch, as TRL's
+        generation batch and verl's ``compute_advantage`` take it. Group statistics are the
+        same either way (mini-batches hold whole groups). ``batch.logprobs`` is not read: an
+        advantage computed from the present log-probs (KTO) is left to each mini-batch."""
+        prepared = self.prepare(batch.replace(precomputed={})).prepared
+        kept: dict[str, Tensor] = {}
+        for index, term in enumerate(self.terms):
+            if isinstance(term, PolicyGradientTerm) and term.advantage.reads_logprobs:
+                continue
+            own = entries_under(prepared, f"{index}.")
+            kept |= {f"{index}.{key}": value for key, value in advantage_entries(own).items()}
+        return kept
 
     def _reject_tokens(self, batch: Batch) -> tuple[Batch, dict[str, Tensor]]:
         """Remove the tokens a rollout correction with ``rejection`` masks from the batch mask,
@@ -244,8 +266,7 @@ class UnifiedEstimator(EstimatorQueries):
         value: Tensor | float = 0.0
         metrics: dict[str, Tensor] = dict(batch.prepared_metrics) if first_call else {}
         for index, term in enumerate(self.terms):
-            prefix = f"{index}."
-            own = {k[len(prefix) :]: v for k, v in batch.prepared.items() if k.startswith(prefix)}
+            own = entries_under(batch.prepared, f"{index}.")
             out = term.forward(batch, own)
             surrogate = surrogate + out.surrogate
             value = value + out.value

@@ -13,7 +13,7 @@ and carry the recursion through, as verl's multi-turn GAE does):
     δ_t = r_t + γ V_{t+1} − V_t          (V after the last token: 0)
     A_t = δ_t + γλ A_{t+1}                returns_t = A_t + V_t
 
-The policy trains on A whitened over the mini-batch's tokens (verl's ``masked_whiten``: the
+The policy trains on A whitened over the rollout batch's tokens (verl's ``masked_whiten``: the
 unbiased variance, (A − mean) · rsqrt(var + 1e-8)); the critic regresses on the returns with
 PPO's clipped value loss,
 
@@ -88,7 +88,7 @@ def gae(
 @dataclass(frozen=True)
 class GAE(Advantage):
     """Generalized advantage estimation from a critic's values (``batch.values``, V_old of
-    each completion token), whitened over the mini-batch's tokens."""
+    each completion token), whitened over the batch's tokens (online: the rollout batch's)."""
 
     needs: ClassVar[dict[str, str]] = {
         "rewards": "GAE puts each row's reward on its last token",
@@ -103,7 +103,8 @@ class GAE(Advantage):
     kl_coef: float = 0.0
     """β of the KL penalty in the reward, −β (log π_old − log π_ref) per token; 0: none."""
     whiten: bool = True
-    """Whiten the advantages over the mini-batch's valid tokens (verl, OpenRLHF)."""
+    """Whiten the advantages over the valid tokens of the batch, online the whole rollout
+    batch (verl's ``compute_advantage``, OpenRLHF's replay buffer)."""
 
     def __post_init__(self) -> None:
         check_number("GAE", "gamma", self.gamma, ge=0, le=1)

@@ -9,8 +9,8 @@ then normalizes the sum over the batch:
 
 (unbiased stds). As TRL's ``multi_objective_aggregation="normalize_then_sum"``: a reward with
 no opinion on a row (NaN) leaves that row out of its own statistics and adds 0 to its sum; a
-row no reward scored gets Â = 0 and leaves the batch statistics; the batch is the optimizer
-mini-batch (TRL: its generation batch; the same with one mini-batch per rollout batch).
+row no reward scored gets Â = 0 and leaves the batch statistics; online the batch is the
+whole rollout batch, however many mini-batches it is split into (TRL's generation batch).
 """
 
 from __future__ import annotations

@@ -65,8 +65,14 @@ class Term(ABC):
         return dataclasses.replace(self, name=name)  # type: ignore[type-var]
 
 
-def _sub(prepared: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def entries_under(prepared: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries whose key starts with ``prefix``, keyed without it."""
     return {k[len(prefix) :]: v for k, v in prepared.items() if k.startswith(prefix)}
+
+
+def advantage_entries(prepared: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A term's prepared entries that hold its stored advantage (see ``_stored``)."""
+    return {k: v for k, v in prepared.items() if k.split(".")[0] == "adv"}
 
 
 def unit_mean_weights(unit_mask: Tensor) -> Tensor:
@@ -150,7 +156,9 @@ class PolicyGradientTerm(Term):
             type(m).prepare is not Mask.prepare for m in self.masks
         )
         if needs_adv:
-            result = self.advantages(batch, rows)
+            # Over the rollout batch this mini-batch was split from, when the source gave them.
+            given = batch.precomputed
+            result = _restored(given) if "adv" in given else self.advantages(batch, rows)
             adv = result.values.detach()
             if not self.advantage.per_call:
                 prepared |= _stored(result)
@@ -177,7 +185,7 @@ class PolicyGradientTerm(Term):
         score = self.reference.score(units)
         terms = UnitTerms(weight=units.mask, value=(-adv * score).detach() * units.mask)
         for i, mask in enumerate(self.masks):
-            terms = mask.apply(units, adv, terms, _sub(prepared, f"mask{i}."))
+            terms = mask.apply(units, adv, terms, entries_under(prepared, f"mask{i}."))
         if self.correction is not None:
             self.correction.apply(batch, rows, self.likelihood.per_sequence, terms)
         weights = prepared["w"].unsqueeze(-1)

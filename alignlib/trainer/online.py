@@ -37,6 +37,7 @@ from alignlib.trainer.online_update import (
     old_logprobs_and_kept_mass,
     online_minibatch,
     policy_logprobs,
+    rollout_fields,
 )
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, LogprobKernel
@@ -161,6 +162,7 @@ class OnlineSource:
         device = self.kernel.device
         # The rows of each mini-batch of the first pass, for finish_step.
         self.parts = minibatch_rows(tensors.group_ids, self.online.mini_batches)
+        given = self.rollout_advantages(tensors, old, ref, behaviour, entropy, values)
         for epoch, (j, indices) in product(range(self.online.ppo_epochs), enumerate(self.parts)):
             on_device = indices.to(device)
             current = None if old is None else old[on_device]
@@ -174,11 +176,31 @@ class OnlineSource:
             engine = None if behaviour is None else behaviour[on_device]
             split = self.kernel.batching(size)  # rows, or the token budget
             batch = online_minibatch(
-                tensors, indices, old_part, ref_part, current, split, engine, present_entropy
+                tensors, indices, old_part, ref_part, current, split, engine, present_entropy, given
             )
             if critic is not None and values is not None:  # V_old → GAE; the critic's step
                 batch = train_critic(critic, self.state.estimator, batch, values[on_device], step)
             yield batch
+
+    def rollout_advantages(
+        self,
+        tensors: RowTensors,
+        old: Tensor | None,
+        ref: Tensor | None,
+        behaviour: Tensor | None,
+        entropy: Tensor | None,
+        values: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """The terms' advantages over the whole rollout batch when it is split into several
+        mini-batches, so a statistic across groups (a batch std, whitening) spans all of them
+        as in TRL and verl; {} for one mini-batch (its own are the same)."""
+        if len(self.parts) < 2:
+            return {}
+        every = torch.arange(tensors.num_rows, device=HOST)
+        fields = rollout_fields(tensors, every, old, ref, None, behaviour, entropy)
+        if values is not None:
+            fields = fields.replace(values=values)
+        return self.state.estimator.precompute(fields.to(self.kernel.device))
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float

@@ -191,19 +191,42 @@ def online_minibatch(
     micro_batch_size: int | MicroBatching,
     behaviour: Tensor | None = None,
     entropy: Tensor | None = None,
+    precomputed: dict[str, Tensor] | None = None,
 ) -> MiniBatch:
     """The rows ``indices`` as one optimizer mini-batch. ``old`` / ``ref`` / ``current``
     ([len(indices), W], from no-grad passes) are the behaviour, reference and present
     log-probs (``entropy``: the present policy's, from the same pass, for a mask that selects
     tokens by it); ``old`` None means on-policy (the update's own forward gives them).
     ``behaviour`` ([len(indices), W]): the engine's log-probs on the trainer's scale
-    (:func:`engine_logprobs`), read by a rollout correction. Micro-batches hold
+    (:func:`engine_logprobs`), read by a rollout correction. ``precomputed``: the terms'
+    advantages over every row of the rollout batch (``UnifiedEstimator.precompute``), of which
+    these rows take their own. Micro-batches hold
     ``micro_batch_size`` rows, or as many as a :class:`MicroBatching`'s token budget holds."""
     subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
+    fields = rollout_fields(rows, indices, old, ref, current, behaviour, entropy)
+    if precomputed:  # the advantages over the whole rollout batch, these rows' part
+        on_device = indices.to(next(iter(precomputed.values())).device)
+        fields = fields.replace(precomputed={k: v[on_device] for k, v in precomputed.items()})
+    units = list(torch.arange(indices.numel(), device=HOST).split(1))
+    micro = MicroBatching.of(micro_batch_size).split(units, subset.attention.sum(-1))
+    return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)
+
+
+def rollout_fields(
+    rows: RowTensors,
+    indices: Tensor,
+    old: Tensor | None,
+    ref: Tensor | None,
+    current: Tensor | None,
+    behaviour: Tensor | None = None,
+    entropy: Tensor | None = None,
+) -> Batch:
+    """The estimator's fields of the rows ``indices`` (arguments as :func:`online_minibatch`
+    takes them); zeros stand in for the log-probs the update's forward fills."""
     placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=HOST)
-    fields = Batch(
+    return Batch(
         logprobs=current if current is not None else placeholder,
-        mask=subset.scored,
+        mask=rows.mask[indices],
         old_logprobs=old if old is not None else placeholder,
         ref_logprobs=ref,
         behaviour_logprobs=behaviour,
@@ -218,9 +241,6 @@ def online_minibatch(
         group_ids=rows.group_ids[indices],
         roles=rows.roles[indices],
     )
-    units = list(torch.arange(indices.numel(), device=HOST).split(1))
-    micro = MicroBatching.of(micro_batch_size).split(units, subset.attention.sum(-1))
-    return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)
 
 
 def old_logprobs_and_kept_mass(
