@@ -65,6 +65,10 @@ class RolloutConfig(Section):
     the importance ratio compares the same tempered policy that sampled."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass (1 disables it)."""
+    top_k: int = Field(0, ge=0)
+    """Sample from the k most likely tokens only, before top_p (0 disables it; vLLM's -1). As
+    with top_p < 1, the importance ratio keeps the full tempered distribution as π; a rollout
+    correction adds the mass top-k and top-p kept to the engine's log-probs."""
     max_new_tokens: int = Field(256, gt=0)
     """Completion length cap; a completion cut here usually has no boxed answer."""
     max_batch_size: int = Field(64, gt=0)
@@ -226,8 +230,8 @@ class OnlineConfig(Section):
     rollout_correction: RolloutCorrectionConfig | None = None
     """Rollout correction (TIS / MIS) of the trainer/engine log-prob mismatch, e.g.
     {mode: tis, cap: 2}; null: off. The engine's log-probs are put on the trainer's
-    full-vocabulary scale first (with rollout.top_p < 1 the kept mass log S_t is added, computed
-    in the no-grad old pass, which the run then always makes)."""
+    full-vocabulary scale first (with rollout.top_p < 1 or rollout.top_k > 0 the kept mass
+    log S_t is added, computed in the no-grad old pass, which the run then always makes)."""
     max_staleness: int = Field(0, ge=0)
     """Off-policy rollouts: Ray rollout workers generate the batches of the next k steps while
     the trainer updates (k = 1: verl's one-step-off), each batch at most k policy versions

@@ -264,6 +264,11 @@ class LoggingConfig(Section):
     """Older configs: adds wandb to report_to, logging under this project."""
     plot: bool = True
     """Write training_curves.png at the end of the run."""
+    completions: int = Field(0, ge=0)
+    """Online runs: write every sample of this many prompts per step to
+    RUN/completions.jsonl (step, prompt, answer, completion, total reward and each reward's
+    value, correct, tokens, truncated), as TRL's `log_completions` and verl's
+    `rollout_data_dir`; with dynamic sampling, of each round. 0: none."""
 
     def trackers(self) -> list[str]:
         """report_to with the older `tensorboard: false` / `wandb_project` applied."""

@@ -44,6 +44,9 @@ class EvalConfig(Section):
     """Sampling temperature of the n samples (the greedy pass ignores it)."""
     top_p: float = Field(0.95, gt=0, le=1)
     """Nucleus sampling mass of the n samples."""
+    top_k: int = Field(0, ge=0)
+    """Sample the n completions from the k most likely tokens only (Qwen3's recommended 20);
+    0 disables it (vLLM's -1)."""
     max_new_tokens: int = Field(512, gt=0)
     """Completion length cap; a completion cut here usually has no boxed answer and counts as
     wrong."""

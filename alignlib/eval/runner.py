@@ -266,6 +266,7 @@ def _run_benchmark(
             n=config.n,
             temperature=config.temperature,
             top_p=config.top_p,
+            top_k=config.top_k,
             max_new_tokens=config.max_new_tokens,
         )
     outputs = {

@@ -23,6 +23,8 @@ from alignlib.config.schema import RunConfig
 from alignlib.device import HOST
 from alignlib.estimator import Role, UnifiedEstimator, rollout_correction
 from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ahead
+from alignlib.trainer.completions_log import FILE as COMPLETIONS
+from alignlib.trainer.completions_log import CompletionLog
 from alignlib.trainer.critic import train_critic
 from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.offline import Sampler
@@ -76,9 +78,10 @@ class OnlineSource:
         # mini-batches need a fresh no-grad pass before they are prepared.
         self.live = estimator.reads_present_logprobs()
         # The engine's log-probs, for a rollout correction or off-policy sequence masking,
-        # need log S_t added when the engine truncated its distribution (top-p).
+        # need log S_t added when the engine truncated its distribution (top-k, top-p).
         self.reads_engine = self.estimator.reads_behaviour()
-        self.kept_mass = self.reads_engine and self.rollout.top_p < 1
+        truncated = self.rollout.top_p < 1 or self.rollout.top_k > 0
+        self.kept_mass = self.reads_engine and truncated
         self.old_pass = (
             updates_per_step > 1
             or self.live
@@ -117,6 +120,9 @@ class OnlineSource:
             weights,
             state.world.rollout_scheduling,
         )
+        if self.config.logging.completions:
+            path = out_dir / COMPLETIONS
+            self.collector.log = CompletionLog(path, self.config.logging.completions, start)
         if self.ahead is not None:
             self.ahead.begin(start)
         return self.evaluate(0) if start == 0 else {}
@@ -307,7 +313,7 @@ class OnlineSource:
         old = entropy = mass = None
         if self.kept_mass:  # log S_t from the same logits as π_old
             old, entropy, mass = old_logprobs_and_kept_mass(
-                self.kernel, tensors, size, 0, self.rollout.top_p
+                self.kernel, tensors, size, self.rollout.top_k, self.rollout.top_p
             )
         elif self.old_pass:
             old, entropy = policy_logprobs(self.kernel, tensors, every, size)

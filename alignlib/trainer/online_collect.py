@@ -20,6 +20,7 @@ from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner
 from alignlib.rollout.episode_router import EpisodeRouter
+from alignlib.trainer.completions_log import CompletionLog
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
 from alignlib.trainer.online_rewards import RewardModel, with_answer_field
@@ -89,6 +90,8 @@ class RolloutCollector:
         self.sampler = Sampler(
             len(self.rows), self.online.prompts_per_step, config.train.seed, data.shuffle
         )
+        self.log: CompletionLog | None = None
+        """Where the sampled completions are written (``logging.completions``), when set."""
 
     def heldout_set(self) -> tuple[list[list[int]], list[dict[str, Any]]] | None:
         """(prompt ids, rows) of ``online.heldout.data``, or None when it is not set."""
@@ -185,6 +188,8 @@ class RolloutCollector:
         groups_seen = groups_kept = 0
         for attempt in range(dynamic.max_tries if dynamic.enabled else 1):
             rollouts, rows, plan = self.rollout_and_score(engine, step, attempt)
+            if self.log is not None:
+                self.log.write(step, rollouts, attempt)
             all_rollouts.append(rollouts)
             plans.append(plan)
             groups = sorted(set(rows.group_ids))

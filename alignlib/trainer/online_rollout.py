@@ -126,6 +126,7 @@ def sampling_params(config: RolloutConfig, seed: int) -> SamplingParams:
         n=config.n,
         temperature=config.temperature,
         top_p=config.top_p,
+        top_k=config.top_k,
         max_new_tokens=config.max_new_tokens,
         seed=seed,
     )

@@ -55,6 +55,11 @@ def check_run(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float
             "online.environment plays episodes with rollouts, and this run samples none (no "
             "rollout: section); add rollout: to train online, or remove the key"
         )
+    if config.rollout is None and config.logging.completions:
+        raise ConfigError(
+            "logging.completions writes the completions an online run samples, and this run "
+            "has no rollout: section; remove the key, or add rollout: to train online"
+        )
     if config.data.heldout is not None and (config.rollout or config.iterative):
         raise ConfigError(
             "data.heldout scores held-out rows of an offline run; online runs and preference "
