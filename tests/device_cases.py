@@ -24,7 +24,12 @@ from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.critic import train_critic
 from alignlib.trainer.loop import Trainer
 from alignlib.trainer.online_rollout import TrainRows
-from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
+from alignlib.trainer.online_update import (
+    collate_rows,
+    online_minibatch,
+    policy_logprobs,
+    rollout_fields,
+)
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.update import accumulate
 from alignlib.trainer.world import SINGLE, World
@@ -198,9 +203,16 @@ def run_case(
             every = torch.arange(tensors.num_rows, device="cpu")
             old, entropy = policy_logprobs(kernel, tensors, every, 3)
             ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
-            batch = online_minibatch(tensors, every, old, ref, old, 3, entropy=entropy)
-            if state.critic is not None:  # V_old and the critic's step, as the online source
-                values = state.critic.values(tensors.host, 3)
+            values = None if state.critic is None else state.critic.values(tensors.host, 3)
+            # The advantages over the rollout batch, as the online source hands them to each of
+            # its mini-batches (here one: the same numbers, through the same path).
+            fields = rollout_fields(tensors, every, old, ref, old, entropy=entropy)
+            fields = fields if values is None else fields.replace(values=values)
+            given = state.estimator.precompute(fields.to(kernel.device))
+            batch = online_minibatch(
+                tensors, every, old, ref, old, 3, entropy=entropy, precomputed=given
+            )
+            if state.critic is not None and values is not None:  # the critic's step
                 batch = train_critic(state.critic, state.estimator, batch, values, 1)
             metrics, entropy = accumulate(kernel, state.estimator, batch)
         world.sync_gradients(trainer.model)

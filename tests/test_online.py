@@ -17,6 +17,7 @@ import yaml
 
 import alignlib.trainer.online as online
 import alignlib.trainer.online_collect as online_collect
+from alignlib import algorithms
 from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.estimator import Role
@@ -205,7 +206,22 @@ def test_informative_groups_see_step_rewards_when_the_advantage_reads_them() -> 
         for placed in steps:
             rows.add([1], [2, 3], Role.SAMPLE, group, 1.0, step_rewards=placed)
     assert informative_groups(rows) == []
-    assert informative_groups(rows, steps=True) == [0]
+    assert informative_groups(rows, distinguishing={"step_rewards"}) == [0]
+
+
+def test_informative_groups_see_each_rewards_value_when_the_advantage_reads_them() -> None:
+    """Equal totals from different rewards: zero advantage for GRPO, not for GDPO, which
+    normalizes each reward in its group; a reward with no opinion (NaN) on every row is equal."""
+    rows = TrainRows(reward_weights=[1.0, 1.0])
+    for group, parts in enumerate([[[1.0, 0.0], [0.0, 1.0]], [[1.0, None], [1.0, None]]]):
+        for values in parts:  # a NaN object of its own per row, as rewards give them
+            own = [float("nan") if v is None else v for v in values]
+            rows.add([1], [2], Role.SAMPLE, group, 1.0, parts=own)
+    assert informative_groups(rows) == []
+    assert informative_groups(rows, distinguishing={"reward_parts"}) == [0]
+    assert algorithms.get("gdpo").distinguishing_fields() == {"reward_parts"}
+    assert algorithms.get("grpo_process").distinguishing_fields() == {"step_rewards"}
+    assert algorithms.get("grpo").distinguishing_fields() == frozenset()
 
 
 def test_luffy_replaces_the_last_rollout_of_every_group_with_the_demonstration() -> None:

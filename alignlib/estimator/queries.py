@@ -70,12 +70,20 @@ class EstimatorQueries:
             for term in self.terms
         )
 
-    def reads_steps(self) -> bool:
-        """True when an advantage reads where a row's step rewards sit, not only their sum."""
-        return any(
-            isinstance(term, PolicyGradientTerm) and term.advantage.reads_steps
-            for term in self.terms
-        )
+    def distinguishing_fields(self) -> frozenset[str]:
+        """Row fields besides the total reward by which an advantage tells a group's rows
+        apart: ``step_rewards`` (where step rewards sit: process supervision), ``reward_parts``
+        (each reward's own value: GDPO normalizes them one by one). Dynamic sampling keeps a
+        group whose rows differ in any of them, even when their totals are equal."""
+        fields: set[str] = set()
+        for term in self.terms:
+            if not isinstance(term, PolicyGradientTerm):
+                continue
+            if term.advantage.reads_steps:
+                fields.add("step_rewards")
+            if "reward_parts" in term.advantage.requirements():
+                fields.add("reward_parts")
+        return frozenset(fields)
 
     def reads_old_in_prepare(self) -> bool:
         """True when an advantage (computed once per mini-batch, before any forward) reads

@@ -64,7 +64,8 @@ class OnlineSource:
                 f"{type(router).__name__} needs rollout.n >= {router.min_samples} "
                 f"(it has {self.rollout.n})"
             )
-        self.collector = RolloutCollector(config, tokenizer, router, estimator.reads_steps())
+        distinguishing = estimator.distinguishing_fields()
+        self.collector = RolloutCollector(config, tokenizer, router, distinguishing)
         self.sampler = self.collector.sampler
         train = config.train
         self.total_steps = train.max_steps or train.epochs * self.sampler.steps_per_epoch()

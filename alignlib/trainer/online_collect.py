@@ -6,6 +6,7 @@ the model loads anything."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from alignlib.config.environment import EnvironmentConfig
@@ -57,13 +58,18 @@ class RolloutCollector:
     """The rows of each step from the prompt set (``data``), the rewards and the router."""
 
     def __init__(
-        self, config: RunConfig, tokenizer: Any, router: Router, reads_steps: bool = False
+        self,
+        config: RunConfig,
+        tokenizer: Any,
+        router: Router,
+        distinguishing: Collection[str] = (),
     ) -> None:
-        """``reads_steps``: the advantage reads where step rewards sit (dynamic sampling keeps
-        a group whose rows differ there)."""
+        """``distinguishing``: row fields besides the total reward the advantage reads
+        (``UnifiedEstimator.distinguishing_fields``): dynamic sampling keeps a group whose
+        rows differ there."""
         assert config.rollout is not None
         self.config, self.rollout, self.online = config, config.rollout, config.online
-        self.tokenizer, self.router, self.reads_steps = tokenizer, router, reads_steps
+        self.tokenizer, self.router, self.distinguishing = tokenizer, router, distinguishing
         data, where = config.data, f"data.path {config.data.path}"
         self.rows = with_answer_field(
             load_rows(data.path, data.split, data.limit), data.answer_field
@@ -195,7 +201,7 @@ class RolloutCollector:
             groups = sorted(set(rows.group_ids))
             if dynamic.enabled:
                 keep = set(plan.keep.nonzero().flatten().tolist())
-                groups = informative_groups(rows, keep, self.reads_steps)
+                groups = informative_groups(rows, keep, self.distinguishing)
             groups_seen += len(rollouts.rows)
             room = wanted - groups_kept
             take = groups[:room] if dynamic.enabled else groups

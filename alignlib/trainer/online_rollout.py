@@ -212,11 +212,12 @@ def build_rows(
 
 # ---------------------------------------------------------------------------- dynamic sampling
 def informative_groups(
-    rows: TrainRows, always: Collection[int] = (), steps: bool = False
+    rows: TrainRows, always: Collection[int] = (), distinguishing: Collection[str] = ()
 ) -> list[int]:
     """Group ids that can carry gradient: those the router keeps whatever their rewards
-    (``RowPlan.keep``: HPT's SFT rows), or rewards that are not all equal (``steps``: nor
-    their step rewards, for an advantage that reads them).
+    (``RowPlan.keep``: HPT's SFT rows), or rewards that are not all equal, nor the fields in
+    ``distinguishing`` for an advantage that reads them (``step_rewards``: where step rewards
+    sit; ``reward_parts``: each reward's own value, as GDPO normalizes them one by one).
 
     A group whose policy-gradient rows all share one reward has zero advantage under every
     group baseline, so DAPO's dynamic sampling drops it and samples more prompts instead.
@@ -226,8 +227,13 @@ def informative_groups(
         by_group.setdefault(g, []).append(i)
 
     def profile(i: int) -> object:
-        placed = sorted((rows.step_rewards[i] or {}).items()) if steps else ()
-        return rows.rewards[i], tuple(placed)
+        placed = ()
+        if "step_rewards" in distinguishing:
+            placed = tuple(sorted((rows.step_rewards[i] or {}).items()))
+        parts = ()
+        if "reward_parts" in distinguishing:  # NaN (no opinion) as None: NaN != NaN
+            parts = tuple(None if v != v else v for v in rows.reward_parts[i] or ())
+        return rows.rewards[i], placed, parts
 
     return [
         g
