@@ -32,7 +32,7 @@ class CompletionLog:
         """The samples of the first ``prompts`` prompts of ``rollouts`` (sampled for ``step``
         in dynamic sampling's round ``round_index``)."""
         records = [
-            completion_record(rollouts, p, s) | {"step": step, "round": round_index}
+            {"step": step, "round": round_index} | completion_record(rollouts, p, s)
             for p in range(min(self.prompts, len(rollouts.rows)))
             for s in range(len(rollouts.generations[p]))
         ]
