@@ -14,6 +14,7 @@ from test_trainer import interrupted_then_resumed
 
 from alignlib.cli import main
 from alignlib.config import load_config
+from alignlib.trainer.completions_log import CompletionLog
 from alignlib.trainer.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,6 +55,16 @@ def test_a_resumed_run_logs_each_step_once(tmp_path: Path, monkeypatch: pytest.M
     want, got = records(straight.output_dir), records(resumed.output_dir)
     assert [r["step"] for r in got] == [r["step"] for r in want] == sorted(r["step"] for r in want)
     assert got == want
+
+
+def test_a_resume_drops_later_steps_and_a_half_written_line(tmp_path: Path) -> None:
+    path = tmp_path / "completions.jsonl"
+    lines = [json.dumps({"step": step, "sample": s}) for step in (1, 2, 3) for s in (0, 1)]
+    path.write_text("".join(f"{line}\n" for line in lines) + '{"step": 3, "prom')
+    CompletionLog(path, 2, start=2)
+    assert path.read_text().splitlines() == lines[:4]
+    CompletionLog(path, 2, start=0)  # a fresh run starts a fresh log
+    assert not path.exists()
 
 
 def test_an_offline_run_is_refused_in_one_line(

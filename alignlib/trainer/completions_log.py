@@ -17,7 +17,8 @@ FILE = "completions.jsonl"
 
 class CompletionLog:
     """Appends each step's records to ``path``; a resumed run first drops the records of the
-    steps it will sample again, so every step is there once."""
+    steps it will sample again (and a line an interrupted write left half-written), so every
+    step is there once."""
 
     def __init__(self, path: Path, prompts: int, start: int) -> None:
         self.path, self.prompts = path, prompts
@@ -25,7 +26,10 @@ class CompletionLog:
             path.unlink(missing_ok=True)
         elif path.is_file():
             lines = path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= start]
+            steps = [step_of(line) for line in lines]
+            kept = [
+                line for line, s in zip(lines, steps, strict=True) if s is not None and s <= start
+            ]
             path.write_text("".join(f"{line}\n" for line in kept))
 
     def write(self, step: int, rollouts: Rollouts, round_index: int = 0) -> None:
@@ -38,6 +42,14 @@ class CompletionLog:
         ]
         with self.path.open("a") as out:
             out.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+
+
+def step_of(line: str) -> int | None:
+    """A record's step, or None for a line a killed run left half-written."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def completion_record(rollouts: Rollouts, p: int, s: int) -> dict[str, Any]:
