@@ -48,6 +48,10 @@ class SamplingParams:
     """Nucleus sampling mass in (0, 1]; 1 disables it."""
     top_k: int = 0
     """Keep only the k most likely tokens; 0 disables it."""
+    min_p: float = 0.0
+    """Drop the tokens less likely than min_p × the most likely one's probability; 0 disables
+    it. Applied after the temperature and before top-k / top-p, in vLLM's order (transformers'
+    own `generate` applies it last; with top-p the kept tokens can differ)."""
     max_new_tokens: int = 128
     """Completion length cap; a completion that hits it finishes with reason "length"."""
     seed: int | None = None
@@ -65,6 +69,7 @@ class SamplingParams:
             (self.temperature >= 0, f"temperature={self.temperature} must be >= 0"),
             (0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]"),
             (self.top_k >= 0, f"top_k={self.top_k} must be >= 0 (0 disables it)"),
+            (0 <= self.min_p <= 1, f"min_p={self.min_p} must be in [0, 1] (0 disables it)"),
             (self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens} must be >= 1"),
             (self.logprobs_mode in ("processed", "raw"), "logprobs_mode must be processed|raw"),
             (not isinstance(self.stop, str), "stop must be a tuple of strings, not one string"),

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers.generation.logits_process import (
     LogitsProcessor,
+    MinPLogitsWarper,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -27,10 +28,13 @@ BLOCK = 256
 
 
 def warpers(sampling: SamplingParams) -> list[LogitsProcessor]:
-    """Temperature, then top-k, then top-p: transformers' own warpers in its own order."""
+    """Temperature, then min-p, top-k, top-p: transformers' own warpers in vLLM's order (so
+    both engines keep the same tokens; transformers' `generate` puts min-p last)."""
     chosen: list[LogitsProcessor] = []
     if sampling.temperature != 1.0:
         chosen.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.min_p > 0:
+        chosen.append(MinPLogitsWarper(min_p=sampling.min_p))
     if sampling.top_k > 0:
         chosen.append(TopKLogitsWarper(top_k=sampling.top_k))
     if sampling.top_p < 1.0:

@@ -142,6 +142,7 @@ class VLLMEngine(RolloutEngine):
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else -1,  # -1 = off in every vLLM version
+            min_p=sampling.min_p,
             max_tokens=sampling.max_new_tokens,
             seed=seed,
             stop=list(sampling.stop) or None,

@@ -124,6 +124,7 @@ def test_metrics_are_exact_with_scripted_answers(tmp_path):
         temperature=0.7,
         top_p=0.9,
         top_k=20,
+        min_p=0.05,
         output_dir=str(tmp_path),
     )
     report = evaluate(config, engine=engine)
@@ -139,8 +140,9 @@ def test_metrics_are_exact_with_scripted_answers(tmp_path):
     assert report.metrics["average"]["pass@1"] == 0.5
     greedy_call, sampled_call = engine.calls
     assert greedy_call.greedy and greedy_call.n == 1
-    sampled = (sampled_call.n, sampled_call.temperature, sampled_call.top_p, sampled_call.top_k)
-    assert sampled == (4, 0.7, 0.9, 20)
+    call = sampled_call
+    sampled = (call.n, call.temperature, call.top_p, call.top_k, call.min_p)
+    assert sampled == (4, 0.7, 0.9, 20, 0.05)
     assert sampled_call.seed is not None
     saved = json.loads((tmp_path / "results.json").read_text())
     record = saved["records"]["gsm8k"][1]
@@ -234,9 +236,10 @@ def test_config_file_eval_section_with_flag_overrides(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     parser = argparse.ArgumentParser()
     add_eval_parser(parser.add_subparsers())
-    argv = ["eval", "--config", str(tmp_path / "run.yaml"), "--n", "8", "--top-k", "20"]
-    config = build_config(parser.parse_args(argv))
-    assert config.n == 8 and config.resolved_ks() == [2, 4, 8] and config.top_k == 20
+    argv = ["eval", "--config", str(tmp_path / "run.yaml"), "--n", "8"]
+    config = build_config(parser.parse_args([*argv, "--top-k", "20", "--min-p", "0.1"]))
+    assert config.n == 8 and config.resolved_ks() == [2, 4, 8]
+    assert (config.top_k, config.min_p) == (20, 0.1)
     assert config.benchmarks == [str(tmp_path / "mine.jsonl")]  # relative to the config file
     rows = load_benchmark(config.benchmarks[0], problem_field="q", answer_field="a")
     assert rows[0]["answer"] == "2"

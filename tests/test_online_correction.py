@@ -1,6 +1,6 @@
 """Rollout correction in the online trainer: every mode trains and logs its metrics, the
 engine's log-probs are aligned with the trainer's (ratio ≈ 1 with the shared transformers
-engine), top-k's and top-p's kept mass log S_t is added (without it the ratio is ≈ S_t),
+engine), min-p's, top-k's and top-p's kept mass log S_t is added (without it the ratio is ≈ S_t),
 `rejection` forces the no-grad old pass, and offline runs or a token mode on sequence units are
 refused."""
 
@@ -60,15 +60,18 @@ def test_every_mode_trains_online_and_logs_its_metrics(
         assert record["skipped_steps"] == 0
 
 
-@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (0, 0.7), (5, 1.0), (8, 0.8)])
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "min_p"),
+    [(0, 1.0, 0.0), (0, 0.7, 0.0), (5, 1.0, 0.0), (8, 0.8, 0.0), (0, 1.0, 0.5), (0, 0.8, 0.3)],
+)
 def test_engine_logprobs_are_aligned_with_the_trainers(
-    tmp_path: Path, top_k: int, top_p: float
+    tmp_path: Path, top_k: int, top_p: float, min_p: float
 ) -> None:
     # The transformers engine generates with the training module itself (fp32, eval mode): the
     # only differences are kernel order (KV cache, left padding), so π_old/π_behav ≈ 1 on every
     # token. A one-position shift, a missing EOS log-prob, a row mixed up or log S_t left out
     # (top_p 0.7, top_k 5) moves these by far more than 1e-3.
-    rollout = {"temperature": 1.0, "top_p": top_p, "top_k": top_k}
+    rollout = {"temperature": 1.0, "top_p": top_p, "top_k": top_k, "min_p": min_p}
     history = corrected_run(tmp_path, {"mode": "tis"}, rollout=rollout)
     for record in history:
         assert abs(record["grpo/rollout_ratio_mean"] - 1) < 1e-3
@@ -76,7 +79,7 @@ def test_engine_logprobs_are_aligned_with_the_trainers(
         assert abs(record["grpo/rollout_kl_k1"]) < 1e-4
 
 
-@pytest.mark.parametrize("truncation", [{"top_p": 0.7}, {"top_k": 5}])
+@pytest.mark.parametrize("truncation", [{"top_p": 0.7}, {"top_k": 5}, {"min_p": 0.5}])
 def test_without_the_kept_mass_the_ratio_is_biased_by_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, truncation: dict[str, Any]
 ) -> None:

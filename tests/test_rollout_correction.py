@@ -208,17 +208,31 @@ def test_config_shape_and_validation() -> None:
 
 
 @pytest.mark.parametrize(
-    ("top_k", "top_p", "temperature"), [(0, 0.9, 1.0), (5, 1.0, 0.7), (8, 0.8, 1.3)]
+    ("top_k", "top_p", "temperature", "min_p"),
+    [
+        (0, 0.9, 1.0, 0.0),
+        (5, 1.0, 0.7, 0.0),
+        (8, 0.8, 1.3, 0.0),
+        (0, 1.0, 1.0, 0.05),
+        (0, 0.95, 1.3, 0.05),  # here min-p before top-p (vLLM's order) changes what top-p keeps
+    ],
 )
 def test_kept_log_mass_matches_transformers_warpers(
-    top_k: int, top_p: float, temperature: float
+    top_k: int, top_p: float, temperature: float, min_p: float
 ) -> None:
     """processed log-prob (the engines' default) + log S = the tempered full-vocabulary one."""
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     gen = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(6, 40, generator=gen)
     scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if min_p:
+        scores = MinPLogitsWarper(min_p)(None, scores)
     if top_k:
         scores = TopKLogitsWarper(top_k)(None, scores)
     if top_p < 1:
@@ -226,7 +240,7 @@ def test_kept_log_mass_matches_transformers_warpers(
     processed = torch.log_softmax(scores, -1)
     full = torch.log_softmax(logits / temperature, -1)
     token = processed.argmax(-1, keepdim=True)  # any kept token
-    log_s = kept_log_mass(logits, temperature, top_k, top_p)
+    log_s = kept_log_mass(logits, temperature, top_k, top_p, min_p)
     got = processed.gather(1, token)[:, 0] + log_s
     assert torch.allclose(got, full.gather(1, token)[:, 0], atol=1e-5)
     assert bool((log_s < 0).all()) and bool((log_s > math.log(1e-6)).all())

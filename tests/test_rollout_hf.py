@@ -146,21 +146,23 @@ def test_greedy_matches_model_generate(engine, model):
 
 
 @pytest.mark.parametrize(
-    ("temperature", "top_k", "top_p", "mode"),
+    ("temperature", "top_k", "top_p", "mode", "min_p"),
     [
-        (0.7, 0, 1.0, "processed"),
-        (1.3, 0, 1.0, "processed"),
-        (0.0, 0, 1.0, "processed"),  # greedy: documented as temperature 1
-        (0.7, 20, 1.0, "processed"),  # truncation renormalises over the kept tokens
-        (0.7, 0, 1.0, "raw"),
+        (0.7, 0, 1.0, "processed", 0.0),
+        (1.3, 0, 1.0, "processed", 0.0),
+        (0.0, 0, 1.0, "processed", 0.0),  # greedy: documented as temperature 1
+        (0.7, 20, 1.0, "processed", 0.0),  # truncation renormalises over the kept tokens
+        (0.7, 0, 1.0, "processed", 0.05),  # min-p: p ≥ 0.05 · max p, then renormalised
+        (0.7, 0, 1.0, "raw", 0.0),
     ],
 )
-def test_logprobs_match_teacher_forcing(engine, model, temperature, top_k, top_p, mode):
+def test_logprobs_match_teacher_forcing(engine, model, temperature, top_k, top_p, mode, min_p):
     sampling = SamplingParams(
         n=2,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        min_p=min_p,
         max_new_tokens=10,
         seed=7,
         logprobs_mode=mode,
@@ -170,6 +172,10 @@ def test_logprobs_match_teacher_forcing(engine, model, temperature, top_k, top_p
             logits = teacher_forced_logits(model, g.prompt_ids, g.token_ids)
             if mode == "processed":
                 logits = logits / (temperature if temperature > 0 else 1.0)
+                if min_p:
+                    probs = torch.softmax(logits, dim=-1)
+                    low = probs < min_p * probs.max(dim=-1, keepdim=True).values
+                    logits = logits.masked_fill(low, float("-inf"))
                 if top_k:
                     kth = logits.topk(top_k, dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

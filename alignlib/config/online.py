@@ -68,7 +68,11 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0)
     """Sample from the k most likely tokens only, before top_p (0 disables it; vLLM's -1). As
     with top_p < 1, the importance ratio keeps the full tempered distribution as π; a rollout
-    correction adds the mass top-k and top-p kept to the engine's log-probs."""
+    correction adds the mass min-p, top-k and top-p kept to the engine's log-probs."""
+    min_p: float = Field(0.0, ge=0, le=1)
+    """Drop the tokens less likely than min_p × the most likely one's probability, after the
+    temperature and before top_k / top_p (vLLM's order, which the transformers engine follows
+    too); 0 disables it. Handled like top_p by a rollout correction."""
     max_new_tokens: int = Field(256, gt=0)
     """Completion length cap; a completion cut here usually has no boxed answer."""
     max_batch_size: int = Field(64, gt=0)
@@ -230,7 +234,7 @@ class OnlineConfig(Section):
     rollout_correction: RolloutCorrectionConfig | None = None
     """Rollout correction (TIS / MIS) of the trainer/engine log-prob mismatch, e.g.
     {mode: tis, cap: 2}; null: off. The engine's log-probs are put on the trainer's
-    full-vocabulary scale first (with rollout.top_p < 1 or rollout.top_k > 0 the kept mass
+    full-vocabulary scale first (with rollout.top_p < 1, top_k > 0 or min_p > 0 the kept mass
     log S_t is added, computed in the no-grad old pass, which the run then always makes)."""
     max_staleness: int = Field(0, ge=0)
     """Off-policy rollouts: Ray rollout workers generate the batches of the next k steps while

@@ -52,6 +52,7 @@ on the trainer's full-vocabulary scale; ``old_logprobs`` (the PPO ratio's π_old
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -248,20 +249,29 @@ def rollout_correction(spec: Mapping[str, Any] | None) -> RolloutCorrection | No
 
 
 def kept_log_mass(
-    logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
 ) -> Tensor:
-    """[...] log S: log of the tempered full-vocabulary mass that top-k then top-p keep.
+    """[...] log S: log of the tempered full-vocabulary mass that min-p, top-k, then top-p keep.
 
-    ``logits`` is [..., V]. The rule is transformers' (``TopKLogitsWarper`` keeps ties with the
-    k-th value; ``TopPLogitsWarper`` drops the ascending-sorted tokens whose cumulative mass is
-    ≤ 1 − top_p, keeping at least one), which vLLM follows up to ties at the boundary. The
-    engine's processed log-prob plus this is the full-vocabulary tempered log-prob.
+    ``logits`` is [..., V]. The rule is transformers' warpers in vLLM's order (``MinPLogits
+    Warper`` keeps p ≥ min_p · max p; ``TopKLogitsWarper`` keeps ties with the k-th value;
+    ``TopPLogitsWarper`` drops the ascending-sorted tokens whose cumulative mass, renormalized
+    over what is left, is ≤ 1 − top_p, keeping at least one), which vLLM follows up to ties at
+    the boundary. The engine's processed log-prob plus this is the full-vocabulary tempered
+    log-prob.
     """
     logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
     if temperature != 1.0:
         logp = torch.log_softmax(logp / temperature, -1)
     minus_inf = logp.new_tensor(float("-inf"))
     kept = logp
+    if min_p > 0:  # first, as vLLM: top-p then renormalizes over what min-p kept
+        floor = logp.max(-1, keepdim=True).values + math.log(min_p)
+        kept = kept.where(logp >= floor, minus_inf)
     if 0 < top_k < logp.shape[-1]:
         kth = logp.topk(top_k, dim=-1).values[..., -1:]
         kept = kept.where(logp >= kth, minus_inf)

@@ -21,6 +21,7 @@ _FIELDS = (
     "temperature",
     "top_p",
     "top_k",
+    "min_p",
     "max_new_tokens",
     "limit",
     "seed",
@@ -49,6 +50,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="sampling temperature (default 0.6)")
     p.add_argument("--top-p", type=float, help="nucleus mass (default 0.95)")
     p.add_argument("--top-k", type=int, help="most likely tokens kept (default 0: all)")
+    p.add_argument("--min-p", type=float, help="least probability vs the top token (default 0)")
     p.add_argument("--max-new-tokens", type=int, help="completion length cap (default 512)")
     p.add_argument("--limit", type=int, help="first N problems of each benchmark")
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")

@@ -47,6 +47,9 @@ class EvalConfig(Section):
     top_k: int = Field(0, ge=0)
     """Sample the n completions from the k most likely tokens only (Qwen3's recommended 20);
     0 disables it (vLLM's -1)."""
+    min_p: float = Field(0.0, ge=0, le=1)
+    """Drop the tokens less likely than min_p × the most likely one's probability (before
+    top-k / top-p, vLLM's order); 0 disables it."""
     max_new_tokens: int = Field(512, gt=0)
     """Completion length cap; a completion cut here usually has no boxed answer and counts as
     wrong."""

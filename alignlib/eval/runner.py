@@ -267,6 +267,7 @@ def _run_benchmark(
             temperature=config.temperature,
             top_p=config.top_p,
             top_k=config.top_k,
+            min_p=config.min_p,
             max_new_tokens=config.max_new_tokens,
         )
     outputs = {

@@ -54,9 +54,9 @@ def hooked(model: nn.Module, reduce: Reduce) -> Iterator[HeadHook]:
         handle.remove()
 
 
-def kept_mass(temperature: float, top_k: int, top_p: float) -> Reduce:
-    """log S_t: the tempered mass an engine's top-k / top-p truncation kept."""
-    return lambda logits: kept_log_mass(logits, temperature, top_k, top_p)
+def kept_mass(temperature: float, top_k: int, top_p: float, min_p: float = 0.0) -> Reduce:
+    """log S_t: the tempered mass an engine's min-p / top-k / top-p truncation kept."""
+    return lambda logits: kept_log_mass(logits, temperature, top_k, top_p, min_p)
 
 
 def log_sum_sq_probs(temperature: float) -> Reduce:

@@ -79,9 +79,10 @@ class OnlineSource:
         # mini-batches need a fresh no-grad pass before they are prepared.
         self.live = estimator.reads_present_logprobs()
         # The engine's log-probs, for a rollout correction or off-policy sequence masking,
-        # need log S_t added when the engine truncated its distribution (top-k, top-p).
+        # need log S_t added when the engine truncated its distribution (min-p, top-k, top-p).
         self.reads_engine = self.estimator.reads_behaviour()
-        truncated = self.rollout.top_p < 1 or self.rollout.top_k > 0
+        rollout = self.rollout
+        truncated = rollout.top_p < 1 or rollout.top_k > 0 or rollout.min_p > 0
         self.kept_mass = self.reads_engine and truncated
         self.old_pass = (
             updates_per_step > 1
@@ -313,8 +314,9 @@ class OnlineSource:
         size = self.online.micro_batch_size
         old = entropy = mass = None
         if self.kept_mass:  # log S_t from the same logits as π_old
+            rollout = self.rollout
             old, entropy, mass = old_logprobs_and_kept_mass(
-                self.kernel, tensors, size, self.rollout.top_k, self.rollout.top_p
+                self.kernel, tensors, size, rollout.top_k, rollout.top_p, rollout.min_p
             )
         elif self.old_pass:
             old, entropy = policy_logprobs(self.kernel, tensors, every, size)

@@ -127,6 +127,7 @@ def sampling_params(config: RolloutConfig, seed: int) -> SamplingParams:
         temperature=config.temperature,
         top_p=config.top_p,
         top_k=config.top_k,
+        min_p=config.min_p,
         max_new_tokens=config.max_new_tokens,
         seed=seed,
     )

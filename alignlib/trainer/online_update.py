@@ -244,12 +244,17 @@ def rollout_fields(
 
 
 def old_logprobs_and_kept_mass(
-    kernel: LogprobKernel, rows: RowTensors, micro_batch_size: int, top_k: int, top_p: float
+    kernel: LogprobKernel,
+    rows: RowTensors,
+    micro_batch_size: int,
+    top_k: int,
+    top_p: float,
+    min_p: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """([R, W] old log-probs, their entropy, [R, W] log S_t) in one no-grad pass over every
-    row: S_t is the tempered mass the engine's top-k/top-p kept at position t, read from the
-    same logits."""
-    reduce = kept_mass(kernel.temperature, top_k, top_p)
+    row: S_t is the tempered mass the engine's min-p/top-k/top-p kept at position t, read from
+    the same logits."""
+    reduce = kept_mass(kernel.temperature, top_k, top_p, min_p)
     out = kernel.every_row(rows.host, micro_batch_size, with_entropy=True, statistic=reduce)
     assert out.statistic is not None and out.entropy is not None
     return out.logprobs, out.entropy, out.statistic
