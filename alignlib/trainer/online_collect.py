@@ -30,13 +30,12 @@ from alignlib.trainer.online_rollout import (
     TrainRows,
     build_rows,
     demonstration_ids,
-    environment_metrics,
     informative_groups,
-    rollout_metrics,
     sampling_params,
     score_rollouts,
     select_groups,
 )
+from alignlib.trainer.rollout_metrics import environment_metrics, rollout_metrics
 
 
 def episode_runner(online: OnlineConfig, tokenizer: Any) -> EpisodeRunner | EpisodeRouter | None:
