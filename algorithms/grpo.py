@@ -29,7 +29,9 @@ def grpo(
     needs ``ref_logprobs`` and is aggregated exactly like the clipped term (same ``aggregation``,
     so with the default it sits inside each sequence's token mean, as eq. 3);
     ``kl_importance_weighted`` makes it DeepSeek-V3.2's unbiased estimate (each token's k3
-    times π_θ/π_old, TRL's ``use_bias_correction_kl``, on by default there). ``clip_c`` is
+    times π_θ/π_old, TRL's ``use_bias_correction_kl``, on by default there); ``kl_estimator``
+    k1, k2, k3, or verl's straight-through ``k3+`` / ``k1+`` (k3's value, k2's gradient, which
+    is KL's own on π's samples). ``clip_c`` is
     PPO's dual clip c (> 1: the loss of a token with Â < 0 is capped at −c·Â): verl applies it
     to GRPO (c = 3; 10 in its DAPO recipe), the paper does not, so it is off (None); TRL's
     ``delta`` (INTELLECT-2's two-sided clip, ρ capped at δ) is the same loss and gradient."""

@@ -30,6 +30,7 @@ from alignlib.estimator import (
     Rows,
     UnifiedEstimator,
 )
+from alignlib.estimator.registry import ParameterError
 
 
 def test_every_kind_has_its_registry() -> None:
@@ -204,6 +205,27 @@ def test_kl_estimators(estimator: str) -> None:
     g_got = torch.autograd.grad(loss, batch.logprobs)[0]
     g_want = torch.autograd.grad(want, batch.logprobs)[0]
     assert abs(float(loss) - float(want)) < 1e-12 and rel_error(g_got, g_want) < 1e-12
+
+
+@pytest.mark.parametrize("estimator", ["k1+", "k3+"])
+def test_straight_through_kl_has_its_value_and_k2s_gradient(estimator: str) -> None:
+    """verl's `k1+` / `k3+`: the loss is k1's / k3's, the gradient ½(log π − log π_ref)²'s."""
+    batch = rl_batch()
+    loss = UnifiedEstimator(terms=[KLPenalty(coef=0.5, estimator=estimator)])(batch).loss
+    d = (batch.ref_logprobs - batch.logprobs) * batch.mask
+    value = {"k1+": -d, "k3+": d.exp() - d - 1}[estimator]
+    want_value = 0.5 * (value * batch.mask).sum() / batch.mask.sum()
+    want_gradient_of = 0.5 * (0.5 * d**2 * batch.mask).sum() / batch.mask.sum()
+    g_got = torch.autograd.grad(loss, batch.logprobs)[0]
+    g_want = torch.autograd.grad(want_gradient_of, batch.logprobs)[0]
+    assert abs(float(loss) - float(want_value)) < 1e-12 and rel_error(g_got, g_want) < 1e-12
+    plain = UnifiedEstimator(terms=[KLPenalty(coef=0.5, estimator=estimator[:2])])(batch).loss
+    g_plain = torch.autograd.grad(plain, batch.logprobs)[0]
+    assert rel_error(g_plain, g_want) > 1e-3  # the plain estimator's gradient is another one
+    with pytest.raises(ParameterError, match="choose one"):
+        KLPenalty(estimator=estimator, importance_weighted=True)
+    grpo = algorithms.get("grpo", kl_coef=0.1, kl_estimator=estimator)
+    assert grpo.terms[-1].estimator == estimator
 
 
 @pytest.mark.parametrize("normalization", ["sum", "seq_mean", "token_mean_batch"])

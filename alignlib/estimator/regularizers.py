@@ -18,7 +18,7 @@ from alignlib.estimator.aggregation import (
 )
 from alignlib.estimator.batch import ALL_ROWS, Batch, BatchError, Role, Rows
 from alignlib.estimator.references import CurrentPolicy
-from alignlib.estimator.registry import Registry, check_choice, check_number
+from alignlib.estimator.registry import ParameterError, Registry, check_choice, check_number
 from alignlib.estimator.term import (
     PolicyGradientTerm,
     Term,
@@ -47,8 +47,11 @@ class KLPenalty(Term):
     """coef · KL(π_θ ‖ π_ref) estimated per token and aggregated like a loss."""
 
     coef: float = 0.001
-    estimator: Literal["k1", "k2", "k3"] = "k3"
-    """k1 = log π/π_ref; k2 = ½(log π/π_ref)²; k3 = π_ref/π − log(π_ref/π) − 1 (GRPO)."""
+    estimator: Literal["k1", "k2", "k3", "k1+", "k3+"] = "k3"
+    """k1 = log π/π_ref; k2 = ½(log π/π_ref)²; k3 = π_ref/π − log(π_ref/π) − 1 (GRPO).
+    `k1+` / `k3+` (verl's straight-through): the value of k1 / k3 (logged and in the loss), the
+    gradient of k2, (log π − log π_ref)·∇log π, whose expectation on π's own samples is the
+    gradient of KL(π‖π_ref) (k1's and k3's are not)."""
     rows: Rows = ALL_ROWS
     aggregation: Aggregation = field(default_factory=TokenMean)
     name: str = "kl"
@@ -59,7 +62,19 @@ class KLPenalty(Term):
 
     def __post_init__(self) -> None:
         check_number("KLPenalty", "coef", self.coef, ge=0, why="a negative KL weight rewards drift")
-        check_choice("KLPenalty", "estimator", self.estimator, ("k1", "k2", "k3"))
+        check_choice("KLPenalty", "estimator", self.estimator, ("k1", "k2", "k3", "k1+", "k3+"))
+        if self.importance_weighted and self.straight_through:
+            raise ParameterError(
+                "KLPenalty",
+                "importance_weighted",
+                f"and estimator {self.estimator!r} each correct the KL's gradient their own way; "
+                "choose one (k3 with importance_weighted is DeepSeek-V3.2's, k3+ verl's)",
+            )
+
+    @property
+    def straight_through(self) -> bool:
+        """The value of k1 / k3 with the gradient of k2 (``k1+`` / ``k3+``)."""
+        return self.estimator.endswith("+")
 
     def requirements(self) -> dict[str, str]:
         needs = {"ref_logprobs": f"the KL penalty compares with the reference policy ({self.name})"}
@@ -75,7 +90,10 @@ class KLPenalty(Term):
         _, mask = masked_weights(batch, self.rows, self.aggregation)
         logp = zero_where_masked(batch.logprobs, mask)
         ref = zero_where_masked(batch.ref_logprobs.detach(), mask)
-        estimate = _kl_estimate(logp, ref, self.estimator)
+        estimate = _kl_estimate(logp, ref, self.estimator.removesuffix("+"))
+        if self.straight_through:
+            k2 = _kl_estimate(logp, ref, "k2")
+            estimate = k2 - k2.detach() + estimate.detach()
         if self.importance_weighted:
             assert batch.old_logprobs is not None
             old = zero_where_masked(batch.old_logprobs.detach(), mask)
