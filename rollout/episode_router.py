@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from alignlib.rollout.base import Generation, Prompts, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner
@@ -14,21 +14,69 @@ from alignlib.rollout.environments import EpisodeError
 from alignlib.rollout.episode import PromptEncoder
 from alignlib.suggest import did_you_mean
 
-__all__ = ["EpisodeRouter", "check_row_environment"]
+__all__ = ["EpisodeRouter", "check_row_environment", "check_rows_name_environments", "episodes_for"]
 
 
-def check_row_environment(row: Mapping[str, Any], names: Sequence[str], field: str) -> str:
+def check_row_environment(
+    row: Mapping[str, Any], names: Sequence[str], field: str, section: str = "online"
+) -> str:
     """The environment ``row`` names in column ``field``; one line when it is not in
-    ``names``."""
+    ``names`` (the config keys under ``section``: `online` or `eval`)."""
     name = row.get(field)
     if name not in names:
         hint = did_you_mean(name, names) if isinstance(name, str) else ""
         raise EpisodeError(
             f"column {field!r} is {name!r}{hint}, not one of the environments of "
-            f"online.environments ({', '.join(names)}); give every row one of them "
-            "(online.environment_field names the column)"
+            f"{section}.environments ({', '.join(names)}); give every row one of them "
+            f"({section}.environment_field names the column)"
         )
     return name  # type: ignore[return-value]
+
+
+def check_rows_name_environments(
+    rows: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    field: str,
+    where: str,
+    section: str = "online",
+) -> None:
+    """Every row names one of ``names`` in column ``field``: one line naming the first row
+    that does not (``where``: the data set, e.g. `data.path x.jsonl`)."""
+    for index, row in enumerate(rows, start=1):
+        try:
+            check_row_environment(row, names, field, section)
+        except EpisodeError as exc:
+            raise EpisodeError(f"{where} row {index}: {exc}") from None
+
+
+class EnvironmentSpec(Protocol):
+    """An environment section (`online.environment`, `eval.environments.<name>`)."""
+
+    name: str
+    params: dict[str, Any]
+
+    def episode_settings(self) -> dict[str, Any]: ...
+
+
+def episodes_for(
+    single: EnvironmentSpec | None,
+    several: Mapping[str, EnvironmentSpec],
+    field: str,
+    tokenizer: Any,
+    section: str = "online",
+) -> EpisodeRunner | EpisodeRouter | None:
+    """The episodes of one environment section, or of several by each row's ``field`` column
+    (config keys under ``section``); None: one turn per completion."""
+
+    def runner(spec: EnvironmentSpec) -> EpisodeRunner:
+        return EpisodeRunner.named(spec.name, spec.params, tokenizer, **spec.episode_settings())
+
+    if single is not None:
+        return runner(single)
+    if several:
+        runners = {name: runner(spec) for name, spec in several.items()}
+        return EpisodeRouter(runners, field, section)
+    return None
 
 
 class EpisodeRouter:
@@ -39,10 +87,15 @@ class EpisodeRouter:
     and another does not, the other's episodes get an environment reward of 0 (TRL: no
     opinion)."""
 
-    def __init__(self, runners: Mapping[str, EpisodeRunner], field: str = "environment") -> None:
+    def __init__(
+        self,
+        runners: Mapping[str, EpisodeRunner],
+        field: str = "environment",
+        section: str = "online",
+    ) -> None:
         if not runners:
             raise EpisodeError("give at least one environment")
-        self.runners, self.field = dict(runners), field
+        self.runners, self.field, self.section = dict(runners), field, section
 
     @property
     def rewards(self) -> bool:
@@ -56,7 +109,8 @@ class EpisodeRouter:
     def runner_for(self, row: Mapping[str, Any], where: str) -> EpisodeRunner:
         """The runner of the environment ``row`` names; one line when it names none."""
         try:
-            return self.runners[check_row_environment(row, list(self.runners), self.field)]
+            names = list(self.runners)
+            return self.runners[check_row_environment(row, names, self.field, self.section)]
         except EpisodeError as exc:
             raise EpisodeError(f"{where}: {exc}") from None
 

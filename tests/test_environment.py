@@ -473,6 +473,45 @@ def test_eval_answers_each_problem_in_episodes(tmp_path: Path) -> None:
     assert all(r["greedy"]["environment_reward"] == 1.5 for r in records)  # 0.5 + 1.0
 
 
+def test_eval_runs_each_row_in_the_environment_it_names(tmp_path: Path) -> None:
+    from alignlib.eval.config import EvalConfig
+    from alignlib.eval.runner import evaluate
+
+    bench = tmp_path / "mixed.jsonl"
+    rows = [
+        {"problem": f"What is {a} + 1?", "answer": str(a + 1), "env": "turns" if a % 2 else "fixed"}
+        for a in range(4)
+    ]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = build_tiny_model(TOKENIZER, hidden=32, layers=2, seed=0)
+    settings = {"max_turns": 2, "max_turn_tokens": 4}
+    environments = {
+        "fixed": {"name": "online_environments:Fixed", **settings},
+        "turns": {"name": "online_environments:TurnRewards", **settings},
+    }
+    config = EvalConfig(
+        benchmarks=[str(bench)],
+        n=1,
+        max_new_tokens=20,
+        environments=environments,
+        environment_field="env",
+        seed=1,
+    )
+    (records,) = evaluate(config, model, TOKENIZER).records.values()
+    for row, record in zip(rows, records, strict=True):
+        greedy = record["greedy"]
+        assert greedy["turns"] == 2 and "result: 7" in greedy["text"]
+        # TurnRewards earns 0.5 + 1.0; Fixed gives none, so 0 beside a rewarding one.
+        assert greedy["environment_reward"] == (1.5 if row["env"] == "turns" else 0.0)
+    bench.write_text(json.dumps({**rows[0], "env": "turn"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 1: .*did you mean 'turns'.*eval\.environments"):
+        evaluate(config, model, TOKENIZER)
+    with pytest.raises(ValueError, match="both set"):
+        EvalConfig(
+            benchmarks=[str(bench)], environment=environments["fixed"], environments=environments
+        )
+
+
 def test_eval_refuses_an_unknown_environment_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

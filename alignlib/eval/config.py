@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.section import Section
@@ -94,11 +94,33 @@ class EvalConfig(Section):
     evaluated with its tool; the same section as online.environment, e.g. {name:
     calculator}); its tokens count toward max_new_tokens. Needs the tokenizer in this process
     (num_workers: 0, or evaluation during training). null: one turn."""
+    environments: dict[str, EnvironmentConfig] = {}
+    """Several environments, by a name of your choosing (as online.environments): each
+    benchmark row names its own in the column `environment_field`, and only its tools are
+    shown in its prompt. Instead of `environment`."""
+    environment_field: str = "environment"
+    """The benchmark column that names the row's environment (with `environments`)."""
 
     verifier: VerifierConfig | None = None
     """Score every sample with a learned verifier and report best@k: the accuracy of the sample
     it scores highest among the first k (Qwen2.5-Math's RM@k; a PRM: Math-Shepherd's
     verification). Needs n >= 2. null: none."""
+
+    @model_validator(mode="after")
+    def _one_kind_of_environment(self) -> EvalConfig:
+        if self.environment is not None and self.environments:
+            raise ValueError(
+                "eval.environment and eval.environments are both set; use environment for one "
+                "environment, environments for several (each row names its own)"
+            )
+        return self
+
+    def episode_sections(self) -> dict[str, EnvironmentConfig]:
+        """Every environment section by its config key (`eval.environment`, or
+        `eval.environments.<name>` each); empty for one-turn answers."""
+        if self.environment is not None:
+            return {"eval.environment": self.environment}
+        return {f"eval.environments.{name}": s for name, s in self.environments.items()}
 
     @field_validator("verifier")
     @classmethod

@@ -23,7 +23,8 @@ from alignlib.eval.report import AVERAGE, EvalReport, average_metrics, benchmark
 from alignlib.eval.verifier import build_verifier, score_samples
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
-from alignlib.rollout.environment import EpisodeRunner, resolve_environment
+from alignlib.rollout.environment import resolve_environment
+from alignlib.rollout.episode_router import check_rows_name_environments, episodes_for
 
 Progress = Callable[[str, int, int], None]
 """Called as progress(benchmark, prompts_done, prompts_total) after every generation call."""
@@ -53,8 +54,8 @@ def evaluate(
     """
     began = time.perf_counter()
     problems = _load_problems(config)  # first: a typo in a name fails before the model loads
-    if config.environment is not None:
-        resolve_environment(config.environment.name, "eval.environment.name")
+    for key, spec in config.episode_sections().items():
+        resolve_environment(spec.name, f"{key}.name")
     loads_model = model is None and engine is None
     if loads_model:
         if config.model is None:
@@ -63,7 +64,7 @@ def evaluate(
                 "bundled:smollm2-135m-instruct"
             )
         resolve_model_dir(config.model)  # a missing path fails now, with a clear message
-        if config.environment is not None and config.num_workers > 0:
+        if config.episode_sections() and config.num_workers > 0:
             raise ValueError(_WORKERS_KEEP_TOKENIZER)
         if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(
@@ -104,9 +105,12 @@ def _load_problems(config: EvalConfig) -> dict[str, list[dict[str, Any]]]:
     }
     if len(problems) != len(config.benchmarks):
         raise ValueError(f"benchmarks {config.benchmarks} share a name; rename a .jsonl file")
+    names, field = list(config.environments), config.environment_field
     for bench, rows in problems.items():
         if not rows:
             raise ValueError(f"benchmark {bench!r} has no problems")
+        if names:  # before the model loads: each row names one of eval.environments
+            check_rows_name_environments(rows, names, field, f"benchmark {bench!r}", "eval")
     return problems
 
 
@@ -231,15 +235,16 @@ Sample = Callable[[list[str], list[dict[str, Any]], SamplingParams], list[list[G
 def _sampler(
     config: EvalConfig, engine: RolloutEngine, tokenizer: PreTrainedTokenizerBase | None
 ) -> Sample:
-    """One generate call per chunk, or, with `eval.environment`, multi-turn episodes."""
-    spec = config.environment
-    if spec is None:
+    """One generate call per chunk, or, with `eval.environment(s)`, multi-turn episodes."""
+    if not config.episode_sections():
         return lambda prompts, rows, sampling: engine.generate(prompts, sampling)
     tokenizer = tokenizer or getattr(engine, "tokenizer", None)
     if tokenizer is None:
         raise ValueError(_WORKERS_KEEP_TOKENIZER)
-    runner = EpisodeRunner.named(spec.name, spec.params, tokenizer, **spec.episode_settings())
-    if runner.tools and not config.chat_template:
+    runner = episodes_for(
+        config.environment, config.environments, config.environment_field, tokenizer, "eval"
+    )
+    if runner is not None and runner.has_tools and not config.chat_template:
         raise ValueError(
             "eval.environment: its tools are shown by the chat template, and chat_template "
             "is false; set it to true"

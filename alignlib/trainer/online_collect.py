@@ -9,7 +9,6 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from alignlib.config.environment import EnvironmentConfig
 from alignlib.config.online import OnlineConfig
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
@@ -20,7 +19,7 @@ from alignlib.estimator.routing import Router
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.environment import EpisodeRunner
-from alignlib.rollout.episode_router import EpisodeRouter
+from alignlib.rollout.episode_router import EpisodeRouter, episodes_for
 from alignlib.trainer.completions_log import CompletionLog
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
@@ -41,16 +40,9 @@ from alignlib.trainer.rollout_metrics import environment_metrics, rollout_metric
 def episode_runner(online: OnlineConfig, tokenizer: Any) -> EpisodeRunner | EpisodeRouter | None:
     """The multi-turn episodes of ``online.environment`` (or of each row's environment in
     ``online.environments``), or None: one turn per completion."""
-
-    def runner(spec: EnvironmentConfig) -> EpisodeRunner:
-        return EpisodeRunner.named(spec.name, spec.params, tokenizer, **spec.episode_settings())
-
-    if online.environment is not None:
-        return runner(online.environment)
-    if online.environments:
-        runners = {name: runner(spec) for name, spec in online.environments.items()}
-        return EpisodeRouter(runners, online.environment_field)
-    return None
+    return episodes_for(
+        online.environment, online.environments, online.environment_field, tokenizer
+    )
 
 
 class RolloutCollector:

@@ -106,15 +106,15 @@ def check_heldout(config: RunConfig, source: str) -> None:
 
 def check_rows_environments(rows: list[dict[str, Any]], online: OnlineConfig, source: str) -> None:
     """With several environments, every row names one of them (one line naming the row)."""
-    from alignlib.rollout.episode_router import check_row_environment
+    from alignlib.rollout.episode_router import check_rows_name_environments
 
     if not online.environments:
         return
-    for index, row in enumerate(rows, start=1):
-        try:
-            check_row_environment(row, list(online.environments), online.environment_field)
-        except ValueError as exc:
-            raise DataError(f"{source} row {index}: {exc}") from None
+    names, field = list(online.environments), online.environment_field
+    try:
+        check_rows_name_environments(rows, names, field, source)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 def check_environments(config: RunConfig, rows: list[dict[str, Any]], source: str) -> bool:
