@@ -28,7 +28,7 @@ from alignlib.trainer.online_update import (
     collate_rows,
     online_minibatch,
     policy_logprobs,
-    rollout_fields,
+    rollout_advantages,
 )
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.update import accumulate
@@ -206,9 +206,9 @@ def run_case(
             values = None if state.critic is None else state.critic.values(tensors.host, 3)
             # The advantages over the rollout batch, as the online source hands them to each of
             # its mini-batches (here one: the same numbers, through the same path).
-            fields = rollout_fields(tensors, every, old, ref, old, entropy=entropy)
-            fields = fields if values is None else fields.replace(values=values)
-            given = state.estimator.precompute(fields.to(kernel.device))
+            given = rollout_advantages(
+                state.estimator, tensors, kernel.device, old, ref, entropy=entropy, values=values
+            )
             batch = online_minibatch(
                 tensors, every, old, ref, old, 3, entropy=entropy, precomputed=given
             )

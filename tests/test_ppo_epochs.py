@@ -33,6 +33,15 @@ def recorded_updates(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
     return seen
 
 
+def trained_state(config: Path) -> Any:
+    """Train ``config`` to its end through the loop; its final TrainState."""
+    trainer = Trainer(load_config(config))
+    source = trainer.source()
+    state = trainer.state(source)
+    loop.run(state, source, trainer.output_dir)
+    return state
+
+
 @pytest.mark.parametrize("mini_batches", [1, 2])
 def test_each_pass_reuses_the_batch_and_its_old_logprobs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_batches: int
@@ -63,13 +72,10 @@ def test_each_pass_reuses_the_batch_and_its_old_logprobs(
 
 def test_a_critic_takes_a_step_with_every_policy_update(tmp_path: Path) -> None:
     online = {"prompts_per_step": 4, "mini_batches": 1, "ppo_epochs": 2}
-    config = load_config(
-        make_config(tmp_path, algorithm={"name": "ppo_gae"}, train={"max_steps": 2}, online=online)
+    config = make_config(
+        tmp_path, algorithm={"name": "ppo_gae"}, train={"max_steps": 2}, online=online
     )
-    trainer = Trainer(config)
-    source = trainer.source()
-    state = trainer.state(source)
-    loop.run(state, source, trainer.output_dir)
+    state = trained_state(config)
     assert state.optimizer_step.taken == 4
     assert state.critic is not None and state.critic.optimizer_step.taken == 4
 

@@ -21,12 +21,9 @@ from closed_forms_multi_reward import gdpo_advantages, multi_reward_batch
 from torch import Tensor
 
 from alignlib import algorithms
-from alignlib.config import load_config
 from alignlib.estimator import Batch, BatchNormalized, UnifiedEstimator
-from alignlib.trainer import loop
-from alignlib.trainer.loop import Trainer
 from tests.test_online import make_config
-from tests.test_ppo_epochs import recorded_updates
+from tests.test_ppo_epochs import recorded_updates, trained_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,13 +148,10 @@ def test_an_online_run_normalizes_over_its_rollout_batch(
     trains with (R − group mean) / std over all 16 rewards."""
     seen = recorded_updates(monkeypatch)
     online = {"prompts_per_step": 4, "mini_batches": 2}
-    config = load_config(
-        make_config(tmp_path, algorithm={"name": "lite_ppo"}, train={"max_steps": 1}, online=online)
+    config = make_config(
+        tmp_path, algorithm={"name": "lite_ppo"}, train={"max_steps": 1}, online=online
     )
-    trainer = Trainer(config)
-    source = trainer.source()
-    state = trainer.state(source)
-    loop.run(state, source, trainer.output_dir)
+    state = trained_state(config)
     assert len(seen) == 2
     fields = [batch.fields for batch, _ in seen]
     rewards = torch.cat([f.rewards for f in fields]).double()

@@ -1,5 +1,5 @@
-"""The `online.environment:` section: multi-turn episodes in which an environment (a tool, a
-game, a sandbox) answers each model turn (alignlib.rollout.environment)."""
+"""The `online.environment:` / `eval.environment:` sections: multi-turn episodes in which an
+environment (a tool, a game, a sandbox) answers each model turn (alignlib.rollout.environment)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,19 @@ class EnvironmentConfig(Section):
     def episode_settings(self) -> dict[str, Any]:
         """The fields of `alignlib.rollout.environment.EpisodeSettings` (all but name, params)."""
         return self.model_dump(exclude={"name", "params"})
+
+
+def episode_sections(
+    section: str, environment: EnvironmentConfig | None, environments: dict[str, EnvironmentConfig]
+) -> dict[str, EnvironmentConfig]:
+    """Every environment section of ``section`` (`online`, `eval`) by its config key
+    (`<section>.environment`, or `<section>.environments.<name>` each); empty for one turn.
+    One line when both keys are set."""
+    if environment is not None and environments:
+        raise ValueError(
+            f"{section}.environment and {section}.environments are both set; use environment "
+            "for one environment, environments for several (each row names its own)"
+        )
+    if environment is not None:
+        return {f"{section}.environment": environment}
+    return {f"{section}.environments.{name}": s for name, s in environments.items()}

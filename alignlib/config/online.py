@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alignlib.config.environment import EnvironmentConfig
+from alignlib.config.environment import EnvironmentConfig, episode_sections
 from alignlib.config.rewards import RewardSpec
 from alignlib.config.section import Section
 
@@ -283,19 +283,12 @@ class OnlineConfig(Section):
 
     @model_validator(mode="after")
     def _one_kind_of_environment(self) -> OnlineConfig:
-        if self.environment is not None and self.environments:
-            raise ValueError(
-                "online.environment and online.environments are both set; use environment for "
-                "one environment, environments for several (each row names its own)"
-            )
+        self.episode_sections()  # one line when both keys are set
         return self
 
     def episode_sections(self) -> dict[str, EnvironmentConfig]:
-        """Every environment section by its config key (`online.environment`, or
-        `online.environments.<name>` each); empty for one-turn completions."""
-        if self.environment is not None:
-            return {"online.environment": self.environment}
-        return {f"online.environments.{name}": s for name, s in self.environments.items()}
+        """Every environment section by its config key; empty for one-turn completions."""
+        return episode_sections("online", self.environment, self.environments)
 
     @model_validator(mode="after")
     def _mini_batches_of_whole_groups(self) -> OnlineConfig:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from alignlib.config.environment import EnvironmentConfig
+from alignlib.config.environment import EnvironmentConfig, episode_sections
 from alignlib.config.section import Section
 from alignlib.eval.datasets import BENCHMARKS, benchmark_file
 
@@ -108,19 +108,12 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _one_kind_of_environment(self) -> EvalConfig:
-        if self.environment is not None and self.environments:
-            raise ValueError(
-                "eval.environment and eval.environments are both set; use environment for one "
-                "environment, environments for several (each row names its own)"
-            )
+        self.episode_sections()  # one line when both keys are set
         return self
 
     def episode_sections(self) -> dict[str, EnvironmentConfig]:
-        """Every environment section by its config key (`eval.environment`, or
-        `eval.environments.<name>` each); empty for one-turn answers."""
-        if self.environment is not None:
-            return {"eval.environment": self.environment}
-        return {f"eval.environments.{name}": s for name, s in self.environments.items()}
+        """Every environment section by its config key; empty for one-turn answers."""
+        return episode_sections("eval", self.environment, self.environments)
 
     @field_validator("verifier")
     @classmethod

@@ -39,7 +39,7 @@ from alignlib.trainer.online_update import (
     old_logprobs_and_kept_mass,
     online_minibatch,
     policy_logprobs,
-    rollout_fields,
+    rollout_advantages,
 )
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.step import Context, LogprobKernel
@@ -204,11 +204,8 @@ class OnlineSource:
         as in TRL and verl; {} for one mini-batch (its own are the same)."""
         if len(self.parts) < 2:
             return {}
-        every = torch.arange(tensors.num_rows, device=HOST)
-        fields = rollout_fields(tensors, every, old, ref, None, behaviour, entropy)
-        if values is not None:
-            fields = fields.replace(values=values)
-        return self.state.estimator.precompute(fields.to(self.kernel.device))
+        estimator, device = self.state.estimator, self.kernel.device
+        return rollout_advantages(estimator, tensors, device, old, ref, behaviour, entropy, values)
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float

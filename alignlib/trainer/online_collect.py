@@ -9,7 +9,6 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from alignlib.config.online import OnlineConfig
 from alignlib.config.schema import RunConfig
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
@@ -18,8 +17,7 @@ from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
-from alignlib.rollout.environment import EpisodeRunner
-from alignlib.rollout.episode_router import EpisodeRouter, episodes_for
+from alignlib.rollout.episode_router import episodes_for
 from alignlib.trainer.completions_log import CompletionLog
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
@@ -35,14 +33,6 @@ from alignlib.trainer.online_rollout import (
     select_groups,
 )
 from alignlib.trainer.rollout_metrics import environment_metrics, rollout_metrics
-
-
-def episode_runner(online: OnlineConfig, tokenizer: Any) -> EpisodeRunner | EpisodeRouter | None:
-    """The multi-turn episodes of ``online.environment`` (or of each row's environment in
-    ``online.environments``), or None: one turn per completion."""
-    return episodes_for(
-        online.environment, online.environments, online.environment_field, tokenizer
-    )
 
 
 class RolloutCollector:
@@ -67,7 +57,10 @@ class RolloutCollector:
         )
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"{where}: online training needs rows with 'prompt'")
-        self.episodes = episode_runner(self.online, tokenizer)
+        online = self.online  # one environment, or each row's; None: one turn per completion
+        self.episodes = episodes_for(
+            online.environment, online.environments, online.environment_field, tokenizer
+        )
         if self.episodes is not None and self.episodes.has_tools and not config.model.chat_template:
             raise ValueError(
                 "online.environment: its tools are shown to the model by the chat template, and "

@@ -243,6 +243,26 @@ def rollout_fields(
     )
 
 
+def rollout_advantages(
+    estimator: UnifiedEstimator,
+    rows: RowTensors,
+    device: torch.device,
+    old: Tensor | None,
+    ref: Tensor | None,
+    behaviour: Tensor | None = None,
+    entropy: Tensor | None = None,
+    values: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The terms' advantages over every row of the rollout batch, on ``device``
+    (``UnifiedEstimator.precompute``), for :func:`online_minibatch`'s ``precomputed``;
+    ``values``: a critic's V_old of every row (GAE reads them)."""
+    every = torch.arange(rows.num_rows, device=HOST)
+    fields = rollout_fields(rows, every, old, ref, None, behaviour, entropy)
+    if values is not None:
+        fields = fields.replace(values=values)
+    return estimator.precompute(fields.to(device))
+
+
 def old_logprobs_and_kept_mass(
     kernel: LogprobKernel,
     rows: RowTensors,
