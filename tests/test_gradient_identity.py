@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import closed_forms_distillation
 import closed_forms_dpo_family
+import closed_forms_group_baselines
 import closed_forms_process
 import pytest
 import torch
@@ -361,6 +362,8 @@ CASES |= closed_forms_distillation.CASES
 VARIANTS |= closed_forms_distillation.VARIANTS
 CASES |= closed_forms_process.CASES
 VARIANTS |= closed_forms_process.VARIANTS
+CASES |= closed_forms_group_baselines.CASES
+VARIANTS |= closed_forms_group_baselines.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

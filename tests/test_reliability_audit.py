@@ -49,6 +49,9 @@ def test_a_group_relative_advantage_with_one_rollout_per_prompt_is_refused(
     rloo = "algorithm.components={reference: old, advantage: rloo}"
     assert main(["train", config, "rollout.n=1", "algorithm.name=null", rloo]) == 2
     assert "LeaveOneOut" in one_line(capsys.readouterr().err)
+    for name, advantage in (("gpg", "CorrectedGroupMean"), ("grpo_passk", "BestOfGroup")):
+        assert main(["train", config, "rollout.n=1", f"algorithm.name={name}"]) == 2
+        assert advantage in one_line(capsys.readouterr().err)
     plain = "algorithm.components={reference: old, advantage: reinforce_pp}"
     assert main(["train", config, "rollout.n=1", "algorithm.name=null", plain]) == 0
 

@@ -1,7 +1,8 @@
 """Advantages over the whole rollout batch: when one rollout batch is split into several
 optimizer mini-batches, a statistic across groups (Lite PPO's batch std, RLOO's and GDPO's
-normalization, REINFORCE++'s and GAE's whitening) spans every row of the rollout batch, as TRL's
-generation batch and verl's ``compute_advantage`` take it, not each mini-batch alone.
+normalization, REINFORCE++'s and GAE's whitening, GPG's α) spans every row of the rollout
+batch, as TRL's generation batch and verl's ``compute_advantage`` take it, not each
+mini-batch alone.
 
 Each case checks the advantages a mini-batch is prepared with against a float64 closed form
 over the whole batch (written here and in closed_forms_*.py by explicit loops), and that the
@@ -17,6 +18,7 @@ import pytest
 import torch
 from batches import rl_batch
 from closed_forms_frontier import rloo_advantages
+from closed_forms_group_baselines import gpg_advantages, graded_batch
 from closed_forms_multi_reward import gdpo_advantages, multi_reward_batch
 from torch import Tensor
 
@@ -96,6 +98,11 @@ CASES: dict[str, tuple[Callable[[], UnifiedEstimator], Callable[[], Batch], Call
         lambda b: torch.tensor(gdpo_advantages(b), dtype=torch.float64),
     ),
     "reinforce_pp_baseline": (reinforce_pp, rl_batch, reinforce_pp_advantages),
+    "gpg": (
+        lambda: algorithms.get("gpg"),
+        graded_batch,
+        lambda b: torch.tensor(gpg_advantages(b), dtype=torch.float64),
+    ),
     "ppo_gae": (
         lambda: algorithms.get("ppo_gae", kl_coef=0.0),
         lambda: with_values(rl_batch()),

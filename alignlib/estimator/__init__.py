@@ -42,6 +42,11 @@ from alignlib.estimator.dpo_losses import (
     SPPOHardWeights,
 )
 from alignlib.estimator.entropy_masks import HighEntropyTokens
+from alignlib.estimator.group_baselines import (
+    BestOfGroup,
+    CorrectedGroupMean,
+    LengthWeightedBaseline,
+)
 from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.masks import (
     MASKS,
@@ -129,11 +134,13 @@ __all__ = [
     "Batch",
     "BatchError",
     "BatchNormalized",
+    "BestOfGroup",
     "ClipCov",
     "ClippedISWeight",
     "CompletionMask",
     "ConstantAdvantage",
     "ConstantReference",
+    "CorrectedGroupMean",
     "CurrentPolicy",
     "DPOWeights",
     "DecoupledGroupNormalized",
@@ -157,6 +164,7 @@ __all__ = [
     "KTOWeights",
     "LeaveOneOut",
     "LengthDesensitized",
+    "LengthWeightedBaseline",
     "Likelihood",
     "Mask",
     "NCAPairWeights",

@@ -76,7 +76,7 @@ class Advantage(ABC):
 
 ADVANTAGES: Registry[Advantage] = Registry("advantage")
 
-_REWARD_NEEDS = {
+REWARD_NEEDS = {
     "rewards": "reward-based advantages need one reward per row",
     "group_ids": "group baselines need the prompt id of each row",
 }
@@ -142,7 +142,7 @@ class GroupNormalized(Advantage):
     """GRPO: (R − mean_group) / (std_group + ε); with ``std=False`` it is Dr. GRPO's R − mean,
     with ``std_over="batch"`` Lite PPO's (R − mean_group) / (std_batch + ε)."""
 
-    needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
     std: bool = True
     """Divide by an unbiased standard deviation of the rewards (False: Dr. GRPO / HPT code)."""
     eps: float = 1e-6
@@ -186,7 +186,7 @@ class LeaveOneOut(Advantage):
     ``kl_coef`` the reward first pays β·Σ_t (ℓ_old,t − ℓ_ref,t), the sequence's k1 KL to π_ref
     (Ahmadian et al. 2024; TRL's RLOOTrainer)."""
 
-    needs: ClassVar[dict[str, str]] = _REWARD_NEEDS
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
     metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "unit"
     kl_coef: float = 0.0
     """β of the KL penalty in the reward; 0: none."""
@@ -240,7 +240,7 @@ class BatchNormalized(Advantage):
     eps: float = 1e-8
 
     def requirements(self) -> dict[str, str]:
-        return _REWARD_NEEDS if self.group_baseline else dict(self.needs)
+        return REWARD_NEEDS if self.group_baseline else dict(self.needs)
 
     def min_group_rows(self) -> int:
         return 2 if self.group_baseline else 1

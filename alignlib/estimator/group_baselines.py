@@ -1,0 +1,154 @@
+"""Group advantages beyond GRPO's mean and std, each from its paper and checked against verl:
+
+- OPO (Hao et al. 2025, "On-Policy RL with Optimal Reward Baseline", arXiv 2505.23585): the
+  baseline that minimizes the gradient's variance, approximated by the group's rewards weighted
+  by their responses' lengths, Â_i = R_i − Σ_j |y_j| R_j / Σ_j |y_j| (verl ``opo``);
+- GPG (Chu et al. 2025, "GPG: A Simple and Strong Reinforcement Learning Baseline for Model
+  Reasoning", arXiv 2504.02546): the group mean as baseline, rescaled by α = B / (B − M), M the
+  rows of groups whose rewards are all equal, so the rows that carry a signal are not diluted by
+  those that carry none (the authors' ``adjust_gd``; verl ``gpg`` counts differently, below);
+- max@k (Tang et al. 2025, "Optimizing Language Models for Inference Time Objectives using
+  Reinforcement Learning", arXiv 2503.19595): the gradient of E[max_i R_i] over a group of k
+  samples with the leave-one-out baseline, Â_i = max_j R_j − max_{j≠i} R_j, which is
+  r_max − r_second on the group's best row and 0 on every other row (verl ``grpo_passk``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from alignlib.estimator.advantages import (
+    ADVANTAGES,
+    REWARD_NEEDS,
+    Advantage,
+    AdvantageResult,
+    group_statistics,
+)
+from alignlib.estimator.batch import Batch
+from alignlib.estimator.registry import check_choice, check_number
+from alignlib.estimator.units import Likelihood
+
+EQUAL_REWARDS = "a group whose rewards are all equal would divide 0 by 0"
+
+
+def group_extremes(values: Tensor, group_ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """[R] each row's group (max, min) over the selected rows (±inf for a group with none)."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
+    top = inf.neg().expand(num_groups).scatter_reduce(0, inverse, values.where(rows, -inf), "amax")
+    bottom = inf.expand(num_groups).scatter_reduce(0, inverse, values.where(rows, inf), "amin")
+    return top[inverse], bottom[inverse]
+
+
+@ADVANTAGES.register("opo")
+@dataclass(frozen=True)
+class LengthWeightedBaseline(Advantage):
+    """OPO: Â_i = R_i − Σ_j |y_j| R_j / Σ_j |y_j| over the row's group, |y| its completion's
+    tokens (the mask's); a group of one row has baseline 0 (verl), so Â = R."""
+
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        lengths = batch.mask.sum(-1).to(rewards.dtype)
+        weighted, _, _, _ = group_statistics(lengths * rewards, batch.group_ids, rows)
+        length, count, _, _ = group_statistics(lengths, batch.group_ids, rows)
+        baseline = (weighted / length.clamp(min=1)).where(count > 1, rewards.new_zeros(()))
+        return AdvantageResult((rewards - baseline) * rows.to(rewards.dtype))
+
+
+@ADVANTAGES.register("gpg")
+@dataclass(frozen=True)
+class CorrectedGroupMean(Advantage):
+    """GPG: Â_i = α·(R_i − mean_group) (optionally / (std_group + ε)); α = B / (B − M) over
+    the rows of the batch (online: the whole rollout batch), reported as ``alpha``."""
+
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
+    metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "unit"
+    alpha: Literal["valid_groups", "nonzero_rewards", "none"] = "valid_groups"
+    """How α is counted. ``valid_groups``: B over the rows of groups whose rewards differ (the
+    paper's B/(B − M), the authors' code with ``adjust_gd``). ``nonzero_rewards``: B over the
+    rows whose reward is not 0, as verl's ``gpg`` estimator counts (the same with rewards that
+    are 0 only when a group has no signal, not with 0/1 rewards). ``none``: α = 1."""
+    std: bool = False
+    """Divide by the group's unbiased std + ε (the authors' ``scale_rewards``, F_norm = std);
+    off in their recipes and in verl (F_norm = 1)."""
+    eps: float = 1e-4
+    """ε of the std division (the authors' code)."""
+
+    def __post_init__(self) -> None:
+        check_choice(
+            "CorrectedGroupMean", "alpha", self.alpha, ("valid_groups", "nonzero_rewards", "none")
+        )
+        check_number("CorrectedGroupMean", "eps", self.eps, gt=0, why=EQUAL_REWARDS)
+
+    def min_group_rows(self) -> int:
+        return 2
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        _, count, mean, std = group_statistics(rewards, batch.group_ids, rows)
+        adv = rewards - mean
+        if self.std:
+            adv = adv / (std + self.eps)
+        adv = adv.where(count > 1, rewards.new_zeros(()))
+        alpha = self.scale(rewards, batch.group_ids, rows)
+        selected = rows.to(rewards.dtype)
+        units = likelihood.unit_mask(batch.mask).sum(-1).to(rewards.dtype)
+        # A per-unit mean of α·units is α itself, however the rows are split into micro-batches.
+        return AdvantageResult(
+            alpha * adv * selected, row_metrics={"alpha": alpha * units * selected}
+        )
+
+    def scale(self, rewards: Tensor, group_ids: Tensor, rows: Tensor) -> Tensor:
+        """α = B / (the rows counted), ≥ 1 row counted."""
+        if self.alpha == "none":
+            return rewards.new_ones(())
+        if self.alpha == "valid_groups":
+            top, bottom = group_extremes(rewards, group_ids, rows)
+            counted = rows & (top > bottom)
+        else:
+            counted = rows & (rewards != 0)
+        return rows.sum().to(rewards.dtype) / counted.sum().clamp(min=1).to(rewards.dtype)
+
+
+@ADVANTAGES.register("passk")
+@dataclass(frozen=True)
+class BestOfGroup(Advantage):
+    """max@k's leave-one-out advantage: r_max − r_second on the group's best row (the first of
+    equals: with a tie at the top the gap is 0), 0 elsewhere; ``std``: divided by the group's
+    unbiased std + ε (verl's ``grpo_passk`` with ``norm_adv_by_std_in_grpo``, its default)."""
+
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
+    std: bool = True
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        check_number("BestOfGroup", "eps", self.eps, gt=0, why=EQUAL_REWARDS)
+
+    def min_group_rows(self) -> int:
+        return 2
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        group_ids = batch.group_ids
+        top, _ = group_extremes(rewards, group_ids, rows)
+        index = torch.arange(rewards.numel(), device=rewards.device)
+        reaches_top = rows & (rewards == top)
+        # The first row reaching the top is the group's best: the smallest such index.
+        first, _ = group_extremes(-index.to(rewards.dtype), group_ids, reaches_top)
+        best = reaches_top & (index == (-first).to(index.dtype))
+        second, _ = group_extremes(rewards, group_ids, rows & ~best)
+        _, count, _, std = group_statistics(rewards, group_ids, rows)
+        gap = (top - second).where(best & (count > 1), rewards.new_zeros(()))
+        if self.std:
+            gap = gap / (std + self.eps)
+        return AdvantageResult(gap)

@@ -1,0 +1,137 @@
+"""Independent float64 closed forms of OPO, GPG and max@k (verl's grpo_passk), written from the
+papers' definitions as loops over groups and rows, for test_gradient_identity.py; and a batch of
+graded rewards with ties, zeros, an all-equal group and a group of one row."""
+
+from __future__ import annotations
+
+import torch
+from batches import rl_batch
+from torch import Tensor
+
+from alignlib.estimator import Batch
+
+LEVELS = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+
+
+def graded_batch(seed: int = 0) -> Batch:
+    """5 groups: rewards drawn from {0, .25, .5, 1} (ties at the top happen), group 1 all 0.5
+    (no signal), and row 19 alone in its group."""
+    b = rl_batch(num_groups=5, group_size=4, width=9, seed=seed, spread=0.4)
+    gen = torch.Generator().manual_seed(70 + seed)
+    rewards = LEVELS[torch.randint(0, 4, (b.num_rows,), generator=gen)]
+    rewards[4:8] = 0.5
+    group_ids = b.group_ids.clone()
+    group_ids[19] = 99
+    return b.replace(rewards=rewards, group_ids=group_ids)
+
+
+def groups(b: Batch) -> list[list[int]]:
+    ids = b.group_ids.tolist()
+    return [[i for i in range(len(ids)) if ids[i] == g] for g in sorted(set(ids))]
+
+
+def std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def token_mean(per_token: Tensor, m: Tensor) -> Tensor:
+    return (per_token * m).sum() / m.sum()
+
+
+def clipped_token_mean(b: Batch, adv: list[float], eps: float = 0.2) -> Tensor:
+    a = torch.tensor(adv, dtype=torch.float64).unsqueeze(-1)
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    loss = torch.maximum(-ratio * a, -ratio.clamp(1 - eps, 1 + eps) * a)
+    return token_mean(loss, b.mask)
+
+
+def opo_advantages(b: Batch) -> list[float]:
+    """R_i − Σ_j |y_j| R_j / Σ_j |y_j| in the group; a group of one: baseline 0."""
+    r, lengths = b.rewards.tolist(), b.mask.sum(-1).tolist()
+    adv = [0.0] * len(r)
+    for members in groups(b):
+        baseline = 0.0
+        if len(members) > 1:
+            baseline = sum(lengths[j] * r[j] for j in members) / sum(lengths[j] for j in members)
+        for i in members:
+            adv[i] = r[i] - baseline
+    return adv
+
+
+def closed_opo(b: Batch) -> Tensor:
+    return clipped_token_mean(b, opo_advantages(b))
+
+
+def gpg_advantages(b: Batch, alpha: str = "valid_groups", scale: bool = False) -> list[float]:
+    """α (R − mean_group) [/ (std_group + 1e-4)], α = B / #rows counted (groups of one: 0)."""
+    r = b.rewards.tolist()
+    if alpha == "valid_groups":
+        counted = sum(len(m) for m in groups(b) if max(r[i] for i in m) > min(r[i] for i in m))
+    else:
+        counted = sum(1 for v in r if v != 0)
+    a = len(r) / max(counted, 1)
+    adv = [0.0] * len(r)
+    for members in groups(b):
+        if len(members) < 2:
+            continue
+        values = [r[i] for i in members]
+        mean = sum(values) / len(values)
+        for i in members:
+            adv[i] = a * (r[i] - mean) / ((std(values) + 1e-4) if scale else 1.0)
+    return adv
+
+
+def closed_gpg(
+    b: Batch, alpha: str = "valid_groups", scale: bool = False, beta: float = 0.0
+) -> Tensor:
+    """Token-mean of −Â·log π (+ β·k3 to π_ref, token-mean)."""
+    a = torch.tensor(gpg_advantages(b, alpha, scale), dtype=torch.float64).unsqueeze(-1)
+    log_ratio = b.ref_logprobs - b.logprobs
+    k3 = torch.exp(log_ratio) - log_ratio - 1
+    return token_mean(-a * b.logprobs + beta * k3, b.mask)
+
+
+def passk_advantages(b: Batch, scale: bool = True) -> list[float]:
+    """The leave-one-out estimator of E[max R]: max(R) − max(R without row i), per row."""
+    r = b.rewards.tolist()
+    adv = [0.0] * len(r)
+    for members in groups(b):
+        if len(members) < 2:
+            continue
+        top = max(r[i] for i in members)
+        values = [r[i] for i in members]
+        for i in members:
+            adv[i] = top - max(r[j] for j in members if j != i)
+            if scale:
+                adv[i] /= std(values) + 1e-6
+    return adv
+
+
+def closed_passk(b: Batch, scale: bool = True) -> Tensor:
+    return clipped_token_mean(b, passk_advantages(b, scale))
+
+
+CASES = {
+    "opo": (graded_batch, closed_opo, {}),
+    "gpg": (graded_batch, closed_gpg, {}),
+    "gpg_std": (graded_batch, lambda b: closed_gpg(b, scale=True), {"std": True}),
+    "gpg_verl_alpha": (
+        graded_batch,
+        lambda b: closed_gpg(b, alpha="nonzero_rewards"),
+        {"alpha": "nonzero_rewards"},
+    ),
+    "gpg_kl": (
+        graded_batch,
+        lambda b: closed_gpg(b, beta=0.04),
+        {"kl_coef": 0.04},
+    ),
+    "grpo_passk": (graded_batch, closed_passk, {}),
+    "grpo_passk_unscaled": (graded_batch, lambda b: closed_passk(b, scale=False), {"std": False}),
+}
+VARIANTS = {
+    "gpg_std": "gpg",
+    "gpg_verl_alpha": "gpg",
+    "gpg_kl": "gpg",
+    "grpo_passk_unscaled": "grpo_passk",
+}

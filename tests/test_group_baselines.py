@@ -1,0 +1,97 @@
+"""OPO, GPG and max@k beyond their closed forms (test_gradient_identity.py): the properties
+their papers derive them from.
+
+- max@k: the leave-one-out advantage is an unbiased estimate of ∇E[max of k rewards], checked
+  exactly by enumerating every k-tuple of a small categorical policy (no sampling);
+- GPG: α = B/(B − M) makes the token mean over all rows the mean over the rows that carry a
+  signal (equal lengths), and its logged ``alpha`` is the rollout batch's, however split;
+- all three fed the rollout batch's advantages when it is split into mini-batches."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from batches import rel_error, rl_batch
+from closed_forms_group_baselines import graded_batch, groups
+from torch import Tensor
+
+from alignlib import algorithms
+from alignlib.estimator import Batch, BestOfGroup, TokenLikelihood
+
+VALUES = torch.tensor([0.0, 0.3, 1.0, 0.6], dtype=torch.float64)
+"""The reward of each of the categorical policy's outcomes."""
+
+
+def exact_gradients(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(∇E[max], ∇E[mean], E[Σ_i Â_i ∇log π(y_i)]) over all k-tuples of outcomes."""
+    log_pi = torch.log_softmax(logits, -1)
+    best = mean = estimated = torch.zeros((), dtype=torch.float64)
+    advantage = BestOfGroup(std=False)
+    for outcomes in itertools.product(range(len(VALUES)), repeat=k):
+        picked = log_pi[list(outcomes)]
+        probability = picked.sum().exp()
+        rewards = VALUES[list(outcomes)]
+        best = best + probability * rewards.max()
+        mean = mean + probability * rewards.mean()
+        batch = Batch(
+            logprobs=picked.detach().unsqueeze(-1),
+            mask=torch.ones(k, 1, dtype=torch.float64),
+            rewards=rewards,
+            group_ids=torch.zeros(k, dtype=torch.long),
+        )
+        rows = torch.ones(k, dtype=torch.bool)
+        adv = advantage.compute(batch, rows, TokenLikelihood()).values
+        estimated = estimated + probability.detach() * (adv * picked).sum()
+    grads = [torch.autograd.grad(f, logits, retain_graph=True)[0] for f in (best, mean, estimated)]
+    return grads[0], grads[1], grads[2]
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_max_at_k_advantage_is_the_unbiased_gradient_of_the_best_of_k(k: int) -> None:
+    logits = torch.tensor([0.4, -0.3, -1.2, 0.1], dtype=torch.float64, requires_grad=True)
+    of_max, of_mean, estimated = exact_gradients(logits, k)
+    assert rel_error(estimated, of_max) < 1e-12
+    assert rel_error(of_mean, of_max) > 0.1  # a different objective: the test can tell
+
+
+def equal_lengths(b: Batch) -> Batch:
+    mask = torch.zeros_like(b.mask)
+    mask[:, 2:7] = 1
+    return b.replace(mask=mask)
+
+
+def test_gpg_alpha_turns_the_token_mean_into_the_mean_over_rows_with_a_signal() -> None:
+    """Equal lengths: GPG's gradient over all rows (α = B/(B − M)) equals the plain token-mean
+    policy gradient over only the rows of groups whose rewards differ (α = 1 there)."""
+    b = equal_lengths(rl_batch(num_groups=5, group_size=4, seed=3))  # group 0: all solved
+    rewards = b.rewards.tolist()
+    signal = [i for m in groups(b) if len({rewards[j] for j in m}) > 1 for i in m]
+    assert 0 < len(signal) < b.num_rows, "the batch needs groups with and without a signal"
+    full = torch.autograd.grad(algorithms.get("gpg")(b).loss, b.logprobs)[0]
+    kept = b.select(torch.tensor(signal)).replace(logprobs=b.logprobs[signal])
+    only = torch.autograd.grad(algorithms.get("gpg", alpha="none")(kept).loss, b.logprobs)[0]
+    assert rel_error(full, only) < 1e-12
+    plain = torch.autograd.grad(algorithms.get("gpg", alpha="none")(b).loss, b.logprobs)[0]
+    assert rel_error(plain, only) > 0.1  # without α the rows with no signal dilute the mean
+
+
+def alpha_of(b: Batch) -> float:
+    rewards = b.rewards.tolist()
+    varied = sum(len(m) for m in groups(b) if len({rewards[j] for j in m}) > 1)
+    return b.num_rows / varied
+
+
+def test_gpg_logs_the_rollout_batch_alpha_however_it_is_split() -> None:
+    b = graded_batch()
+    estimator = algorithms.get("gpg")
+    prepared = estimator.prepare(b)
+    micro = sum(float(estimator(m).metrics["gpg/alpha"]) for m in prepared.split(4))
+    assert micro == pytest.approx(alpha_of(b), rel=1e-12)
+    given = b.replace(precomputed=estimator.precompute(b))
+    for part in (b.group_ids <= 1, b.group_ids > 1):
+        half = estimator.prepare(given.select(part.nonzero().flatten()))
+        assert float(estimator(half).metrics["gpg/alpha"]) == pytest.approx(alpha_of(b))
+        alone = estimator(estimator.prepare(b.select(part.nonzero().flatten())))
+        assert float(alone.metrics["gpg/alpha"]) != pytest.approx(alpha_of(b))
