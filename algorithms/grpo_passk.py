@@ -8,7 +8,7 @@ the right answer rather than all of them. Divided by the group's std + ε as ver
 token-mean (verl's default aggregation)."""
 
 from alignlib.algorithms.registry import preset
-from alignlib.estimator import BestOfGroup, PPOClip, UnifiedEstimator
+from alignlib.estimator import MaxAtK, PPOClip, UnifiedEstimator
 
 
 @preset("grpo_passk")
@@ -17,7 +17,7 @@ def grpo_passk(eps_low: float = 0.2, eps_high: float = 0.2, std: bool = True) ->
     return UnifiedEstimator(
         mask=PPOClip(eps_low=eps_low, eps_high=eps_high),
         reference="old",
-        advantage=BestOfGroup(std=std),
+        advantage=MaxAtK(std=std),
         aggregation="token-mean",
         name="grpo_passk",
     )

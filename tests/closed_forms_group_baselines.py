@@ -1,8 +1,12 @@
-"""Independent float64 closed forms of OPO, GPG and max@k (verl's grpo_passk), written from the
-papers' definitions as loops over groups and rows, for test_gradient_identity.py; and a batch of
-graded rewards with ties, zeros, an all-equal group and a group of one row."""
+"""Independent float64 closed forms of OPO, GPG, max@k (verl's grpo_passk) and PKPO, written
+from the papers' definitions as loops over groups, rows and k-subsets, for
+test_gradient_identity.py; and batches of graded rewards with ties, zeros, an all-equal group
+and a group of one row (groups of 4 or 7 rows, so k < n too)."""
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 from batches import rl_batch
@@ -23,6 +27,15 @@ def graded_batch(seed: int = 0) -> Batch:
     group_ids = b.group_ids.clone()
     group_ids[19] = 99
     return b.replace(rewards=rewards, group_ids=group_ids)
+
+
+def wide_batch(seed: int = 0) -> Batch:
+    """4 groups of 7 rows (k < n), graded rewards with ties, one group all equal."""
+    b = rl_batch(num_groups=4, group_size=7, width=9, seed=seed, spread=0.4)
+    gen = torch.Generator().manual_seed(90 + seed)
+    rewards = LEVELS[torch.randint(0, 4, (b.num_rows,), generator=gen)]
+    rewards[7:14] = 0.25
+    return b.replace(rewards=rewards)
 
 
 def groups(b: Batch) -> list[list[int]]:
@@ -112,6 +125,28 @@ def closed_passk(b: Batch, scale: bool = True) -> Tensor:
     return clipped_token_mean(b, passk_advantages(b, scale))
 
 
+def pkpo_advantages(b: Batch, k: int) -> list[float]:
+    """PKPO eq. 33 by brute force: over every k-subset I of the group holding row i, the best
+    of I minus the best of I without i, divided by C(n, k) (k capped at the group's size)."""
+    r = b.rewards.tolist()
+    adv = [0.0] * len(r)
+    for members in groups(b):
+        size = min(k, len(members))
+        if len(members) < 2:
+            continue
+        for subset in itertools.combinations(members, size):
+            for i in subset:
+                rest = [r[j] for j in subset if j != i]
+                adv[i] += max(r[j] for j in subset) - max(rest)
+        for i in members:
+            adv[i] /= math.comb(len(members), size)
+    return adv
+
+
+def closed_pkpo(b: Batch, k: int = 4) -> Tensor:
+    return clipped_token_mean(b, pkpo_advantages(b, k))
+
+
 CASES = {
     "opo": (graded_batch, closed_opo, {}),
     "gpg": (graded_batch, closed_gpg, {}),
@@ -128,10 +163,15 @@ CASES = {
     ),
     "grpo_passk": (graded_batch, closed_passk, {}),
     "grpo_passk_unscaled": (graded_batch, lambda b: closed_passk(b, scale=False), {"std": False}),
+    "pkpo": (wide_batch, closed_pkpo, {}),
+    "pkpo_k2": (wide_batch, lambda b: closed_pkpo(b, k=2), {"k": 2}),
+    "pkpo_k5_graded": (graded_batch, lambda b: closed_pkpo(b, k=5), {"k": 5}),
 }
 VARIANTS = {
     "gpg_std": "gpg",
     "gpg_verl_alpha": "gpg",
     "gpg_kl": "gpg",
     "grpo_passk_unscaled": "grpo_passk",
+    "pkpo_k2": "pkpo",
+    "pkpo_k5_graded": "pkpo",
 }

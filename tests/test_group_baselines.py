@@ -1,8 +1,9 @@
 """OPO, GPG and max@k beyond their closed forms (test_gradient_identity.py): the properties
 their papers derive them from.
 
-- max@k: the leave-one-out advantage is an unbiased estimate of ∇E[max of k rewards], checked
-  exactly by enumerating every k-tuple of a small categorical policy (no sampling);
+- max@k (Tang et al.: k = n; PKPO: k < n): the leave-one-out advantage is an unbiased estimate
+  of ∇E[max of k rewards], checked exactly by enumerating every n-tuple of a small categorical
+  policy (no sampling) against the gradient of E[max of k] from its CDF;
 - GPG: α = B/(B − M) makes the token mean over all rows the mean over the rows that carry a
   signal (equal lengths), and its logged ``alpha`` is the rollout batch's, however split;
 - all three fed the rollout batch's advantages when it is split into mini-batches."""
@@ -18,42 +19,50 @@ from closed_forms_group_baselines import graded_batch, groups
 from torch import Tensor
 
 from alignlib import algorithms
-from alignlib.estimator import Batch, BestOfGroup, TokenLikelihood
+from alignlib.estimator import Batch, MaxAtK, TokenLikelihood
 
 VALUES = torch.tensor([0.0, 0.3, 1.0, 0.6], dtype=torch.float64)
 """The reward of each of the categorical policy's outcomes."""
 
 
-def exact_gradients(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(∇E[max], ∇E[mean], E[Σ_i Â_i ∇log π(y_i)]) over all k-tuples of outcomes."""
+def best_of(log_pi: Tensor, k: int) -> Tensor:
+    """E[max of k samples] of the categorical policy, from its CDF: Σ_v v·(F(v)^k − F(v⁻)^k)."""
+    order = torch.argsort(VALUES)
+    cdf = torch.cumsum(log_pi.exp()[order], 0)
+    below = torch.cat([cdf.new_zeros(1), cdf[:-1]])
+    return (VALUES[order] * (cdf**k - below**k)).sum()
+
+
+def exact_gradients(logits: Tensor, n: int, k: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(∇E[max of k], ∇E[one sample], E[Σ_i Â_i ∇log π(y_i)] over all n-tuples of outcomes)."""
     log_pi = torch.log_softmax(logits, -1)
-    best = mean = estimated = torch.zeros((), dtype=torch.float64)
-    advantage = BestOfGroup(std=False)
-    for outcomes in itertools.product(range(len(VALUES)), repeat=k):
+    estimated = torch.zeros((), dtype=torch.float64)
+    advantage = MaxAtK(k=k, std=False)
+    for outcomes in itertools.product(range(len(VALUES)), repeat=n):
         picked = log_pi[list(outcomes)]
-        probability = picked.sum().exp()
-        rewards = VALUES[list(outcomes)]
-        best = best + probability * rewards.max()
-        mean = mean + probability * rewards.mean()
         batch = Batch(
             logprobs=picked.detach().unsqueeze(-1),
-            mask=torch.ones(k, 1, dtype=torch.float64),
-            rewards=rewards,
-            group_ids=torch.zeros(k, dtype=torch.long),
+            mask=torch.ones(n, 1, dtype=torch.float64),
+            rewards=VALUES[list(outcomes)],
+            group_ids=torch.zeros(n, dtype=torch.long),
         )
-        rows = torch.ones(k, dtype=torch.bool)
+        rows = torch.ones(n, dtype=torch.bool)
         adv = advantage.compute(batch, rows, TokenLikelihood()).values
-        estimated = estimated + probability.detach() * (adv * picked).sum()
-    grads = [torch.autograd.grad(f, logits, retain_graph=True)[0] for f in (best, mean, estimated)]
+        estimated = estimated + picked.sum().exp().detach() * (adv * picked).sum()
+    objectives = (best_of(log_pi, n if k is None else k), best_of(log_pi, 1), estimated)
+    grads = [torch.autograd.grad(f, logits, retain_graph=True)[0] for f in objectives]
     return grads[0], grads[1], grads[2]
 
 
-@pytest.mark.parametrize("k", [2, 3, 4])
-def test_max_at_k_advantage_is_the_unbiased_gradient_of_the_best_of_k(k: int) -> None:
+@pytest.mark.parametrize(("n", "k"), [(2, None), (3, None), (4, None), (4, 2), (5, 3), (5, 4)])
+def test_max_at_k_advantage_is_the_unbiased_gradient_of_the_best_of_k(
+    n: int, k: int | None
+) -> None:
+    """Tang et al.'s k = n and PKPO's k < n: exact expectations over every n-tuple."""
     logits = torch.tensor([0.4, -0.3, -1.2, 0.1], dtype=torch.float64, requires_grad=True)
-    of_max, of_mean, estimated = exact_gradients(logits, k)
+    of_max, of_one, estimated = exact_gradients(logits, n, k)
     assert rel_error(estimated, of_max) < 1e-12
-    assert rel_error(of_mean, of_max) > 0.1  # a different objective: the test can tell
+    assert rel_error(of_one, of_max) > 0.1  # a different objective: the test can tell
 
 
 def equal_lengths(b: Batch) -> Batch:

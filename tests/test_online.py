@@ -134,6 +134,7 @@ NEWER = [
     {"name": "opo"},
     {"name": "gpg"},
     {"name": "grpo_passk"},
+    {"name": "pkpo", "params": {"k": 4}},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "adaptive_entropy": {"target": 100.0, "coef": 0.001}},

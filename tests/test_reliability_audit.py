@@ -49,9 +49,13 @@ def test_a_group_relative_advantage_with_one_rollout_per_prompt_is_refused(
     rloo = "algorithm.components={reference: old, advantage: rloo}"
     assert main(["train", config, "rollout.n=1", "algorithm.name=null", rloo]) == 2
     assert "LeaveOneOut" in one_line(capsys.readouterr().err)
-    for name, advantage in (("gpg", "CorrectedGroupMean"), ("grpo_passk", "BestOfGroup")):
+    for name, advantage in (("gpg", "CorrectedGroupMean"), ("grpo_passk", "MaxAtK")):
         assert main(["train", config, "rollout.n=1", f"algorithm.name={name}"]) == 2
         assert advantage in one_line(capsys.readouterr().err)
+    # PKPO's pass@k needs k rollouts per prompt (k = 4 by default; this config samples 2).
+    assert main(["train", config, "algorithm.name=pkpo"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "MaxAtK" in line and "n = 2" in line and "4 or more" in line
     plain = "algorithm.components={reference: old, advantage: reinforce_pp}"
     assert main(["train", config, "rollout.n=1", "algorithm.name=null", plain]) == 0
 

@@ -42,11 +42,7 @@ from alignlib.estimator.dpo_losses import (
     SPPOHardWeights,
 )
 from alignlib.estimator.entropy_masks import HighEntropyTokens
-from alignlib.estimator.group_baselines import (
-    BestOfGroup,
-    CorrectedGroupMean,
-    LengthWeightedBaseline,
-)
+from alignlib.estimator.group_baselines import CorrectedGroupMean, LengthWeightedBaseline
 from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.masks import (
     MASKS,
@@ -58,6 +54,7 @@ from alignlib.estimator.masks import (
     PPOClip,
     RowFilter,
 )
+from alignlib.estimator.max_at_k import MaxAtK
 from alignlib.estimator.multi_reward import DecoupledGroupNormalized
 from alignlib.estimator.off_policy_masks import OffPolicySequenceMask
 from alignlib.estimator.preferences import (
@@ -134,7 +131,6 @@ __all__ = [
     "Batch",
     "BatchError",
     "BatchNormalized",
-    "BestOfGroup",
     "ClipCov",
     "ClippedISWeight",
     "CompletionMask",
@@ -167,6 +163,7 @@ __all__ = [
     "LengthWeightedBaseline",
     "Likelihood",
     "Mask",
+    "MaxAtK",
     "NCAPairWeights",
     "ORPOWeights",
     "OffPolicySequenceMask",

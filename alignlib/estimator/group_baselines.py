@@ -1,4 +1,5 @@
-"""Group advantages beyond GRPO's mean and std, each from its paper and checked against verl:
+"""Group baselines beyond GRPO's mean and std, each from its paper and checked against verl
+(max@k's leave-one-out baseline: :mod:`alignlib.estimator.max_at_k`):
 
 - OPO (Hao et al. 2025, "On-Policy RL with Optimal Reward Baseline", arXiv 2505.23585): the
   baseline that minimizes the gradient's variance, approximated by the group's rewards weighted
@@ -6,11 +7,7 @@
 - GPG (Chu et al. 2025, "GPG: A Simple and Strong Reinforcement Learning Baseline for Model
   Reasoning", arXiv 2504.02546): the group mean as baseline, rescaled by α = B / (B − M), M the
   rows of groups whose rewards are all equal, so the rows that carry a signal are not diluted by
-  those that carry none (the authors' ``adjust_gd``; verl ``gpg`` counts differently, below);
-- max@k (Tang et al. 2025, "Optimizing Language Models for Inference Time Objectives using
-  Reinforcement Learning", arXiv 2503.19595): the gradient of E[max_i R_i] over a group of k
-  samples with the leave-one-out baseline, Â_i = max_j R_j − max_{j≠i} R_j, which is
-  r_max − r_second on the group's best row and 0 on every other row (verl ``grpo_passk``).
+  those that carry none (the authors' ``adjust_gd``; verl ``gpg`` counts differently, below).
 """
 
 from __future__ import annotations
@@ -117,38 +114,3 @@ class CorrectedGroupMean(Advantage):
         else:
             counted = rows & (rewards != 0)
         return rows.sum().to(rewards.dtype) / counted.sum().clamp(min=1).to(rewards.dtype)
-
-
-@ADVANTAGES.register("passk")
-@dataclass(frozen=True)
-class BestOfGroup(Advantage):
-    """max@k's leave-one-out advantage: r_max − r_second on the group's best row (the first of
-    equals: with a tie at the top the gap is 0), 0 elsewhere; ``std``: divided by the group's
-    unbiased std + ε (verl's ``grpo_passk`` with ``norm_adv_by_std_in_grpo``, its default)."""
-
-    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
-    std: bool = True
-    eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        check_number("BestOfGroup", "eps", self.eps, gt=0, why=EQUAL_REWARDS)
-
-    def min_group_rows(self) -> int:
-        return 2
-
-    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
-        assert batch.rewards is not None and batch.group_ids is not None
-        rewards = batch.rewards.to(batch.logprobs.dtype)
-        group_ids = batch.group_ids
-        top, _ = group_extremes(rewards, group_ids, rows)
-        index = torch.arange(rewards.numel(), device=rewards.device)
-        reaches_top = rows & (rewards == top)
-        # The first row reaching the top is the group's best: the smallest such index.
-        first, _ = group_extremes(-index.to(rewards.dtype), group_ids, reaches_top)
-        best = reaches_top & (index == (-first).to(index.dtype))
-        second, _ = group_extremes(rewards, group_ids, rows & ~best)
-        _, count, _, std = group_statistics(rewards, group_ids, rows)
-        gap = (top - second).where(best & (count > 1), rewards.new_zeros(()))
-        if self.std:
-            gap = gap / (std + self.eps)
-        return AdvantageResult(gap)
