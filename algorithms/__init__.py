@@ -42,6 +42,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     opd,
     opo,
     orpo,
+    passk_training,
     pkpo,
     ppo,
     ppo_gae,

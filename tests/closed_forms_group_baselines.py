@@ -1,7 +1,7 @@
-"""Independent float64 closed forms of OPO, GPG, max@k (verl's grpo_passk) and PKPO, written
-from the papers' definitions as loops over groups, rows and k-subsets, for
-test_gradient_identity.py; and batches of graded rewards with ties, zeros, an all-equal group
-and a group of one row (groups of 4 or 7 rows, so k < n too)."""
+"""Independent float64 closed forms of OPO, GPG, max@k (verl's grpo_passk), PKPO and Pass@k
+Training, written from the papers' definitions (and the authors' analytic form) as loops over
+groups, rows and k-subsets, for test_gradient_identity.py; and batches of graded rewards with
+ties, zeros, an all-equal group and a group of one row (groups of 4 or 7 rows, so k < n too)."""
 
 from __future__ import annotations
 
@@ -147,6 +147,37 @@ def closed_pkpo(b: Batch, k: int = 4) -> Tensor:
     return clipped_token_mean(b, pkpo_advantages(b, k))
 
 
+def passk_training_binary(b: Batch, k: int) -> list[float]:
+    """The authors' analytic form for 0/1 rewards: ρ = 1 − C(n−c, k)/C(n, k), σ = sqrt(ρ(1−ρ)),
+    (1 − ρ)/(σ + 1e-6) on right rows, (1 − ρ − C(n−c−1, k−1)/C(n−1, k−1))/(σ + 1e-6) on wrong."""
+    r = b.rewards.tolist()
+    adv = [0.0] * len(r)
+    for members in groups(b):
+        n, c = len(members), sum(1 for i in members if r[i] == 1)
+        rho = 1 - math.comb(n - c, k) / math.comb(n, k)
+        sigma = math.sqrt(rho * (1 - rho))
+        wrong = 1 - rho - math.comb(n - c - 1, k - 1) / math.comb(n - 1, k - 1) if c < n else 0
+        for i in members:
+            adv[i] = ((1 - rho) if r[i] == 1 else wrong) / (sigma + 1e-6)
+    return adv
+
+
+def passk_training_subsets(b: Batch, k: int) -> list[float]:
+    """By brute force over k-subsets (k capped at the group's size): r̃_i the mean best reward of
+    the subsets holding i, ρ the mean best of all subsets, (r̃_i − ρ)/(sqrt(ρ(1 − ρ)) + 1e-6)."""
+    r = b.rewards.tolist()
+    adv = [0.0] * len(r)
+    for members in groups(b):
+        if len(members) < 2:
+            continue
+        subsets = list(itertools.combinations(members, min(k, len(members))))
+        rho = sum(max(r[j] for j in s) for s in subsets) / len(subsets)
+        for i in members:
+            holding = [max(r[j] for j in s) for s in subsets if i in s]
+            adv[i] = (sum(holding) / len(holding) - rho) / (math.sqrt(rho * (1 - rho)) + 1e-6)
+    return adv
+
+
 CASES = {
     "opo": (graded_batch, closed_opo, {}),
     "gpg": (graded_batch, closed_gpg, {}),
@@ -166,6 +197,21 @@ CASES = {
     "pkpo": (wide_batch, closed_pkpo, {}),
     "pkpo_k2": (wide_batch, lambda b: closed_pkpo(b, k=2), {"k": 2}),
     "pkpo_k5_graded": (graded_batch, lambda b: closed_pkpo(b, k=5), {"k": 5}),
+    "passk_training": (
+        rl_batch,
+        lambda b: clipped_token_mean(b, passk_training_binary(b, 4)),
+        {},
+    ),
+    "passk_training_k2": (
+        rl_batch,
+        lambda b: clipped_token_mean(b, passk_training_binary(b, 2)),
+        {"k": 2},
+    ),
+    "passk_training_graded": (
+        wide_batch,
+        lambda b: clipped_token_mean(b, passk_training_subsets(b, 3)),
+        {"k": 3},
+    ),
 }
 VARIANTS = {
     "gpg_std": "gpg",
@@ -174,4 +220,6 @@ VARIANTS = {
     "grpo_passk_unscaled": "grpo_passk",
     "pkpo_k2": "pkpo",
     "pkpo_k5_graded": "pkpo",
+    "passk_training_k2": "passk_training",
+    "passk_training_graded": "passk_training",
 }

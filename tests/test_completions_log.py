@@ -27,10 +27,13 @@ def records(run: Path) -> list[dict]:
 def test_every_sample_of_the_first_prompts_with_the_reward_its_text_earned(
     tmp_path: Path,
 ) -> None:
-    config = make_config(tmp_path, logging={"completions": 4, "progress": False, "plot": False})
+    logging = {"completions": 4, "progress": False, "plot": False}
+    # A completion is correct above a digit share of 0.2: some prompts solved, some not.
+    config = make_config(tmp_path, logging=logging, online={"correct_threshold": 0.2})
     result = Trainer(load_config(config)).train()
     logged = records(result.output_dir)
     assert len(logged) == 2 * 4 * 4  # steps × prompts × rollout.n
+    assert 0 < result.history[0]["rollout/accuracy"] < result.history[0]["rollout/solved_frac"]
     for record in logged:
         assert record["reward"] == pytest.approx(digit_share(record["completion"]), abs=1e-6)
         assert record["rewards"] == {"digit_share": pytest.approx(record["reward"], abs=1e-6)}
@@ -42,6 +45,10 @@ def test_every_sample_of_the_first_prompts_with_the_reward_its_text_earned(
         assert sum(rewards) / len(rewards) == pytest.approx(metrics["rollout/reward_mean"])
         truncated = [r["truncated"] for r in logged if r["step"] == step]
         assert sum(truncated) / len(truncated) == pytest.approx(metrics["rollout/truncated_frac"])
+        correct = [r["correct"] for r in logged if r["step"] == step]
+        assert sum(correct) / len(correct) == pytest.approx(metrics["rollout/accuracy"])
+        solved = {r["prompt_index"] for r in logged if r["step"] == step and r["correct"]}
+        assert len(solved) / 4 == pytest.approx(metrics["rollout/solved_frac"])
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

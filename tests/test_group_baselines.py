@@ -1,12 +1,13 @@
-"""OPO, GPG and max@k beyond their closed forms (test_gradient_identity.py): the properties
-their papers derive them from.
+"""OPO, GPG, max@k / PKPO and Pass@k Training beyond their closed forms (in
+closed_forms_group_baselines.py, by loops over rows and k-subsets, checked by
+test_gradient_identity.py): the properties their papers derive them from.
 
 - max@k (Tang et al.: k = n; PKPO: k < n): the leave-one-out advantage is an unbiased estimate
   of ∇E[max of k rewards], checked exactly by enumerating every n-tuple of a small categorical
   policy (no sampling) against the gradient of E[max of k] from its CDF;
 - GPG: α = B/(B − M) makes the token mean over all rows the mean over the rows that carry a
   signal (equal lengths), and its logged ``alpha`` is the rollout batch's, however split;
-- all three fed the rollout batch's advantages when it is split into mini-batches."""
+- Pass@k Training: a reward outside [0, 1] (where its σ is no std) is refused in one line."""
 
 from __future__ import annotations
 
@@ -104,3 +105,10 @@ def test_gpg_logs_the_rollout_batch_alpha_however_it_is_split() -> None:
         assert float(estimator(half).metrics["gpg/alpha"]) == pytest.approx(alpha_of(b))
         alone = estimator(estimator.prepare(b.select(part.nonzero().flatten())))
         assert float(alone.metrics["gpg/alpha"]) != pytest.approx(alpha_of(b))
+
+
+def test_pass_at_k_training_refuses_a_reward_outside_zero_one() -> None:
+    b = graded_batch()
+    b = b.replace(rewards=b.rewards.clone().index_fill(0, torch.tensor([6]), 1.5))
+    with pytest.raises(ValueError, match=r"rewards must lie in \[0, 1\].*row 6 has 1.5.*pkpo"):
+        algorithms.get("passk_training", k=3)(b)

@@ -135,6 +135,7 @@ NEWER = [
     {"name": "gpg"},
     {"name": "grpo_passk"},
     {"name": "pkpo", "params": {"k": 4}},
+    {"name": "passk_training", "params": {"k": 4}},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "adaptive_entropy": {"target": 100.0, "coef": 0.001}},

@@ -56,6 +56,8 @@ def test_a_group_relative_advantage_with_one_rollout_per_prompt_is_refused(
     assert main(["train", config, "algorithm.name=pkpo"]) == 2
     line = one_line(capsys.readouterr().err)
     assert "MaxAtK" in line and "n = 2" in line and "4 or more" in line
+    assert main(["train", config, "algorithm.name=passk_training"]) == 2
+    assert "PassAtKTraining" in one_line(capsys.readouterr().err)
     plain = "algorithm.components={reference: old, advantage: reinforce_pp}"
     assert main(["train", config, "rollout.n=1", "algorithm.name=null", plain]) == 0
 

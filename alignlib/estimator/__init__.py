@@ -54,7 +54,7 @@ from alignlib.estimator.masks import (
     PPOClip,
     RowFilter,
 )
-from alignlib.estimator.max_at_k import MaxAtK
+from alignlib.estimator.max_at_k import MaxAtK, PassAtKTraining
 from alignlib.estimator.multi_reward import DecoupledGroupNormalized
 from alignlib.estimator.off_policy_masks import OffPolicySequenceMask
 from alignlib.estimator.preferences import (
@@ -171,6 +171,7 @@ __all__ = [
     "PPOClip",
     "PairMean",
     "PairwiseAdvantage",
+    "PassAtKTraining",
     "PerRole",
     "PerRoleMask",
     "PolicyGradientTerm",

@@ -46,16 +46,54 @@ def log_binomial(a: Tensor, b: Tensor) -> Tensor:
     return value.where(valid, torch.full_like(value, float("-inf")))
 
 
-def sorted_in_groups(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
-    """(order, 1-based rank within the group) with rows sorted by group, then reward (stable)."""
+@dataclass(frozen=True)
+class RankedGroups:
+    """The selected rows sorted by group, then reward (stable); every field in that order."""
+
+    order: Tensor
+    """[R] row indices (unselected rows sort apart, as a group of their own)."""
+    rank: Tensor
+    """[R] 1-based rank of the row's reward in its group."""
+    size: Tensor
+    """[R] n: the selected rows of the row's group."""
+    start: Tensor
+    """[R] the position of the group's first row."""
+    shifted: Tensor
+    """[R] the reward minus its group's lowest: a group of equal rewards is exactly 0."""
+    selected: Tensor
+    """[R] bool: the row is selected."""
+
+    def prefix(self, values: Tensor) -> Tensor:
+        """[R] Σ of ``values`` over the rows up to and including this one, within its group."""
+        running = torch.cumsum(values, 0)
+        return running - (running - values)[self.start]
+
+    def total(self, values: Tensor) -> Tensor:
+        """[R] Σ of ``values`` over the row's whole group."""
+        end = (self.start + self.size.long() - 1).clamp(0, values.numel() - 1)
+        return self.prefix(values)[end]
+
+
+def ranked_groups(rewards: Tensor, group_ids: Tensor, rows: Tensor) -> RankedGroups:
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    group = inverse.where(rows, torch.full_like(inverse, -1))  # unselected rows: apart
     order = torch.argsort(rewards, stable=True)
     order = order[torch.argsort(group[order], stable=True)]
     position = torch.arange(order.numel(), device=order.device)
-    sorted_group = group[order]
-    start = torch.full_like(position, order.numel()).scatter_reduce(
-        0, sorted_group - sorted_group.min(), position, "amin"
+    key = group[order] + 1  # ≥ 0
+    first = position.new_full((order.numel() + 1,), order.numel())
+    first = first.scatter_reduce(0, key, position, "amin")
+    start = first[key]
+    count = group_statistics(rewards, group_ids, rows)[1]
+    lowest = group_extremes(rewards, group_ids, rows)[1]
+    return RankedGroups(
+        order=order,
+        rank=(position - start + 1).to(rewards.dtype),
+        size=count[order],
+        start=start,
+        shifted=(rewards - lowest)[order],
+        selected=rows[order],
     )
-    return order, position - start[sorted_group - sorted_group.min()] + 1
 
 
 def leave_one_out_max(rewards: Tensor, group_ids: Tensor, rows: Tensor, k: int | None) -> Tensor:
@@ -64,24 +102,30 @@ def leave_one_out_max(rewards: Tensor, group_ids: Tensor, rows: Tensor, k: int |
 
     By the hockey-stick identity C(r−1, k−1) = Σ_{j<r} C(j−1, k−2) the rank form is
     Σ_{j<r} w_j (g_(r) − g_(j)), w_j = C(j−1, k−2)/C(n, k): only differences of rewards, so a
-    group of equal rewards gives exactly 0 (rewards are taken from their group's minimum)."""
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    group = inverse.where(rows, torch.full_like(inverse, -1))  # unselected rows: apart
-    count = group_statistics(rewards, group_ids, rows)[1]
-    lowest = group_extremes(rewards, group_ids, rows)[1]
-    order, rank = sorted_in_groups(rewards, group)
-    g, n = (rewards - lowest)[order], count[order]
+    group of equal rewards gives exactly 0."""
+    ranked = ranked_groups(rewards, group_ids, rows)
+    g, n = ranked.shifted, ranked.size
     size = n if k is None else n.clamp(max=k)
-    weight = torch.exp(log_binomial(rank.to(g.dtype) - 1, size - 2) - log_binomial(n, size))
-    # Σ over the rows sorted before this one in its group, of w_j and of w_j·g_(j).
-    first = rank == 1
-    start = torch.cummax(torch.arange(g.numel(), device=g.device).where(first, 0), 0)[0]
-    earlier_weight = torch.cumsum(weight, 0) - weight
-    earlier_weighted = torch.cumsum(weight * g, 0) - weight * g
-    below = earlier_weight - earlier_weight[start]
-    below_weighted = earlier_weighted - earlier_weighted[start]
-    adv_sorted = (g * below - below_weighted).where((n > 1) & rows[order], torch.zeros_like(g))
-    return torch.zeros_like(rewards).index_put((order,), adv_sorted)
+    weight = torch.exp(log_binomial(ranked.rank - 1, size - 2) - log_binomial(n, size))
+    below = ranked.prefix(weight) - weight  # Σ_{j<r} w_j
+    below_weighted = ranked.prefix(weight * g) - weight * g  # Σ_{j<r} w_j g_(j)
+    adv = (g * below - below_weighted).where((n > 1) & ranked.selected, torch.zeros_like(g))
+    return torch.zeros_like(rewards).index_put((ranked.order,), adv)
+
+
+def expected_best_with(rewards: Tensor, group_ids: Tensor, rows: Tensor, k: int) -> Tensor:
+    """[R] the mean of max g over the k-subsets of the group that hold the row, minus the
+    group's lowest reward: (C(r−1, k−1) g_(r) + Σ_{j>r} C(j−2, k−2) g_(j)) / C(n−1, k−1)
+    (k capped at n; 0 for unselected rows)."""
+    ranked = ranked_groups(rewards, group_ids, rows)
+    g, n = ranked.shifted, ranked.size
+    size = n.clamp(max=k)
+    subsets = log_binomial(n - 1, size - 1)
+    own = torch.exp(log_binomial(ranked.rank - 1, size - 1) - subsets)
+    lifted = torch.exp(log_binomial(ranked.rank - 2, size - 2) - subsets) * g
+    above = ranked.total(lifted) - ranked.prefix(lifted)  # Σ_{j>r}
+    value = (own * g + above).where(ranked.selected, torch.zeros_like(g))
+    return torch.zeros_like(rewards).index_put((ranked.order,), value)
 
 
 @ADVANTAGES.register("passk")
@@ -111,3 +155,52 @@ class MaxAtK(Advantage):
         if self.std:
             adv = adv / (group_statistics(rewards, batch.group_ids, rows)[3] + self.eps)
         return AdvantageResult(adv)
+
+
+@ADVANTAGES.register("passk_analytic")
+@dataclass(frozen=True)
+class PassAtKTraining(Advantage):
+    """Pass@k Training's analytic advantage (Chen et al. 2025, arXiv 2508.10751; the authors'
+    ``passk_adv.py``): each row's reward is the mean pass@k of the k-subsets of its group that
+    hold it, r̃_i, normalized as GRPO with the Bernoulli std of the group's pass@k ρ,
+
+        Â_i = (r̃_i − ρ) / (sqrt(ρ (1 − ρ)) + ε),   ρ = 1 − C(n − c, k) / C(n, k),
+
+    so a correct row gets (1 − ρ)/σ and a wrong one (1 − ρ − C(n−c−1, k−1)/C(n−1, k−1))/σ. For
+    rewards in [0, 1] that are not 0/1 the subsets' best reward stands for their pass (max@k);
+    a reward outside [0, 1] is refused (σ would not be a std)."""
+
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
+    k: int = 4
+    """The k of pass@k (≥ 2; a group smaller than k uses its size)."""
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        check_number("PassAtKTraining", "k", self.k, ge=2, why="k = 1 is the mean: use grpo")
+        check_number("PassAtKTraining", "eps", self.eps, gt=0, why=EQUAL_REWARDS)
+
+    def min_group_rows(self) -> int:
+        return self.k
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        outside = rows & ((rewards < 0) | (rewards > 1))
+        if bool(outside.any()):
+            row = int(outside.nonzero()[0])
+            raise ValueError(
+                f"passk_analytic: rewards must lie in [0, 1] (pass@k of 0/1 verdicts); row {row} "
+                f"has {float(rewards[row]):g}: scale the rewards (online.rewards[].weight) or "
+                "use pkpo, which takes any reward"
+            )
+        group_ids = batch.group_ids
+        best = expected_best_with(rewards, group_ids, rows, self.k)
+        _, count, spread_mean, _ = group_statistics(best, group_ids, rows)
+        top, lowest = group_extremes(rewards, group_ids, rows)
+        rho = (spread_mean + lowest).clamp(0, 1)  # the mean of r̃ over the group is ρ
+        adv = (best - spread_mean) / ((rho * (1 - rho)).sqrt() + self.eps)
+        # ρ = 1 when every k-subset holds a reward of 1 (fewer than k rows below 1), ρ = 0 when
+        # every reward is 0: then σ = 0 and every r̃ = ρ, so Â = 0, exactly (not rounding / ε).
+        below_one = group_statistics((rewards < 1).to(rewards.dtype), group_ids, rows)[0]
+        certain = (below_one < count.clamp(max=self.k)) | (top == 0)
+        return AdvantageResult(adv.where(rows & (count > 1) & ~certain, rewards.new_zeros(())))

@@ -28,6 +28,7 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
             "rollout/reward_mean": float(rewards.mean()),
             "rollout/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "rollout/accuracy": float(correct.mean()),
+            "rollout/solved_frac": solved_fraction(rollouts),
             "rollout/response_length": sum(lengths) / max(1, len(lengths)),
             "rollout/truncated_frac": sum(truncated) / max(1, len(truncated)),
             "rollout/tokens_per_s": tokens / max(seconds, 1e-9),
@@ -37,6 +38,13 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
         | reward_part_metrics(rollouts)
         | step_metrics(rollouts)
     )
+
+
+def solved_fraction(rollouts: list[Rollouts]) -> float:
+    """The share of prompts with at least one correct completion (pass@n of the step's
+    samples; what pass@k methods push up while the accuracy, pass@1, may not move)."""
+    solved = torch.cat([r.correct.any(-1).float() for r in rollouts])
+    return float(solved.mean()) if solved.numel() else 0.0
 
 
 def step_metrics(rollouts: list[Rollouts]) -> dict[str, float]:
