@@ -1,6 +1,7 @@
 """`logging.completions`: RUN/completions.jsonl holds every sample of the first k prompts of each
 step with the reward its text earned; a resumed run writes each step once, as the
-uninterrupted run does; an offline run is refused in one line."""
+uninterrupted run does; a tracker shows each step's samples as a table; an offline run is
+refused in one line."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from test_trainer import interrupted_then_resumed
 
 from alignlib.cli import main
 from alignlib.config import load_config
-from alignlib.trainer.completions_log import CompletionLog
+from alignlib.trainer.completions_log import CompletionLog, table_row
 from alignlib.trainer.loop import Trainer
+from alignlib.trainer.trackers import installed, markdown_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,3 +83,27 @@ def test_an_offline_run_is_refused_in_one_line(
     assert main(["train", str(config), "rollout=null", "algorithm.name=sft"]) == 2
     err = capsys.readouterr().err.strip()
     assert "logging.completions" in err and "rollout:" in err and "\n" not in err, err
+
+
+@pytest.mark.skipif(not installed("tensorboard"), reason="tensorboard not installed")
+def test_tensorboard_shows_each_steps_samples(tmp_path: Path) -> None:
+    """An online run with a tracker: each step's samples in completions.jsonl are that step's
+    table in TensorBoard (its text tab), one row per sample."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging = {"completions": 2, "report_to": ["tensorboard"], "tensorboard": True}
+    result = Trainer(load_config(make_config(tmp_path, logging=logging))).train()
+    events = EventAccumulator(str(result.output_dir / "tensorboard"), {"tensors": 0})
+    events.Reload()
+    tables = {
+        e.step: e.tensor_proto.string_val[0].decode()
+        for e in events.Tensors("completions/text_summary")
+    }
+    logged = records(result.output_dir)
+    assert sorted(tables) == [1, 2]
+    for step, table in tables.items():
+        samples = [r for r in logged if r["step"] == step]
+        assert len(table.splitlines()) == 2 + len(samples) == 2 + 2 * 4  # header, rule, rows
+        rows = table.splitlines()[2:]
+        for row, sample in zip(rows, samples, strict=True):
+            assert markdown_table([table_row(sample)]).splitlines()[2] == row

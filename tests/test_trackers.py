@@ -52,13 +52,20 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         CALLS.append(("mlflow.start_run", {"run_id": run_id, "run_name": run_name}))
         return types.SimpleNamespace(info=types.SimpleNamespace(run_id=run_id or "mlflow-1"))
 
+    def table(library: str):
+        def make(**kwargs: Any) -> Any:
+            return types.SimpleNamespace(library=library, **kwargs)
+
+        return make
+
     modules = {
-        "wandb": fake_module("wandb", init=wandb_init),
+        "wandb": fake_module("wandb", init=wandb_init, Table=table("wandb")),
         "trackio": fake_module(
             "trackio",
             init=recorder("trackio.init"),
             log=recorder("trackio.log"),
             finish=recorder("trackio.finish"),
+            Table=table("trackio"),
         ),
         "mlflow": fake_module(
             "mlflow",
@@ -66,6 +73,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
             start_run=start_run,
             log_dict=recorder("mlflow.log_dict"),
             log_metrics=recorder("mlflow.log_metrics"),
+            log_table=recorder("mlflow.log_table"),
             end_run=recorder("mlflow.end_run"),
         ),
     }
@@ -181,3 +189,84 @@ def test_resume_takes_true_false_or_a_checkpoint_folder(tmp_path: Path) -> None:
         CheckpointConfig(resume=str(step))
     (step / "trainer_state.pt").write_bytes(b"")
     assert CheckpointConfig(resume=str(step)).resume == str(step)
+
+
+def sample(step: int, index: int) -> dict[str, Any]:
+    return {
+        "step": step,
+        "round": 0,
+        "prompt_index": index,
+        "sample": 0,
+        "prompt": [{"role": "user", "content": f"q{index} | why?"}],  # a chat prompt
+        "answer": "4",
+        "completion": f"step {step} answer {index}\nis 4",
+        "reward": 0.5,
+        "rewards": {"math": 1.0, "format": 0.0},
+        "correct": True,
+        "tokens": 7,
+        "truncated": False,
+    }
+
+
+def lines(*records: dict[str, Any]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def logged_dicts(calls: list[tuple[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The dict each ``name`` call logged (its first positional argument)."""
+    return [args[0][0] for called, args in calls if called == name]
+
+
+def test_each_steps_samples_become_a_table_in_every_tracker(tmp_path: Path, fakes) -> None:
+    """The samples of RUN/completions.jsonl reach wandb, trackio and MLflow as the logged step's
+    table: one row per sample, each reward its own column; samples a background generator wrote
+    for a later step wait for it, and a half-written line for the next call."""
+    config = LoggingConfig(progress=False, report_to=["wandb", "trackio", "mlflow"], completions=2)
+    logger = RunLogger(tmp_path, config, total_steps=3)
+    path = tmp_path / "completions.jsonl"
+    third = lines(sample(3, 1))
+    path.write_text(lines(sample(1, 0), sample(1, 1), sample(2, 0), sample(3, 0)) + third[:20])
+    for step in (1, 2):
+        logger.log(step, {"loss": 1.0})
+    with path.open("a") as out:
+        out.write(third[20:])
+    logger.log(3, {"loss": 1.0})
+    logger.close()
+    tables = [d["completions"] for d in logged_dicts(fakes, "wandb.log") if "completions" in d]
+    assert [[row[0] for row in t.data] for t in tables] == [[1, 1], [2], [3, 3]]
+    columns = tables[0].columns
+    first = dict(zip(columns, tables[0].data[0], strict=True))
+    assert first["completion"] == "step 1 answer 0\nis 4" and first["reward/math"] == 1.0
+    assert json.loads(first["prompt"]) == sample(1, 0)["prompt"]  # chat prompts as JSON text
+    assert "rewards" not in columns
+    trackio = [d["completions"] for d in logged_dicts(fakes, "trackio.log") if "completions" in d]
+    assert [list(t.dataframe["step"]) for t in trackio] == [[1, 1], [2], [3, 3]]
+    mlflow = [args[1] for called, args in fakes if called == "mlflow.log_table"]
+    assert [m["artifact_file"] for m in mlflow] == [
+        f"completions/step_00000{s}.json" for s in (1, 2, 3)
+    ]
+    assert mlflow[2]["data"]["prompt_index"] == [0, 1]
+
+
+def test_no_table_without_logging_completions(tmp_path: Path, fakes) -> None:
+    (tmp_path / "completions.jsonl").write_text(lines(sample(1, 0)))
+    logged(tmp_path, ["wandb"], steps=range(1, 2))
+    assert all("completions" not in d for d in logged_dicts(fakes, "wandb.log"))
+
+
+@pytest.mark.skipif(not installed("tensorboard"), reason="tensorboard not installed")
+def test_tensorboard_shows_each_steps_samples_as_text(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tmp_path / "completions.jsonl").write_text(lines(sample(1, 0), sample(2, 0), sample(2, 1)))
+    logged(tmp_path, ["tensorboard"], steps=range(1, 3), completions=2)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = {
+        e.step: e.tensor_proto.string_val[0].decode()
+        for e in events.Tensors("completions/text_summary")
+    }
+    assert sorted(texts) == [1, 2]
+    assert "step 2 answer 1<br>is 4" in texts[2] and "step 1 answer" not in texts[2]
+    assert "q0 \\| why?" in texts[1]  # a | inside a cell is escaped, not a column
+    assert texts[2].count("\n") == 3  # header, rule, two rows

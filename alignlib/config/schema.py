@@ -268,7 +268,9 @@ class LoggingConfig(Section):
     """Online runs: write every sample of this many prompts per step to
     RUN/completions.jsonl (step, prompt, answer, completion, total reward and each reward's
     value, correct, tokens, truncated), as TRL's `log_completions` and verl's
-    `rollout_data_dir`; with dynamic sampling, of each round. 0: none."""
+    `rollout_data_dir`; with dynamic sampling, of each round. Each step's samples are also a
+    table in every tracker of `report_to` (a wandb / trackio Table, TensorBoard's text tab,
+    an MLflow table artifact per step). 0: none."""
 
     def trackers(self) -> list[str]:
         """report_to with the older `tensorboard: false` / `wandb_project` applied."""

@@ -1,5 +1,6 @@
 """Logs people use: a rich progress bar, metrics.jsonl always, the trackers of
-`logging.report_to` (TensorBoard, wandb, trackio, MLflow), and a dashboard PNG."""
+`logging.report_to` (TensorBoard, wandb, trackio, MLflow; with `logging.completions`, each
+step's samples as a table there too), and a dashboard PNG."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from alignlib.config.schema import LoggingConfig
 from alignlib.console import warn
+from alignlib.trainer.completions_log import FILE as COMPLETIONS
+from alignlib.trainer.completions_log import CompletionFeed
 from alignlib.trainer.trackers import Tracker, installed, open_trackers
 
 METRICS_FILE = "metrics.jsonl"
@@ -65,6 +68,9 @@ class RunLogger:
             run_config=run_config,
             start_step=start_step,
         )
+        self.completions: CompletionFeed | None = None
+        if config.completions and self.trackers:  # each step's samples as a table, too
+            self.completions = CompletionFeed(output_dir / COMPLETIONS)
         self.progress: Progress | None = None
         if config.progress:
             self.progress = Progress(
@@ -103,6 +109,9 @@ class RunLogger:
         self.file.flush()
         for tracker in self.trackers:
             tracker.log(step, metrics)
+        rows = self.completions.take(step) if self.completions is not None else []
+        for tracker in self.trackers if rows else []:
+            tracker.log_table(step, "completions", rows)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, stats=_short(metrics))
 

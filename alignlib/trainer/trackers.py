@@ -54,6 +54,9 @@ def _import(name: str) -> Any:
 class Tracker(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
+    def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
+        """``rows`` (one dict per row, the same keys) as the step's table ``name``."""
+
     def close(self) -> None: ...
 
 
@@ -90,6 +93,9 @@ class TensorBoard:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
 
+    def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
+        self.writer.add_text(name, markdown_table(rows), step)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -98,7 +104,7 @@ class Wandb:
     """`WANDB_MODE=offline` logs to RUN/wandb without a login (`wandb sync` uploads later)."""
 
     def __init__(self, output_dir: Path, project: str, name: str, config: Any, ids: RunIds):
-        wandb = _import("wandb")
+        self.wandb = wandb = _import("wandb")
         run_id = ids.get("wandb")
         self.run = wandb.init(
             project=project,
@@ -112,6 +118,11 @@ class Wandb:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
+
+    def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
+        columns = list(rows[0])
+        table = self.wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        self.run.log({name: table}, step=step)
 
     def close(self) -> None:
         self.run.finish()
@@ -128,6 +139,11 @@ class Trackio:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.trackio.log(metrics, step=step)
+
+    def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
+        import pandas  # trackio's Table takes a DataFrame (as TRL hands it one)
+
+        self.trackio.log({name: self.trackio.Table(dataframe=pandas.DataFrame(rows))}, step=step)
 
     def close(self) -> None:
         self.trackio.finish()
@@ -151,8 +167,25 @@ class MLflow:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.mlflow.log_metrics(metrics, step=step)
 
+    def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
+        columns = {c: [r.get(c) for r in rows] for c in rows[0]}
+        self.mlflow.log_table(data=columns, artifact_file=f"{name}/step_{step:06d}.json")
+
     def close(self) -> None:
         self.mlflow.end_run()
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as a Markdown table (TensorBoard's text tab renders it): cells on one line."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return "<br>".join(text.replace("|", "\\|").splitlines())  # every kind of line break
+
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def open_trackers(
