@@ -150,5 +150,5 @@ def test_vespo_weights_equal_trls_gamma_weights(seed: int, engine: bool) -> None
 def test_vespo_refuses_a_second_rollout_correction() -> None:
     from alignlib.estimator import rollout_correction
 
-    with pytest.raises(ValueError, match=r"already weighs each sequence.*rollout_correction"):
+    with pytest.raises(ValueError, match=r"already weighs the loss.*rollout_correction"):
         algorithms.get("vespo").with_rollout_correction(rollout_correction({"mode": "tis"}))

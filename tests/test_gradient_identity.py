@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import closed_forms_distillation
 import closed_forms_dpo_family
+import closed_forms_dppo
 import closed_forms_group_baselines
 import closed_forms_process
 import pytest
@@ -364,6 +365,8 @@ CASES |= closed_forms_process.CASES
 VARIANTS |= closed_forms_process.VARIANTS
 CASES |= closed_forms_group_baselines.CASES
 VARIANTS |= closed_forms_group_baselines.VARIANTS
+CASES |= closed_forms_dppo.CASES
+VARIANTS |= closed_forms_dppo.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

@@ -136,6 +136,7 @@ NEWER = [
     {"name": "grpo_passk"},
     {"name": "pkpo", "params": {"k": 4}},
     {"name": "passk_training", "params": {"k": 4}},
+    {"name": "dppo"},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "adaptive_entropy": {"target": 100.0, "coef": 0.001}},

@@ -98,6 +98,7 @@ from alignlib.estimator.rollout_correction import (
 )
 from alignlib.estimator.routing import AllRollouts, Router, RowPlan, plan_rows
 from alignlib.estimator.term import PolicyGradientTerm, Term, TermOutput
+from alignlib.estimator.trust_region import DivergenceTrustRegion
 from alignlib.estimator.units import (
     LIKELIHOODS,
     LengthDesensitized,
@@ -142,6 +143,7 @@ __all__ = [
     "DecoupledGroupNormalized",
     "DifficultyBand",
     "DiscoPOPWeights",
+    "DivergenceTrustRegion",
     "EXOPairWeights",
     "EntropyBonus",
     "EstimatorInputError",

@@ -218,8 +218,8 @@ class UnifiedEstimator(EstimatorQueries):
             for mask in getattr(term, "masks", ()):
                 if mask.folds_behaviour:
                     raise ValueError(
-                        f"term {term.name!r}: {type(mask).__name__} already weighs each "
-                        "sequence by the engine's ratio π_old/π_engine (as its reference code "
+                        f"term {term.name!r}: {type(mask).__name__} already weighs the loss "
+                        "by the ratio to the sampling engine's log-probs (as its reference code "
                         "folds the correction in); remove online.rollout_correction"
                     )
         terms = [

@@ -59,10 +59,14 @@ class KLPenalty(Term):
     """DeepSeek-V3.2's unbiased KL estimate (TRL's `use_bias_correction_kl`): each token's
     estimate times ρ = π_θ/π_old (with its gradient; log ρ clamped at ±20), since the tokens
     were sampled from π_old, not π_θ. Needs ``old_logprobs``."""
+    to: Literal["ref", "old"] = "ref"
+    """The policy compared with: π_ref, or π_old, the policy that sampled (Kimi K2.5's and
+    prime-rl's τ·(log π/π_old)², i.e. ``k2`` with coef 2τ, keeps the update near it)."""
 
     def __post_init__(self) -> None:
         check_number("KLPenalty", "coef", self.coef, ge=0, why="a negative KL weight rewards drift")
         check_choice("KLPenalty", "estimator", self.estimator, ("k1", "k2", "k3", "k1+", "k3+"))
+        check_choice("KLPenalty", "to", self.to, ("ref", "old"))
         if self.importance_weighted and self.straight_through:
             raise ParameterError(
                 "KLPenalty",
@@ -71,12 +75,19 @@ class KLPenalty(Term):
                 "choose one (k3 with importance_weighted is DeepSeek-V3.2's, k3+ verl's)",
             )
 
+        if self.importance_weighted and self.to == "old":
+            raise ParameterError(
+                "KLPenalty", "importance_weighted", "reweights by π_θ/π_old: it needs to='ref'"
+            )
+
     @property
     def straight_through(self) -> bool:
         """The value of k1 / k3 with the gradient of k2 (``k1+`` / ``k3+``)."""
         return self.estimator.endswith("+")
 
     def requirements(self) -> dict[str, str]:
+        if self.to == "old":
+            return {"old_logprobs": f"the KL penalty compares with π_old ({self.name})"}
         needs = {"ref_logprobs": f"the KL penalty compares with the reference policy ({self.name})"}
         if self.importance_weighted:
             needs["old_logprobs"] = f"the importance-weighted KL divides by π_old ({self.name})"
@@ -86,10 +97,11 @@ class KLPenalty(Term):
         return {"w": masked_weights(batch, self.rows, self.aggregation)[0]}, {}
 
     def forward(self, batch: Batch, prepared: dict[str, Tensor]) -> TermOutput:
-        assert batch.ref_logprobs is not None
+        target = batch.ref_logprobs if self.to == "ref" else batch.old_logprobs
+        assert target is not None
         _, mask = masked_weights(batch, self.rows, self.aggregation)
         logp = zero_where_masked(batch.logprobs, mask)
-        ref = zero_where_masked(batch.ref_logprobs.detach(), mask)
+        ref = zero_where_masked(target.detach(), mask)
         estimate = _kl_estimate(logp, ref, self.estimator.removesuffix("+"))
         if self.straight_through:
             k2 = _kl_estimate(logp, ref, "k2")
