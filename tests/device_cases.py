@@ -60,6 +60,7 @@ ONLINE = {
     "gdpo": {},  # each reward normalized in its group, then over the batch
     "rloo": {},  # whole-sequence units; the KL in the reward reads π_old and π_ref in prepare
     "gmpo": {},  # a row's geometric mean of clipped token ratios, inside the mask
+    "dppo": {},  # the sampling engine's log-probs reach the device (a trust region around μ)
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
