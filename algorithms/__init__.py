@@ -19,6 +19,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     dapo,
     discopop,
     dpo,
+    dpop,
     dppo,
     dr_grpo,
     exo_pair,

@@ -1,6 +1,6 @@
 """Independent float64 closed forms of the DPO-family losses beyond sigmoid, hinge and IPO
-(cDPO, f-DPO, robust, EXO, NCA, BCO, SPPO-hard, APO, DiscoPOP), each written from its paper's
-formula as a loss of the summed log-ratios, differentiated by plain autograd, for
+(cDPO, f-DPO, DPO-Positive, robust, EXO, NCA, BCO, SPPO-hard, APO, DiscoPOP), each written from
+its paper's formula as a loss of the summed log-ratios, differentiated by plain autograd, for
 test_gradient_identity.py."""
 
 from __future__ import annotations
@@ -130,6 +130,13 @@ def closed_aot(b: Batch, beta: float = 0.1, eps: float = 0.0, paired: bool = Tru
     return (-(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)).mean()
 
 
+def closed_dpop(b: Batch, beta: float = 0.1, lam: float = 50.0) -> Tensor:
+    """Pal et al. (2024), eq. 3: DPO's margin less λ·max(0, log π_ref(y_w) − log π(y_w))."""
+    u_w, u_l = log_ratios(b)
+    penalty = torch.clamp(-u_w, min=0)
+    return -F.logsigmoid(beta * (u_w - u_l - lam * penalty)).mean()
+
+
 def _pairs(seed: int = 0) -> Batch:
     return pair_batch(seed=seed)
 
@@ -148,6 +155,8 @@ CASES = {
         lambda b: closed_f_dpo(b, 0.3, "alpha", alpha=0.3),
         {"beta": 0.3, "divergence": "alpha", "divergence_alpha": 0.3},
     ),
+    "dpop": (_pairs, closed_dpop, {}),
+    "dpop_gentle": (_pairs, lambda b: closed_dpop(b, 0.3, 2.0), {"beta": 0.3, "lam": 2.0}),
     "robust": (_pairs, closed_robust, {}),
     "robust_noisier": (
         _pairs,
@@ -193,6 +202,7 @@ VARIANTS = {
     "dpo_forward_kl": "dpo",
     "dpo_js": "dpo",
     "dpo_alpha": "dpo",
+    "dpop_gentle": "dpop",
     "robust_noisier": "robust",
     "exo_pair_wide": "exo_pair",
     "nca_pair_steep": "nca_pair",

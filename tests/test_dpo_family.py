@@ -94,3 +94,30 @@ def test_bad_parameters_are_named(name: str, params: dict, named: str) -> None:
         algorithms.get(name, **params)
     message = str(caught.value)
     assert named in message and "\n" not in message
+
+
+def test_dpop_is_dpo_until_the_chosen_response_sinks_below_the_reference() -> None:
+    """Pal et al. (2024): with every chosen response at least as likely as under π_ref the
+    penalty is 0 and DPOP is DPO; below it, the chosen response's likelihood is pushed up
+    (1 + λ) times as hard as the rejected one's is pushed down (DPO: equally), and the larger
+    loss changes the pair's weight."""
+    batch = pair_batch(num_pairs=4, seed=5)
+    chosen = batch.roles == int(Role.CHOSEN)
+    u = ((batch.logprobs - batch.ref_logprobs) * batch.mask).sum(-1).detach()
+    for direction in (1.0, -1.0):  # every chosen response above, then below π_ref
+        lift = torch.zeros_like(batch.logprobs)
+        for row in chosen.nonzero().flatten().tolist():
+            first = batch.mask[row].nonzero()[0, 0]
+            lift[row, first] = direction * (abs(float(u[row])) + 1.0) - float(u[row])
+        moved = batch.replace(logprobs=(batch.logprobs.detach() + lift).requires_grad_(True))
+        loss, grad = loss_and_grad("dpop", moved, beta=0.2, lam=5.0)
+        dpo_loss, dpo_grad = loss_and_grad("dpo", moved, beta=0.2)
+        if direction > 0:
+            assert abs(loss - dpo_loss) < 1e-12 and rel_error(grad, dpo_grad) < 1e-12
+        else:
+            per_row = (grad * moved.mask).sum(-1) / moved.mask.sum(-1)  # d loss / d l(y) per row
+            dpo_row = (dpo_grad * moved.mask).sum(-1) / moved.mask.sum(-1)
+            assert bool((per_row[chosen] < 0).all())  # it raises the chosen likelihood
+            ratio = per_row[chosen] / -per_row[~chosen]
+            torch.testing.assert_close(ratio, torch.full_like(ratio, 6.0), rtol=1e-12, atol=0)
+            assert loss > dpo_loss and rel_error(per_row[~chosen], dpo_row[~chosen]) > 1e-3

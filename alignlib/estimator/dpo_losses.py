@@ -1,6 +1,7 @@
 """More losses on DPO's log-ratios u = log π − log π_ref (the ones TRL's ``DPOTrainer`` offers as
-``loss_type``): each is a function of (u_w, u_l) per pair, so its gradient is −c_w ∇l(y_w) −
-c_l ∇l(y_l) with the closed-form weights below (r = βu, z = β(u_w − u_l), σ'(x) = σ(x)σ(−x)).
+``loss_type``, and DPO-Positive): each is a function of (u_w, u_l) per pair, so its gradient
+is −c_w ∇l(y_w) − c_l ∇l(y_l) with the closed-form weights below (r = βu, z = β(u_w − u_l),
+σ'(x) = σ(x)σ(−x)).
 
 Sigmoid with label smoothing (cDPO) and the f-divergences are options of
 :class:`~alignlib.estimator.preferences.DPOWeights`; hinge and IPO have their own classes there.
@@ -260,3 +261,31 @@ class AOTWeights(PairwiseAdvantage):
         chosen, rejected, pair_loss = (torch.empty_like(delta) for _ in range(3))
         chosen[order_w], rejected[order_l], pair_loss[order_w] = weight, -weight, loss
         return PairWeights(chosen, rejected, pair_loss, self.beta * u_w, self.beta * u_l)
+
+
+@ADVANTAGES.register("dpop")
+@dataclass(frozen=True)
+class DPOPWeights(PairwiseAdvantage):
+    """DPO-Positive (Pal et al. 2024, "Smaug", arXiv 2402.13228, eq. 3): DPO's margin minus a
+    penalty once the chosen response falls below its reference likelihood,
+    −log σ(z), z = β(u_w − u_l − λ·max(0, −u_w)); c_w = βσ(−z)(1 + λ·1[u_w < 0]),
+    c_l = −βσ(−z). DPO lowers both likelihoods when only their gap matters; the penalty keeps
+    the preferred one from sinking."""
+
+    beta: float = 0.1
+    lam: float = 50.0
+    """λ of the penalty (50: the value the implementations we read default to)."""
+
+    def __post_init__(self) -> None:
+        check_beta(self, self.beta)
+        check_number("DPOPWeights", "lam", self.lam, ge=0, why="a penalty weight")
+
+    def weights(self, pairs: Pairs) -> PairWeights:
+        u_w, u_l = pairs.log_ratios
+        below = (u_w < 0).to(u_w.dtype)
+        z = self.beta * (u_w - u_l - self.lam * torch.relu(-u_w))
+        weight = self.beta * torch.sigmoid(-z)
+        reward_w, reward_l = pairs.implicit_rewards(self.beta)
+        return PairWeights(
+            weight * (1 + self.lam * below), -weight, -F.logsigmoid(z), reward_w, reward_l
+        )
