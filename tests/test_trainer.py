@@ -87,6 +87,7 @@ METHODS = {
     "apo_zero": "preference",
     "apo_down": "preference",
     "discopop": "preference",
+    "dpop": "preference",
     "aot": "preference",
     "aot_unpaired": "preference",
     "reward_model": "preference",
