@@ -48,6 +48,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     pkpo,
     ppo,
     ppo_gae,
+    rdpo,
     reward_model,
     rloo,
     robust,

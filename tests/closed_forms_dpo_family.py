@@ -1,7 +1,7 @@
 """Independent float64 closed forms of the DPO-family losses beyond sigmoid, hinge and IPO
-(cDPO, f-DPO, DPO-Positive, robust, EXO, NCA, BCO, SPPO-hard, APO, DiscoPOP), each written from
-its paper's formula as a loss of the summed log-ratios, differentiated by plain autograd, for
-test_gradient_identity.py."""
+(cDPO, f-DPO, DPO-Positive, R-DPO, robust, EXO, NCA, BCO, SPPO-hard, APO, DiscoPOP), each
+written from its paper's formula as a loss of the summed log-ratios, differentiated by plain
+autograd, for test_gradient_identity.py."""
 
 from __future__ import annotations
 
@@ -137,6 +137,17 @@ def closed_dpop(b: Batch, beta: float = 0.1, lam: float = 50.0) -> Tensor:
     return -F.logsigmoid(beta * (u_w - u_l - lam * penalty)).mean()
 
 
+def closed_rdpo(b: Batch, beta: float = 0.1, alpha: float = 0.05, eps: float = 0.0) -> Tensor:
+    """Park et al. (2024): the logistic loss of β(u_w − u_l) + α(|y_w| − |y_l|), |y| the
+    completion's tokens (cDPO's smoothing ε on top)."""
+    u_w, u_l = log_ratios(b)
+    length = b.mask.sum(-1)
+    chosen = (b.roles == int(Role.CHOSEN)).nonzero().flatten()
+    rejected = (b.roles == int(Role.REJECTED)).nonzero().flatten()
+    z = beta * (u_w - u_l) + alpha * (length[chosen] - length[rejected])
+    return (-(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)).mean()
+
+
 def _pairs(seed: int = 0) -> Batch:
     return pair_batch(seed=seed)
 
@@ -156,6 +167,12 @@ CASES = {
         {"beta": 0.3, "divergence": "alpha", "divergence_alpha": 0.3},
     ),
     "dpop": (_pairs, closed_dpop, {}),
+    "rdpo": (_pairs, closed_rdpo, {}),
+    "rdpo_smoothed": (
+        _pairs,
+        lambda b: closed_rdpo(b, 0.3, 0.5, eps=0.1),
+        {"beta": 0.3, "length_penalty": 0.5, "label_smoothing": 0.1},
+    ),
     "dpop_gentle": (_pairs, lambda b: closed_dpop(b, 0.3, 2.0), {"beta": 0.3, "lam": 2.0}),
     "robust": (_pairs, closed_robust, {}),
     "robust_noisier": (
@@ -203,6 +220,7 @@ VARIANTS = {
     "dpo_js": "dpo",
     "dpo_alpha": "dpo",
     "dpop_gentle": "dpop",
+    "rdpo_smoothed": "dpo",
     "robust_noisier": "robust",
     "exo_pair_wide": "exo_pair",
     "nca_pair_steep": "nca_pair",

@@ -121,3 +121,16 @@ def test_dpop_is_dpo_until_the_chosen_response_sinks_below_the_reference() -> No
             ratio = per_row[chosen] / -per_row[~chosen]
             torch.testing.assert_close(ratio, torch.full_like(ratio, 6.0), rtol=1e-12, atol=0)
             assert loss > dpo_loss and rel_error(per_row[~chosen], dpo_row[~chosen]) > 1e-3
+
+
+def test_rdpo_is_dpo_against_a_reference_charging_alpha_per_token() -> None:
+    """Park et al. (2024): R-DPO's margin is DPO's for the policy whose objective charges α per
+    token, i.e. DPO against π_ref·exp(−α|y|/β): the same loss and gradient, and not DPO's."""
+    batch = pair_batch(seed=6)
+    beta, alpha = 0.2, 0.3
+    charged = batch.replace(ref_logprobs=batch.ref_logprobs - alpha / beta * batch.mask)
+    loss, grad = loss_and_grad("rdpo", batch, beta=beta, alpha=alpha)
+    shifted_loss, shifted_grad = loss_and_grad("dpo", charged, beta=beta)
+    assert abs(loss - shifted_loss) < 1e-12 and rel_error(grad, shifted_grad) < 1e-12
+    plain = loss_and_grad("dpo", batch, beta=beta)
+    assert rel_error(plain[1], grad) > 1e-3  # the lengths differ, so the term matters

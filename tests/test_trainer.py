@@ -88,6 +88,7 @@ METHODS = {
     "apo_down": "preference",
     "discopop": "preference",
     "dpop": "preference",
+    "rdpo": "preference",
     "aot": "preference",
     "aot_unpaired": "preference",
     "reward_model": "preference",

@@ -178,9 +178,13 @@ class DPOWeights(PairwiseAdvantage):
     divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
     divergence_alpha: float = 0.5
     """α of the alpha divergence (used only by it): → 0 is reverse KL, 1 is forward KL."""
+    length_penalty: float = 0.0
+    """R-DPO's α (Park et al. 2024): z gains α(|y_w| − |y_l|), the Bradley–Terry margin of the
+    reward the policy is optimal for when the objective charges α per token; 0: DPO."""
 
     def __post_init__(self) -> None:
         check_beta(self, self.beta)
+        check_number("DPOWeights", "length_penalty", self.length_penalty, ge=0)
         check_number(
             "DPOWeights", "label_smoothing", self.label_smoothing, ge=0, lt=0.5,
             why="the assumed fraction of flipped labels (0.5 would make every pair a coin flip)",
@@ -202,7 +206,10 @@ class DPOWeights(PairwiseAdvantage):
     def weights(self, pairs: Pairs) -> PairWeights:
         (g_w, slope_w), (g_l, slope_l) = map(self.score, pairs.log_ratios)
         reward_w, reward_l = pairs.implicit_rewards(self.beta)
-        weight, loss = smoothed_logistic(self.beta, self.beta * (g_w - g_l), self.label_smoothing)
+        z = self.beta * (g_w - g_l)
+        if self.length_penalty:
+            z = z + self.length_penalty * (pairs.len_w - pairs.len_l).to(z.dtype)
+        weight, loss = smoothed_logistic(self.beta, z, self.label_smoothing)
         return PairWeights(weight * slope_w, -weight * slope_l, loss, reward_w, reward_l)
 
 
