@@ -7,6 +7,7 @@ and a missing vLLM is one line."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,44 @@ def test_heldout_accuracy_and_benchmarks_are_logged_when_due(tmp_path: Path) -> 
     # Held-out: before training, every 2 steps and at the end; benchmarks every 3 steps.
     assert [s for s, r in logged.items() if "heldout/accuracy" in r] == [0, 2, 3]
     assert [s for s, r in logged.items() if any(k.startswith("eval/") for k in r)] == [3]
+
+
+def test_heldout_pass_at_k_of_sampled_completions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`online.heldout.samples: 4`: 4 completions per held-out prompt at the rollout's sampling
+    settings, graded, and heldout/pass@1, @2, @4 the unbiased estimator of Chen et al. (2021),
+    1 − C(n − c, k)/C(n, k), averaged over prompts (checked against the grader's verdicts)."""
+    heldout = tmp_path / "heldout.jsonl"
+    rows = [{"prompt": f"{a} + {a}?", "answer": str(2 * a)} for a in range(1, 6)]
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    graded: list[list[bool]] = []
+
+    def grade(texts: list[str], answers: list[str]) -> list[bool]:
+        verdicts = [len(t) % 3 == 0 for t in texts]  # a stand-in grader: some right, some not
+        if len(texts) == 4 * len(rows):
+            graded.append(verdicts)
+        return verdicts
+
+    monkeypatch.setattr(online_collect, "grade_many", grade)
+    config = make_config(
+        tmp_path,
+        train={"max_steps": 1},
+        rollout={"n": 4, "max_new_tokens": 6, "temperature": 1.0},
+        online={"heldout": {"data": str(heldout), "samples": 4}},
+    )
+    result = Trainer(load_config(config)).train()
+    assert len(graded) == 2  # before training and at the end
+    for record, verdicts in zip([result.history[0], result.history[-1]], graded, strict=True):
+        right = [sum(verdicts[4 * p : 4 * p + 4]) for p in range(len(rows))]
+        for k in (1, 2, 4):
+            want = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in right) / len(rows)
+            assert record[f"heldout/pass@{k}"] == pytest.approx(want, abs=1e-12)
+        assert record["heldout/pass@1"] <= record["heldout/pass@2"] <= record["heldout/pass@4"]
+    flat = [v for verdicts in graded for v in verdicts]
+    assert any(flat) and not all(flat)  # the estimator saw mixed groups
+    ends = (result.history[0], result.history[-1])
+    assert any(r["heldout/pass@1"] < r["heldout/pass@4"] for r in ends)
 
 
 @pytest.mark.parametrize("adapted_only", [True, False])

@@ -135,6 +135,11 @@ class HeldoutConfig(Section):
     """Evaluate every N steps (and at step 0 and at the end); null: only before and after."""
     max_new_tokens: int | None = Field(None, gt=0)
     """Completion cap for held-out answers (null: rollout.max_new_tokens)."""
+    samples: int = Field(1, ge=1, le=1024)
+    """Besides the greedy answer, sample this many completions per held-out prompt with the
+    rollout's sampling settings (seeded by the step) and log `heldout/pass@k` for k = 1, 2,
+    4, … up to it (the unbiased estimator, as `alignlib eval`): what the pass@k presets
+    (`grpo_passk`, `pkpo`, `passk_training`) train for. 1: the greedy accuracy only."""
 
 
 class RolloutCorrectionConfig(Section):

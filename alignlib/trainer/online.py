@@ -268,7 +268,8 @@ class OnlineSource:
         if self.heldout is not None and self.heldout_due(step):
             cap = self.online.heldout.max_new_tokens or self.rollout.max_new_tokens
             with self._engine_lock():
-                metrics |= self.collector.heldout_accuracy(self.engine.engine, self.heldout, cap)
+                engine = self.engine.engine
+                metrics |= self.collector.heldout_accuracy(engine, self.heldout, cap, step)
         # Through the rollout engine: it holds the current weights (vLLM / Ray included).
         engine = self.engine.engine
         with self._engine_lock():

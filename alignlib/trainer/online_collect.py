@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 from alignlib.config.schema import RunConfig
@@ -15,6 +16,7 @@ from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import resolve_device
 from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
+from alignlib.eval.metrics import pass_at_k
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.episode_router import episodes_for
@@ -112,10 +114,15 @@ class RolloutCollector:
         return generations, time.perf_counter() - began
 
     def heldout_accuracy(
-        self, engine: RolloutEngine, heldout: tuple[list[list[int]], list[dict[str, Any]]], cap: int
+        self,
+        engine: RolloutEngine,
+        heldout: tuple[list[list[int]], list[dict[str, Any]]],
+        cap: int,
+        step: int,
     ) -> dict[str, float]:
         """Greedy accuracy on held-out prompts (the same episodes training samples), with the
-        share of boxed answers and the length."""
+        share of boxed answers and the length; with ``online.heldout.samples`` > 1, pass@k of
+        that many sampled completions too."""
         prompt_ids, rows = heldout
         greedy = SamplingParams(temperature=0, max_new_tokens=cap)
         generations, _ = self.sample(engine, prompt_ids, rows, greedy)
@@ -129,7 +136,30 @@ class RolloutCollector:
         }
         if self.episodes is not None:
             metrics["heldout/turns"] = sum(g[0].turns for g in generations) / count
+        if self.online.heldout.samples > 1:
+            metrics |= self.heldout_pass_at_k(engine, heldout, cap, step)
         return metrics
+
+    def heldout_pass_at_k(
+        self,
+        engine: RolloutEngine,
+        heldout: tuple[list[list[int]], list[dict[str, Any]]],
+        cap: int,
+        step: int,
+    ) -> dict[str, float]:
+        """`heldout/pass@k` for k = 1, 2, 4, … ≤ N of N completions sampled per prompt."""
+        prompt_ids, rows = heldout
+        n = self.online.heldout.samples
+        seed = (self.config.train.seed * 1_000_003 + step * 101 + 7_919) & 0x7FFF_FFFF
+        sampling = replace(sampling_params(self.rollout, seed), n=n, max_new_tokens=cap)
+        generations, _ = self.sample(engine, prompt_ids, rows, sampling)
+        texts = [g.text for gens in generations for g in gens]
+        answers = [str(r["answer"]) for r in rows for _ in range(n)]
+        verdicts = grade_many(texts, answers)
+        right = [sum(verdicts[p * n : (p + 1) * n]) for p in range(len(rows))]
+        ks = sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
+        count = max(1, len(rows))
+        return {f"heldout/pass@{k}": sum(pass_at_k(n, c, k) for c in right) / count for k in ks}
 
     def prompt_tokens(self, row: dict[str, Any]) -> list[int]:
         tools = self.episodes.tools_for(row) if self.episodes is not None else None
