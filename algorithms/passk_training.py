@@ -9,7 +9,8 @@ the Bernoulli std σ = sqrt(ρ(1 − ρ)):
 A wrong answer is pushed down less the more of the group is right (another sample would have
 passed for it), which keeps exploring; unlike ``pkpo`` (unbiased for ∇pass@k) this is the
 bootstrap reward normalized as GRPO does. PPO's clipped token loss, token-mean (verl's
-defaults, into which the authors' code plugs)."""
+defaults, into which the authors' code plugs). Rewards must lie in [0, 1] (a 0/1 verifier:
+``online.rewards: [{name: math}]``; a format bonus on top would exceed 1 and is refused)."""
 
 from alignlib.algorithms.registry import preset
 from alignlib.estimator import PassAtKTraining, PPOClip, UnifiedEstimator

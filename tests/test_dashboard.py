@@ -87,6 +87,20 @@ def test_online_panels_lead_with_heldout_reward_loss_signal_entropy_length() -> 
     assert not any(p.keys[0].startswith("time/") for p in panels)
 
 
+def test_held_out_pass_at_k_is_one_panel_after_the_greedy_accuracy() -> None:
+    records = [
+        {"step": s, "heldout/accuracy": 0.1 * s, "loss": 1.0 / s}
+        | {f"heldout/pass@{k}": min(1.0, 0.05 * s * k) for k in (16, 1, 4, 2)}
+        for s in range(1, 5)
+    ]
+    panels, _ = dashboard_panels(records)
+    assert [p.keys for p in panels[:2]] == [
+        ["heldout/accuracy"],
+        ["heldout/pass@1", "heldout/pass@2", "heldout/pass@4", "heldout/pass@16"],
+    ]
+    assert panels[1].title == "Held-out pass@k (sampled)"
+
+
 def test_a_critic_s_value_loss_and_explained_variance_follow_the_method_s_signal() -> None:
     records = [
         {

@@ -20,6 +20,7 @@ from typing import Any
 
 LEADING: tuple[tuple[str, str], ...] = (
     (r"^heldout/accuracy$", "Held-out accuracy"),
+    (r"^heldout/pass@\d+$", "Held-out pass@k (sampled)"),
     (r"(^|/)reward_mean$", "Reward (mean)"),
     (r"^eval/", ""),
     (r"^rollout/accuracy$", "Rollout accuracy"),
@@ -95,13 +96,22 @@ def dashboard_panels(records: list[dict[str, Any]]) -> tuple[list[Panel], dict[s
     for key in varying:
         if key in placed or (key not in watched and _duplicates(records, key, placed)):
             continue
-        group = [key]
-        partner = re.sub(r"chosen_", "rejected_", key) if "chosen_" in key else None
-        if partner and partner in varying:
-            group.append(partner)
+        group = [key, *companions(key, varying)]
         placed.update(group)
         panels.append(Panel(_title(key), group))
     return panels, fixed
+
+
+def companions(key: str, varying: list[str]) -> list[str]:
+    """The keys drawn in ``key``'s panel besides it: chosen with rejected, every held-out
+    pass@k together (by k)."""
+    if "chosen_" in key:
+        partner = key.replace("chosen_", "rejected_")
+        return [partner] if partner in varying else []
+    if re.fullmatch(r"heldout/pass@\d+", key):
+        others = [k for k in varying if re.fullmatch(r"heldout/pass@\d+", k) and k != key]
+        return sorted(others, key=lambda k: int(k.rsplit("@", 1)[1]))
+    return []
 
 
 def _series(records: list[dict[str, Any]], key: str) -> list[tuple[Any, Any]]:
