@@ -36,6 +36,14 @@ from alignlib.trainer.online_rollout import (
 )
 from alignlib.trainer.rollout_metrics import environment_metrics, rollout_metrics
 
+Heldout = tuple[list[list[int]], list[dict[str, Any]]]
+"""(prompt token ids, data rows) of the held-out prompts."""
+
+
+def step_seed(seed: int, step: int, salt: int) -> int:
+    """The sampling seed of (run seed, step, salt): a resumed run samples what it would have."""
+    return (seed * 1_000_003 + step * 101 + salt) & 0x7FFF_FFFF
+
 
 class RolloutCollector:
     """The rows of each step from the prompt set (``data``), the rewards and the router."""
@@ -85,7 +93,7 @@ class RolloutCollector:
         self.log: CompletionLog | None = None
         """Where the sampled completions are written (``logging.completions``), when set."""
 
-    def heldout_set(self) -> tuple[list[list[int]], list[dict[str, Any]]] | None:
+    def heldout_set(self) -> Heldout | None:
         """(prompt ids, rows) of ``online.heldout.data``, or None when it is not set."""
         spec = self.online.heldout
         if spec.data is None:
@@ -114,11 +122,7 @@ class RolloutCollector:
         return generations, time.perf_counter() - began
 
     def heldout_accuracy(
-        self,
-        engine: RolloutEngine,
-        heldout: tuple[list[list[int]], list[dict[str, Any]]],
-        cap: int,
-        step: int,
+        self, engine: RolloutEngine, heldout: Heldout, cap: int, step: int
     ) -> dict[str, float]:
         """Greedy accuracy on held-out prompts (the same episodes training samples), with the
         share of boxed answers and the length; with ``online.heldout.samples`` > 1, pass@k of
@@ -141,16 +145,12 @@ class RolloutCollector:
         return metrics
 
     def heldout_pass_at_k(
-        self,
-        engine: RolloutEngine,
-        heldout: tuple[list[list[int]], list[dict[str, Any]]],
-        cap: int,
-        step: int,
+        self, engine: RolloutEngine, heldout: Heldout, cap: int, step: int
     ) -> dict[str, float]:
         """`heldout/pass@k` for k = 1, 2, 4, … ≤ N of N completions sampled per prompt."""
         prompt_ids, rows = heldout
         n = self.online.heldout.samples
-        seed = (self.config.train.seed * 1_000_003 + step * 101 + 7_919) & 0x7FFF_FFFF
+        seed = step_seed(self.config.train.seed, step, salt=7_919)  # not a training round's
         sampling = replace(sampling_params(self.rollout, seed), n=n, max_new_tokens=cap)
         generations, _ = self.sample(engine, prompt_ids, rows, sampling)
         texts = [g.text for gens in generations for g in gens]
@@ -185,8 +185,7 @@ class RolloutCollector:
         prompts = [self.rows[i] for i in self.sampler.next_batch()]
         prompt_ids = [self.prompt_tokens(r) for r in prompts]
         # Seeded per (run seed, step, attempt): a resumed run samples exactly what it would have.
-        seed = (self.config.train.seed * 1_000_003 + step * 101 + attempt) & 0x7FFF_FFFF
-        sampling = sampling_params(self.rollout, seed)
+        sampling = sampling_params(self.rollout, step_seed(self.config.train.seed, step, attempt))
         generations, seconds = self.sample(engine.engine, prompt_ids, prompts, sampling)
         rollouts = score_rollouts(
             self.rewards, prompts, prompt_ids, generations, seconds, self.tokenizer
