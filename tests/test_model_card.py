@@ -62,6 +62,7 @@ def test_final_has_a_model_card_with_method_data_steps_metrics_and_config(traine
         "wpo": False,
         "high_entropy": None,
         "off_policy_mask": None,
+        "second_moment_mask": None,
         "adaptive_entropy": None,
     }
 
@@ -117,6 +118,7 @@ def test_the_method_line_names_every_option_set() -> None:
                 "name": "grpo",
                 "high_entropy": {"ratio": 0.2},
                 "off_policy_mask": {"delta": 0.5},
+                "second_moment_mask": {"threshold": 0.04},
             },
             "train": {"reference_sync": {"alpha": 1.0}},
         }
@@ -124,7 +126,7 @@ def test_the_method_line_names_every_option_set() -> None:
     line = method(config)
     assert line == (
         "grpo, high-entropy tokens {'ratio': 0.2}, off-policy sequence mask {'delta': 0.5}, "
-        "reference synced every 512 steps (α=1.0)"
+        "second-moment mask (M2PO) {'threshold': 0.04}, reference synced every 512 steps (α=1.0)"
     )
 
 

@@ -140,6 +140,7 @@ NEWER = [
     {"name": "dppo"},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
+    {"name": "grpo", "second_moment_mask": {"threshold": 0.04}},
     {"name": "grpo", "adaptive_entropy": {"target": 100.0, "coef": 0.001}},
 ]
 

@@ -88,6 +88,13 @@ class AlgorithmConfig(Section):
     every policy-gradient term that trains on rollouts; π_behaviour is the engine's log-probs
     (put on the trainer's scale, as a rollout correction does). E.g. {delta: 0.5}; null: off."""
 
+    second_moment_mask: dict[str, Any] | None = None
+    """M2PO's second-moment trust region (Zheng et al. 2025; AReaL's `m2_threshold`), for
+    stale or mismatched rollouts (`online.max_staleness`, vLLM): over each mini-batch the tokens
+    with the largest (log π_old − log π_behaviour)² leave the loss and its normalizers until the
+    mean of the rest is below `threshold`. Added to every policy-gradient term that trains on
+    rollouts; π_behaviour is the engine's log-probs. E.g. {threshold: 0.04}; null: off."""
+
     adaptive_entropy: dict[str, Any] | None = None
     """Skywork-OR1's adaptive entropy control (TRL's `use_adaptive_entropy`), added to any
     method: an entropy bonus −c·H that acts only while the token-mean entropy H is at or

@@ -81,7 +81,11 @@ def _named_or_composed(config: AlgorithmConfig) -> UnifiedEstimator:
     )
 
 
-SAMPLE_MASK_OPTIONS = {"high_entropy": "high_entropy", "off_policy_mask": "off_policy_sequence"}
+SAMPLE_MASK_OPTIONS = {
+    "high_entropy": "high_entropy",
+    "off_policy_mask": "off_policy_sequence",
+    "second_moment_mask": "second_moment",
+}
 """`algorithm:` keys that add a registered mask to every term on rollouts, with its params."""
 
 

@@ -57,7 +57,7 @@ from alignlib.estimator.masks import (
 )
 from alignlib.estimator.max_at_k import MaxAtK, PassAtKTraining
 from alignlib.estimator.multi_reward import DecoupledGroupNormalized
-from alignlib.estimator.off_policy_masks import OffPolicySequenceMask
+from alignlib.estimator.off_policy_masks import OffPolicySequenceMask, SecondMomentMask
 from alignlib.estimator.preferences import (
     DPOWeights,
     HingeWeights,
@@ -193,6 +193,7 @@ __all__ = [
     "Rows",
     "SPPOHardWeights",
     "ScoreCentering",
+    "SecondMomentMask",
     "SeqMeanTokenMean",
     "SeqMeanTokenSum",
     "SeqMeanTokenSumNorm",

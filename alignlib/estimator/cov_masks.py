@@ -48,6 +48,7 @@ class ClipCov(Mask):
     clipped); dropped tokens get zero loss and gradient but still count in the denominator."""
 
     needs: ClassVar[dict[str, str]] = {"old_logprobs": "Clip-Cov applies PPO's ratio clip"}
+    reads_present_in_prepare: ClassVar[bool] = True  # Cov(log π, Â) of the present policy
     ratio: float = 2e-4
     """Fraction r of valid tokens to drop: k = max(⌊r·N⌋, 1)."""
     cov_low: float = 1.0
@@ -114,6 +115,7 @@ class KLCov(Mask):
     """
 
     needs: ClassVar[dict[str, str]] = {"old_logprobs": "KL-Cov penalizes |log π − log π_old|"}
+    reads_present_in_prepare: ClassVar[bool] = True  # Cov(log π, Â) of the present policy
     ratio: float = 2e-3
     """Fraction of valid tokens penalized: k = max(1, ⌊N·ratio⌋) (2e-3 for 7B, 2e-4 for 32B)."""
     coef: float = 1.0

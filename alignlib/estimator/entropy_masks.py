@@ -84,6 +84,7 @@ class HighEntropyTokens(Mask):
         "entropy": "the high-entropy mask selects tokens by the present policy's entropy"
     }
     token_level: ClassVar[bool] = True
+    reads_present_in_prepare: ClassVar[bool] = True  # the present policy's entropy
     ratio: float = 0.2
     """ρ, the fraction of valid tokens kept (the paper's 20%)."""
     select: Select = "top_k"

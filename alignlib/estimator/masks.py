@@ -48,6 +48,13 @@ class Mask(ABC):  # noqa: B024  (every method has a working default)
     folds_behaviour: ClassVar[bool] = False
     """True for a mask whose weight already includes the engine/trainer ratio (VESPO): a
     rollout correction on top would count it twice, so it is refused."""
+    reads_present_in_prepare: ClassVar[bool] = False
+    """True for a mask whose ``prepare`` reads the present policy (``units.logp``, the
+    entropy: Clip-Cov / KL-Cov / forking-token selection): a trainer fills them by a no-grad
+    pass before each mini-batch is prepared."""
+    reads_old_in_prepare: ClassVar[bool] = False
+    """True for a mask whose ``prepare`` reads π_old (``units.old``): the trainer then takes it
+    from a no-grad pass before the update, not from the update's own forward."""
 
     def prepare(self, batch: Batch, units: Units, adv: Tensor) -> dict[str, Tensor]:
         """Per-row tensors computed over the whole mini-batch (default: nothing)."""

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from alignlib.estimator.batch import ALL_ROWS, Batch, Role
 from alignlib.estimator.critic import ValueLoss
-from alignlib.estimator.masks import Mask
 from alignlib.estimator.term import PolicyGradientTerm, Term
 
 
@@ -33,7 +32,7 @@ class EstimatorQueries:
         for term in self.terms:
             if isinstance(term, PolicyGradientTerm) and (
                 term.advantage.reads_logprobs
-                or any(type(m).prepare is not Mask.prepare for m in term.masks)
+                or any(m.reads_present_in_prepare for m in term.masks)
             ):
                 return True
         return False
@@ -86,11 +85,16 @@ class EstimatorQueries:
         return frozenset(fields)
 
     def reads_old_in_prepare(self) -> bool:
-        """True when an advantage (computed once per mini-batch, before any forward) reads
-        π_old (GAE's KL penalty in the reward): a trainer computes them by a no-grad pass
-        even where the update's own forward would otherwise give them."""
+        """True when an advantage or a mask's ``prepare`` (once per mini-batch, before any
+        forward) reads π_old (GAE's KL penalty in the reward, the second-moment mask): a
+        trainer computes them by a no-grad pass even where the update's own forward would
+        otherwise give them."""
         return any(
-            isinstance(term, PolicyGradientTerm) and "old_logprobs" in term.advantage.requirements()
+            isinstance(term, PolicyGradientTerm)
+            and (
+                "old_logprobs" in term.advantage.requirements()
+                or any(mask.reads_old_in_prepare for mask in term.masks)
+            )
             for term in self.terms
         )
 

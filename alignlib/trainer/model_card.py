@@ -43,6 +43,7 @@ def method(config: RunConfig) -> str:
     for label, params in (
         ("high-entropy tokens", algo.high_entropy),
         ("off-policy sequence mask", algo.off_policy_mask),
+        ("second-moment mask (M2PO)", algo.second_moment_mask),
         ("adaptive entropy control", algo.adaptive_entropy),
     ):
         if params is not None:
