@@ -97,6 +97,16 @@ def group_statistics(values: Tensor, group_ids: Tensor, rows: Tensor) -> tuple[T
     return total[inverse], count[inverse], mean[inverse], std[inverse]
 
 
+def group_extremes(values: Tensor, group_ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """[R] each row's group (max, min) over the selected rows (±inf for a group with none)."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
+    top = inf.neg().expand(num_groups).scatter_reduce(0, inverse, values.where(rows, -inf), "amax")
+    bottom = inf.expand(num_groups).scatter_reduce(0, inverse, values.where(rows, inf), "amin")
+    return top[inverse], bottom[inverse]
+
+
 def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, unbiased: bool = False) -> Tensor:
     """(x − mean) · rsqrt(var + eps) over the masked entries, 0 elsewhere; ``unbiased``: the
     variance over count − 1 (verl's ``masked_whiten``, GAE) instead of count (REINFORCE++)."""

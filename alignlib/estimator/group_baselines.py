@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import torch
 from torch import Tensor
 
 from alignlib.estimator.advantages import (
@@ -23,6 +22,7 @@ from alignlib.estimator.advantages import (
     REWARD_NEEDS,
     Advantage,
     AdvantageResult,
+    group_extremes,
     group_statistics,
 )
 from alignlib.estimator.batch import Batch
@@ -30,16 +30,6 @@ from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Likelihood
 
 EQUAL_REWARDS = "a group whose rewards are all equal would divide 0 by 0"
-
-
-def group_extremes(values: Tensor, group_ids: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """[R] each row's group (max, min) over the selected rows (±inf for a group with none)."""
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    num_groups = int(inverse.max()) + 1 if inverse.numel() else 0
-    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
-    top = inf.neg().expand(num_groups).scatter_reduce(0, inverse, values.where(rows, -inf), "amax")
-    bottom = inf.expand(num_groups).scatter_reduce(0, inverse, values.where(rows, inf), "amin")
-    return top[inverse], bottom[inverse]
 
 
 @ADVANTAGES.register("opo")

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from alignlib.estimator.advantages import group_statistics
+from alignlib.estimator.advantages import group_extremes, group_statistics
 from alignlib.estimator.batch import Batch, Role
 from alignlib.estimator.references import log_ratio
 from alignlib.estimator.registry import Registry, check_number
@@ -160,16 +160,8 @@ class GroupFilter(RowFilter):
     def keep(self, batch: Batch, rows: Tensor) -> Tensor:
         assert batch.rewards is not None and batch.group_ids is not None
         rewards = batch.rewards.to(batch.logprobs.dtype)
-        big = rewards.new_tensor(torch.finfo(rewards.dtype).max)
-        _, inverse = torch.unique(batch.group_ids, return_inverse=True)
-        size = int(inverse.max()) + 1 if inverse.numel() else 0
-        hi = rewards.new_full((size,), -big).scatter_reduce(
-            0, inverse, rewards.where(rows, -big), reduce="amax"
-        )
-        lo = rewards.new_full((size,), big).scatter_reduce(
-            0, inverse, rewards.where(rows, big), reduce="amin"
-        )
-        return rows & ((hi - lo)[inverse] > self.tolerance)
+        top, bottom = group_extremes(rewards, batch.group_ids, rows)
+        return rows & ((top - bottom) > self.tolerance)
 
 
 @MASKS.register("difficulty_band")

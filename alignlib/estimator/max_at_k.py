@@ -30,10 +30,11 @@ from alignlib.estimator.advantages import (
     REWARD_NEEDS,
     Advantage,
     AdvantageResult,
+    group_extremes,
     group_statistics,
 )
 from alignlib.estimator.batch import Batch
-from alignlib.estimator.group_baselines import EQUAL_REWARDS, group_extremes
+from alignlib.estimator.group_baselines import EQUAL_REWARDS
 from alignlib.estimator.registry import check_number
 from alignlib.estimator.units import Likelihood
 

@@ -74,7 +74,6 @@ class KLPenalty(Term):
                 f"and estimator {self.estimator!r} each correct the KL's gradient their own way; "
                 "choose one (k3 with importance_weighted is DeepSeek-V3.2's, k3+ verl's)",
             )
-
         if self.importance_weighted and self.to == "old":
             raise ParameterError(
                 "KLPenalty", "importance_weighted", "reweights by π_θ/π_old: it needs to='ref'"

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from alignlib.config.environment import EnvironmentConfig, episode_sections
 from alignlib.config.section import Section
 from alignlib.eval.datasets import BENCHMARKS, benchmark_file
+from alignlib.eval.metrics import doubling_ks
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -169,12 +170,7 @@ class EvalConfig(Section):
         """The k values actually reported (empty when n == 1)."""
         if self.ks is not None:
             return sorted(set(self.ks))
-        ks = {self.n} if self.n > 1 else set()
-        k = 2
-        while k < self.n:
-            ks.add(k)
-            k *= 2
-        return sorted(ks)
+        return doubling_ks(self.n)
 
     @property
     def sampled(self) -> bool:

@@ -8,13 +8,24 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["avg_at_k", "best_of_k", "maj_at_k", "mean_with_ci", "pass_at_k"]
+__all__ = ["avg_at_k", "best_of_k", "doubling_ks", "maj_at_k", "mean_with_ci", "pass_at_k"]
 
 
 def _check_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     return value
+
+
+def doubling_ks(n: int) -> list[int]:
+    """k = 2, 4, 8, … below ``n``, and ``n`` itself (none for n = 1): where pass@k, maj@k and
+    best@k of n samples are reported."""
+    ks = {n} if n > 1 else set()
+    k = 2
+    while k < n:
+        ks.add(k)
+        k *= 2
+    return sorted(ks)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

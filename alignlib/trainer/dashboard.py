@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+HELDOUT_PASS_AT_K = r"heldout/pass@\d+"
+"""The held-out pass@k keys (`online.heldout.samples`), drawn in one panel."""
+
 LEADING: tuple[tuple[str, str], ...] = (
     (r"^heldout/accuracy$", "Held-out accuracy"),
-    (r"^heldout/pass@\d+$", "Held-out pass@k (sampled)"),
+    (f"^{HELDOUT_PASS_AT_K}$", "Held-out pass@k (sampled)"),
     (r"(^|/)reward_mean$", "Reward (mean)"),
     (r"^eval/", ""),
     (r"^rollout/accuracy$", "Rollout accuracy"),
@@ -108,8 +111,8 @@ def companions(key: str, varying: list[str]) -> list[str]:
     if "chosen_" in key:
         partner = key.replace("chosen_", "rejected_")
         return [partner] if partner in varying else []
-    if re.fullmatch(r"heldout/pass@\d+", key):
-        others = [k for k in varying if re.fullmatch(r"heldout/pass@\d+", k) and k != key]
+    if re.fullmatch(HELDOUT_PASS_AT_K, key):
+        others = [k for k in varying if re.fullmatch(HELDOUT_PASS_AT_K, k) and k != key]
         return sorted(others, key=lambda k: int(k.rsplit("@", 1)[1]))
     return []
 

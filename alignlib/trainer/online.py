@@ -265,13 +265,12 @@ class OnlineSource:
         if self.engine is None:
             return {}
         metrics: dict[str, float] = {}
+        # Through the rollout engine: it holds the current weights (vLLM / Ray included).
+        engine = self.engine.engine
         if self.heldout is not None and self.heldout_due(step):
             cap = self.online.heldout.max_new_tokens or self.rollout.max_new_tokens
             with self._engine_lock():
-                engine = self.engine.engine
                 metrics |= self.collector.heldout_accuracy(engine, self.heldout, cap, step)
-        # Through the rollout engine: it holds the current weights (vLLM / Ray included).
-        engine = self.engine.engine
         with self._engine_lock():
             return metrics | in_loop_eval(self.state, self.config, self.out_dir, step, engine)
 

@@ -16,7 +16,7 @@ from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import resolve_device
 from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
-from alignlib.eval.metrics import pass_at_k
+from alignlib.eval.metrics import doubling_ks, pass_at_k
 from alignlib.rewards import extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.episode_router import episodes_for
@@ -157,7 +157,7 @@ class RolloutCollector:
         answers = [str(r["answer"]) for r in rows for _ in range(n)]
         verdicts = grade_many(texts, answers)
         right = [sum(verdicts[p * n : (p + 1) * n]) for p in range(len(rows))]
-        ks = sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
+        ks = [1, *doubling_ks(n)]
         count = max(1, len(rows))
         return {f"heldout/pass@{k}": sum(pass_at_k(n, c, k) for c in right) / count for k in ks}
 
