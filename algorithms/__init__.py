@@ -57,6 +57,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     sft,
     simpo,
     sppo_hard,
+    topr,
     tpo,
     tpo_l,
     vespo,

@@ -13,6 +13,7 @@ import closed_forms_dpo_family
 import closed_forms_dppo
 import closed_forms_group_baselines
 import closed_forms_process
+import closed_forms_reinforce
 import pytest
 import torch
 import torch.nn.functional as F
@@ -367,6 +368,8 @@ CASES |= closed_forms_group_baselines.CASES
 VARIANTS |= closed_forms_group_baselines.VARIANTS
 CASES |= closed_forms_dppo.CASES
 VARIANTS |= closed_forms_dppo.VARIANTS
+CASES |= closed_forms_reinforce.CASES
+VARIANTS |= closed_forms_reinforce.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

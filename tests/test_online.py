@@ -138,6 +138,7 @@ NEWER = [
     {"name": "pkpo", "params": {"k": 4}},
     {"name": "passk_training", "params": {"k": 4}},
     {"name": "dppo"},
+    {"name": "topr", "params": {"baseline": 0.5}},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "second_moment_mask": {"threshold": 0.04}},

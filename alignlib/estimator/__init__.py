@@ -12,6 +12,7 @@ from alignlib.estimator.advantages import (
     AdvantageResult,
     BatchNormalized,
     ConstantAdvantage,
+    FixedBaseline,
     GivenAdvantage,
     GroupNormalized,
     LeaveOneOut,
@@ -72,6 +73,7 @@ from alignlib.estimator.ratio_weights import (
     GammaWeight,
     GeometricMeanClip,
     SoftGate,
+    TaperedISWeight,
 )
 from alignlib.estimator.reference_free import ORPOWeights, TPOLWeights, TPOWeights
 from alignlib.estimator.references import (
@@ -150,6 +152,7 @@ __all__ = [
     "EntropyBonus",
     "EstimatorInputError",
     "EstimatorOutput",
+    "FixedBaseline",
     "GammaWeight",
     "GeometricMeanClip",
     "GivenAdvantage",
@@ -205,6 +208,7 @@ __all__ = [
     "SoftGate",
     "TPOLWeights",
     "TPOWeights",
+    "TaperedISWeight",
     "TeacherLogRatio",
     "Term",
     "TermOutput",

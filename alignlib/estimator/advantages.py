@@ -132,6 +132,26 @@ class ConstantAdvantage(Advantage):
         return AdvantageResult(rows.to(batch.logprobs.dtype) * self.value)
 
 
+@ADVANTAGES.register("fixed_baseline")
+@dataclass(frozen=True)
+class FixedBaseline(Advantage):
+    """REINFORCE with a constant baseline: Â = R − c on every row (c = 0: the raw reward).
+    TOPR shows c also sets which rows count as negative, hence the effective share of
+    positive examples (Le Roux et al. 2025, §4)."""
+
+    needs: ClassVar[dict[str, str]] = {"rewards": "Â = R − c reads each row's reward"}
+    baseline: float = 0.0
+    """c, subtracted from every reward."""
+
+    def __post_init__(self) -> None:
+        check_number("FixedBaseline", "baseline", self.baseline)
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        return AdvantageResult((rewards - self.baseline) * rows.to(rewards.dtype))
+
+
 @ADVANTAGES.register("given")
 @dataclass(frozen=True)
 class GivenAdvantage(Advantage):

@@ -10,20 +10,22 @@ gamma_is    (VESPO, reference ``current``):  loss −sg[φ(w)]·Â·ℓ_t, w = �
 geo_mean_clip (GMPO, reference ``current``): loss −s·Â per row, s = exp(mean_t c_t) the
             geometric mean of the token ratios clipped one-sidedly in log space; gradient
             −s·Â·∇ℓ_t/|y| on every token whose log-ratio the clip leaves alone
+tapered_is  (TOPR, reference ``current``):   loss −α·Â·ℓ_t, α = 1 on rows with Â ≥ 0 and
+            sg[clip(π/π_old, 0, 1)] (the row's sequence ratio, or each token's) on Â < 0
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from alignlib.estimator.masks import MASKS, Mask, UnitTerms
 from alignlib.estimator.references import log_ratio
-from alignlib.estimator.registry import check_number
+from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Units
 
 
@@ -187,4 +189,45 @@ class GeometricMeanClip(Mask):
         terms.indicators["clipfrac"] = clipped.to(ratio.dtype)
         terms.indicators["geo_ratio"] = ratio.expand_as(terms.weight)
         terms.indicators["ppo_kl"] = -delta
+        return terms
+
+
+@MASKS.register("tapered_is")
+@dataclass(frozen=True)
+class TaperedISWeight(Mask):
+    """TOPR (Le Roux et al. 2025, "Tapered Off-Policy REINFORCE", arXiv 2503.14286, eq. 8):
+    rows with Â ≥ 0 keep the plain REINFORCE (SFT-like) gradient, weight 1; rows with Â < 0
+    get the truncated importance weight sg[clip(π/μ, 0, 1)], so a wrong answer's push down
+    fades once the policy has made it unlikely. Use it with the ``current`` reference (loss
+    −α·Â·ℓ_t). ``level="sequence"`` (the paper): π/μ = Π_t ρ_t of the whole row;
+    ``"token"`` (ROLL's and Trinity-RFT's code): each token's own ρ_t."""
+
+    needs: ClassVar[dict[str, str]] = {"old_logprobs": "TOPR's weight is π/π_old on negatives"}
+    level: Literal["sequence", "token"] = "sequence"
+    """Whose ratio tapers a negative row: the whole sequence's (paper) or each token's."""
+    positive_weight: float = 1.0
+    """Factor on rows with Â ≥ 0 (ROLL's ``topr_positive_weight``)."""
+    negative_weight: float = 1.0
+    """Factor on rows with Â < 0, times the truncated ratio (ROLL's ``topr_negative_weight``)."""
+
+    def __post_init__(self) -> None:
+        check_choice("TaperedISWeight", "level", self.level, ("sequence", "token"))
+        check_number("TaperedISWeight", "positive_weight", self.positive_weight, ge=0)
+        check_number("TaperedISWeight", "negative_weight", self.negative_weight, ge=0)
+
+    def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
+        assert units.old is not None
+        delta = (units.logp.detach() - units.old).clamp(-20.0, 20.0)
+        if self.level == "sequence":
+            delta = (delta * units.mask).sum(-1, keepdim=True).expand_as(delta)
+        # clip(ρ, 0, 1) = exp(min(log ρ, 0)): never overflows, however long the row
+        truncated = delta.clamp(max=0.0).exp()
+        negative = adv.detach() < 0
+        factor = torch.where(
+            negative, self.negative_weight * truncated, truncated.new_full((), self.positive_weight)
+        )
+        terms.weight = terms.weight * factor
+        terms.value = terms.value * factor
+        terms.indicators["tapered"] = (negative & (delta < 0)).to(factor.dtype)
+        terms.indicators["ppo_kl"] = units.old - units.logp.detach()
         return terms
