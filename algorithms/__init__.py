@@ -49,6 +49,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     ppo,
     ppo_gae,
     rdpo,
+    remax,
     reward_model,
     rloo,
     robust,

@@ -1,6 +1,7 @@
-"""TOPR's closed form (Le Roux et al. 2025, eq. 8; ROLL's and Trinity-RFT's token-ratio code),
-written row by row and token by token in float64 for test_gradient_identity.py, on rows with
-rewards ±1 (the paper's) whose π_old differs from π in both directions."""
+"""REINFORCE with a baseline, written row by row and token by token in float64 for
+test_gradient_identity.py: TOPR's closed form (Le Roux et al. 2025, eq. 8; ROLL's and
+Trinity-RFT's token-ratio code) on rows with rewards ±1 (the paper's) whose π_old differs from π
+in both directions, and ReMax's (Li et al. 2024, Algorithm 1) with a greedy reward per group."""
 
 from __future__ import annotations
 
@@ -45,7 +46,41 @@ def closed_topr(
     return total / (b.num_rows if per == "sequence" else m.sum())
 
 
+def greedy_batch(seed: int = 0) -> Batch:
+    """rl_batch with each group's greedy completion's reward: 0 or 1, one group's equal to
+    all of its rows' (Â = 0 there)."""
+    b = rl_batch(seed=seed, spread=0.5)
+    gen = torch.Generator().manual_seed(500 + seed)
+    per_group = torch.randint(0, 2, (int(b.group_ids.max()) + 1,), generator=gen)
+    per_group[0] = 1  # group 0's rows are all right (rl_batch): no signal
+    return b.replace(baseline_rewards=per_group[b.group_ids].to(torch.float64))
+
+
+def closed_remax(b: Batch, clip: float | None = None) -> Tensor:
+    """Paper: mean over rows of −Σ_t (R_i − R̄_i)·ℓ_t. ``clip``: verl's actor instead, the
+    token mean of −min(ρÂ, clip(ρ, 1 ± ε)Â)."""
+    m = b.mask
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(b.num_rows):
+        adv = float(b.rewards[i] - b.baseline_rewards[i])
+        for t in range(m.shape[1]):
+            if m[i, t] == 0:
+                continue
+            if clip is None:
+                total = total - adv * b.logprobs[i, t]
+            else:
+                ratio = torch.exp(b.logprobs[i, t] - b.old_logprobs[i, t])
+                total = total + torch.maximum(-ratio * adv, -ratio.clamp(1 - clip, 1 + clip) * adv)
+    return total / (b.num_rows if clip is None else m.sum())
+
+
 CASES = {
+    "remax": (greedy_batch, closed_remax, {}),
+    "remax_verl": (
+        greedy_batch,
+        lambda b: closed_remax(b, clip=0.2),
+        {"clip": 0.2, "aggregation": "token-mean"},
+    ),
     "topr": (signed_batch, closed_topr, {}),
     "topr_baseline": (
         rl_batch,
@@ -66,4 +101,4 @@ CASES = {
         },
     ),
 }
-VARIANTS = {"topr_baseline": "topr", "topr_roll": "topr"}
+VARIANTS = {"topr_baseline": "topr", "topr_roll": "topr", "remax_verl": "remax"}

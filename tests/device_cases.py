@@ -61,6 +61,8 @@ ONLINE = {
     "rloo": {},  # whole-sequence units; the KL in the reward reads π_old and π_ref in prepare
     "gmpo": {},  # a row's geometric mean of clipped token ratios, inside the mask
     "dppo": {},  # the sampling engine's log-probs reach the device (a trust region around μ)
+    "remax": {},  # the greedy completion's reward travels with the rows (baseline_rewards)
+    "topr": {"baseline": 1.0},  # rows below the baseline: the truncated sequence ratio
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
@@ -144,8 +146,9 @@ def save_teacher(folder: Path) -> Path:
 
 def online_rows(vocab: int, with_demo: bool, seed: int = 0) -> TrainRows:
     """Two groups of four rows of random tokens, unequal lengths, one group all-equal rewards
-    (two rewards' own values, weighted 1 and 0.5, for GDPO); with ``with_demo`` the first row
-    of group 0 is an SFT (demonstration) row, as HPT routes."""
+    (two rewards' own values, weighted 1 and 0.5, for GDPO; a greedy reward per group, for
+    ReMax); with ``with_demo`` the first row of group 0 is an SFT (demonstration) row, as HPT
+    routes."""
     gen = torch.Generator().manual_seed(seed)
     rows = TrainRows(reward_weights=[1.0, 0.5])
     for group in range(2):
@@ -155,7 +158,8 @@ def online_rows(vocab: int, with_demo: bool, seed: int = 0) -> TrainRows:
             role = Role.DEMO if with_demo and group == 0 and i == 0 else Role.SAMPLE
             reward = float(i % 2) if group == 0 else 1.0
             parts = [reward, float(i) / 4]  # the second reward differs within both groups
-            rows.add(prompt, completion, role, group, reward + 0.5 * parts[1], parts=parts)
+            total = reward + 0.5 * parts[1]
+            rows.add(prompt, completion, role, group, total, parts=parts, baseline=0.5 * group)
     return rows
 
 

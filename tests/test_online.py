@@ -139,6 +139,7 @@ NEWER = [
     {"name": "passk_training", "params": {"k": 4}},
     {"name": "dppo"},
     {"name": "topr", "params": {"baseline": 0.5}},
+    {"name": "remax"},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "second_moment_mask": {"threshold": 0.04}},

@@ -14,6 +14,7 @@ from alignlib.estimator.advantages import (
     ConstantAdvantage,
     FixedBaseline,
     GivenAdvantage,
+    GreedyBaseline,
     GroupNormalized,
     LeaveOneOut,
 )
@@ -156,6 +157,7 @@ __all__ = [
     "GammaWeight",
     "GeometricMeanClip",
     "GivenAdvantage",
+    "GreedyBaseline",
     "GroupFilter",
     "GroupNormalized",
     "HighEntropyTokens",

@@ -152,6 +152,24 @@ class FixedBaseline(Advantage):
         return AdvantageResult((rewards - self.baseline) * rows.to(rewards.dtype))
 
 
+@ADVANTAGES.register("remax")
+@dataclass(frozen=True)
+class GreedyBaseline(Advantage):
+    """ReMax: Â = R − R_greedy, the baseline the reward of the prompt's greedy completion
+    (``batch.baseline_rewards``: online, the collector samples and scores one per prompt)."""
+
+    needs: ClassVar[dict[str, str]] = {
+        "rewards": "Â = R − R_greedy reads each row's reward",
+        "baseline_rewards": "ReMax's baseline is the reward of the prompt's greedy completion",
+    }
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.baseline_rewards is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        baseline = batch.baseline_rewards.to(rewards.dtype)
+        return AdvantageResult((rewards - baseline) * rows.to(rewards.dtype))
+
+
 @ADVANTAGES.register("given")
 @dataclass(frozen=True)
 class GivenAdvantage(Advantage):

@@ -46,7 +46,7 @@ TOKEN_FIELDS = (
     "step_ends",
     "log_sum_sq_probs",
 )
-ROW_FIELDS = ("rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
+ROW_FIELDS = ("rewards", "baseline_rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
 # Per-row fields with a second axis of their own (one column per reward function).
 ROW_MATRIX_FIELDS = ("reward_parts", "reward_weights")
 
@@ -101,6 +101,9 @@ class Batch:
     0 elsewhere; given with ``step_rewards``."""
     rewards: Tensor | None = None
     """[R] scalar reward of each row (online RL; an episode's turn rewards included)."""
+    baseline_rewards: Tensor | None = None
+    """[R] the reward of the greedy completion of the row's prompt, scored like the row
+    (ReMax's baseline; the same on every row of a group)."""
     group_ids: Tensor | None = None
     """[R] integer id of the prompt a row answers; rows of one prompt form a group."""
     roles: Tensor | None = None

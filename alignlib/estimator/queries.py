@@ -31,8 +31,7 @@ class EstimatorQueries:
         KTO's weights): a trainer fills them with the present policy's, by a no-grad pass."""
         for term in self.terms:
             if isinstance(term, PolicyGradientTerm) and (
-                term.advantage.reads_logprobs
-                or any(m.reads_present_in_prepare for m in term.masks)
+                term.advantage.reads_logprobs or any(m.reads_present_in_prepare for m in term.masks)
             ):
                 return True
         return False
@@ -72,16 +71,19 @@ class EstimatorQueries:
     def distinguishing_fields(self) -> frozenset[str]:
         """Row fields besides the total reward by which an advantage tells a group's rows
         apart: ``step_rewards`` (where step rewards sit: process supervision), ``reward_parts``
-        (each reward's own value: GDPO normalizes them one by one). Dynamic sampling keeps a
-        group whose rows differ in any of them, even when their totals are equal."""
+        (each reward's own value: GDPO normalizes them one by one), ``baseline_rewards`` (the
+        greedy completion's reward: ReMax; the collector then samples one per prompt). Dynamic
+        sampling keeps a group whose rows differ in any of them, even when their totals are
+        equal."""
         fields: set[str] = set()
         for term in self.terms:
             if not isinstance(term, PolicyGradientTerm):
                 continue
             if term.advantage.reads_steps:
                 fields.add("step_rewards")
-            if "reward_parts" in term.advantage.requirements():
-                fields.add("reward_parts")
+            for name in ("reward_parts", "baseline_rewards"):
+                if name in term.advantage.requirements():
+                    fields.add(name)
         return frozenset(fields)
 
     def reads_old_in_prepare(self) -> bool:

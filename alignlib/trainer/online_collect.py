@@ -57,7 +57,8 @@ class RolloutCollector:
     ) -> None:
         """``distinguishing``: row fields besides the total reward the advantage reads
         (``UnifiedEstimator.distinguishing_fields``): dynamic sampling keeps a group whose
-        rows differ there."""
+        rows differ there; ``baseline_rewards``: a greedy completion per prompt is sampled
+        and scored for them."""
         assert config.rollout is not None
         self.config, self.rollout, self.online = config, config.rollout, config.online
         self.tokenizer, self.router, self.distinguishing = tokenizer, router, distinguishing
@@ -190,6 +191,8 @@ class RolloutCollector:
         rollouts = score_rollouts(
             self.rewards, prompts, prompt_ids, generations, seconds, self.tokenizer
         )
+        if "baseline_rewards" in self.distinguishing:
+            rollouts = self.with_greedy_baselines(engine.engine, rollouts)
         demo_rewards = None
         if self.router.scores_demonstrations:
             demos = [self.demo_tokens(r) for r in prompts]
@@ -198,6 +201,15 @@ class RolloutCollector:
         plan = self.router.route(rollouts.rewards, rollouts.correct, demo_rewards)
         rows = build_rows(rollouts, plan, self.demo_tokens, self.online.overlong_filter)
         return rollouts, rows, plan
+
+    def with_greedy_baselines(self, engine: RolloutEngine, rollouts: Rollouts) -> Rollouts:
+        """``rollouts`` with the reward of one greedy completion per prompt, sampled and
+        scored like the rollouts (ReMax's baseline; its time counts as generation time)."""
+        greedy = SamplingParams(temperature=0, max_new_tokens=self.rollout.max_new_tokens)
+        prompts, prompt_ids = rollouts.rows, rollouts.prompt_ids
+        generations, seconds = self.sample(engine, prompt_ids, prompts, greedy)
+        scored = score_rollouts(self.rewards, prompts, prompt_ids, generations, 0.0, self.tokenizer)
+        return replace(rollouts, baselines=scored.rewards[:, 0], seconds=rollouts.seconds + seconds)
 
     def collect(self, engine: EngineHandle, step: int) -> tuple[TrainRows, dict[str, float]]:
         """Rollouts for one step; with dynamic sampling, more rounds until enough groups."""

@@ -41,6 +41,9 @@ class Rollouts:
     all: none."""
     weights: dict[str, float] = field(default_factory=dict)
     """Each reward's weight in ``rewards``, by the labels of ``parts``."""
+    baselines: Tensor | None = None
+    """[P] the reward of each prompt's greedy completion (ReMax's baseline), when the
+    advantage reads one; None otherwise."""
 
     def parts_of(self, p: int, s: int) -> list[float] | None:
         """Completion ``s`` of prompt ``p``: each reward's own value, in ``weights``' order."""
@@ -80,6 +83,9 @@ class TrainRows:
     None for a demonstration."""
     reward_weights: list[float] = field(default_factory=list)
     """Each reward's weight (the same for every row)."""
+    baselines: list[float | None] = field(default_factory=list)
+    """The reward of the row's prompt's greedy completion (``Rollouts.baselines``); None:
+    none was sampled."""
 
     def add(
         self,
@@ -92,6 +98,7 @@ class TrainRows:
         loss_mask: list[int] | None = None,
         step_rewards: StepRewards | None = None,
         parts: list[float] | None = None,
+        baseline: float | None = None,
     ) -> None:
         self.sequences.append(list(prompt) + list(completion))
         self.starts.append(len(prompt))
@@ -102,6 +109,7 @@ class TrainRows:
         self.loss_masks.append(None if loss_mask is None else list(loss_mask))
         self.step_rewards.append(None if step_rewards is None else dict(step_rewards))
         self.reward_parts.append(parts)
+        self.baselines.append(baseline)
 
     def extend(self, other: TrainRows, group_offset: int) -> None:
         self.sequences += other.sequences
@@ -113,6 +121,7 @@ class TrainRows:
         self.loss_masks += other.loss_masks
         self.step_rewards += other.step_rewards
         self.reward_parts += other.reward_parts
+        self.baselines += other.baselines
         self.reward_weights = self.reward_weights or other.reward_weights
 
     def __len__(self) -> int:
@@ -192,10 +201,12 @@ def build_rows(
     (its group's baseline still sees it) but trains on none of its tokens."""
     out = TrainRows(reward_weights=list(rollouts.weights.values()))
     rows = zip(plan.prompt_index.tolist(), plan.sample_index.tolist(), strict=True)
+    baselines = None if rollouts.baselines is None else rollouts.baselines.tolist()
     for (p, s), role, reward in zip(rows, plan.roles.tolist(), plan.rewards.tolist(), strict=True):
         prompt = rollouts.prompt_ids[p]
+        baseline = None if baselines is None else baselines[p]
         if s < 0:
-            out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward)
+            out.add(prompt, demos(rollouts.rows[p]), Role(role), p, reward, baseline=baseline)
         else:
             gen = rollouts.generations[p][s]
             steps = rollouts.step_rewards[p][s] if rollouts.step_rewards else None
@@ -205,7 +216,16 @@ def build_rows(
                 loss_mask = [0] * len(gen.token_ids)
             parts = rollouts.parts_of(p, s)
             out.add(
-                own, gen.token_ids, Role(role), p, reward, gen.logprobs, loss_mask, steps, parts
+                own,
+                gen.token_ids,
+                Role(role),
+                p,
+                reward,
+                gen.logprobs,
+                loss_mask,
+                steps,
+                parts,
+                baseline,
             )
     return out
 
@@ -217,7 +237,8 @@ def informative_groups(
     """Group ids that can carry gradient: those the router keeps whatever their rewards
     (``RowPlan.keep``: HPT's SFT rows), or rewards that are not all equal, nor the fields in
     ``distinguishing`` for an advantage that reads them (``step_rewards``: where step rewards
-    sit; ``reward_parts``: each reward's own value, as GDPO normalizes them one by one).
+    sit; ``reward_parts``: each reward's own value, as GDPO normalizes them one by one), or
+    for ``baseline_rewards`` (ReMax) rewards that are not all equal to the greedy baseline.
 
     A group whose policy-gradient rows all share one reward has zero advantage under every
     group baseline, so DAPO's dynamic sampling drops it and samples more prompts instead.
@@ -235,10 +256,16 @@ def informative_groups(
             parts = tuple(None if v != v else v for v in rows.reward_parts[i] or ())
         return rows.rewards[i], placed, parts
 
+    def off_baseline(i: int) -> bool:  # ReMax: Â = R − R_greedy, nonzero off the baseline
+        baseline = rows.baselines[i]
+        return "baseline_rewards" in distinguishing and baseline != rows.rewards[i]
+
     return [
         g
         for g, members in by_group.items()
-        if g in always or len({profile(i) for i in members}) > 1
+        if g in always
+        or len({profile(i) for i in members}) > 1
+        or any(off_baseline(i) for i in members)
     ]
 
 
@@ -258,5 +285,6 @@ def select_groups(rows: TrainRows, groups: list[int]) -> TrainRows:
                     rows.loss_masks[i],
                     rows.step_rewards[i],
                     rows.reward_parts[i],
+                    rows.baselines[i],
                 )
     return out

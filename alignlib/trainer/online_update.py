@@ -20,6 +20,7 @@ from alignlib.trainer.update import MiniBatch
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
 ONLINE_FIELDS = {
+    "baseline_rewards",
     "reward_parts",
     "reward_weights",
     "old_logprobs",
@@ -57,6 +58,8 @@ class RowTensors:
     """[R, K] each reward's own value per row (NaN on a demonstration); None without rewards."""
     reward_weights: Tensor | None = None
     """[K] each reward's weight."""
+    baseline_rewards: Tensor | None = None
+    """[R] the reward of each row's prompt's greedy completion (ReMax); None: none sampled."""
 
     @property
     def num_rows(self) -> int:
@@ -100,6 +103,9 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         nan = [float("nan")] * len(rows.reward_weights)
         parts = torch.tensor([p if p is not None else nan for p in rows.reward_parts], device=HOST)
         weights = torch.tensor(rows.reward_weights, device=HOST)
+    baselines = None
+    if rows.baselines and all(b is not None for b in rows.baselines):
+        baselines = torch.tensor(rows.baselines, dtype=torch.float32, device=HOST)
     return RowTensors(
         input_ids,
         attention,
@@ -112,6 +118,7 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         ends if has_steps else None,
         parts,
         weights,
+        baselines,
     )
 
 
@@ -232,6 +239,7 @@ def rollout_fields(
         behaviour_logprobs=behaviour,
         entropy=entropy if entropy is not None else placeholder,
         rewards=rows.rewards[indices],
+        baseline_rewards=None if rows.baseline_rewards is None else rows.baseline_rewards[indices],
         step_rewards=None if rows.step_rewards is None else rows.step_rewards[indices],
         step_ends=None if rows.step_ends is None else rows.step_ends[indices],
         reward_parts=None if rows.reward_parts is None else rows.reward_parts[indices],

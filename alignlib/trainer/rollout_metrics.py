@@ -37,7 +37,17 @@ def rollout_metrics(rollouts: list[Rollouts], plans: list[RowPlan]) -> dict[str,
         | router_metrics(plans)
         | reward_part_metrics(rollouts)
         | step_metrics(rollouts)
+        | baseline_metrics(rollouts)
     )
+
+
+def baseline_metrics(rollouts: list[Rollouts]) -> dict[str, float]:
+    """The mean reward of the greedy completions (ReMax's baseline: the greedy policy's
+    training reward, for free), when they were sampled; nothing otherwise."""
+    baselines = [r.baselines for r in rollouts if r.baselines is not None]
+    if not baselines:
+        return {}
+    return {"rollout/greedy_reward_mean": float(torch.cat(baselines).mean())}
 
 
 def solved_fraction(rollouts: list[Rollouts]) -> float:
