@@ -44,6 +44,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     opd,
     opo,
     orpo,
+    otb,
     passk_training,
     pkpo,
     ppo,

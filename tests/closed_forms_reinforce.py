@@ -102,3 +102,71 @@ CASES = {
     ),
 }
 VARIANTS = {"topr_baseline": "topr", "topr_roll": "topr", "remax_verl": "remax"}
+
+
+def energy_batch(seed: int = 0, steps: bool = False) -> Batch:
+    """rl_batch with log Σπ_old² (between log π_old² and 0, as a distribution's), a group of
+    one row, and (``steps``) step rewards on two tokens of some rows, part of their reward."""
+    b = rl_batch(seed=seed, spread=0.4)
+    gen = torch.Generator().manual_seed(700 + seed)
+    floor = 2 * b.old_logprobs
+    squares = floor + torch.rand(b.mask.shape, generator=gen, dtype=torch.float64) * -floor
+    group_ids = b.group_ids.clone()
+    group_ids[-1] = 99
+    b = b.replace(old_log_sum_sq_probs=squares, group_ids=group_ids)
+    if not steps:
+        return b
+    placed = torch.zeros_like(b.mask)
+    for i in range(0, b.num_rows, 3):
+        valid = b.mask[i].nonzero().flatten().tolist()
+        placed[i, valid[0]] = 0.3
+        placed[i, valid[-1]] += -0.2
+    return b.replace(step_rewards=placed, rewards=b.rewards + placed.sum(-1))
+
+
+def otb_advantages(b: Batch, zero_tail: bool = True) -> Tensor:
+    """verl's compute_optimal_token_baseline_advantage, by loops over groups, rows and each
+    row's k-th token: W_k = Σ_{j≤k} (1 − 2π_j + Σπ²_j), G_k = R less the step rewards before
+    k, B_k = Σ G·W / (Σ W + 1e-8) over the group's rows of length > k."""
+    adv = torch.zeros_like(b.mask)
+    tokens = [b.mask[i].nonzero().flatten().tolist() for i in range(b.num_rows)]
+    steps = b.step_rewards if b.step_rewards is not None else torch.zeros_like(b.mask)
+    w, g = {}, {}
+    for i, positions in enumerate(tokens):
+        total, before = 0.0, 0.0
+        for k, t in enumerate(positions):
+            total += 1 - 2 * math.exp(b.old_logprobs[i, t]) + math.exp(b.old_log_sum_sq_probs[i, t])
+            w[i, k], g[i, k] = total, float(b.rewards[i]) - before
+            before += float(steps[i, t])
+    for gid in sorted(set(b.group_ids.tolist())):
+        members = [i for i in range(b.num_rows) if b.group_ids[i] == gid]
+        lengths = sorted(len(tokens[i]) for i in members)
+        for i in members:
+            tail = len(tokens[i])
+            unique_top = len(members) > 1 and lengths[-1] > lengths[-2]
+            if zero_tail and unique_top and len(tokens[i]) == lengths[-1]:
+                tail = lengths[-2]
+            for k, t in enumerate(tokens[i]):
+                base = 0.0
+                if len(members) > 1 and k < tail:
+                    reach = [j for j in members if len(tokens[j]) > k]
+                    num = sum(g[j, k] * w[j, k] for j in reach)
+                    base = num / (sum(w[j, k] for j in reach) + 1e-8)
+                adv[i, t] = g[i, k] - base
+    return adv
+
+
+def closed_otb(b: Batch, zero_tail: bool = True) -> Tensor:
+    """Token mean of PPO's clipped −min(ρÂ, clip(ρ, 0.8, 1.2)Â) with OTB's per-token Â."""
+    a = otb_advantages(b, zero_tail)
+    ratio = torch.exp(b.logprobs - b.old_logprobs)
+    loss = torch.maximum(-ratio * a, -ratio.clamp(0.8, 1.2) * a)
+    return (loss * b.mask).sum() / b.mask.sum()
+
+
+CASES |= {
+    "otb": (energy_batch, closed_otb, {}),
+    "otb_whole_tail": (energy_batch, lambda b: closed_otb(b, False), {"zero_tail": False}),
+    "otb_steps": (lambda seed=0: energy_batch(seed, steps=True), closed_otb, {}),
+}
+VARIANTS |= {"otb_whole_tail": "otb", "otb_steps": "otb"}

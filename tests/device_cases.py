@@ -23,13 +23,9 @@ from alignlib.estimator import Role
 from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.critic import train_critic
 from alignlib.trainer.loop import Trainer
+from alignlib.trainer.online_passes import PassPlan
 from alignlib.trainer.online_rollout import TrainRows
-from alignlib.trainer.online_update import (
-    collate_rows,
-    online_minibatch,
-    policy_logprobs,
-    rollout_advantages,
-)
+from alignlib.trainer.online_update import collate_rows, online_minibatch, rollout_advantages
 from alignlib.trainer.state import TrainState
 from alignlib.trainer.update import accumulate
 from alignlib.trainer.world import SINGLE, World
@@ -63,6 +59,7 @@ ONLINE = {
     "dppo": {},  # the sampling engine's log-probs reach the device (a trust region around μ)
     "remax": {},  # the greedy completion's reward travels with the rows (baseline_rewards)
     "topr": {"baseline": 1.0},  # rows below the baseline: the truncated sequence ratio
+    "otb": {},  # log Σπ_old² from a head hook in the old pass, on the device
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu
@@ -200,23 +197,24 @@ def run_case(
             trainer.placement, 1, world,
         )  # fmt: skip
         kernel = state.kernel(temperature=0.9)
-        ref_kernel = None
-        if "ref_logprobs" in state.estimator.requirements():  # as OnlineSource.prepare does
-            ref_kernel, _ = state.reference_kernel(0.9)
+        reference = None
+        needs = state.estimator.requirements()
+        if "ref_logprobs" in needs:  # as OnlineSource.prepare does
+            reference = state.reference_kernel(0.9)
+        plan = PassPlan(
+            old=True, truncation=None, collision="old_log_sum_sq_probs" in needs, engine=False
+        )
         with guard:
             tensors = collate_rows(rows, state.pad_id)
-            every = torch.arange(tensors.num_rows, device="cpu")
-            old, entropy = policy_logprobs(kernel, tensors, every, 3)
-            ref = policy_logprobs(ref_kernel, tensors, every, 3)[0] if ref_kernel else None
+            passes = plan.run(kernel, tensors, 3, reference)  # as OnlineSource.batches does
             values = None if state.critic is None else state.critic.values(tensors.host, 3)
             # The advantages over the rollout batch, as the online source hands them to each of
             # its mini-batches (here one: the same numbers, through the same path).
             given = rollout_advantages(
-                state.estimator, tensors, kernel.device, old, ref, entropy=entropy, values=values
+                state.estimator, tensors, kernel.device, passes, values=values
             )
-            batch = online_minibatch(
-                tensors, every, old, ref, old, 3, entropy=entropy, precomputed=given
-            )
+            every = torch.arange(tensors.num_rows, device="cpu")
+            batch = online_minibatch(tensors, every, passes, 3, given)
             if state.critic is not None and values is not None:  # the critic's step
                 batch = train_critic(state.critic, state.estimator, batch, values, 1)
             metrics, entropy = accumulate(kernel, state.estimator, batch)

@@ -140,6 +140,7 @@ NEWER = [
     {"name": "dppo"},
     {"name": "topr", "params": {"baseline": 0.5}},
     {"name": "remax"},
+    {"name": "otb"},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "second_moment_mask": {"threshold": 0.04}},

@@ -6,6 +6,7 @@ refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ import pytest
 import torch
 from test_online import make_config
 
-import alignlib.trainer.online as online
+import alignlib.trainer.online_passes as online_passes
 from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.estimator import kept_log_mass
+from alignlib.trainer.head_hooks import kept_mass
 from alignlib.trainer.loop import Trainer
-from alignlib.trainer.online_update import RowTensors, old_logprobs_and_kept_mass
+from alignlib.trainer.online_passes import old_pass
+from alignlib.trainer.online_update import RowTensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,13 +86,10 @@ def test_engine_logprobs_are_aligned_with_the_trainers(
 def test_without_the_kept_mass_the_ratio_is_biased_by_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, truncation: dict[str, Any]
 ) -> None:
-    real = online.old_logprobs_and_kept_mass
+    def no_mass(*args: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda logits: logits.new_zeros(logits.shape[:-1])
 
-    def no_mass(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        old, entropy, mass = real(*args)
-        return old, entropy, torch.zeros_like(mass)
-
-    monkeypatch.setattr(online, "old_logprobs_and_kept_mass", no_mass)
+    monkeypatch.setattr(online_passes, "kept_mass", no_mass)
     history = corrected_run(tmp_path, {"mode": "tis"}, rollout=truncation)
     # r_t = S_t ≤ 1 on every token (TRL issue #6789): clearly below 1 on a random tiny model.
     assert all(r["grpo/rollout_ratio_mean"] < 0.99 for r in history)
@@ -111,7 +111,8 @@ def test_kept_mass_comes_from_the_same_positions_as_the_old_logprobs() -> None:
     mask[1, 7:] = 0
     rows = RowTensors(ids, attention, mask, torch.zeros(3), torch.zeros(3), torch.zeros(3), mask)
     kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), chunk_size=2, temperature=0.8)
-    old, entropy, mass = old_logprobs_and_kept_mass(kernel, rows, 2, 0, 0.6)
+    old, entropy, mass = old_pass(kernel, rows, 2, kept_mass(0.8, 0, 0.6))
+    assert mass is not None
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attention).logits
     want = torch.zeros(3, 9)
@@ -131,7 +132,7 @@ def test_rejection_forces_the_no_grad_old_pass(tmp_path: Path) -> None:
     def old_pass(correction: dict[str, Any] | None) -> bool:
         config = make_config(tmp_path, online={"rollout_correction": correction})
         trainer = Trainer(load_config(config))
-        return trainer.source().old_pass
+        return trainer.source().passes.old
 
     assert not old_pass(None) and not old_pass({"mode": "token_mask"})  # on-policy: free
     assert old_pass({"mode": "token_mask", "rejection": True})

@@ -34,8 +34,9 @@ from alignlib.estimator import Role, UnifiedEstimator
 from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.loop import Trainer
 from alignlib.trainer.offline import cache_logprobs, offline_minibatch
+from alignlib.trainer.online_passes import policy_logprobs
 from alignlib.trainer.online_rollout import TrainRows
-from alignlib.trainer.online_update import collate_rows, online_minibatch, policy_logprobs
+from alignlib.trainer.online_update import RolloutPasses, collate_rows, online_minibatch
 from alignlib.trainer.packing import (
     MicroBatching,
     decoder_kwargs,
@@ -341,7 +342,7 @@ def test_grpo_gradient_is_the_same_split_by_rows_or_by_tokens() -> None:
     old = old.double() - 0.05  # off-policy: ratios away from 1
 
     def batch(split: int | MicroBatching) -> MiniBatch:
-        return online_minibatch(tensors, every, old, None, old, split)
+        return online_minibatch(tensors, every, RolloutPasses(old=old), split)
 
     expected = gradient(model, plain, estimator, batch(tensors.num_rows))
     assert_same_gradients(expected, gradient(model, plain, estimator, batch(3)))

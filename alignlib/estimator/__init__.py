@@ -102,6 +102,7 @@ from alignlib.estimator.rollout_correction import (
 )
 from alignlib.estimator.routing import AllRollouts, Router, RowPlan, plan_rows
 from alignlib.estimator.term import PolicyGradientTerm, Term, TermOutput
+from alignlib.estimator.token_baseline import OptimalTokenBaseline
 from alignlib.estimator.trust_region import DivergenceTrustRegion
 from alignlib.estimator.units import (
     LIKELIHOODS,
@@ -177,6 +178,7 @@ __all__ = [
     "ORPOWeights",
     "OffPolicySequenceMask",
     "OldPolicy",
+    "OptimalTokenBaseline",
     "PPOClip",
     "PairMean",
     "PairwiseAdvantage",

@@ -45,6 +45,7 @@ TOKEN_FIELDS = (
     "step_rewards",
     "step_ends",
     "log_sum_sq_probs",
+    "old_log_sum_sq_probs",
 )
 ROW_FIELDS = ("rewards", "baseline_rewards", "group_ids", "roles", "pair_ids", "trace", "margins")
 # Per-row fields with a second axis of their own (one column per reward function).
@@ -91,6 +92,9 @@ class Batch:
     log_sum_sq_probs: Tensor | None = None
     """[R, T] log Σ_v π(v | x, y_<t)² of the present policy at each completion token (its
     collision probability), no gradient; read by WPO's weights."""
+    old_log_sum_sq_probs: Tensor | None = None
+    """[R, T] log Σ_v π_old(v | x, y_<t)² at each completion token, from the no-grad π_old
+    pass (tempered like π_old); read by the optimal token baseline's weights."""
     step_rewards: Tensor | None = None
     """[R, T] the part of each row's reward given step by step, each on its step's last token,
     0 elsewhere (``rewards`` includes it): a multi-turn environment's turn rewards, a process

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from torch import Tensor
 
 from alignlib.algorithms import router_for
 from alignlib.config.schema import RunConfig
-from alignlib.device import HOST
 from alignlib.estimator import Role, UnifiedEstimator, rollout_correction
 from alignlib.trainer.ahead import AheadCollector, ConsumedPosition, generate_ahead
 from alignlib.trainer.completions_log import FILE as COMPLETIONS
@@ -30,15 +30,14 @@ from alignlib.trainer.evaluation import in_loop_eval
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_collect import RolloutCollector
 from alignlib.trainer.online_engine import EngineHandle, build_engine
+from alignlib.trainer.online_passes import PassPlan, policy_logprobs
 from alignlib.trainer.online_update import (
+    RolloutPasses,
     RowTensors,
     check_online_estimator,
     collate_rows,
-    engine_logprobs,
     minibatch_rows,
-    old_logprobs_and_kept_mass,
     online_minibatch,
-    policy_logprobs,
     rollout_advantages,
 )
 from alignlib.trainer.state import TrainState
@@ -80,16 +79,19 @@ class OnlineSource:
         self.live = estimator.reads_present_logprobs()
         # The engine's log-probs, for a rollout correction or off-policy sequence masking,
         # need log S_t added when the engine truncated its distribution (min-p, top-k, top-p).
-        self.reads_engine = self.estimator.reads_behaviour()
+        reads_engine = self.estimator.reads_behaviour()
         rollout = self.rollout
         truncated = rollout.top_p < 1 or rollout.top_k > 0 or rollout.min_p > 0
-        self.kept_mass = self.reads_engine and truncated
-        self.old_pass = (
-            updates_per_step > 1
+        self.passes = PassPlan(
+            old=updates_per_step > 1
             or self.live
-            or self.kept_mass
             or (self.correction is not None and self.correction.needs_old_in_prepare)
-            or self.estimator.reads_old_in_prepare()
+            or self.estimator.reads_old_in_prepare(),
+            truncation=(rollout.top_k, rollout.top_p, rollout.min_p)
+            if reads_engine and truncated
+            else None,
+            collision="old_log_sum_sq_probs" in self.estimator.requirements(),
+            engine=reads_engine,
         )
         self.heldout = self.collector.heldout_set()
         self.engine: EngineHandle | None = None
@@ -161,8 +163,8 @@ class OnlineSource:
         if self.engine is not None:
             self.engine.release_memory(self.online.empty_cache)  # vLLM sleep mode, if set
         logprob_began = time.perf_counter()
-        old, entropy, ref, behaviour = self.behaviour_logprobs(tensors)
         size = self.online.micro_batch_size
+        passes = self.passes.run(self.kernel, tensors, size, self.reference)
         critic = self.state.critic
         values = None if critic is None else critic.values(tensors.host, size)
         self.timing = {"rollout": logprob_began - began, "logprob": 0.0}
@@ -170,34 +172,23 @@ class OnlineSource:
         device = self.kernel.device
         # The rows of each mini-batch of the first pass, for finish_step.
         self.parts = minibatch_rows(tensors.group_ids, self.online.mini_batches)
-        given = self.rollout_advantages(tensors, old, ref, behaviour, entropy, values)
+        given = self.rollout_advantages(tensors, passes, values)
         for epoch, (j, indices) in product(range(self.online.ppo_epochs), enumerate(self.parts)):
             on_device = indices.to(device)
-            current = None if old is None else old[on_device]
-            present_entropy = None if entropy is None else entropy[on_device]
+            part = passes.take(on_device)
             if self.live and (epoch, j) != (0, 0):
                 # Clip-Cov/KL-Cov (the high-entropy mask) select tokens from the present
                 # policy's log-probs (entropy), and it has moved.
-                current, present_entropy = policy_logprobs(self.kernel, tensors, indices, size)
-            old_part = None if old is None else old[on_device]
-            ref_part = None if ref is None else ref[on_device]
-            engine = None if behaviour is None else behaviour[on_device]
+                current, entropy = policy_logprobs(self.kernel, tensors, indices, size)
+                part = replace(part, current=current, entropy=entropy)
             split = self.kernel.batching(size)  # rows, or the token budget
-            batch = online_minibatch(
-                tensors, indices, old_part, ref_part, current, split, engine, present_entropy, given
-            )
+            batch = online_minibatch(tensors, indices, part, split, given)
             if critic is not None and values is not None:  # V_old → GAE; the critic's step
                 batch = train_critic(critic, self.state.estimator, batch, values[on_device], step)
             yield batch
 
     def rollout_advantages(
-        self,
-        tensors: RowTensors,
-        old: Tensor | None,
-        ref: Tensor | None,
-        behaviour: Tensor | None,
-        entropy: Tensor | None,
-        values: Tensor | None,
+        self, tensors: RowTensors, passes: RolloutPasses, values: Tensor | None
     ) -> dict[str, Tensor]:
         """The terms' advantages over the whole rollout batch when it is split into several
         mini-batches, so a statistic across groups (a batch std, whitening) spans all of them
@@ -205,7 +196,7 @@ class OnlineSource:
         if len(self.parts) < 2:
             return {}
         estimator, device = self.state.estimator, self.kernel.device
-        return rollout_advantages(estimator, tensors, device, old, ref, behaviour, entropy, values)
+        return rollout_advantages(estimator, tensors, device, passes, values)
 
     def finish_step(
         self, step: int, results: list[UpdateResult], seconds: float
@@ -299,29 +290,3 @@ class OnlineSource:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
-
-    def behaviour_logprobs(self, tensors: RowTensors) -> tuple[Tensor | None, ...]:
-        """(old, its entropy, ref, engine). old ← policy (no grad) over all rows, unless
-        on-policy (one mini-batch, no token selection from live log-probs, no rollout
-        correction that needs π_old early or log S_t: the update's own forward gives them for
-        free); ref ← π_ref when the estimator needs it; the engine's log-probs on the trainer's
-        scale when a component reads them (a rollout correction, off-policy sequence masking,
-        VESPO's weight)."""
-        every = torch.arange(tensors.num_rows, device=HOST)
-        size = self.online.micro_batch_size
-        old = entropy = mass = None
-        if self.kept_mass:  # log S_t from the same logits as π_old
-            rollout = self.rollout
-            old, entropy, mass = old_logprobs_and_kept_mass(
-                self.kernel, tensors, size, rollout.top_k, rollout.top_p, rollout.min_p
-            )
-        elif self.old_pass:
-            old, entropy = policy_logprobs(self.kernel, tensors, every, size)
-        ref = None
-        if self.reference is not None:
-            kernel, context = self.reference
-            ref, _ = policy_logprobs(kernel, tensors, every, size, context)
-        engine = None
-        if self.reads_engine:
-            engine = engine_logprobs(tensors, mass, self.kernel.device)
-        return old, entropy, ref, engine

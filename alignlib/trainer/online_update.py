@@ -4,18 +4,17 @@ groups the loop's update takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
 from alignlib.device import HOST
-from alignlib.estimator import Batch, Role, UnifiedEstimator
+from alignlib.estimator import Batch, UnifiedEstimator
 from alignlib.estimator.aggregation import PairMean
-from alignlib.trainer.head_hooks import kept_mass
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.packing import MicroBatching
-from alignlib.trainer.step import Context, HostRows, LogprobKernel
+from alignlib.trainer.step import HostRows
 from alignlib.trainer.update import MiniBatch
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
@@ -24,6 +23,7 @@ ONLINE_FIELDS = {
     "reward_parts",
     "reward_weights",
     "old_logprobs",
+    "old_log_sum_sq_probs",
     "ref_logprobs",
     "behaviour_logprobs",
     "entropy",
@@ -68,6 +68,33 @@ class RowTensors:
     @property
     def host(self) -> HostRows:
         return HostRows(self.input_ids, self.attention, self.mask)
+
+
+@dataclass(frozen=True)
+class RolloutPasses:
+    """[R, W] tensors on the policy's device, one row per training row; None: not needed."""
+
+    old: Tensor | None = None
+    """π_old's log-probs; None: on-policy, and the update's own forward gives them."""
+    entropy: Tensor | None = None
+    """The entropy of the pass that gave ``current`` (a mask that selects tokens by it)."""
+    ref: Tensor | None = None
+    """π_ref's log-probs, when the estimator reads them."""
+    engine: Tensor | None = None
+    """The engine's log-probs on the trainer's scale (:func:`engine_logprobs`)."""
+    old_collision: Tensor | None = None
+    """log Σ_v π_old(v)² at each position (the optimal token baseline's weights)."""
+    current: Tensor | None = None
+    """The present policy's log-probs, for a mask's ``prepare``; None: ``old``'s."""
+
+    def take(self, indices: Tensor) -> RolloutPasses:
+        """The rows ``indices`` (on the passes' device) of every pass."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        return RolloutPasses(**{k: None if v is None else v[indices] for k, v in parts.items()})
+
+    @property
+    def present(self) -> Tensor | None:
+        return self.current if self.current is not None else self.old
 
 
 def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
@@ -165,23 +192,6 @@ def online_presets() -> list[str]:
     return names
 
 
-def policy_logprobs(
-    kernel: LogprobKernel,
-    rows: RowTensors,
-    indices: Tensor,
-    micro_batch_size: int,
-    context: Context | None = None,
-) -> tuple[Tensor, Tensor]:
-    """([len(indices), W] log-probs, entropy) of the given rows on the kernel's device, no
-    gradient, eval mode. Old/ref/current log-probs are only read under ``rows.mask``."""
-    subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
-    logprobs, entropy = kernel.all_rows(
-        subset, micro_batch_size, with_entropy=True, context=context
-    )
-    assert entropy is not None
-    return logprobs, entropy
-
-
 def minibatch_rows(group_ids: Tensor, count: int) -> list[Tensor]:
     """Row indices of ``count`` mini-batches made of whole groups (group advantages need them)."""
     groups = torch.unique(group_ids, sorted=True)
@@ -192,57 +202,48 @@ def minibatch_rows(group_ids: Tensor, count: int) -> list[Tensor]:
 def online_minibatch(
     rows: RowTensors,
     indices: Tensor,
-    old: Tensor | None,
-    ref: Tensor | None,
-    current: Tensor | None,
+    passes: RolloutPasses,
     micro_batch_size: int | MicroBatching,
-    behaviour: Tensor | None = None,
-    entropy: Tensor | None = None,
     precomputed: dict[str, Tensor] | None = None,
 ) -> MiniBatch:
-    """The rows ``indices`` as one optimizer mini-batch. ``old`` / ``ref`` / ``current``
-    ([len(indices), W], from no-grad passes) are the behaviour, reference and present
-    log-probs (``entropy``: the present policy's, from the same pass, for a mask that selects
-    tokens by it); ``old`` None means on-policy (the update's own forward gives them).
-    ``behaviour`` ([len(indices), W]): the engine's log-probs on the trainer's scale
-    (:func:`engine_logprobs`), read by a rollout correction. ``precomputed``: the terms'
-    advantages over every row of the rollout batch (``UnifiedEstimator.precompute``), of which
-    these rows take their own. Micro-batches hold
-    ``micro_batch_size`` rows, or as many as a :class:`MicroBatching`'s token budget holds."""
+    """The rows ``indices`` as one optimizer mini-batch, with ``passes`` (these rows' part of
+    the no-grad passes: :meth:`RolloutPasses.take`); ``passes.old`` None means on-policy (the
+    update's own forward gives π_old). ``precomputed``: the terms' advantages over every row of
+    the rollout batch (``UnifiedEstimator.precompute``), of which these rows take their own.
+    Micro-batches hold ``micro_batch_size`` rows, or as many as a :class:`MicroBatching`'s token
+    budget holds."""
     subset = HostRows(rows.input_ids[indices], rows.attention[indices], rows.mask[indices])
-    fields = rollout_fields(rows, indices, old, ref, current, behaviour, entropy)
+    batch = rollout_fields(rows, indices, passes)
     if precomputed:  # the advantages over the whole rollout batch, these rows' part
         on_device = indices.to(next(iter(precomputed.values())).device)
-        fields = fields.replace(precomputed={k: v[on_device] for k, v in precomputed.items()})
+        batch = batch.replace(precomputed={k: v[on_device] for k, v in precomputed.items()})
     units = list(torch.arange(indices.numel(), device=HOST).split(1))
     micro = MicroBatching.of(micro_batch_size).split(units, subset.attention.sum(-1))
-    return MiniBatch(subset, fields, micro, on_policy=old is None, with_entropy=True)
+    return MiniBatch(subset, batch, micro, on_policy=passes.old is None, with_entropy=True)
 
 
-def rollout_fields(
-    rows: RowTensors,
-    indices: Tensor,
-    old: Tensor | None,
-    ref: Tensor | None,
-    current: Tensor | None,
-    behaviour: Tensor | None = None,
-    entropy: Tensor | None = None,
-) -> Batch:
-    """The estimator's fields of the rows ``indices`` (arguments as :func:`online_minibatch`
-    takes them); zeros stand in for the log-probs the update's forward fills."""
+def rollout_fields(rows: RowTensors, indices: Tensor, passes: RolloutPasses) -> Batch:
+    """The estimator's fields of the rows ``indices`` (``passes``: theirs); zeros stand in
+    for the log-probs the update's forward fills."""
     placeholder = torch.zeros(indices.numel(), rows.input_ids.shape[1], device=HOST)
+
+    def some(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor[indices]
+
+    present, old, entropy = passes.present, passes.old, passes.entropy
     return Batch(
-        logprobs=current if current is not None else placeholder,
+        logprobs=present if present is not None else placeholder,
         mask=rows.mask[indices],
         old_logprobs=old if old is not None else placeholder,
-        ref_logprobs=ref,
-        behaviour_logprobs=behaviour,
+        ref_logprobs=passes.ref,
+        behaviour_logprobs=passes.engine,
+        old_log_sum_sq_probs=passes.old_collision,
         entropy=entropy if entropy is not None else placeholder,
         rewards=rows.rewards[indices],
-        baseline_rewards=None if rows.baseline_rewards is None else rows.baseline_rewards[indices],
-        step_rewards=None if rows.step_rewards is None else rows.step_rewards[indices],
-        step_ends=None if rows.step_ends is None else rows.step_ends[indices],
-        reward_parts=None if rows.reward_parts is None else rows.reward_parts[indices],
+        baseline_rewards=some(rows.baseline_rewards),
+        step_rewards=some(rows.step_rewards),
+        step_ends=some(rows.step_ends),
+        reward_parts=some(rows.reward_parts),
         reward_weights=None
         if rows.reward_weights is None
         else rows.reward_weights.expand(indices.numel(), -1),
@@ -255,47 +256,14 @@ def rollout_advantages(
     estimator: UnifiedEstimator,
     rows: RowTensors,
     device: torch.device,
-    old: Tensor | None,
-    ref: Tensor | None,
-    behaviour: Tensor | None = None,
-    entropy: Tensor | None = None,
+    passes: RolloutPasses,
     values: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The terms' advantages over every row of the rollout batch, on ``device``
     (``UnifiedEstimator.precompute``), for :func:`online_minibatch`'s ``precomputed``;
     ``values``: a critic's V_old of every row (GAE reads them)."""
     every = torch.arange(rows.num_rows, device=HOST)
-    fields = rollout_fields(rows, every, old, ref, None, behaviour, entropy)
+    batch = rollout_fields(rows, every, passes)
     if values is not None:
-        fields = fields.replace(values=values)
-    return estimator.precompute(fields.to(device))
-
-
-def old_logprobs_and_kept_mass(
-    kernel: LogprobKernel,
-    rows: RowTensors,
-    micro_batch_size: int,
-    top_k: int,
-    top_p: float,
-    min_p: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """([R, W] old log-probs, their entropy, [R, W] log S_t) in one no-grad pass over every
-    row: S_t is the tempered mass the engine's min-p/top-k/top-p kept at position t, read from
-    the same logits."""
-    reduce = kept_mass(kernel.temperature, top_k, top_p, min_p)
-    out = kernel.every_row(rows.host, micro_batch_size, with_entropy=True, statistic=reduce)
-    assert out.statistic is not None and out.entropy is not None
-    return out.logprobs, out.entropy, out.statistic
-
-
-def engine_logprobs(rows: RowTensors, kept_mass: Tensor | None, device: torch.device) -> Tensor:
-    """[R, W] the engine's log-probs of the SAMPLE rows' tokens on the trainer's scale.
-
-    Both engines return the processed log-prob ℓ − log S_t (tempered, then top-k/top-p,
-    renormalized over the kept tokens); the trainer's π_old is the tempered full-vocabulary ℓ.
-    Adding log S_t compares like with like; without truncation S_t = 1 (``kept_mass`` None)."""
-    sample = (rows.roles == int(Role.SAMPLE)).unsqueeze(-1) * rows.mask
-    behaviour = rows.behaviour.to(device)
-    if kept_mass is not None:
-        behaviour = behaviour + kept_mass
-    return behaviour * sample.to(device)
+        batch = batch.replace(values=values)
+    return estimator.precompute(batch.to(device))
