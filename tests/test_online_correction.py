@@ -1,7 +1,8 @@
 """Rollout correction in the online trainer: every mode trains and logs its metrics, the
 engine's log-probs are aligned with the trainer's (ratio ≈ 1 with the shared transformers
 engine), min-p's, top-k's and top-p's kept mass log S_t is added (without it the ratio is ≈ S_t),
-`rejection` forces the no-grad old pass, and offline runs or a token mode on sequence units are
+the old pass's log Σπ² (the optimal token baseline's) comes beside it, `rejection` forces the
+no-grad old pass, and offline runs or a token mode on sequence units are
 refused."""
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from test_online import make_config
 import alignlib.trainer.online_passes as online_passes
 from alignlib.cli import main
 from alignlib.config import load_config
+from alignlib.device import Placement
 from alignlib.estimator import kept_log_mass
+from alignlib.testing import build_tiny_model, build_tokenizer
 from alignlib.trainer.head_hooks import kept_mass
 from alignlib.trainer.loop import Trainer
-from alignlib.trainer.online_passes import old_pass
+from alignlib.trainer.online_passes import PassPlan, old_pass
 from alignlib.trainer.online_update import RowTensors
+from alignlib.trainer.step import LogprobKernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,11 +100,9 @@ def test_without_the_kept_mass_the_ratio_is_biased_by_it(
     assert all(r["grpo/rollout_ratio_max"] <= 1 + 1e-5 for r in history)
 
 
-def test_kept_mass_comes_from_the_same_positions_as_the_old_logprobs() -> None:
-    from alignlib.device import Placement
-    from alignlib.testing import build_tiny_model, build_tokenizer
-    from alignlib.trainer.step import LogprobKernel
-
+def tiny_rows() -> tuple[RowTensors, LogprobKernel, torch.Tensor, torch.Tensor]:
+    """(3 rows of a tiny model, one padded, the first 4 positions prompt; a kernel at T = 0.8;
+    the model's logits at each position before the last; the completion mask)."""
     torch.manual_seed(0)
     model = build_tiny_model(build_tokenizer())
     ids = torch.randint(3, 50, (3, 9))
@@ -111,21 +113,41 @@ def test_kept_mass_comes_from_the_same_positions_as_the_old_logprobs() -> None:
     mask[1, 7:] = 0
     rows = RowTensors(ids, attention, mask, torch.zeros(3), torch.zeros(3), torch.zeros(3), mask)
     kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), chunk_size=2, temperature=0.8)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    return rows, kernel, logits, mask
+
+
+def test_kept_mass_comes_from_the_same_positions_as_the_old_logprobs() -> None:
+    rows, kernel, logits, mask = tiny_rows()
+    ids = rows.input_ids
     old, entropy, mass = old_pass(kernel, rows, 2, kept_mass(0.8, 0, 0.6))
     assert mass is not None
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=attention).logits
     want = torch.zeros(3, 9)
-    want[:, 1:] = kept_log_mass(logits[:, :-1], temperature=0.8, top_p=0.6)
+    want[:, 1:] = kept_log_mass(logits, temperature=0.8, top_p=0.6)
     torch.testing.assert_close(mass * mask, want * mask, atol=1e-5, rtol=0)
-    tempered = torch.log_softmax(logits[:, :-1] / 0.8, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    tempered = torch.log_softmax(logits / 0.8, -1).gather(-1, ids[:, 1:, None])[..., 0]
     torch.testing.assert_close(old[:, 1:] * mask[:, 1:], tempered * mask[:, 1:], atol=1e-5, rtol=0)
-    probs = torch.softmax(logits[:, :-1] / 0.8, -1)
+    probs = torch.softmax(logits / 0.8, -1)
     spread = -(probs * probs.log()).sum(-1)  # the tempered distribution's entropy
     torch.testing.assert_close(
         entropy[:, 1:] * mask[:, 1:], spread * mask[:, 1:], atol=1e-5, rtol=0
     )
     assert (want * mask).min() < -0.01  # top-p really dropped mass here
+
+
+def test_the_old_pass_gives_log_sum_sq_of_the_tempered_logits_beside_log_s() -> None:
+    """The optimal token baseline's log Σπ_old², alone or in a pass of its own beside log S_t
+    (one head statistic per pass)."""
+    rows, kernel, logits, mask = tiny_rows()
+    want = torch.zeros(3, 9)
+    want[:, 1:] = torch.logsumexp(2 * torch.log_softmax(logits / 0.8, -1), -1)
+    for truncation in (None, (0, 0.6, 0.0)):
+        plan = PassPlan(old=False, truncation=truncation, collision=True, engine=True)
+        passes = plan.run(kernel, rows, 2, None)
+        assert passes.old is not None and passes.old_collision is not None
+        assert passes.engine is not None
+        torch.testing.assert_close(passes.old_collision * mask, want * mask, atol=1e-5, rtol=0)
 
 
 def test_rejection_forces_the_no_grad_old_pass(tmp_path: Path) -> None:

@@ -2,9 +2,7 @@
 test_gradient_identity.py (closed_forms_reinforce.py): with equal energy per token and equal
 lengths it is the group mean (Dr. GRPO's Â); the lone longest row keeps its tail's return;
 rows are aligned by their trained tokens; a group of equal rewards carries nothing but that
-tail; and the
-trainer's no-grad pass gives log Σπ_old² of the tempered logits, beside log S_t when both are
-read. That it learns: test_online.py."""
+tail. The old pass's log Σπ_old²: test_online_correction.py; that it learns: test_online.py."""
 
 from __future__ import annotations
 
@@ -14,13 +12,8 @@ import torch
 from batches import rl_batch
 from closed_forms_reinforce import energy_batch
 
-from alignlib.device import Placement
 from alignlib.estimator import OptimalTokenBaseline
 from alignlib.estimator.units import TokenLikelihood
-from alignlib.testing import build_tiny_model, build_tokenizer
-from alignlib.trainer.online_passes import PassPlan
-from alignlib.trainer.online_update import RowTensors
-from alignlib.trainer.step import LogprobKernel
 
 HALF = math.log(0.5)
 
@@ -85,26 +78,3 @@ def test_a_group_of_equal_rewards_carries_only_the_lone_tail() -> None:
     kept = advantages(b)[:4].abs() > 1e-6
     assert int(kept.sum()) == int(top - second)
     assert float(advantages(b)[4:].abs().max()) > 0.1
-
-
-def test_the_old_pass_gives_log_sum_sq_of_the_tempered_logits_beside_log_s() -> None:
-    torch.manual_seed(0)
-    model = build_tiny_model(build_tokenizer())
-    ids = torch.randint(3, 50, (3, 9))
-    attention = torch.ones_like(ids)
-    attention[1, 7:] = 0
-    mask = torch.zeros(3, 9)
-    mask[:, 4:] = 1
-    mask[1, 7:] = 0
-    rows = RowTensors(ids, attention, mask, torch.zeros(3), torch.zeros(3), torch.zeros(3), mask)
-    kernel = LogprobKernel(model, Placement.resolve("cpu", "fp32"), chunk_size=2, temperature=0.8)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1] / 0.8
-    want = torch.zeros(3, 9)
-    want[:, 1:] = torch.logsumexp(2 * torch.log_softmax(logits, -1), -1)
-    for truncation in (None, (0, 0.6, 0.0)):  # alone, or a second pass beside log S_t
-        plan = PassPlan(old=False, truncation=truncation, collision=True, engine=True)
-        passes = plan.run(kernel, rows, 2, None)
-        assert passes.old is not None and passes.old_collision is not None
-        torch.testing.assert_close(passes.old_collision * mask, want * mask, atol=1e-5, rtol=0)
-        assert passes.engine is not None
