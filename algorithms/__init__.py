@@ -64,7 +64,15 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     tpo_l,
     vespo,
 )
-from alignlib.algorithms.registry import PRESETS, available, describe, get, parameters, preset
+from alignlib.algorithms.registry import (
+    PRESETS,
+    available,
+    describe,
+    get,
+    parameters,
+    preset,
+    source,
+)
 from alignlib.algorithms.routing import ROUTERS, router_for
 
 __all__ = [
@@ -76,4 +84,5 @@ __all__ = [
     "parameters",
     "preset",
     "router_for",
+    "source",
 ]

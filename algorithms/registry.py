@@ -81,6 +81,13 @@ def get(name: str, **overrides: Any) -> UnifiedEstimator:
     return PRESETS.get(name)(**overrides)
 
 
+def source(name: str) -> str:
+    """The docstring of the preset's module: the method, its paper and what it was checked
+    against."""
+    module = inspect.getmodule(PRESETS.get(name))
+    return inspect.cleandoc(module.__doc__ or "") if module is not None else ""
+
+
 def describe(name: str) -> str:
     """The preset's docstring followed by its defaults."""
     doc = inspect.getdoc(PRESETS.get(name)) or ""

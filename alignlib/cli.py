@@ -4,6 +4,7 @@ traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -43,6 +44,24 @@ def _config_docs(args: argparse.Namespace) -> int:
     from alignlib.config.docs import render_markdown
 
     print(render_markdown(), end="")
+    return 0
+
+
+def _config_methods(args: argparse.Namespace) -> int:
+    import shutil
+
+    from alignlib import algorithms
+    from alignlib.trainer.online_update import online_presets
+
+    if args.name is not None:  # an unknown name is one line listing the valid ones
+        print(f"{algorithms.describe(args.name)}\n\n{algorithms.source(args.name)}")
+        return 0
+    online = set(online_presets())
+    width = shutil.get_terminal_size((100, 24)).columns
+    for name in algorithms.available():
+        first = " ".join(algorithms.source(name).split("\n\n")[0].split())
+        line = f"{name:<18} {'online' if name in online else 'offline':<8} {first}"
+        print(line if len(line) <= width else line[: width - 1] + "…")
     return 0
 
 
@@ -89,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(run=_config_show)
     docs = config_commands.add_parser("docs", help="print the reference of every config key")
     docs.set_defaults(run=_config_docs)
+    methods = config_commands.add_parser(
+        "methods", help="list the algorithm presets, or show one's parameters and paper"
+    )
+    methods.add_argument("name", nargs="?", help="a preset, e.g. grpo")
+    methods.set_defaults(run=_config_methods)
 
     plot = commands.add_parser("plot", help="PNG of a run's training curves")
     plot.add_argument("run_dir")
@@ -117,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
+    except BrokenPipeError:  # the reader closed the pipe (`| head`): nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except USER_ERRORS as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"alignlib: error: {message}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Every config field is documented, and docs/config.md is the schema's own rendering."""
+"""Every config field is documented, docs/config.md is the schema's own rendering, and `alignlib
+config methods` lists the presets."""
 
 from __future__ import annotations
 
@@ -33,3 +34,21 @@ def test_docs_file_is_generated_from_the_schema() -> None:
         "docs/config.md is stale: regenerate it with `alignlib config docs`"
     )
     assert header.startswith("# Configuration reference")
+
+
+def test_config_methods_lists_every_preset_with_its_kind_and_paper(capsys) -> None:
+    from alignlib import algorithms
+    from alignlib.cli import main
+
+    assert main(["config", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kinds = {line.split()[0]: line.split()[1] for line in lines}
+    assert sorted(kinds) == sorted(algorithms.available())
+    assert kinds["grpo"] == kinds["remax"] == kinds["topr"] == "online"
+    assert kinds["dpo"] == kinds["sft"] == kinds["kto"] == "offline"
+    assert main(["config", "methods", "topr"]) == 0
+    shown = capsys.readouterr().out
+    assert "topr(baseline=0.0, level='sequence'" in shown and "arXiv 2503.14286" in shown
+    assert main(["config", "methods", "tpor"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "did you mean 'tpo'" in error
