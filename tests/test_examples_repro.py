@@ -143,3 +143,22 @@ def test_hpt_vs_baselines_quick(tmp_path: Path) -> None:
         results["final_heldout_accuracy"]["hpt"]
         >= max(v for k, v in results["final_heldout_accuracy"].items() if k != "hpt")
     )
+
+
+def test_topr_off_policy_quick(tmp_path: Path) -> None:
+    results = run_quick("topr_off_policy.py", tmp_path)
+    assert (tmp_path / "topr_off_policy.png").stat().st_size > 10_000
+    scale = results["setting"]["scale"]
+    run = results["runs"]["0"]
+    assert set(run["curves"]) == {"reinforce", "topr", "positives_only"}
+    for curve in run["curves"].values():  # measured before training and after the last epoch
+        assert curve["epoch"][0] == 0 and curve["epoch"][-1] == scale["epochs"]
+    starts = {name: c["wrong_logp"][0] for name, c in run["curves"].items()}
+    assert len(set(starts.values())) == 1  # every method starts from μ's weights
+    assert set(results["claims"]) == {
+        "reinforce_unbounded",
+        "reinforce_degrades",
+        "topr_bounded",
+        "topr_keeps_accuracy",
+    }
+    assert results["claim_holds"] == all(results["claims"].values())
