@@ -162,3 +162,19 @@ def test_topr_off_policy_quick(tmp_path: Path) -> None:
         "topr_keeps_accuracy",
     }
     assert results["claim_holds"] == all(results["claims"].values())
+
+
+def test_otb_variance_quick(tmp_path: Path) -> None:
+    results = run_quick("otb_variance.py", tmp_path)
+    assert (tmp_path / "otb_variance.png").stat().st_size > 10_000
+    run = results["runs"]["0"]
+    for name in ("none", "group_mean", "otb"):
+        assert set(run[name]) == {
+            "variance",
+            "mean_norm",
+            "distance_from_none",
+            "variance_rel_none",
+        }
+    assert run["none"]["distance_from_none"] == 0.0
+    lower = run["otb"]["variance"] < run["group_mean"]["variance"]
+    assert results["claim_holds"] == lower
