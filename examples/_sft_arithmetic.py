@@ -1,4 +1,5 @@
-"""Shared by the offline paper-reproduction examples (RPO vs DPO, BVPO gradient variance).
+"""Shared by the offline paper-reproduction examples (RPO vs DPO, BVPO gradient variance, TOPR
+off-policy, OTB variance).
 
 Both need a model whose correct answers are already likely, and both must run in minutes on a
 CPU. So the model is `tiny:llama` (2 layers, hidden 64, random init) first taught the builtin
@@ -147,6 +148,53 @@ def sft_tiny(
     )
     result, seconds = train(config)
     return result.output_dir / "final", seconds
+
+
+def taught_policy(work: Path, steps: int, seed: int) -> tuple[Path, list[Problem], random.Random]:
+    """SFT `tiny:llama` for ``steps`` on the first SFT_PROBLEMS problems in the seed's order;
+    (its final/ checkpoint, the problems SFT never saw, the seed's stream to draw them with)."""
+    rng = random.Random(seed)
+    every = problems()
+    rows = [{"prompt": p.prompt, "completion": p.solution()} for p in every[:SFT_PROBLEMS]]
+    rng.shuffle(rows)
+    checkpoint, _ = sft_tiny(work, rows, steps, seed)
+    return checkpoint, every[SFT_PROBLEMS:], rng
+
+
+def sampled_answers(
+    model: Any, tokenizer: Any, chosen: list[Problem], samples: int, seed: int
+) -> dict[str, Any]:
+    """``samples`` answers (T = 1, at most 32 tokens) to each of ``chosen`` from ``model``,
+    graded against the true value: right-padded ``ids``, ``attention``, completion ``mask``,
+    ``right`` (bools) and ``groups`` (each answer's problem index)."""
+    import torch
+
+    from alignlib.data.collate import prompt_ids
+    from alignlib.rewards import grade_many
+    from alignlib.rollout.base import SamplingParams
+    from alignlib.rollout.hf_engine import HFEngine
+
+    engine = HFEngine(model, tokenizer, apply_chat_template=False)
+    prompts = [prompt_ids(tokenizer, p.prompt, chat=False) for p in chosen]
+    sampling = SamplingParams(n=samples, temperature=1.0, max_new_tokens=32, seed=seed)
+    answers = [g for gens in engine.generate(prompts, sampling) for g in gens]
+    truth = [str(chosen[g.prompt_index].value) for g in answers]
+    sequences = [prompts[g.prompt_index] + g.token_ids for g in answers]
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
+    attention = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width)
+    for r, (sequence, g) in enumerate(zip(sequences, answers, strict=True)):
+        ids[r, : len(sequence)] = torch.tensor(sequence)
+        attention[r, : len(sequence)] = 1
+        mask[r, len(prompts[g.prompt_index]) : len(sequence)] = 1
+    return {
+        "ids": ids,
+        "attention": attention,
+        "mask": mask,
+        "right": grade_many([g.text for g in answers], truth),
+        "groups": torch.tensor([g.prompt_index for g in answers]),
+    }
 
 
 def write_results(out: Path, results: dict[str, Any]) -> Path:

@@ -24,7 +24,6 @@ Writes results.json and otb_variance.png to --out (default examples/results/otb_
 
 from __future__ import annotations
 
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sft_arithmetic import SFT_PROBLEMS, example_args, problems, run_seeds, sft_tiny, write_results
+from _sft_arithmetic import (
+    example_args,
+    run_seeds,
+    sampled_answers,
+    taught_policy,
+    write_results,
+)
 
-from alignlib.data.collate import prompt_ids
 from alignlib.estimator import (
     Advantage,
     Batch,
@@ -45,9 +49,6 @@ from alignlib.estimator import (
     OptimalTokenBaseline,
     UnifiedEstimator,
 )
-from alignlib.rewards import grade_many
-from alignlib.rollout.base import SamplingParams
-from alignlib.rollout.hf_engine import HFEngine
 
 BASELINES: dict[str, Advantage] = {
     "none": FixedBaseline(),
@@ -74,29 +75,8 @@ def draw(
     model: Any, tokenizer: Any, chosen: list[Any], scale: Scale, seed: int
 ) -> dict[str, torch.Tensor]:
     """One batch: ``scale.samples`` answers to each problem, graded 1 / 0, right-padded."""
-    engine = HFEngine(model, tokenizer, apply_chat_template=False)
-    prompts = [prompt_ids(tokenizer, p.prompt, chat=False) for p in chosen]
-    sampling = SamplingParams(n=scale.samples, temperature=1.0, max_new_tokens=32, seed=seed)
-    generations = [g for gens in engine.generate(prompts, sampling) for g in gens]
-    right = grade_many(
-        [g.text for g in generations], [str(chosen[g.prompt_index].value) for g in generations]
-    )
-    sequences = [prompts[g.prompt_index] + g.token_ids for g in generations]
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
-    attention = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width)
-    for r, (seq, g) in enumerate(zip(sequences, generations, strict=True)):
-        ids[r, : len(seq)] = torch.tensor(seq)
-        attention[r, : len(seq)] = 1
-        mask[r, len(prompts[g.prompt_index]) : len(seq)] = 1
-    return {
-        "ids": ids,
-        "attention": attention,
-        "mask": mask,
-        "rewards": torch.tensor([float(r) for r in right]),
-        "groups": torch.tensor([g.prompt_index for g in generations]),
-    }
+    data = sampled_answers(model, tokenizer, chosen, scale.samples, seed)
+    return {**data, "rewards": torch.tensor([float(r) for r in data["right"]])}
 
 
 def gradients(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -127,12 +107,8 @@ def gradients(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def run_seed(seed: int, scale: Scale, work: Path) -> dict[str, Any]:
-    rng = random.Random(seed)
-    every = problems()
-    sft_rows = [{"prompt": p.prompt, "completion": p.solution()} for p in every[:SFT_PROBLEMS]]
-    rng.shuffle(sft_rows)
-    checkpoint, _ = sft_tiny(work, sft_rows, scale.sft_steps, seed)
-    chosen = rng.sample(every[SFT_PROBLEMS:], scale.prompts)
+    checkpoint, unseen_by_sft, rng = taught_policy(work, scale.sft_steps, seed)
+    chosen = rng.sample(unseen_by_sft, scale.prompts)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     samples: dict[str, list[torch.Tensor]] = {name: [] for name in BASELINES}

@@ -26,7 +26,6 @@ Writes results.json and topr_off_policy.png to --out (default examples/results/t
 
 from __future__ import annotations
 
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sft_arithmetic import (
-    SFT_PROBLEMS,
     Problem,
     example_args,
-    problems,
     run_seeds,
-    sft_tiny,
+    sampled_answers,
+    taught_policy,
     write_results,
 )
 
@@ -89,39 +87,15 @@ def estimator(method: str) -> UnifiedEstimator:
     return algorithms.get("topr")
 
 
-def rows_tensor(
-    sequences: list[list[int]], starts: list[int], pad: int
-) -> tuple[torch.Tensor, ...]:
-    """Right-padded (input ids, attention, completion mask)."""
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), pad)
-    attention = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width)
-    for r, (seq, start) in enumerate(zip(sequences, starts, strict=True)):
-        ids[r, : len(seq)] = torch.tensor(seq)
-        attention[r, : len(seq)] = 1
-        mask[r, start : len(seq)] = 1
-    return ids, attention, mask
-
-
 def off_policy_set(
     model: Any, tokenizer: Any, chosen: list[Problem], scale: Scale, seed: int
 ) -> dict[str, torch.Tensor]:
     """μ's answers to ``chosen`` (``scale.samples`` each, T = 1), graded ±1, with μ's log-probs."""
-    engine = HFEngine(model, tokenizer, apply_chat_template=False)
-    prompts = [prompt_ids(tokenizer, p.prompt, chat=False) for p in chosen]
-    sampling = SamplingParams(n=scale.samples, temperature=1.0, max_new_tokens=32, seed=seed)
-    generations = engine.generate(prompts, sampling)
-    texts = [g.text for gens in generations for g in gens]
-    answers = [str(p.value) for p in chosen for _ in range(scale.samples)]
-    right = grade_many(texts, answers)
-    sequences = [prompts[g.prompt_index] + g.token_ids for gens in generations for g in gens]
-    starts = [len(prompts[g.prompt_index]) for gens in generations for g in gens]
-    ids, attention, mask = rows_tensor(sequences, starts, tokenizer.pad_token_id)
+    data = sampled_answers(model, tokenizer, chosen, scale.samples, seed)
     with torch.no_grad():
-        behaviour, _ = token_logprobs(model, ids, attention)
-    rewards = torch.tensor([1.0 if r else -1.0 for r in right])
-    return {"ids": ids, "attention": attention, "mask": mask, "old": behaviour, "rewards": rewards}
+        behaviour, _ = token_logprobs(model, data["ids"], data["attention"])
+    rewards = torch.tensor([1.0 if r else -1.0 for r in data["right"]])
+    return {**data, "old": behaviour, "rewards": rewards}
 
 
 def greedy_scores(model: Any, tokenizer: Any, heldout: list[Problem]) -> tuple[float, float]:
@@ -184,12 +158,8 @@ def train_method(
 
 
 def run_seed(seed: int, scale: Scale, work: Path) -> dict[str, Any]:
-    rng = random.Random(seed)
-    every = problems()
-    sft_rows = [{"prompt": p.prompt, "completion": p.solution()} for p in every[:SFT_PROBLEMS]]
-    rng.shuffle(sft_rows)
-    checkpoint, _ = sft_tiny(work, sft_rows, scale.sft_steps, seed)
-    unseen = rng.sample(every[SFT_PROBLEMS:], scale.prompts + scale.heldout)
+    checkpoint, unseen_by_sft, rng = taught_policy(work, scale.sft_steps, seed)
+    unseen = rng.sample(unseen_by_sft, scale.prompts + scale.heldout)
     chosen, heldout = unseen[: scale.prompts], unseen[scale.prompts :]
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
