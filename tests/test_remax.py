@@ -30,11 +30,15 @@ def test_every_row_carries_its_prompts_greedy_reward(
 ) -> None:
     seen = spy(monkeypatch)
     calls: list[SamplingParams] = []
+    sampled_seconds: list[float] = []
     sample = online_collect.RolloutCollector.sample
 
     def recorded(self: Any, engine: Any, prompt_ids: Any, rows: Any, sampling: SamplingParams):
         calls.append(sampling)
-        return sample(self, engine, prompt_ids, rows, sampling)
+        generations, seconds = sample(self, engine, prompt_ids, rows, sampling)
+        if sampling.temperature > 0:
+            sampled_seconds.append(seconds)
+        return generations, seconds
 
     monkeypatch.setattr(online_collect.RolloutCollector, "sample", recorded)
     config = make_config(tmp_path, algorithm={"name": "remax"}, train={"max_steps": 2})
@@ -48,6 +52,8 @@ def test_every_row_carries_its_prompts_greedy_reward(
         assert sampled.baselines is None  # scored first, then given the greedy rewards
         want = float(baseline.rewards.mean())
         assert result.history[step]["rollout/greedy_reward_mean"] == pytest.approx(want)
+        # the greedy generation stays out of the sampled rollouts' time (their tokens per s)
+        assert result.history[step]["time/rollout_s"] == pytest.approx(sampled_seconds[step])
 
 
 def test_the_advantage_is_the_reward_less_the_greedy_reward() -> None:

@@ -204,12 +204,14 @@ class RolloutCollector:
 
     def with_greedy_baselines(self, engine: RolloutEngine, rollouts: Rollouts) -> Rollouts:
         """``rollouts`` with the reward of one greedy completion per prompt, sampled and
-        scored like the rollouts (ReMax's baseline; its time counts as generation time)."""
+        scored like the rollouts (ReMax's baseline). Its time is left out of ``seconds``, which
+        divides only the sampled rollouts' tokens (``rollout/tokens_per_s``); the step's time
+        includes it."""
         greedy = SamplingParams(temperature=0, max_new_tokens=self.rollout.max_new_tokens)
         prompts, prompt_ids = rollouts.rows, rollouts.prompt_ids
-        generations, seconds = self.sample(engine, prompt_ids, prompts, greedy)
+        generations, _ = self.sample(engine, prompt_ids, prompts, greedy)
         scored = score_rollouts(self.rewards, prompts, prompt_ids, generations, 0.0, self.tokenizer)
-        return replace(rollouts, baselines=scored.rewards[:, 0], seconds=rollouts.seconds + seconds)
+        return replace(rollouts, baselines=scored.rewards[:, 0])
 
     def collect(self, engine: EngineHandle, step: int) -> tuple[TrainRows, dict[str, float]]:
         """Rollouts for one step; with dynamic sampling, more rounds until enough groups."""
