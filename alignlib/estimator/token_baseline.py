@@ -26,7 +26,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
+from alignlib.estimator.advantages import (
+    ADVANTAGES,
+    Advantage,
+    AdvantageResult,
+    group_extremes,
+    group_statistics,
+)
 from alignlib.estimator.batch import Batch
 from alignlib.estimator.registry import check_number
 from alignlib.estimator.units import Likelihood
@@ -89,22 +95,19 @@ class OptimalTokenBaseline(Advantage):
         rows_in_group = mask.new_zeros(groups).index_add(0, group, (lengths > 0).to(mask.dtype))
         keep = rows_in_group[group[row]] > 1  # a group of one row: baseline 0
         if self.zero_tail:
-            keep &= index < self.tail_start(group, lengths)[row]
+            keep &= index < self.tail_start(group_ids, lengths)[row]
         out = torch.zeros_like(mask)
         out[row, position] = per_token[flat] * keep.to(mask.dtype)
         return out
 
     @staticmethod
-    def tail_start(group: Tensor, lengths: Tensor) -> Tensor:
+    def tail_start(group_ids: Tensor, lengths: Tensor) -> Tensor:
         """[R] the trained-token index from which a row's baseline is 0: the second-longest
         length of its group for its one longest row, no limit for every other row."""
-        groups = int(group.max()) + 1
-        floor = torch.full((groups,), -1.0, dtype=lengths.dtype, device=lengths.device)
-        longest = floor.scatter_reduce(0, group, lengths, "amax")
-        at_top = lengths == longest[group]
-        tops = torch.zeros_like(floor).index_add(0, group, at_top.to(lengths.dtype))
-        below = lengths.where(~at_top, lengths.new_full((), -1.0))
-        second = floor.scatter_reduce(0, group, below, "amax")
-        alone_on_top = at_top & (tops[group] == 1)
+        everyone = torch.ones_like(lengths, dtype=torch.bool)
+        longest, _ = group_extremes(lengths, group_ids, everyone)
+        at_top = lengths == longest
+        tops = group_statistics(at_top.to(lengths.dtype), group_ids, everyone)[0]
+        second, _ = group_extremes(lengths, group_ids, ~at_top)  # −inf: no other length
         unlimited = torch.full_like(lengths, float("inf"))
-        return torch.where(alone_on_top, second[group].clamp(min=0), unlimited)
+        return torch.where(at_top & (tops == 1), second.clamp(min=0), unlimited)

@@ -256,9 +256,10 @@ def informative_groups(
             parts = tuple(None if v != v else v for v in rows.reward_parts[i] or ())
         return rows.rewards[i], placed, parts
 
+    reads_baseline = "baseline_rewards" in distinguishing
+
     def off_baseline(i: int) -> bool:  # ReMax: Â = R − R_greedy, nonzero off the baseline
-        baseline = rows.baselines[i]
-        return "baseline_rewards" in distinguishing and baseline != rows.rewards[i]
+        return reads_baseline and rows.baselines[i] != rows.rewards[i]
 
     return [
         g
