@@ -39,6 +39,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     lite_ppo,
     luffy,
     luspo,
+    m2po,
     mpo,
     nca_pair,
     opd,

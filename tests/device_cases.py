@@ -60,6 +60,7 @@ ONLINE = {
     "remax": {},  # the greedy completion's reward travels with the rows (baseline_rewards)
     "topr": {"baseline": 1.0},  # rows below the baseline: the truncated sequence ratio
     "otb": {},  # log Σπ_old² from a head hook in the old pass, on the device
+    "m2po": {},  # the second-moment mask from the present policy's no-grad pass, on the device
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu

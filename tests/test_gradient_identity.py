@@ -12,6 +12,7 @@ import closed_forms_distillation
 import closed_forms_dpo_family
 import closed_forms_dppo
 import closed_forms_group_baselines
+import closed_forms_m2po
 import closed_forms_process
 import closed_forms_reinforce
 import pytest
@@ -370,6 +371,8 @@ CASES |= closed_forms_dppo.CASES
 VARIANTS |= closed_forms_dppo.VARIANTS
 CASES |= closed_forms_reinforce.CASES
 VARIANTS |= closed_forms_reinforce.VARIANTS
+CASES |= closed_forms_m2po.CASES
+VARIANTS |= closed_forms_m2po.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

@@ -141,6 +141,8 @@ NEWER = [
     {"name": "topr", "params": {"baseline": 0.5}},
     {"name": "remax"},
     {"name": "otb"},
+    {"name": "m2po"},
+    {"name": "m2po", "params": {"form": "released"}},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},
     {"name": "grpo", "off_policy_mask": {"delta": 0.5}},
     {"name": "grpo", "second_moment_mask": {"threshold": 0.04}},

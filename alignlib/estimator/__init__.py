@@ -47,6 +47,7 @@ from alignlib.estimator.dpo_losses import (
 from alignlib.estimator.entropy_masks import HighEntropyTokens
 from alignlib.estimator.group_baselines import CorrectedGroupMean, LengthWeightedBaseline
 from alignlib.estimator.kto import KTOWeights
+from alignlib.estimator.m2po import M2POClip, M2POMask
 from alignlib.estimator.masks import (
     MASKS,
     CompletionMask,
@@ -172,6 +173,8 @@ __all__ = [
     "LengthDesensitized",
     "LengthWeightedBaseline",
     "Likelihood",
+    "M2POClip",
+    "M2POMask",
     "Mask",
     "MaxAtK",
     "NCAPairWeights",
