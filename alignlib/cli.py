@@ -1,11 +1,12 @@
 """`alignlib train | eval | config | plot | push`: user errors print one line, never a
-traceback."""
+traceback (`alignlib --traceback ...` adds it after the line)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 import yaml
@@ -93,9 +94,23 @@ def _push(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlib", description=__doc__)
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print the whole traceback after its one line (or ALIGNLIB_TRACEBACK=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train from a YAML config")
+    train = commands.add_parser(
+        "train",
+        help="train from a YAML config",
+        epilog=(
+            "Overrides take YAML values: online.rewards='[{name: math}]', "
+            "'algorithm.params={}' (an empty mapping replaces the file's), lists are replaced "
+            "whole. Every key with its default and meaning: alignlib config docs. The methods: "
+            "alignlib config methods [NAME]. The resolved config: alignlib config show CONFIG."
+        ),
+    )
     train.add_argument("config", help="the run's YAML file")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-6")
     train.set_defaults(run=_train)
@@ -147,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"alignlib: error: {message}", file=sys.stderr)
+        if args.traceback or os.environ.get("ALIGNLIB_TRACEBACK", "") not in ("", "0"):
+            traceback.print_exc()
         return 2
     except KeyboardInterrupt:
         print("alignlib: interrupted", file=sys.stderr)

@@ -14,3 +14,13 @@ def notice(message: str) -> None:
 def warn(message: str) -> None:
     """One ``alignlib: warning: ...`` line: legitimate but suspicious input, a skipped step."""
     notice(f"warning: {message}")
+
+
+def quiet_library_bars() -> None:
+    """transformers' and the Hub's own progress bars off too (loading weights, writing shards):
+    `logging.progress: false` means no bar at all."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()

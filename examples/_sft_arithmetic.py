@@ -1,5 +1,5 @@
 """Shared by the offline paper-reproduction examples (RPO vs DPO, BVPO gradient variance, TOPR
-off-policy, OTB variance).
+off-policy, OTB variance, M2PO on stale rollouts).
 
 Both need a model whose correct answers are already likely, and both must run in minutes on a
 CPU. So the model is `tiny:llama` (2 layers, hidden 64, random init) first taught the builtin
@@ -195,6 +195,24 @@ def sampled_answers(
         "right": grade_many([g.text for g in answers], truth),
         "groups": torch.tensor([g.prompt_index for g in answers]),
     }
+
+
+def greedy_scores(model: Any, tokenizer: Any, heldout: list[Problem]) -> tuple[float, float]:
+    """(greedy accuracy, share of answers with a boxed value) on ``heldout``."""
+    from alignlib.data.collate import prompt_ids
+    from alignlib.rewards import extract_boxed, grade_many
+    from alignlib.rollout.base import SamplingParams
+    from alignlib.rollout.hf_engine import HFEngine
+
+    engine = HFEngine(model, tokenizer, apply_chat_template=False)
+    prompts = [prompt_ids(tokenizer, p.prompt, chat=False) for p in heldout]
+    texts = [
+        g[0].text
+        for g in engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=32))
+    ]
+    right = grade_many(texts, [str(p.value) for p in heldout])
+    boxed = [extract_boxed(t) is not None for t in texts]
+    return sum(right) / len(texts), sum(boxed) / len(texts)
 
 
 def write_results(out: Path, results: dict[str, Any]) -> Path:

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sft_arithmetic import (
     Problem,
     example_args,
+    greedy_scores,
     run_seeds,
     sampled_answers,
     taught_policy,
@@ -45,11 +46,7 @@ from _sft_arithmetic import (
 )
 
 from alignlib import algorithms
-from alignlib.data.collate import prompt_ids
 from alignlib.estimator import Batch, FixedBaseline, UnifiedEstimator
-from alignlib.rewards import extract_boxed, grade_many
-from alignlib.rollout.base import SamplingParams
-from alignlib.rollout.hf_engine import HFEngine
 from alignlib.trainer.logprobs import token_logprobs
 
 METHODS = ("reinforce", "topr", "positives_only")
@@ -96,19 +93,6 @@ def off_policy_set(
         behaviour, _ = token_logprobs(model, data["ids"], data["attention"])
     rewards = torch.tensor([1.0 if r else -1.0 for r in data["right"]])
     return {**data, "old": behaviour, "rewards": rewards}
-
-
-def greedy_scores(model: Any, tokenizer: Any, heldout: list[Problem]) -> tuple[float, float]:
-    """(greedy accuracy, share of answers with a boxed value) on ``heldout``."""
-    engine = HFEngine(model, tokenizer, apply_chat_template=False)
-    prompts = [prompt_ids(tokenizer, p.prompt, chat=False) for p in heldout]
-    texts = [
-        g[0].text
-        for g in engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=32))
-    ]
-    right = grade_many(texts, [str(p.value) for p in heldout])
-    boxed = [extract_boxed(t) is not None for t in texts]
-    return sum(right) / len(texts), sum(boxed) / len(texts)
 
 
 def train_method(

@@ -34,6 +34,7 @@ from alignlib.rewards.registry import (
     RewardFn,
     get_reward,
     list_rewards,
+    named_rewards,
     register_reward,
     resolve_reward,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "list_rewards",
     "math_reward",
     "missing_columns",
+    "named_rewards",
     "normalize_answer",
     "reads_environments",
     "register_reward",

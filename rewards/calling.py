@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import traceback
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from alignlib.suggest import did_you_mean
@@ -178,13 +180,37 @@ def call_reward(
     return as_number(value, name, row, allow_nonfinite)
 
 
-def failure(exc: BaseException, name: str, row: Mapping[str, Any]) -> RewardError:
-    """One line for an exception raised by user code while scoring a row (chain the original)."""
+def failure(
+    exc: BaseException, name: str, row: Mapping[str, Any], batch: int | None = None
+) -> RewardError:
+    """One line for an exception raised by user code while scoring a row, or a batch of
+    ``batch`` completions starting at ``row`` (a TRL-form call); it names the line of the
+    reward's own code that raised (the original stays chained for debugging)."""
     if isinstance(exc, RewardError):
         return exc
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return RewardError(
-        f"reward {name!r} raised {type(exc).__name__}"
-        f"{': ' + detail if detail else ''} for a completion of {describe_row(row)}; "
-        "fix the reward function or the row"
+    scored = (
+        f"a batch of {batch} completions (the first of {describe_row(row)})"
+        if batch is not None
+        else f"a completion of {describe_row(row)}"
     )
+    return RewardError(
+        f"reward {name!r} raised {type(exc).__name__}{': ' + detail if detail else ''}"
+        f"{raised_at(exc)} for {scored}; fix the reward function or the row"
+    )
+
+
+def raised_at(exc: BaseException) -> str:
+    """' (at FILE line N, in FUNC)' for the innermost frame outside alignlib's own reward
+    calling code, or '' when there is none."""
+    ours = {
+        Path(__file__).resolve().parent / "calling.py",
+        Path(__file__).resolve().parent / "forms.py",
+    }
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() not in ours
+    ]
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (at {last.filename} line {last.lineno}, in {last.name})"

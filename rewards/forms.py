@@ -117,19 +117,23 @@ def missing_columns(
 
 
 def _call_each(
-    calls: Sequence[Callable[[], Any]], name: str, rows: Sequence[Mapping[str, Any]]
+    calls: Sequence[Callable[[], Any]],
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    batch: int | None = None,
 ) -> list[Any]:
-    """Call each thunk (a sync failure stops at its row at once), then await what is async."""
+    """Call each thunk (a sync failure stops at its row at once), then await what is async;
+    ``batch``: the one thunk scores that many completions (a TRL-form call)."""
     values: list[Any] = []
     for call, row in zip(calls, rows, strict=True):
         try:
             values.append(call())
         except Exception as exc:  # user code: reported with its reward and row
-            raise failure(exc, name, row) from exc
+            raise failure(exc, name, row, batch) from exc
     results = resolve_awaitables(values)
     for value, row in zip(results, rows, strict=True):
         if isinstance(value, BaseException):
-            raise failure(value, name, row) from value
+            raise failure(value, name, row, batch) from value
     return results
 
 
@@ -188,7 +192,7 @@ def _score_trl(
 ) -> list[Any]:
     """One batched call; its list must hold one value per completion."""
     kwargs = _accepted(fn, _trl_kwargs(texts, rows, params, token_ids, environments))
-    values = _call_each([lambda: fn(**kwargs)], name, rows[:1])[0]
+    values = _call_each([lambda: fn(**kwargs)], name, rows[:1], batch=len(texts))[0]
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise RewardError(
             f"reward {name!r} (TRL form) returned {type(values).__name__}, not a list with one "

@@ -7,12 +7,19 @@ the dataset row's other fields (e.g. ``answer``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alignlib.imports import import_attr
 from alignlib.suggest import did_you_mean
 
-__all__ = ["RewardFn", "get_reward", "list_rewards", "register_reward", "resolve_reward"]
+__all__ = [
+    "RewardFn",
+    "get_reward",
+    "list_rewards",
+    "named_rewards",
+    "register_reward",
+    "resolve_reward",
+]
 
 RewardFn = Callable[..., float]
 F = TypeVar("F", bound=Callable[..., float])
@@ -47,6 +54,38 @@ def register_reward(name: str) -> Callable[[F], F]:
         return fn
 
     return decorator
+
+
+def named_rewards(sections: dict[str, Any]) -> dict[str, Any]:
+    """A config dict whose ``online.rewards`` may hold functions (TRL's ``reward_funcs=[fn]``),
+    as ``fn`` or ``{name: fn, ...}``, with each registered under its ``__name__`` (a suffix
+    when a different function holds it) and named by it; other dicts are returned as given."""
+    online = sections.get("online")
+    rewards = online.get("rewards") if isinstance(online, dict) else None
+    if not isinstance(rewards, list) or not any(
+        callable(e) or (isinstance(e, dict) and callable(e.get("name"))) for e in rewards
+    ):
+        return sections
+    named = [
+        {**entry, "name": _registered(entry["name"])}
+        if isinstance(entry, dict) and callable(entry.get("name"))
+        else {"name": _registered(entry)}
+        if callable(entry)
+        else entry
+        for entry in rewards
+    ]
+    return {**sections, "online": {**online, "rewards": named}}
+
+
+def _registered(fn: Callable[..., Any]) -> str:
+    """The name ``fn`` is (now) registered under."""
+    base = getattr(fn, "__name__", "reward").replace(":", "_").replace("<", "").replace(">", "")
+    name, count = base or "reward", 1
+    while _REGISTRY.get(name, fn) is not fn:
+        count += 1
+        name = f"{base}_{count}"
+    register_reward(name)(fn)
+    return name
 
 
 def list_rewards() -> list[str]:

@@ -55,6 +55,10 @@ def raising_reward(completion: str, **_: object) -> float:
     return 1 / 0
 
 
+RAISES_AT = raising_reward.__code__.co_firstlineno + 1
+"""The line the one-line error names: where the user's reward raised."""
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -166,7 +170,7 @@ AFTER_MODEL = [
     pytest.param(on(**rewards({"name": "test_reliability_inputs:none_reward"})), REWARD.format("none_reward", "returned NoneType None"), id="reward-none"),  # noqa: E501
     pytest.param(on(**rewards({"name": NAN})), REWARD.format("nan_reward", "returned nan"), id="reward-nan"),  # noqa: E501
     pytest.param(on(**rewards({"name": "test_reliability_inputs:text_reward"})), REWARD.format("text_reward", "returned str '1.0'"), id="reward-text"),  # noqa: E501
-    pytest.param(on(**rewards({"name": "test_reliability_inputs:raising_reward"})), REWARD.format("raising_reward", "raised ZeroDivisionError: division by zero"), id="reward-raises"),  # noqa: E501
+    pytest.param(on(**rewards({"name": "test_reliability_inputs:raising_reward"})), REWARD.format("raising_reward", f"raised ZeroDivisionError: division by zero (at {__file__} line {RAISES_AT}, in raising_reward)"), id="reward-raises"),  # noqa: E501
     pytest.param(on(**rewards({"name": NAN}), train={"nonfinite": "skip", "max_steps": 2}), "all 2 optimizer steps were skipped (non-finite or too-large gradients), so the model is untrained and final/ was not written", id="reward-nan-skip-every-step"),  # noqa: E501
 ]
 # fmt: on

@@ -41,7 +41,7 @@ def write_config(folder: Path, output_dir: Path, **sections: dict[str, Any]) -> 
         "algorithm": {"name": "dpo", "params": {"beta": 0.1}},
         "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant"},
         "train": {"batch_size": 2, "micro_batch_size": 1, "max_steps": 6},
-        "checkpoint": {"every": 2, "keep_last": 2},
+        "checkpoint": {"every": 2, "keep_last": 3},
         "logging": {"progress": False, "tensorboard": False, "plot": False},
     }
     for name, values in sections.items():
@@ -62,7 +62,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A completed run: metrics 1..6, final/, checkpoints at steps 2 and 4."""
+    """A completed run: metrics 1..6, final/, checkpoints at steps 2, 4 and 6."""
     folder = tmp_path_factory.mktemp("base")
     (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     assert main(["train", str(write_config(folder, folder / "run"))]) == 0
@@ -71,8 +71,10 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run(base: Path, tmp_path: Path) -> Path:
-    """A private copy of the completed run (same data file, so the config matches)."""
+    """A private copy of the completed run (same data file, so the config matches), without its
+    last checkpoint: as if it had been stopped after step 5, so resuming trains steps 5–6."""
     shutil.copytree(base / "run", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000006")
     return tmp_path / "run"
 
 
@@ -347,7 +349,9 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoints(
     line = one_line(capsys.readouterr().err)
     assert f"disk full (no space left on device) while writing {run / written}" in line, line
     assert {name: digest(run / name) for name in (STEP2, STEP4, "final")} == kept
-    assert not list(run.rglob(".tmp-*")) and not (run / STEP6).exists()
+    assert not list(run.rglob(".tmp-*"))
+    # A failed step-6 checkpoint leaves nothing; a failed final/ leaves the last step resumable.
+    assert (run / STEP6 / ckpt.STATE_FILE).is_file() == (written == "final")
 
 
 # --------------------------------------------------------------------- online, folders
@@ -368,6 +372,7 @@ def test_online_run_twice_keeps_the_first_and_resume_applies_lr(tmp_path: Path, 
     first = digest(out)
     assert main(["train", str(config)]) == 0
     assert digest(moved(out)) == first and "moved the earlier run" in capsys.readouterr().err
+    shutil.rmtree(out / STEP4)  # as if stopped after step 3: resuming trains steps 3–4
     assert main(["train", str(config), "checkpoint.resume=true", "optim.lr=0.02"]) == 0
     assert "applied the changed optim.lr 0.01 → 0.02" in capsys.readouterr().err
     assert [r["lr"] for r in metrics(out)] == [1e-2, 1e-2, 2e-2, 2e-2]

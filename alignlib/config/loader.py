@@ -89,10 +89,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def merge_sections(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, nested dicts merged key by key (new dicts; leaves shared)."""
+    """``base`` updated by ``extra``, nested dicts merged key by key (new dicts; leaves shared).
+    An empty mapping in ``extra`` replaces the whole mapping (``algorithm.params={}`` clears a
+    file's params)."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = merge_sections(merged[key], value)
         else:
             merged[key] = value
@@ -128,7 +130,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     if path is not None:
         config = _resolve_paths(config, Path(path).parent, where)
         check_reward_modules(config, Path(path).parent, where)
-    check_names(config, where)
+    renamed = "name" in given.get("algorithm", {}) and "params" not in given.get("algorithm", {})
+    check_names(config, where, renamed)
     return config
 
 
@@ -229,8 +232,9 @@ def _module_beside(spec: str, base: Path) -> Path | None:
     return next((p.resolve() for p in candidates if p.is_file()), None)
 
 
-def check_names(config: RunConfig, where: str) -> None:
-    """Preset and component names (and preset parameters) must exist: say which key is wrong."""
+def check_names(config: RunConfig, where: str, renamed: bool = False) -> None:
+    """Preset and component names (and preset parameters) must exist: say which key is wrong.
+    ``renamed``: the command line changed algorithm.name, so the params came from the file."""
     import alignlib.algorithms as algorithms
     from alignlib.estimator import registry as component_registry
 
@@ -239,7 +243,8 @@ def check_names(config: RunConfig, where: str) -> None:
 
     algo = config.algorithm
     if algo.name is not None:
-        check_preset_params(algo.name, algo.params, "algorithm", where)
+        hint = " (the command line changed algorithm.name: algorithm.params={} drops them)"
+        check_preset_params(algo.name, algo.params, "algorithm", where, hint if renamed else "")
         check_preset_values(config, where)
     for i, entry in enumerate(algo.mix or []):
         key = f"algorithm.mix[{i}]"
@@ -262,7 +267,9 @@ def check_names(config: RunConfig, where: str) -> None:
             fail("algorithm.components" if algo.mix is None else "algorithm.mix", exc)
 
 
-def check_preset_params(name: str, params: dict[str, Any], key: str, where: str) -> None:
+def check_preset_params(
+    name: str, params: dict[str, Any], key: str, where: str, hint: str = ""
+) -> None:
     """``key``.name must be a preset and each of ``key``.params one of its parameters."""
     import alignlib.algorithms as algorithms
     from alignlib.estimator.registry import RegistryError
@@ -275,7 +282,7 @@ def check_preset_params(name: str, params: dict[str, Any], key: str, where: str)
         if param not in valid:
             raise ConfigError(
                 f"{where}: {key}.params.{param}: not a parameter of {name}"
-                f"{did_you_mean(param, valid)}; valid: {', '.join(valid)}"
+                f"{did_you_mean(param, valid)}; valid: {', '.join(valid)}{hint}"
             )
 
 

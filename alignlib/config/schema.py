@@ -218,7 +218,7 @@ class CheckpointConfig(Section):
     complete)."""
     resume: bool | str = False
     """`true`: continue from the newest loadable checkpoint in output_dir (a truncated newer one
-    is skipped with a warning); a path (`runs/dpo/checkpoints/step-6`): continue from that
+    is skipped with a warning); a path (`runs/dpo/checkpoints/step-0000006`): continue from that
     checkpoint folder; the metrics continue exactly. The checkpoint must come from the
     same config: a changed model, data, algorithm, LoRA, batch size or seed is refused; a changed
     learning rate or schedule, max_steps, micro-batch size, logging or checkpointing is applied
@@ -237,9 +237,24 @@ class CheckpointConfig(Section):
         if not (folder / CHECKPOINT_STATE).is_file():
             raise ValueError(
                 f"{value} is not a checkpoint folder (no {CHECKPOINT_STATE} in it); give a "
-                "checkpoints/step-N folder of a run, or true for the newest one in output_dir"
+                "checkpoints/step-NNNNNNN folder of a run, or true for the newest one in "
+                f"output_dir{checkpoints_beside(folder)}"
             )
         return str(folder)
+
+
+def checkpoints_beside(folder: Path) -> str:
+    """'; checkpoints in DIR: step-…, …' for the loadable checkpoints next to ``folder`` (or in
+    it, when it is a run's checkpoints/ folder), else ''."""
+    for where in (folder, folder.parent):
+        found = (
+            sorted(d.name for d in where.glob("step-*") if (d / CHECKPOINT_STATE).is_file())
+            if where.is_dir()
+            else []
+        )
+        if found:
+            return f"; checkpoints in {where}: {', '.join(found)}"
+    return ""
 
 
 class LoggingConfig(Section):

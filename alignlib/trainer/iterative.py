@@ -173,7 +173,7 @@ class IterativeSource:
         return in_loop_eval(self.state, self.config, self.out_dir, step)
 
     def checkpoint_due(self, step: int) -> bool:
-        return step % self.steps_per_iteration == 0 and step < self.total_steps
+        return step % self.steps_per_iteration == 0
 
     def close(self) -> None:
         """Nothing to release: the engine shares the policy."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from alignlib.config.estimator import build_estimator
 from alignlib.config.schema import DataConfig, RunConfig
+from alignlib.console import quiet_library_bars
 from alignlib.data import Example
 from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
@@ -188,7 +189,8 @@ class Trainer:
         self, config: RunConfig | str | Path | dict[str, Any], world: World | None = None
     ) -> None:
         """``config``: a RunConfig, a YAML path (read with ``load_config``) or a dict of sections
-        (validated like a YAML file's; relative paths are relative to the current folder).
+        (validated like a YAML file's; relative paths are relative to the current folder;
+        `online.rewards` may hold functions, as TRL's ``reward_funcs``).
         ``world``: set inside a data-parallel worker; without it a config with
         `distributed.num_workers` makes this the driver, which loads no model itself."""
         if isinstance(config, (str, Path)):
@@ -197,8 +199,9 @@ class Trainer:
             config = load_config(config)
         elif isinstance(config, dict):
             from alignlib.config.loader import check_names, validate_sections
+            from alignlib.rewards import named_rewards
 
-            config = validate_sections(config, "config dict")
+            config = validate_sections(named_rewards(config), "config dict")
             check_names(config, "config dict")
         elif not isinstance(config, RunConfig):
             raise TypeError(
@@ -206,6 +209,8 @@ class Trainer:
                 f"a dict; got {type(config).__name__}"
             )
         self.config = config
+        if not config.logging.progress:
+            quiet_library_bars()
         self.output_dir = Path(config.output_dir)
         self.world = world or SINGLE
         self.driver = world is None and config.distributed.num_workers > 0

@@ -290,7 +290,7 @@ class OfflineSource:
 
     def checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint.every
-        return bool(every) and step % every == 0 and step < self.total_steps
+        return bool(every) and step % every == 0
 
     def close(self) -> None:
         """Nothing to release."""

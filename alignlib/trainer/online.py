@@ -282,7 +282,7 @@ class OnlineSource:
 
     def checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint.every
-        return bool(every) and step % every == 0 and step < self.total_steps
+        return bool(every) and step % every == 0
 
     def close(self) -> None:
         if self.ahead is not None:

@@ -80,11 +80,24 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     if online.heldout.data is not None:
         check_heldout(config, online.heldout.data)
     check_prompt_count(config, len(rows), source)  # after the errors: a warning, mostly
+    check_offline_sizes(config)
     rollout = config.rollout
     if rollout.num_workers > 0 and rollout.ray_address is not None:
         from alignlib.rollout.ray_cluster import probe_ray_address
 
         probe_ray_address(rollout.ray_address, rollout.timeout_s)
+
+
+def check_offline_sizes(config: RunConfig) -> None:
+    """train.batch_size / micro_batch_size set in an online run (where TRL's
+    per_device_train_batch_size would go) size nothing: a warning naming the keys that do."""
+    ignored = sorted({"batch_size", "micro_batch_size"} & config.train.model_fields_set)
+    if ignored:
+        warn(
+            f"{' and '.join('train.' + k for k in ignored)}: not read by online runs (a step is "
+            "online.prompts_per_step prompts × rollout.n completions, in online.mini_batches "
+            "optimizer steps, forward passes of online.micro_batch_size rows); set those instead"
+        )
 
 
 def check_heldout(config: RunConfig, source: str) -> None:

@@ -1,0 +1,144 @@
+"""What a new user coming from TRL ran into (an audit by hand, 2026-11-29), each pinned: the last
+step's checkpoint so a run can be extended without redoing steps, `algorithm.params={}` on the
+command line, train.batch_size in an online run, reward functions in a Python config, where a
+reward raised, `--traceback`, and the checkpoints a wrong resume path lists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alignlib.cli import main
+from alignlib.config import load_config
+from alignlib.config.loader import ConfigError
+from alignlib.rewards import RewardError, get_reward, named_rewards, score_batch
+
+PAIRS = [
+    {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}"}
+    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
+]
+
+
+def dpo_config(tmp: Path, **sections: Any) -> Path:
+    data = tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    cfg: dict[str, Any] = {
+        "output_dir": str(tmp / "run"),
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": str(data)},
+        "algorithm": {"name": "dpo", "params": {"beta": 0.1}},
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant"},
+        "train": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 2},
+        "checkpoint": {"every": 1},
+        "logging": {"progress": False, "report_to": [], "plot": False},
+    } | sections
+    path = tmp / "dpo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_last_step_is_checkpointed_so_a_longer_run_continues_it(tmp_path: Path, capsys) -> None:
+    config = str(dpo_config(tmp_path))
+    assert main(["train", config]) == 0
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "step-0000002" / "trainer_state.pt").is_file()
+    capsys.readouterr()
+    assert main(["train", config, "checkpoint.resume=true", "train.max_steps=3"]) == 0
+    assert "(step 2)" in capsys.readouterr().err
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]  # step 2 is not trained twice
+
+
+def test_an_empty_mapping_override_clears_the_file_s_params(tmp_path: Path) -> None:
+    config = dpo_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"algorithm.params=\{\} drops them") as caught:
+        load_config(config, ["algorithm.name=sft"])
+    assert "\n" not in str(caught.value)
+    cleared = load_config(config, ["algorithm.name=sft", "algorithm.params={}"])
+    assert cleared.algorithm.name == "sft" and cleared.algorithm.params == {}
+    kept = load_config(config, ["algorithm.params.beta=0.2"])  # a key still merges
+    assert kept.algorithm.params == {"beta": 0.2}
+
+
+def test_train_batch_sizes_in_an_online_run_get_a_warning(capsys) -> None:
+    from alignlib.config.schema import RunConfig
+    from alignlib.trainer.preflight_online import check_offline_sizes
+
+    base = {
+        "model": {"name_or_path": "tiny:llama"},
+        "data": {"path": "x.jsonl"},
+        "algorithm": {"name": "grpo"},
+        "rollout": {"n": 2},
+    }
+    check_offline_sizes(RunConfig.model_validate(base))
+    assert capsys.readouterr().err == ""
+    check_offline_sizes(RunConfig.model_validate(base | {"train": {"batch_size": 64}}))
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alignlib: warning: train.batch_size: not read by online runs")
+    assert "online.prompts_per_step" in err and "\n" not in err
+
+
+def length_reward(completions: list[str], **_: Any) -> list[float]:
+    return [float(len(c)) for c in completions]
+
+
+def test_reward_functions_in_a_python_config_are_registered_by_name() -> None:
+    def length_reward_too(completion: str, **_: Any) -> float:
+        return 1.0
+
+    sections = {"online": {"rewards": [length_reward, {"name": length_reward_too, "weight": 2}]}}
+    named = named_rewards(sections)["online"]["rewards"]
+    assert named[0] == {"name": "length_reward"} and get_reward("length_reward") is length_reward
+    assert named[1] == {"name": "length_reward_too", "weight": 2}
+    assert named_rewards(sections)["online"]["rewards"] == named  # the same names again
+
+    def impostor(completion: str, **_: Any) -> float:  # another function, the same name
+        return 0.0
+
+    impostor.__name__ = "length_reward"
+    other = named_rewards({"online": {"rewards": [impostor]}})["online"]["rewards"]
+    assert other == [{"name": "length_reward_2"}] and get_reward("length_reward_2") is impostor
+    assert named_rewards({"online": {"rewards": [{"name": "math"}]}}) == {
+        "online": {"rewards": [{"name": "math"}]}
+    }
+
+
+def broken_batch_reward(completions: list[str], **_: Any) -> list[float]:
+    return [1.0 / len(c[100:]) for c in completions]  # ZeroDivisionError on short answers
+
+
+def test_a_batched_reward_s_failure_names_the_batch_and_the_line() -> None:
+    rows = [{"prompt": "What is 1 + 1?", "answer": "2"}, {"prompt": "Hi", "answer": "3"}]
+    with pytest.raises(RewardError) as caught:
+        score_batch(broken_batch_reward, "broken", ["2", "3"], rows, {})
+    line = str(caught.value)
+    assert (
+        "a batch of 2 completions (the first of the data row with prompt 'What is 1 + 1?'" in line
+    )
+    at = broken_batch_reward.__code__.co_firstlineno + 1
+    assert f"(at {__file__} line {at}, in " in line, line
+
+
+@pytest.mark.parametrize("flag", [[], ["--traceback"]])
+def test_traceback_only_on_request(tmp_path: Path, capsys, flag: list[str]) -> None:
+    assert main([*flag, "train", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alignlib: error: config file") and "does not exist" in err
+    assert ("Traceback (most recent call last)" in err) == bool(flag)
+
+
+def test_a_wrong_resume_path_lists_the_checkpoints_there(tmp_path: Path, capsys) -> None:
+    config = str(dpo_config(tmp_path))
+    assert main(["train", config]) == 0
+    capsys.readouterr()
+    wrong = tmp_path / "run" / "checkpoints" / "step-2"
+    assert main(["train", config, f"checkpoint.resume={wrong}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "step-0000001, step-0000002" in err, err
