@@ -55,7 +55,8 @@ def _config_methods(args: argparse.Namespace) -> int:
     from alignlib.trainer.online_update import online_presets
 
     if args.name is not None:  # an unknown name is one line listing the valid ones
-        print(f"{algorithms.describe(args.name)}\n\n{algorithms.source(args.name)}")
+        described = algorithms.describe(args.name)
+        print(f"{described}\n\ndata: {_rows_needed(args.name)}\n\n{algorithms.source(args.name)}")
         return 0
     online = set(online_presets())
     width = shutil.get_terminal_size((100, 24)).columns
@@ -64,6 +65,26 @@ def _config_methods(args: argparse.Namespace) -> int:
         line = f"{name:<18} {'online' if name in online else 'offline':<8} {first}"
         print(line if len(line) <= width else line[: width - 1] + "…")
     return 0
+
+
+def _rows_needed(name: str) -> str:
+    """What a run of preset ``name`` trains on, in a line: the rows and, online, what else."""
+    from alignlib import algorithms
+    from alignlib.algorithms import router_for
+    from alignlib.config.online import OnlineConfig
+    from alignlib.data.fit import described, wanted_formats
+    from alignlib.trainer.online_update import online_presets
+
+    estimator = algorithms.get(name)
+    if name not in online_presets():
+        formats = " or ".join(described(f, {}) for f in wanted_formats(estimator.terms))
+        return f"offline, {formats} (data.path)"
+    solution = router_for(estimator, OnlineConfig()).needs_demonstrations
+    return (
+        f"online, rows {{prompt, answer{', solution' if solution else ''}}} (data.path; "
+        "data.answer_field renames answer); rollout: samples rollout.n completions per prompt, "
+        "online.rewards score them"
+    )
 
 
 def _plot(args: argparse.Namespace) -> int:

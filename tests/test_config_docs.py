@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from alignlib.config.docs import _section_type, render_markdown
@@ -52,3 +53,25 @@ def test_config_methods_lists_every_preset_with_its_kind_and_paper(capsys) -> No
     assert main(["config", "methods", "tpor"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "did you mean 'tpo'" in error
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [
+        ("dpo", "offline, preference rows {prompt, chosen, rejected}"),
+        ("sft", "offline, sft rows {prompt, completion}"),
+        ("kto", "offline, kto rows {prompt, completion, label}"),
+        ("apo_zero_unpaired", "offline, preference rows {prompt, chosen, rejected} or kto rows"),
+        ("tpo", "offline, tpo rows {prompt, reference, chosen, rejected}"),
+        ("bvpo", "offline, bvpo rows {prompt, chosen, rejected, trace}"),
+        ("grpo", "online, rows {prompt, answer}"),
+        ("hpt", "online, rows {prompt, answer, solution}"),
+    ],
+)
+def test_config_methods_names_the_rows_a_method_trains_on(capsys, name: str, rows: str) -> None:
+    """The format the data check would ask for (data/fit.py), so a new user knows the columns."""
+    from alignlib.cli import main
+
+    assert main(["config", "methods", name]) == 0
+    data = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
+    assert len(data) == 1 and data[0].startswith(f"data: {rows}"), data

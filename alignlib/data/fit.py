@@ -46,6 +46,19 @@ def _selected(term: Any, given: frozenset[Role]) -> frozenset[Role]:
     return roles
 
 
+def wanted_formats(terms: Sequence[Any]) -> list[str]:
+    """The smallest row format giving every role ``terms`` train on (``alignlib config methods``
+    names it), then kto rows where they serve as well (no term compares a pair's two
+    completions); a term selecting rows by trace flag (BVPO) needs `trace` too."""
+    if any(getattr(getattr(t, "rows", None), "trace", None) is not None for t in terms):
+        return ["bvpo"]
+    needed = frozenset().union(*(_selected(t, frozenset()) for t in terms))
+    smallest = next((f for f in WANTED_FORMATS if needed <= roles_of(f)), "tpo")
+    pairwise = any(isinstance(getattr(t, "advantage", None), PairwiseAdvantage) for t in terms)
+    unpaired_too = smallest == "preference" and not pairwise
+    return [smallest, "kto"] if unpaired_too else [smallest]
+
+
 def _imitates_every_row(term: Any) -> bool:
     """A term that raises the likelihood of every row, whatever its role (SFT, an NLL on all
     rows). A term that names its roles (RPO's NLL on chosen rows, an unlikelihood term on
