@@ -74,13 +74,13 @@ class Scale:
 
 FULL = Scale(
     sft_steps=200,
-    prompts=8,
+    prompts=16,
     samples=8,
     updates=48,
     staleness=16,
     every=8,
     heldout=64,
-    lr=1e-3,
+    lr=3e-4,
     seeds=(0, 1, 2),
 )
 QUICK = Scale(

@@ -207,3 +207,32 @@ def test_unknown_fields_name_the_file_and_the_rename() -> None:
     assert "rename 'question' to 'prompt' for format preference" in message
     assert "data.format" in message and "preference {prompt, chosen, rejected}" in message
     assert infer_format({**row, "prompt": row["question"]}, "/x/renamed.jsonl") == "preference"
+
+
+def test_an_answer_under_another_name_points_to_data_answer_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rows = [{"prompt": "What is 2 + 3?", "target": "5"}, {"prompt": "Hi", "target": "2"}]
+    line = train(
+        tmp_path,
+        rows,
+        capsys,
+        algorithm={"name": "grpo"},
+        rollout={"n": 2, "max_new_tokens": 4},
+        online={"prompts_per_step": 2, "micro_batch_size": 4, "rewards": [{"name": "math"}]},
+    )
+    assert "reward 'math' needs field 'answer'" in line
+    assert "data.answer_field: target reads it from 'target'" in line
+
+
+def test_a_misspelled_field_is_named_with_its_fix(tmp_path: Path) -> None:
+    from alignlib.data import DataError
+    from alignlib.data.formats import check_rows
+
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "choosen": "a"}]
+    with pytest.raises(DataError) as caught:
+        check_rows(rows, "preference", "pairs.jsonl")
+    assert str(caught.value) == (
+        "pairs.jsonl row 2: field 'chosen' is missing or empty (the row has 'choosen': rename it "
+        "to 'chosen'?) (format 'preference' needs prompt, chosen, rejected)"
+    )

@@ -142,3 +142,31 @@ def test_a_wrong_resume_path_lists_the_checkpoints_there(tmp_path: Path, capsys)
     assert main(["train", config, f"checkpoint.resume={wrong}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "step-0000001, step-0000002" in err, err
+
+
+def test_a_hub_name_without_network_fails_fast_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No minute of retries: an unreachable Hub means the local cache alone, then one line."""
+    import time
+
+    from huggingface_hub import constants
+
+    import alignlib.models as models
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests set it
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: False)
+    began = time.perf_counter()
+    with pytest.raises(OSError, match="the Hub is unreachable from here and it is not in the"):
+        models.load_model_and_tokenizer("no-such-org/no-such-model-xyz")
+    assert time.perf_counter() - began < 10
+
+
+def test_the_hub_probe_trusts_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    import alignlib.models as models
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert models.hub_reachable(timeout_s=0.1)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert not models.hub_reachable(timeout_s=0.1)

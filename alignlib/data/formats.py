@@ -3,6 +3,7 @@ hub sets through `datasets`), with errors that name the file and row."""
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,13 @@ def check_value_types(row: dict[str, Any], where: str, fields: tuple[str, ...]) 
             )
 
 
+def misspelled(field: str, row: dict[str, Any], required: tuple[str, ...]) -> str:
+    """" (the row has 'choosen': rename it to 'chosen'?)" for a close key the format does not
+    read, else ""."""
+    close = difflib.get_close_matches(field, [k for k in row if k not in required], n=1)
+    return f" (the row has '{close[0]}': rename it to '{field}'?)" if close else ""
+
+
 def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
     """Every row must have the format's fields, non-empty and of the right type."""
     if not rows:
@@ -121,8 +129,9 @@ def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
         for field in required:
             value = row.get(field)
             if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                typo = misspelled(field, row, required)
                 raise DataError(
-                    f"{source} row {index}: field '{field}' is missing or empty "
+                    f"{source} row {index}: field '{field}' is missing or empty{typo} "
                     f"(format '{fmt}' needs {', '.join(required)})"
                 )
         if required == ("messages",):

@@ -150,10 +150,16 @@ class RewardModel:
             plain = fn is None or isinstance(fn, LearnedReward)  # these read no columns
             missing = [] if plain else missing_columns(fn, spec.params, row)
             if missing:
+                others = sorted(set(row) - {"prompt", "solution", missing[0]})
+                rename = (
+                    f"data.answer_field: {others[0]} reads it from {others[0]!r}, or "
+                    if missing[0] == "answer" and len(others) == 1
+                    else ""
+                )
                 raise RewardError(
                     f"{where}: reward {spec.name!r} needs field {missing[0]!r}, which this row "
-                    f"lacks or leaves null (the row has {', '.join(sorted(row))}); fill it in, "
-                    "drop the row, or use rewards that do not need it"
+                    f"lacks or leaves null (the row has {', '.join(sorted(row))}); {rename}fill "
+                    "it in, drop the row, or use rewards that do not need it"
                 )
 
     def check_rows(self, rows: Sequence[dict[str, Any]], source: str) -> None:
