@@ -23,3 +23,9 @@ def constant_or_digit(completion: str, mode: str = "vary", **_: object) -> float
 def one(completion: str, **_: object) -> float:
     """1.0 for every completion: every state's value is known (a critic's fixed point)."""
     return 1.0
+
+
+def matches_target(completion: str, target: str, **_: object) -> float:
+    """1.0 when the completion holds the row's `target` column (a reward that reads a column
+    held-out rows may lack)."""
+    return float(target in completion)

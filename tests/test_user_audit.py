@@ -170,3 +170,41 @@ def test_the_hub_probe_trusts_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert models.hub_reachable(timeout_s=0.1)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert not models.hub_reachable(timeout_s=0.1)
+
+
+def test_heldout_logs_the_run_s_own_reward_when_its_rows_allow(tmp_path: Path, capsys) -> None:
+    """heldout/reward_mean: the greedy completions scored by online.rewards (weights included),
+    so a run whose reward is not math still sees its held-out progress; held-out rows without
+    a column a reward reads get a warning and no such metric, not a crash."""
+    from test_online import make_config
+
+    from alignlib import Trainer
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps({"prompt": "1 + 1?", "answer": "2"}) + "\n")
+    const = {"name": "online_rewards:constant_or_digit", "params": {"mode": "const"}}
+    config = make_config(
+        tmp_path,
+        train={"max_steps": 1},
+        online={"rewards": [{**const, "weight": 0.5}], "heldout": {"data": str(heldout)}},
+    )
+    history = Trainer(load_config(config)).train().history
+    assert [h["heldout/reward_mean"] for h in history if "heldout/accuracy" in h] == [0.5, 0.5]
+    capsys.readouterr()
+    rows = tmp_path / "targets.jsonl"
+    rows.write_text(json.dumps({"prompt": "1 + 1?", "answer": "2", "target": "2"}) + "\n")
+    reads_target = {"name": "online_rewards:matches_target"}
+    config = make_config(
+        tmp_path,
+        "run2",
+        data={"path": str(rows)},
+        train={"max_steps": 1},
+        online={
+            "rewards": [reads_target],
+            "heldout": {"data": str(heldout)},
+            "prompts_per_step": 1,
+        },
+    )
+    history = Trainer(load_config(config)).train().history
+    assert not any("heldout/reward_mean" in h for h in history)
+    assert "warning: heldout/reward_mean is not logged" in capsys.readouterr().err

@@ -128,7 +128,8 @@ class HeldoutConfig(Section):
     data: str | None = None
     """Held-out prompts {prompt, answer} (a file, relative to the config file's folder like
     data.path, or `builtin:NAME`) whose greedy accuracy is logged as `heldout/accuracy` before
-    training and every `every` steps; null: none."""
+    training and every `every` steps, with the mean of online.rewards on the same completions
+    as `heldout/reward_mean` (when the rows hold the columns the rewards read); null: none."""
     size: int | None = Field(64, gt=0)
     """Use the first N held-out prompts (null: all)."""
     every: int | None = Field(10, gt=0)

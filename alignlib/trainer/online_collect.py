@@ -11,13 +11,14 @@ from dataclasses import replace
 from typing import Any
 
 from alignlib.config.schema import RunConfig
+from alignlib.console import warn
 from alignlib.data import load_rows
 from alignlib.data.collate import prompt_ids as encode_prompt
 from alignlib.device import resolve_device
 from alignlib.estimator import RowPlan
 from alignlib.estimator.routing import Router
 from alignlib.eval.metrics import doubling_ks, pass_at_k
-from alignlib.rewards import extract_boxed, grade_many
+from alignlib.rewards import RewardError, extract_boxed, grade_many
 from alignlib.rollout.base import Generation, RolloutEngine, SamplingParams
 from alignlib.rollout.episode_router import episodes_for
 from alignlib.trainer.completions_log import CompletionLog
@@ -91,6 +92,9 @@ class RolloutCollector:
         self.sampler = Sampler(
             len(self.rows), self.online.prompts_per_step, config.train.seed, data.shuffle
         )
+        self.heldout_scored = True
+        """Whether held-out completions are scored with ``online.rewards`` too (their rows hold
+        the columns the rewards read)."""
         self.log: CompletionLog | None = None
         """Where the sampled completions are written (``logging.completions``), when set."""
 
@@ -104,6 +108,11 @@ class RolloutCollector:
         )
         if not rows or not all("prompt" in r and "answer" in r for r in rows):
             raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
+        try:  # the run's own rewards too, when the held-out rows hold what they read
+            self.rewards.check_rows(rows, f"online.heldout.data {spec.data}")
+        except RewardError as exc:
+            warn(f"heldout/reward_mean is not logged: {exc}")
+            self.heldout_scored = False
         return [self.prompt_tokens(r) for r in rows], rows
 
     def sample(
@@ -126,7 +135,8 @@ class RolloutCollector:
         self, engine: RolloutEngine, heldout: Heldout, cap: int, step: int
     ) -> dict[str, float]:
         """Greedy accuracy on held-out prompts (the same episodes training samples), with the
-        share of boxed answers and the length; with ``online.heldout.samples`` > 1, pass@k of
+        share of boxed answers, the length and the run's own mean reward (`online.rewards`, which
+        need not be math); with ``online.heldout.samples`` > 1, pass@k of
         that many sampled completions too."""
         prompt_ids, rows = heldout
         greedy = SamplingParams(temperature=0, max_new_tokens=cap)
@@ -139,6 +149,11 @@ class RolloutCollector:
             "heldout/boxed_frac": sum(extract_boxed(t) is not None for t in texts) / count,
             "heldout/response_length": sum(len(g[0].token_ids) for g in generations) / count,
         }
+        if self.heldout_scored:
+            scored = score_rollouts(
+                self.rewards, rows, prompt_ids, generations, 0.0, self.tokenizer
+            )
+            metrics["heldout/reward_mean"] = float(scored.rewards.mean())
         if self.episodes is not None:
             metrics["heldout/turns"] = sum(g[0].turns for g in generations) / count
         if self.online.heldout.samples > 1:
