@@ -208,3 +208,33 @@ def test_heldout_logs_the_run_s_own_reward_when_its_rows_allow(tmp_path: Path, c
     history = Trainer(load_config(config)).train().history
     assert not any("heldout/reward_mean" in h for h in history)
     assert "warning: heldout/reward_mean is not logged" in capsys.readouterr().err
+
+
+def test_a_list_item_override_says_to_give_the_whole_list(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(dpo_config(tmp_path), ["online.rewards[0].weight=2"])
+    assert str(caught.value) == (
+        "override 'online.rewards[0].weight=2': one item of a list cannot be set alone; give "
+        "the whole list, e.g. online.rewards='[{name: math, weight: 2}]'"
+    )
+
+
+def test_online_rows_may_keep_their_prompt_under_another_name(tmp_path: Path, capsys) -> None:
+    """GSM8K's {question, answer}: data.prompt_field reads the prompt there (training rows and
+    held-out rows); without it, the missing prompt's line names the key."""
+    from test_online import make_config
+
+    from alignlib import Trainer
+
+    rows = [{"question": f"What is {a} + {a}?", "target": str(2 * a)} for a in range(1, 5)]
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sections = {"train": {"max_steps": 1}, "online": {"heldout": {"data": str(data)}}}
+    config = make_config(tmp_path, data={"path": str(data), "answer_field": "target"}, **sections)
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "row 1: field 'prompt' is missing or empty" in line
+    assert "this row has question, target; data.prompt_field: question reads it from there" in line
+    history = Trainer(load_config(config, ["data.prompt_field=question"])).train().history
+    assert history[-1]["rollout/reward_mean"] >= 0 and "heldout/accuracy" in history[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = raw
         target = nested
         parts = key.strip().split(".")
+        indexed = next((p for p in parts if re.fullmatch(r"\w+\[\d+\]", p)), None)
+        if indexed is not None:
+            whole = ".".join([*parts[: parts.index(indexed)], indexed.split("[")[0]])
+            raise ConfigError(
+                f"override {item!r}: one item of a list cannot be set alone; give the whole "
+                f"list, e.g. {whole}='[{{name: math, weight: 2}}]'"
+            )
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):

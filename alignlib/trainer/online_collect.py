@@ -24,7 +24,7 @@ from alignlib.rollout.episode_router import episodes_for
 from alignlib.trainer.completions_log import CompletionLog
 from alignlib.trainer.offline import Sampler
 from alignlib.trainer.online_engine import EngineHandle
-from alignlib.trainer.online_rewards import RewardModel, with_answer_field
+from alignlib.trainer.online_rewards import RewardModel, online_rows
 from alignlib.trainer.online_rollout import (
     Rollouts,
     TrainRows,
@@ -64,9 +64,7 @@ class RolloutCollector:
         self.config, self.rollout, self.online = config, config.rollout, config.online
         self.tokenizer, self.router, self.distinguishing = tokenizer, router, distinguishing
         data, where = config.data, f"data.path {config.data.path}"
-        self.rows = with_answer_field(
-            load_rows(data.path, data.split, data.limit), data.answer_field
-        )
+        self.rows = online_rows(load_rows(data.path, data.split, data.limit), data)
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"{where}: online training needs rows with 'prompt'")
         online = self.online  # one environment, or each row's; None: one turn per completion
@@ -103,9 +101,7 @@ class RolloutCollector:
         spec = self.online.heldout
         if spec.data is None:
             return None
-        rows = with_answer_field(
-            load_rows(spec.data, "train", spec.size), self.config.data.answer_field
-        )
+        rows = online_rows(load_rows(spec.data, "train", spec.size), self.config.data)
         if not rows or not all("prompt" in r and "answer" in r for r in rows):
             raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
         try:  # the run's own rewards too, when the held-out rows hold what they read

@@ -62,6 +62,14 @@ ENVIRONMENT = "environment"
 which includes its turn rewards)."""
 
 
+def online_rows(rows: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
+    """Rows with `prompt` read from `data.prompt_field` and `answer` from `data.answer_field`
+    (``data``: the run's DataConfig); the columns keep their names too."""
+    if data.prompt_field != "prompt":
+        rows = [{**row, "prompt": row.get(data.prompt_field)} for row in rows]
+    return with_answer_field(rows, data.answer_field)
+
+
 def with_answer_field(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
     """Rows whose `answer` is the `data.answer_field` column (TRL calls it `solution`): the
     math grader and every reward read the gold answer as `answer`; the column keeps its name."""

@@ -18,23 +18,29 @@ from alignlib.data.formats import check_value_types
 from alignlib.estimator import Role, RolloutCorrection, Router, UnifiedEstimator, rollout_correction
 from alignlib.estimator.registry import ParameterError
 
+PROMPT_NAMES = ("question", "problem", "query", "instruction", "input")
+"""Columns other data sets keep their prompt in (a missing `prompt` beside one of them names
+data.prompt_field)."""
 
-def check_prompts(rows: list[dict[str, Any]], source: str) -> None:
+
+def check_prompts(rows: list[dict[str, Any]], source: str, field: str = "prompt") -> None:
     """Every row needs a prompt that is text (a number fails deep inside the tokenizer)."""
     for index, row in enumerate(rows, start=1):
-        if row.get("prompt") in (None, "", []):
+        if row.get(field) in (None, "", []):
+            named = [k for k in PROMPT_NAMES if k in row] if field == "prompt" else []
+            hint = f"; data.prompt_field: {named[0]} reads it from there" if named else ""
             raise DataError(
-                f"{source} row {index}: field 'prompt' is missing or empty (online rows are "
-                f"{{prompt, answer[, solution]}}; this row has {', '.join(sorted(row))})"
+                f"{source} row {index}: field '{field}' is missing or empty (online rows are "
+                f"{{prompt, answer[, solution]}}; this row has {', '.join(sorted(row))}{hint})"
             )
-        check_value_types(row, f"{source} row {index}", ("prompt",))
+        check_value_types({"prompt": row.get(field)}, f"{source} row {index}", ("prompt",))
 
 
 def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     """The estimator (with its rollout correction), rewards (names, parameters, columns on every
     row), the answer and demonstration columns, held-out rows and the Ray address."""
     from alignlib.algorithms import router_for
-    from alignlib.trainer.online_rewards import RewardModel, with_answer_field
+    from alignlib.trainer.online_rewards import RewardModel, online_rows
     from alignlib.trainer.online_update import check_online_estimator
 
     assert config.rollout is not None
@@ -48,9 +54,9 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     correction = check_rollout_correction(config, estimator)
     check_online_estimator(estimator.with_rollout_correction(correction), config.algorithm.name)
     rows = load_rows(source, data.split, data.limit)
-    check_prompts(rows, source)
+    check_prompts(rows, source, data.prompt_field)
     check_answer_field(rows, source, data.answer_field)
-    rows = with_answer_field(rows, data.answer_field)
+    rows = online_rows(rows, data)
     environment_rewards = check_environments(config, rows, source)
     RewardModel(
         online.rewards,
@@ -103,12 +109,13 @@ def check_offline_sizes(config: RunConfig) -> None:
 def check_heldout(config: RunConfig, source: str) -> None:
     """Held-out rows: a prompt, an answer to grade against, and (with several environments)
     the environment each plays."""
-    from alignlib.trainer.online_rewards import with_answer_field
+    from alignlib.trainer.online_rewards import online_rows
 
     online, answer_field = config.online, config.data.answer_field
     rows = load_rows(source, "train", online.heldout.size)
-    check_prompts(rows, source)
-    for index, row in enumerate(with_answer_field(rows, answer_field), start=1):
+    check_prompts(rows, source, config.data.prompt_field)
+    rows = online_rows(rows, config.data)
+    for index, row in enumerate(rows, start=1):
         if row.get("answer") is None:
             raise DataError(
                 f"{source} row {index}: held-out rows need an '{answer_field}' (it would be "
