@@ -178,3 +178,20 @@ def test_otb_variance_quick(tmp_path: Path) -> None:
     assert run["none"]["distance_from_none"] == 0.0
     lower = run["otb"]["variance"] < run["group_mean"]["variance"]
     assert results["claim_holds"] == lower
+
+
+def test_m2po_stale_quick(tmp_path: Path) -> None:
+    results = run_quick("m2po_stale.py", tmp_path)
+    assert (tmp_path / "m2po_stale.png").stat().st_size > 10_000
+    scale = results["setting"]["scale"]
+    run = results["runs"]["0"]
+    assert set(run) == {"on_policy", "grpo", "no_trust_region", "m2po", "m2po_released"}
+    for name, curve in run.items():  # evaluated before training and after the last update
+        assert curve["update"][0] == 0 and curve["update"][-1] == scale["updates"]
+        assert len(curve["reward"]) == len(curve["masked"]) == scale["updates"]
+        assert all(0 <= share <= 1 for share in curve["masked"])
+        if name in ("on_policy", "no_trust_region"):  # nothing to clip or mask
+            assert curve["masked"] == [0.0] * scale["updates"]
+    starts = {c["accuracy"][0] for c in run.values()}
+    assert len(starts) == 1  # every method starts from μ's weights
+    assert results["claim_holds"] == all(results["claims"].values())
