@@ -140,10 +140,24 @@ def test_a_missing_field_is_absent_not_null(tmp_path: Path) -> None:
     assert rows[1] == {"prompt": "b"}
 
 
-def test_online_row_without_answer_lists_only_its_fields(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [  # only the row's own fields listed; an answer under one other name: the key to set
+        (
+            [{"prompt": "What is 2 + 3?", "answer": "5"}, {"prompt": "Hi", "solution": "5"}],
+            "row 2: reward 'math' needs field 'answer', which this row lacks or leaves null (the "
+            "row has prompt, solution)",
+        ),
+        (
+            [{"prompt": "What is 2 + 3?", "target": "5"}, {"prompt": "Hi", "target": "2"}],
+            "row 1: reward 'math' needs field 'answer', which this row lacks or leaves null (the "
+            "row has prompt, target); data.answer_field: target reads it from 'target'",
+        ),
+    ],
+)
+def test_online_row_without_answer_lists_its_fields_and_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture, rows: list[dict], expected: str
 ) -> None:
-    rows = [{"prompt": "What is 2 + 3?", "answer": "5"}, {"prompt": "Hi", "solution": "It is 5"}]
     line = train(
         tmp_path,
         rows,
@@ -152,8 +166,7 @@ def test_online_row_without_answer_lists_only_its_fields(
         rollout={"n": 2, "max_new_tokens": 4},
         online={"prompts_per_step": 2, "micro_batch_size": 4, "rewards": [{"name": "math"}]},
     )
-    assert "data.jsonl row 2: reward 'math' needs field 'answer'" in line
-    assert "(the row has prompt, solution)" in line
+    assert f"data.jsonl {expected}" in line
 
 
 def test_a_malformed_line_is_named_by_file_and_line(tmp_path: Path) -> None:
@@ -207,22 +220,6 @@ def test_unknown_fields_name_the_file_and_the_rename() -> None:
     assert "rename 'question' to 'prompt' for format preference" in message
     assert "data.format" in message and "preference {prompt, chosen, rejected}" in message
     assert infer_format({**row, "prompt": row["question"]}, "/x/renamed.jsonl") == "preference"
-
-
-def test_an_answer_under_another_name_points_to_data_answer_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    rows = [{"prompt": "What is 2 + 3?", "target": "5"}, {"prompt": "Hi", "target": "2"}]
-    line = train(
-        tmp_path,
-        rows,
-        capsys,
-        algorithm={"name": "grpo"},
-        rollout={"n": 2, "max_new_tokens": 4},
-        online={"prompts_per_step": 2, "micro_batch_size": 4, "rewards": [{"name": "math"}]},
-    )
-    assert "reward 'math' needs field 'answer'" in line
-    assert "data.answer_field: target reads it from 'target'" in line
 
 
 def test_a_misspelled_field_is_named_with_its_fix(tmp_path: Path) -> None:
