@@ -16,7 +16,7 @@ few updates, greedy accuracy on 64 other unseen problems. Methods: `on_policy` (
 `grpo` (GRPO's clip, ε = 0.2), `no_trust_region` (the unclipped ratio), `m2po` (the preset,
 the paper's mask, τ = 0.04) and `m2po_released` (the released code's budgeted clip).
 
-    python examples/m2po_stale.py            # 3 seeds
+    python examples/m2po_stale.py            # 3 seeds, 16 min on 2 CPU cores
     python examples/m2po_stale.py --quick    # plumbing check, seconds
 
 Writes results.json and m2po_stale.png to --out (default examples/results/m2po_stale).
