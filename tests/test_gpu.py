@@ -58,7 +58,8 @@ def test_resume_on_cuda_continues_the_run(tmp_path: Path) -> None:
     full = Trainer(load_config(write_config(tmp_path, "sft", ACCELERATOR), steps)).train()
     second = tmp_path / "resumed"
     second.mkdir()
-    shutil.copytree(full.output_dir / "checkpoints", second / "checkpoints")
+    step2 = Path("checkpoints") / "step-0000002"  # as if stopped after step 3
+    shutil.copytree(full.output_dir / step2, second / step2)
     overrides = [*steps, f"output_dir={second}", "checkpoint.resume=true"]
     resumed = Trainer(load_config(write_config(tmp_path, "sft", ACCELERATOR), overrides)).train()
     want = [h["loss"] for h in full.history[2:]]
