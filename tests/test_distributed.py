@@ -142,7 +142,7 @@ def test_a_two_worker_checkpoint_resumes_on_any_number_of_workers(
     full = Trainer(load_config(write(tmp_path, "full", 2, "dpo", **extra))).train()
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
-    shutil.copytree(full.output_dir / "checkpoints", resumed_dir / "checkpoints")
+    copy_all_but_the_last_checkpoint(full.output_dir, resumed_dir)
     path = write(tmp_path, "resumed", workers if workers > 1 else 0, "dpo", **extra)
     resumed = Trainer(load_config(path, ["checkpoint.resume=true"])).train()
     for want, got in zip(full.history[2:], resumed.history, strict=True):
@@ -166,11 +166,18 @@ def test_a_killed_worker_ends_the_run_with_one_line(
         Trainer(load_config(path)).train()
 
 
+def copy_all_but_the_last_checkpoint(run_dir: Path, folder: Path) -> None:
+    """``run_dir``'s checkpoints without its last step's, into ``folder``: a run stopped after
+    step 3 of 4, so resuming trains steps 3 and 4."""
+    shutil.copytree(run_dir / "checkpoints", folder / "checkpoints")
+    shutil.rmtree(max((folder / "checkpoints").glob("step-*")))
+
+
 def resumed_on_one_fsdp2_worker(tmp: Path, run: Any, algorithm: str, extra: dict[str, Any]) -> Any:
-    """A run on one FSDP2 worker resumed from a copy of ``run``'s checkpoints."""
+    """A run on one FSDP2 worker resumed from a copy of ``run``'s checkpoints but the last."""
     folder = tmp / "resumed"
     folder.mkdir()
-    shutil.copytree(run.output_dir / "checkpoints", folder / "checkpoints")
+    copy_all_but_the_last_checkpoint(run.output_dir, folder)
     path = write(tmp, "resumed", 1, algorithm, **extra, distributed={"strategy": "fsdp2"})
     return Trainer(load_config(path, ["checkpoint.resume=true"])).train()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_reliability_runs import one_line, write_config
 
 from alignlib.cli import main
@@ -44,6 +45,9 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         rollout={"n": 2, "max_new_tokens": 4},
         online={"prompts_per_step": 2, "micro_batch_size": 4},
     )
+    sections = yaml.safe_load(path.read_text())  # the offline base's batch sizes: not online's
+    sections["train"] = {k: v for k, v in sections["train"].items() if "batch_size" not in k}
+    path.write_text(yaml.safe_dump(sections))
     return str(path)
 
 
