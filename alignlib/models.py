@@ -7,7 +7,6 @@ SmolLM2 and the random `tiny:` models.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import json
@@ -15,7 +14,6 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignlib.hub import hub_offline, hub_reachable, why_not_fetched
 from alignlib.suggest import did_you_mean
 
 BUNDLED_PREFIX = "bundled:"
@@ -171,61 +170,14 @@ def load_model_and_tokenizer(
     except OSError as err:
         if Path(source).is_dir():
             raise
-        from huggingface_hub import constants
-
-        why = (
-            "HF_HUB_OFFLINE is set"
-            if constants.HF_HUB_OFFLINE
-            else "the Hub is unreachable from here and it is not in the local cache"
-            if cached_only
-            else "no such repository?"
-        )
         raise OSError(
             f"{key}: {name!r} is not a local folder and could not be fetched from the Hub "
-            f"({why}); give {MODEL_KINDS}"
+            f"({why_not_fetched(cached_only)}); give {MODEL_KINDS}"
         ) from err
     tokenizer = _checked_tokenizer(tokenizer, source)
     if head == "score":  # batched scoring finds each row's last token by it
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hub's endpoint opens within ``timeout_s`` (False at
-    once when HF_HUB_OFFLINE is set; True, untested, behind a proxy)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-    if any(os.environ.get(name) for name in proxies):
-        return True  # the client goes through the proxy; a direct connection says nothing
-    endpoint = urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def hub_offline(offline: bool) -> Iterator[None]:
-    """Within it, the Hub client (and transformers through it) reads only the local cache when
-    ``offline``: passing local_files_only alone still lets transformers look for an adapter
-    online."""
-    if not offline:
-        yield
-        return
-    from unittest import mock
-
-    from huggingface_hub import constants
-
-    with mock.patch.object(constants, "HF_HUB_OFFLINE", True):
-        yield
 
 
 def _weights_source(name: str, cache_dir: str | os.PathLike[str] | None, key: str) -> str:

@@ -163,13 +163,13 @@ def test_a_hub_name_without_network_fails_fast_in_one_line(monkeypatch: pytest.M
 def test_the_hub_probe_trusts_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
-    import alignlib.models as models
+    from alignlib.hub import hub_reachable
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert models.hub_reachable(timeout_s=0.1)
+    assert hub_reachable(timeout_s=0.1)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert not models.hub_reachable(timeout_s=0.1)
+    assert not hub_reachable(timeout_s=0.1)
 
 
 def test_heldout_logs_the_run_s_own_reward_when_its_rows_allow(tmp_path: Path, capsys) -> None:

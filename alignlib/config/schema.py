@@ -244,14 +244,10 @@ class CheckpointConfig(Section):
 
 
 def checkpoints_beside(folder: Path) -> str:
-    """'; checkpoints in DIR: step-…, …' for the loadable checkpoints next to ``folder`` (or in
-    it, when it is a run's checkpoints/ folder), else ''."""
+    """'; checkpoints in DIR: step-…' for the loadable checkpoints in ``folder`` (a run's
+    checkpoints/) or next to it, else ''."""
     for where in (folder, folder.parent):
-        found = (
-            sorted(d.name for d in where.glob("step-*") if (d / CHECKPOINT_STATE).is_file())
-            if where.is_dir()
-            else []
-        )
+        found = sorted(d.name for d in where.glob("step-*") if (d / CHECKPOINT_STATE).is_file())
         if found:
             return f"; checkpoints in {where}: {', '.join(found)}"
     return ""
