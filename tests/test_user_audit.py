@@ -238,3 +238,20 @@ def test_online_rows_may_keep_their_prompt_under_another_name(tmp_path: Path, ca
     assert "this row has question, target; data.prompt_field: question reads it from there" in line
     history = Trainer(load_config(config, ["data.prompt_field=question"])).train().history
     assert history[-1]["rollout/reward_mean"] >= 0 and "heldout/accuracy" in history[-1]
+
+
+def test_no_progress_means_no_library_bars_either() -> None:
+    """logging.progress: false also silences transformers' and the Hub's own bars (loading
+    weights, writing shards), which printed through it."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    from alignlib.console import quiet_library_bars
+
+    try:
+        quiet_library_bars()
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert are_progress_bars_disabled()
+    finally:
+        transformers_logging.enable_progress_bar()
+        enable_progress_bars()
