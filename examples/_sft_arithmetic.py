@@ -215,6 +215,29 @@ def greedy_scores(model: Any, tokenizer: Any, heldout: list[Problem]) -> tuple[f
     return sum(right) / len(texts), sum(boxed) / len(texts)
 
 
+def write_claims(
+    args: argparse.Namespace,
+    scale: Any,
+    runs: dict[int, dict[str, Any]],
+    seconds: float,
+    claims: dict[str, bool],
+    **extra: Any,
+) -> Path:
+    """results.json in ``args.out``: the setting, the seconds, ``extra``, the claims (each
+    checked seed by seed), whether all hold, and the runs."""
+    return write_results(
+        args.out,
+        {
+            "setting": {"quick": args.quick, "scale": scale.__dict__},
+            "seconds": seconds,
+            **extra,
+            "claims": claims,
+            "claim_holds": all(claims.values()),
+            "runs": runs,
+        },
+    )
+
+
 def write_results(out: Path, results: dict[str, Any]) -> Path:
     """results.json in ``out`` (created): floats to 4 significant digits, lists of numbers on
     one line, so the file stays short and diffs stay readable."""

@@ -42,7 +42,7 @@ from _sft_arithmetic import (
     run_seeds,
     sampled_answers,
     taught_policy,
-    write_results,
+    write_claims,
 )
 
 from alignlib import algorithms
@@ -247,15 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         for seed, run in runs.items()
     }
-    results = {
-        "setting": {"quick": args.quick, "scale": scale.__dict__},
-        "seconds": seconds,
-        "summary": summary,
-        "claims": held,
-        "claim_holds": all(held.values()),
-        "runs": runs,
-    }
-    path = write_results(args.out, results)
+    path = write_claims(args, scale, runs, seconds, held, summary=summary)
     print(f"{path} and {plot(runs, args.out)} ({seconds:.0f} s)")
     for seed, methods in summary.items():
         print(f"seed {seed}:")

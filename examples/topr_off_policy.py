@@ -42,7 +42,7 @@ from _sft_arithmetic import (
     run_seeds,
     sampled_answers,
     taught_policy,
-    write_results,
+    write_claims,
 )
 
 from alignlib import algorithms
@@ -207,14 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     scale = QUICK if args.quick else FULL
     runs, seconds = run_seeds(run_seed, scale)
     held = claims(runs)
-    results = {
-        "setting": {"quick": args.quick, "scale": scale.__dict__},
-        "seconds": seconds,
-        "claims": held,
-        "claim_holds": all(held.values()),
-        "runs": runs,
-    }
-    path = write_results(args.out, results)
+    path = write_claims(args, scale, runs, seconds, held)
     print(f"{path} and {plot(runs, args.out)} ({seconds:.0f} s)")
     for seed, run in runs.items():
         print(f"seed {seed}: {run['right_fraction']:.2f} of the set right")
