@@ -255,3 +255,15 @@ def test_no_progress_means_no_library_bars_either() -> None:
     finally:
         transformers_logging.enable_progress_bar()
         enable_progress_bars()
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path: Path, capsys) -> None:
+    config = str(dpo_config(tmp_path))
+    assert main(["train", config]) == 0
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", config, "checkpoint.resume=true"]) == 0
+    assert "nothing left to train: the checkpoint is at step 2 of 2; raise train.max_steps" in (
+        capsys.readouterr().err
+    )
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

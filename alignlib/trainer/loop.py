@@ -24,7 +24,7 @@ from torch import nn
 
 from alignlib.config.estimator import build_estimator
 from alignlib.config.schema import DataConfig, RunConfig
-from alignlib.console import quiet_library_bars
+from alignlib.console import notice, quiet_library_bars
 from alignlib.data import Example
 from alignlib.device import Placement
 from alignlib.estimator import UnifiedEstimator
@@ -89,6 +89,11 @@ def run(state: TrainState, source: Source, out_dir: Path) -> TrainResult:
         prepare_output_dir(out_dir, continues(config.checkpoint.resume, out_dir))
     world.barrier()
     start = state.restore(out_dir, source.position) if config.checkpoint.resume else 0
+    if start >= source.total_steps and world.is_main:  # a finished run's last checkpoint
+        notice(
+            f"nothing left to train: the checkpoint is at step {start} of {source.total_steps}; "
+            "raise train.max_steps (or train.epochs) to continue the run"
+        )
     logger = run_logger(state, out_dir, source.total_steps, start)
     history: list[dict[str, float]] = []
     seed = config.train.seed
