@@ -10,39 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from test_reliability_runs import PAIRS, metrics, write_config
 
 from alignlib.cli import main
 from alignlib.config import load_config
 from alignlib.config.loader import ConfigError
 from alignlib.rewards import RewardError, get_reward, named_rewards, score_batch
 
-PAIRS = [
-    {"prompt": f"What is {a} + {b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}"}
-    for a, b in [(2, 3), (4, 4), (7, 1), (6, 3)]
-]
 
-
-def dpo_config(tmp: Path, **sections: Any) -> Path:
-    data = tmp / "pairs.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    cfg: dict[str, Any] = {
-        "output_dir": str(tmp / "run"),
-        "model": {"name_or_path": "tiny:llama"},
-        "data": {"path": str(data)},
-        "algorithm": {"name": "dpo", "params": {"beta": 0.1}},
-        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant"},
-        "train": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 2},
-        "checkpoint": {"every": 1},
-        "logging": {"progress": False, "report_to": [], "plot": False},
-    } | sections
-    path = tmp / "dpo.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def dpo_config(tmp: Path) -> Path:
+    """A 2-step DPO run into tmp/run, checkpointed every step (test_reliability_runs' config)."""
+    (tmp / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return write_config(
+        tmp, tmp / "run", train={"micro_batch_size": 2, "max_steps": 2}, checkpoint={"every": 1}
+    )
 
 
 def test_the_last_step_is_checkpointed_so_a_longer_run_continues_it(tmp_path: Path, capsys) -> None:

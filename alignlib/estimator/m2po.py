@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from alignlib.estimator.batch import Batch
-from alignlib.estimator.masks import MASKS, Mask, UnitTerms
-from alignlib.estimator.off_policy_masks import second_moment_keep
+from alignlib.estimator.masks import MASKS, Mask, UnitTerms, clipped_surrogate
+from alignlib.estimator.off_policy_masks import drop_tokens, gap_to_behaviour, second_moment_keep
+from alignlib.estimator.references import log_ratio
 from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Units
 
@@ -38,14 +39,6 @@ SCOPES = ("global", "per_microbatch")
 NEAR = 1e-12
 """The released code's margin around 0 (advantages) and 1 (ratios) when it picks harmful
 tokens."""
-
-
-def present_gap(units: Units) -> Tensor:
-    """[R, U] log π_θ − log π_behaviour, detached (π_behaviour: the engine's log-probs when the
-    batch has them, else π_old; NaN, a token an engine could not score, counts as 0)."""
-    behaviour = units.behaviour if units.behaviour is not None else units.old
-    assert behaviour is not None
-    return torch.nan_to_num(units.logp.detach() - behaviour.detach(), nan=0.0)
 
 
 def rowwise(value: Tensor, rows: int) -> Tensor:
@@ -80,18 +73,16 @@ class M2POMask(Mask):
 
     def keep(self, units: Units) -> Tensor:
         """[R, U] bool: the tokens that still train."""
-        return second_moment_keep(present_gap(units) ** 2, units.mask > 0, self.threshold)
+        gap = gap_to_behaviour(units.logp, units)
+        return second_moment_keep(gap**2, units.mask > 0, self.threshold)
 
     def prepare(self, batch: Batch, units: Units, adv: Tensor) -> dict[str, Tensor]:
         return {"keep": self.keep(units)} if self.scope == "global" else {}
 
     def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
-        keep = prepared["keep"] if self.scope == "global" else self.keep(units)
-        kept = keep.to(terms.weight.dtype)
-        terms.weight = terms.weight * kept
-        terms.value = terms.value * kept
-        terms.indicators["m2_dropped"] = (1 - kept) * units.mask
-        return terms
+        return drop_tokens(
+            units, terms, prepared["keep"] if self.scope == "global" else self.keep(units)
+        )
 
 
 def harmful_second_moment(gap: Tensor, adv: Tensor, valid: Tensor) -> Tensor:
@@ -169,14 +160,11 @@ class M2POClip(Mask):
             low, high, m2 = (prepared[key][:, None] for key in ("low", "high", "m2"))
         else:
             low, high, m2 = self.bounds(units, adv)
-        assert units.old is not None
-        ratio = (units.logp.detach() - units.old.detach()).exp()
-        unclipped = -adv * ratio
-        clipped = -adv * torch.minimum(torch.maximum(ratio, low.to(ratio)), high.to(ratio))
-        strict = clipped > unclipped
+        ratio = log_ratio(units, None).detach().exp()
+        value, strict = clipped_surrogate(ratio, adv, low.to(ratio), high.to(ratio))
         terms.weight = terms.weight * (~strict).to(terms.weight.dtype)
-        terms.value = torch.maximum(unclipped, clipped) * units.mask
+        terms.value = value * units.mask
         terms.indicators["clipfrac"] = strict.to(ratio.dtype)
         terms.indicators["m2po_m2"] = m2.to(ratio) * torch.ones_like(ratio)
-        terms.indicators["ppo_kl"] = (units.old - units.logp).detach()
+        terms.indicators["ppo_kl"] = -log_ratio(units, None).detach()
         return terms

@@ -96,6 +96,16 @@ class CompletionMask(Mask):
     """Only completion tokens pass gradient (always on; listed for completeness)."""
 
 
+def clipped_surrogate(
+    ratio: Tensor, adv: Tensor, low: float | Tensor, high: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """(PPO's per-unit loss max(−Âρ, −Â·clip(ρ, low, high)), where the clipped term is strictly
+    greater: no gradient there); ``low`` / ``high`` floats or tensors broadcasting to ρ."""
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(low, high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 @MASKS.register("ppo_clip")
 @dataclass(frozen=True)
 class PPOClip(Mask):
@@ -122,10 +132,7 @@ class PPOClip(Mask):
     def clip(self, units: Units, adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(per-unit loss value, strictly clipped, dual-clipped), all detached."""
         ratio = log_ratio(units, self.clamp).detach().exp()
-        unclipped = -adv * ratio
-        clipped = -adv * ratio.clamp(1 - self.eps_low, 1 + self.eps_high)
-        strict = clipped > unclipped
-        value = torch.maximum(unclipped, clipped)
+        value, strict = clipped_surrogate(ratio, adv, 1 - self.eps_low, 1 + self.eps_high)
         dual = torch.zeros_like(strict)
         if self.dual_clip is not None:
             bound = -adv * self.dual_clip

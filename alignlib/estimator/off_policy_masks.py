@@ -27,13 +27,28 @@ from alignlib.estimator.registry import check_number
 from alignlib.estimator.units import Units
 
 
-def sequence_drift(units: Units) -> Tensor:
-    """[R] mean over each row's valid units of log π_behaviour − log π_θ (no gradient); the
-    engine's log-probs when the batch has them, else π_old. NaN (a token an engine could not
-    score) counts as no drift."""
+def gap_to_behaviour(logp: Tensor, units: Units) -> Tensor:
+    """[R, U] ``logp`` − log π_behaviour, detached: the engine's log-probs when the batch has
+    them, else π_old; NaN (a token an engine could not score) counts as no gap."""
     behaviour = units.behaviour if units.behaviour is not None else units.old
     assert behaviour is not None
-    gap = torch.nan_to_num(behaviour.detach() - units.logp.detach(), nan=0.0) * units.mask
+    return torch.nan_to_num(logp.detach() - behaviour.detach(), nan=0.0)
+
+
+def drop_tokens(units: Units, terms: UnitTerms, keep: Tensor) -> UnitTerms:
+    """``terms`` with only the ``keep`` tokens passing gradient and loss; the others logged as
+    `m2_dropped`."""
+    kept = keep.to(terms.weight.dtype)
+    terms.weight = terms.weight * kept
+    terms.value = terms.value * kept
+    terms.indicators["m2_dropped"] = (1 - kept) * units.mask
+    return terms
+
+
+def sequence_drift(units: Units) -> Tensor:
+    """[R] mean over each row's valid units of log π_behaviour − log π_θ (no gradient; see
+    :func:`gap_to_behaviour`)."""
+    gap = -gap_to_behaviour(units.logp, units) * units.mask
     return gap.sum(-1) / units.mask.sum(-1).clamp(min=1)
 
 
@@ -107,16 +122,11 @@ class SecondMomentMask(Mask):
 
     def prepare(self, batch: Batch, units: Units, adv: Tensor) -> dict[str, Tensor]:
         assert units.old is not None
-        behaviour = units.old if units.behaviour is None else units.behaviour
-        gap = torch.nan_to_num(units.old.detach() - behaviour.detach(), nan=0.0)
+        gap = gap_to_behaviour(units.old, units)
         return {"keep": second_moment_keep(gap**2, units.mask > 0, self.threshold)}
 
     def counted(self, prepared: dict[str, Tensor]) -> Tensor | None:
         return prepared["keep"]
 
     def apply(self, units: Units, adv: Tensor, terms: UnitTerms, prepared: dict) -> UnitTerms:
-        kept = prepared["keep"].to(terms.weight.dtype)
-        terms.weight = terms.weight * kept
-        terms.value = terms.value * kept
-        terms.indicators["m2_dropped"] = (1 - kept) * units.mask
-        return terms
+        return drop_tokens(units, terms, prepared["keep"])
