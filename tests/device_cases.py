@@ -61,6 +61,7 @@ ONLINE = {
     "topr": {"baseline": 1.0},  # rows below the baseline: the truncated sequence ratio
     "otb": {},  # log Σπ_old² from a head hook in the old pass, on the device
     "m2po": {},  # the second-moment mask from the present policy's no-grad pass, on the device
+    "raft_pp": {},  # a row filter on rewards, then the per-sample mean over the rows kept
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu

@@ -13,6 +13,7 @@ import closed_forms_dpo_family
 import closed_forms_dppo
 import closed_forms_group_baselines
 import closed_forms_m2po
+import closed_forms_minimal_rl
 import closed_forms_process
 import closed_forms_reinforce
 import pytest
@@ -373,6 +374,8 @@ CASES |= closed_forms_reinforce.CASES
 VARIANTS |= closed_forms_reinforce.VARIANTS
 CASES |= closed_forms_m2po.CASES
 VARIANTS |= closed_forms_m2po.VARIANTS
+CASES |= closed_forms_minimal_rl.CASES
+VARIANTS |= closed_forms_minimal_rl.VARIANTS
 
 
 def estimator_for(case: str, overrides: dict):

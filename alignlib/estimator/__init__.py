@@ -45,7 +45,12 @@ from alignlib.estimator.dpo_losses import (
     SPPOHardWeights,
 )
 from alignlib.estimator.entropy_masks import HighEntropyTokens
-from alignlib.estimator.group_baselines import CorrectedGroupMean, LengthWeightedBaseline
+from alignlib.estimator.group_baselines import (
+    CorrectedGroupMean,
+    LengthWeightedBaseline,
+    MixedGroupReward,
+    PositiveReward,
+)
 from alignlib.estimator.kto import KTOWeights
 from alignlib.estimator.m2po import M2POClip, M2POMask
 from alignlib.estimator.masks import (
@@ -56,6 +61,7 @@ from alignlib.estimator.masks import (
     Mask,
     PerRoleMask,
     PPOClip,
+    RewardFilter,
     RowFilter,
 )
 from alignlib.estimator.max_at_k import MaxAtK, PassAtKTraining
@@ -177,6 +183,7 @@ __all__ = [
     "M2POMask",
     "Mask",
     "MaxAtK",
+    "MixedGroupReward",
     "NCAPairWeights",
     "ORPOWeights",
     "OffPolicySequenceMask",
@@ -189,11 +196,13 @@ __all__ = [
     "PerRole",
     "PerRoleMask",
     "PolicyGradientTerm",
+    "PositiveReward",
     "ProcessGroupNormalized",
     "RPOWeights",
     "Reference",
     "Registry",
     "RegistryError",
+    "RewardFilter",
     "RobustDPOWeights",
     "Role",
     "RolloutCorrection",

@@ -7,7 +7,13 @@
 - GPG (Chu et al. 2025, "GPG: A Simple and Strong Reinforcement Learning Baseline for Model
   Reasoning", arXiv 2504.02546): the group mean as baseline, rescaled by α = B / (B − M), M the
   rows of groups whose rewards are all equal, so the rows that carry a signal are not diluted by
-  those that carry none (the authors' ``adjust_gd``; verl ``gpg`` counts differently, below).
+  those that carry none (the authors' ``adjust_gd``; verl ``gpg`` counts differently, below);
+- RAFT++ and Reinforce-Rej (Xiong et al. 2025, "A Minimalist Approach to LLM Reasoning: from
+  Rejection Sampling to Reinforce", arXiv 2504.11343), as their released code computes them
+  (RLHFlow/Minimal-RL, ``compute_raft_outcome_advantage`` and
+  ``compute_reinforce_rej_outcome_advantage``): the reward floored at 0, and the reward itself
+  on the prompts whose rewards differ, 0 on the others (kept in the batch and its
+  denominators; the paper's form drops those rows instead, with a row filter).
 """
 
 from __future__ import annotations
@@ -104,3 +110,45 @@ class CorrectedGroupMean(Advantage):
         else:
             counted = rows & (rewards != 0)
         return rows.sum().to(rewards.dtype) / counted.sum().clamp(min=1).to(rewards.dtype)
+
+
+@ADVANTAGES.register("positive_reward")
+@dataclass(frozen=True)
+class PositiveReward(Advantage):
+    """RAFT's released advantage: Â = max(R, 0), so only positively rewarded rows move (with
+    0/1 or ±1 rewards Â is the indicator of a correct answer); the others keep their tokens in
+    the denominators (:class:`~alignlib.estimator.masks.RewardFilter` removes them instead)."""
+
+    needs: ClassVar[dict[str, str]] = REWARD_NEEDS
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        return AdvantageResult(rewards.clamp(min=0) * rows.to(rewards.dtype))
+
+
+@ADVANTAGES.register("mixed_group_reward")
+@dataclass(frozen=True)
+class MixedGroupReward(Advantage):
+    """Reinforce-Rej's released advantage: Â_i = R_i − c where the rewards of row i's group
+    differ, 0 where they are all equal (a group of one row keeps R − c, as the released code's
+    std of 1 for it); no mean subtracted, no std divided."""
+
+    needs: ClassVar[dict[str, str]] = {
+        "rewards": "Â = R − c reads each row's reward",
+        "group_ids": "rows of a group whose rewards are all equal get Â = 0",
+    }
+    baseline: float = 0.0
+    """c, subtracted from every reward (with 0/1 rewards, reward weight 2 and c = 1 give the
+    paper's ±1)."""
+
+    def __post_init__(self) -> None:
+        check_number("MixedGroupReward", "baseline", self.baseline)
+
+    def compute(self, batch: Batch, rows: Tensor, likelihood: Likelihood) -> AdvantageResult:
+        assert batch.rewards is not None and batch.group_ids is not None
+        rewards = batch.rewards.to(batch.logprobs.dtype)
+        top, bottom = group_extremes(rewards, batch.group_ids, rows)
+        _, count, _, _ = group_statistics(rewards, batch.group_ids, rows)
+        mixed = (top > bottom) | (count == 1)
+        return AdvantageResult((rewards - self.baseline) * (rows & mixed).to(rewards.dtype))

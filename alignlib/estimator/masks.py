@@ -171,6 +171,24 @@ class GroupFilter(RowFilter):
         return rows & ((top - bottom) > self.tolerance)
 
 
+@MASKS.register("reward_filter")
+@dataclass(frozen=True)
+class RewardFilter(RowFilter):
+    """Rejection sampling (RAFT): keep only the rows whose reward exceeds ``threshold``; the
+    others leave the batch, every loss and every denominator, as if never sampled."""
+
+    needs: ClassVar[dict[str, str]] = {"rewards": "the reward filter reads each row's reward"}
+    threshold: float = 0.0
+    """A row stays when its reward is above this (0: the positively rewarded ones)."""
+
+    def __post_init__(self) -> None:
+        check_number("RewardFilter", "threshold", self.threshold)
+
+    def keep(self, batch: Batch, rows: Tensor) -> Tensor:
+        assert batch.rewards is not None
+        return rows & (batch.rewards > self.threshold)
+
+
 @MASKS.register("difficulty_band")
 @dataclass(frozen=True)
 class DifficultyBand(RowFilter):
