@@ -24,6 +24,7 @@ from alignlib.algorithms import (  # noqa: F401  (importing registers each prese
     dr_grpo,
     exo_pair,
     gdpo,
+    gigpo,
     gmpo,
     gpg,
     grpo,

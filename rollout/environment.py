@@ -17,8 +17,9 @@ An environment is any class whose instances have
 The episode's environment reward (the `environment` reward of `online.rewards`) is its
 get_reward() plus the sum of its turn rewards. A turn reward also keeps its place: it sits on
 that turn's last sampled token (`Generation.turn_rewards`), where GAE (`ppo_gae`) credits it to
-the tokens before it, as a gym environment's per-step reward; methods with one advantage per
-completion (GRPO and the like) see the sum.
+the tokens before it, as a gym environment's per-step reward; GiGPO (`gigpo`) compares each
+turn's discounted return with those of the group's turns that acted from the same observation;
+methods with one advantage per completion (GRPO and the like) see the sum.
 
 and optionally the attributes `stop` (strings that end a model turn, e.g. a tool call's closing
 tag) and `tools` (callables or JSON schemas the chat template lists in the prompt, read from one

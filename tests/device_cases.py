@@ -62,6 +62,7 @@ ONLINE = {
     "otb": {},  # log Σπ_old² from a head hook in the old pass, on the device
     "m2po": {},  # the second-moment mask from the present policy's no-grad pass, on the device
     "raft_pp": {},  # a row filter on rewards, then the per-sample mean over the rows kept
+    "gigpo": {},  # int64 state ids ride with the rows to the device; entropy bonus, KL
 }
 CASES = [*OFFLINE, *ONLINE]
 # Where the `gpu` tests put the model: CUDA, or the CPU when ALIGNLIB_TEST_ACCELERATOR=cpu

@@ -42,3 +42,18 @@ def test_one_regularizer_may_be_named_without_a_list() -> None:
     single = UnifiedEstimator(advantage="grpo", reference="old", regularizers="entropy")
     listed = UnifiedEstimator(advantage="grpo", reference="old", regularizers=["entropy"])
     assert [t.name for t in single.terms] == [t.name for t in listed.terms] == ["pg", "entropy"]
+
+
+@pytest.mark.parametrize("term", ["KLPenalty", "EntropyBonus", "ValueLoss"])
+def test_regularizers_take_their_aggregation_by_name(term: str) -> None:
+    """``KLPenalty(aggregation="seq-mean-token-mean")`` used to fail at the first batch with
+    "'str' object has no attribute 'row_weights'"; a name now means its registered component,
+    and a misspelt one is refused at construction with the valid names."""
+    import alignlib.estimator as estimator_package
+    from alignlib.estimator import SeqMeanTokenMean
+    from alignlib.estimator.registry import RegistryError
+
+    cls = getattr(estimator_package, term)
+    assert cls(aggregation="seq-mean-token-mean") == cls(aggregation=SeqMeanTokenMean())
+    with pytest.raises(RegistryError, match="valid: pair-mean, seq-mean-token-mean"):
+        cls(aggregation="seq-mean")

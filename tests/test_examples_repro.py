@@ -195,3 +195,20 @@ def test_m2po_stale_quick(tmp_path: Path) -> None:
     starts = {c["accuracy"][0] for c in run.values()}
     assert len(starts) == 1  # every method starts from μ's weights
     assert results["claim_holds"] == all(results["claims"].values())
+
+
+def test_minimal_rl_quick(tmp_path: Path) -> None:
+    results = run_quick("minimal_rl.py", tmp_path)
+    assert (tmp_path / "minimal_rl.png").stat().st_size > 10_000
+    scale = results["setting"]["scale"]
+    run = results["runs"]["0"]
+    assert set(run) == {"grpo", "reinforce", "reinforce_rej", "raft_pp"}
+    for curve in run.values():  # evaluated before training and after the last update
+        assert curve["update"][0] == 0 and curve["update"][-1] == scale["updates"]
+        for key in ("reward", "entropy", "kl", "all_wrong"):
+            assert len(curve[key]) == scale["updates"]
+        assert curve["kl"][0] == 0.0  # the first batch is sampled by μ itself
+        assert all(0 <= share <= 1 for share in curve["reward"] + curve["all_wrong"])
+    starts = {c["accuracy"][0] for c in run.values()}
+    assert len(starts) == 1  # every method starts from μ's weights
+    assert results["claim_holds"] == all(results["claims"].values())

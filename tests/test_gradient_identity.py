@@ -11,6 +11,7 @@ from collections.abc import Callable
 import closed_forms_distillation
 import closed_forms_dpo_family
 import closed_forms_dppo
+import closed_forms_gigpo
 import closed_forms_group_baselines
 import closed_forms_m2po
 import closed_forms_minimal_rl
@@ -374,6 +375,8 @@ CASES |= closed_forms_reinforce.CASES
 VARIANTS |= closed_forms_reinforce.VARIANTS
 CASES |= closed_forms_m2po.CASES
 VARIANTS |= closed_forms_m2po.VARIANTS
+CASES |= closed_forms_gigpo.CASES
+VARIANTS |= closed_forms_gigpo.VARIANTS
 CASES |= closed_forms_minimal_rl.CASES
 VARIANTS |= closed_forms_minimal_rl.VARIANTS
 

@@ -144,6 +144,7 @@ NEWER = [
     {"name": "m2po"},
     {"name": "m2po", "params": {"form": "released"}},
     {"name": "raft_pp"},
+    {"name": "gigpo"},
     {"name": "reinforce_rej", "params": {"baseline": 0.5}},
     {"name": "reinforce_rej", "params": {"form": "released", "baseline": 0.5}},
     {"name": "grpo", "high_entropy": {"ratio": 0.5}},

@@ -45,6 +45,7 @@ from alignlib.estimator.dpo_losses import (
     SPPOHardWeights,
 )
 from alignlib.estimator.entropy_masks import HighEntropyTokens
+from alignlib.estimator.gigpo import AnchorStateAdvantage
 from alignlib.estimator.group_baselines import (
     CorrectedGroupMean,
     LengthWeightedBaseline,
@@ -140,6 +141,7 @@ __all__ = [
     "AdvantageResult",
     "Aggregation",
     "AllRollouts",
+    "AnchorStateAdvantage",
     "BCOPairWeights",
     "Batch",
     "BatchError",

@@ -44,6 +44,7 @@ TOKEN_FIELDS = (
     "returns",
     "step_rewards",
     "step_ends",
+    "step_states",
     "log_sum_sq_probs",
     "old_log_sum_sq_probs",
 )
@@ -103,6 +104,9 @@ class Batch:
     step_ends: Tensor | None = None
     """[R, T] 1 on the last token of each step that carries a step reward (one of 0 included),
     0 elsewhere; given with ``step_rewards``."""
+    step_states: Tensor | None = None
+    """[R, T] int: on each model turn's last sampled token the id of the state it acted from
+    (the observation before it), −1 elsewhere; read by GiGPO's anchor-state groups."""
     rewards: Tensor | None = None
     """[R] scalar reward of each row (online RL; an episode's turn rewards included)."""
     baseline_rewards: Tensor | None = None
@@ -334,10 +338,8 @@ class Rows:
         return keep
 
     def describe(self) -> str:
-        roles = (
-            "all" if self.roles is None else "+".join(sorted(r.name.lower() for r in self.roles))
-        )
-        return roles if self.trace is None else f"{roles}, trace={self.trace}"
+        names = sorted(r.name.lower() for r in self.roles) if self.roles is not None else ["all"]
+        return "+".join(names) if self.trace is None else f"{'+'.join(names)}, trace={self.trace}"
 
 
 ALL_ROWS = Rows()

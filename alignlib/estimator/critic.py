@@ -34,7 +34,7 @@ from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
 from alignlib.estimator.aggregation import Aggregation, TokenMean
 from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
 from alignlib.estimator.registry import check_number
-from alignlib.estimator.term import Term, TermOutput, masked_weights
+from alignlib.estimator.term import Term, TermOutput, masked_weights, take_aggregation_name
 from alignlib.estimator.units import Likelihood
 
 
@@ -164,6 +164,7 @@ class ValueLoss(Term):
     name: str = "critic"
 
     def __post_init__(self) -> None:
+        take_aggregation_name(self)
         check_number("ValueLoss", "clip", self.clip, gt=0, optional=True)
         check_number("ValueLoss", "coef", self.coef, gt=0)
 

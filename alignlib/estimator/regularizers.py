@@ -24,6 +24,7 @@ from alignlib.estimator.term import (
     Term,
     TermOutput,
     masked_weights,
+    take_aggregation_name,
     zero_where_masked,
 )
 from alignlib.estimator.units import TokenLikelihood
@@ -54,6 +55,7 @@ class KLPenalty(Term):
     gradient of KL(π‖π_ref) (k1's and k3's are not)."""
     rows: Rows = ALL_ROWS
     aggregation: Aggregation = field(default_factory=TokenMean)
+    """How the per-token estimates are averaged: an Aggregation or its registered name."""
     name: str = "kl"
     importance_weighted: bool = False
     """DeepSeek-V3.2's unbiased KL estimate (TRL's `use_bias_correction_kl`): each token's
@@ -64,6 +66,7 @@ class KLPenalty(Term):
     prime-rl's τ·(log π/π_old)², i.e. ``k2`` with coef 2τ, keeps the update near it)."""
 
     def __post_init__(self) -> None:
+        take_aggregation_name(self)
         check_number("KLPenalty", "coef", self.coef, ge=0, why="a negative KL weight rewards drift")
         check_choice("KLPenalty", "estimator", self.estimator, ("k1", "k2", "k3", "k1+", "k3+"))
         check_choice("KLPenalty", "to", self.to, ("ref", "old"))
@@ -136,6 +139,7 @@ class EntropyBonus(Term):
     name: str = "entropy"
 
     def __post_init__(self) -> None:
+        take_aggregation_name(self)
         check_number("EntropyBonus", "coef", self.coef)
 
     def requirements(self) -> dict[str, str]:
@@ -177,6 +181,7 @@ class AdaptiveEntropyBonus(Term):
     _last_entropy: float = field(default=float("inf"), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        take_aggregation_name(self)
         owner = "AdaptiveEntropyBonus"
         check_number(owner, "target", self.target, ge=0, why="an entropy in nats")
         check_number(owner, "delta", self.delta, ge=0)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from alignlib.estimator.advantages import Advantage, AdvantageResult
-from alignlib.estimator.aggregation import Aggregation, PairMean
+from alignlib.estimator.aggregation import AGGREGATIONS, Aggregation, PairMean
 from alignlib.estimator.batch import ALL_ROWS, Batch, Rows
 from alignlib.estimator.cov_masks import token_covariance
 from alignlib.estimator.masks import Mask, RowFilter, UnitTerms
@@ -222,6 +222,15 @@ def _restored(prepared: dict[str, Tensor]) -> AdvantageResult:
         k.removeprefix("adv.stat."): v for k, v in prepared.items() if k.startswith("adv.stat.")
     }
     return AdvantageResult(prepared["adv"], prepared.get("adv.row_loss"), stats)
+
+
+def take_aggregation_name(term: object) -> None:
+    """Let a regularizer (a frozen dataclass) take its ``aggregation`` by registered name
+    ("seq-mean-token-mean"), as UnifiedEstimator does; an unknown name lists the valid ones.
+    For ``__post_init__``."""
+    name = getattr(term, "aggregation", None)
+    if isinstance(name, str):
+        object.__setattr__(term, "aggregation", AGGREGATIONS.resolve(name))
 
 
 def masked_weights(batch: Batch, rows: Rows, aggregation: Aggregation) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ from alignlib.estimator.aggregation import PairMean
 from alignlib.trainer.online_rollout import TrainRows
 from alignlib.trainer.packing import MicroBatching
 from alignlib.trainer.step import HostRows
+from alignlib.trainer.step_rewards import turn_states
 from alignlib.trainer.update import MiniBatch
 
 # Fields this loop can fill; an estimator that needs others is not an online RL method.
@@ -60,6 +61,9 @@ class RowTensors:
     """[K] each reward's weight."""
     baseline_rewards: Tensor | None = None
     """[R] the reward of each row's prompt's greedy completion (ReMax); None: none sampled."""
+    step_states: Tensor | None = None
+    """[R, W] int64: on each model turn's last sampled token, the id of its state (the tokens
+    before the turn: :func:`~alignlib.trainer.step_rewards.turn_states`), −1 elsewhere."""
 
     @property
     def num_rows(self) -> int:
@@ -107,6 +111,7 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
     behaviour = torch.zeros(count, width, device=HOST)
     steps = torch.zeros(count, width, device=HOST)
     ends = torch.zeros(count, width, device=HOST)
+    states = torch.full((count, width), -1, dtype=torch.long, device=HOST)
     for r, (seq, start) in enumerate(zip(rows.sequences, rows.starts, strict=True)):
         input_ids[r, : len(seq)] = torch.tensor(seq, device=HOST)
         attention[r, : len(seq)] = 1
@@ -124,6 +129,8 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
             assert 0 <= position < len(seq) - start, "a step reward must sit on a completion token"
             steps[r, start + position] = reward
             ends[r, start + position] = 1.0
+        for position, state in turn_states(seq[:start], seq[start:], loss_mask).items():
+            states[r, start + position] = state
     has_steps = any(t is not None for t in rows.step_rewards)
     parts = weights = None
     if rows.reward_weights:
@@ -146,6 +153,7 @@ def collate_rows(rows: TrainRows, pad_id: int) -> RowTensors:
         parts,
         weights,
         baselines,
+        states,
     )
 
 
@@ -243,6 +251,7 @@ def rollout_fields(rows: RowTensors, indices: Tensor, passes: RolloutPasses) -> 
         baseline_rewards=some(rows.baseline_rewards),
         step_rewards=some(rows.step_rewards),
         step_ends=some(rows.step_ends),
+        step_states=some(rows.step_states),
         reward_parts=some(rows.reward_parts),
         reward_weights=None
         if rows.reward_weights is None

@@ -1,15 +1,18 @@
-"""Where a completion's step rewards sit among its tokens.
+"""Where a completion's steps sit among its tokens, with their rewards and states.
 
 Two sources give a reward to a step of a completion rather than to the whole: a multi-turn
 environment whose `step` returns (observation, reward) (on the turn's last sampled token, as
 the episode recorded it), and a process reward model with `reduce: steps` (each step's score,
 found by its end in the completion's text). Both are weighted as their reward is in
 `online.rewards`, and are summed where they meet. GAE credits each to the tokens before it;
-process-supervised GRPO normalizes them within the group.
+process-supervised GRPO normalizes them within the group. Each model turn's end also carries
+the id of the state it acted from (GiGPO's anchor states).
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,4 +71,31 @@ def place_steps(
         positions[-1] = len(generation.token_ids) - 1
         for position, (_, value) in zip(positions, steps, strict=True):
             out[position] = out.get(position, 0.0) + value
+    return out
+
+
+def state_id(tokens: Sequence[int]) -> int:
+    """A stable id (the same in every process and run) of a token sequence, in [0, 2⁴⁸)."""
+    digest = hashlib.blake2b(array("q", tokens).tobytes(), digest_size=6).digest()
+    return int.from_bytes(digest, "little")
+
+
+def turn_states(
+    prompt: Sequence[int], completion: Sequence[int], loss_mask: Sequence[int] | None
+) -> dict[int, int]:
+    """{completion token index: state id} on the last sampled token of each model turn (a run
+    of 1s in ``loss_mask``; the whole completion when None): the id of what the turn acted from,
+    the tokens an environment inserted just before it, or the prompt for the first turn (GiGPO's
+    anchor states: equal observations, equal ids)."""
+    mask = [1] * len(completion) if loss_mask is None else list(loss_mask)
+    out: dict[int, int] = {}
+    before, start = list(prompt), 0
+    for index, sampled in enumerate(mask):
+        if not sampled:
+            continue
+        if index > start:  # a turn opens after tokens the environment inserted
+            before = list(completion[start:index])
+        start = index + 1
+        if index == len(mask) - 1 or not mask[index + 1]:  # the turn's last token
+            out[index] = state_id(before)
     return out
