@@ -1,5 +1,5 @@
-"""Shared by the offline paper-reproduction examples (RPO vs DPO, BVPO gradient variance, TOPR
-off-policy, OTB variance, M2PO on stale rollouts).
+"""Shared by the paper-reproduction examples (RPO vs DPO, BVPO gradient variance, TOPR
+off-policy, OTB variance, M2PO on stale rollouts, RAFT++ and Reinforce-Rej).
 
 Both need a model whose correct answers are already likely, and both must run in minutes on a
 CPU. So the model is `tiny:llama` (2 layers, hidden 64, random init) first taught the builtin
@@ -16,7 +16,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,30 @@ def taught_policy(work: Path, steps: int, seed: int) -> tuple[Path, list[Problem
     return checkpoint, every[SFT_PROBLEMS:], rng
 
 
+def each_method(
+    seed: int,
+    scale: Any,
+    work: Path,
+    methods: Sequence[str],
+    train_method: Callable[..., dict[str, list[float]]],
+) -> dict[str, Any]:
+    """One seed of an online example: μ taught for ``scale.sft_steps``, then
+    ``train_method(method, checkpoint, pool, heldout, scale)`` for each method from μ's weights,
+    ``heldout`` the first ``scale.heldout`` problems SFT never saw (in the seed's order), ``pool``
+    the rest."""
+    checkpoint, unseen_by_sft, rng = taught_policy(work, scale.sft_steps, seed)
+    rng.shuffle(unseen_by_sft)
+    heldout, pool = unseen_by_sft[: scale.heldout], unseen_by_sft[scale.heldout :]
+    return {m: train_method(m, checkpoint, pool, heldout, scale) for m in methods}
+
+
+def window_mean(values: list[float], which: str = "late", fraction: float = 0.25) -> float:
+    """The mean of the first (``early``) or last (``late``) ``fraction`` of ``values``."""
+    k = max(1, int(len(values) * fraction))
+    chosen = values[:k] if which == "early" else values[-k:]
+    return sum(chosen) / len(chosen)
+
+
 def sampled_answers(
     model: Any, tokenizer: Any, chosen: list[Problem], samples: int, seed: int
 ) -> dict[str, Any]:
@@ -195,6 +219,34 @@ def sampled_answers(
         "right": grade_many([g.text for g in answers], truth),
         "groups": torch.tensor([g.prompt_index for g in answers]),
     }
+
+
+def scored_batch(
+    model: Any,
+    tokenizer: Any,
+    pool: list[Problem],
+    scale: Any,
+    rng: random.Random,
+    wrong: float = 0.0,
+    reference: Any = None,
+) -> dict[str, Any]:
+    """The present policy's answers (``sampled_answers``) to ``scale.prompts`` problems drawn
+    from ``pool``, ``scale.samples`` each, with its own log-probs (``old``: the sampler's, π_old
+    or π_behaviour), ``reference``'s when given (``ref``), and ``rewards``: 1 for a right answer,
+    ``wrong`` for the others."""
+    import torch
+
+    from alignlib.trainer.logprobs import token_logprobs
+
+    chosen = rng.sample(pool, scale.prompts)
+    model.eval()
+    data = sampled_answers(model, tokenizer, chosen, scale.samples, rng.randrange(2**31))
+    with torch.no_grad():
+        data["old"] = token_logprobs(model, data["ids"], data["attention"])[0]
+        if reference is not None:
+            data["ref"] = token_logprobs(reference, data["ids"], data["attention"])[0]
+    data["rewards"] = torch.tensor([1.0 if r else wrong for r in data["right"]])
+    return data
 
 
 def greedy_scores(model: Any, tokenizer: Any, heldout: list[Problem]) -> tuple[float, float]:

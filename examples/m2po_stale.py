@@ -28,6 +28,7 @@ import random
 import sys
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sft_arithmetic import (
     Problem,
+    each_method,
     example_args,
     greedy_scores,
     run_seeds,
-    sampled_answers,
-    taught_policy,
+    scored_batch,
+    window_mean,
     write_claims,
 )
 
@@ -109,20 +111,6 @@ def estimator(method: str) -> UnifiedEstimator:
     return algorithms.get("m2po", form="released" if method == "m2po_released" else "paper")
 
 
-def sampled_batch(
-    model: Any, tokenizer: Any, pool: list[Problem], scale: Scale, rng: random.Random
-) -> dict[str, Any]:
-    """The present policy's answers to ``scale.prompts`` problems drawn from ``pool``, graded
-    0/1, with its own log-probs (π_behaviour)."""
-    chosen = rng.sample(pool, scale.prompts)
-    model.eval()
-    data = sampled_answers(model, tokenizer, chosen, scale.samples, rng.randrange(2**31))
-    with torch.no_grad():
-        behaviour, _ = token_logprobs(model, data["ids"], data["attention"])
-    rewards = torch.tensor([1.0 if r else 0.0 for r in data["right"]])
-    return {**data, "old": behaviour, "rewards": rewards}
-
-
 def share(metrics: dict[str, torch.Tensor], method: str) -> float:
     """The share of tokens the method's trust region took out of the gradient this update."""
     name = estimator(method).terms[0].name
@@ -143,7 +131,7 @@ def train_method(
     loss_fn = estimator(method)
     optimizer = torch.optim.AdamW(model.parameters(), lr=scale.lr)
     stale = 0 if method == "on_policy" else scale.staleness
-    queue = deque(sampled_batch(model, tokenizer, pool, scale, rng) for _ in range(stale))
+    queue = deque(scored_batch(model, tokenizer, pool, scale, rng) for _ in range(stale))
     curve: dict[str, list[float]] = {k: [] for k in ("update", "accuracy", "boxed")}
     curve |= {"reward": [], "masked": []}
     for update in range(scale.updates + 1):
@@ -155,7 +143,7 @@ def train_method(
             curve["boxed"].append(boxed)
         if update == scale.updates:
             break
-        queue.append(sampled_batch(model, tokenizer, pool, scale, rng))
+        queue.append(scored_batch(model, tokenizer, pool, scale, rng))
         curve["reward"].append(float(queue[-1]["rewards"].mean()))
         data = queue.popleft()
         model.train()
@@ -173,19 +161,6 @@ def train_method(
         optimizer.step()
         curve["masked"].append(share(out.metrics, method))
     return curve
-
-
-def run_seed(seed: int, scale: Scale, work: Path) -> dict[str, Any]:
-    checkpoint, unseen_by_sft, rng = taught_policy(work, scale.sft_steps, seed)
-    rng.shuffle(unseen_by_sft)
-    heldout, pool = unseen_by_sft[: scale.heldout], unseen_by_sft[scale.heldout :]
-    return {m: train_method(m, checkpoint, pool, heldout, scale) for m in METHODS}
-
-
-def late(values: list[float], fraction: float = 0.25) -> float:
-    """The mean of the last ``fraction`` of ``values``."""
-    tail = values[-max(1, int(len(values) * fraction)) :]
-    return sum(tail) / len(tail)
 
 
 def plot(runs: dict[int, dict[str, Any]], out: Path) -> Path:
@@ -220,10 +195,12 @@ def claims(runs: dict[int, dict[str, Any]]) -> dict[str, bool]:
     GRPO on average."""
     return {
         "m2po_at_least_grpo": all(
-            late(r["m2po"]["reward"]) >= late(r["grpo"]["reward"]) for r in runs.values()
+            window_mean(r["m2po"]["reward"]) >= window_mean(r["grpo"]["reward"])
+            for r in runs.values()
         ),
         "m2po_near_on_policy": all(
-            late(r["m2po"]["reward"]) >= late(r["on_policy"]["reward"]) - 0.1 for r in runs.values()
+            window_mean(r["m2po"]["reward"]) >= window_mean(r["on_policy"]["reward"]) - 0.1
+            for r in runs.values()
         ),
         "m2po_masks_less_than_grpo_clips": all(
             sum(r["m2po"]["masked"]) < sum(r["grpo"]["masked"]) for r in runs.values()
@@ -234,12 +211,14 @@ def claims(runs: dict[int, dict[str, Any]]) -> dict[str, bool]:
 def main(argv: list[str] | None = None) -> None:
     args = example_args(argv, __doc__, "m2po_stale")
     scale = QUICK if args.quick else FULL
-    runs, seconds = run_seeds(run_seed, scale)
+    runs, seconds = run_seeds(
+        partial(each_method, methods=METHODS, train_method=train_method), scale
+    )
     held = claims(runs)
     summary = {
         str(seed): {
             m: {
-                "late_reward": late(run[m]["reward"]),
+                "late_reward": window_mean(run[m]["reward"]),
                 "final_accuracy": run[m]["accuracy"][-1],
                 "mean_masked": sum(run[m]["masked"]) / len(run[m]["masked"]),
             }

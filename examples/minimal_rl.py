@@ -28,6 +28,7 @@ import copy
 import random
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sft_arithmetic import (
     Problem,
+    each_method,
     example_args,
     greedy_scores,
     run_seeds,
-    sampled_answers,
-    taught_policy,
+    scored_batch,
+    window_mean,
     write_claims,
 )
 
@@ -88,21 +90,6 @@ def estimator(method: str) -> UnifiedEstimator:
     return algorithms.get(method, kl_coef=KL_COEF)
 
 
-def fresh_batch(
-    model: Any, start: Any, tokenizer: Any, pool: list[Problem], scale: Scale, rng: random.Random
-) -> dict[str, Any]:
-    """The present policy's answers to ``scale.prompts`` problems from ``pool``, graded ±1,
-    with its own log-probs (π_old) and μ's (π_ref)."""
-    chosen = rng.sample(pool, scale.prompts)
-    model.eval()
-    data = sampled_answers(model, tokenizer, chosen, scale.samples, rng.randrange(2**31))
-    with torch.no_grad():
-        old, _ = token_logprobs(model, data["ids"], data["attention"])
-        ref, _ = token_logprobs(start, data["ids"], data["attention"])
-    rewards = torch.tensor([1.0 if r else -1.0 for r in data["right"]])
-    return {**data, "old": old, "ref": ref, "rewards": rewards}
-
-
 def token_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum() / mask.sum())
 
@@ -147,7 +134,7 @@ def train_method(
             curve["accuracy"].append(greedy_scores(model, tokenizer, heldout)[0])
         if step == scale.updates:
             break
-        data = fresh_batch(model, start, tokenizer, pool, scale, rng)
+        data = scored_batch(model, tokenizer, pool, scale, rng, wrong=-1.0, reference=start)
         mask = data["mask"]
         curve["reward"].append(float((data["rewards"] > 0).float().mean()))
         curve["entropy"].append(token_mean(-data["old"], mask))
@@ -158,20 +145,6 @@ def train_method(
         curve["all_wrong"].append(float((solved == 0).float().mean()))
         update(model, optimizer, loss_fn, data, halves=2)
     return curve
-
-
-def run_seed(seed: int, scale: Scale, work: Path) -> dict[str, Any]:
-    checkpoint, unseen_by_sft, rng = taught_policy(work, scale.sft_steps, seed)
-    rng.shuffle(unseen_by_sft)
-    heldout, pool = unseen_by_sft[: scale.heldout], unseen_by_sft[scale.heldout :]
-    return {m: train_method(m, checkpoint, pool, heldout, scale) for m in METHODS}
-
-
-def part(values: list[float], which: str, fraction: float = 0.25) -> float:
-    """The mean of the first or last ``fraction`` of ``values``."""
-    k = max(1, int(len(values) * fraction))
-    chosen = values[:k] if which == "early" else values[-k:]
-    return sum(chosen) / len(chosen)
 
 
 def plot(runs: dict[int, dict[str, Any]], out: Path) -> Path:
@@ -211,24 +184,33 @@ def claims(runs: dict[int, dict[str, Any]]) -> dict[str, bool]:
 
     return {
         "raft_early_as_grpo": every(
-            lambda r: part(r["raft_pp"]["reward"], "early") >= part(r["grpo"]["reward"], "early")
+            lambda r: (
+                window_mean(r["raft_pp"]["reward"], "early")
+                >= window_mean(r["grpo"]["reward"], "early")
+            )
         ),
         "raft_entropy_below_grpo": every(
-            lambda r: part(r["raft_pp"]["entropy"], "late") < part(r["grpo"]["entropy"], "late")
+            lambda r: (
+                window_mean(r["raft_pp"]["entropy"], "late")
+                < window_mean(r["grpo"]["entropy"], "late")
+            )
         ),
         "rej_at_least_reinforce": every(
             lambda r: (
-                part(r["reinforce_rej"]["reward"], "late") >= part(r["reinforce"]["reward"], "late")
+                window_mean(r["reinforce_rej"]["reward"], "late")
+                >= window_mean(r["reinforce"]["reward"], "late")
             )
         ),
         "rej_near_grpo": every(
             lambda r: (
-                part(r["reinforce_rej"]["reward"], "late")
-                >= part(r["grpo"]["reward"], "late") - 0.1
+                window_mean(r["reinforce_rej"]["reward"], "late")
+                >= window_mean(r["grpo"]["reward"], "late") - 0.1
             )
         ),
         "rej_kl_below_grpo": every(
-            lambda r: part(r["reinforce_rej"]["kl"], "late") < part(r["grpo"]["kl"], "late")
+            lambda r: (
+                window_mean(r["reinforce_rej"]["kl"], "late") < window_mean(r["grpo"]["kl"], "late")
+            )
         ),
     }
 
@@ -236,11 +218,11 @@ def claims(runs: dict[int, dict[str, Any]]) -> dict[str, bool]:
 def summarize(run: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {
         m: {
-            "early_reward": part(run[m]["reward"], "early"),
-            "late_reward": part(run[m]["reward"], "late"),
+            "early_reward": window_mean(run[m]["reward"], "early"),
+            "late_reward": window_mean(run[m]["reward"], "late"),
             "final_accuracy": run[m]["accuracy"][-1],
-            "late_entropy": part(run[m]["entropy"], "late"),
-            "late_kl": part(run[m]["kl"], "late"),
+            "late_entropy": window_mean(run[m]["entropy"], "late"),
+            "late_kl": window_mean(run[m]["kl"], "late"),
         }
         for m in METHODS
     }
@@ -249,7 +231,9 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> None:
     args = example_args(argv, __doc__, "minimal_rl")
     scale = QUICK if args.quick else FULL
-    runs, seconds = run_seeds(run_seed, scale)
+    runs, seconds = run_seeds(
+        partial(each_method, methods=METHODS, train_method=train_method), scale
+    )
     held = claims(runs)
     summary = {str(seed): summarize(run) for seed, run in runs.items()}
     path = write_claims(args, scale, runs, seconds, held, summary=summary)
