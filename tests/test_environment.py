@@ -532,9 +532,13 @@ def test_an_environment_without_rollouts_is_refused(
     assert "online.environment plays episodes with rollouts" in err, err
 
 
-def test_packing_mini_batches_and_correction_read_the_holes_alike(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["grpo", "gigpo"])
+def test_packing_mini_batches_and_correction_read_the_holes_alike(
+    tmp_path: Path, algorithm: str
+) -> None:
     """Episodes whose masks have holes train the same padded or packed, in two mini-batches,
-    with a rollout correction reading the engine's log-probs (0 at environment tokens)."""
+    with a rollout correction reading the engine's log-probs (0 at environment tokens); GiGPO's
+    turn states and entropy bonus too."""
     environment = {"name": "online_environments:ScoreLastTurn", "max_turn_tokens": 4}
     path = write_config(
         tmp_path, environment, mini_batches=2, rollout_correction={"mode": "tis", "cap": 2}
@@ -542,6 +546,7 @@ def test_packing_mini_batches_and_correction_read_the_holes_alike(tmp_path: Path
     first_steps = []
     for packing in (False, True):
         overrides = ["train.max_steps=1", f"train.packing={str(packing).lower()}"]
+        overrides.append(f"algorithm.name={algorithm}")
         overrides.append(f"output_dir={tmp_path / f'packing-{packing}'}")
         result = Trainer(load_config(path, overrides)).train()
         first_steps.append(result.history[0])
