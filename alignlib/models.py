@@ -7,13 +7,16 @@ SmolLM2 and the random `tiny:` models.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -83,11 +86,28 @@ def bundled_smollm2_folder(cache_dir: str | os.PathLike[str] | None = None) -> P
     return target
 
 
+@contextlib.contextmanager
+def gguf_bar_follows_switch() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, deaf to its progress-bar switch: off
+    while that switch is off (`logging.progress: false`), else untouched."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as transformers_logging
+
+    original = reader.tqdm
+    if not transformers_logging.is_progress_bar_enabled():
+        reader.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = original
+
+
 def _convert_smollm2(target: Path) -> None:
     gguf = bundled_smollm2_gguf()
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    with gguf_bar_follows_switch():
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     # save_pretrained refuses GGUF-quantised models: rebuild a plain model from the (already
     # de-quantised) config + state dict, minus the quantisation record.
     config = gguf_model.config

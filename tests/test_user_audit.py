@@ -5,6 +5,7 @@ reward raised, `--traceback`, and the checkpoints a wrong resume path lists."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,43 @@ def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path: Path, caps
         capsys.readouterr().err
     )
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_no_progress_silences_the_gguf_readers_own_bar() -> None:
+    """transformers' GGUF reader (the quickstart's model is converted from its GGUF on a fresh
+    machine) draws its own tqdm bar, deaf to the progress switch: alignlib turns it off with
+    the switch, and leaves it on otherwise."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as transformers_logging
+
+    from alignlib.models import gguf_bar_follows_switch
+
+    original = reader.tqdm
+    try:
+        transformers_logging.disable_progress_bar()
+        with gguf_bar_follows_switch():
+            assert reader.tqdm(range(3)).disable
+        transformers_logging.enable_progress_bar()
+        with gguf_bar_follows_switch():
+            assert not reader.tqdm(range(3), file=io.StringIO()).disable
+    finally:
+        transformers_logging.enable_progress_bar()
+    assert reader.tqdm is original
+
+
+@pytest.mark.slow
+def test_no_progress_silences_the_bundled_models_first_conversion(tmp_path: Path, capfd) -> None:
+    """End to end: converting the bundled GGUF with the switch off prints no bar, with it on
+    it does (two conversions, ~40 s)."""
+    from transformers.utils import logging as transformers_logging
+
+    from alignlib.models import bundled_smollm2_folder
+
+    try:
+        transformers_logging.disable_progress_bar()
+        bundled_smollm2_folder(tmp_path / "quiet")
+        assert "de-quantizing" not in capfd.readouterr().err
+    finally:
+        transformers_logging.enable_progress_bar()
+    bundled_smollm2_folder(tmp_path / "loud")
+    assert "de-quantizing" in capfd.readouterr().err
