@@ -78,11 +78,12 @@ def _rows_needed(name: str) -> str:
     estimator = algorithms.get(name)
     if name not in online_presets():
         formats = " or ".join(described(f, {}) for f in wanted_formats(estimator.terms))
-        return f"offline, {formats} (data.path)"
+        return f"offline, {formats} (data.path; data.prompt_field renames prompt)"
     solution = router_for(estimator, OnlineConfig()).needs_demonstrations
     return (
         f"online, rows {{prompt, answer{', solution' if solution else ''}}} (data.path; "
-        "data.answer_field renames answer); rollout: samples rollout.n completions per prompt, "
+        "data.prompt_field / data.answer_field rename prompt / answer); rollout: samples "
+        "rollout.n completions per prompt, "
         "online.rewards score them"
     )
 

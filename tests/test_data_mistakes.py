@@ -217,7 +217,7 @@ def test_unknown_fields_name_the_file_and_the_rename() -> None:
         infer_format(row, "/x/renamed.jsonl")
     message = str(caught.value)
     assert message.startswith("/x/renamed.jsonl: cannot infer the data format")
-    assert "rename 'question' to 'prompt' for format preference" in message
+    assert "(data.prompt_field: question reads the prompt from it, format preference)" in message
     assert "data.format" in message and "preference {prompt, chosen, rejected}" in message
     assert infer_format({**row, "prompt": row["question"]}, "/x/renamed.jsonl") == "preference"
 

@@ -74,13 +74,15 @@ def test_a_row_without_a_shared_prompt_is_named(tmp_path: Path, row: dict, messa
 
 
 def test_a_prompt_under_another_name_is_not_read_off_the_answers(tmp_path: Path) -> None:
-    """`question` beside chosen/rejected is a prompt to rename, not an implicit one: the rows
-    stay as they are (and the format error suggests the rename)."""
+    """`question` beside chosen/rejected is a prompt under another name, not an implicit one:
+    the rows stay as they are (the format error names data.prompt_field), and with
+    data.prompt_field it is the prompt."""
     rows = [{"question": "2 + 3?", "chosen": "\\boxed{5}", "rejected": "\\boxed{6}"}]
     path = str(write_jsonl(tmp_path / "renamed.jsonl", rows))
     assert load_rows(path) == rows
-    with pytest.raises(DataError, match="rename 'question' to 'prompt'"):
+    with pytest.raises(DataError, match=r"data\.prompt_field: question reads the prompt from it"):
         infer_format(rows[0], path)
+    assert load_rows(path, prompt_field="question") == [{**rows[0], "prompt": "2 + 3?"}]
     scored = [{"chosen": "Q: a", "rejected": "Q: b", "score_chosen": 8.0, "score_rejected": 2.0}]
     assert load_rows(str(write_jsonl(tmp_path / "scored.jsonl", scored)))[0]["prompt"] == "Q:"
 

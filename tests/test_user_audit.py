@@ -289,3 +289,37 @@ def test_no_progress_silences_the_bundled_models_first_conversion(tmp_path: Path
         transformers_logging.enable_progress_bar()
     bundled_smollm2_folder(tmp_path / "loud")
     assert "de-quantizing" in capfd.readouterr().err
+
+
+def test_offline_rows_read_their_prompt_from_data_prompt_field(tmp_path: Path, capsys) -> None:
+    """Preference rows whose prompt column is `question` train exactly as the same rows with
+    `prompt` when data.prompt_field names it; without it the error names the option, and a
+    misspelt one says which column was meant. (Before, only online rows had prompt_field; an
+    offline run took the question for an implicit prompt and refused the rows.)"""
+    from test_reliability_runs import same_training
+
+    plain, renamed = tmp_path / "plain", tmp_path / "renamed"
+    for folder, rows in (
+        (plain, PAIRS),
+        (
+            renamed,
+            [
+                {"question": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+                for p in PAIRS
+            ],
+        ),
+    ):
+        folder.mkdir()
+        (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    steps = {"micro_batch_size": 2, "max_steps": 2}
+    config = str(write_config(plain, plain / "run", train=steps))
+    other = str(write_config(renamed, renamed / "run", train=steps))
+    assert main(["train", config]) == 0
+    assert main(["train", other, "data.prompt_field=question"]) == 0
+    same_training(metrics(renamed / "run"), metrics(plain / "run"))
+    capsys.readouterr()
+    assert main(["train", other, f"output_dir={tmp_path / 'x'}"]) == 2
+    assert "data.prompt_field: question reads the prompt from it" in capsys.readouterr().err
+    assert main(["train", other, "data.prompt_field=questoin"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.prompt_field 'questoin'" in err[0] and "'question'" in err[0]

@@ -90,9 +90,10 @@ class DataConfig(Section):
     stepwise: StepwiseConfig = StepwiseConfig()
     """The process reward model layout of `stepwise` rows."""
     prompt_field: str = "prompt"
-    """Column holding the prompt of online rows and held-out rows (GSM8K and many RL sets call
-    it `question`): read as `prompt` by the rollouts and every reward; the column keeps its
-    name. Offline rows name their fields by their format (`prompt`, `chosen`, ...)."""
+    """Column holding the prompt of every row, offline and online, held-out rows included
+    (GSM8K and many RL sets call it `question`, instruction sets `instruction`): read as
+    `prompt` by the format, the rollouts and every reward; the column keeps its name. The
+    other fields keep their format's names (`chosen`, `completion`, ...)."""
     answer_field: str = "answer"
     """Column holding the gold final answer of online rows and held-out rows (what the `math`
     reward grades against and rewards receive as `answer`). TRL data sets call it `solution`:

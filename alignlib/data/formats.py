@@ -12,6 +12,7 @@ from alignlib.data.builtin import build
 from alignlib.data.errors import DataError
 from alignlib.data.implicit_prompt import with_explicit_prompts
 from alignlib.data.reading import read_json_rows
+from alignlib.suggest import did_you_mean
 
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt", "completion"),
@@ -50,6 +51,8 @@ def _rename_hint(keys: set[str]) -> str:
     for name in ("tpo", "bvpo", "preference", "kto", "sft", "prompts"):
         missing = [f for f in FORMAT_FIELDS[name] if f not in keys]
         if len(missing) == 1 and len(unknown) == 1:
+            if missing[0] == "prompt":
+                return f" (data.prompt_field: {unknown[0]} reads the prompt from it, format {name})"
             return f" (rename '{unknown[0]}' to '{missing[0]}' for format {name}?)"
     return ""
 
@@ -112,7 +115,7 @@ def check_value_types(row: dict[str, Any], where: str, fields: tuple[str, ...]) 
 
 
 def misspelled(field: str, row: dict[str, Any], required: tuple[str, ...]) -> str:
-    """" (the row has 'choosen': rename it to 'chosen'?)" for a close key the format does not
+    """ " (the row has 'choosen': rename it to 'chosen'?)" for a close key the format does not
     read, else ""."""
     close = difflib.get_close_matches(field, [k for k in row if k not in required], n=1)
     return f" (the row has '{close[0]}': rename it to '{field}'?)" if close else ""
@@ -247,14 +250,32 @@ def identical_pairs(rows: list[dict[str, Any]], fmt: str) -> list[int]:
     return [i for i, row in enumerate(rows, start=1) if row.get("chosen") == row.get("rejected")]
 
 
-def load_rows(path: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set;
-    preference rows with an implicit prompt get it made explicit (implicit_prompt.py).
+def load_rows(
+    path: str, split: str = "train", limit: int | None = None, prompt_field: str = "prompt"
+) -> list[dict[str, Any]]:
+    """Rows of a local jsonl/json/parquet file, a ``builtin:NAME`` set, or a hub data set, with
+    ``prompt`` read from ``prompt_field`` (``data.prompt_field``); preference rows with an
+    implicit prompt get it made explicit (implicit_prompt.py).
 
     JSON files are read line by line (see reading.py): each value keeps its JSON type and a
     malformed line is named. A file with no rows is refused here, naming it (``datasets`` raises
     a bare StopIteration or "corresponds to no data" for one)."""
-    return with_explicit_prompts(_read_rows(path, split, limit), path)
+    rows = with_prompt_field(_read_rows(path, split, limit), prompt_field, path)
+    return with_explicit_prompts(rows, path)
+
+
+def with_prompt_field(rows: list[dict[str, Any]], field: str, source: str) -> list[dict[str, Any]]:
+    """Rows whose ``prompt`` is the ``field`` column (GSM8K and many sets call it `question`);
+    the column keeps its name. A row without the column is refused, naming it."""
+    if field == "prompt":
+        return rows
+    for index, row in enumerate(rows, start=1):
+        if field not in row:
+            raise DataError(
+                f"{source} row {index}: data.prompt_field '{field}' is not one of its fields "
+                f"({', '.join(sorted(row))}){did_you_mean(field, row)}"
+            )
+    return [{**row, "prompt": row[field]} for row in rows]
 
 
 def _read_rows(path: str, split: str, limit: int | None) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ def load_examples(
     """Read, validate and tokenize the training rows; returns the examples and the format.
     ``whole_turns``: completions as the chat template writes them (a reward model's rows);
     ``kl_rows``: kto rows get their KL row (another row's completion; KTO's z₀ reads them)."""
-    rows = load_rows(config.path, config.split, config.limit)
+    rows = load_rows(config.path, config.split, config.limit, config.prompt_field)
     if not rows:
         raise ValueError(f"data.path {config.path} has no rows")
     fmt = infer_format(rows[0], config.path) if config.format == "auto" else config.format

@@ -47,7 +47,8 @@ class IterativeSource:
     def __init__(self, config: RunConfig) -> None:
         assert config.iterative is not None
         self.config, self.iterative = config, config.iterative
-        self.rows = load_rows(config.data.path, config.data.split, config.data.limit)
+        data = config.data
+        self.rows = load_rows(data.path, data.split, data.limit, data.prompt_field)
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(
                 f"iterative: data.path {config.data.path} must hold rows with a 'prompt' field"

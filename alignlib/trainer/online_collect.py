@@ -64,7 +64,7 @@ class RolloutCollector:
         self.config, self.rollout, self.online = config, config.rollout, config.online
         self.tokenizer, self.router, self.distinguishing = tokenizer, router, distinguishing
         data, where = config.data, f"data.path {config.data.path}"
-        self.rows = online_rows(load_rows(data.path, data.split, data.limit), data)
+        self.rows = online_rows(load_rows(data.path, data.split, data.limit), data, data.path)
         if not self.rows or "prompt" not in self.rows[0]:
             raise ValueError(f"{where}: online training needs rows with 'prompt'")
         online = self.online  # one environment, or each row's; None: one turn per completion
@@ -101,7 +101,7 @@ class RolloutCollector:
         spec = self.online.heldout
         if spec.data is None:
             return None
-        rows = online_rows(load_rows(spec.data, "train", spec.size), self.config.data)
+        rows = online_rows(load_rows(spec.data, "train", spec.size), self.config.data, spec.data)
         if not rows or not all("prompt" in r and "answer" in r for r in rows):
             raise ValueError(f"online.heldout.data {spec.data}: rows need 'prompt' and 'answer'")
         try:  # the run's own rewards too, when the held-out rows hold what they read

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from alignlib.config.rewards import RewardSpec
+from alignlib.data.formats import with_prompt_field
 from alignlib.rewards import (
     RewardError,
     check_params,
@@ -62,11 +63,11 @@ ENVIRONMENT = "environment"
 which includes its turn rewards)."""
 
 
-def online_rows(rows: list[dict[str, Any]], data: Any) -> list[dict[str, Any]]:
+def online_rows(rows: list[dict[str, Any]], data: Any, source: str) -> list[dict[str, Any]]:
     """Rows with `prompt` read from `data.prompt_field` and `answer` from `data.answer_field`
-    (``data``: the run's DataConfig); the columns keep their names too."""
-    if data.prompt_field != "prompt":
-        rows = [{**row, "prompt": row.get(data.prompt_field)} for row in rows]
+    (``data``: the run's DataConfig; ``source``: the file, for errors); the columns keep their
+    names too."""
+    rows = with_prompt_field(rows, data.prompt_field, source)
     return with_answer_field(rows, data.answer_field)
 
 

@@ -241,7 +241,7 @@ def check_offline_estimator(config: RunConfig, estimator: UnifiedEstimator) -> N
 def check_offline_data(config: RunConfig, estimator: UnifiedEstimator) -> dict[str, float]:
     """Rows of the right format and types; identical pairs refused (all) or counted (some)."""
     data = config.data
-    rows = load_rows(data.path, data.split, data.limit)
+    rows = load_rows(data.path, data.split, data.limit, data.prompt_field)
     fmt = infer_format(rows[0], data.path) if data.format == "auto" else data.format
     if fmt not in SEQUENCE_FIELDS and fmt != "stepwise":  # stepwise: a PRM's labelled steps
         raise DataError(
@@ -284,7 +284,7 @@ def check_iterative(config: RunConfig, estimator: UnifiedEstimator) -> None:
     assert config.iterative is not None
     check_iterative_estimator(config, estimator)
     source = config.data.path
-    rows = load_rows(source, config.data.split, config.data.limit)
+    rows = load_rows(source, config.data.split, config.data.limit, config.data.prompt_field)
     check_prompts(rows, source)
     oracle = config.iterative.oracle
     if oracle.startswith("reward_model:"):  # read its config.json before the policy loads

@@ -56,7 +56,7 @@ def check_online(config: RunConfig, estimator: UnifiedEstimator) -> None:
     rows = load_rows(source, data.split, data.limit)
     check_prompts(rows, source, data.prompt_field)
     check_answer_field(rows, source, data.answer_field)
-    rows = online_rows(rows, data)
+    rows = online_rows(rows, data, source)
     environment_rewards = check_environments(config, rows, source)
     RewardModel(
         online.rewards,
@@ -114,7 +114,7 @@ def check_heldout(config: RunConfig, source: str) -> None:
     online, answer_field = config.online, config.data.answer_field
     rows = load_rows(source, "train", online.heldout.size)
     check_prompts(rows, source, config.data.prompt_field)
-    rows = online_rows(rows, config.data)
+    rows = online_rows(rows, config.data, source)
     for index, row in enumerate(rows, start=1):
         if row.get("answer") is None:
             raise DataError(
