@@ -8,7 +8,9 @@ a token of step t trains with Â = A^E + ω·A^S (eq. 8) in PPO's clipped loss.
 The environment is any multi-turn one (``rollout.environment``): a turn is a step, the
 observation before it its anchor state (the episode's prompt for turn 1), turn rewards are the
 step rewards, and what no turn carries (get_reward(), a verifier) belongs to the last step.
-With one-turn rollouts every completion is one step from the task's prompt.
+With one-turn rollouts every completion is one step from the task's prompt. The run logs
+``gigpo/step_group_size``, the mean over trained tokens of how many steps share their anchor
+state: near 1, no state recurs across episodes and GiGPO's credit is GRPO's.
 
 Defaults from verl-agent's GiGPO scripts (ALFWorld, WebShop): γ = 0.95, ω = 1, mean-and-std
 normalization (``mean_std_norm``; ``std: false`` is its ``mean_norm``), PPO clip 0.2 (verl's

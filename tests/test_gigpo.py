@@ -81,3 +81,32 @@ def test_a_multi_turn_run_groups_steps_by_state_and_learns(
 def test_an_unknown_form_is_one_line() -> None:
     with pytest.raises(ValueError, match="gigpo: form must be 'paper' or 'released'"):
         algorithms.get("gigpo", form="code")
+
+
+def test_the_logged_step_group_size_is_the_token_mean_of_shared_states() -> None:
+    """`gigpo/step_group_size`: over trained tokens, how many steps of the task share the
+    token's anchor state (1 everywhere would make GiGPO GRPO); by loops, and the same summed
+    over micro-batches."""
+    from collections import Counter
+
+    from closed_forms_gigpo import agent_batch, turns_of
+
+    b = agent_batch(seed=1)
+    ends = {
+        (i, k): (int(b.group_ids[i]), int(b.step_states[i, turn[-1]]))
+        for i in range(b.num_rows)
+        for k, turn in enumerate(turns_of(b, i))
+    }
+    sizes = Counter(ends.values())
+    weighted = [
+        (sizes[ends[i, k]], len(turn))
+        for i in range(b.num_rows)
+        for k, turn in enumerate(turns_of(b, i))
+    ]
+    want = sum(s * n for s, n in weighted) / sum(n for _, n in weighted)
+    estimator = algorithms.get("gigpo")
+    assert float(estimator(b).metrics["gigpo/step_group_size"]) == pytest.approx(want)
+    prepared = estimator.prepare(b)
+    parts = [estimator(m).metrics["gigpo/step_group_size"] for m in prepared.split(3)]
+    assert float(sum(parts)) == pytest.approx(want)
+    assert want > 1.5 and min(sizes.values()) == 1  # both shared and lone states occur

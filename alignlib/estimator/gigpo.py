@@ -104,6 +104,7 @@ class AnchorStateAdvantage(Advantage):
         "group_ids": "episode and step groups are taken within the group of each task",
     }
     reads_steps: ClassVar[bool] = True
+    metric_weights: ClassVar[Literal["pair", "summed", "unit"]] = "unit"
     gamma: float = 0.95
     """γ of the step returns (the paper's and verl-agent's scripts')."""
     step_weight: float = 1.0
@@ -146,4 +147,11 @@ class AnchorStateAdvantage(Advantage):
         step = normalized(returns.reshape(-1), keys, weight, self.std, self.eps)
         step = step.reshape(returns.shape)
         per_token = episode.unsqueeze(-1) + self.step_weight * step.gather(-1, steps.of_token)
-        return AdvantageResult(per_token * valid.to(dtype))
+        # How many steps share each token's anchor state (1: its A^S is 0, GRPO's credit):
+        # logged as the mean over trained tokens, ``step_group_size``.
+        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        sizes = torch.zeros_like(weight).index_add(0, inverse, (weight > 0).to(dtype))[inverse]
+        shared = sizes.reshape(returns.shape).gather(-1, steps.of_token) * valid.to(dtype)
+        return AdvantageResult(
+            per_token * valid.to(dtype), row_metrics={"step_group_size": shared.sum(-1)}
+        )
