@@ -38,6 +38,15 @@ from alignlib.estimator.term import Term, TermOutput, masked_weights, take_aggre
 from alignlib.estimator.units import Likelihood
 
 
+def last_token_ends(valid: Tensor) -> Tensor:
+    """[R, T] bool: each row's last valid token (none in a row without one), where its last
+    step ends and the reward no step carries sits."""
+    present = valid > 0
+    columns = torch.arange(valid.shape[1], device=valid.device)
+    last = (present * columns).argmax(-1, keepdim=True)
+    return torch.zeros_like(present).scatter(-1, last, present.any(-1, keepdim=True))
+
+
 def token_rewards(
     rewards: Tensor,
     mask: Tensor,

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
 from alignlib.estimator.batch import Batch
-from alignlib.estimator.critic import token_rewards
+from alignlib.estimator.critic import last_token_ends, token_rewards
 from alignlib.estimator.registry import check_choice, check_number
 from alignlib.estimator.units import Likelihood
 
@@ -46,9 +46,7 @@ def steps_of(batch: Batch, valid: Tensor, rewards: Tensor) -> Steps:
     """The rows' steps: they end at the marked state positions and at each row's last valid
     token; a step's reward is the sum of the placed rewards on its tokens."""
     present = valid > 0
-    columns = torch.arange(valid.shape[1], device=valid.device)
-    last = (present * columns).argmax(-1, keepdim=True)
-    ends = torch.zeros_like(present).scatter(-1, last, present.any(-1, keepdim=True))
+    ends = last_token_ends(valid)
     states = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
     if batch.step_states is not None:
         marked = (batch.step_states >= 0) & present
@@ -75,9 +73,12 @@ def discounted(rewards: Tensor, present: Tensor, gamma: float) -> Tensor:
     return out
 
 
-def normalized(values: Tensor, keys: Tensor, weight: Tensor, std: bool, eps: float) -> Tensor:
-    """values − the weighted mean of their key's group (÷ (unbiased std + ε) with ``std``), for
-    the entries of positive weight; 0 for the others. ``keys``: [N, k] rows of group keys."""
+def normalized(
+    values: Tensor, keys: Tensor, weight: Tensor, std: bool, eps: float
+) -> tuple[Tensor, Tensor]:
+    """(values − the weighted mean of their key's group (÷ (unbiased std + ε) with ``std``) for
+    the entries of positive weight, 0 for the others; each entry's group weight, the group's
+    size when weights are 0/1). ``keys``: [N, k] rows of group keys."""
     _, inverse = torch.unique(keys, dim=0, return_inverse=True)
     groups = int(inverse.max()) + 1 if inverse.numel() else 0
     zeros = values.new_zeros(groups)
@@ -85,12 +86,12 @@ def normalized(values: Tensor, keys: Tensor, weight: Tensor, std: bool, eps: flo
     mean = zeros.index_add(0, inverse, values * weight) / count.clamp(min=1e-12)
     centered = (values - mean[inverse]) * (weight > 0).to(values.dtype)
     if not std:
-        return centered
+        return centered, count[inverse]
     # The std over entries, an entry counted as often as its weight (verl-agent's cross-step
     # statistics count an episode once per step).
     squares = zeros.index_add(0, inverse, centered**2 * weight)
     spread = (squares / (count - 1).clamp(min=1)).sqrt()
-    return centered / (spread[inverse] + eps)
+    return centered / (spread[inverse] + eps), count[inverse]
 
 
 @ADVANTAGES.register("gigpo")
@@ -139,18 +140,16 @@ class AnchorStateAdvantage(Advantage):
         if self.episode_stats == "steps":
             episode_weight = episode_weight * steps.present.sum(-1).to(dtype)
         group = batch.group_ids.long().unsqueeze(-1)
-        episode = normalized(rewards, group, episode_weight, self.std, self.eps)
+        episode, _ = normalized(rewards, group, episode_weight, self.std, self.eps)
         returns = discounted(steps.rewards, steps.present, self.gamma)
         width = steps.rewards.shape[1]
         keys = torch.stack([group.expand(-1, width), steps.states], -1).reshape(-1, 2)
         weight = (steps.present & trained.unsqueeze(-1)).reshape(-1).to(dtype)
-        step = normalized(returns.reshape(-1), keys, weight, self.std, self.eps)
+        step, sizes = normalized(returns.reshape(-1), keys, weight, self.std, self.eps)
         step = step.reshape(returns.shape)
         per_token = episode.unsqueeze(-1) + self.step_weight * step.gather(-1, steps.of_token)
         # How many steps share each token's anchor state (1: its A^S is 0, GRPO's credit):
         # logged as the mean over trained tokens, ``step_group_size``.
-        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        sizes = torch.zeros_like(weight).index_add(0, inverse, (weight > 0).to(dtype))[inverse]
         shared = sizes.reshape(returns.shape).gather(-1, steps.of_token) * valid.to(dtype)
         return AdvantageResult(
             per_token * valid.to(dtype), row_metrics={"step_group_size": shared.sum(-1)}

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from alignlib.estimator.advantages import ADVANTAGES, Advantage, AdvantageResult
 from alignlib.estimator.batch import Batch
-from alignlib.estimator.critic import token_rewards
+from alignlib.estimator.critic import last_token_ends, token_rewards
 from alignlib.estimator.registry import check_number
 from alignlib.estimator.units import Likelihood
 
@@ -64,13 +64,10 @@ class ProcessGroupNormalized(Advantage):
     def step_ends(batch: Batch, valid: Tensor) -> Tensor:
         """[R, T] bool: the given step ends on valid tokens, and every row's last valid token
         (its last step's end)."""
-        present = valid > 0
-        columns = torch.arange(valid.shape[1], device=valid.device)
-        last = (present * columns).argmax(-1, keepdim=True)
-        ends = torch.zeros_like(present).scatter(-1, last, present.any(-1, keepdim=True))
+        ends = last_token_ends(valid)
         if batch.step_ends is not None:
             ends = ends | (batch.step_ends > 0)
-        return ends & present
+        return ends & (valid > 0)
 
     def normalize(self, placed: Tensor, ends: Tensor, group_ids: Tensor, rows: Tensor) -> Tensor:
         """[R, T] r̃ at the step ends, 0 elsewhere; 0 for a group of one row."""
